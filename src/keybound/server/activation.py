@@ -1,0 +1,253 @@
+"""Activation and reactivation: start consumes the activation code, finish consumes the
+challenge and registers the device's keys (docs/protocol.md §3.1.1-2, §4, §6)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, delete, insert, select, update
+
+from keybound.crypto import key_id, parse_public_key, verify_signature
+from keybound.errors import CeremonyError, ErrorCode, InvalidSignature
+from keybound.protocol import (
+    NO_CONTEXT_HASH,
+    Algorithm,
+    ActivationFinishRequest,
+    ActivationFinishResponse,
+    ActivationStartRequest,
+    ActivationStartResponse,
+    AuthMethod,
+    DeviceState,
+    HwKeyServerResult,
+    HwKeyValidationStrategy,
+    OperationState,
+    OperationType,
+    Purpose,
+    transcript,
+)
+from keybound.server import audit
+from keybound.server.appconfig import AppConfig
+from keybound.server.common import ms_to_dt, new_challenge
+from keybound.server.operations import activation_code_hash
+from keybound.server.risk import risk_data
+from keybound.server.strategy import decide
+from keybound.storage import tables as t
+from keybound.storage.db import Clock, Database, now_ms
+
+O = t.operations
+R = t.registrations
+_ACTIVATION_TYPES = (OperationType.ACTIVATION.value, OperationType.REACTIVATION.value)
+
+#: hardware result -> the code a failed activation or authentication reports
+HW_FAILURE_CODE = {
+    HwKeyServerResult.INVALID: ErrorCode.HARDWARE_KEY_INVALID,
+    HwKeyServerResult.MISSING: ErrorCode.HARDWARE_KEY_REQUIRED,
+    HwKeyServerResult.NO_KEY_REGISTERED: ErrorCode.HARDWARE_KEY_REQUIRED,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Checked:
+    """What finish learned before writing: verified keys and the strategy's decision."""
+
+    software_key: bytes
+    hardware_key: bytes | None  # stored only when VALID
+    server_result: HwKeyServerResult
+    passed: bool
+    config: AppConfig
+
+
+class Activation:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- start (§3.1.1) -------------------------------------------------------------------
+
+    def start(self, request: ActivationStartRequest) -> ActivationStartResponse:
+        now = now_ms(self.clock)
+        with audit.refusals(self.db, now, actor=audit.Actor.DEVICE, event="activation.start",
+                            application_id=request.application_id):
+            return self._start(request, now)
+
+    def _start(self, request: ActivationStartRequest, now: int) -> ActivationStartResponse:
+        challenge = new_challenge()
+        code_hash = activation_code_hash(request.application_id, request.activation_code)
+        with self.db.write() as conn:
+            row = conn.execute(
+                select(O.c.id, O.c.config, O.c.expires_at).where(
+                    O.c.application_id == request.application_id,
+                    O.c.code_hash == code_hash,
+                    O.c.state == OperationState.PENDING.value,
+                    O.c.expires_at > now,
+                )
+            ).first()
+            if row is None:
+                raise CeremonyError("unknown or expired activation code",
+                                    code=ErrorCode.ACTIVATION_CODE_INVALID)
+            config = AppConfig.from_json(json.loads(row.config))
+            challenge_expires = min(now + config.challenge_lifetime_seconds * 1000,
+                                    row.expires_at)
+            # the code is consumed by this one conditional statement
+            consumed = conn.execute(
+                update(O)
+                .where(O.c.id == row.id, O.c.code_hash == code_hash,
+                       O.c.state == OperationState.PENDING.value)
+                .values(code_hash=None, challenge=challenge,
+                        challenge_expires_at=challenge_expires)
+                .returning(O.c.device_id)
+            ).first()
+            if consumed is None:
+                raise CeremonyError("activation code already used",
+                                    code=ErrorCode.ACTIVATION_CODE_INVALID)
+            audit.record(conn, at=now, actor=audit.Actor.DEVICE, event="activation.start",
+                         outcome=audit.Outcome.SUCCESS, application_id=request.application_id,
+                         device_id=consumed.device_id, operation_id=row.id)
+        return ActivationStartResponse(
+            operation_id=row.id,
+            device_id=consumed.device_id,
+            challenge=challenge,
+            expires_at=ms_to_dt(challenge_expires),
+            allowed_auth_methods=list(config.allowed_auth_methods),
+            hardware_key_required=(
+                config.hw_key_validation_strategy is HwKeyValidationStrategy.REQUIRED
+            ),
+        )
+
+    # -- finish (§3.1.2) ------------------------------------------------------------------
+
+    def finish(self, request: ActivationFinishRequest) -> ActivationFinishResponse:
+        now = now_ms(self.clock)
+        with audit.refusals(self.db, now, actor=audit.Actor.DEVICE, event="activation.finish",
+                            application_id=request.application_id,
+                            device_id=request.device_id, operation_id=request.operation_id):
+            return self._finish(request, now)
+
+    def _finish(self, request: ActivationFinishRequest, now: int) -> ActivationFinishResponse:
+        with self.db.read() as conn:
+            op = conn.execute(select(O).where(O.c.id == request.operation_id)).first()
+        checked = self._check(request, op, now)
+        assert op is not None  # _check raised otherwise
+        risk = risk_data(client_status=request.hw_key_client_status,
+                         server_result=checked.server_result,
+                         platform=request.device_profile.platform.value,
+                         os_version=request.device_profile.os_version)
+        failure = None if checked.passed else HW_FAILURE_CODE[checked.server_result]
+        result = {"risk": risk, "failureCode": failure.value if failure else None}
+        with self.db.write() as conn:
+            # §4.3: the challenge is consumed by one conditional statement
+            consumed = conn.execute(
+                update(O)
+                .where(O.c.id == op.id, O.c.state == OperationState.PENDING.value,
+                       O.c.challenge == op.challenge, O.c.challenge_expires_at > now)
+                .values(state=(OperationState.COMPLETED if checked.passed
+                               else OperationState.FAILED).value,
+                        completed_at=now, result=json.dumps(result))
+            ).rowcount
+            if consumed != 1:
+                raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+            if checked.passed:
+                self._store_registration(conn, op, request, checked, now)
+            audit.record(conn, at=now, actor=audit.Actor.DEVICE, event="activation.finish",
+                         outcome=audit.Outcome.SUCCESS if checked.passed
+                         else audit.Outcome.FAILURE,
+                         application_id=op.application_id, device_id=op.device_id,
+                         operation_id=op.id, code=failure.value if failure else None,
+                         details=risk)
+        if failure is not None:
+            raise CeremonyError("hardware key validation failed", code=failure, audited=True,
+                                operation_id=op.id)
+        methods = [AuthMethod.DEVICE]
+        if request.pin_key is not None and AuthMethod.DEVICE_PIN in checked.config.allowed_auth_methods:
+            methods.append(AuthMethod.DEVICE_PIN)
+        return ActivationFinishResponse(device_id=op.device_id,
+                                        hardware_key_registered=checked.hardware_key is not None,
+                                        auth_methods=methods)
+
+    def _check(self, request: ActivationFinishRequest, op: Row[Any] | None,
+               now: int) -> _Checked:
+        """Guard clauses, one protocol step each (§3.1.2); raises, changes nothing."""
+        if (op is None or op.type not in _ACTIVATION_TYPES
+                or op.application_id != request.application_id
+                or op.device_id != request.device_id
+                or op.code_hash is not None or op.challenge is None):
+            raise CeremonyError("authentication failed")
+        software_key = parse_public_key(request.software_public_key)
+        hardware_key = (parse_public_key(request.hardware_public_key)
+                        if request.hardware_public_key is not None else None)
+        tbs = transcript(
+            Purpose.ACTIVATION, application_id=op.application_id, device_id=op.device_id,
+            operation_id=op.id, challenge=op.challenge or b"", context_digest=NO_CONTEXT_HASH,
+            software_public_key=software_key, hardware_public_key=hardware_key or b"",
+            hw_key_client_status=request.hw_key_client_status.value)
+        # §4.4 proof of possession of the software key
+        try:
+            verify_signature(public_key=software_key, algorithm=Algorithm.ES256, message=tbs,
+                             signature=request.software_signature)
+        except InvalidSignature as exc:
+            raise CeremonyError("authentication failed") from exc
+        # only a caller who proved possession learns why a well-signed request is refused
+        if op.state != OperationState.PENDING.value:
+            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+        if op.challenge_expires_at <= now:
+            raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
+        config = AppConfig.from_json(json.loads(op.config))
+        server_result = self._hardware_result(tbs, hardware_key, request.hardware_signature)
+        decision = decide(config.hw_key_validation_strategy, server_result)
+        return _Checked(
+            software_key=software_key,
+            hardware_key=hardware_key if server_result is HwKeyServerResult.VALID else None,
+            server_result=server_result, passed=decision.passed, config=config)
+
+    @staticmethod
+    def _hardware_result(tbs: bytes, hardware_key: bytes | None,
+                         signature: bytes | None) -> HwKeyServerResult:
+        """§6.1 at activation: VALID (key with valid proof of possession), INVALID (key with
+        a bad or absent proof), NO_KEY_REGISTERED (no hardware key offered)."""
+        if hardware_key is None:
+            return HwKeyServerResult.NO_KEY_REGISTERED
+        if signature is None:
+            return HwKeyServerResult.INVALID
+        try:
+            verify_signature(public_key=hardware_key, algorithm=Algorithm.ES256, message=tbs,
+                             signature=signature)
+        except InvalidSignature:
+            return HwKeyServerResult.INVALID
+        return HwKeyServerResult.VALID
+
+    def _store_registration(self, conn: Any, op: Row[Any], request: ActivationFinishRequest,
+                            checked: _Checked, now: int) -> None:
+        profile = request.device_profile
+        credentials = {
+            "state": DeviceState.ACTIVE.value,
+            "lock_reason": None,
+            "failures": 0,
+            "sw_public_key": checked.software_key,
+            "sw_key_id": key_id(checked.software_key),
+            "hw_public_key": checked.hardware_key,
+            "hw_algorithm": Algorithm.ES256.value if checked.hardware_key else None,
+            "activation_hw_status": request.hw_key_client_status.value,
+            "pin_key": request.pin_key,
+            "platform": profile.platform.value,
+            "os_version": profile.os_version,
+            "model": profile.model,
+            "activated_at": now,
+            "updated_at": now,
+        }
+        if op.type == OperationType.ACTIVATION.value:
+            conn.execute(insert(R).values(id=op.device_id, application_id=op.application_id,
+                                          user_id=op.user_id, generation=1, created_at=now,
+                                          **credentials))
+            return
+        # Reactivation replaces every credential; old keys are simply unknown afterwards.
+        replaced = conn.execute(
+            update(R)
+            .where(R.c.id == op.device_id, R.c.state != DeviceState.DEACTIVATED.value)
+            .values(generation=R.c.generation + 1, last_authenticated_at=None, **credentials)
+        ).rowcount
+        if replaced != 1:
+            raise CeremonyError("device was deactivated", code=ErrorCode.DEVICE_INACTIVE)
+        conn.execute(delete(t.superseded_keys).where(
+            t.superseded_keys.c.registration_id == op.device_id))

@@ -1,0 +1,371 @@
+"""Authentication: start issues a single-use challenge, finish verifies the software key
+(always), the PIN proof (DEVICE:PIN) and the hardware key (as the strategy says), rotates the
+software key, and consumes the challenge in one conditional statement
+(docs/protocol.md §3.1.3-5, §4, §5, §6)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, case, insert, select, update
+
+from keybound.crypto import key_id, parse_public_key, verify_pin_proof, verify_signature
+from keybound.errors import CeremonyError, ErrorCode, InvalidSignature, MalformedRequest
+from keybound.protocol import (
+    AUTH_LEVEL,
+    Algorithm,
+    AuthenticationFinishRequest,
+    AuthenticationFinishResponse,
+    AuthenticationStartRequest,
+    AuthenticationStartResponse,
+    AuthMethod,
+    DeviceState,
+    HwKeyServerResult,
+    Initiator,
+    LockReason,
+    OperationState,
+    OperationType,
+    PendingOperation,
+    PendingOperationsRequest,
+    PendingOperationsResponse,
+    Purpose,
+    context_hash,
+    pin_proof_message,
+    transcript,
+)
+from keybound.server import audit
+from keybound.server.activation import HW_FAILURE_CODE
+from keybound.server.appconfig import AppConfig
+from keybound.server.applications import load_config
+from keybound.server.common import load_context, ms_to_dt, new_challenge, new_id
+from keybound.server.registrations import fail_pending_operations
+from keybound.server.risk import risk_data
+from keybound.server.strategy import decide
+from keybound.storage import tables as t
+from keybound.storage.db import Clock, Database, now_ms
+
+O = t.operations
+R = t.registrations
+S = t.superseded_keys
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Verified:
+    """Finish after every check that changes nothing: who signed and what was decided."""
+
+    signer_key_id: bytes
+    signer_key: bytes
+    next_key: bytes
+    superseded: bool
+    server_result: HwKeyServerResult
+    pin_ok: bool
+    passed: bool
+    config: AppConfig
+
+
+class Authentication:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- start (§3.1.3) -------------------------------------------------------------------
+
+    def start(self, request: AuthenticationStartRequest) -> AuthenticationStartResponse:
+        now = now_ms(self.clock)
+        with audit.refusals(self.db, now, actor=audit.Actor.DEVICE,
+                            event="authentication.start",
+                            application_id=request.application_id,
+                            device_id=request.device_id, operation_id=request.operation_id):
+            if request.operation_id is None:
+                return self._start_device_initiated(request, now)
+            return self._start_backend_initiated(request, request.operation_id, now)
+
+    def _start_device_initiated(self, request: AuthenticationStartRequest,
+                                now: int) -> AuthenticationStartResponse:
+        challenge = new_challenge()
+        op_id = new_id()
+        with self.db.write() as conn:
+            config = load_config(conn, request.application_id)
+            state = conn.execute(select(R.c.state).where(
+                R.c.id == request.device_id,
+                R.c.application_id == request.application_id)).scalar_one_or_none()
+            if config is None or state is None or state == DeviceState.DEACTIVATED.value:
+                # §3.1.3: an unknown device gets a decoy challenge, so start cannot be used
+                # to find out which device ids exist. Finish will fail as for a bad signature.
+                return self._decoy(config or AppConfig(), now)
+            expires = now + config.challenge_lifetime_seconds * 1000
+            conn.execute(insert(O).values(
+                id=op_id, application_id=request.application_id,
+                type=OperationType.AUTHENTICATION.value, initiator=Initiator.DEVICE.value,
+                state=OperationState.PENDING.value, device_id=request.device_id,
+                challenge=challenge, challenge_expires_at=expires, expires_at=expires,
+                config=json.dumps(config.to_json()), created_at=now))
+        return AuthenticationStartResponse(
+            operation_id=op_id, challenge=challenge, expires_at=ms_to_dt(expires),
+            allowed_auth_methods=list(config.allowed_auth_methods))
+
+    def _start_backend_initiated(self, request: AuthenticationStartRequest, op_id: str,
+                                 now: int) -> AuthenticationStartResponse:
+        challenge = new_challenge()
+        with self.db.write() as conn:
+            row = conn.execute(select(O.c.config, O.c.expires_at).where(
+                O.c.id == op_id, O.c.device_id == request.device_id,
+                O.c.application_id == request.application_id,
+                O.c.type == OperationType.AUTHENTICATION.value,
+                O.c.state == OperationState.PENDING.value, O.c.expires_at > now)).first()
+            if row is None:
+                return self._decoy(AppConfig(), now)
+            config = AppConfig.from_json(json.loads(row.config))
+            expires = min(now + config.challenge_lifetime_seconds * 1000, row.expires_at)
+            # a new start replaces the previous challenge of this operation
+            issued = conn.execute(
+                update(O).where(O.c.id == op_id, O.c.state == OperationState.PENDING.value)
+                .values(challenge=challenge, challenge_expires_at=expires)
+                .returning(O.c.pre_context, O.c.required_auth_method)).first()
+            if issued is None:  # pragma: no cover - raced with a finish; same as unknown
+                return self._decoy(config, now)
+        methods = list(config.allowed_auth_methods)
+        if issued.required_auth_method:
+            methods = [AuthMethod(issued.required_auth_method)]
+        return AuthenticationStartResponse(
+            operation_id=op_id, challenge=challenge, expires_at=ms_to_dt(expires),
+            pre_operation_context=load_context(issued.pre_context),
+            allowed_auth_methods=methods)
+
+    @staticmethod
+    def _decoy(config: AppConfig, now: int) -> AuthenticationStartResponse:
+        return AuthenticationStartResponse(
+            operation_id=new_id(), challenge=new_challenge(),
+            expires_at=ms_to_dt(now + config.challenge_lifetime_seconds * 1000),
+            allowed_auth_methods=list(config.allowed_auth_methods))
+
+    # -- pending backend-initiated operations (§3.1.5) -----------------------------------------
+
+    def pending(self, request: PendingOperationsRequest) -> PendingOperationsResponse:
+        now = now_ms(self.clock)
+        with self.db.read() as conn:
+            rows = conn.execute(select(O.c.id, O.c.expires_at, O.c.pre_context,
+                                       O.c.required_auth_method).where(
+                O.c.device_id == request.device_id,
+                O.c.application_id == request.application_id,
+                O.c.state == OperationState.PENDING.value,
+                O.c.initiator == Initiator.BACKEND.value,
+                O.c.type == OperationType.AUTHENTICATION.value,
+                O.c.expires_at > now).order_by(O.c.created_at)).all()
+        return PendingOperationsResponse(operations=[
+            PendingOperation(
+                operation_id=r.id, expires_at=ms_to_dt(r.expires_at),
+                pre_operation_context=load_context(r.pre_context),
+                required_auth_method=(AuthMethod(r.required_auth_method)
+                                      if r.required_auth_method else None))
+            for r in rows])
+
+    # -- finish (§3.1.4) ------------------------------------------------------------------
+
+    def finish(self, request: AuthenticationFinishRequest) -> AuthenticationFinishResponse:
+        now = now_ms(self.clock)
+        with audit.refusals(self.db, now, actor=audit.Actor.DEVICE,
+                            event="authentication.finish",
+                            application_id=request.application_id,
+                            device_id=request.device_id, operation_id=request.operation_id):
+            return self._finish(request, now)
+
+    def _finish(self, request: AuthenticationFinishRequest,
+                now: int) -> AuthenticationFinishResponse:
+        with self.db.read() as conn:
+            op = conn.execute(select(O).where(O.c.id == request.operation_id)).first()
+            reg = conn.execute(select(R).where(R.c.id == request.device_id)).first()
+            signer = self._signer(conn, request, reg)
+        verified = self._check(request, op, reg, signer, now)
+        assert op is not None and reg is not None
+        if verified.superseded:
+            self._lock_cloned(op, reg, verified, now)
+        failure = self._failure_code(verified)
+        risk = risk_data(client_status=request.hw_key_client_status,
+                         server_result=verified.server_result, platform=reg.platform,
+                         os_version=reg.os_version)
+        result = {"authMethod": request.auth_method.value,
+                  "authLevel": AUTH_LEVEL[request.auth_method].value,
+                  "failureCode": failure.value if failure else None, "risk": risk}
+        with self.db.write() as conn:
+            self._consume(conn, op, passed=failure is None, result=result, now=now)
+            if failure is None:
+                self._rotate(conn, reg, verified, now)
+            else:
+                self._count_failure(conn, reg, verified.config, now)
+            audit.record(conn, at=now, actor=audit.Actor.DEVICE, event="authentication.finish",
+                         outcome=audit.Outcome.FAILURE if failure else audit.Outcome.SUCCESS,
+                         application_id=op.application_id, device_id=reg.id,
+                         operation_id=op.id, code=failure.value if failure else None,
+                         details=result)
+        if failure is not None:
+            raise CeremonyError("authentication failed", code=failure, audited=True,
+                                operation_id=op.id)
+        post = load_context(op.post_context)
+        return AuthenticationFinishResponse(
+            operation_id=op.id, state=OperationState.COMPLETED,
+            auth_method=request.auth_method, auth_level=AUTH_LEVEL[request.auth_method],
+            post_operation_context=post)
+
+    @staticmethod
+    def _signer(conn: Connection, request: AuthenticationFinishRequest,
+                reg: Row[Any] | None) -> tuple[bytes, bool] | None:
+        """The stored key the request names: (public key, superseded?) or None."""
+        if reg is None:
+            return None
+        if request.software_key_id == reg.sw_key_id:
+            return reg.sw_public_key, False
+        old = conn.execute(select(S.c.public_key).where(
+            S.c.registration_id == reg.id, S.c.key_id == request.software_key_id)
+        ).scalar_one_or_none()
+        return None if old is None else (old, True)
+
+    def _check(self, request: AuthenticationFinishRequest, op: Row[Any] | None,
+               reg: Row[Any] | None, signer: tuple[bytes, bool] | None,
+               now: int) -> _Verified:
+        """Guard clauses, one protocol step each (§3.1.4); raises, changes nothing."""
+        # §3.1.4 step 1: operation, device and application belong together
+        if (op is None or reg is None or signer is None
+                or op.type != OperationType.AUTHENTICATION.value
+                or op.application_id != request.application_id
+                or reg.application_id != request.application_id
+                or op.device_id != reg.id or op.challenge is None):
+            raise CeremonyError("authentication failed")
+        next_key = parse_public_key(request.next_software_public_key)
+        tbs = transcript(
+            Purpose.AUTHENTICATION, application_id=op.application_id, device_id=reg.id,
+            operation_id=op.id, challenge=op.challenge,
+            context_digest=context_hash(load_context(op.pre_context)),
+            software_public_key=next_key, auth_method=request.auth_method.value,
+            hw_key_client_status=request.hw_key_client_status.value)
+        # step 2: the software signature always has to verify (§6)
+        signer_key, superseded = signer
+        try:
+            verify_signature(public_key=signer_key, algorithm=Algorithm.ES256, message=tbs,
+                             signature=request.software_signature)
+        except InvalidSignature as exc:
+            raise CeremonyError("authentication failed") from exc
+        # step 3: from here on the caller holds a key of this registration
+        if op.state != OperationState.PENDING.value:
+            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+        if op.challenge_expires_at <= now or op.expires_at <= now:
+            raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
+        if reg.state == DeviceState.LOCKED.value and not superseded:
+            raise CeremonyError("device is locked", code=ErrorCode.DEVICE_LOCKED)
+        if reg.state == DeviceState.DEACTIVATED.value:
+            raise CeremonyError("device is deactivated", code=ErrorCode.DEVICE_INACTIVE)
+        if key_id(next_key) in (reg.sw_key_id, request.software_key_id):
+            raise MalformedRequest("nextSoftwarePublicKey must be a new key")
+        config = AppConfig.from_json(json.loads(op.config))
+        # step 4: auth method allowed by the application and by the operation (§5)
+        method = request.auth_method
+        if method not in config.allowed_auth_methods or (
+                op.required_auth_method and method.value != op.required_auth_method):
+            raise CeremonyError(f"auth method {method} not allowed",
+                                code=ErrorCode.AUTH_METHOD_NOT_ALLOWED)
+        pin_ok = True
+        if method is AuthMethod.DEVICE_PIN:
+            if reg.pin_key is None:
+                raise CeremonyError("no PIN registered for this device",
+                                    code=ErrorCode.AUTH_METHOD_NOT_ALLOWED)
+            if request.pin_proof is None:
+                raise CeremonyError("pinProof is required for DEVICE:PIN",
+                                    code=ErrorCode.PIN_REQUIRED)
+            pin_ok = verify_pin_proof(pin_key=reg.pin_key, message=pin_proof_message(tbs),
+                                      proof=request.pin_proof)
+        # step 5: the hardware key, judged by the strategy snapshot (§6)
+        server_result = self._hardware_result(tbs, reg, request.hardware_signature)
+        decision = decide(config.hw_key_validation_strategy, server_result)
+        return _Verified(signer_key_id=request.software_key_id, signer_key=signer_key,
+                         next_key=next_key, superseded=superseded,
+                         server_result=server_result, pin_ok=pin_ok,
+                         passed=decision.passed and pin_ok, config=config)
+
+    @staticmethod
+    def _hardware_result(tbs: bytes, reg: Row[Any],
+                         signature: bytes | None) -> HwKeyServerResult:
+        if reg.hw_public_key is None:
+            return HwKeyServerResult.NO_KEY_REGISTERED
+        if signature is None:
+            return HwKeyServerResult.MISSING
+        try:
+            # the algorithm comes from the stored key, never from the request
+            verify_signature(public_key=reg.hw_public_key,
+                             algorithm=Algorithm(reg.hw_algorithm), message=tbs,
+                             signature=signature)
+        except InvalidSignature:
+            return HwKeyServerResult.INVALID
+        return HwKeyServerResult.VALID
+
+    @staticmethod
+    def _failure_code(verified: _Verified) -> ErrorCode | None:
+        if not verified.pin_ok:
+            return ErrorCode.PIN_INVALID
+        if not verified.passed:
+            return HW_FAILURE_CODE[verified.server_result]
+        return None
+
+    @staticmethod
+    def _consume(conn: Connection, op: Row[Any], *, passed: bool, result: dict[str, Any],
+                 now: int) -> None:
+        """§4.3: the one statement that consumes the challenge; a second finish finds no
+        PENDING row with this challenge and is refused."""
+        consumed = conn.execute(
+            update(O)
+            .where(O.c.id == op.id, O.c.state == OperationState.PENDING.value,
+                   O.c.challenge == op.challenge, O.c.challenge_expires_at > now)
+            .values(state=(OperationState.COMPLETED if passed else OperationState.FAILED).value,
+                    completed_at=now, result=json.dumps(result))
+        ).rowcount
+        if consumed != 1:
+            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+
+    @staticmethod
+    def _rotate(conn: Connection, reg: Row[Any], verified: _Verified, now: int) -> None:
+        """Replace the software key; the old one is remembered to detect copies (§4.5)."""
+        rotated = conn.execute(
+            update(R)
+            .where(R.c.id == reg.id, R.c.sw_key_id == verified.signer_key_id,
+                   R.c.state == DeviceState.ACTIVE.value)
+            .values(sw_public_key=verified.next_key, sw_key_id=key_id(verified.next_key),
+                    failures=0, last_authenticated_at=now, updated_at=now)
+        ).rowcount
+        if rotated != 1:  # another finish rotated this key first
+            raise CeremonyError("software key changed concurrently",
+                                code=ErrorCode.CHALLENGE_USED)
+        conn.execute(insert(S).values(registration_id=reg.id, key_id=verified.signer_key_id,
+                                      public_key=verified.signer_key, superseded_at=now))
+
+    @staticmethod
+    def _count_failure(conn: Connection, reg: Row[Any], config: AppConfig, now: int) -> None:
+        """§5: consecutive failures lock the registration at amountFailuresAllowed."""
+        reached = R.c.failures + 1 >= config.amount_failures_allowed
+        conn.execute(
+            update(R).where(R.c.id == reg.id, R.c.state == DeviceState.ACTIVE.value)
+            .values(failures=R.c.failures + 1,
+                    state=case((reached, DeviceState.LOCKED.value), else_=R.c.state),
+                    lock_reason=case((reached, LockReason.FAILURES.value),
+                                     else_=R.c.lock_reason),
+                    updated_at=now))
+
+    def _lock_cloned(self, op: Row[Any], reg: Row[Any], verified: _Verified,
+                     now: int) -> None:
+        """A valid signature by a superseded software key: the key was copied (§4.5)."""
+        result = {"failureCode": ErrorCode.SOFTWARE_KEY_CLONED.value,
+                  "risk": {"softwareKeyCloneSuspected": True}}
+        with self.db.write() as conn:
+            self._consume(conn, op, passed=False, result=result, now=now)
+            conn.execute(update(R).where(R.c.id == reg.id).values(
+                state=DeviceState.LOCKED.value, lock_reason=LockReason.SOFTWARE_KEY_CLONED.value,
+                updated_at=now))
+            fail_pending_operations(conn, reg.id, ErrorCode.SOFTWARE_KEY_CLONED.value, now)
+            audit.record(conn, at=now, actor=audit.Actor.DEVICE,
+                         event="authentication.clone_detected", outcome=audit.Outcome.FAILURE,
+                         application_id=op.application_id, device_id=reg.id,
+                         operation_id=op.id, code=ErrorCode.SOFTWARE_KEY_CLONED.value,
+                         details={"supersededKeyId": verified.signer_key_id.hex()})
+        raise CeremonyError("superseded software key used: registration locked",
+                            code=ErrorCode.SOFTWARE_KEY_CLONED, audited=True,
+                            operation_id=op.id)

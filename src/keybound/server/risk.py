@@ -1,0 +1,28 @@
+"""Risk attributes reported to the relying party (docs/protocol.md §6.2).
+
+The full set is computed and stored with every operation result; what the relying party
+sees is filtered by the application's ``enabledRiskData`` snapshot. Decisions never read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keybound.protocol import HwKeyClientStatus, HwKeyServerResult, RiskAttribute
+
+
+def risk_data(
+    *,
+    client_status: HwKeyClientStatus,
+    server_result: HwKeyServerResult,
+    platform: str,
+    os_version: str,
+    clone_suspected: bool = False,
+) -> dict[str, Any]:
+    return {
+        RiskAttribute.HW_KEY_CLIENT_STATUS.value: client_status.value,
+        RiskAttribute.HW_KEY_SERVER_RESULT.value: server_result.value,
+        RiskAttribute.SOFTWARE_KEY_CLONE_SUSPECTED.value: clone_suspected,
+        RiskAttribute.DEVICE_PLATFORM.value: platform,
+        RiskAttribute.DEVICE_OS_VERSION.value: os_version,
+    }

@@ -1,0 +1,134 @@
+"""Database tables (SQLAlchemy Core). Times are integer milliseconds since the epoch (UTC).
+
+Rows are mapped to domain values in the service modules; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+applications = Table(
+    "applications",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("config", Text, nullable=False),  # AppConfig.to_json()
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),  # public part of the token
+    Column("application_id", String(64), ForeignKey("applications.id"), nullable=False),
+    Column("secret_hash", LargeBinary(32), nullable=False),  # SHA-256 of the secret part
+    Column("label", String(200), nullable=False, default=""),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("application_id", String(64), ForeignKey("applications.id"), nullable=False),
+    Column("external_ref", String(200), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("application_id", "external_ref", name="uq_users_app_external_ref"),
+)
+
+registrations = Table(
+    "registrations",
+    metadata,
+    Column("id", String(36), primary_key=True),  # the device id
+    Column("application_id", String(64), ForeignKey("applications.id"), nullable=False),
+    Column("user_id", String(36), ForeignKey("users.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("lock_reason", String(32), nullable=True),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("sw_public_key", LargeBinary, nullable=False),
+    Column("sw_key_id", LargeBinary(32), nullable=False),
+    Column("hw_public_key", LargeBinary, nullable=True),
+    Column("hw_algorithm", String(16), nullable=True),
+    Column("activation_hw_status", String(32), nullable=False),
+    Column("pin_key", LargeBinary(32), nullable=True),
+    Column("platform", String(16), nullable=False),
+    Column("os_version", String(32), nullable=False),
+    Column("model", String(100), nullable=True),
+    Column("generation", Integer, nullable=False, default=1),
+    Column("created_at", BigInteger, nullable=False),
+    Column("activated_at", BigInteger, nullable=False),
+    Column("last_authenticated_at", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_registrations_user", "application_id", "user_id"),
+)
+
+superseded_keys = Table(
+    "superseded_keys",
+    metadata,
+    Column("registration_id", String(36), ForeignKey("registrations.id"), primary_key=True),
+    Column("key_id", LargeBinary(32), primary_key=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("superseded_at", BigInteger, nullable=False),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("application_id", String(64), ForeignKey("applications.id"), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("initiator", String(8), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("user_id", String(36), nullable=True),
+    Column("device_id", String(36), nullable=True),
+    Column("code_hash", LargeBinary(32), nullable=True),  # activation code, until consumed
+    Column("challenge", LargeBinary(32), nullable=True),
+    Column("challenge_expires_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("pre_context", Text, nullable=True),
+    Column("post_context", Text, nullable=True),
+    Column("required_auth_method", String(16), nullable=True),
+    Column("config", Text, nullable=False),  # AppConfig snapshot at start
+    Column("result", Text, nullable=True),  # JSON: authMethod, authLevel, failureCode, risk
+    Column("created_at", BigInteger, nullable=False),
+    Column("completed_at", BigInteger, nullable=True),
+    Index("ix_operations_device_state", "device_id", "state"),
+    Index("ix_operations_code", "application_id", "code_hash", unique=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False),
+    Column("application_id", String(64), nullable=True),
+    Column("device_id", String(36), nullable=True),
+    Column("operation_id", String(36), nullable=True),
+    Column("actor", String(16), nullable=False),  # DEVICE, RELYING_PARTY, OPERATOR, SYSTEM
+    Column("event", String(48), nullable=False),
+    Column("outcome", String(16), nullable=False),  # SUCCESS, FAILURE, REJECTED
+    Column("code", String(48), nullable=True),
+    Column("details", Text, nullable=True),
+)
