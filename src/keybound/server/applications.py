@@ -83,7 +83,7 @@ class Applications:
             raise NotFound(f"no application {application_id!r}")
         return config
 
-    def list(self) -> list[str]:
+    def ids(self) -> list[str]:
         with self.db.read() as conn:
             return list(conn.execute(select(t.applications.c.id).order_by("id")).scalars())
 

@@ -46,7 +46,7 @@ from keybound.server.strategy import decide
 from keybound.storage import tables as t
 from keybound.storage.db import Clock, Database, now_ms
 
-O = t.operations
+OPS = t.operations
 R = t.registrations
 S = t.superseded_keys
 
@@ -96,7 +96,7 @@ class Authentication:
                 # to find out which device ids exist. Finish will fail as for a bad signature.
                 return self._decoy(config or AppConfig(), now)
             expires = now + config.challenge_lifetime_seconds * 1000
-            conn.execute(insert(O).values(
+            conn.execute(insert(OPS).values(
                 id=op_id, application_id=request.application_id,
                 type=OperationType.AUTHENTICATION.value, initiator=Initiator.DEVICE.value,
                 state=OperationState.PENDING.value, device_id=request.device_id,
@@ -110,20 +110,20 @@ class Authentication:
                                  now: int) -> AuthenticationStartResponse:
         challenge = new_challenge()
         with self.db.write() as conn:
-            row = conn.execute(select(O.c.config, O.c.expires_at).where(
-                O.c.id == op_id, O.c.device_id == request.device_id,
-                O.c.application_id == request.application_id,
-                O.c.type == OperationType.AUTHENTICATION.value,
-                O.c.state == OperationState.PENDING.value, O.c.expires_at > now)).first()
+            row = conn.execute(select(OPS.c.config, OPS.c.expires_at).where(
+                OPS.c.id == op_id, OPS.c.device_id == request.device_id,
+                OPS.c.application_id == request.application_id,
+                OPS.c.type == OperationType.AUTHENTICATION.value,
+                OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > now)).first()
             if row is None:
                 return self._decoy(AppConfig(), now)
             config = AppConfig.from_json(json.loads(row.config))
             expires = min(now + config.challenge_lifetime_seconds * 1000, row.expires_at)
             # a new start replaces the previous challenge of this operation
             issued = conn.execute(
-                update(O).where(O.c.id == op_id, O.c.state == OperationState.PENDING.value)
+                update(OPS).where(OPS.c.id == op_id, OPS.c.state == OperationState.PENDING.value)
                 .values(challenge=challenge, challenge_expires_at=expires)
-                .returning(O.c.pre_context, O.c.required_auth_method)).first()
+                .returning(OPS.c.pre_context, OPS.c.required_auth_method)).first()
             if issued is None:  # pragma: no cover - raced with a finish; same as unknown
                 return self._decoy(config, now)
         methods = list(config.allowed_auth_methods)
@@ -146,14 +146,14 @@ class Authentication:
     def pending(self, request: PendingOperationsRequest) -> PendingOperationsResponse:
         now = now_ms(self.clock)
         with self.db.read() as conn:
-            rows = conn.execute(select(O.c.id, O.c.expires_at, O.c.pre_context,
-                                       O.c.required_auth_method).where(
-                O.c.device_id == request.device_id,
-                O.c.application_id == request.application_id,
-                O.c.state == OperationState.PENDING.value,
-                O.c.initiator == Initiator.BACKEND.value,
-                O.c.type == OperationType.AUTHENTICATION.value,
-                O.c.expires_at > now).order_by(O.c.created_at)).all()
+            rows = conn.execute(select(OPS.c.id, OPS.c.expires_at, OPS.c.pre_context,
+                                       OPS.c.required_auth_method).where(
+                OPS.c.device_id == request.device_id,
+                OPS.c.application_id == request.application_id,
+                OPS.c.state == OperationState.PENDING.value,
+                OPS.c.initiator == Initiator.BACKEND.value,
+                OPS.c.type == OperationType.AUTHENTICATION.value,
+                OPS.c.expires_at > now).order_by(OPS.c.created_at)).all()
         return PendingOperationsResponse(operations=[
             PendingOperation(
                 operation_id=r.id, expires_at=ms_to_dt(r.expires_at),
@@ -175,7 +175,7 @@ class Authentication:
     def _finish(self, request: AuthenticationFinishRequest,
                 now: int) -> AuthenticationFinishResponse:
         with self.db.read() as conn:
-            op = conn.execute(select(O).where(O.c.id == request.operation_id)).first()
+            op = conn.execute(select(OPS).where(OPS.c.id == request.operation_id)).first()
             reg = conn.execute(select(R).where(R.c.id == request.device_id)).first()
             signer = self._signer(conn, request, reg)
         verified = self._check(request, op, reg, signer, now)
@@ -313,9 +313,9 @@ class Authentication:
         """§4.3: the one statement that consumes the challenge; a second finish finds no
         PENDING row with this challenge and is refused."""
         consumed = conn.execute(
-            update(O)
-            .where(O.c.id == op.id, O.c.state == OperationState.PENDING.value,
-                   O.c.challenge == op.challenge, O.c.challenge_expires_at > now)
+            update(OPS)
+            .where(OPS.c.id == op.id, OPS.c.state == OperationState.PENDING.value,
+                   OPS.c.challenge == op.challenge, OPS.c.challenge_expires_at > now)
             .values(state=(OperationState.COMPLETED if passed else OperationState.FAILED).value,
                     completed_at=now, result=json.dumps(result))
         ).rowcount

@@ -193,7 +193,7 @@ def create_app(kb: Keybound) -> FastAPI:
 
 def _device_routes(app: FastAPI, kb: Keybound) -> None:
     tags: list[str | Any] = ["device"]
-    ok = {"response_model_exclude_none": True, "tags": tags}
+    ok: dict[str, Any] = {"response_model_exclude_none": True, "tags": tags}
 
     @app.post(DevicePaths.ACTIVATION_START, **ok)
     def activation_start(body: ActivationStartRequest) -> ActivationStartResponse:
@@ -241,7 +241,7 @@ App = Annotated[str, Depends(_application)]
 
 def _rp_routes(app: FastAPI, kb: Keybound) -> None:
     tags: list[str | Any] = ["relying party"]
-    ok = {"response_model_exclude_none": True, "tags": tags}
+    ok: dict[str, Any] = {"response_model_exclude_none": True, "tags": tags}
 
     @app.post("/rp/v1/users", status_code=201, **ok)
     def create_user(app_id: App, body: CreateUserRequest) -> User:

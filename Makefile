@@ -1,0 +1,45 @@
+# keybound — the two commands a new user needs:
+#   make demo   server on embedded SQLite + demo devices, prints the decision table
+#   make test   installs everything the suite needs (swtpm, SoftHSM2, Python deps) and runs it
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest system-deps openapi clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "keybound needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,tpm,pkcs11]'
+	touch $@ $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	$(BIN)/keybound demo
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test: system-deps
+	$(MAKE) $(VENV)/.installed-test
+	$(MAKE) lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+pytest: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+openapi: $(VENV)/.installed-base
+	$(BIN)/python -m keybound.server.openapi > docs/openapi.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

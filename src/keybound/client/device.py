@@ -1,0 +1,765 @@
+"""The device: activation, authentication, pending operations and deactivation.
+
+A :class:`Device` plays the device side of the ceremonies in docs/protocol.md against the
+device API, keeps its state in a directory (:mod:`keybound.client.state`), its software keys
+in that state and its hardware key in a :class:`~keybound.client.keystores.KeyStore`.
+
+Key safety: the device never drops a key the server may consider current.
+
+- Before a finish request is sent, the new material (next software key, or a whole new
+  registration) is persisted next to the old.
+- A 2xx answer makes the new material current and deletes the old (old hardware keys too).
+- A definite refusal (4xx problem with a known code) discards the new material.
+- An unknown outcome (network failure, 5xx, unreadable answer) keeps both. The next
+  ceremony signs with the newest candidate first; if the server answers
+  ``authentication_failed`` it starts afresh with the next older one. Newest first means a
+  superseded key is never used, so the server's clone detection is never tripped.
+
+Declining: when an ``approve`` callback returns False, :meth:`Device.authenticate` raises
+:class:`OperationDeclined` (code ``invalid_state``) without finishing; nothing is sent, and
+the operation expires on the server.
+
+A Device is not thread-safe; use one Device per state directory at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+from keybound import protocol
+from keybound.client import pin as pins
+from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
+from keybound.client.keystores.software import SoftwareKey
+from keybound.client.profiles import DeviceProfile
+from keybound.client.state import ClientState, Registration, StateStore
+from keybound.client.transport import Transport, outcome_unknown
+from keybound.errors import ClientError, ErrorCode, KeyboundError, KeyStoreError, SigningFailed
+from keybound.protocol import (
+    AuthLevel,
+    AuthMethod,
+    DevicePaths,
+    HwKeyClientStatus,
+    Message,
+    OperationContext,
+    OperationState,
+    Purpose,
+)
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+#: Called with the pre-operation context (what the user is asked to approve); return True
+#: to approve. None approves everything.
+Approve = Callable[[OperationContext | None], bool]
+
+_APPLICATION_ID: TypeAdapter[str] = TypeAdapter(protocol.ApplicationId)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivationResult:
+    """A completed (re)activation."""
+
+    operation_id: str
+    device_id: str
+    reactivated: bool
+    hardware_key_registered: bool
+    hw_key_client_status: HwKeyClientStatus
+    auth_methods: tuple[AuthMethod, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthenticationResult:
+    """A completed authentication. ``post_operation_context`` is released by the server only
+    after success."""
+
+    operation_id: str
+    auth_method: AuthMethod
+    auth_level: AuthLevel
+    post_operation_context: OperationContext | None
+    hw_key_client_status: HwKeyClientStatus
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingOperation:
+    """A backend-initiated operation waiting for this device."""
+
+    operation_id: str
+    expires_at: datetime
+    pre_operation_context: OperationContext | None
+    required_auth_method: AuthMethod | None
+
+
+class OperationDeclined(ClientError):
+    """The ``approve`` callback declined the operation; nothing was sent to finish it."""
+
+    code = ErrorCode.INVALID_STATE
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Candidate:
+    """A (registration, software key) pair the server may consider current."""
+
+    registration: int
+    key: int
+
+
+# --------------------------------------------------------------------------- device
+
+
+class Device:
+    """A keybound device. Build one with :meth:`create` (new) or :meth:`load` (existing)."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        state: ClientState,
+        transport: Transport,
+        hardware: KeyStore | None,
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._transport = transport
+        self._hardware = hardware
+
+    @classmethod
+    def create(
+        cls,
+        state_dir: Path | str,
+        *,
+        application_id: str,
+        transport: Transport,
+        profile: DeviceProfile,
+        hardware: KeyStore | None = None,
+    ) -> Device:
+        """A new, not yet activated device with its state in ``state_dir`` (created 0700).
+
+        ``hardware`` is the secure-hardware key store, or None for a software-only device.
+        Raises CLIENT_CONFIGURATION if ``state_dir`` already holds a device.
+        """
+        store = StateStore(state_dir)
+        if store.exists():
+            raise ClientError(
+                f"{store.directory} already holds a device; use Device.load",
+                code=ErrorCode.CLIENT_CONFIGURATION,
+            )
+        try:
+            _APPLICATION_ID.validate_python(application_id)
+        except ValidationError:
+            raise ClientError(
+                f"invalid application id {application_id!r}", code=ErrorCode.CLIENT_CONFIGURATION
+            ) from None
+        state = ClientState(application_id=application_id, profile=profile)
+        store.save(state)
+        return cls(store=store, state=state, transport=transport, hardware=hardware)
+
+    @classmethod
+    def load(
+        cls,
+        state_dir: Path | str,
+        *,
+        transport: Transport,
+        hardware: KeyStore | None = None,
+        profile: DeviceProfile | None = None,
+    ) -> Device:
+        """The device whose state is in ``state_dir``.
+
+        Without ``hardware``, the key store of the stored hardware key (if any) is reopened
+        by kind with default options; if that fails the hardware key counts as unavailable.
+        A new ``profile`` (say, after an OS update) replaces the stored one.
+        """
+        store = StateStore(state_dir)
+        state = store.load()
+        if profile is not None and profile != state.profile:
+            state = replace(state, profile=profile)
+            store.save(state)
+        handle = _newest_handle(state)
+        if hardware is None and handle is not None:
+            hardware = _reopen(handle.store, store.directory)
+        elif hardware is not None and handle is not None and handle.store != hardware.kind:
+            raise ClientError(
+                f"the device's hardware key is in a {handle.store!r} store, not {hardware.kind!r}",
+                code=ErrorCode.CLIENT_CONFIGURATION,
+            )
+        return cls(store=store, state=state, transport=transport, hardware=hardware)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def state_dir(self) -> Path:
+        return self._store.directory
+
+    @property
+    def application_id(self) -> str:
+        return self._state.application_id
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return self._state.profile
+
+    @property
+    def hardware(self) -> KeyStore | None:
+        return self._hardware
+
+    @property
+    def activated(self) -> bool:
+        """True once a (re)activation was accepted, or may have been (outcome unknown)."""
+        return self._state.current is not None
+
+    @property
+    def device_id(self) -> str | None:
+        current = self._state.current
+        return None if current is None else current.device_id
+
+    @property
+    def has_hardware_key(self) -> bool:
+        current = self._state.current
+        return current is not None and current.hardware_key is not None
+
+    # ------------------------------------------------------------------ activation
+
+    def activate(self, activation_code: str, *, pin: str | None = None) -> ActivationResult:
+        """(Re)activate with a code from the relying party; with ``pin``, set up DEVICE:PIN.
+
+        On an activated device only a reactivation code for the same device id is accepted
+        (INVALID_STATE otherwise); success replaces every old key. Raises ClientError with
+        the server's code when refused.
+        """
+        pin_salt = pins.new_salt() if pin is not None else None
+        pin_key = None if pin is None or pin_salt is None else pins.derive_pin_key(pin, pin_salt)
+        start = self._post(
+            DevicePaths.ACTIVATION_START,
+            _request(
+                protocol.ActivationStartRequest,
+                application_id=self.application_id,
+                activation_code=activation_code,
+            ),
+            protocol.ActivationStartResponse,
+        )
+        reactivation = self._check_activation_target(start.device_id)
+        registration, request = self._activation_finish(start, pin_salt, pin_key)
+        finish = self._send_activation(registration, request)
+        if finish.device_id != start.device_id:
+            raise ClientError("server activated another device id", code=ErrorCode.CLIENT_TRANSPORT)
+        confirmed = self._confirm_activation(registration, finish)
+        return ActivationResult(
+            operation_id=start.operation_id,
+            device_id=finish.device_id,
+            reactivated=reactivation,
+            hardware_key_registered=confirmed.hardware_key is not None,
+            hw_key_client_status=registration.activation_hw_status,
+            auth_methods=confirmed.auth_methods,
+        )
+
+    def _check_activation_target(self, device_id: str) -> bool:
+        """True for a reactivation; refuses a new device id on an activated device."""
+        confirmed = [r for r in self._state.registrations if r.confirmed]
+        if not confirmed:
+            return False
+        if confirmed[0].device_id != device_id:
+            raise ClientError(
+                "this device is already activated; the code is not a reactivation code for it"
+                " (deactivate or forget() the device first)",
+                code=ErrorCode.INVALID_STATE,
+            )
+        return True
+
+    def _activation_finish(
+        self,
+        start: protocol.ActivationStartResponse,
+        pin_salt: bytes | None,
+        pin_key: bytes | None,
+    ) -> tuple[Registration, protocol.ActivationFinishRequest]:
+        software = SoftwareKey.generate()
+        handle, status = self._generate_hardware_key(start.device_id)
+        registration = Registration(
+            device_id=start.device_id,
+            confirmed=False,
+            software_keys=(software.to_pem(),),
+            hardware_key=handle,
+            activation_hw_status=status,
+            pin_salt=pin_salt,
+        )
+        message = self._activation_transcript(start, software, registration)
+        hardware_signature = None
+        if handle is not None:
+            hardware_signature = self._sign_new_hardware_key(handle, message)
+            if hardware_signature is None:
+                registration = replace(
+                    registration,
+                    hardware_key=None,
+                    activation_hw_status=HwKeyClientStatus.GENERATION_FAILED,
+                )
+                message = self._activation_transcript(start, software, registration)
+        hardware_key = registration.hardware_key
+        request = protocol.ActivationFinishRequest(
+            application_id=self.application_id,
+            operation_id=start.operation_id,
+            device_id=start.device_id,
+            software_public_key=software.public_key,
+            software_signature=software.sign(message),
+            hardware_public_key=None if hardware_key is None else hardware_key.public_key,
+            hardware_signature=hardware_signature,
+            hw_key_client_status=registration.activation_hw_status,
+            pin_key=pin_key,
+            device_profile=self.profile.to_protocol(),
+        )
+        return registration, request
+
+    def _activation_transcript(
+        self,
+        start: protocol.ActivationStartResponse,
+        software: SoftwareKey,
+        registration: Registration,
+    ) -> bytes:
+        handle = registration.hardware_key
+        return protocol.transcript(
+            Purpose.ACTIVATION,
+            application_id=self.application_id,
+            device_id=start.device_id,
+            operation_id=start.operation_id,
+            challenge=start.challenge,
+            context_digest=protocol.NO_CONTEXT_HASH,
+            software_public_key=software.public_key,
+            hardware_public_key=b"" if handle is None else handle.public_key,
+            auth_method="",
+            hw_key_client_status=registration.activation_hw_status.value,
+        )
+
+    def _generate_hardware_key(self, device_id: str) -> tuple[KeyHandle | None, HwKeyClientStatus]:
+        if self._hardware is None or not self._wants_hardware():
+            return None, HwKeyClientStatus.NOT_SUPPORTED
+        try:
+            handle = self._hardware.generate(f"keybound:{self.application_id}:{device_id}")
+        except KeyStoreError as exc:
+            log.warning("hardware key generation failed: %s", exc.code.value)
+            return None, HwKeyClientStatus.GENERATION_FAILED
+        return handle, HwKeyClientStatus.OK
+
+    def _sign_new_hardware_key(self, handle: KeyHandle, message: bytes) -> bytes | None:
+        """Proof of possession for a fresh hardware key; None (key deleted) if it cannot
+        sign, which the device reports as GENERATION_FAILED."""
+        signature, _ = self._hardware_sign(handle, message)
+        if signature is not None:
+            return signature
+        self._delete_hardware_key(handle)
+        return None
+
+    def _send_activation(
+        self, registration: Registration, request: protocol.ActivationFinishRequest
+    ) -> protocol.ActivationFinishResponse:
+        self._save(replace(self._state, registrations=(*self._state.registrations, registration)))
+        try:
+            return self._post(
+                DevicePaths.ACTIVATION_FINISH, request, protocol.ActivationFinishResponse
+            )
+        except ClientError as exc:
+            if not outcome_unknown(exc):
+                self._discard_registration(registration)
+            raise
+
+    def _confirm_activation(
+        self, registration: Registration, finish: protocol.ActivationFinishResponse
+    ) -> Registration:
+        confirmed = replace(registration, confirmed=True, auth_methods=tuple(finish.auth_methods))
+        if confirmed.hardware_key is not None and not finish.hardware_key_registered:
+            self._delete_hardware_key(confirmed.hardware_key)
+            confirmed = replace(confirmed, hardware_key=None)
+        self._keep_only(confirmed)
+        return confirmed
+
+    # ------------------------------------------------------------------ authentication
+
+    def authenticate(
+        self,
+        *,
+        operation_id: str | None = None,
+        pin: str | None = None,
+        approve: Approve | None = None,
+    ) -> AuthenticationResult:
+        """Authenticate: device-initiated, or answering the backend-initiated
+        ``operation_id``. With ``pin`` the auth method is DEVICE:PIN, else DEVICE.
+
+        ``approve`` is shown the pre-operation context; returning False raises
+        :class:`OperationDeclined`. Raises ClientError with the server's code when refused
+        (``pin_invalid`` for a wrong PIN: only the server can tell).
+        """
+        self._require_activated()
+        method = AuthMethod.DEVICE_PIN if pin is not None else AuthMethod.DEVICE
+        approval = _Approval(approve)
+        candidates = self._candidates()
+        for attempt, candidate in enumerate(candidates, start=1):
+            try:
+                return self._authenticate_with(candidate, operation_id, method, pin, approval)
+            except ClientError as exc:
+                if exc.code is not ErrorCode.AUTHENTICATION_FAILED or attempt == len(candidates):
+                    raise
+                log.info("authentication failed with an unconfirmed key; trying an older one")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _authenticate_with(
+        self,
+        candidate: _Candidate,
+        operation_id: str | None,
+        method: AuthMethod,
+        pin: str | None,
+        approval: _Approval,
+    ) -> AuthenticationResult:
+        registration = self._state.registrations[candidate.registration]
+        current = SoftwareKey.from_pem(registration.software_keys[candidate.key])
+        pin_key = _pin_key(registration, pin)
+        start = self._post(
+            DevicePaths.AUTHENTICATION_START,
+            _request(
+                protocol.AuthenticationStartRequest,
+                application_id=self.application_id,
+                device_id=registration.device_id,
+                operation_id=operation_id,
+            ),
+            protocol.AuthenticationStartResponse,
+        )
+        _check_method(method, start.allowed_auth_methods)
+        approval.check(start.pre_operation_context)
+        following = SoftwareKey.generate()
+        signed = self._sign_authentication(start, registration, following, method)
+        request = protocol.AuthenticationFinishRequest(
+            application_id=self.application_id,
+            device_id=registration.device_id,
+            operation_id=start.operation_id,
+            auth_method=method,
+            software_key_id=current.key_id,
+            next_software_public_key=following.public_key,
+            software_signature=current.sign(signed.message),
+            hardware_signature=signed.hardware_signature,
+            hw_key_client_status=signed.status,
+            pin_proof=None if pin_key is None else pins.proof(pin_key, signed.message),
+        )
+        finish = self._send_authentication(candidate.registration, following, request)
+        return AuthenticationResult(
+            operation_id=finish.operation_id,
+            auth_method=finish.auth_method,
+            auth_level=finish.auth_level,
+            post_operation_context=finish.post_operation_context,
+            hw_key_client_status=signed.status,
+        )
+
+    def _sign_authentication(
+        self,
+        start: protocol.AuthenticationStartResponse,
+        registration: Registration,
+        following: SoftwareKey,
+        method: AuthMethod,
+    ) -> _HardwareSigned:
+        """The transcript and the hardware part of an authentication. The status is in the
+        transcript, so a failed hardware signature means a new transcript without one."""
+
+        def transcript(status: HwKeyClientStatus) -> bytes:
+            return self._authentication_transcript(start, registration, following, method, status)
+
+        handle = registration.hardware_key
+        if handle is None:
+            status = self._status_without_hardware_key(registration)
+            return _HardwareSigned(
+                message=transcript(status), hardware_signature=None, status=status
+            )
+        message = transcript(HwKeyClientStatus.OK)
+        signature, status = self._hardware_sign(handle, message)
+        if signature is None:
+            message = transcript(status)
+        return _HardwareSigned(message=message, hardware_signature=signature, status=status)
+
+    def _authentication_transcript(
+        self,
+        start: protocol.AuthenticationStartResponse,
+        registration: Registration,
+        following: SoftwareKey,
+        method: AuthMethod,
+        status: HwKeyClientStatus,
+    ) -> bytes:
+        return protocol.transcript(
+            Purpose.AUTHENTICATION,
+            application_id=self.application_id,
+            device_id=registration.device_id,
+            operation_id=start.operation_id,
+            challenge=start.challenge,
+            context_digest=protocol.context_hash(start.pre_operation_context),
+            software_public_key=following.public_key,
+            hardware_public_key=b"",
+            auth_method=method.value,
+            hw_key_client_status=status.value,
+        )
+
+    def _hardware_sign(
+        self, handle: KeyHandle, message: bytes
+    ) -> tuple[bytes | None, HwKeyClientStatus]:
+        hardware = self._hardware
+        if hardware is None or hardware.kind != handle.store:
+            return None, HwKeyClientStatus.KEY_UNAVAILABLE
+        try:
+            return hardware.sign(handle, message), HwKeyClientStatus.OK
+        except SigningFailed:
+            log.warning("hardware key signing failed")
+            return None, HwKeyClientStatus.SIGNING_FAILED
+        except KeyStoreError as exc:
+            log.warning("hardware key unavailable: %s", exc.code.value)
+            return None, HwKeyClientStatus.KEY_UNAVAILABLE
+
+    def _status_without_hardware_key(self, registration: Registration) -> HwKeyClientStatus:
+        """A registration without a hardware key reports why: generation failed at
+        activation, the device has no (usable) secure hardware, or it has now but the
+        registration predates it (reactivate to get a hardware key)."""
+        if registration.activation_hw_status is HwKeyClientStatus.GENERATION_FAILED:
+            return HwKeyClientStatus.GENERATION_FAILED
+        if self._wants_hardware():
+            return HwKeyClientStatus.NOT_ACTIVATED_WITH_HW_KEY
+        return HwKeyClientStatus.NOT_SUPPORTED
+
+    def _send_authentication(
+        self,
+        index: int,
+        following: SoftwareKey,
+        request: protocol.AuthenticationFinishRequest,
+    ) -> protocol.AuthenticationFinishResponse:
+        """Persist the next key as a candidate, send, then promote or discard it."""
+        registration = self._state.registrations[index]
+        pending = replace(
+            registration, software_keys=(*registration.software_keys, following.to_pem())
+        )
+        self._replace_registration(index, pending)
+        try:
+            finish = self._post(
+                DevicePaths.AUTHENTICATION_FINISH, request, protocol.AuthenticationFinishResponse
+            )
+        except ClientError as exc:
+            if not outcome_unknown(exc):
+                self._replace_registration(index, registration)
+            raise
+        if finish.state is not OperationState.COMPLETED:
+            # A 2xx that is not a completion is no protocol answer: keep the candidate.
+            raise ClientError(
+                f"server answered finish with state {finish.state.value}",
+                code=ErrorCode.CLIENT_TRANSPORT,
+            )
+        self._keep_only(replace(pending, confirmed=True, software_keys=(following.to_pem(),)))
+        return finish
+
+    # ------------------------------------------------------------------ pending, deactivation
+
+    def pending(self) -> list[PendingOperation]:
+        """Backend-initiated operations waiting for this device (answer one with
+        ``authenticate(operation_id=...)``)."""
+        current = self._require_activated()
+        response = self._post(
+            DevicePaths.PENDING_OPERATIONS,
+            protocol.PendingOperationsRequest(
+                application_id=self.application_id, device_id=current.device_id
+            ),
+            protocol.PendingOperationsResponse,
+        )
+        return [
+            PendingOperation(
+                operation_id=op.operation_id,
+                expires_at=op.expires_at,
+                pre_operation_context=op.pre_operation_context,
+                required_auth_method=op.required_auth_method,
+            )
+            for op in response.operations
+        ]
+
+    def deactivate(self) -> None:
+        """Deactivate this device on the server, then :meth:`forget` it locally. Raises
+        ClientError (state kept) when the server refuses or cannot be reached."""
+        self._require_activated()
+        candidates = self._candidates()
+        for attempt, candidate in enumerate(candidates, start=1):
+            try:
+                self._deactivate_with(candidate)
+                break
+            except ClientError as exc:
+                if exc.code is not ErrorCode.AUTHENTICATION_FAILED or attempt == len(candidates):
+                    raise
+        self.forget()
+
+    def _deactivate_with(self, candidate: _Candidate) -> None:
+        registration = self._state.registrations[candidate.registration]
+        key = SoftwareKey.from_pem(registration.software_keys[candidate.key])
+        message = protocol.transcript(
+            Purpose.DEACTIVATION,
+            application_id=self.application_id,
+            device_id=registration.device_id,
+            operation_id="",
+            challenge=b"",
+            context_digest=protocol.NO_CONTEXT_HASH,
+            software_public_key=key.public_key,
+        )
+        self._post(
+            DevicePaths.DEACTIVATE,
+            protocol.DeactivateRequest(
+                application_id=self.application_id,
+                device_id=registration.device_id,
+                software_key_id=key.key_id,
+                software_signature=key.sign(message),
+            ),
+            protocol.DeactivateResponse,
+        )
+
+    def forget(self) -> None:
+        """Drop every credential locally without telling the server (e.g. after the relying
+        party deactivated the device): hardware keys are deleted, software keys and the PIN
+        salt removed from the state file. The device can then be activated anew."""
+        for registration in self._state.registrations:
+            if registration.hardware_key is not None:
+                self._delete_hardware_key(registration.hardware_key)
+        self._save(replace(self._state, registrations=()))
+
+    # ------------------------------------------------------------------ state bookkeeping
+
+    def _require_activated(self) -> Registration:
+        current = self._state.current
+        if current is None:
+            raise ClientError("the device is not activated", code=ErrorCode.CLIENT_NOT_ACTIVATED)
+        return current
+
+    def _candidates(self) -> list[_Candidate]:
+        """Every (registration, software key) the server may consider current, newest first."""
+        return [
+            _Candidate(registration=r, key=k)
+            for r in reversed(range(len(self._state.registrations)))
+            for k in reversed(range(len(self._state.registrations[r].software_keys)))
+        ]
+
+    def _save(self, state: ClientState) -> None:
+        self._store.save(state)
+        self._state = state
+
+    def _replace_registration(self, index: int, registration: Registration) -> None:
+        registrations = list(self._state.registrations)
+        registrations[index] = registration
+        self._save(replace(self._state, registrations=tuple(registrations)))
+
+    def _discard_registration(self, registration: Registration) -> None:
+        """Drop a (re)activation the server definitely refused, and its hardware key."""
+        remaining = tuple(r for r in self._state.registrations if r != registration)
+        self._save(replace(self._state, registrations=remaining))
+        if registration.hardware_key is not None:
+            self._delete_hardware_key(registration.hardware_key)
+
+    def _keep_only(self, registration: Registration) -> None:
+        """Make ``registration`` the only one (the server confirmed it); delete the hardware
+        keys of all others after the state is saved."""
+        dropped = [
+            r.hardware_key
+            for r in self._state.registrations
+            if r.hardware_key is not None and r.hardware_key != registration.hardware_key
+        ]
+        self._save(replace(self._state, registrations=(registration,)))
+        for handle in dropped:
+            self._delete_hardware_key(handle)
+
+    # ------------------------------------------------------------------ hardware
+
+    def _wants_hardware(self) -> bool:
+        """Whether this device should have a hardware key now: its profile expects secure
+        hardware (or leaves it to the store) and the store is available."""
+        if self._hardware is None or self.profile.expects_secure_hardware() is False:
+            return False
+        try:
+            return self._hardware.available()
+        except KeyStoreError:
+            return False
+
+    def _delete_hardware_key(self, handle: KeyHandle) -> None:
+        """Best effort: a key that cannot be deleted now is useless to the server anyway."""
+        if self._hardware is None or self._hardware.kind != handle.store:
+            log.warning("cannot delete a hardware key in store %r: store not open", handle.store)
+            return
+        try:
+            self._hardware.delete(handle)
+        except KeyStoreError as exc:
+            log.warning("deleting a hardware key failed: %s", exc.code.value)
+
+    def _post(self, path: str, request: Message, response_type: type[M]) -> M:
+        return self._transport.post(path, request, response_type)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True, kw_only=True)
+class _HardwareSigned:
+    message: bytes
+    hardware_signature: bytes | None
+    status: HwKeyClientStatus
+
+
+class _Approval:
+    """Asks the ``approve`` callback once per distinct pre-operation context (a retry with an
+    older key does not ask again)."""
+
+    def __init__(self, approve: Approve | None) -> None:
+        self._approve = approve
+        self._approved: set[bytes] = set()
+
+    def check(self, context: OperationContext | None) -> None:
+        digest = protocol.context_hash(context)
+        if self._approve is None or digest in self._approved:
+            return
+        if not self._approve(context):
+            raise OperationDeclined("the operation was declined on the device")
+        self._approved.add(digest)
+
+
+def _request(model: type[M], **fields: Any) -> M:
+    """Build a request from caller input; invalid input is the caller's error."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ClientError(
+            f"invalid {where}: {error['msg']}", code=ErrorCode.CLIENT_CONFIGURATION
+        ) from None
+
+
+def _pin_key(registration: Registration, pin: str | None) -> bytes | None:
+    if pin is None:
+        return None
+    if registration.pin_salt is None:
+        raise ClientError("this device was activated without a PIN", code=ErrorCode.INVALID_STATE)
+    return pins.derive_pin_key(pin, registration.pin_salt)
+
+
+def _check_method(method: AuthMethod, allowed: list[AuthMethod]) -> None:
+    """Refuse locally what the server would refuse, before a key is spent on it."""
+    if not allowed or method in allowed:
+        return
+    if method is AuthMethod.DEVICE and AuthMethod.DEVICE_PIN in allowed:
+        raise ClientError("this operation needs the PIN", code=ErrorCode.PIN_REQUIRED)
+    raise ClientError(
+        f"auth method {method.value} is not allowed for this operation",
+        code=ErrorCode.AUTH_METHOD_NOT_ALLOWED,
+    )
+
+
+def _newest_handle(state: ClientState) -> KeyHandle | None:
+    current = state.current
+    return None if current is None else current.hardware_key
+
+
+def _reopen(kind: str, directory: Path) -> KeyStore | None:
+    try:
+        return open_keystore(kind, directory, {})
+    except KeyboundError as exc:
+        log.warning("cannot reopen key store %r: %s", kind, exc.code.value)
+        return None

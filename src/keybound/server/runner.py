@@ -1,0 +1,78 @@
+"""Running the server: ``keybound serve`` (uvicorn, one or more processes) and an in-process
+background server for the demo and tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from keybound.server.http import create_app
+from keybound.server.service import Keybound
+from keybound.storage.db import Clock, wall_clock
+
+ENV_DATABASE_URL = "KEYBOUND_DATABASE_URL"
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (``--factory``): the database URL comes from the environment."""
+    return create_app(Keybound.open(os.environ.get(ENV_DATABASE_URL) or None))
+
+
+def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
+          log_level: str = "info") -> None:
+    kb = Keybound.open(database_url)  # migrate once, before any worker starts
+    print(f"keybound: database {kb.db.url}")
+    print(f"keybound: listening on http://{host}:{port}  (OpenAPI at /openapi.json)")
+    if workers == 1:
+        uvicorn.run(create_app(kb), host=host, port=port, log_level=log_level,
+                    access_log=False)
+        return
+    kb.db.dispose()
+    os.environ[ENV_DATABASE_URL] = kb.db.url
+    uvicorn.run("keybound.server.runner:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, access_log=False)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class BackgroundServer:
+    """A real uvicorn server on 127.0.0.1 in a thread of this process; stops on exit."""
+
+    def __init__(self, kb: Keybound, *, port: int | None = None, clock: Clock = wall_clock,
+                 **uvicorn_options: Any) -> None:
+        self.kb = kb
+        self.port = port or free_port()
+        config = uvicorn.Config(create_app(kb), host="127.0.0.1", port=self.port,
+                                log_level="warning", access_log=False, lifespan="off",
+                                **uvicorn_options)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="keybound-server",
+                                       daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("keybound server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,347 @@
+"""The SDK Device end to end against the real server app (TestClient), including lost
+responses (outcome unknown) and hardware-key faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.helpers import RelyingParty
+
+from keybound.client import Device, OperationDeclined, Transport, preset
+from keybound.client.keystores.emulated import EmulatedSecureElement
+from keybound.client.transport import RawResponse
+from keybound.errors import ClientError, ErrorCode
+from keybound.protocol import DevicePaths, HwKeyClientStatus, OperationContext
+
+
+class LossyTransport(Transport):
+    """Delivers requests but can lose the answer to the next request on a path."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.lose: set[str] = set()
+        self.paths: list[str] = []
+
+    def exchange(self, path: str, body: bytes) -> RawResponse:
+        self.paths.append(path)
+        raw = super().exchange(path, body)
+        if path in self.lose:
+            self.lose.discard(path)
+            raise ClientError("answer lost", code=ErrorCode.CLIENT_TRANSPORT)
+        return raw
+
+
+@pytest.fixture
+def transport(http: Any) -> LossyTransport:
+    return LossyTransport(http)
+
+
+@pytest.fixture
+def element(tmp_path: Path) -> EmulatedSecureElement:
+    return EmulatedSecureElement(tmp_path / "dev" / "emulated-se")
+
+
+def new_device(tmp_path: Path, rp: RelyingParty, transport: Transport,
+               element: EmulatedSecureElement | None, profile: str = "android-14") -> Device:
+    return Device.create(tmp_path / "dev", application_id=rp.app_id, transport=transport,
+                         profile=preset(profile), hardware=element)
+
+
+def code(rp: RelyingParty) -> str:
+    return str(rp.activation_code()["activationCode"])
+
+
+def risk(rp: RelyingParty, op_id: str) -> dict[str, Any]:
+    return rp.operation(op_id)["riskData"]  # type: ignore[no-any-return]
+
+
+def test_activate_and_authenticate_with_hardware(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    result = device.activate(code(rp))
+    assert result.hardware_key_registered and result.hw_key_client_status is HwKeyClientStatus.OK
+    assert device.has_hardware_key and device.device_id == result.device_id
+    for _ in range(3):
+        auth = device.authenticate()
+        assert auth.hw_key_client_status is HwKeyClientStatus.OK
+        assert risk(rp, auth.operation_id) == {"hwKeyClientStatus": "OK",
+                                               "hwKeyServerResult": "VALID"}
+    # reload from disk and keep going
+    again = Device.load(tmp_path / "dev", transport=transport)
+    assert isinstance(again.hardware, EmulatedSecureElement)
+    assert again.authenticate().hw_key_client_status is HwKeyClientStatus.OK
+
+
+@pytest.mark.parametrize(("profile", "with_element", "status"), [
+    ("ios-9", True, "NOT_SUPPORTED"),
+    ("android-6-no-tee", True, "NOT_SUPPORTED"),
+    ("linux", False, "NOT_SUPPORTED"),
+])
+def test_software_only(tmp_path, rp, transport, element, profile, with_element, status) -> None:
+    device = new_device(tmp_path, rp, transport, element if with_element else None, profile)
+    result = device.activate(code(rp))
+    assert not result.hardware_key_registered
+    auth = device.authenticate()
+    assert risk(rp, auth.operation_id) == {"hwKeyClientStatus": status,
+                                           "hwKeyServerResult": "NO_KEY_REGISTERED"}
+
+
+def test_generation_failed(tmp_path, rp, transport, element) -> None:
+    element.fail_generation = True
+    device = new_device(tmp_path, rp, transport, element)
+    assert device.activate(code(rp)).hw_key_client_status is HwKeyClientStatus.GENERATION_FAILED
+    element.fail_generation = False
+    auth = device.authenticate()
+    assert auth.hw_key_client_status is HwKeyClientStatus.GENERATION_FAILED
+
+
+def test_not_activated_with_hw_key(tmp_path, rp, transport, element) -> None:
+    element.present = False
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    element.present = True
+    auth = device.authenticate()
+    assert auth.hw_key_client_status is HwKeyClientStatus.NOT_ACTIVATED_WITH_HW_KEY
+    # reactivation is the way to a hardware key
+    reactivation = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation", expect=201)
+    result = device.activate(reactivation["activationCode"])
+    assert result.reactivated and result.hardware_key_registered
+    assert device.authenticate().hw_key_client_status is HwKeyClientStatus.OK
+
+
+def test_key_unavailable_and_signing_failed(tmp_path, make_rp, transport, element) -> None:
+    rp = make_rp(hwKeyValidationStrategy="RISK_PARAMS")
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    element.fail_signing = True
+    auth = device.authenticate()
+    assert risk(rp, auth.operation_id) == {"hwKeyClientStatus": "SIGNING_FAILED",
+                                           "hwKeyServerResult": "MISSING"}
+    element.fail_signing = False
+    element.corrupt_signatures = True
+    auth = device.authenticate()
+    assert risk(rp, auth.operation_id)["hwKeyServerResult"] == "INVALID"
+    element.corrupt_signatures = False
+    element.lose_keys()
+    auth = device.authenticate()
+    assert risk(rp, auth.operation_id) == {"hwKeyClientStatus": "KEY_UNAVAILABLE",
+                                           "hwKeyServerResult": "MISSING"}
+
+
+def test_default_strategy_refuses_missing_hw_signature(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    state_before = (tmp_path / "dev" / "device.json").read_text()
+    element.lose_keys()
+    with pytest.raises(ClientError) as info:
+        device.authenticate()
+    assert info.value.code is ErrorCode.HARDWARE_KEY_REQUIRED
+    # definite refusal: the pending key is discarded, current key unchanged
+    assert json.loads((tmp_path / "dev" / "device.json").read_text()) == json.loads(state_before)
+
+
+def test_pin(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp), pin="2468")
+    text = (tmp_path / "dev" / "device.json").read_text()
+    assert "2468" not in text
+    assert device.authenticate(pin="2468").auth_level.value == "TWO_FACTOR"
+    with pytest.raises(ClientError) as info:
+        device.authenticate(pin="1111")
+    assert info.value.code is ErrorCode.PIN_INVALID
+    assert device.authenticate(pin="2468").auth_method.value == "DEVICE:PIN"
+    assert device.authenticate().auth_level.value == "ONE_FACTOR"
+
+
+def test_pin_without_pin_at_activation(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    with pytest.raises(ClientError) as info:
+        device.authenticate(pin="2468")
+    assert info.value.code is ErrorCode.INVALID_STATE
+
+
+def test_backend_initiated(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp), pin="2468")
+    pre = {"content": "Pay 10 EUR to ACME", "mimeType": "text/plain"}
+    post = {"content": "receipt 42", "mimeType": "text/plain"}
+    op = rp.start_operation(device.device_id, preOperationContext=pre,
+                            postOperationContext=post, requiredAuthMethod="DEVICE:PIN")
+    pending = device.pending()
+    assert [p.operation_id for p in pending] == [op["operationId"]]
+    assert pending[0].pre_operation_context == OperationContext(content=pre["content"],
+                                                                mime_type="text/plain")
+    seen: list[Any] = []
+    with pytest.raises(ClientError) as info:
+        device.authenticate(operation_id=op["operationId"])
+    assert info.value.code in {ErrorCode.PIN_REQUIRED, ErrorCode.AUTH_METHOD_NOT_ALLOWED}
+    with pytest.raises(OperationDeclined):
+        device.authenticate(operation_id=op["operationId"], pin="2468",
+                            approve=lambda c: seen.append(c) or False)
+    result = device.authenticate(operation_id=op["operationId"], pin="2468",
+                                 approve=lambda c: seen.append(c) or True)
+    assert result.post_operation_context is not None
+    assert result.post_operation_context.content == "receipt 42"
+    assert seen and seen[0].content == pre["content"]
+    assert device.pending() == []
+
+
+def test_lost_finish_answer_after_server_rotated(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    transport.lose.add(DevicePaths.AUTHENTICATION_FINISH)
+    with pytest.raises(ClientError) as info:
+        device.authenticate()
+    assert info.value.code is ErrorCode.CLIENT_TRANSPORT
+    state = json.loads((tmp_path / "dev" / "device.json").read_text())
+    assert len(state["registrations"][0]["software_keys"]) == 2
+    transport.paths.clear()
+    device.authenticate()  # the uncertain key is current on the server: one attempt
+    assert transport.paths.count(DevicePaths.AUTHENTICATION_START) == 1
+    state = json.loads((tmp_path / "dev" / "device.json").read_text())
+    assert len(state["registrations"][0]["software_keys"]) == 1
+    assert rp.device(device.device_id)["state"] == "ACTIVE"
+
+
+def test_lost_finish_answer_before_server_rotated(tmp_path, rp, transport, element) -> None:
+    """A 5xx-like unknown outcome where the server did NOT rotate: the device tries the
+    uncertain key, gets authentication_failed, and retries with the old key."""
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+
+    class DropFinish(LossyTransport):
+        drop = True
+
+        def exchange(self, path: str, body: bytes) -> RawResponse:
+            if self.drop and path == DevicePaths.AUTHENTICATION_FINISH:
+                self.drop = False
+                raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
+            return super().exchange(path, body)
+
+    dropping = DropFinish(transport._client)
+    device = Device.load(tmp_path / "dev", transport=dropping, hardware=element)
+    with pytest.raises(ClientError):
+        device.authenticate()
+    dropping.paths.clear()
+    result = device.authenticate()
+    assert dropping.paths.count(DevicePaths.AUTHENTICATION_START) == 2
+    assert risk(rp, result.operation_id)["hwKeyServerResult"] == "VALID"
+    assert rp.device(device.device_id)["state"] == "ACTIVE"
+    state = json.loads((tmp_path / "dev" / "device.json").read_text())
+    assert len(state["registrations"][0]["software_keys"]) == 1
+    device.authenticate()
+
+
+def test_two_lost_answers_in_a_row(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    for _ in range(2):
+        transport.lose.add(DevicePaths.AUTHENTICATION_FINISH)
+        with pytest.raises(ClientError):
+            device.authenticate()
+    device.authenticate()
+    device.authenticate()
+    assert rp.device(device.device_id)["state"] == "ACTIVE"
+
+
+def test_lost_activation_answer(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    transport.lose.add(DevicePaths.ACTIVATION_FINISH)
+    with pytest.raises(ClientError):
+        device.activate(code(rp))
+    assert device.activated  # maybe: the keys are kept
+    device.authenticate()
+
+
+def test_lost_reactivation_answer(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    old_handle_dir = list((element.directory / "keys").iterdir())
+    reactivation = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation", expect=201)
+    transport.lose.add(DevicePaths.ACTIVATION_FINISH)
+    with pytest.raises(ClientError):
+        device.activate(reactivation["activationCode"])
+    assert len(list((element.directory / "keys").iterdir())) == 2
+    assert device.authenticate().hw_key_client_status is HwKeyClientStatus.OK
+    # the old registration's hardware key is deleted after the new one is confirmed
+    assert len(list((element.directory / "keys").iterdir())) == 1
+    assert list((element.directory / "keys").iterdir()) != old_handle_dir
+    assert rp.device(device.device_id)["state"] == "ACTIVE"
+
+
+def test_refused_activation_keeps_nothing(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    with pytest.raises(ClientError) as info:
+        device.activate("00000000")
+    assert info.value.code is ErrorCode.ACTIVATION_CODE_INVALID
+    assert not device.activated
+
+
+def test_new_code_on_activated_device_is_refused(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    with pytest.raises(ClientError) as info:
+        device.activate(code(rp))
+    assert info.value.code is ErrorCode.INVALID_STATE
+    device.authenticate()
+
+
+def test_deactivate(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    device_id = device.device_id
+    device.authenticate()
+    device.deactivate()
+    assert not device.activated
+    assert rp.device(device_id)["state"] == "DEACTIVATED"
+    assert list((element.directory / "keys").iterdir()) == []
+    assert "PRIVATE KEY" not in (tmp_path / "dev" / "device.json").read_text()
+
+
+def test_deactivate_after_lost_answer(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    transport.lose.add(DevicePaths.AUTHENTICATION_FINISH)
+    with pytest.raises(ClientError):
+        device.authenticate()
+    device_id = device.device_id
+    device.deactivate()
+    assert rp.device(device_id)["state"] == "DEACTIVATED"
+
+
+def test_locked_device_problem_code(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    rp.call("POST", f"/rp/v1/devices/{device.device_id}/lock", expect=200)
+    with pytest.raises(ClientError) as info:
+        device.authenticate()
+    assert info.value.code is ErrorCode.DEVICE_LOCKED
+
+
+def test_backend_initiated_after_unsent_finish(tmp_path, rp, transport, element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+
+    class DropFinish(LossyTransport):
+        drop = True
+
+        def exchange(self, path: str, body: bytes) -> RawResponse:
+            if self.drop and path == DevicePaths.AUTHENTICATION_FINISH:
+                self.drop = False
+                raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
+            return super().exchange(path, body)
+
+    dropping = DropFinish(transport._client)
+    device = Device.load(tmp_path / "dev", transport=dropping)
+    with pytest.raises(ClientError):
+        device.authenticate()
+    op = rp.start_operation(device.device_id)
+    asked: list[Any] = []
+    result = device.authenticate(operation_id=op["operationId"],
+                                 approve=lambda c: asked.append(c) or True)
+    assert result.operation_id == op["operationId"]
+    assert len(asked) == 1
+    assert rp.operation(op["operationId"])["state"] == "COMPLETED"

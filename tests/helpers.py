@@ -1,0 +1,166 @@
+"""Test drivers that speak the wire protocol directly.
+
+``RawDevice`` is a device written from docs/protocol.md alone, with every knob exposed, so tests
+can build the exact request an attacker or a broken device would send. The SDK
+(``keybound.client``) is tested end to end separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
+
+from keybound import crypto
+from keybound import protocol as p
+
+
+class RelyingParty:
+    def __init__(self, http: TestClient, app_id: str, token: str) -> None:
+        self.http = http
+        self.app_id = app_id
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, path: str, json: Any = None, expect: int | None = None) -> Any:
+        response = self.http.request(method, path, json=json, headers=self.headers)
+        if expect is not None:
+            assert response.status_code == expect, response.text
+        return response.json()
+
+    def new_user(self) -> str:
+        return str(self.call("POST", "/rp/v1/users", {}, expect=201)["userId"])
+
+    def activation_code(self, user_id: str | None = None) -> dict[str, Any]:
+        user_id = user_id or self.new_user()
+        result: dict[str, Any] = self.call(
+            "POST", f"/rp/v1/users/{user_id}/activation-codes", expect=201)
+        return result
+
+    def operation(self, op_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/rp/v1/operations/{op_id}", expect=200)
+        return result
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/rp/v1/devices/{device_id}", expect=200)
+        return result
+
+    def start_operation(self, device_id: str, **body: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            "POST", f"/rp/v1/devices/{device_id}/operations", body, expect=201)
+        return result
+
+
+@dataclass
+class RawDevice:
+    http: TestClient
+    app_id: str
+    sw: ec.EllipticCurvePrivateKey = field(default_factory=crypto.generate_p256)
+    hw: ec.EllipticCurvePrivateKey | None = field(default_factory=crypto.generate_p256)
+    device_id: str = ""
+    pin_key: bytes | None = None
+    history: list[ec.EllipticCurvePrivateKey] = field(default_factory=list)
+
+    def post(self, path: str, message: p.Message | dict[str, Any]) -> Any:
+        body = message.to_wire() if isinstance(message, p.Message) else message
+        return self.http.post(path, json=body)
+
+    # -- activation ----------------------------------------------------------------------
+
+    def start_activation(self, code: str) -> p.ActivationStartResponse:
+        r = self.post(p.DevicePaths.ACTIVATION_START,
+                      p.ActivationStartRequest(application_id=self.app_id, activation_code=code))
+        assert r.status_code == 200, r.text
+        start = p.ActivationStartResponse.model_validate(r.json())
+        self.device_id = start.device_id
+        return start
+
+    def activation_request(self, start: p.ActivationStartResponse, *,
+                           status: p.HwKeyClientStatus | None = None,
+                           send_hw: bool = True, corrupt_hw: bool = False,
+                           pin_key: bytes | None = None,
+                           profile: p.DeviceProfile | None = None) -> p.ActivationFinishRequest:
+        hw_pub = crypto.public_der(self.hw) if (self.hw is not None and send_hw) else None
+        if status is None:
+            status = p.HwKeyClientStatus.OK if hw_pub else p.HwKeyClientStatus.NOT_SUPPORTED
+        tbs = p.transcript(
+            p.Purpose.ACTIVATION, application_id=self.app_id, device_id=start.device_id,
+            operation_id=start.operation_id, challenge=start.challenge,
+            context_digest=p.NO_CONTEXT_HASH, software_public_key=crypto.public_der(self.sw),
+            hardware_public_key=hw_pub or b"", hw_key_client_status=status.value)
+        hw_sig = None
+        if hw_pub is not None and self.hw is not None:
+            hw_sig = crypto.sign_p256(self.hw, tbs + b"x" if corrupt_hw else tbs)
+        self.pin_key = pin_key
+        return p.ActivationFinishRequest(
+            application_id=self.app_id, operation_id=start.operation_id,
+            device_id=start.device_id, software_public_key=crypto.public_der(self.sw),
+            software_signature=crypto.sign_p256(self.sw, tbs), hardware_public_key=hw_pub,
+            hardware_signature=hw_sig, hw_key_client_status=status, pin_key=pin_key,
+            device_profile=profile or p.DeviceProfile(platform=p.Platform.ANDROID,
+                                                      os_version="14"))
+
+    def activate(self, code: str, **kwargs: Any) -> Any:
+        start = self.start_activation(code)
+        return self.post(p.DevicePaths.ACTIVATION_FINISH, self.activation_request(start, **kwargs))
+
+    # -- authentication -------------------------------------------------------------------
+
+    def start_auth(self, operation_id: str | None = None) -> p.AuthenticationStartResponse:
+        r = self.post(p.DevicePaths.AUTHENTICATION_START, p.AuthenticationStartRequest(
+            application_id=self.app_id, device_id=self.device_id, operation_id=operation_id))
+        assert r.status_code == 200, r.text
+        return p.AuthenticationStartResponse.model_validate(r.json())
+
+    def auth_request(self, start: p.AuthenticationStartResponse, *,
+                     status: p.HwKeyClientStatus = p.HwKeyClientStatus.OK,
+                     hw_mode: str = "sign",  # sign | omit | corrupt
+                     method: p.AuthMethod = p.AuthMethod.DEVICE,
+                     pin_key: bytes | None = None,
+                     signer: ec.EllipticCurvePrivateKey | None = None,
+                     next_key: ec.EllipticCurvePrivateKey | None = None,
+                     ) -> tuple[p.AuthenticationFinishRequest, ec.EllipticCurvePrivateKey]:
+        signer = signer or self.sw
+        next_key = next_key or crypto.generate_p256()
+        tbs = p.transcript(
+            p.Purpose.AUTHENTICATION, application_id=self.app_id, device_id=self.device_id,
+            operation_id=start.operation_id, challenge=start.challenge,
+            context_digest=p.context_hash(start.pre_operation_context),
+            software_public_key=crypto.public_der(next_key), auth_method=method.value,
+            hw_key_client_status=status.value)
+        hw_sig = None
+        if self.hw is not None and hw_mode != "omit":
+            hw_sig = crypto.sign_p256(self.hw, tbs if hw_mode == "sign" else tbs + b"!")
+        proof = None
+        if method is p.AuthMethod.DEVICE_PIN:
+            key = pin_key if pin_key is not None else self.pin_key
+            assert key is not None
+            proof = crypto.pin_proof(key, p.pin_proof_message(tbs))
+        request = p.AuthenticationFinishRequest(
+            application_id=self.app_id, device_id=self.device_id,
+            operation_id=start.operation_id, auth_method=method,
+            software_key_id=crypto.key_id(crypto.public_der(signer)),
+            next_software_public_key=crypto.public_der(next_key),
+            software_signature=crypto.sign_p256(signer, tbs), hardware_signature=hw_sig,
+            hw_key_client_status=status, pin_proof=proof)
+        return request, next_key
+
+    def finish_auth(self, request: p.AuthenticationFinishRequest,
+                    next_key: ec.EllipticCurvePrivateKey) -> Any:
+        r = self.post(p.DevicePaths.AUTHENTICATION_FINISH, request)
+        if r.status_code == 200:
+            self.history.append(self.sw)
+            self.sw = next_key
+        return r
+
+    def authenticate(self, operation_id: str | None = None, **kwargs: Any) -> Any:
+        start = self.start_auth(operation_id)
+        return self.finish_auth(*self.auth_request(start, **kwargs))
+
+
+def problem_code(response: Any) -> str:
+    assert response.headers["content-type"].startswith("application/problem+json"), response.text
+    body = response.json()
+    assert body["status"] == response.status_code
+    return str(body["code"])

@@ -1,0 +1,61 @@
+"""The keybound command line, run as a user would (a real subprocess, a real database)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keybound.cli", "--database-url",
+         f"sqlite:///{tmp_path / 'cli.db'}", *args],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_app_lifecycle(tmp_path: Path) -> None:
+    created = run(tmp_path, "app", "create", "bank", "hwKeyValidationStrategy=REQUIRED",
+                  "activationCodeLength=8")
+    assert created.returncode == 0, created.stderr
+    config = json.loads(created.stdout)
+    assert config["hwKeyValidationStrategy"] == "REQUIRED"
+    assert config["activationCodeLength"] == 8
+    updated = run(tmp_path, "app", "update", "bank", "enabledRiskData=hwKeyServerResult")
+    assert json.loads(updated.stdout)["enabledRiskData"] == ["hwKeyServerResult"]
+    shown = json.loads(run(tmp_path, "app", "show", "bank").stdout)
+    assert shown["activationCodeLength"] == 8
+    assert run(tmp_path, "app", "list").stdout.split() == ["bank"]
+
+
+def test_errors_are_clear(tmp_path: Path) -> None:
+    bad = run(tmp_path, "app", "create", "bank", "amountFailuresAllowed=lots")
+    assert bad.returncode == 2
+    assert "configuration_invalid" in bad.stderr
+    missing = run(tmp_path, "app", "show", "nope")
+    assert missing.returncode == 2
+    assert "not_found" in missing.stderr
+    dup = run(tmp_path, "app", "create", "bank")
+    assert dup.returncode == 0
+    assert run(tmp_path, "app", "create", "bank").returncode == 2
+
+
+def test_api_keys(tmp_path: Path) -> None:
+    assert run(tmp_path, "app", "create", "bank").returncode == 0
+    created = run(tmp_path, "api-key", "create", "bank", "--label", "backend")
+    token = created.stdout.strip()
+    assert token.startswith("kb_")
+    key_id = token.split("_")[1]
+    listed = run(tmp_path, "api-key", "list", "bank").stdout
+    assert key_id in listed and "active" in listed and token not in listed
+    assert run(tmp_path, "api-key", "revoke", key_id).returncode == 0
+    assert "revoked" in run(tmp_path, "api-key", "list", "bank").stdout
+    assert run(tmp_path, "api-key", "revoke", key_id).returncode == 2
+
+
+def test_help_lists_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "keybound.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for command in ("serve", "demo", "app", "api-key", "db"):
+        assert command in out

@@ -1,0 +1,60 @@
+"""Storage: the embedded SQLite default, migrations, and single-statement consumption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import inspect, text
+
+from keybound.storage.db import Database
+from keybound.storage.tables import metadata
+
+
+def test_fresh_database_is_created_in_wal_mode_with_the_full_schema(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "kb.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    assert path.exists()
+    with db.read() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert revision == "0001"
+    tables = set(inspect(db.engine).get_table_names())
+    assert set(metadata.tables) <= tables
+    db.migrate()  # idempotent
+    db.dispose()
+
+
+def test_migration_matches_the_table_definitions(tmp_path: Path) -> None:
+    """Autogenerate against the migrated schema finds nothing to change."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
+    db.migrate()
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    db.dispose()
+
+
+def test_write_transactions_take_the_lock_up_front(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
+    db.migrate()
+    with db.write() as conn:
+        # BEGIN IMMEDIATE: this connection already holds the RESERVED lock, so another
+        # writer cannot start until we finish
+        other = db.engine.raw_connection()
+        try:
+            other.execute("PRAGMA busy_timeout=0")
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                locked = False
+            except Exception as exc:  # sqlite3.OperationalError: database is locked
+                locked = "locked" in str(exc)
+            assert locked
+        finally:
+            other.close()
+        conn.execute(text("SELECT 1"))
+    db.dispose()
