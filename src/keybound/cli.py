@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from keybound import __version__
+from keybound import __version__, device_cli
 from keybound.errors import KeyboundError
 
 ENV_DATABASE_URL = "KEYBOUND_DATABASE_URL"
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     kl = key_sub.add_parser("list", help="list an application's keys")
     kl.add_argument("application_id")
     key.set_defaults(func=cmd_api_key)
+
+    device_cli.register(sub)
 
     db = sub.add_parser("db", help="create or upgrade the database schema")
     db.add_argument("action", choices=["upgrade"])

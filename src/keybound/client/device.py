@@ -40,7 +40,14 @@ from keybound.client.keystores.software import SoftwareKey
 from keybound.client.profiles import DeviceProfile
 from keybound.client.state import ClientState, Registration, StateStore
 from keybound.client.transport import Transport, outcome_unknown
-from keybound.errors import ClientError, ErrorCode, KeyboundError, KeyStoreError, SigningFailed
+from keybound.errors import (
+    ClientError,
+    ErrorCode,
+    KeyboundError,
+    KeyGenerationFailed,
+    KeyStoreError,
+    SigningFailed,
+)
 from keybound.protocol import (
     AuthLevel,
     AuthMethod,
@@ -338,10 +345,15 @@ class Device:
         )
 
     def _generate_hardware_key(self, device_id: str) -> tuple[KeyHandle | None, HwKeyClientStatus]:
-        if self._hardware is None or not self._wants_hardware():
+        store = self._hardware
+        if store is None or self.profile.expects_secure_hardware() is False:
             return None, HwKeyClientStatus.NOT_SUPPORTED
         try:
-            handle = self._hardware.generate(f"keybound:{self.application_id}:{device_id}")
+            if not store.configured():
+                return None, HwKeyClientStatus.NOT_SUPPORTED
+            if not store.available():
+                raise KeyGenerationFailed(f"secure hardware not reachable: {store.describe()}")
+            handle = store.generate(f"keybound:{self.application_id}:{device_id}")
         except KeyStoreError as exc:
             log.warning("hardware key generation failed: %s", exc.code.value)
             return None, HwKeyClientStatus.GENERATION_FAILED

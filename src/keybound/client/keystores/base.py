@@ -36,6 +36,12 @@ class KeyStore(ABC):
 
     kind: ClassVar[str]
 
+    def configured(self) -> bool:
+        """True when this device was set up with secure hardware (a TPM address, a PKCS#11
+        module). A configured store that is not available when a key must be generated is
+        reported as ``GENERATION_FAILED``; an unconfigured one as ``NOT_SUPPORTED``."""
+        return True
+
     @abstractmethod
     def available(self) -> bool:
         """True when the secure hardware is present and usable right now."""

@@ -71,6 +71,10 @@ class EmulatedSecureElement(KeyStore):
 
     # ------------------------------------------------------------------ KeyStore
 
+    def configured(self) -> bool:
+        """An absent element (``present = False``) models a device without one."""
+        return self.present
+
     def available(self) -> bool:
         return self.present
 

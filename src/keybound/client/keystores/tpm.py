@@ -143,6 +143,9 @@ class TpmKeyStore(KeyStore):
     def describe(self) -> str:
         return f"{KIND} ({self._tcti or 'no TPM found'})"
 
+    def configured(self) -> bool:
+        return self._tcti is not None
+
     def available(self) -> bool:
         if self._tcti is None:
             return False
