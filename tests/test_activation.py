@@ -183,3 +183,20 @@ def test_device_deactivates_itself(rp: RelyingParty) -> None:
     start = device.start_auth()  # decoy now
     assert problem_code(device.finish_auth(*device.auth_request(start))) == \
         "authentication_failed"
+
+
+def test_pin_only_application_needs_a_pin_at_activation(make_rp: Any) -> None:
+    rp = make_rp(allowedAuthMethods=["DEVICE:PIN"])
+    refused = RawDevice(rp.http, rp.app_id).activate(rp.activation_code()["activationCode"])
+    assert problem_code(refused) == "pin_required"
+    ok = RawDevice(rp.http, rp.app_id).activate(rp.activation_code()["activationCode"],
+                                                pin_key=bytes(32))
+    assert ok.json()["authMethods"] == ["DEVICE:PIN"]
+
+
+def test_pin_is_not_registered_where_the_application_does_not_allow_it(make_rp: Any) -> None:
+    rp = make_rp(allowedAuthMethods=["DEVICE"])
+    device = RawDevice(rp.http, rp.app_id)
+    response = device.activate(rp.activation_code()["activationCode"], pin_key=bytes(32))
+    assert response.json()["authMethods"] == ["DEVICE"]
+    assert rp.device(device.device_id)["pinEnabled"] is False

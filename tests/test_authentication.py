@@ -323,3 +323,73 @@ def test_config_change_applies_to_next_operation(make_rp: Any, kb: Keybound) -> 
     assert problem_code(device.finish_auth(*device.auth_request(start, hw_mode="corrupt"))) \
         == "hardware_key_invalid"  # started under SUPPORTED
     assert device.authenticate(hw_mode="corrupt").status_code == 200  # next one: RISK_PARAMS
+
+
+# -- hardening found in review --------------------------------------------------------------
+
+def test_relying_party_cannot_clear_a_clone_lock_by_relocking(rp: RelyingParty) -> None:
+    device = activated(rp)
+    copy = RawDevice(rp.http, rp.app_id, sw=device.sw, hw=None, device_id=device.device_id)
+    assert device.authenticate().status_code == 200
+    assert problem_code(copy.authenticate(status=C.NOT_SUPPORTED)) == "software_key_cloned"
+    base = f"/rp/v1/devices/{device.device_id}"
+    assert rp.call("POST", base + "/lock", expect=200)["lockReason"] == "SOFTWARE_KEY_CLONED"
+    assert problem_code(rp.http.post(base + "/unlock", headers=rp.headers)) == "invalid_state"
+    assert problem_code(device.authenticate()) == "device_locked"
+
+
+def test_copied_key_is_detected_even_when_the_challenge_expired(rp: RelyingParty,
+                                                               clock: Any) -> None:
+    device = activated(rp)
+    copy = RawDevice(rp.http, rp.app_id, sw=device.sw, hw=None, device_id=device.device_id)
+    assert device.authenticate().status_code == 200
+    start = copy.start_auth()
+    request, _ = copy.auth_request(start, status=C.NOT_SUPPORTED)
+    clock.advance(500)
+    response = copy.post(p.DevicePaths.AUTHENTICATION_FINISH, request)
+    assert problem_code(response) == "software_key_cloned"
+    assert rp.device(device.device_id)["lockReason"] == "SOFTWARE_KEY_CLONED"
+
+
+def test_second_start_of_a_backend_operation_keeps_the_challenge(rp: RelyingParty) -> None:
+    device = activated(rp)
+    op = rp.start_operation(device.device_id)["operationId"]
+    first = device.start_auth(op)
+    meddler = RawDevice(rp.http, rp.app_id, device_id=device.device_id)
+    again = meddler.start_auth(op)  # anyone who knows the ids
+    assert again.challenge == first.challenge
+    assert device.finish_auth(*device.auth_request(first)).status_code == 200
+
+
+def test_decoy_for_unknown_backend_operation_echoes_the_request(make_rp: Any) -> None:
+    rp = make_rp(allowedAuthMethods=["DEVICE"])
+    device = activated(rp)
+    missing = "00000000-0000-4000-8000-00000000abcd"
+    decoy = device.start_auth(missing)
+    real = device.start_auth(rp.start_operation(device.device_id)["operationId"])
+    assert decoy.operation_id == missing
+    assert decoy.allowed_auth_methods == real.allowed_auth_methods == [p.AuthMethod.DEVICE]
+
+
+def test_bad_next_key_is_not_reported_before_the_signature(rp: RelyingParty) -> None:
+    device = activated(rp)
+    start = device.start_auth()
+    request, _ = device.auth_request(start)
+    forged = request.model_copy(update={"next_software_public_key": b"\x30" * 40,
+                                        "software_signature": crypto.sign_p256(
+                                            crypto.generate_p256(), b"x")})
+    unsigned = device.post(p.DevicePaths.AUTHENTICATION_FINISH, forged)
+    wrong_sig = device.post(p.DevicePaths.AUTHENTICATION_FINISH, request.model_copy(
+        update={"software_signature": forged.software_signature}))
+    assert unsigned.json() == wrong_sig.json()
+    assert problem_code(unsigned) == "authentication_failed"
+
+
+def test_failed_operation_reports_no_auth_level(rp: RelyingParty) -> None:
+    device = activated(rp, pin_key=PIN_KEY)
+    start = device.start_auth()
+    response = device.finish_auth(*device.auth_request(
+        start, method=p.AuthMethod.DEVICE_PIN, pin_key=WRONG_PIN_KEY))
+    assert problem_code(response) == "pin_invalid"
+    assert rp.operation(start.operation_id)["result"] == {"authMethod": "DEVICE:PIN",
+                                                          "failureCode": "pin_invalid"}

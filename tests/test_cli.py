@@ -52,10 +52,14 @@ def test_api_keys(tmp_path: Path) -> None:
     assert run(tmp_path, "api-key", "revoke", key_id).returncode == 0
     assert "revoked" in run(tmp_path, "api-key", "list", "bank").stdout
     assert run(tmp_path, "api-key", "revoke", key_id).returncode == 2
+    events = [json.loads(line) for line in run(tmp_path, "audit").stdout.splitlines()]
+    assert [e["event"] for e in events] == ["application.create", "api_key.create",
+                                           "api_key.revoke"]
+    assert all(token.split("_", 2)[2] not in json.dumps(e) for e in events)
 
 
 def test_help_lists_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "keybound.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for command in ("serve", "demo", "app", "api-key", "db"):
+    for command in ("serve", "demo", "app", "api-key", "device", "audit", "db"):
         assert command in out

@@ -45,10 +45,11 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from keybound.server.runner import serve
+    from keybound.server.runner import allow_plaintext_from_env, serve
 
     serve(database_url=_database_url(args), host=args.host, port=args.port,
-          workers=args.workers, log_level=args.log_level)
+          workers=args.workers, log_level=args.log_level,
+          allow_plaintext=args.allow_plaintext or allow_plaintext_from_env())
     return 0
 
 
@@ -94,6 +95,47 @@ def cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from keybound.server import audit
+
+    kb = _open(args)
+    for event in reversed(audit.events(kb.db, application_id=args.application_id,
+                                       limit=args.limit)):
+        print(json.dumps(event, sort_keys=True))
+    return 0
+
+
+def cmd_e2e_key(args: argparse.Namespace) -> int:
+    from keybound.channel import ChannelSuite
+    from keybound.server.common import ms_to_dt
+
+    kb = _open(args)
+    e2e = kb.e2e_keys
+    if args.e2e_command == "list":
+        print(f"{'key id':16}  {'state':8}  {'suite':31}  {'created':20}  "
+              f"{'activated':20}  retired")
+        for key in e2e.list(args.application_id):
+            times = [ms_to_dt(t).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
+                     for t in (key.created_at, key.activated_at, key.retired_at)]
+            print(f"{key.key_id:16}  {key.state.value:8}  {key.suite.value:31}  "
+                  f"{times[0]:20}  {times[1]:20}  {times[2]}")
+        return 0
+    if args.e2e_command == "create":
+        e2e.check_server_url(args.server_url)  # before creating anything
+        info = e2e.create(args.application_id, suite=ChannelSuite(args.suite),
+                          active=not args.inactive)
+        print(f"key id: {info.key_id}  ({info.state.value}, {info.suite.value})", file=sys.stderr)
+        print("channel pin (ship it in the app; it holds no secret):", file=sys.stderr)
+        print(e2e.pin(info.key_id, server_url=args.server_url).to_string())
+    elif args.e2e_command == "pin":
+        print(e2e.pin(args.key_id, server_url=args.server_url).to_string())
+    elif args.e2e_command == "activate":
+        print(f"{e2e.activate(args.key_id).key_id} is ACTIVE")
+    else:
+        print(f"{e2e.retire(args.key_id).key_id} is RETIRED; requests sealed to it now fail")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     kb = _open(args)  # opening migrates to the newest revision
     print(f"database at {kb.db.url} is at the newest schema revision")
@@ -122,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--allow-plaintext", action="store_true",
+                       help="DEVELOPMENT ONLY: also accept device requests without the secure "
+                       "channel (or set KEYBOUND_ALLOW_PLAINTEXT=1); logged loudly")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(
@@ -154,12 +199,51 @@ def build_parser() -> argparse.ArgumentParser:
     kl.add_argument("application_id")
     key.set_defaults(func=cmd_api_key)
 
+    _e2e_key_parser(sub)
+
     device_cli.register(sub)
+
+    audit = sub.add_parser("audit", help="print the newest audit events, oldest first (JSON lines)")
+    audit.add_argument("--application-id", help="only this application's events")
+    audit.add_argument("--limit", type=int, default=50, help="how many events (default 50)")
+    audit.set_defaults(func=cmd_audit)
 
     db = sub.add_parser("db", help="create or upgrade the database schema")
     db.add_argument("action", choices=["upgrade"])
     db.set_defaults(func=cmd_db)
     return parser
+
+
+def _e2e_key_parser(sub: Any) -> None:
+    from keybound.channel import DEFAULT_SUITE, ChannelSuite
+
+    e2e = sub.add_parser(
+        "e2e-key", help="secure-channel (E2E) keys per application: private keys stay wrapped "
+        "under the master key ($KEYBOUND_MASTER_KEY_FILE, default: master.key beside the "
+        "SQLite database)")
+    e2e_sub = e2e.add_subparsers(dest="e2e_command", required=True, metavar="ACTION")
+    url_help = "server URL the app talks to, put in the pin (https; http only for localhost)"
+    ec = e2e_sub.add_parser("create", help="create a key for an application; prints its pin")
+    ec.add_argument("application_id")
+    ec.add_argument("--suite", default=DEFAULT_SUITE.value,
+                    choices=[suite.value for suite in ChannelSuite],
+                    help=f"HPKE suite (default {DEFAULT_SUITE.value})")
+    ec.add_argument("--inactive", action="store_true",
+                    help="create it INACTIVE: ship the pin first, `activate` later")
+    ec.add_argument("--server-url", default="http://127.0.0.1:8000",
+                    help=url_help + " (default http://127.0.0.1:8000, where `keybound serve` "
+                    "listens by default)")
+    el = e2e_sub.add_parser("list", help="list an application's keys (never a private key)")
+    el.add_argument("application_id")
+    ea = e2e_sub.add_parser("activate", help="activate an INACTIVE key: it opens requests")
+    ea.add_argument("key_id")
+    er = e2e_sub.add_parser("retire", help="retire a key for good: requests to it fail; its "
+                            "private key is erased")
+    er.add_argument("key_id")
+    ep = e2e_sub.add_parser("pin", help="print the pin string of a key, for the app to ship")
+    ep.add_argument("key_id")
+    ep.add_argument("--server-url", required=True, help=url_help)
+    e2e.set_defaults(func=cmd_e2e_key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

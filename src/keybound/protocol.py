@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     WithJsonSchema,
+    field_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -173,7 +174,7 @@ def b64u_encode(data: bytes) -> str:
 
 def b64u_decode(text: str) -> bytes:
     """Strict base64url without padding: rejects padding, whitespace and other alphabets."""
-    if not _B64URL.match(text) or len(text) % 4 == 1:
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not base64url without padding")
     data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     if b64u_encode(data) != text:  # non-canonical trailing bits
@@ -272,6 +273,13 @@ class OperationContext(Message):
 
     content: Annotated[str, Field(max_length=MAX_POST_CONTEXT_BYTES)]
     mime_type: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e ]+$")]
+
+    @field_validator("content")
+    @classmethod
+    def _content_bytes(cls, value: str) -> str:
+        if len(value.encode()) > MAX_POST_CONTEXT_BYTES:
+            raise ValueError(f"content exceeds {MAX_POST_CONTEXT_BYTES} bytes (UTF-8)")
+        return value
 
 
 class DeviceProfile(Message):

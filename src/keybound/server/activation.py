@@ -159,12 +159,10 @@ class Activation:
         if failure is not None:
             raise CeremonyError("hardware key validation failed", code=failure, audited=True,
                                 operation_id=op.id)
-        methods = [AuthMethod.DEVICE]
-        if request.pin_key is not None:
-            methods.append(AuthMethod.DEVICE_PIN)
         return ActivationFinishResponse(device_id=op.device_id,
                                         hardware_key_registered=checked.hardware_key is not None,
-                                        auth_methods=methods)
+                                        auth_methods=_usable_methods(checked.config,
+                                                                     request.pin_key))
 
     def _check(self, request: ActivationFinishRequest, op: Row[Any] | None,
                now: int) -> _Checked:
@@ -194,6 +192,9 @@ class Activation:
         if op.challenge_expires_at <= now:
             raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
         config = AppConfig.from_json(json.loads(op.config))
+        if not _usable_methods(config, request.pin_key):
+            raise CeremonyError("this application only allows DEVICE:PIN: send a pinKey",
+                                code=ErrorCode.PIN_REQUIRED)
         server_result = self._hardware_result(tbs, hardware_key, request.hardware_signature)
         decision = decide(config.hw_key_validation_strategy, server_result)
         return _Checked(
@@ -229,7 +230,9 @@ class Activation:
             "hw_public_key": checked.hardware_key,
             "hw_algorithm": Algorithm.ES256.value if checked.hardware_key else None,
             "activation_hw_status": request.hw_key_client_status.value,
-            "pin_key": request.pin_key,
+            # a PIN is registered only where the application allows DEVICE:PIN (§5)
+            "pin_key": (request.pin_key if AuthMethod.DEVICE_PIN
+                        in checked.config.allowed_auth_methods else None),
             "platform": profile.platform.value,
             "os_version": profile.os_version,
             "model": profile.model,
@@ -251,3 +254,9 @@ class Activation:
             raise CeremonyError("device was deactivated", code=ErrorCode.DEVICE_INACTIVE)
         conn.execute(delete(t.superseded_keys).where(
             t.superseded_keys.c.registration_id == op.device_id))
+
+
+def _usable_methods(config: AppConfig, pin_key: bytes | None) -> list[AuthMethod]:
+    """The allowed methods a registration can use: DEVICE:PIN needs a registered PIN."""
+    return [m for m in config.allowed_auth_methods
+            if m is not AuthMethod.DEVICE_PIN or pin_key is not None]

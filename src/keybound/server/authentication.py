@@ -58,7 +58,6 @@ class _Verified:
     signer_key_id: bytes
     signer_key: bytes
     next_key: bytes
-    superseded: bool
     server_result: HwKeyServerResult
     pin_ok: bool
     passed: bool
@@ -108,36 +107,41 @@ class Authentication:
 
     def _start_backend_initiated(self, request: AuthenticationStartRequest, op_id: str,
                                  now: int) -> AuthenticationStartResponse:
-        challenge = new_challenge()
         with self.db.write() as conn:
-            row = conn.execute(select(OPS.c.config, OPS.c.expires_at).where(
+            row = conn.execute(select(
+                OPS.c.config, OPS.c.expires_at, OPS.c.challenge, OPS.c.challenge_expires_at,
+                OPS.c.pre_context, OPS.c.required_auth_method).where(
                 OPS.c.id == op_id, OPS.c.device_id == request.device_id,
                 OPS.c.application_id == request.application_id,
                 OPS.c.type == OperationType.AUTHENTICATION.value,
                 OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > now)).first()
             if row is None:
-                return self._decoy(AppConfig(), now)
+                config = load_config(conn, request.application_id) or AppConfig()
+                return self._decoy(config, now, operation_id=op_id)
             config = AppConfig.from_json(json.loads(row.config))
-            expires = min(now + config.challenge_lifetime_seconds * 1000, row.expires_at)
-            # a new start replaces the previous challenge of this operation
-            issued = conn.execute(
-                update(OPS).where(OPS.c.id == op_id, OPS.c.state == OperationState.PENDING.value)
-                .values(challenge=challenge, challenge_expires_at=expires)
-                .returning(OPS.c.pre_context, OPS.c.required_auth_method)).first()
-            if issued is None:  # pragma: no cover - raced with a finish; same as unknown
-                return self._decoy(config, now)
+            challenge, expires = row.challenge, row.challenge_expires_at
+            if challenge is None or expires <= now:
+                # §3.1.3: a challenge stays the same while it is valid, so a second start
+                # (a retry, or anyone who knows the ids) cannot invalidate the device's finish
+                challenge = new_challenge()
+                expires = min(now + config.challenge_lifetime_seconds * 1000, row.expires_at)
+                conn.execute(
+                    update(OPS).where(OPS.c.id == op_id,
+                                      OPS.c.state == OperationState.PENDING.value)
+                    .values(challenge=challenge, challenge_expires_at=expires))
         methods = list(config.allowed_auth_methods)
-        if issued.required_auth_method:
-            methods = [AuthMethod(issued.required_auth_method)]
+        if row.required_auth_method:
+            methods = [AuthMethod(row.required_auth_method)]
         return AuthenticationStartResponse(
             operation_id=op_id, challenge=challenge, expires_at=ms_to_dt(expires),
-            pre_operation_context=load_context(issued.pre_context),
+            pre_operation_context=load_context(row.pre_context),
             allowed_auth_methods=methods)
 
     @staticmethod
-    def _decoy(config: AppConfig, now: int) -> AuthenticationStartResponse:
+    def _decoy(config: AppConfig, now: int,
+               operation_id: str | None = None) -> AuthenticationStartResponse:
         return AuthenticationStartResponse(
-            operation_id=new_id(), challenge=new_challenge(),
+            operation_id=operation_id or new_id(), challenge=new_challenge(),
             expires_at=ms_to_dt(now + config.challenge_lifetime_seconds * 1000),
             allowed_auth_methods=list(config.allowed_auth_methods))
 
@@ -180,14 +184,12 @@ class Authentication:
             signer = self._signer(conn, request, reg)
         verified = self._check(request, op, reg, signer, now)
         assert op is not None and reg is not None
-        if verified.superseded:
-            self._lock_cloned(op, reg, verified, now)
         failure = self._failure_code(verified)
         risk = risk_data(client_status=request.hw_key_client_status,
                          server_result=verified.server_result, platform=reg.platform,
                          os_version=reg.os_version)
         result = {"authMethod": request.auth_method.value,
-                  "authLevel": AUTH_LEVEL[request.auth_method].value,
+                  "authLevel": None if failure else AUTH_LEVEL[request.auth_method].value,
                   "failureCode": failure.value if failure else None, "risk": risk}
         with self.db.write() as conn:
             self._consume(conn, op, passed=failure is None, result=result, now=now)
@@ -233,12 +235,12 @@ class Authentication:
                 or reg.application_id != request.application_id
                 or op.device_id != reg.id or op.challenge is None):
             raise CeremonyError("authentication failed")
-        next_key = parse_public_key(request.next_software_public_key)
         tbs = transcript(
             Purpose.AUTHENTICATION, application_id=op.application_id, device_id=reg.id,
             operation_id=op.id, challenge=op.challenge,
             context_digest=context_hash(load_context(op.pre_context)),
-            software_public_key=next_key, auth_method=request.auth_method.value,
+            software_public_key=request.next_software_public_key,
+            auth_method=request.auth_method.value,
             hw_key_client_status=request.hw_key_client_status.value)
         # step 2: the software signature always has to verify (§6)
         signer_key, superseded = signer
@@ -247,15 +249,19 @@ class Authentication:
                              signature=request.software_signature)
         except InvalidSignature as exc:
             raise CeremonyError("authentication failed") from exc
-        # step 3: from here on the caller holds a key of this registration
+        # step 3: from here on the caller holds a key of this registration. A replayed
+        # finish is refused as such; any other use of a superseded key is a copy (§4.5).
         if op.state != OperationState.PENDING.value:
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+        if superseded:
+            self._lock_cloned(op, reg, signer_key_id=request.software_key_id, now=now)
         if op.challenge_expires_at <= now or op.expires_at <= now:
             raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
-        if reg.state == DeviceState.LOCKED.value and not superseded:
+        if reg.state == DeviceState.LOCKED.value:
             raise CeremonyError("device is locked", code=ErrorCode.DEVICE_LOCKED)
         if reg.state == DeviceState.DEACTIVATED.value:
             raise CeremonyError("device is deactivated", code=ErrorCode.DEVICE_INACTIVE)
+        next_key = parse_public_key(request.next_software_public_key)
         if key_id(next_key) in (reg.sw_key_id, request.software_key_id):
             raise MalformedRequest("nextSoftwarePublicKey must be a new key")
         config = AppConfig.from_json(json.loads(op.config))
@@ -279,7 +285,7 @@ class Authentication:
         server_result = self._hardware_result(tbs, reg, request.hardware_signature)
         decision = decide(config.hw_key_validation_strategy, server_result)
         return _Verified(signer_key_id=request.software_key_id, signer_key=signer_key,
-                         next_key=next_key, superseded=superseded,
+                         next_key=next_key,
                          server_result=server_result, pin_ok=pin_ok,
                          passed=decision.passed and pin_ok, config=config)
 
@@ -350,14 +356,19 @@ class Authentication:
                                      else_=R.c.lock_reason),
                     updated_at=now))
 
-    def _lock_cloned(self, op: Row[Any], reg: Row[Any], verified: _Verified,
+    def _lock_cloned(self, op: Row[Any], reg: Row[Any], *, signer_key_id: bytes,
                      now: int) -> None:
-        """A valid signature by a superseded software key: the key was copied (§4.5)."""
+        """A valid signature by a superseded software key: the key was copied (§4.5). The
+        registration is locked whatever else is wrong with the request."""
         result = {"failureCode": ErrorCode.SOFTWARE_KEY_CLONED.value,
                   "risk": {"softwareKeyCloneSuspected": True}}
         with self.db.write() as conn:
-            self._consume(conn, op, passed=False, result=result, now=now)
-            conn.execute(update(R).where(R.c.id == reg.id).values(
+            conn.execute(update(OPS).where(OPS.c.id == op.id,
+                                           OPS.c.state == OperationState.PENDING.value)
+                         .values(state=OperationState.FAILED.value, completed_at=now,
+                                 result=json.dumps(result)))
+            conn.execute(update(R).where(R.c.id == reg.id,
+                                         R.c.state != DeviceState.DEACTIVATED.value).values(
                 state=DeviceState.LOCKED.value, lock_reason=LockReason.SOFTWARE_KEY_CLONED.value,
                 updated_at=now))
             fail_pending_operations(conn, reg.id, ErrorCode.SOFTWARE_KEY_CLONED.value, now)
@@ -365,7 +376,7 @@ class Authentication:
                          event="authentication.clone_detected", outcome=audit.Outcome.FAILURE,
                          application_id=op.application_id, device_id=reg.id,
                          operation_id=op.id, code=ErrorCode.SOFTWARE_KEY_CLONED.value,
-                         details={"supersededKeyId": verified.signer_key_id.hex()})
+                         details={"supersededKeyId": signer_key_id.hex()})
         raise CeremonyError("superseded software key used: registration locked",
                             code=ErrorCode.SOFTWARE_KEY_CLONED, audited=True,
                             operation_id=op.id)

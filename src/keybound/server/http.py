@@ -3,10 +3,12 @@ status (RFC 9457 problem+json). Handlers parse, call a domain service, serialise
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import MutableMapping
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,6 +16,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keybound import __version__
+from keybound.channel import (
+    SEALED_MEDIA_TYPE,
+    DecryptionFailed,
+    OpenedRequest,
+    open_request,
+    request_key_id,
+    seal_response,
+)
 from keybound.errors import ErrorCode, KeyboundError, Unauthorized
 from keybound.protocol import (
     MAX_BODY_BYTES,
@@ -70,6 +80,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.DECRYPTION_FAILED: 400,
+    ErrorCode.SECURE_CHANNEL_REQUIRED: 415,
 }
 
 PROBLEM_JSON = "application/problem+json"
@@ -83,9 +94,22 @@ def problem(code: ErrorCode, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+#: Room for the secure channel's framing around a device request (docs/channel.md §3.1:
+#: 132 bytes for the X25519 suites, 1220 for the hybrid suite, plus a long key id).
+SEALED_OVERHEAD_BYTES = 4096
+
+
+def _content_type(scope: MutableMapping[str, Any]) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            ctype: bytes = value.split(b";")[0].strip().lower()
+            return ctype
+    return b""
+
+
 class BodyLimit:
-    """Pure ASGI middleware: refuse bodies over ``limit`` bytes (413) and non-JSON POSTs
-    (415) before any handler runs."""
+    """Pure ASGI middleware: refuse bodies over ``limit`` bytes (413) and POSTs that are
+    neither JSON nor, on the device API, sealed (415) before any handler runs."""
 
     def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -96,15 +120,18 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        ctype = _content_type(scope)
+        sealed = ctype == _SEALED and _route_path(scope).startswith("/device/")
+        limit = self.limit + SEALED_OVERHEAD_BYTES if sealed else self.limit
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {self.limit} bytes")(
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")(
                 scope, receive, send)
             return
-        if ctype != b"application/json" and (length is None or int(length) > 0):
+        if ctype != b"application/json" and not sealed and (length is None or int(length) > 0):
             await problem(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                          "request bodies must be application/json")(scope, receive, send)
+                          "request bodies must be application/json (device API: "
+                          f"{SEALED_MEDIA_TYPE})")(scope, receive, send)
             return
         received = 0
 
@@ -112,14 +139,14 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if received > limit:
                 raise _TooLarge
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {self.limit} bytes")(
+            await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")(
                 scope, receive, send)
 
 
@@ -127,11 +154,177 @@ class _TooLarge(Exception):
     pass
 
 
+# --------------------------------------------------------------------------- secure channel
+
+_SEALED = SEALED_MEDIA_TYPE.encode("ascii")
+_DEVICE_PATHS = frozenset(
+    value for name, value in vars(DevicePaths).items() if not name.startswith("_"))
+#: The one answer to every request that cannot be opened (docs/channel.md §4.4, §5): no
+#: cause, no request id, byte-identical every time.
+DECRYPTION_FAILED_DETAIL = "the sealed request could not be opened"
+
+
+def _route_path(scope: MutableMapping[str, Any]) -> str:
+    """The path the router dispatches on, without a reverse-proxy prefix (ASGI root_path)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+class _Capture:
+    """An ASGI ``send`` that keeps the inner response instead of sending it."""
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.body = bytearray()
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+
+
+class SecureChannel:
+    """Pure ASGI middleware: the secure channel in front of the device API (docs/channel.md).
+
+    A POST to a device route with ``Content-Type: application/keybound-sealed`` is opened
+    (the key id names the key and so the application, §3.4), checked against replay (§6),
+    and handed to the normal handlers as the inner JSON; their answer -- success or problem --
+    is sealed to the request and sent as an outer 200 (§4.4). A request that cannot be opened
+    gets the one unsealed ``decryption_failed`` problem, audited. Plaintext JSON to a device
+    route is refused (``secure_channel_required``) unless ``allow_plaintext`` (development).
+    Other routes, methods and unknown paths pass through untouched (404/405 as usual).
+    """
+
+    def __init__(self, app: Any, *, kb: Keybound, allow_plaintext: bool = False) -> None:
+        self.app = app
+        self.kb = kb
+        self.allow_plaintext = allow_plaintext
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        path = _route_path(scope) if scope["type"] == "http" else ""
+        if scope.get("method") != "POST" or path not in _DEVICE_PATHS:
+            await self.app(scope, receive, send)
+        elif _content_type(scope) == _SEALED:
+            await self._sealed(scope, receive, send, path)
+        elif self.allow_plaintext:
+            await self.app(scope, receive, send)
+        else:
+            await anyio.to_thread.run_sync(self._audit, path, ErrorCode.SECURE_CHANNEL_REQUIRED,
+                                           None, None)
+            await problem(ErrorCode.SECURE_CHANNEL_REQUIRED,
+                          f"device requests must be sealed ({SEALED_MEDIA_TYPE}); see "
+                          "docs/channel.md")(scope, receive, send)
+
+    async def _sealed(self, scope: MutableMapping[str, Any], receive: Any, send: Any,
+                      path: str) -> None:
+        wire = await _read_body(receive)
+        try:
+            opened = await anyio.to_thread.run_sync(self._open, wire, scope["method"], path)
+        except DecryptionFailed:
+            await anyio.to_thread.run_sync(self._audit_decryption_failure, wire, path)
+            await problem(ErrorCode.DECRYPTION_FAILED, DECRYPTION_FAILED_DETAIL)(
+                scope, receive, send)
+            return
+        refusal = _misaddressed(opened)
+        if refusal is not None:
+            await anyio.to_thread.run_sync(self._audit, path, refusal.code,
+                                           opened.application_id, opened.key_id)
+            status, body = STATUS[refusal.code], bytes(problem(refusal.code, refusal.detail).body)
+        else:
+            status, body = await self._inner(scope, receive, opened.body)
+        sealed = seal_response(opened, status, body)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", _SEALED), (b"content-length", str(len(sealed)).encode()),
+            (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": sealed})
+
+    async def _inner(self, scope: MutableMapping[str, Any], receive: Any,
+                     body: bytes) -> tuple[int, bytes]:
+        """Run the normal handlers on the inner JSON; return their status and body."""
+        headers = [(k, v) for k, v in scope["headers"]
+                   if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]
+        delivered = False
+
+        async def inner_receive() -> Any:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # only ever a disconnect now
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        capture = _Capture()
+        await self.app(dict(scope, headers=headers), inner_receive, capture.send)
+        return capture.status, bytes(capture.body)
+
+    def _open(self, wire: bytes, method: str, path: str) -> OpenedRequest:
+        """§3.4 and §6, off the event loop (keyring and replay store may hit the database)."""
+        e2e = self.kb.e2e_keys
+        found = e2e.keyring.lookup(request_key_id(wire))
+        if found is None:
+            raise DecryptionFailed()
+        application_id, key = found
+        opened = open_request({key.key_id: key}, application_id, method, path, wire,
+                              now=int(self.kb.clock()))
+        e2e.replay_guard.check_and_remember(opened.request_id, opened.replay_expires_at)
+        return opened
+
+    def _audit_decryption_failure(self, wire: bytes, path: str) -> None:
+        try:
+            key_id: str | None = request_key_id(wire)  # public; helps spot retired-key apps
+        except DecryptionFailed:
+            key_id = None
+        self._audit(path, ErrorCode.DECRYPTION_FAILED, None, key_id)
+
+    def _audit(self, path: str, code: ErrorCode, application_id: str | None,
+               key_id: str | None) -> None:
+        audit.record_alone(self.kb.db, at=int(self.kb.clock() * 1000), actor=audit.Actor.DEVICE,
+                           event=f"http.post {path}"[:48], outcome=audit.Outcome.REJECTED,
+                           code=code.value, application_id=application_id,
+                           details={"keyId": key_id} if key_id else None)
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # client went away; what arrived cannot open
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _misaddressed(opened: OpenedRequest) -> KeyboundError | None:
+    """The inner request must be a JSON object for the key's application (checked before any
+    handler runs, so a pin for one application can never act on another)."""
+    if len(opened.body) > MAX_BODY_BYTES:
+        return KeyboundError(f"body exceeds {MAX_BODY_BYTES} bytes",
+                             code=ErrorCode.PAYLOAD_TOO_LARGE)
+    try:
+        document = json.loads(opened.body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or document.get("applicationId") != opened.application_id:
+        return KeyboundError("applicationId must be the application of the E2E key the request "
+                             "is sealed to", code=ErrorCode.MALFORMED_REQUEST)
+    return None
+
+
 def _actor_for(path: str) -> audit.Actor:
     return audit.Actor.DEVICE if path.startswith("/device/") else audit.Actor.RELYING_PARTY
 
 
-def create_app(kb: Keybound) -> FastAPI:
+def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
+    """The keybound ASGI app. Device requests must come through the secure channel;
+    ``allow_plaintext`` (development only, off by default) also accepts plaintext JSON."""
+    if allow_plaintext:
+        log.warning("INSECURE: plaintext device requests are allowed (development switch); "
+                    "device traffic is not end-to-end encrypted. Never use this in production.")
     app = FastAPI(
         title="keybound",
         version=__version__,
@@ -187,7 +380,8 @@ def create_app(kb: Keybound) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    app.add_middleware(BodyLimit)
+    app.add_middleware(SecureChannel, kb=kb, allow_plaintext=allow_plaintext)
+    app.add_middleware(BodyLimit)  # outermost: limits apply to sealed bodies too
     return app
 
 

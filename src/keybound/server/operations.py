@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select
+from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keybound.errors import ErrorCode, InvalidState, KeyboundError, MalformedRequest, NotFound
@@ -161,11 +161,18 @@ class Operations:
                     code = new_activation_code(config.activation_code_type,
                                                config.activation_code_length)
                     expires = now + config.activation_code_lifetime_seconds * 1000
+                    code_hash = activation_code_hash(application_id, code)
+                    # an expired, never-used code gives its slot back (and is EXPIRED now)
+                    conn.execute(update(t.operations).where(
+                        t.operations.c.application_id == application_id,
+                        t.operations.c.code_hash == code_hash,
+                        t.operations.c.expires_at <= now).values(
+                            code_hash=None, state=OperationState.EXPIRED.value))
                     conn.execute(insert(t.operations).values(
                         id=op_id, application_id=application_id, type=kind.value,
                         initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
                         user_id=user_id, device_id=device_id,
-                        code_hash=activation_code_hash(application_id, code),
+                        code_hash=code_hash,
                         expires_at=expires, config=json.dumps(config.to_json()),
                         created_at=now))
                     audit.record(conn, at=now, actor=audit.Actor.RELYING_PARTY,

@@ -112,10 +112,15 @@ class Registrations:
 
     def lock(self, application_id: str, device_id: str,
              actor: audit.Actor = audit.Actor.RELYING_PARTY) -> Device:
+        """Lock an active device. Locking a locked device changes nothing: in particular it
+        never replaces a SOFTWARE_KEY_CLONED reason, which only a reactivation clears."""
         reason = LockReason.OPERATOR if actor is audit.Actor.OPERATOR else LockReason.RELYING_PARTY
+        current = self.get(application_id, device_id)
+        if current.state is DeviceState.LOCKED:
+            return current
         return self._transition(
             application_id, device_id, event="device.lock", actor=actor,
-            allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED),
+            allowed_from=(DeviceState.ACTIVE,),
             values={"state": DeviceState.LOCKED.value, "lock_reason": reason.value})
 
     def unlock(self, application_id: str, device_id: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -17,24 +18,42 @@ from keybound.server.service import Keybound
 from keybound.storage.db import Clock, wall_clock
 
 ENV_DATABASE_URL = "KEYBOUND_DATABASE_URL"
+ENV_ALLOW_PLAINTEXT = "KEYBOUND_ALLOW_PLAINTEXT"
+PLAINTEXT_WARNING = (
+    "WARNING: --allow-plaintext is ON: device requests are accepted WITHOUT the secure "
+    "channel (no end-to-end encryption, no replay protection). Development only; never in "
+    "production."
+)
+
+
+def allow_plaintext_from_env() -> bool:
+    """``KEYBOUND_ALLOW_PLAINTEXT=1`` (or true/yes/on) turns the development switch on."""
+    return os.environ.get(ENV_ALLOW_PLAINTEXT, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory (``--factory``): the database URL comes from the environment."""
-    return create_app(Keybound.open(os.environ.get(ENV_DATABASE_URL) or None))
+    """uvicorn factory (``--factory``): database URL and plaintext switch from the
+    environment (the master key file too: ``KEYBOUND_MASTER_KEY_FILE``)."""
+    return create_app(Keybound.open(os.environ.get(ENV_DATABASE_URL) or None),
+                      allow_plaintext=allow_plaintext_from_env())
 
 
 def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
-          log_level: str = "info") -> None:
+          log_level: str = "info", allow_plaintext: bool = False) -> None:
     kb = Keybound.open(database_url)  # migrate once, before any worker starts
     print(f"keybound: database {kb.db.url}")
-    print(f"keybound: listening on http://{host}:{port}  (OpenAPI at /openapi.json)")
+    print(f"keybound: E2E key master key file {kb.e2e_keys.master_key.path}")
+    if allow_plaintext:  # create_app logs it too, in every worker
+        print(f"keybound: {PLAINTEXT_WARNING}", file=sys.stderr, flush=True)
+    print(f"keybound: listening on http://{host}:{port}  (OpenAPI at /openapi.json)",
+          flush=True)
     if workers == 1:
-        uvicorn.run(create_app(kb), host=host, port=port, log_level=log_level,
-                    access_log=False)
+        uvicorn.run(create_app(kb, allow_plaintext=allow_plaintext), host=host, port=port,
+                    log_level=log_level, access_log=False)
         return
     kb.db.dispose()
     os.environ[ENV_DATABASE_URL] = kb.db.url
+    os.environ[ENV_ALLOW_PLAINTEXT] = "1" if allow_plaintext else "0"
     uvicorn.run("keybound.server.runner:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=False)
 
@@ -50,10 +69,11 @@ class BackgroundServer:
     """A real uvicorn server on 127.0.0.1 in a thread of this process; stops on exit."""
 
     def __init__(self, kb: Keybound, *, port: int | None = None, clock: Clock = wall_clock,
-                 **uvicorn_options: Any) -> None:
+                 allow_plaintext: bool = False, **uvicorn_options: Any) -> None:
         self.kb = kb
         self.port = port or free_port()
-        config = uvicorn.Config(create_app(kb), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(create_app(kb, allow_plaintext=allow_plaintext),
+                                host="127.0.0.1", port=self.port,
                                 log_level="warning", access_log=False, lifespan="off",
                                 **uvicorn_options)
         self.server = uvicorn.Server(config)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from keybound.server.activation import Activation
 from keybound.server.applications import Applications
 from keybound.server.authentication import Authentication
+from keybound.server.e2ekeys import E2EKeys, MasterKey, master_key_path
 from keybound.server.operations import Operations
 from keybound.server.registrations import Registrations
 from keybound.storage.db import Clock, Database, wall_clock
 
 
 class Keybound:
-    def __init__(self, db: Database, clock: Clock = wall_clock) -> None:
+    def __init__(self, db: Database, clock: Clock = wall_clock, *,
+                 master_key_file: Path | None = None) -> None:
+        """``master_key_file``: where the E2E keys' master key lives (read or created on
+        first use); default from ``$KEYBOUND_MASTER_KEY_FILE`` or beside the database."""
         self.db = db
         self.clock = clock
         self.applications = Applications(db, clock)
@@ -19,10 +25,12 @@ class Keybound:
         self.registrations = Registrations(db, clock)
         self.activation = Activation(db, clock)
         self.authentication = Authentication(db, clock)
+        self.e2e_keys = E2EKeys(db, clock, MasterKey(master_key_file or master_key_path(db.url)))
 
     @classmethod
-    def open(cls, url: str | None = None, clock: Clock = wall_clock) -> Keybound:
+    def open(cls, url: str | None = None, clock: Clock = wall_clock, *,
+             master_key_file: Path | None = None) -> Keybound:
         """Open (and migrate) the database at ``url`` — the embedded SQLite file if None."""
         db = Database(url)
         db.migrate()
-        return cls(db, clock)
+        return cls(db, clock, master_key_file=master_key_file)
