@@ -43,8 +43,16 @@ def kb(tmp_path: Path, clock: FakeClock) -> Iterator[Keybound]:
 
 @pytest.fixture
 def http(kb: Keybound) -> Iterator[TestClient]:
-    with TestClient(create_app(kb)) as client:
+    # The domain tests (activation, authentication, HTTP edge) speak plaintext JSON through
+    # the development switch: they test the logic beneath the secure channel, with requests
+    # an attacker holding a pin could equally seal. The channel itself is tested with the
+    # switch off (tests/test_secure_channel_http.py), and the SDK tests go through it.
+    with TestClient(create_app(kb, allow_plaintext=True)) as client:
         yield client
+
+
+#: TestClient talks to ``http://testserver``; a pin's URL must be https or localhost.
+PIN_SERVER_URL = "http://localhost"
 
 
 _app_ids = itertools.count()
@@ -58,7 +66,9 @@ def make_rp(kb: Keybound, http: TestClient):  # type: ignore[no-untyped-def]
         app_id = f"app{next(_app_ids)}"
         kb.applications.create(app_id, AppConfig().updated(settings))
         token = kb.applications.create_api_key(app_id).token
-        return RelyingParty(http, app_id, token)
+        key = kb.e2e_keys.create(app_id)  # every application has an E2E key, as in production
+        pin = kb.e2e_keys.pin(key.key_id, server_url=PIN_SERVER_URL)
+        return RelyingParty(http, app_id, token, pin=pin)
 
     return make
 

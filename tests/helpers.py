@@ -15,13 +15,16 @@ from fastapi.testclient import TestClient
 
 from keybound import crypto
 from keybound import protocol as p
+from keybound.channel import ChannelPin
 
 
 class RelyingParty:
-    def __init__(self, http: TestClient, app_id: str, token: str) -> None:
+    def __init__(self, http: TestClient, app_id: str, token: str,
+                 pin: ChannelPin | None = None) -> None:
         self.http = http
         self.app_id = app_id
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.pin = pin  # the pin of the application's E2E key, for devices
 
     def call(self, method: str, path: str, json: Any = None, expect: int | None = None) -> Any:
         response = self.http.request(method, path, json=json, headers=self.headers)

@@ -27,7 +27,8 @@ ROUNDS = 20
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[BackgroundServer]:
     kb = Keybound.open(f"sqlite:///{tmp_path / 'race.db'}")
-    with BackgroundServer(kb) as running:
+    # plaintext (development switch): this tests single use in the domain beneath the channel
+    with BackgroundServer(kb, allow_plaintext=True) as running:
         yield running
     kb.db.dispose()
 
@@ -42,7 +43,7 @@ def test_fifty_concurrent_finishes_exactly_one_wins(server: BackgroundServer) ->
     kb = server.kb
     kb.applications.create("race")
     token = kb.applications.create_api_key("race").token
-    with TestClient(create_app(kb)) as local:
+    with TestClient(create_app(kb, allow_plaintext=True)) as local:
         rp = RelyingParty(local, "race", token)
         device = RawDevice(local, "race")
         assert device.activate(rp.activation_code()["activationCode"]).status_code == 200
@@ -67,7 +68,7 @@ def test_concurrent_activation_code_use(server: BackgroundServer) -> None:
     kb = server.kb
     kb.applications.create("race2")
     token = kb.applications.create_api_key("race2").token
-    with TestClient(create_app(kb)) as local:
+    with TestClient(create_app(kb, allow_plaintext=True)) as local:
         rp = RelyingParty(local, "race2", token)
         for _ in range(5):
             code = rp.activation_code()["activationCode"]

@@ -45,7 +45,7 @@ def test_revoked_key_stops_working(rp: RelyingParty, kb: Keybound) -> None:
 
 
 def test_key_secret_is_stored_only_as_hash(rp: RelyingParty, kb: Keybound) -> None:
-    secret = rp.headers["Authorization"].rsplit("_", 1)[1]
+    secret = rp.headers["Authorization"].split("_", 2)[2]  # the secret may hold "_"
     dump = repr(snapshot(kb))
     assert secret not in dump
 

@@ -19,7 +19,7 @@ def test_fresh_database_is_created_in_wal_mode_with_the_full_schema(tmp_path: Pa
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0001"
+    assert revision == "0002"
     tables = set(inspect(db.engine).get_table_names())
     assert set(metadata.tables) <= tables
     db.migrate()  # idempotent

@@ -610,6 +610,13 @@ def _parse_request_header(wire: bytes) -> _RequestHeader:
     return _RequestHeader(suite=suite, key_id=key_id, size=size)
 
 
+def request_key_id(wire: bytes) -> str:
+    """The key id a sealed request names (§3.1), for the server to find the key and its
+    application before :func:`open_request`. Raises DecryptionFailed for a malformed header.
+    The key id is public (every pin holds it); nothing here is authenticated yet."""
+    return _parse_request_header(wire).key_id
+
+
 def _usable_key(keyring: Mapping[str, E2EKey], header: _RequestHeader) -> E2EKey:
     """§7: the key must exist, be ACTIVE, and have the suite the header names."""
     key = keyring.get(header.key_id)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from keybound.client import Device, Transport, preset
+from keybound.client import Device, SealedTransport, preset
 from keybound.client.keystores import KeyStore
 from keybound.client.keystores.emulated import EmulatedSecureElement
 from keybound.errors import ClientError, KeyboundError
@@ -36,9 +36,9 @@ class Row:
 
 
 class _RelyingParty:
-    def __init__(self, base_url: str, token: str) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10,
-                                 headers={"Authorization": f"Bearer {token}"})
+    def __init__(self, base_url: str, token: str, closing: contextlib.ExitStack) -> None:
+        self.http = closing.enter_context(httpx.Client(
+            base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {token}"}))
 
     def activation_code(self) -> str:
         user = self.http.post("/rp/v1/users", json={}).json()["userId"]
@@ -89,6 +89,17 @@ def _tpm_store(work: Path) -> Iterator[KeyStore | None]:
         tpm.stop()
 
 
+def _sealed_transport(kb: Keybound, app_id: str, base_url: str,
+                      closing: contextlib.ExitStack) -> SealedTransport:
+    """Devices talk through the secure channel, pinned to the application's E2E key (one per
+    application, created on first use, as an operator would with `keybound e2e-key create`)."""
+    keys = [k for k in kb.e2e_keys.list(app_id) if k.state.value == "ACTIVE"]
+    key_id = keys[0].key_id if keys else kb.e2e_keys.create(app_id).key_id
+    pin = kb.e2e_keys.pin(key_id, server_url=base_url)
+    return SealedTransport(pin, closing.enter_context(httpx.Client(base_url=base_url,
+                                                                    timeout=10)))
+
+
 class _Scenario:
     def __init__(self, rp: _RelyingParty, strategy: str, rows: list[Row]) -> None:
         self.rp = rp
@@ -110,11 +121,12 @@ class _Scenario:
 
 
 def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy,
-                  work: Path, tpm: KeyStore | None, rows: list[Row]) -> None:
+                  work: Path, tpm: KeyStore | None, rows: list[Row],
+                  closing: contextlib.ExitStack) -> None:
     app_id = f"demo-{strategy.value.lower().replace('_', '-')}"
     kb.applications.create(app_id, AppConfig(hw_key_validation_strategy=strategy))
-    rp = _RelyingParty(base_url, kb.applications.create_api_key(app_id, "demo").token)
-    transport = Transport(httpx.Client(base_url=base_url, timeout=10))
+    rp = _RelyingParty(base_url, kb.applications.create_api_key(app_id, "demo").token, closing)
+    transport = _sealed_transport(kb, app_id, base_url, closing)
     scenario = _Scenario(rp, strategy.value, rows)
 
     def activate(device: Device) -> Callable[[], str | None]:
@@ -152,11 +164,13 @@ def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy
             scenario.record(name, "authenticate", authenticate(kiosk))
 
 
-def _backend_flow(kb: Keybound, base_url: str, work: Path) -> list[str]:
+def _backend_flow(kb: Keybound, base_url: str, work: Path,
+                  closing: contextlib.ExitStack) -> list[str]:
     """A relying party asks the user's phone to approve a payment, with a PIN."""
     app_id = "demo-supported"
-    rp = _RelyingParty(base_url, kb.applications.create_api_key(app_id, "demo-rp").token)
-    transport = Transport(httpx.Client(base_url=base_url, timeout=10))
+    rp = _RelyingParty(base_url, kb.applications.create_api_key(app_id, "demo-rp").token,
+                       closing)
+    transport = _sealed_transport(kb, app_id, base_url, closing)
     phone = Device.create(work / "pin-phone", application_id=app_id, transport=transport,
                           profile=preset("ios-17"),
                           hardware=EmulatedSecureElement(work / "pin-phone" / "emulated-se"))
@@ -205,17 +219,20 @@ def run_demo(database_url: str | None = None) -> int:
         work = Path(tmp)
         kb = Keybound.open(database_url or f"sqlite:///{work / 'keybound.db'}")
         rows: list[Row] = []
-        with BackgroundServer(kb) as server, _tpm_store(work) as tpm:
+        with BackgroundServer(kb) as server, _tpm_store(work) as tpm, \
+                contextlib.ExitStack() as closing:  # HTTP clients close before the server
             print(f"keybound demo: server {server.url}, database {kb.db.url}")
+            print("secure channel: every device request is HPKE-sealed to its application's "
+                  "pinned E2E key (X25519_SHA256_AES128GCM); the server refuses plaintext")
             print("secure hardware: emulated secure element"
                   + (", TPM 2.0 (swtpm)" if tpm else " (no swtpm found: TPM device skipped)"))
             print()
             for strategy in HwKeyValidationStrategy:
-                _run_strategy(kb, server.url, strategy, work, tpm, rows)
+                _run_strategy(kb, server.url, strategy, work, tpm, rows, closing)
             print(_table(rows))
             print()
             print("Backend-initiated authentication with pre/post-operation context:")
-            for line in _backend_flow(kb, server.url, work):
+            for line in _backend_flow(kb, server.url, work, closing):
                 print(f"  {line}")
         kb.db.dispose()
     return 0

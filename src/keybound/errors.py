@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
     CONFIGURATION_INVALID = "configuration_invalid"
     # Secure channel (issue 3): one generic code, no oracle
     DECRYPTION_FAILED = "decryption_failed"
+    SECURE_CHANNEL_REQUIRED = "secure_channel_required"  # plaintext to a device endpoint
     # SDK-side (never produced by the server)
     CLIENT_NOT_ACTIVATED = "client_not_activated"
     CLIENT_TRANSPORT = "client_transport"

@@ -1,33 +1,45 @@
-"""The SDK Device end to end against the real server app (TestClient), including lost
-responses (outcome unknown) and hardware-key faults."""
+"""The SDK Device end to end against the real server app (TestClient), through the secure
+channel (SealedTransport, the application's pinned E2E key), including lost responses (outcome
+unknown) and hardware-key faults."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from tests.helpers import RelyingParty
 
-from keybound.client import Device, OperationDeclined, Transport, preset
+from keybound.channel import ChannelPin
+from keybound.client import Device, OperationDeclined, SealedTransport, Transport, preset
 from keybound.client.keystores.emulated import EmulatedSecureElement
 from keybound.client.transport import RawResponse
 from keybound.errors import ClientError, ErrorCode
 from keybound.protocol import DevicePaths, HwKeyClientStatus, OperationContext
+from keybound.server.http import create_app
+from keybound.server.service import Keybound
 
 
-class LossyTransport(Transport):
-    """Delivers requests but can lose the answer to the next request on a path."""
+class LossyTransport(SealedTransport):
+    """Delivers sealed requests but can lose the answer to the next request on a path.
+    Without a pin it speaks plaintext JSON (for servers with the development switch on)."""
 
-    def __init__(self, client: Any) -> None:
-        super().__init__(client)
+    def __init__(self, client: Any, pin: ChannelPin | None = None) -> None:
+        if pin is None:
+            Transport.__init__(self, client)
+        else:
+            super().__init__(pin, client)
+        self.plaintext = pin is None
         self.lose: set[str] = set()
         self.paths: list[str] = []
 
     def exchange(self, path: str, body: bytes) -> RawResponse:
         self.paths.append(path)
-        raw = super().exchange(path, body)
+        raw = (Transport.exchange(self, path, body) if self.plaintext
+               else super().exchange(path, body))
         if path in self.lose:
             self.lose.discard(path)
             raise ClientError("answer lost", code=ErrorCode.CLIENT_TRANSPORT)
@@ -35,8 +47,16 @@ class LossyTransport(Transport):
 
 
 @pytest.fixture
-def transport(http: Any) -> LossyTransport:
-    return LossyTransport(http)
+def http(kb: Keybound) -> Iterator[TestClient]:
+    """The real app with the plaintext switch OFF: every device request must be sealed."""
+    with TestClient(create_app(kb)) as client:
+        yield client
+
+
+@pytest.fixture
+def transport(http: Any, rp: RelyingParty) -> LossyTransport:
+    assert rp.pin is not None
+    return LossyTransport(http, rp.pin)
 
 
 @pytest.fixture
@@ -111,8 +131,9 @@ def test_not_activated_with_hw_key(tmp_path, rp, transport, element) -> None:
     assert device.authenticate().hw_key_client_status is HwKeyClientStatus.OK
 
 
-def test_key_unavailable_and_signing_failed(tmp_path, make_rp, transport, element) -> None:
+def test_key_unavailable_and_signing_failed(tmp_path, make_rp, http, element) -> None:
     rp = make_rp(hwKeyValidationStrategy="RISK_PARAMS")
+    transport = LossyTransport(http, rp.pin)
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))
     element.fail_signing = True
@@ -221,7 +242,7 @@ def test_lost_finish_answer_before_server_rotated(tmp_path, rp, transport, eleme
                 raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
             return super().exchange(path, body)
 
-    dropping = DropFinish(transport._client)
+    dropping = DropFinish(transport._client, transport.pin)
     device = Device.load(tmp_path / "dev", transport=dropping, hardware=element)
     with pytest.raises(ClientError):
         device.authenticate()
@@ -334,7 +355,7 @@ def test_backend_initiated_after_unsent_finish(tmp_path, rp, transport, element)
                 raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
             return super().exchange(path, body)
 
-    dropping = DropFinish(transport._client)
+    dropping = DropFinish(transport._client, transport.pin)
     device = Device.load(tmp_path / "dev", transport=dropping)
     with pytest.raises(ClientError):
         device.authenticate()

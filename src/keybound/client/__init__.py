@@ -1,18 +1,19 @@
 """The keybound device SDK: a :class:`Device` activates against a keybound server and then
 authenticates with a rotating software key and, where it has secure hardware, a hardware key.
+Every request goes through the secure channel, sealed to the server E2E key the app pins
+(docs/channel.md):
 
-    import httpx
-    from keybound.client import Device, Transport, open_keystore, preset
+    from keybound.client import open_device, open_keystore, preset
 
-    transport = Transport(httpx.Client(base_url="https://auth.example.com"))
-    device = Device.create(
-        "~/.keybound/device", application_id="demo", transport=transport,
+    device = open_device(
+        "~/.keybound/device", pin=PIN,  # the pin string (or file) from `keybound e2e-key`
         profile=preset("linux"), hardware=open_keystore("tpm", "~/.keybound/device"),
     )
     device.activate("ABCD1234", pin="2468")
     result = device.authenticate(pin="2468")
 """
 
+from keybound.client.channel import SealedTransport, load_pin, open_device
 from keybound.client.device import (
     ActivationResult,
     Approve,
@@ -36,7 +37,10 @@ __all__ = [
     "KeyStore",
     "OperationDeclined",
     "PendingOperation",
+    "SealedTransport",
     "Transport",
+    "load_pin",
+    "open_device",
     "open_keystore",
     "outcome_unknown",
     "preset",

@@ -74,8 +74,12 @@ class Transport:
     def exchange(self, path: str, body: bytes) -> RawResponse:
         """Send encoded request bytes and return the raw answer. Override to wrap the bytes
         (secure channel); raise ClientError(CLIENT_TRANSPORT) on network failure."""
+        return self._send(path, body, _REQUEST_HEADERS)
+
+    def _send(self, path: str, body: bytes, headers: dict[str, str]) -> RawResponse:
+        """POST ``body`` with ``headers``; the raw answer, or ClientError(CLIENT_TRANSPORT)."""
         try:
-            response = self._client.post(path, content=body, headers=_REQUEST_HEADERS)
+            response = self._client.post(path, content=body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ClientError(
                 f"request to {path} failed: {type(exc).__name__}",

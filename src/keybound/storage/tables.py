@@ -132,3 +132,27 @@ audit_events = Table(
     Column("code", String(48), nullable=True),
     Column("details", Text, nullable=True),
 )
+
+e2e_keys = Table(
+    "e2e_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),  # channel.new_key_id(): random, global
+    Column("application_id", String(64), ForeignKey("applications.id"), nullable=False),
+    Column("suite", String(48), nullable=False),  # channel.ChannelSuite
+    Column("public_key", LargeBinary, nullable=False),
+    # channel.wrap_private_key under the master key; NULL once the key is retired
+    Column("wrapped_private_key", LargeBinary, nullable=True),
+    Column("state", String(16), nullable=False),  # INACTIVE, ACTIVE, RETIRED
+    Column("created_at", BigInteger, nullable=False),
+    Column("activated_at", BigInteger, nullable=True),
+    Column("retired_at", BigInteger, nullable=True),
+    Index("ix_e2e_keys_application", "application_id", "state"),
+)
+
+seen_requests = Table(
+    "seen_requests",
+    metadata,
+    Column("request_id", LargeBinary(16), primary_key=True),  # secure-channel request id
+    Column("expires_at", BigInteger, nullable=False),  # ms; forgotten after this
+    Index("ix_seen_requests_expires_at", "expires_at"),
+)
