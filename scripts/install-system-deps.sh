@@ -3,7 +3,7 @@
 # the TSS2 headers tpm2-pytss builds against). Skips apt when everything is already present.
 set -euo pipefail
 
-packages=(swtpm swtpm-tools softhsm2 libtss2-dev pkg-config)
+packages=(swtpm swtpm-tools softhsm2 libtss2-dev pkg-config postgresql)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

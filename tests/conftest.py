@@ -1,8 +1,12 @@
-"""Shared fixtures: a real SQLite database per test, a controllable clock, the real ASGI app."""
+"""Shared fixtures: a real database per test (SQLite, and PostgreSQL for the modules in
+POSTGRES_MODULES), a controllable clock, the real ASGI app."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +18,7 @@ from keybound.server.appconfig import AppConfig
 from keybound.server.http import create_app
 from keybound.server.service import Keybound
 from tests.helpers import RelyingParty
+from tests.pgserver import PostgresServer, PostgresUnavailable, start_postgres
 
 
 class FakeClock:
@@ -34,9 +39,55 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+#: Test modules whose every database test also runs on a real PostgreSQL server.
+POSTGRES_MODULES = {"test_authentication", "test_activation", "test_http", "test_concurrency",
+                    "test_secure_channel_http", "test_e2ekeys"}
+ALLOW_SKIP_POSTGRES = "KEYBOUND_ALLOW_SKIP_POSTGRES"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and \
+            metafunc.module.__name__.rsplit(".", 1)[-1] in POSTGRES_MODULES:
+        metafunc.parametrize("backend", ["sqlite", pytest.param(
+            "postgres", marks=pytest.mark.postgres)], indirect=True)
+
+
 @pytest.fixture
-def kb(tmp_path: Path, clock: FakeClock) -> Iterator[Keybound]:
-    service = Keybound.open(f"sqlite:///{tmp_path / 'keybound.db'}", clock=clock)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for this test process (fails, never skips, when absent,
+    unless KEYBOUND_ALLOW_SKIP_POSTGRES=1)."""
+    directory = Path(tempfile.mkdtemp(prefix="keybound-pg-"))
+    try:
+        server = start_postgres(directory)
+    except PostgresUnavailable as exc:
+        if os.environ.get(ALLOW_SKIP_POSTGRES) == "1":
+            pytest.skip(str(exc))
+        pytest.fail(f"{exc}; install it, or set {ALLOW_SKIP_POSTGRES}=1", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, migrated database: an SQLite file, or a new PostgreSQL database."""
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        return server.fresh_database()
+    return f"sqlite:///{tmp_path / 'keybound.db'}"
+
+
+@pytest.fixture
+def kb(database_url: str, tmp_path: Path, clock: FakeClock) -> Iterator[Keybound]:
+    service = Keybound.open(database_url, clock=clock,
+                            master_key_file=tmp_path / "master.key")
     yield service
     service.db.dispose()
 

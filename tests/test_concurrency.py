@@ -1,5 +1,6 @@
 """Single use under real concurrency: 50 simultaneous finishes of one challenge against a real
-uvicorn server on 127.0.0.1 and a real SQLite file; exactly one may win, 20 rounds."""
+uvicorn server on 127.0.0.1, on a real SQLite file and on a real PostgreSQL server; exactly
+one may win, 20 rounds."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ ROUNDS = 20
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[BackgroundServer]:
-    kb = Keybound.open(f"sqlite:///{tmp_path / 'race.db'}")
+def server(database_url: str, tmp_path: Path) -> Iterator[BackgroundServer]:
+    kb = Keybound.open(database_url, master_key_file=tmp_path / "master.key")
     # plaintext (development switch): this tests single use in the domain beneath the channel
     with BackgroundServer(kb, allow_plaintext=True) as running:
         yield running

@@ -179,9 +179,12 @@ class Authentication:
     def _finish(self, request: AuthenticationFinishRequest,
                 now: int) -> AuthenticationFinishResponse:
         with self.db.read() as conn:
-            op = conn.execute(select(OPS).where(OPS.c.id == request.operation_id)).first()
+            # registration before operation: a finish commits both together, so an operation
+            # read after the registration is never older than it (no false copy alarms under
+            # READ COMMITTED when a concurrent finish rotates the key between the two reads)
             reg = conn.execute(select(R).where(R.c.id == request.device_id)).first()
             signer = self._signer(conn, request, reg)
+            op = conn.execute(select(OPS).where(OPS.c.id == request.operation_id)).first()
         verified = self._check(request, op, reg, signer, now)
         assert op is not None and reg is not None
         failure = self._failure_code(verified)
@@ -363,10 +366,12 @@ class Authentication:
         result = {"failureCode": ErrorCode.SOFTWARE_KEY_CLONED.value,
                   "risk": {"softwareKeyCloneSuspected": True}}
         with self.db.write() as conn:
-            conn.execute(update(OPS).where(OPS.c.id == op.id,
-                                           OPS.c.state == OperationState.PENDING.value)
-                         .values(state=OperationState.FAILED.value, completed_at=now,
-                                 result=json.dumps(result)))
+            failed = conn.execute(update(OPS).where(OPS.c.id == op.id,
+                                                    OPS.c.state == OperationState.PENDING.value)
+                                  .values(state=OperationState.FAILED.value, completed_at=now,
+                                          result=json.dumps(result))).rowcount
+            if failed != 1:  # finished meanwhile: a replay of it is no copy
+                raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
             conn.execute(update(R).where(R.c.id == reg.id,
                                          R.c.state != DeviceState.DEACTIVATED.value).values(
                 state=DeviceState.LOCKED.value, lock_reason=LockReason.SOFTWARE_KEY_CLONED.value,
