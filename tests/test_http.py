@@ -91,6 +91,14 @@ def test_lock_unlock_deactivate_and_list(rp: RelyingParty) -> None:
     assert problem_code(rp.http.post(base + "/unlock", headers=rp.headers)) == "invalid_state"
 
 
+def test_bodyless_post_needs_no_content_type(rp: RelyingParty) -> None:
+    """`curl -X POST` with no data sends neither a body nor a content type."""
+    user = rp.new_user()
+    response = rp.http.request("POST", f"/rp/v1/users/{user}/activation-codes",
+                               headers=rp.headers)
+    assert response.status_code == 201, response.text
+
+
 def test_duplicate_external_ref_conflicts(rp: RelyingParty) -> None:
     rp.call("POST", "/rp/v1/users", {"externalRef": "alice"}, expect=201)
     response = rp.http.post("/rp/v1/users", json={"externalRef": "alice"}, headers=rp.headers)
@@ -113,6 +121,8 @@ def test_body_limits_and_media_type(http: Any) -> None:
     big = http.post(path, content=b"{" + b" " * p.MAX_BODY_BYTES + b"}",
                     headers={"content-type": "application/json"})
     assert problem_code(big) == "payload_too_large"
+    chunked = http.post(path, content=iter([b"a=b"]), headers={"content-type": "text/plain"})
+    assert problem_code(chunked) == "unsupported_media_type"
     form = http.post(path, content=b"a=b", headers={"content-type": "text/plain"})
     assert problem_code(form) == "unsupported_media_type"
     broken = http.post(path, content=b"{", headers={"content-type": "application/json"})

@@ -128,7 +128,8 @@ class BodyLimit:
             await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")(
                 scope, receive, send)
             return
-        if ctype != b"application/json" and not sealed and (length is None or int(length) > 0):
+        has_body = (b"transfer-encoding" in headers) if length is None else int(length) > 0
+        if ctype != b"application/json" and not sealed and has_body:
             await problem(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                           "request bodies must be application/json (device API: "
                           f"{SEALED_MEDIA_TYPE})")(scope, receive, send)
