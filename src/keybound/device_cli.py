@@ -3,7 +3,7 @@
 The device keeps two files in its state directory: ``device-config.json`` (how to reach the
 server and which key store to use; no secrets — a token PIN is read from an environment
 variable named in the config) and the SDK's own state. Hardware keys live in the TPM or on
-the PKCS#11 token; the state directory holds only wrapped blobs and public keys.
+the PKCS#11 token; of them the state directory holds only wrapped blobs and public keys.
 """
 
 from __future__ import annotations
@@ -13,15 +13,24 @@ import getpass
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from keybound.client import Device, Transport, open_keystore, preset
+from keybound.channel import ChannelPin
+from keybound.client import (
+    Device,
+    SealedTransport,
+    Transport,
+    load_pin,
+    open_keystore,
+    preset,
+)
 from keybound.client.keystores import KeyStore
-from keybound.errors import ClientError, ErrorCode
+from keybound.client.state import StateStore
+from keybound.errors import ClientError, ErrorCode, KeyboundError
 
 CONFIG_FILE = "device-config.json"
 PIN_ENV = "KEYBOUND_DEVICE_PIN"
@@ -74,8 +83,6 @@ def _keystore(config: DeviceConfig, directory: Path) -> KeyStore | None:
 
 def _transport(config: DeviceConfig) -> Transport:
     if config.channel_pin:
-        from keybound.client.channel import SealedTransport  # added with the secure channel
-
         return SealedTransport.from_pin_string(config.channel_pin)
     return Transport(httpx.Client(base_url=config.server_url, timeout=30))
 
@@ -90,36 +97,45 @@ def _pin(args: argparse.Namespace) -> str | None:
     if not args.with_pin:
         return None
     from_env = os.environ.get(PIN_ENV)
-    return from_env if from_env is not None else getpass.getpass("PIN: ")
+    if from_env is not None:
+        return from_env
+    try:
+        return getpass.getpass("PIN: ")
+    except EOFError:  # no terminal and nothing on stdin
+        raise ClientError(f"--with-pin needs a PIN: set {PIN_ENV} or type it at the prompt",
+                          code=ErrorCode.CLIENT_CONFIGURATION) from None
 
 
 # -- actions -------------------------------------------------------------------------------
 
 
 def _activate(args: argparse.Namespace) -> dict[str, Any]:
+    """Set a device up from the flags when the directory holds none (or only one that was
+    never activated, and a server is given anew: say, after a first try with a wrong pin);
+    else (re)activate the stored device with its stored configuration, taking a new channel
+    pin of the same application if one is given (E2E key rotation)."""
     directory: Path = args.state_dir
-    if (directory / CONFIG_FILE).exists():
-        device, config = _device(directory)  # reactivation of this device
-    else:
-        pin_string = _read_channel_pin(args)
-        application_id, server_url = args.application_id, args.server_url
-        if pin_string:
-            from keybound.channel import ChannelPin
-
-            parsed = ChannelPin.from_string(pin_string)
-            application_id, server_url = parsed.application_id, parsed.server_url
-        if not application_id or not server_url:
-            raise ClientError("give --channel-pin (or --application-id and --server-url)",
-                              code=ErrorCode.CLIENT_CONFIGURATION)
-        config = DeviceConfig(
-            application_id=application_id, server_url=server_url, channel_pin=pin_string,
-            profile=args.profile, keystore=args.keystore,
-            keystore_options=_store_options(args), token_pin_env=args.token_pin_env)
-        device = Device.create(directory, application_id=application_id,
-                               transport=_transport(config), profile=preset(args.profile),
+    config = DeviceConfig.load(directory) if (directory / CONFIG_FILE).exists() else None
+    store = StateStore(directory)
+    activated = store.exists() and store.load().current is not None
+    if activated and config is None:
+        raise ClientError(f"{directory} holds an activated device without its {CONFIG_FILE}",
+                          code=ErrorCode.CLIENT_CONFIGURATION)
+    if config is None or (not activated and _server_given(args)):
+        config = _new_config(args)
+        store.wipe()  # an unfinished set-up (never activated) holds no keys
+        device = Device.create(directory, application_id=config.application_id,
+                               transport=_transport(config), profile=preset(config.profile),
                                hardware=_keystore(config, directory))
         config.save(directory)
-    result = device.activate(args.code, pin=_pin(args))
+        result = device.activate(args.code, pin=_pin(args))
+    else:
+        if _server_given(args):
+            config = _with_new_channel_pin(config, args)
+        device = Device.load(directory, transport=_transport(config),
+                             hardware=_keystore(config, directory))
+        result = device.activate(args.code, pin=_pin(args))
+        config.save(directory)  # a new channel pin is kept once the server accepted it
     return {"deviceId": result.device_id, "operationId": result.operation_id,
             "hardwareKeyRegistered": result.hardware_key_registered,
             "hwKeyClientStatus": result.hw_key_client_status.value,
@@ -127,11 +143,53 @@ def _activate(args: argparse.Namespace) -> dict[str, Any]:
             "reactivated": result.reactivated}
 
 
+def _server_given(args: argparse.Namespace) -> bool:
+    return bool(args.channel_pin or args.channel_pin_file or args.application_id
+                or args.server_url)
+
+
+def _with_new_channel_pin(config: DeviceConfig, args: argparse.Namespace) -> DeviceConfig:
+    pin_string = _read_channel_pin(args)
+    pinned = None if pin_string is None else ChannelPin.from_string(pin_string)
+    if pinned is None or pinned.application_id != config.application_id or (
+            args.application_id and args.application_id != config.application_id):
+        raise ClientError(
+            f"this device is activated for application {config.application_id!r} at "
+            f"{config.server_url}; a reactivation may only bring a new --channel-pin of that "
+            "application (deactivate to set the device up anew)",
+            code=ErrorCode.CLIENT_CONFIGURATION)
+    return replace(config, channel_pin=pin_string, server_url=pinned.server_url)
+
+
+def _new_config(args: argparse.Namespace) -> DeviceConfig:
+    pin_string = _read_channel_pin(args)
+    application_id, server_url = args.application_id, args.server_url
+    if pin_string:
+        parsed = ChannelPin.from_string(pin_string)
+        for flag, given, pinned in (("--application-id", application_id, parsed.application_id),
+                                    ("--server-url", server_url, parsed.server_url)):
+            if given and given != pinned:
+                raise ClientError(f"{flag} {given!r} contradicts the channel pin ({pinned!r})",
+                                  code=ErrorCode.CLIENT_CONFIGURATION)
+        application_id, server_url = parsed.application_id, parsed.server_url
+    if not application_id or not server_url:
+        raise ClientError("give --channel-pin or --channel-pin-file (or --application-id and "
+                          "--server-url for a development server without the secure channel)",
+                          code=ErrorCode.CLIENT_CONFIGURATION)
+    preset(args.profile)  # an unknown profile is refused before anything is written
+    return DeviceConfig(
+        application_id=application_id, server_url=server_url, channel_pin=pin_string,
+        profile=args.profile, keystore=args.keystore, keystore_options=_store_options(args),
+        token_pin_env=args.token_pin_env if args.keystore == "pkcs11" else None)
+
+
 def _read_channel_pin(args: argparse.Namespace) -> str | None:
+    """The pin string from --channel-pin or --channel-pin-file, validated and canonical."""
     if args.channel_pin_file:
-        return str(Path(args.channel_pin_file).read_text(encoding="utf-8").strip())
-    pin: str | None = args.channel_pin
-    return pin
+        return load_pin(Path(args.channel_pin_file)).to_string()
+    if args.channel_pin:
+        return ChannelPin.from_string(str(args.channel_pin).strip()).to_string()
+    return None
 
 
 def _store_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,6 +199,11 @@ def _store_options(args: argparse.Namespace) -> dict[str, Any]:
         options: dict[str, Any] = {"module": args.pkcs11_module}
         if args.token_label:
             options["token_label"] = args.token_label
+        if args.slot is not None:
+            options["slot"] = args.slot
+        if len(options) != 2:
+            raise ClientError("--keystore pkcs11 needs exactly one of --token-label or --slot",
+                              code=ErrorCode.CLIENT_CONFIGURATION)
         return options
     return {}
 
@@ -169,7 +232,9 @@ def _pending(args: argparse.Namespace) -> dict[str, Any]:
     return {"operations": [
         {"operationId": op.operation_id, "expiresAt": op.expires_at.isoformat(),
          **({"preOperationContext": op.pre_operation_context.to_wire()}
-            if op.pre_operation_context else {})}
+            if op.pre_operation_context else {}),
+         **({"requiredAuthMethod": op.required_auth_method.value}
+            if op.required_auth_method else {})}
         for op in device.pending()]}
 
 
@@ -188,8 +253,9 @@ def _status(args: argparse.Namespace) -> dict[str, Any]:
 def _deactivate(args: argparse.Namespace) -> dict[str, Any]:
     device, _ = _device(args.state_dir)
     device_id = device.device_id
-    device.deactivate()
+    device.deactivate()  # keys deleted (hardware too); then the local files go
     (args.state_dir / CONFIG_FILE).unlink(missing_ok=True)
+    StateStore(args.state_dir).wipe()
     return {"deviceId": device_id, "state": "DEACTIVATED"}
 
 
@@ -200,7 +266,7 @@ ACTIONS = {"activate": _activate, "authenticate": _authenticate, "pending": _pen
 def cmd_device(args: argparse.Namespace) -> int:
     try:
         result = ACTIONS[args.device_command](args)
-    except ClientError as exc:
+    except KeyboundError as exc:
         print(f"keybound device: {exc.code.value}: {exc.detail}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
@@ -214,22 +280,33 @@ def register(sub: Any) -> None:
                         help=f"where the device keeps its state (default {DEFAULT_STATE_DIR})")
     actions = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
 
-    activate = actions.add_parser("activate", help="activate (or reactivate) with a code")
+    activate = actions.add_parser(
+        "activate", help="activate (or reactivate) with a code",
+        description="Set this device up from the flags and activate it; on a device that is "
+        "already activated, reactivate it (reactivation code) with its stored configuration, "
+        "taking a new --channel-pin(-file) of the same application if given. A device that "
+        "was never activated is set up anew when a channel pin or server is given again.")
     activate.add_argument("code", help="activation code from the relying party")
-    activate.add_argument("--channel-pin", help="the server's E2E key pin string")
-    activate.add_argument("--channel-pin-file", help="file holding the pin string")
-    activate.add_argument("--application-id", help="application id (without a channel pin)")
-    activate.add_argument("--server-url", help="server URL (without a channel pin)")
+    pin = activate.add_mutually_exclusive_group()
+    pin.add_argument("--channel-pin", help="the server's E2E key pin string "
+                     "(`keybound e2e-key pin`): application, server URL and key")
+    pin.add_argument("--channel-pin-file", help="file holding the pin string")
+    activate.add_argument("--application-id", help="application id (development servers "
+                          "without the secure channel only, with --server-url)")
+    activate.add_argument("--server-url", help="server URL (development servers started with "
+                          "--allow-plaintext only, with --application-id)")
     activate.add_argument("--keystore", default="none",
                           choices=["none", "tpm", "pkcs11", "emulated"],
                           help="where the hardware key lives (default: none = software only)")
     activate.add_argument("--tcti", help="TPM TCTI, e.g. device:/dev/tpmrm0 or "
-                          "swtpm:host=127.0.0.1,port=2321 (default /dev/tpmrm0)")
+                          "swtpm:host=127.0.0.1,port=2321 (default device:/dev/tpmrm0 if present)")
     activate.add_argument("--pkcs11-module", default="/usr/lib/softhsm/libsofthsm2.so",
                           help="PKCS#11 module path")
-    activate.add_argument("--token-label", help="PKCS#11 token label")
+    activate.add_argument("--token-label", help="PKCS#11 token label (or --slot)")
+    activate.add_argument("--slot", type=int, help="PKCS#11 slot id (or --token-label)")
     activate.add_argument("--token-pin-env", default="KEYBOUND_TOKEN_PIN",
-                          help="environment variable holding the token user PIN")
+                          help="environment variable holding the token user PIN, read on "
+                          "every run and never stored (default KEYBOUND_TOKEN_PIN)")
     activate.add_argument("--profile", default="linux",
                           help="device profile preset (linux, android-14, ios-17, ...)")
     activate.add_argument("--with-pin", action="store_true",
@@ -243,5 +320,6 @@ def register(sub: Any) -> None:
 
     actions.add_parser("pending", help="list backend-initiated operations waiting for us")
     actions.add_parser("status", help="show this device's state and key store")
-    actions.add_parser("deactivate", help="deactivate at the server and wipe local keys")
+    actions.add_parser("deactivate", help="deactivate at the server, delete the keys and "
+                       "the local state")
     device.set_defaults(func=cmd_device)

@@ -1,29 +1,33 @@
 """End to end through the real server app with real secure hardware: the SDK's TPM store on a
 private swtpm and its PKCS#11 store on a SoftHSM2 token, under all three strategies, plus each
-failure the hardware can have. Nothing is mocked; where a signature must be corrupted, a thin
-wrapper flips a bit of what the real hardware returned (the attack under test)."""
+failure the hardware can have. Devices talk through the secure channel (SealedTransport, sealed
+to the application's pinned E2E key) to an app with the plaintext switch OFF, as in production.
+Nothing is mocked; where a signature must be corrupted, a thin wrapper flips a bit of what the
+real hardware returned (the attack under test)."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from fastapi.testclient import TestClient
 from sqlalchemy import select
-from tests.client.test_device import LossyTransport
 from tests.helpers import RelyingParty
 from tests.keystores.conftest import PIN_TOKEN, SoftHsmBed, SwtpmBed
 
 from keybound import crypto
-from keybound.client import Device, preset
+from keybound.client import Device, SealedTransport, preset
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
 from keybound.client.keystores._testbeds import init_softhsm_token
 from keybound.errors import ClientError
+from keybound.server.http import create_app
+from keybound.server.service import Keybound
 from keybound.storage import tables as t
 
 STRATEGIES = ["SUPPORTED", "RISK_PARAMS", "REQUIRED"]
@@ -76,13 +80,29 @@ def pkcs11_store(bed: SoftHsmBed, directory: Path, *, label: str | None = None,
         "user_pin": pin or bed.main.user_pin})
 
 
+Sealed = Callable[[RelyingParty], SealedTransport]
+
+
 @pytest.fixture
-def transport(http: Any) -> LossyTransport:
-    return LossyTransport(http)
+def http(kb: Keybound) -> Iterator[TestClient]:
+    """The real app with the plaintext switch OFF: every device request must be sealed."""
+    with TestClient(create_app(kb, allow_plaintext=False)) as client:
+        yield client
 
 
-def make_device(tmp_path: Path, rp: RelyingParty, transport: Any, store: KeyStore) -> Device:
-    return Device.create(tmp_path / "device", application_id=rp.app_id, transport=transport,
+@pytest.fixture
+def sealed(http: TestClient) -> Sealed:
+    """sealed(rp) -> a transport through the secure channel to rp's application."""
+
+    def make(rp: RelyingParty) -> SealedTransport:
+        assert rp.pin is not None
+        return SealedTransport(rp.pin, http)
+
+    return make
+
+
+def make_device(tmp_path: Path, rp: RelyingParty, sealed: Sealed, store: KeyStore) -> Device:
+    return Device.create(tmp_path / "device", application_id=rp.app_id, transport=sealed(rp),
                          profile=preset("linux"), hardware=store)
 
 
@@ -106,10 +126,10 @@ def expect(strategy: str, server_result: str, decision: str) -> None:
 
 @pytest.mark.swtpm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_tpm_device_end_to_end(tmp_path: Path, make_rp: Any, transport: Any, swtpm: SwtpmBed,
+def test_tpm_device_end_to_end(tmp_path: Path, make_rp: Any, sealed: Sealed, swtpm: SwtpmBed,
                                strategy: str) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
-    device = make_device(tmp_path, rp, transport, tpm_store(swtpm, tmp_path / "device"))
+    device = make_device(tmp_path, rp, sealed, tpm_store(swtpm, tmp_path / "device"))
     activation = device.activate(rp.activation_code()["activationCode"])
     assert activation.hardware_key_registered
     for _ in range(2):
@@ -117,7 +137,7 @@ def test_tpm_device_end_to_end(tmp_path: Path, make_rp: Any, transport: Any, swt
         assert (decision, risk) == ("PASS", {"hwKeyClientStatus": "OK",
                                              "hwKeyServerResult": "VALID"})
     # the key survives a restart of the SDK (new objects, new TPM connection)
-    again = Device.load(tmp_path / "device", transport=transport,
+    again = Device.load(tmp_path / "device", transport=sealed(rp),
                         hardware=tpm_store(swtpm, tmp_path / "device"))
     assert outcome(rp, again.authenticate)[0] == "PASS"
     assert rp.device(device.device_id)["hardwareKey"] is True
@@ -125,10 +145,10 @@ def test_tpm_device_end_to_end(tmp_path: Path, make_rp: Any, transport: Any, swt
 
 @pytest.mark.softhsm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_pkcs11_device_end_to_end(tmp_path: Path, make_rp: Any, transport: Any,
+def test_pkcs11_device_end_to_end(tmp_path: Path, make_rp: Any, sealed: Sealed,
                                   softhsm: SoftHsmBed, strategy: str) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
-    device = make_device(tmp_path, rp, transport, pkcs11_store(softhsm, tmp_path / "device"))
+    device = make_device(tmp_path, rp, sealed, pkcs11_store(softhsm, tmp_path / "device"))
     assert device.activate(rp.activation_code()["activationCode"]).hardware_key_registered
     decision, risk = outcome(rp, device.authenticate)
     assert (decision, risk) == ("PASS", {"hwKeyClientStatus": "OK",
@@ -139,12 +159,12 @@ def test_pkcs11_device_end_to_end(tmp_path: Path, make_rp: Any, transport: Any,
 
 @pytest.mark.swtpm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_tpm_unreachable_at_activation(tmp_path: Path, make_rp: Any, transport: Any,
+def test_tpm_unreachable_at_activation(tmp_path: Path, make_rp: Any, sealed: Sealed,
                                        swtpm: SwtpmBed, strategy: str) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     store = tpm_store(swtpm, tmp_path / "device")
     swtpm.tpm.stop()
-    device = make_device(tmp_path, rp, transport, store)
+    device = make_device(tmp_path, rp, sealed, store)
     code = rp.activation_code()["activationCode"]
     decision, risk = outcome(rp, lambda: device.activate(code))
     assert risk == {"hwKeyClientStatus": "GENERATION_FAILED",
@@ -159,12 +179,12 @@ def test_tpm_unreachable_at_activation(tmp_path: Path, make_rp: Any, transport: 
 @pytest.mark.parametrize(("fault", "status"), [("fresh_tpm", "KEY_UNAVAILABLE"),
                                                ("tpm_down", "SIGNING_FAILED"),
                                                ("corrupt", "OK")])
-def test_tpm_faults_after_activation(tmp_path: Path, make_rp: Any, transport: Any,
+def test_tpm_faults_after_activation(tmp_path: Path, make_rp: Any, sealed: Sealed,
                                      swtpm: SwtpmBed, strategy: str, fault: str,
                                      status: str) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     store = Corrupting(tpm_store(swtpm, tmp_path / "device"))
-    device = make_device(tmp_path, rp, transport, store)
+    device = make_device(tmp_path, rp, sealed, store)
     device.activate(rp.activation_code()["activationCode"])
     if fault == "fresh_tpm":
         swtpm.restart(fresh=True)  # TPM cleared / replaced: the wrapped blob no longer loads
@@ -181,11 +201,11 @@ def test_tpm_faults_after_activation(tmp_path: Path, make_rp: Any, transport: An
 @pytest.mark.softhsm
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_pkcs11_key_deleted_behind_the_sdks_back(tmp_path: Path, make_rp: Any,
-                                                 transport: Any, softhsm: SoftHsmBed,
+                                                 sealed: Sealed, softhsm: SoftHsmBed,
                                                  strategy: str) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     store = pkcs11_store(softhsm, tmp_path / "device")
-    device = make_device(tmp_path, rp, transport, store)
+    device = make_device(tmp_path, rp, sealed, store)
     device.activate(rp.activation_code()["activationCode"])
     _destroy_all_keys(softhsm)
     decision, risk = outcome(rp, device.authenticate)
@@ -195,14 +215,14 @@ def test_pkcs11_key_deleted_behind_the_sdks_back(tmp_path: Path, make_rp: Any,
 
 @pytest.mark.softhsm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, transport: Any,
+def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, sealed: Sealed,
                                             softhsm: SoftHsmBed, strategy: str) -> None:
     import pkcs11
 
     rp = make_rp(hwKeyValidationStrategy=strategy)
     # wrong token PIN at activation: generation fails, reported truthfully
     wrong = pkcs11_store(softhsm, tmp_path / "a", label=PIN_TOKEN, pin="0000")
-    device = make_device(tmp_path / "a", rp, transport, wrong)
+    device = make_device(tmp_path / "a", rp, sealed, wrong)
     code = rp.activation_code()["activationCode"]
     decision, risk = outcome(rp, lambda: device.activate(code))
     assert risk["hwKeyClientStatus"] == "GENERATION_FAILED"
@@ -211,12 +231,12 @@ def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, transp
     removable = init_softhsm_token(softhsm.main.directory, label="removable", user_pin="2222")
     pkcs11.lib(softhsm.module).reinitialize()  # the module rescans its slots
     token_store = pkcs11_store(softhsm, tmp_path / "b", label="removable", pin="2222")
-    second = make_device(tmp_path / "b", rp, transport, token_store)
+    second = make_device(tmp_path / "b", rp, sealed, token_store)
     assert second.activate(rp.activation_code()["activationCode"]).hardware_key_registered
     subprocess.run(["softhsm2-util", "--delete-token", "--token", "removable"],
                    env={**os.environ, **removable.env}, check=True, capture_output=True)
     pkcs11.lib(softhsm.module).reinitialize()
-    reloaded = Device.load(tmp_path / "b" / "device", transport=transport,
+    reloaded = Device.load(tmp_path / "b" / "device", transport=sealed(rp),
                            hardware=pkcs11_store(softhsm, tmp_path / "b", label="removable",
                                                  pin="2222"))
     decision, risk = outcome(rp, reloaded.authenticate)
@@ -227,13 +247,13 @@ def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, transp
 
 @pytest.mark.swtpm
 def test_state_directory_holds_no_hardware_private_key(tmp_path: Path, make_rp: Any,
-                                                       transport: Any, swtpm: SwtpmBed,
+                                                       sealed: Sealed, swtpm: SwtpmBed,
                                                        kb: Any) -> None:
     """The state directory holds only the TPM's wrapped blob and public keys for the hardware
     key: no private key found on disk belongs to the registered hardware public key, and
     nothing is readable by other users. (The rotating software key is a software key.)"""
     rp = make_rp()
-    device = make_device(tmp_path, rp, transport, tpm_store(swtpm, tmp_path / "device"))
+    device = make_device(tmp_path, rp, sealed, tpm_store(swtpm, tmp_path / "device"))
     device.activate(rp.activation_code()["activationCode"])
     with kb.db.read() as conn:
         hw_public = conn.execute(select(t.registrations.c.hw_public_key).where(
