@@ -1,0 +1,71 @@
+"""CPU time and memory of processes, from the kernel's own accounting in /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (0.0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (all its threads)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out += [int(x) for x in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (uvicorn's worker processes, their helpers)."""
+    seen, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.append(p)
+        todo += children(p)
+    return seen
+
+
+def tree_cpu(pid: int) -> float:
+    return sum(proc_cpu(p) for p in tree(pid))
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A ``Vm*`` field of /proc/<pid>/status in KiB (VmHWM = peak RSS, VmRSS = now)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(total, idle) CPU seconds of the whole machine since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) / CLK_TCK, (v[3] + v[4]) / CLK_TCK

@@ -1,0 +1,360 @@
+"""keybound load generator: full flows over real HTTP against a real `keybound serve`, with the
+secure channel on, on a fresh embedded SQLite file; plus the crypto floor, the scale runs
+(pre-seeded registrations) and the SDK's footprint for one device.
+
+Usage (from the repository root):
+  .venv/bin/python bench/loadgen.py                                  # sweep, all three flows
+  .venv/bin/python bench/loadgen.py --flows device --concurrency 1,4,16,64 --seconds 12
+  .venv/bin/python bench/loadgen.py --no-sweep --registrations 10000,100000,1000000
+  .venv/bin/python bench/loadgen.py --flows device --concurrency 16 --profile 10
+
+What runs: a temp dir with a fresh SQLite database; `keybound app create`, `api-key create`
+and `e2e-key create --server-url http://127.0.0.1:PORT` (the pin) through the CLI; then
+`keybound serve --workers N` on 127.0.0.1. The load comes from --client-procs processes,
+each an asyncio loop with concurrency/client-procs virtual clients (one device + one relying
+party each, keep-alive connections). Every level runs --warmup + --seconds and at most
+--max-flows flows, then stops by itself; the server is stopped by its PID at the end.
+
+Flows: device = device-initiated authentication (start + finish, software + hardware key,
+software key rotated every time); backend = RP creates an operation, device polls pending,
+answers (start + finish), RP reads the result; activation = RP creates user + activation code,
+device start + finish (two new keys).
+
+Every number is printed as a Markdown table; --json writes them with the field names of the
+privacyIDEA harness's `sweep --json` (concurrency, flows_per_s, flow_p50_ms, flow_p99_ms,
+steps{name: {p50_ms, p99_ms}}, cpu{server_cpu_ms_per_flow, client_cpu_ms_per_flow, ...}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from kbbench import floor, seeding  # noqa: E402
+from kbbench.load import FLOW_TITLES, STEPS, run_level  # noqa: E402
+from kbbench.server import KeyboundServer  # noqa: E402
+from kbbench.stats import f, table  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def meta(args: argparse.Namespace) -> dict[str, Any]:
+    return {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
+            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "cryptography": version("cryptography"), "uvicorn": version("uvicorn"),
+            "fastapi": version("fastapi"), "sqlalchemy": version("sqlalchemy"),
+            "keybound_commit": _git_commit(), "server_workers": args.workers,
+            "client_procs": args.client_procs, "seconds": args.seconds, "warmup": args.warmup,
+            "max_flows": args.max_flows, "database": "sqlite (embedded, WAL)",
+            "secure_channel": "on (X25519_SHA256_AES128GCM)"}
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- printing
+def print_floor(items: dict[str, float], per_flow: dict[str, float]) -> None:
+    print("\n### Crypto floor (server side, µs, measured in this run)\n")
+    rows = []
+    for name, us in items.items():
+        rows.append([name, f(us, 1)] + [str(floor.RECIPES[fl].get(name, 0)) for fl in STEPS])
+    rows.append(["**floor per flow (µs)**", ""] + [f"**{f(per_flow[fl], 0)}**" for fl in STEPS])
+    print(table(["primitive", "µs/call"] + [f"x {fl}" for fl in STEPS], rows))
+
+
+def print_sweep(results: list[dict[str, Any]]) -> None:
+    for flow in STEPS:
+        rs = [r for r in results if r["flow"] == flow]
+        if not rs:
+            continue
+        print(f"\n### {FLOW_TITLES[flow]}\n")
+        step_hdr = [f"{s} p50/p99 ms" for s in STEPS[flow]]
+        rows = []
+        for r in rs:
+            c = r["cpu"]
+            rows.append([str(r["concurrency"]), f(r["flows_per_s"], 0), f(r["flow_p50_ms"], 1),
+                         f(r["flow_p99_ms"], 1)]
+                        + [f"{f(r['steps'][s]['p50_ms'], 1)} / {f(r['steps'][s]['p99_ms'], 1)}"
+                           for s in STEPS[flow]]
+                        + [f(c["server_cpu_ms_per_flow"], 2),
+                           f(r.get("server_cpu_over_floor"), 1),
+                           f(c["client_cpu_ms_per_flow"], 2),
+                           f"{f(c['server_cores_used'], 2)} / {f(c['client_cores_used'], 2)} / "
+                           f"{f(c['other_cores_used'], 2)}",
+                           f(r["server_peak_rss_mib_max"], 0),
+                           f"{r['flows_ok']}/{r['flows_failed']}"])
+        print(table(["conc", "flows/s", "flow p50 ms", "flow p99 ms", *step_hdr,
+                     "srv CPU ms/flow", "÷ floor", "cli CPU ms/flow",
+                     "cores srv/cli/other", "srv peak RSS MiB", "ok/failed"], rows))
+        for r in rs:
+            for k, v in sorted(r["failures"].items(), key=lambda kv: -kv[1])[:5]:
+                print(f"\n  c={r['concurrency']} FAIL x{v}: {k}")
+
+
+def print_scale(scale: list[dict[str, Any]]) -> None:
+    print("\n### Scale: device-initiated authentication with registrations already present\n")
+    rows = []
+    for s in scale:
+        r = s["result"]
+        rows.append([f"{s['registrations']:,}", s["devices"], f(s["seed_seconds"], 1),
+                     f(s["db_mib"], 0), f(r["flows_per_s"], 0), f(r["flow_p99_ms"], 1),
+                     f(r["steps"]["auth_finish"]["p99_ms"], 1),
+                     f(r["cpu"]["server_cpu_ms_per_flow"], 2),
+                     f(r["server_peak_rss_mib_max"], 0), f"{r['flows_ok']}/{r['flows_failed']}"])
+    print(table(["registrations", "devices", "seeding s (this step)", "DB MiB", "flows/s",
+                 "flow p99 ms", "finish p99 ms", "srv CPU ms/flow",
+                 "srv peak RSS MiB (max process)", "ok/failed"], rows))
+    base = {s["devices"]: s["result"]["flows_per_s"] for s in scale
+            if s["registrations"] == min(x["registrations"] for x in scale)}
+    for s in scale:
+        b = base.get(s["devices"])
+        if b:
+            s["throughput_vs_smallest"] = s["result"]["flows_per_s"] / b
+
+
+# --------------------------------------------------------------------------- runs
+def new_server(args: argparse.Namespace, workdir: Path) -> KeyboundServer:
+    server = KeyboundServer(workdir, workers=args.workers)
+    log(f"[loadgen] setting up {server.db_url} via the keybound CLI")
+    server.setup()
+    return server
+
+
+def sdk_probe(server: KeyboundServer, n: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(HERE / "kbbench" / "sdk_probe.py"), server.url,
+                          server.token, server.pin, str(n)], capture_output=True, text=True,
+                         timeout=300)
+    if out.returncode != 0:
+        return {"ok": False, "error": out.stderr.strip()[-500:]}
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def print_sdk(sdk: dict[str, Any]) -> None:
+    print("\n### SDK, one device (keybound.client, emulated secure element, secure channel)\n")
+    if not sdk.get("ok"):
+        print(f"SDK probe FAILED: {sdk}")
+        return
+    print(table(["what", "value"], [
+        ["flows (activation, device-initiated, backend-initiated) accepted", "yes"],
+        ["peak RSS of the device process (VmHWM)", f"{sdk['peak_rss_kib'] / 1024:.1f} MiB"],
+        ["  of which: bare Python interpreter", f"{sdk['python_rss_kib'] / 1024:.1f} MiB"],
+        ["  after importing keybound.client", f"{sdk['after_import_rss_kib'] / 1024:.1f} MiB"],
+        ["SDK activation", f"{sdk['activation_ms']:.1f} ms"],
+        [f"SDK authenticate() p50 over {sdk['authentications']}",
+         f"{sdk['auth_p50_ms']:.1f} ms"],
+        ["SDK pending() + authenticate(operation_id)", f"{sdk['backend_auth_ms']:.1f} ms"]]))
+
+
+#: py-spy options per --profile-mode: gil = samples of threads holding the GIL (Python CPU,
+#: crypto in C under the GIL; SQLite's own C time runs without the GIL and is not seen);
+#: wall = every non-idle thread (also threads sleeping in SQLite's busy handler); native =
+#: wall with C frames (sqlite3, OpenSSL), slower to sample.
+PROFILE_MODES = {"gil": ["--gil"], "wall": [], "native": ["--native"]}
+
+
+def profile_server(server: KeyboundServer, seconds: float, out_dir: Path,
+                   mode: str = "gil") -> list[Any]:
+    """Start py-spy on every server process (stops by itself after ``seconds``)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        log("[loadgen] py-spy not found (pip install py-spy); no profile")
+        return []
+    handles = []
+    for pid in server.pids():
+        out = out_dir / f"pyspy-{pid}.txt"
+        handles.append((subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+             "--format", "raw", "--output", str(out), "--nonblocking", "--threads"]
+            + PROFILE_MODES[mode],
+            stdout=subprocess.DEVNULL, stderr=open(str(out) + ".log", "wb")), out))  # noqa: SIM115
+    return handles
+
+
+def print_profile(handles: list[Any], top: int = 25) -> dict[str, Any]:
+    from kbbench.profile import summarise
+
+    files = []
+    for proc, out in handles:
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+        if out.exists() and out.stat().st_size:
+            files.append(out)
+    if not files:
+        errors = " ".join(Path(str(out) + ".log").read_text(errors="replace")[-300:]
+                          for _, out in handles if Path(str(out) + ".log").exists())
+        print(f"\n(profile: no samples; py-spy said: {errors.strip()})")
+        return {}
+    summary = summarise(files, top=top)
+    print(f"\n### Server profile (py-spy, {summary['samples']} samples)\n")
+    print("Self time by library (leaf frame):\n")
+    print(table(["%", "where"], [[f(p, 1), name] for name, p in summary["categories"]]))
+    print("\nSelf time by function:\n")
+    print(table(["%", "function"], [[f(p, 1), fn] for fn, p in summary["self"]]))
+    print("\nInclusive time of keybound's own functions:\n")
+    print(table(["%", "function"], [[f(p, 1), fn] for fn, p in summary["keybound_inclusive"]]))
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flows", default="device,backend,activation")
+    ap.add_argument("--concurrency", default="1,4,16,64")
+    ap.add_argument("--seconds", type=float, default=12.0, help="measured window per level")
+    ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before")
+    ap.add_argument("--max-flows", type=int, default=100_000, help="hard cap per level")
+    ap.add_argument("--workers", type=int, default=1, help="keybound serve --workers")
+    ap.add_argument("--client-procs", type=int, default=4, help="load generator processes")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep")
+    ap.add_argument("--registrations", default="",
+                    help="scale runs: comma-separated totals, e.g. 10000,100000,1000000")
+    ap.add_argument("--scale-concurrency", type=int, default=16)
+    ap.add_argument("--scale-devices", default="hot,seeded",
+                    help="hot: each virtual client's own activated device; seeded: every "
+                    "flow as a random pre-seeded registration")
+    ap.add_argument("--no-sdk", action="store_true", help="skip the SDK probe")
+    ap.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                    help="py-spy the server for SECONDS during the first level of the sweep "
+                    "(use with one flow and one concurrency)")
+    ap.add_argument("--profile-mode", choices=sorted(PROFILE_MODES), default="gil")
+    ap.add_argument("--floor-iterations", type=int, default=2000)
+    ap.add_argument("--json", help="write all results here (default bench/results/"
+                    "keybound-<time>.json)")
+    ap.add_argument("--workdir", help="keep the databases here instead of a temp dir")
+    args = ap.parse_args()
+    if args.seconds > 600:
+        raise SystemExit("--seconds is capped at 600")
+    flows = [x for x in args.flows.split(",") if x]
+    for fl in flows:
+        if fl not in STEPS:
+            raise SystemExit(f"unknown flow {fl!r} (known: {', '.join(STEPS)})")
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    sizes = [int(x) for x in args.registrations.split(",") if x]
+
+    m = meta(args)
+    print(f"## keybound load run {m['when']}\n")
+    print(f"Python {m['python']} {m['machine']}, {m['cpus']} CPUs, cryptography "
+          f"{m['cryptography']}, uvicorn {m['uvicorn']}, commit {m['keybound_commit']}; "
+          f"`keybound serve --workers {args.workers}`, SQLite, secure channel on; "
+          f"{args.client_procs} client processes max; {args.warmup:.0f} s warm-up + "
+          f"{args.seconds:.0f} s per level (cap {args.max_flows} flows).")
+
+    log("[loadgen] measuring the crypto floor")
+    items = floor.measure(iterations=args.floor_iterations)
+    per_flow = floor.per_flow(items)
+    print_floor(items, per_flow)
+    out: dict[str, Any] = {"meta": m, "floor": {"items_us": items, "per_flow_us": per_flow},
+                           "sweep": [], "scale": [], "sdk": None, "profile": None}
+
+    tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="kb-load-"))
+    try:
+        if not args.no_sweep and flows and levels:
+            server = new_server(args, tmp / "sweep")
+            server.start()
+            try:
+                if not args.no_sdk:
+                    log("[loadgen] SDK probe (one device, real SDK)")
+                    out["sdk"] = sdk_probe(server, 50)
+                first = True
+                profiling: list[Any] = []
+                for fl in flows:
+                    for c in levels:
+                        if first and args.profile:
+                            profiling = profile_server(server, args.profile, tmp,
+                                                       args.profile_mode)
+                            out["profile"] = {"flow": fl, "concurrency": c}
+                        log(f"[loadgen] {fl} c={c}: {args.warmup:.0f}+{args.seconds:.0f} s")
+                        r = run_level(server, fl, c, seconds=args.seconds, warmup=args.warmup,
+                                      max_flows=args.max_flows, client_procs=args.client_procs,
+                                      floor_us=per_flow[fl])
+                        first = False
+                        log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 "
+                            f"{r['flow_p99_ms']:.1f} ms, srv "
+                            f"{r['cpu']['server_cpu_ms_per_flow']:.2f} ms/flow, "
+                            f"{r['flows_failed']} failed")
+                        out["sweep"].append(r)
+            finally:
+                server.stop()
+            print_sweep(out["sweep"])
+            if out["sdk"] is not None:
+                print_sdk(out["sdk"])
+            if profiling:
+                out["profile"].update(print_profile(profiling))
+        if sizes:
+            out["scale"] = run_scale(args, sizes, tmp / "scale")
+            print_scale(out["scale"])
+    finally:
+        if not args.workdir:
+            shutil.rmtree(tmp, ignore_errors=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(args.json) if args.json else RESULTS / f"keybound-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str))
+    print(f"\n(results: {path})")
+    return 0
+
+
+def run_scale(args: argparse.Namespace, sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
+    """For each size: stop the server, top the database up to N seeded registrations, start
+    a fresh server (so its peak RSS is this size's), run device-initiated authentication with
+    the virtual clients' own devices (hot) and as random seeded registrations (seeded)."""
+    server = new_server(args, workdir)
+    kinds = [k for k in args.scale_devices.split(",") if k]
+    out = []
+    for n in sorted(sizes):
+        log(f"[loadgen] seeding up to {n:,} registrations")
+        s = seeding.seed(server.db_url, server.app, n, log=log)
+        log(f"[loadgen]   +{s['inserted']:,} in {s['seconds']:.1f} s ({s['rows_per_s']:,.0f}/s)")
+        for kind in kinds:
+            server.start()
+            try:
+                seeded = None
+                if kind == "seeded":
+                    want = min(args.max_flows, int(3000 * (args.seconds + args.warmup)))
+                    seeded = seeding.sample_seeded(
+                        server.db_url, server.app, want,
+                        seeding.load_or_make_pool(server.db_url, 1000))
+                log(f"[loadgen] scale {n:,} {kind} c={args.scale_concurrency}")
+                r = run_level(server, "device", args.scale_concurrency, seconds=args.seconds,
+                              warmup=args.warmup, max_flows=args.max_flows,
+                              client_procs=args.client_procs, seeded=seeded,
+                              pool_file=str(seeding.pool_path(server.db_url) or ""))
+                log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 {r['flow_p99_ms']:.1f} ms,"
+                    f" peak RSS {r['server_peak_rss_mib_max']:.0f} MiB")
+            finally:
+                server.stop()
+            out.append({"registrations": n, "devices": kind, "seed_seconds": s["seconds"],
+                        "seed_rows_per_s": s["rows_per_s"], "db_mib": s["db_bytes"] / 2**20,
+                        "result": r})
+            s = {**s, "seconds": 0.0}  # seeding time is shown once per size
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
