@@ -5,6 +5,7 @@ installed), authenticating under each hardware-key validation strategy."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import shutil
 import tempfile
@@ -63,28 +64,36 @@ class _RelyingParty:
         return result
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Tpm:
+    store: KeyStore | None
+    note: str  # what the demo says about the TPM device
+
+
 @contextlib.contextmanager
-def _tpm_store(work: Path) -> Iterator[KeyStore | None]:
+def _tpm_store(work: Path) -> Iterator[_Tpm]:
     """A TPM-backed key store on a private swtpm, when swtpm and tpm2-pytss exist."""
     if shutil.which("swtpm") is None:
-        yield None
+        yield _Tpm(store=None, note="swtpm not installed: TPM device skipped")
         return
-    try:
-        from keybound.client.keystores import open_keystore
-        from keybound.client.keystores._testbeds import start_swtpm
-    except ImportError:  # pragma: no cover
-        yield None
+    if importlib.util.find_spec("tpm2_pytss") is None:
+        yield _Tpm(store=None, note="tpm2-pytss not installed (pip install -e '.[tpm]'): "
+                   "TPM device skipped")
         return
+    from keybound.client.keystores import open_keystore
+    from keybound.client.keystores._testbeds import start_swtpm
+
     try:
         tpm = start_swtpm(work / "swtpm")
-    except KeyboundError:
-        yield None
+    except KeyboundError as exc:
+        yield _Tpm(store=None, note=f"swtpm did not start ({exc.detail}): TPM device skipped")
         return
     try:
         store = open_keystore("tpm", work / "tpm-device", {"tcti": tpm.tcti})
-        yield store if store.available() else None
-    except KeyboundError:
-        yield None
+        if store.available():
+            yield _Tpm(store=store, note="TPM 2.0 (a private swtpm)")
+        else:
+            yield _Tpm(store=None, note="swtpm not reachable: TPM device skipped")
     finally:
         tpm.stop()
 
@@ -219,13 +228,13 @@ def run_demo(database_url: str | None = None) -> int:
         work = Path(tmp)
         kb = Keybound.open(database_url or f"sqlite:///{work / 'keybound.db'}")
         rows: list[Row] = []
-        with BackgroundServer(kb) as server, _tpm_store(work) as tpm, \
+        with BackgroundServer(kb) as server, _tpm_store(work) as tpm_bed, \
                 contextlib.ExitStack() as closing:  # HTTP clients close before the server
             print(f"keybound demo: server {server.url}, database {kb.db.url}")
             print("secure channel: every device request is HPKE-sealed to its application's "
                   "pinned E2E key (X25519_SHA256_AES128GCM); the server refuses plaintext")
-            print("secure hardware: emulated secure element"
-                  + (", TPM 2.0 (swtpm)" if tpm else " (no swtpm found: TPM device skipped)"))
+            print(f"secure hardware: emulated secure element; {tpm_bed.note}")
+            tpm = tpm_bed.store
             print()
             for strategy in HwKeyValidationStrategy:
                 _run_strategy(kb, server.url, strategy, work, tpm, rows, closing)
