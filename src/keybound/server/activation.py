@@ -87,7 +87,7 @@ class Activation:
             if row is None:
                 raise CeremonyError("unknown or expired activation code",
                                     code=ErrorCode.ACTIVATION_CODE_INVALID)
-            config = AppConfig.from_json(json.loads(row.config))
+            config = AppConfig.from_stored(row.config)
             challenge_expires = min(now + config.challenge_lifetime_seconds * 1000,
                                     row.expires_at)
             # the code is consumed by this one conditional statement
@@ -191,7 +191,7 @@ class Activation:
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         if op.challenge_expires_at <= now:
             raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
-        config = AppConfig.from_json(json.loads(op.config))
+        config = AppConfig.from_stored(op.config)
         if not _usable_methods(config, request.pin_key):
             raise CeremonyError("this application only allows DEVICE:PIN: send a pinKey",
                                 code=ErrorCode.PIN_REQUIRED)

@@ -7,8 +7,10 @@ so a change applies to the next operation and never to one already under way.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from keybound.errors import ConfigurationInvalid
@@ -70,6 +72,12 @@ class AppConfig:
     def from_json(cls, data: Mapping[str, Any]) -> AppConfig:
         return cls().updated(data)
 
+    @staticmethod
+    def from_stored(text: str) -> AppConfig:
+        """The configuration stored as JSON text (on an application or an operation's
+        snapshot). Parsed once per distinct text: every request reads one."""
+        return _from_stored(text)
+
     def updated(self, changes: Mapping[str, Any]) -> AppConfig:
         """A copy with camelCase ``changes`` applied; raises ConfigurationInvalid."""
         kwargs: dict[str, Any] = {}
@@ -98,6 +106,11 @@ def _int(value: Any) -> int:
     if isinstance(value, bool):
         raise TypeError("expected an integer")
     return int(value)
+
+
+@lru_cache(maxsize=1024)
+def _from_stored(text: str) -> AppConfig:
+    return AppConfig.from_json(json.loads(text))
 
 
 _PARSERS: dict[str, tuple[str, Any]] = {

@@ -45,7 +45,7 @@ def load_config(conn: Connection, application_id: str) -> AppConfig | None:
     raw = conn.execute(
         select(t.applications.c.config).where(t.applications.c.id == application_id)
     ).scalar_one_or_none()
-    return None if raw is None else AppConfig.from_json(json.loads(raw))
+    return None if raw is None else AppConfig.from_stored(raw)
 
 
 class Applications:

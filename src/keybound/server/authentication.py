@@ -118,7 +118,7 @@ class Authentication:
             if row is None:
                 config = load_config(conn, request.application_id) or AppConfig()
                 return self._decoy(config, now, operation_id=op_id)
-            config = AppConfig.from_json(json.loads(row.config))
+            config = AppConfig.from_stored(row.config)
             challenge, expires = row.challenge, row.challenge_expires_at
             if challenge is None or expires <= now:
                 # §3.1.3: a challenge stays the same while it is valid, so a second start
@@ -267,7 +267,7 @@ class Authentication:
         next_key = parse_public_key(request.next_software_public_key)
         if key_id(next_key) in (reg.sw_key_id, request.software_key_id):
             raise MalformedRequest("nextSoftwarePublicKey must be a new key")
-        config = AppConfig.from_json(json.loads(op.config))
+        config = AppConfig.from_stored(op.config)
         # step 4: auth method allowed by the application and by the operation (§5)
         method = request.auth_method
         if method not in config.allowed_auth_methods or (

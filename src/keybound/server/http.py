@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keybound import __version__
@@ -38,6 +40,7 @@ from keybound.protocol import (
     DeactivateRequest,
     DeactivateResponse,
     DevicePaths,
+    Message,
     PendingOperationsRequest,
     PendingOperationsResponse,
 )
@@ -86,12 +89,10 @@ STATUS: dict[ErrorCode, int] = {
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem(code: ErrorCode, detail: str, **extra: Any) -> JSONResponse:
-    status = STATUS.get(code, 500)
-    body = {"type": f"urn:keybound:problem:{code.value}", "title": code.value.replace("_", " "),
-            "status": status, "detail": detail, "code": code.value, **extra}
+def problem(code: ErrorCode, detail: str, **extra: Any) -> Response:
+    status, body = problem_body(code, detail, **extra)
     headers = {"WWW-Authenticate": "Bearer"} if code is ErrorCode.UNAUTHORIZED else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 #: Room for the secure channel's framing around a device request (docs/channel.md §3.1:
@@ -105,6 +106,52 @@ def _content_type(scope: MutableMapping[str, Any]) -> bytes:
             ctype: bytes = value.split(b";")[0].strip().lower()
             return ctype
     return b""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceRoute:
+    """One device endpoint: its request and response messages and the service call."""
+
+    request: type[Message]
+    response: type[Message]
+    call: Callable[[Keybound, Any], Message]
+
+
+#: The device API, once: FastAPI builds its routes (OpenAPI, plaintext switch) from this
+#: table, and the secure channel dispatches opened requests through it directly.
+DEVICE_ROUTES: dict[str, DeviceRoute] = {
+    DevicePaths.ACTIVATION_START: DeviceRoute(
+        request=ActivationStartRequest, response=ActivationStartResponse,
+        call=lambda kb, r: kb.activation.start(r)),
+    DevicePaths.ACTIVATION_FINISH: DeviceRoute(
+        request=ActivationFinishRequest, response=ActivationFinishResponse,
+        call=lambda kb, r: kb.activation.finish(r)),
+    DevicePaths.AUTHENTICATION_START: DeviceRoute(
+        request=AuthenticationStartRequest, response=AuthenticationStartResponse,
+        call=lambda kb, r: kb.authentication.start(r)),
+    DevicePaths.AUTHENTICATION_FINISH: DeviceRoute(
+        request=AuthenticationFinishRequest, response=AuthenticationFinishResponse,
+        call=lambda kb, r: kb.authentication.finish(r)),
+    DevicePaths.PENDING_OPERATIONS: DeviceRoute(
+        request=PendingOperationsRequest, response=PendingOperationsResponse,
+        call=lambda kb, r: kb.authentication.pending(r)),
+    DevicePaths.DEACTIVATE: DeviceRoute(
+        request=DeactivateRequest, response=DeactivateResponse,
+        call=lambda kb, r: kb.registrations.device_deactivate(r)),
+}
+
+
+def problem_body(code: ErrorCode, detail: str, **extra: Any) -> tuple[int, bytes]:
+    status = STATUS.get(code, 500)
+    body = {"type": f"urn:keybound:problem:{code.value}", "title": code.value.replace("_", " "),
+            "status": status, "detail": detail, "code": code.value, **extra}
+    return status, json.dumps(body, separators=(",", ":")).encode()
+
+
+def invalid_params(errors: Sequence[Any], skip: int = 0) -> list[dict[str, str]]:
+    """pydantic errors as RFC 9457 ``invalidParams`` (``skip`` drops FastAPI's "body")."""
+    return [{"name": ".".join(str(p) for p in err.get("loc", ())[skip:]),
+             "reason": str(err.get("msg", ""))} for err in errors[:20]]
 
 
 class BodyLimit:
@@ -172,20 +219,6 @@ def _route_path(scope: MutableMapping[str, Any]) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
-class _Capture:
-    """An ASGI ``send`` that keeps the inner response instead of sending it."""
-
-    def __init__(self) -> None:
-        self.status = 500
-        self.body = bytearray()
-
-    async def send(self, message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status = int(message["status"])
-        elif message["type"] == "http.response.body":
-            self.body += message.get("body", b"")
-
-
 class SecureChannel:
     """Pure ASGI middleware: the secure channel in front of the device API (docs/channel.md).
 
@@ -221,45 +254,53 @@ class SecureChannel:
     async def _sealed(self, scope: MutableMapping[str, Any], receive: Any, send: Any,
                       path: str) -> None:
         wire = await _read_body(receive)
-        try:
-            opened = await anyio.to_thread.run_sync(self._open, wire, scope["method"], path)
-        except DecryptionFailed:
-            await anyio.to_thread.run_sync(self._audit_decryption_failure, wire, path)
+        # one hop to a worker thread for everything that may touch the database
+        sealed = await anyio.to_thread.run_sync(self._handle, wire, scope["method"], path)
+        if sealed is None:
             await problem(ErrorCode.DECRYPTION_FAILED, DECRYPTION_FAILED_DETAIL)(
                 scope, receive, send)
             return
-        refusal = _misaddressed(opened)
-        if refusal is not None:
-            await anyio.to_thread.run_sync(self._audit, path, refusal.code,
-                                           opened.application_id, opened.key_id)
-            status, body = STATUS[refusal.code], bytes(problem(refusal.code, refusal.detail).body)
-        else:
-            status, body = await self._inner(scope, receive, opened.body)
-        sealed = seal_response(opened, status, body)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", _SEALED), (b"content-length", str(len(sealed)).encode()),
             (b"cache-control", b"no-store")]})
         await send({"type": "http.response.body", "body": sealed})
 
-    async def _inner(self, scope: MutableMapping[str, Any], receive: Any,
-                     body: bytes) -> tuple[int, bytes]:
-        """Run the normal handlers on the inner JSON; return their status and body."""
-        headers = [(k, v) for k, v in scope["headers"]
-                   if k not in (b"content-type", b"content-length")]
-        headers += [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())]
-        delivered = False
+    def _handle(self, wire: bytes, method: str, path: str) -> bytes | None:
+        """Open (§3.4, §6), dispatch to the device route, seal the answer (§4.4); None when
+        the request cannot be opened (audited)."""
+        try:
+            opened = self._open(wire, method, path)
+        except DecryptionFailed:
+            self._audit_decryption_failure(wire, path)
+            return None
+        status, body = self._dispatch(opened, path)
+        return seal_response(opened, status, body)
 
-        async def inner_receive() -> Any:
-            nonlocal delivered
-            if delivered:
-                return await receive()  # only ever a disconnect now
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        capture = _Capture()
-        await self.app(dict(scope, headers=headers), inner_receive, capture.send)
-        return capture.status, bytes(capture.body)
+    def _dispatch(self, opened: OpenedRequest, path: str) -> tuple[int, bytes]:
+        """The inner request, checked and handled exactly as the plaintext route would."""
+        route = DEVICE_ROUTES[path]
+        document, refusal = _inner_document(opened)
+        if refusal is not None:
+            self._audit(path, refusal.code, opened.application_id, opened.key_id)
+            return problem_body(refusal.code, refusal.detail)
+        try:
+            request = route.request.model_validate(document)
+        except ValidationError as exc:
+            self._audit(path, ErrorCode.MALFORMED_REQUEST, opened.application_id, None)
+            return problem_body(ErrorCode.MALFORMED_REQUEST, "request does not match the schema",
+                                invalidParams=invalid_params(exc.errors()))
+        try:
+            response = route.call(self.kb, request)
+        except KeyboundError as exc:
+            if not exc.fields.get("audited"):
+                self._audit(path, exc.code, opened.application_id, None)
+            extra = ({"operationId": exc.fields["operation_id"]}
+                     if "operation_id" in exc.fields else {})
+            return problem_body(exc.code, exc.detail, **extra)
+        except Exception:  # pragma: no cover - a bug; never leak details
+            log.exception("unexpected error on sealed POST %s", path)
+            return problem_body(ErrorCode.INTERNAL, "internal error")
+        return 200, response.model_dump_json(by_alias=True, exclude_none=True).encode()
 
     def _open(self, wire: bytes, method: str, path: str) -> OpenedRequest:
         """§3.4 and §6, off the event loop (keyring and replay store may hit the database)."""
@@ -300,20 +341,20 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
-def _misaddressed(opened: OpenedRequest) -> KeyboundError | None:
+def _inner_document(opened: OpenedRequest) -> tuple[Any, KeyboundError | None]:
     """The inner request must be a JSON object for the key's application (checked before any
     handler runs, so a pin for one application can never act on another)."""
     if len(opened.body) > MAX_BODY_BYTES:
-        return KeyboundError(f"body exceeds {MAX_BODY_BYTES} bytes",
-                             code=ErrorCode.PAYLOAD_TOO_LARGE)
+        return None, KeyboundError(f"body exceeds {MAX_BODY_BYTES} bytes",
+                                   code=ErrorCode.PAYLOAD_TOO_LARGE)
     try:
         document = json.loads(opened.body)
     except ValueError:
         document = None
     if not isinstance(document, dict) or document.get("applicationId") != opened.application_id:
-        return KeyboundError("applicationId must be the application of the E2E key the request "
-                             "is sealed to", code=ErrorCode.MALFORMED_REQUEST)
-    return None
+        return None, KeyboundError("applicationId must be the application of the E2E key the "
+                                   "request is sealed to", code=ErrorCode.MALFORMED_REQUEST)
+    return document, None
 
 
 def _actor_for(path: str) -> audit.Actor:
@@ -344,7 +385,7 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
                            outcome=audit.Outcome.REJECTED, code=code.value)
 
     @app.exception_handler(KeyboundError)
-    async def _keybound_error(request: Request, exc: KeyboundError) -> JSONResponse:
+    async def _keybound_error(request: Request, exc: KeyboundError) -> Response:
         if not exc.fields.get("audited"):
             audit_rejection(request, exc.code)
         extra = {"operationId": exc.fields["operation_id"]} if "operation_id" in exc.fields else {}
@@ -353,15 +394,13 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
         return problem(exc.code, exc.detail, **extra)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         audit_rejection(request, ErrorCode.MALFORMED_REQUEST)
-        invalid = [{"name": ".".join(str(p) for p in err.get("loc", ())[1:]),
-                    "reason": str(err.get("msg", ""))} for err in exc.errors()[:20]]
         return problem(ErrorCode.MALFORMED_REQUEST, "request does not match the schema",
-                       invalidParams=invalid)
+                       invalidParams=invalid_params(exc.errors(), skip=1))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
             exc.status_code, ErrorCode.MALFORMED_REQUEST)
         audit_rejection(request, code)
@@ -387,34 +426,19 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
 
 
 def _device_routes(app: FastAPI, kb: Keybound) -> None:
-    tags: list[str | Any] = ["device"]
-    ok: dict[str, Any] = {"response_model_exclude_none": True, "tags": tags}
+    for path, route in DEVICE_ROUTES.items():
+        app.add_api_route(path, _device_endpoint(kb, route), methods=["POST"],
+                          response_model=route.response, response_model_exclude_none=True,
+                          tags=["device"],
+                          name=path.removeprefix("/device/v1/").replace("/", "_"))
 
-    @app.post(DevicePaths.ACTIVATION_START, **ok)
-    def activation_start(body: ActivationStartRequest) -> ActivationStartResponse:
-        return kb.activation.start(body)
 
-    @app.post(DevicePaths.ACTIVATION_FINISH, **ok)
-    def activation_finish(body: ActivationFinishRequest) -> ActivationFinishResponse:
-        return kb.activation.finish(body)
+def _device_endpoint(kb: Keybound, route: DeviceRoute) -> Callable[..., Message]:
+    def endpoint(body: Any) -> Message:
+        return route.call(kb, body)
 
-    @app.post(DevicePaths.AUTHENTICATION_START, **ok)
-    def authentication_start(body: AuthenticationStartRequest) -> AuthenticationStartResponse:
-        return kb.authentication.start(body)
-
-    @app.post(DevicePaths.AUTHENTICATION_FINISH, **ok)
-    def authentication_finish(
-        body: AuthenticationFinishRequest,
-    ) -> AuthenticationFinishResponse:
-        return kb.authentication.finish(body)
-
-    @app.post(DevicePaths.PENDING_OPERATIONS, **ok)
-    def pending_operations(body: PendingOperationsRequest) -> PendingOperationsResponse:
-        return kb.authentication.pending(body)
-
-    @app.post(DevicePaths.DEACTIVATE, **ok)
-    def deactivate(body: DeactivateRequest) -> DeactivateResponse:
-        return kb.registrations.device_deactivate(body)
+    endpoint.__annotations__ = {"body": route.request, "return": route.response}
+    return endpoint
 
 
 _bearer = HTTPBearer(auto_error=False)

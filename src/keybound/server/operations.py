@@ -60,7 +60,7 @@ def effective_state(row: Row[Any], now: int) -> OperationState:
 
 
 def operation_view(row: Row[Any], now: int) -> Operation:
-    config = AppConfig.from_json(json.loads(row.config))
+    config = AppConfig.from_stored(row.config)
     stored = json.loads(row.result) if row.result else {}
     risk = stored.get("risk", {})
     enabled = {r.value for r in config.enabled_risk_data}
