@@ -393,3 +393,48 @@ def test_failed_operation_reports_no_auth_level(rp: RelyingParty) -> None:
     assert problem_code(response) == "pin_invalid"
     assert rp.operation(start.operation_id)["result"] == {"authMethod": "DEVICE:PIN",
                                                           "failureCode": "pin_invalid"}
+
+
+# -- decline (§3.1.7) ---------------------------------------------------------------------------
+
+def _decline_request(device: RawDevice, start: p.AuthenticationStartResponse,
+                     signer: Any = None) -> p.DeclineRequest:
+    key = signer or device.sw
+    tbs = p.transcript(p.Purpose.DECLINE, application_id=device.app_id,
+                       device_id=device.device_id, operation_id=start.operation_id,
+                       challenge=start.challenge,
+                       context_digest=p.context_hash(start.pre_operation_context),
+                       software_public_key=b"")
+    return p.DeclineRequest(application_id=device.app_id, device_id=device.device_id,
+                            operation_id=start.operation_id,
+                            software_key_id=crypto.key_id(crypto.public_der(key)),
+                            software_signature=crypto.sign_p256(key, tbs))
+
+
+def test_declined_backend_operation_fails_at_once(rp: RelyingParty, kb: Keybound) -> None:
+    device = activated(rp)
+    op = rp.start_operation(device.device_id, preOperationContext={
+        "content": "Pay 100 EUR", "mimeType": "text/plain"})["operationId"]
+    start = device.start_auth(op)
+    forged = _decline_request(device, start, signer=crypto.generate_p256())
+    before = snapshot(kb)
+    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_DECLINE, forged)) == \
+        "authentication_failed"
+    assert snapshot(kb) == before
+    request = _decline_request(device, start)
+    response = device.post(p.DevicePaths.AUTHENTICATION_DECLINE, request)
+    assert response.json() == {"operationId": op, "state": "FAILED"}
+    result = rp.operation(op)
+    assert (result["state"], result["result"]) == ("FAILED", {"failureCode": "declined"})
+    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_DECLINE, request)) == \
+        "challenge_used"
+    assert problem_code(device.finish_auth(*device.auth_request(start))) == "challenge_used"
+    assert rp.device(device.device_id)["state"] == "ACTIVE"
+
+
+def test_device_initiated_operation_cannot_be_declined(rp: RelyingParty) -> None:
+    device = activated(rp)
+    start = device.start_auth()
+    response = device.post(p.DevicePaths.AUTHENTICATION_DECLINE, _decline_request(device, start))
+    assert problem_code(response) == "authentication_failed"
+    assert device.finish_auth(*device.auth_request(start)).status_code == 200

@@ -40,6 +40,7 @@ REQUEST_MODEL: dict[str, type[p.Message]] = {
     "authentication-pin-with-context": p.AuthenticationFinishRequest,
     "authentication-without-context": p.AuthenticationFinishRequest,
     "deactivation": p.DeactivateRequest,
+    "decline": p.DeclineRequest,
 }
 
 

@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     DEVICE_LOCKED = "device_locked"
     DEVICE_INACTIVE = "device_inactive"
     SOFTWARE_KEY_CLONED = "software_key_cloned"
+    DECLINED = "declined"  # an operation's failureCode only: the user declined it (§3.1.7)
     UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
     # State
     INVALID_STATE = "invalid_state"

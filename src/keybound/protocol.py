@@ -149,6 +149,7 @@ class Purpose(StrEnum):
     ACTIVATION = "activation"
     AUTHENTICATION = "authentication"
     DEACTIVATION = "deactivation"
+    DECLINE = "decline"
 
 
 # --------------------------------------------------------------------------- paths (§3)
@@ -159,6 +160,7 @@ class DevicePaths:
     ACTIVATION_FINISH = "/device/v1/activation/finish"
     AUTHENTICATION_START = "/device/v1/authentication/start"
     AUTHENTICATION_FINISH = "/device/v1/authentication/finish"
+    AUTHENTICATION_DECLINE = "/device/v1/authentication/decline"
     PENDING_OPERATIONS = "/device/v1/operations/pending"
     DEACTIVATE = "/device/v1/deactivate"
 
@@ -354,6 +356,21 @@ class AuthenticationFinishResponse(Reply):
     auth_method: AuthMethod
     auth_level: AuthLevel
     post_operation_context: OperationContext | None = None
+
+
+class DeclineRequest(Message):
+    """The user declined a backend-initiated operation after seeing its context (§3.1.7)."""
+
+    application_id: ApplicationId
+    device_id: Uuid
+    operation_id: Uuid
+    software_key_id: KeyId
+    software_signature: SignatureDer
+
+
+class DeclineResponse(Reply):
+    operation_id: Uuid
+    state: OperationState
 
 
 class PendingOperationsRequest(Message):

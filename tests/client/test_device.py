@@ -202,6 +202,15 @@ def test_backend_initiated(tmp_path, rp, transport, element) -> None:
     with pytest.raises(OperationDeclined):
         device.authenticate(operation_id=op["operationId"], pin="2468",
                             approve=lambda c: seen.append(c) or False)
+    # declining is signed and immediate: the relying party sees it, and it is final
+    declined = rp.operation(op["operationId"])
+    assert (declined["state"], declined["result"]) == ("FAILED", {"failureCode": "declined"})
+    assert rp.device(device.device_id)["state"] == "ACTIVE"  # not a counted failure
+    with pytest.raises(ClientError) as final:
+        device.authenticate(operation_id=op["operationId"], pin="2468")
+    assert final.value.code is ErrorCode.AUTHENTICATION_FAILED
+    op = rp.start_operation(device.device_id, preOperationContext=pre,
+                            postOperationContext=post, requiredAuthMethod="DEVICE:PIN")
     result = device.authenticate(operation_id=op["operationId"], pin="2468",
                                  approve=lambda c: seen.append(c) or True)
     assert result.post_operation_context is not None

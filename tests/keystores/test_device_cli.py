@@ -149,7 +149,9 @@ def test_tpm_device_lifecycle(tmp_path: Path, server: Server, swtpm: SwtpmBed) -
     assert [(o["operationId"], o["preOperationContext"]) for o in pending] == [(op_id, pre)]
     declined = device(state, "authenticate", "--operation-id", op_id, stdin="n\n")
     assert "Pay 100 EUR to ACME" in fails(declined, "invalid_state")
-    assert app.rp.operation(op_id)["state"] == "PENDING"
+    assert app.rp.operation(op_id)["result"] == {"failureCode": "declined"}
+    op_id = app.rp.start_operation(device_id, preOperationContext=pre,
+                                   postOperationContext=post)["operationId"]
     answered = ok(device(state, "authenticate", "--operation-id", op_id, "--yes"))
     assert answered["operationId"] == op_id and answered["postOperationContext"] == post
     operation = app.rp.operation(op_id)

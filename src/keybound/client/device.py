@@ -16,8 +16,8 @@ Key safety: the device never drops a key the server may consider current.
   superseded key is never used, so the server's clone detection is never tripped.
 
 Declining: when an ``approve`` callback returns False, :meth:`Device.authenticate` raises
-:class:`OperationDeclined` (code ``invalid_state``) without finishing; nothing is sent, and
-the operation expires on the server.
+:class:`OperationDeclined` (code ``invalid_state``) without finishing; a backend-initiated
+operation is declined at the server (signed), so the relying party sees it fail at once.
 
 A Device is not thread-safe; use one Device per state directory at a time.
 """
@@ -108,7 +108,8 @@ class PendingOperation:
 
 
 class OperationDeclined(ClientError):
-    """The ``approve`` callback declined the operation; nothing was sent to finish it."""
+    """The ``approve`` callback declined the operation. A backend-initiated operation is
+    declined at the server too (it fails with ``declined``); nothing else is sent."""
 
     code = ErrorCode.INVALID_STATE
 
@@ -420,6 +421,20 @@ class Device:
                 log.info("authentication failed with an unconfirmed key; trying an older one")
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _decline(self, device_id: str, key: SoftwareKey,
+                 start: protocol.AuthenticationStartResponse) -> None:
+        message = protocol.transcript(
+            Purpose.DECLINE, application_id=self.application_id, device_id=device_id,
+            operation_id=start.operation_id, challenge=start.challenge,
+            context_digest=protocol.context_hash(start.pre_operation_context),
+            software_public_key=b"")
+        self._post(
+            DevicePaths.AUTHENTICATION_DECLINE,
+            _request(protocol.DeclineRequest, application_id=self.application_id,
+                     device_id=device_id, operation_id=start.operation_id,
+                     software_key_id=key.key_id, software_signature=key.sign(message)),
+            protocol.DeclineResponse)
+
     def _authenticate_with(
         self,
         candidate: _Candidate,
@@ -442,7 +457,12 @@ class Device:
             protocol.AuthenticationStartResponse,
         )
         _check_method(method, start.allowed_auth_methods)
-        approval.check(start.pre_operation_context)
+        try:
+            approval.check(start.pre_operation_context)
+        except OperationDeclined:
+            if operation_id is not None:  # tell the relying party now (§3.1.7)
+                self._decline(registration.device_id, current, start)
+            raise
         following = SoftwareKey.generate()
         signed = self._sign_authentication(start, registration, following, method)
         request = protocol.AuthenticationFinishRequest(

@@ -21,6 +21,8 @@ from keybound.protocol import (
     AuthenticationStartRequest,
     AuthenticationStartResponse,
     AuthMethod,
+    DeclineRequest,
+    DeclineResponse,
     DeviceState,
     HwKeyServerResult,
     Initiator,
@@ -165,6 +167,52 @@ class Authentication:
                 required_auth_method=(AuthMethod(r.required_auth_method)
                                       if r.required_auth_method else None))
             for r in rows])
+
+    # -- decline (§3.1.7) -----------------------------------------------------------------
+
+    def decline(self, request: DeclineRequest) -> DeclineResponse:
+        """The user saw a backend-initiated operation's context and said no: the operation
+        fails at once with failureCode ``declined`` (not counted as an authentication
+        failure), so the relying party need not wait for it to expire."""
+        now = now_ms(self.clock)
+        with audit.refusals(self.db, now, actor=audit.Actor.DEVICE,
+                            event="authentication.decline",
+                            application_id=request.application_id,
+                            device_id=request.device_id, operation_id=request.operation_id):
+            return self._decline(request, now)
+
+    def _decline(self, request: DeclineRequest, now: int) -> DeclineResponse:
+        with self.db.read() as conn:
+            reg = conn.execute(select(R).where(R.c.id == request.device_id)).first()
+            op = conn.execute(select(OPS).where(OPS.c.id == request.operation_id)).first()
+        # binding as for finish (§3.1.4 step 1); only the current key may decline
+        if (op is None or reg is None or op.challenge is None
+                or op.initiator != Initiator.BACKEND.value
+                or op.type != OperationType.AUTHENTICATION.value
+                or op.application_id != request.application_id
+                or reg.application_id != request.application_id or op.device_id != reg.id
+                or request.software_key_id != reg.sw_key_id):
+            raise CeremonyError("authentication failed")
+        tbs = transcript(Purpose.DECLINE, application_id=op.application_id, device_id=reg.id,
+                         operation_id=op.id, challenge=op.challenge,
+                         context_digest=context_hash(load_context(op.pre_context)),
+                         software_public_key=b"")
+        try:
+            verify_signature(public_key=reg.sw_public_key, algorithm=Algorithm.ES256,
+                             message=tbs, signature=request.software_signature)
+        except InvalidSignature as exc:
+            raise CeremonyError("authentication failed") from exc
+        if op.state != OperationState.PENDING.value:
+            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+        if op.challenge_expires_at <= now or op.expires_at <= now:
+            raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
+        result = {"failureCode": ErrorCode.DECLINED.value}
+        with self.db.write() as conn:
+            self._consume(conn, op, passed=False, result=result, now=now)
+            audit.record(conn, at=now, actor=audit.Actor.DEVICE, event="authentication.decline",
+                         outcome=audit.Outcome.SUCCESS, application_id=op.application_id,
+                         device_id=reg.id, operation_id=op.id, code=ErrorCode.DECLINED.value)
+        return DeclineResponse(operation_id=op.id, state=OperationState.FAILED)
 
     # -- finish (§3.1.4) ------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ from keybound.protocol import (
     AuthenticationStartResponse,
     DeactivateRequest,
     DeactivateResponse,
+    DeclineRequest,
+    DeclineResponse,
     DevicePaths,
     Message,
     PendingOperationsRequest,
@@ -132,6 +134,9 @@ DEVICE_ROUTES: dict[str, DeviceRoute] = {
     DevicePaths.AUTHENTICATION_FINISH: DeviceRoute(
         request=AuthenticationFinishRequest, response=AuthenticationFinishResponse,
         call=lambda kb, r: kb.authentication.finish(r)),
+    DevicePaths.AUTHENTICATION_DECLINE: DeviceRoute(
+        request=DeclineRequest, response=DeclineResponse,
+        call=lambda kb, r: kb.authentication.decline(r)),
     DevicePaths.PENDING_OPERATIONS: DeviceRoute(
         request=PendingOperationsRequest, response=PendingOperationsResponse,
         call=lambda kb, r: kb.authentication.pending(r)),

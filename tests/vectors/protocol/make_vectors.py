@@ -67,6 +67,7 @@ OP_ACTIVATE_A = "c0ffee00-0000-4000-8000-00000000000a"
 OP_ACTIVATE_B = "c0ffee00-0000-4000-8000-00000000000b"
 OP_AUTH_A = "c0ffee00-0000-4000-8000-0000000000a1"  # backend-initiated, with a context
 OP_AUTH_B = "c0ffee00-0000-4000-8000-0000000000b1"  # device-initiated, no context
+OP_DECLINE_A = "c0ffee00-0000-4000-8000-0000000000a2"  # backend-initiated, declined
 
 PIN = "2468"
 PIN_SALT = hashlib.sha256(b"keybound protocol vector: pin salt").digest()
@@ -179,7 +180,7 @@ def transcript_case(
     device_id: str,
     challenge_bytes: bytes,
     context: dict[str, str] | None,
-    field8_key: ec.EllipticCurvePrivateKey,
+    field8_key: ec.EllipticCurvePrivateKey | None,
     hardware_public_key: bytes,
     auth_method: str,
     hw_key_client_status: str,
@@ -194,7 +195,7 @@ def transcript_case(
         operation_id.encode("utf-8"),
         challenge_bytes,
         digest,
-        spki(field8_key),
+        spki(field8_key) if field8_key is not None else b"",
         hardware_public_key,
         auth_method.encode("utf-8"),
         hw_key_client_status.encode("utf-8"),
@@ -212,7 +213,7 @@ def transcript_case(
             "challengeB64u": b64u(challenge_bytes),
             "preOperationContext": context,
             "contextHashHex": digest.hex(),
-            "softwarePublicKeyHex": spki(field8_key).hex(),
+            "softwarePublicKeyHex": spki(field8_key).hex() if field8_key is not None else "",
             "hardwarePublicKeyHex": hardware_public_key.hex(),
             "authMethod": auth_method,
             "hwKeyClientStatus": hw_key_client_status,
@@ -348,6 +349,21 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
         software_key_id=hashlib.sha256(spki(b_sw1)).digest(),
         software_signature=signature_of(deact_b, "software")).to_wire()
 
+    # 6. device A declines a backend-initiated operation (after case 3 rotated its key)
+    decline_a, _ = transcript_case(
+        signer, name="decline",
+        description="Device A declines a backend-initiated operation after showing its "
+        "pre-operation context, signing with its current software key A-software-1 (case 3 "
+        "rotated it). Fields 8-11 are empty; field 7 is the context hash.",
+        purpose="decline", operation_id=OP_DECLINE_A, device_id=DEVICE_A,
+        challenge_bytes=challenge("decline A"), context=PAYMENT_CONTEXT, field8_key=None,
+        hardware_public_key=b"", auth_method="", hw_key_client_status="",
+        signers=[("software", a_sw1)])
+    decline_a["request"] = p.DeclineRequest(
+        application_id=APPLICATION_ID, device_id=DEVICE_A, operation_id=OP_DECLINE_A,
+        software_key_id=hashlib.sha256(spki(a_sw1)).digest(),
+        software_signature=signature_of(decline_a, "software")).to_wire()
+
     contexts = []
     for context in (None, PAYMENT_CONTEXT, UNICODE_CONTEXT):
         canonical = context_canonical(context)
@@ -386,7 +402,7 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
             "noContextHashHex": hashlib.sha256(b"").hexdigest(),
             "fieldOrder": list(FIELD_NAMES),
         },
-        "transcripts": [act_a, act_b, auth_a, auth_b, deact_b],
+        "transcripts": [act_a, act_b, auth_a, auth_b, deact_b, decline_a],
         "contextHashes": contexts,
         "keyIds": key_ids,
         "pinKeyDerivation": derivations,
