@@ -200,3 +200,27 @@ def test_pin_is_not_registered_where_the_application_does_not_allow_it(make_rp: 
     response = device.activate(rp.activation_code()["activationCode"], pin_key=bytes(32))
     assert response.json()["authMethods"] == ["DEVICE"]
     assert rp.device(device.device_id)["pinEnabled"] is False
+
+
+def test_pin_key_is_stored_only_wrapped(rp: RelyingParty, kb: Keybound) -> None:
+    from sqlalchemy import select
+
+    from keybound.errors import ErrorCode, KeyboundError
+    from keybound.storage import tables as t
+
+    pin_key = bytes(range(100, 132))
+    device = RawDevice(rp.http, rp.app_id)
+    assert device.activate(rp.activation_code()["activationCode"],
+                           pin_key=pin_key).status_code == 200
+    other = RawDevice(rp.http, rp.app_id)
+    assert other.activate(rp.activation_code()["activationCode"],
+                          pin_key=pin_key).status_code == 200
+    with kb.db.read() as conn:
+        rows = dict(conn.execute(select(t.registrations.c.id, t.registrations.c.pin_key)).all())
+    assert pin_key not in repr(snapshot(kb)).encode()  # not in any table, in any form
+    assert rows[device.device_id] != rows[other.device_id]  # fresh nonce per wrap
+    pin_keys = kb.authentication.pin_keys
+    assert pin_keys.unwrap(device.device_id, rows[device.device_id]) == pin_key
+    with pytest.raises(KeyboundError) as moved:  # a wrapped key is bound to its registration
+        pin_keys.unwrap(other.device_id, rows[device.device_id])
+    assert moved.value.code is ErrorCode.INTERNAL

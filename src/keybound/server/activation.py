@@ -31,6 +31,7 @@ from keybound.server import audit
 from keybound.server.appconfig import AppConfig
 from keybound.server.common import ms_to_dt, new_challenge
 from keybound.server.operations import activation_code_hash
+from keybound.server.pinkeys import PinKeys
 from keybound.server.risk import risk_data
 from keybound.server.strategy import decide
 from keybound.storage import tables as t
@@ -60,9 +61,10 @@ class _Checked:
 
 
 class Activation:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, pin_keys: PinKeys) -> None:
         self.db = db
         self.clock = clock
+        self.pin_keys = pin_keys
 
     # -- start (§3.1.1) -------------------------------------------------------------------
 
@@ -230,8 +232,10 @@ class Activation:
             "hw_public_key": checked.hardware_key,
             "hw_algorithm": Algorithm.ES256.value if checked.hardware_key else None,
             "activation_hw_status": request.hw_key_client_status.value,
-            # a PIN is registered only where the application allows DEVICE:PIN (§5)
-            "pin_key": (request.pin_key if AuthMethod.DEVICE_PIN
+            # a PIN is registered only where the application allows DEVICE:PIN (§5), and
+            # stored only wrapped under the master key
+            "pin_key": (self.pin_keys.wrap(op.device_id, request.pin_key)
+                        if request.pin_key is not None and AuthMethod.DEVICE_PIN
                         in checked.config.allowed_auth_methods else None),
             "platform": profile.platform.value,
             "os_version": profile.os_version,

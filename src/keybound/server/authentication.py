@@ -42,6 +42,7 @@ from keybound.server.activation import HW_FAILURE_CODE
 from keybound.server.appconfig import AppConfig
 from keybound.server.applications import load_config
 from keybound.server.common import load_context, ms_to_dt, new_challenge, new_id
+from keybound.server.pinkeys import PinKeys
 from keybound.server.registrations import fail_pending_operations
 from keybound.server.risk import risk_data
 from keybound.server.strategy import decide
@@ -67,9 +68,10 @@ class _Verified:
 
 
 class Authentication:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, pin_keys: PinKeys) -> None:
         self.db = db
         self.clock = clock
+        self.pin_keys = pin_keys
 
     # -- start (§3.1.3) -------------------------------------------------------------------
 
@@ -330,8 +332,8 @@ class Authentication:
             if request.pin_proof is None:
                 raise CeremonyError("pinProof is required for DEVICE:PIN",
                                     code=ErrorCode.PIN_REQUIRED)
-            pin_ok = verify_pin_proof(pin_key=reg.pin_key, message=pin_proof_message(tbs),
-                                      proof=request.pin_proof)
+            pin_ok = verify_pin_proof(pin_key=self.pin_keys.unwrap(reg.id, reg.pin_key),
+                                      message=pin_proof_message(tbs), proof=request.pin_proof)
         # step 5: the hardware key, judged by the strategy snapshot (§6)
         server_result = self._hardware_result(tbs, reg, request.hardware_signature)
         decision = decide(config.hw_key_validation_strategy, server_result)
