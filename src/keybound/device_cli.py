@@ -28,6 +28,7 @@ from keybound.client import (
     open_keystore,
     preset,
 )
+from keybound.client.files import write_private
 from keybound.client.keystores import KeyStore
 from keybound.client.state import StateStore
 from keybound.errors import ClientError, ErrorCode, KeyboundError
@@ -48,12 +49,8 @@ class DeviceConfig:
     token_pin_env: str | None = None  # PKCS#11: the env var holding the token user PIN
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = directory / CONFIG_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        write_private(directory / CONFIG_FILE,
+                      (json.dumps(asdict(self), indent=2) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, directory: Path) -> DeviceConfig:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keybound.client.files import fsync_directory, write_private
 from keybound.client.keystores.base import KeyHandle
 from keybound.client.keystores.software import SoftwareKey
 from keybound.client.pin import SALT_BYTES
@@ -105,37 +105,16 @@ class StateStore:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         data = json.dumps(state_to_json(state), indent=2, sort_keys=True).encode("utf-8")
-        tmp = self.directory / f".{STATE_FILE}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_directory(self.directory)
+        write_private(self.path, data)
 
     def wipe(self) -> None:
         """Delete the state file (the directory and other files stay)."""
         self.path.unlink(missing_ok=True)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def wipe_directory(self) -> None:
         """Delete the whole state directory."""
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    if not directory.exists():
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _corrupted(path: Path, reason: str) -> ClientError:

@@ -19,7 +19,6 @@ Fault injection (attributes, or factory options of the same names)::
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keybound import crypto
+from keybound.client.files import write_private
 from keybound.client.keystores.base import KeyHandle, KeyStore, register
 from keybound.errors import (
     ClientError,
@@ -127,7 +127,7 @@ class EmulatedSecureElement(KeyStore):
         )
         nonce = secrets.token_bytes(_NONCE_BYTES)
         sealed = nonce + AESGCM(self._wrapping_key()).encrypt(nonce, der, key_id.encode())
-        _write_private(self._key_path(key_id), sealed)
+        write_private(self._key_path(key_id), sealed)
 
     def _load(self, handle: KeyHandle) -> ec.EllipticCurvePrivateKey:
         key_id = _key_id(handle)
@@ -152,7 +152,7 @@ class EmulatedSecureElement(KeyStore):
     def _wrapping_key(self) -> bytes:
         path = self.directory / "element.key"
         if not path.exists():
-            _write_private(path, AESGCM.generate_key(bit_length=256))
+            write_private(path, AESGCM.generate_key(bit_length=256))
         return path.read_bytes()
 
 
@@ -160,21 +160,6 @@ def _key_id(handle: KeyHandle) -> str | None:
     """The handle's key id if it is well-formed (it becomes a file name)."""
     key_id = handle.ref.get("key_id", "")
     return key_id if _KEY_ID.match(key_id) else None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @register(EmulatedSecureElement.kind)
