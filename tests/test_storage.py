@@ -58,3 +58,12 @@ def test_write_transactions_take_the_lock_up_front(tmp_path: Path) -> None:
             other.close()
         conn.execute(text("SELECT 1"))
     db.dispose()
+
+
+def test_sqlite_commits_are_durable(tmp_path: Path) -> None:
+    """Nothing acknowledged is lost on power failure: every commit is synced (FULL)."""
+    db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
+    db.migrate()
+    with db.read() as conn:
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    db.dispose()
