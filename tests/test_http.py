@@ -22,6 +22,13 @@ def test_openapi_document_is_checked_in(http: Any) -> None:
     assert served["openapi"].startswith("3.1")
     checked_in = json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert served == checked_in, "run: python -m keybound.server.openapi > docs/openapi.json"
+    # it documents what the server does: problem+json 4xx, never FastAPI's 422 body
+    for operations in served["paths"].values():
+        for operation in operations.values():
+            assert "422" not in operation["responses"]
+            assert operation["responses"]["4XX"]["content"]["application/problem+json"]
+    assert set(served["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]) >= {
+        "malformed_request", "authentication_failed", "decryption_failed"}
 
 
 # -- relying-party authentication and scoping ---------------------------------------------

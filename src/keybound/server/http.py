@@ -425,9 +425,53 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    _document_problems(app)
     app.add_middleware(SecureChannel, kb=kb, allow_plaintext=allow_plaintext)
     app.add_middleware(BodyLimit)  # outermost: limits apply to sealed bodies too
     return app
+
+
+#: RFC 9457 problem document, as every error is answered (docs/protocol.md §8)
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "code"],
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"},
+        "status": {"type": "integer"}, "detail": {"type": "string"},
+        "code": {"type": "string", "enum": sorted(code.value for code in STATUS)},
+        "operationId": {"type": "string"},
+        "invalidParams": {"type": "array", "items": {
+            "type": "object", "properties": {"name": {"type": "string"},
+                                             "reason": {"type": "string"}}}},
+    },
+}
+
+
+def _document_problems(app: FastAPI) -> None:
+    """The OpenAPI document says what the server does: errors are problem+json with a 4xx
+    status (never FastAPI's default 422 validation body)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["Problem"] = PROBLEM_SCHEMA
+        problem_ref = {"description": "RFC 9457 problem (stable `code`, docs/protocol.md §8)",
+                       "content": {PROBLEM_JSON: {"schema": {
+                           "$ref": "#/components/schemas/Problem"}}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                responses["4XX"] = problem_ref
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _device_routes(app: FastAPI, kb: Keybound) -> None:
