@@ -3,6 +3,7 @@ device's own signed deactivation (docs/protocol.md §3.1.6)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
@@ -58,7 +59,7 @@ def fail_pending_operations(conn: Connection, device_id: str, code: str, now: in
                t.operations.c.state == OperationState.PENDING.value,
                t.operations.c.code_hash.is_(None))
         .values(state=OperationState.FAILED.value, challenge=None, completed_at=now,
-                result=f'{{"failureCode": "{code}"}}')
+                result=json.dumps({"failureCode": code}))
     )
 
 
