@@ -63,3 +63,11 @@ def test_help_lists_commands() -> None:
                          text=True, check=True).stdout
     for command in ("serve", "demo", "app", "api-key", "device", "audit", "db"):
         assert command in out
+
+
+def test_db_prune(tmp_path: Path) -> None:
+    assert run(tmp_path, "app", "create", "bank").returncode == 0
+    done = run(tmp_path, "db", "prune", "--operations-days", "30")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"operations": 0, "supersededKeys": 0, "seenRequests": 0}
+    assert run(tmp_path, "db", "prune", "--operations-days", "0").returncode == 2

@@ -138,11 +138,28 @@ def cmd_e2e_key(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     kb = _open(args)  # opening migrates to the newest revision
+    if args.action == "prune":
+        from keybound.server.retention import Retention, prune
+
+        pruned = prune(kb.db, kb.clock, Retention(
+            operations_days=args.operations_days,
+            superseded_keys_days=args.superseded_keys_days))
+        print(json.dumps({"operations": pruned.operations,
+                          "supersededKeys": pruned.superseded_keys,
+                          "seenRequests": pruned.seen_requests}))
+        return 0
     print(f"database at {kb.db.url} is at the newest schema revision")
     return 0
 
 
 # -- parser -------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,8 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=50, help="how many events (default 50)")
     audit.set_defaults(func=cmd_audit)
 
-    db = sub.add_parser("db", help="create or upgrade the database schema")
-    db.add_argument("action", choices=["upgrade"])
+    db = sub.add_parser("db", help="upgrade the schema, or prune what retention allows")
+    db.add_argument("action", choices=["upgrade", "prune"],
+                    help="upgrade: create or migrate the schema; prune: delete operations, "
+                    "superseded software keys and replay records past their retention")
+    db.add_argument("--operations-days", type=_positive, default=90,
+                    help="keep ended operations this many days (default 90)")
+    db.add_argument("--superseded-keys-days", type=_positive, default=365,
+                    help="keep superseded software keys, for copy detection, this many days "
+                    "(default 365)")
     db.set_defaults(func=cmd_db)
     return parser
 
