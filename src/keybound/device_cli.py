@@ -29,7 +29,7 @@ from keybound.client import (
     preset,
 )
 from keybound.client.files import write_private
-from keybound.client.keystores import KeyStore
+from keybound.client.keystores import TPM_TCTI_ENV, KeyStore, detect_keystore
 from keybound.client.state import StateStore
 from keybound.errors import ClientError, ErrorCode, KeyboundError
 
@@ -174,10 +174,19 @@ def _new_config(args: argparse.Namespace) -> DeviceConfig:
                           "--server-url for a development server without the secure channel)",
                           code=ErrorCode.CLIENT_CONFIGURATION)
     preset(args.profile)  # an unknown profile is refused before anything is written
+    keystore, options = args.keystore, _store_options(args)
+    if keystore == "auto":  # what this machine has: a TPM 2.0, or software keys only
+        found = detect_keystore(args.state_dir)
+        keystore, options = ("tpm", _detected_tpm_options()) if found else ("none", {})
     return DeviceConfig(
         application_id=application_id, server_url=server_url, channel_pin=pin_string,
-        profile=args.profile, keystore=args.keystore, keystore_options=_store_options(args),
-        token_pin_env=args.token_pin_env if args.keystore == "pkcs11" else None)
+        profile=args.profile, keystore=keystore, keystore_options=options,
+        token_pin_env=args.token_pin_env if keystore == "pkcs11" else None)
+
+
+def _detected_tpm_options() -> dict[str, Any]:
+    tcti = os.environ.get(TPM_TCTI_ENV)
+    return {"tcti": tcti} if tcti else {}
 
 
 def _read_channel_pin(args: argparse.Namespace) -> str | None:
@@ -292,9 +301,11 @@ def register(sub: Any) -> None:
                           "without the secure channel only, with --server-url)")
     activate.add_argument("--server-url", help="server URL (development servers started with "
                           "--allow-plaintext only, with --application-id)")
-    activate.add_argument("--keystore", default="none",
-                          choices=["none", "tpm", "pkcs11", "emulated"],
-                          help="where the hardware key lives (default: none = software only)")
+    activate.add_argument("--keystore", default="auto",
+                          choices=["auto", "none", "tpm", "pkcs11", "emulated"],
+                          help="where the hardware key lives (default auto: the TPM at "
+                          f"${TPM_TCTI_ENV} or /dev/tpmrm0 if usable, else none = software "
+                          "keys only; a PKCS#11 token must be named)")
     activate.add_argument("--tcti", help="TPM TCTI, e.g. device:/dev/tpmrm0 or "
                           "swtpm:host=127.0.0.1,port=2321 (default device:/dev/tpmrm0 if present)")
     activate.add_argument("--pkcs11-module", default="/usr/lib/softhsm/libsofthsm2.so",

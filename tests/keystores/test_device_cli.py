@@ -18,6 +18,7 @@ import pytest
 from tests.helpers import RelyingParty
 from tests.keystores.conftest import SoftHsmBed, SwtpmBed
 
+from keybound.client.keystores import TPM_TCTI_ENV
 from keybound.device_cli import CONFIG_FILE, PIN_ENV
 from keybound.server.appconfig import AppConfig
 from keybound.server.runner import BackgroundServer
@@ -256,3 +257,25 @@ def test_wrong_and_retired_channel_pin(tmp_path: Path, server: Server) -> None:
     missing = fails(device(tmp_path / "other", "activate", app.code(), "--channel-pin-file",
                            str(tmp_path / "nope.pin")), "client_configuration")
     assert "nope.pin" in missing
+
+
+# -- detection: a TPM is found without being named; without one, software keys -------------
+
+@pytest.mark.swtpm
+def test_keystore_auto_detection(tmp_path: Path, server: Server, swtpm: SwtpmBed) -> None:
+    app = server.app(hwKeyValidationStrategy="RISK_PARAMS")
+    found = ok(device(tmp_path / "with-tpm", "activate", app.code(),
+                      "--channel-pin-file", str(app.pin_file),
+                      env={TPM_TCTI_ENV: swtpm.tcti}))
+    assert found["hardwareKeyRegistered"] is True
+    assert ok(device(tmp_path / "with-tpm", "status"))["keystore"] == f"tpm ({swtpm.tcti})"
+    # with nothing named, /dev/tpmrm0 decides; without one the device uses software keys
+    none = ok(device(tmp_path / "without", "activate", app.code(),
+                     "--channel-pin-file", str(app.pin_file)))
+    has_tpm = Path("/dev/tpmrm0").exists()
+    assert none["hardwareKeyRegistered"] is has_tpm
+    assert none["hwKeyClientStatus"] == ("OK" if has_tpm else "NOT_SUPPORTED")
+    # a TCTI that leads nowhere is ignored, not fatal
+    gone = ok(device(tmp_path / "gone", "activate", app.code(), "--channel-pin-file",
+                     str(app.pin_file), env={TPM_TCTI_ENV: "swtpm:host=127.0.0.1,port=9"}))
+    assert gone["hwKeyClientStatus"] == "NOT_SUPPORTED"

@@ -282,3 +282,13 @@ def _destroy_all_keys(bed: SoftHsmBed) -> None:
         for obj in list(session.get_objects({pkcs11.Attribute.CLASS:
                                              pkcs11.ObjectClass.PRIVATE_KEY})):
             obj.destroy()
+
+
+@pytest.mark.swtpm
+def test_detect_keystore(tmp_path: Path, swtpm: SwtpmBed) -> None:
+    from keybound.client.keystores import TPM_TCTI_ENV, detect_keystore
+
+    found = detect_keystore(tmp_path, {TPM_TCTI_ENV: swtpm.tcti})
+    assert found is not None and found.kind == "tpm" and found.available()
+    assert detect_keystore(tmp_path, {TPM_TCTI_ENV: "swtpm:host=127.0.0.1,port=9"}) is None
+    assert (detect_keystore(tmp_path, {}) is not None) is Path("/dev/tpmrm0").exists()

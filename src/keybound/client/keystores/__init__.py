@@ -12,15 +12,23 @@ Kinds: ``software`` (no secure hardware: the device uses its software key only),
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from keybound.client.keystores.base import REGISTRY, KeyHandle, KeyStore, register
-from keybound.errors import ClientError, ErrorCode
+from keybound.errors import ClientError, ErrorCode, KeyboundError
 
-__all__ = ["KINDS", "REGISTRY", "KeyHandle", "KeyStore", "open_keystore", "register"]
+log = logging.getLogger(__name__)
+
+__all__ = ["KINDS", "REGISTRY", "KeyHandle", "KeyStore", "detect_keystore", "open_keystore",
+           "register"]
+
+#: Detection also looks at the TPM this TCTI names (e.g. ``swtpm:host=127.0.0.1,port=2321``).
+TPM_TCTI_ENV = "KEYBOUND_TPM_TCTI"
 
 #: The back ends that ship with keybound (others may register themselves).
 KINDS = ("software", "emulated", "tpm", "pkcs11")
@@ -47,6 +55,27 @@ def open_keystore(
             code=ErrorCode.CLIENT_CONFIGURATION,
         )
     return factory(Path(state_dir), dict(options or {}))
+
+
+def detect_keystore(state_dir: Path | str,
+                    environ: Mapping[str, str] | None = None) -> KeyStore | None:
+    """The secure hardware this machine has, or None (the device then uses software keys
+    only and reports ``NOT_SUPPORTED``).
+
+    Looks for a usable TPM 2.0: the one ``$KEYBOUND_TPM_TCTI`` names, else the kernel's
+    resource manager ``/dev/tpmrm0``. A PKCS#11 token cannot be found without being told its
+    module and token, so it is never detected: configure it explicitly.
+    """
+    env = os.environ if environ is None else environ
+    options = {"tcti": env[TPM_TCTI_ENV]} if env.get(TPM_TCTI_ENV) else {}
+    try:
+        store = open_keystore("tpm", state_dir, options)
+    except ClientError:  # tpm2-pytss is not installed
+        return None
+    except KeyboundError as exc:
+        log.warning("ignoring %s=%r: %s", TPM_TCTI_ENV, options.get("tcti"), exc.detail)
+        return None
+    return store if store.configured() and store.available() else None
 
 
 def _import_backend(kind: str) -> None:
