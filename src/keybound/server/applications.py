@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from keybound.crypto import constant_time_equal
 from keybound.errors import ConfigurationInvalid, InvalidState, NotFound, Unauthorized
@@ -41,10 +41,19 @@ class NewApiKey:
     token: str  # shown once, never stored
 
 
+_SELECT_CONFIG = select(t.applications.c.config).where(
+    t.applications.c.id == bindparam("application_id"))
+
+
+def load_config_text(conn: Connection, application_id: str) -> str | None:
+    """The application's configuration as stored (the text operations snapshot)."""
+    raw: str | None = conn.execute(
+        _SELECT_CONFIG, {"application_id": application_id}).scalar_one_or_none()
+    return raw
+
+
 def load_config(conn: Connection, application_id: str) -> AppConfig | None:
-    raw = conn.execute(
-        select(t.applications.c.config).where(t.applications.c.id == application_id)
-    ).scalar_one_or_none()
+    raw = load_config_text(conn, application_id)
     return None if raw is None else AppConfig.from_stored(raw)
 
 

@@ -32,6 +32,9 @@ class Outcome(StrEnum):
     REJECTED = "REJECTED"  # a request refused without changing anything
 
 
+_INSERT = insert(t.audit_events)  # built once: every operation writes one row
+
+
 def record(
     conn: Connection,
     *,
@@ -45,19 +48,17 @@ def record(
     code: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    conn.execute(
-        insert(t.audit_events).values(
-            at=at,
-            actor=actor.value,
-            event=event,
-            outcome=outcome.value,
-            application_id=application_id,
-            device_id=device_id,
-            operation_id=operation_id,
-            code=code,
-            details=json.dumps(details, sort_keys=True) if details else None,
-        )
-    )
+    conn.execute(_INSERT, {
+        "at": at,
+        "actor": actor.value,
+        "event": event,
+        "outcome": outcome.value,
+        "application_id": application_id,
+        "device_id": device_id,
+        "operation_id": operation_id,
+        "code": code,
+        "details": json.dumps(details, sort_keys=True) if details else None,
+    })
 
 
 def record_alone(db: Database, **kwargs: Any) -> None:

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, case, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, case, insert, select, update
 
 from keybound.crypto import key_id, parse_public_key, verify_pin_proof, verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature, MalformedRequest
@@ -40,7 +40,7 @@ from keybound.protocol import (
 from keybound.server import audit
 from keybound.server.activation import HW_FAILURE_CODE
 from keybound.server.appconfig import AppConfig
-from keybound.server.applications import load_config
+from keybound.server.applications import load_config, load_config_text
 from keybound.server.common import load_context, ms_to_dt, new_challenge, new_id
 from keybound.server.pinkeys import PinKeys
 from keybound.server.registrations import fail_pending_operations
@@ -52,6 +52,34 @@ from keybound.storage.db import Clock, Database, now_ms
 OPS = t.operations
 R = t.registrations
 S = t.superseded_keys
+
+
+# The statements of the hot path, built once (SQLAlchemy then reuses their compiled form).
+_SELECT_STATE = select(R.c.state).where(R.c.id == bindparam("device_id"),
+                                        R.c.application_id == bindparam("application_id"))
+_SELECT_REGISTRATION = select(R).where(R.c.id == bindparam("id"))
+_SELECT_OPERATION = select(OPS).where(OPS.c.id == bindparam("id"))
+_SELECT_SUPERSEDED = select(S.c.public_key).where(
+    S.c.registration_id == bindparam("registration_id"), S.c.key_id == bindparam("key_id"))
+_INSERT_OPERATION = insert(OPS)
+_INSERT_SUPERSEDED = insert(S)
+#: §4.3: the one statement that consumes a challenge
+_CONSUME = (
+    update(OPS)
+    .where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
+           OPS.c.challenge == bindparam("challenge_"),
+           OPS.c.challenge_expires_at > bindparam("now"))
+    .values(state=bindparam("new_state"), completed_at=bindparam("now"),
+            result=bindparam("result_"))
+)
+#: §4.5: rotate only if the signer is still the current key of an active registration
+_ROTATE = (
+    update(R)
+    .where(R.c.id == bindparam("reg_id"), R.c.sw_key_id == bindparam("signer_key_id"),
+           R.c.state == DeviceState.ACTIVE.value)
+    .values(sw_public_key=bindparam("next_key"), sw_key_id=bindparam("next_key_id"),
+            failures=0, last_authenticated_at=bindparam("now"), updated_at=bindparam("now"))
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,21 +118,24 @@ class Authentication:
         challenge = new_challenge()
         op_id = new_id()
         with self.db.write() as conn:
-            config = load_config(conn, request.application_id)
-            state = conn.execute(select(R.c.state).where(
-                R.c.id == request.device_id,
-                R.c.application_id == request.application_id)).scalar_one_or_none()
-            if config is None or state is None or state == DeviceState.DEACTIVATED.value:
+            raw_config = load_config_text(conn, request.application_id)
+            state = conn.execute(_SELECT_STATE, {
+                "device_id": request.device_id,
+                "application_id": request.application_id}).scalar_one_or_none()
+            if raw_config is None or state is None or state == DeviceState.DEACTIVATED.value:
                 # §3.1.3: an unknown device gets a decoy challenge, so start cannot be used
                 # to find out which device ids exist. Finish will fail as for a bad signature.
-                return self._decoy(config or AppConfig(), now)
+                return self._decoy(AppConfig.from_stored(raw_config) if raw_config
+                                   else AppConfig(), now)
+            config = AppConfig.from_stored(raw_config)
             expires = now + config.challenge_lifetime_seconds * 1000
-            conn.execute(insert(OPS).values(
-                id=op_id, application_id=request.application_id,
-                type=OperationType.AUTHENTICATION.value, initiator=Initiator.DEVICE.value,
-                state=OperationState.PENDING.value, device_id=request.device_id,
-                challenge=challenge, challenge_expires_at=expires, expires_at=expires,
-                config=json.dumps(config.to_json()), created_at=now))
+            conn.execute(_INSERT_OPERATION, {
+                "id": op_id, "application_id": request.application_id,
+                "type": OperationType.AUTHENTICATION.value,
+                "initiator": Initiator.DEVICE.value, "state": OperationState.PENDING.value,
+                "device_id": request.device_id, "challenge": challenge,
+                "challenge_expires_at": expires, "expires_at": expires,
+                "config": raw_config, "created_at": now})
         return AuthenticationStartResponse(
             operation_id=op_id, challenge=challenge, expires_at=ms_to_dt(expires),
             allowed_auth_methods=list(config.allowed_auth_methods))
@@ -232,9 +263,9 @@ class Authentication:
             # registration before operation: a finish commits both together, so an operation
             # read after the registration is never older than it (no false copy alarms under
             # READ COMMITTED when a concurrent finish rotates the key between the two reads)
-            reg = conn.execute(select(R).where(R.c.id == request.device_id)).first()
+            reg = conn.execute(_SELECT_REGISTRATION, {"id": request.device_id}).first()
             signer = self._signer(conn, request, reg)
-            op = conn.execute(select(OPS).where(OPS.c.id == request.operation_id)).first()
+            op = conn.execute(_SELECT_OPERATION, {"id": request.operation_id}).first()
         verified = self._check(request, op, reg, signer, now)
         assert op is not None and reg is not None
         failure = self._failure_code(verified)
@@ -272,9 +303,8 @@ class Authentication:
             return None
         if request.software_key_id == reg.sw_key_id:
             return reg.sw_public_key, False
-        old = conn.execute(select(S.c.public_key).where(
-            S.c.registration_id == reg.id, S.c.key_id == request.software_key_id)
-        ).scalar_one_or_none()
+        old = conn.execute(_SELECT_SUPERSEDED, {
+            "registration_id": reg.id, "key_id": request.software_key_id}).scalar_one_or_none()
         return None if old is None else (old, True)
 
     def _check(self, request: AuthenticationFinishRequest, op: Row[Any] | None,
@@ -371,31 +401,26 @@ class Authentication:
                  now: int) -> None:
         """§4.3: the one statement that consumes the challenge; a second finish finds no
         PENDING row with this challenge and is refused."""
-        consumed = conn.execute(
-            update(OPS)
-            .where(OPS.c.id == op.id, OPS.c.state == OperationState.PENDING.value,
-                   OPS.c.challenge == op.challenge, OPS.c.challenge_expires_at > now)
-            .values(state=(OperationState.COMPLETED if passed else OperationState.FAILED).value,
-                    completed_at=now, result=json.dumps(result))
-        ).rowcount
+        consumed = conn.execute(_CONSUME, {
+            "op_id": op.id, "challenge_": op.challenge, "now": now,
+            "new_state": (OperationState.COMPLETED if passed else OperationState.FAILED).value,
+            "result_": json.dumps(result)}).rowcount
         if consumed != 1:
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
 
     @staticmethod
     def _rotate(conn: Connection, reg: Row[Any], verified: _Verified, now: int) -> None:
         """Replace the software key; the old one is remembered to detect copies (§4.5)."""
-        rotated = conn.execute(
-            update(R)
-            .where(R.c.id == reg.id, R.c.sw_key_id == verified.signer_key_id,
-                   R.c.state == DeviceState.ACTIVE.value)
-            .values(sw_public_key=verified.next_key, sw_key_id=key_id(verified.next_key),
-                    failures=0, last_authenticated_at=now, updated_at=now)
-        ).rowcount
+        rotated = conn.execute(_ROTATE, {
+            "reg_id": reg.id, "signer_key_id": verified.signer_key_id,
+            "next_key": verified.next_key, "next_key_id": key_id(verified.next_key),
+            "now": now}).rowcount
         if rotated != 1:  # another finish rotated this key first
             raise CeremonyError("software key changed concurrently",
                                 code=ErrorCode.CHALLENGE_USED)
-        conn.execute(insert(S).values(registration_id=reg.id, key_id=verified.signer_key_id,
-                                      public_key=verified.signer_key, superseded_at=now))
+        conn.execute(_INSERT_SUPERSEDED, {
+            "registration_id": reg.id, "key_id": verified.signer_key_id,
+            "public_key": verified.signer_key, "superseded_at": now})
 
     @staticmethod
     def _count_failure(conn: Connection, reg: Row[Any], config: AppConfig, now: int) -> None:

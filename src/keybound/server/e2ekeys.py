@@ -216,10 +216,11 @@ class SqlReplayGuard:
         self._purge_lock = threading.Lock()
 
     def check_and_remember(self, request_id: bytes, expires_at: int) -> None:
+        """Remember a request id until it expires; DecryptionFailed if it was seen."""
         try:
             with self._db.write() as conn:
-                conn.execute(insert(t.seen_requests).values(
-                    request_id=request_id, expires_at=expires_at * 1000))
+                conn.execute(_INSERT_SEEN, {"request_id": request_id,
+                                            "expires_at": expires_at * 1000})
         except IntegrityError:
             raise DecryptionFailed() from None
         self._maybe_purge()
@@ -236,6 +237,9 @@ class SqlReplayGuard:
                 conn.execute(delete(t.seen_requests).where(t.seen_requests.c.expires_at < cutoff))
         finally:
             self._purge_lock.release()
+
+
+_INSERT_SEEN = insert(t.seen_requests)  # built once: every sealed request writes one row
 
 
 # --------------------------------------------------------------------------- management
