@@ -217,10 +217,36 @@ def test_pin_key_is_stored_only_wrapped(rp: RelyingParty, kb: Keybound) -> None:
                           pin_key=pin_key).status_code == 200
     with kb.db.read() as conn:
         rows = dict(conn.execute(select(t.registrations.c.id, t.registrations.c.pin_key)).all())
-    assert pin_key not in repr(snapshot(kb)).encode()  # not in any table, in any form
+    with kb.db.read() as conn:  # the raw PIN key is in no column of any table
+        for table in t.metadata.tables.values():
+            for row in conn.execute(select(table)):
+                assert not any(isinstance(v, bytes) and pin_key in v for v in row), table.name
     assert rows[device.device_id] != rows[other.device_id]  # fresh nonce per wrap
     pin_keys = kb.authentication.pin_keys
     assert pin_keys.unwrap(device.device_id, rows[device.device_id]) == pin_key
     with pytest.raises(KeyboundError) as moved:  # a wrapped key is bound to its registration
         pin_keys.unwrap(other.device_id, rows[device.device_id])
     assert moved.value.code is ErrorCode.INTERNAL
+
+
+
+def test_a_pin_key_that_does_not_open_is_a_server_fault_without_detail(
+        rp: RelyingParty, kb: Keybound) -> None:
+    """A wrapped PIN key moved to another registration does not open: 500 internal_error,
+    nothing about the inside in the answer, and nothing counted against the device."""
+    from sqlalchemy import select, update
+
+    from keybound.storage import tables as t
+    from tests.test_authentication import activated
+
+    first = activated(rp, pin_key=bytes(32))
+    second = activated(rp, pin_key=bytes(32))
+    r = t.registrations
+    with kb.db.write() as conn:
+        blob = conn.execute(select(r.c.pin_key).where(r.c.id == first.device_id)).scalar_one()
+        conn.execute(update(r).where(r.c.id == second.device_id).values(pin_key=blob))
+    response = second.authenticate(method=p.AuthMethod.DEVICE_PIN)
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "detail" not in response.json()
+    assert rp.device(second.device_id)["state"] == "ACTIVE"

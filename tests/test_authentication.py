@@ -438,3 +438,18 @@ def test_device_initiated_operation_cannot_be_declined(rp: RelyingParty) -> None
     response = device.post(p.DevicePaths.AUTHENTICATION_DECLINE, _decline_request(device, start))
     assert problem_code(response) == "authentication_failed"
     assert device.finish_auth(*device.auth_request(start)).status_code == 200
+
+
+
+def test_next_key_may_not_be_a_superseded_key(rp: RelyingParty, kb: Keybound) -> None:
+    """Rotating back to an earlier key would make it current and superseded at once."""
+    device = activated(rp)
+    first = device.sw
+    assert device.authenticate().status_code == 200  # first is superseded now
+    start = device.start_auth()
+    request, _ = device.auth_request(start, next_key=first)
+    before = snapshot(kb)
+    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, request)) == \
+        "malformed_request"
+    assert snapshot(kb) == before
+    assert device.finish_auth(*device.auth_request(start)).status_code == 200

@@ -47,3 +47,28 @@ def test_prune_keeps_what_is_needed(rp: RelyingParty, kb: Keybound, clock: Any) 
     response = stale.authenticate()
     assert response.json()["code"] == "authentication_failed"
     assert rp.device(device.device_id)["state"] == "ACTIVE"
+
+
+
+def test_prune_keeps_replay_records_through_the_grace(kb: Keybound, clock: Any) -> None:
+    from sqlalchemy import insert
+
+    now_ms = int(clock() * 1000)
+    with kb.db.write() as conn:
+        conn.execute(insert(t.seen_requests), [
+            {"request_id": b"a" * 16, "expires_at": now_ms - 5_000},   # within the grace
+            {"request_id": b"b" * 16, "expires_at": now_ms - 60_000},  # long gone
+            {"request_id": b"c" * 16, "expires_at": now_ms + 60_000}])  # live
+    assert prune(kb.db, clock).seen_requests == 1
+    with kb.db.read() as conn:
+        kept = set(conn.execute(select(t.seen_requests.c.request_id)).scalars())
+    assert kept == {b"a" * 16, b"c" * 16}
+
+
+def test_an_expired_unused_activation_code_is_pruned(rp: RelyingParty, kb: Keybound,
+                                                     clock: Any) -> None:
+    code = rp.activation_code()
+    clock.advance(100 * DAY)
+    assert rp.operation(code["operationId"])["state"] == "EXPIRED"
+    assert prune(kb.db, clock).operations == 1
+    assert rp.call("GET", f"/rp/v1/operations/{code['operationId']}")["code"] == "not_found"

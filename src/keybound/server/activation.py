@@ -3,7 +3,6 @@ challenge and registers the device's keys (docs/protocol.md §3.1.1-2, §4, §6)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from keybound.protocol import (
 )
 from keybound.server import audit
 from keybound.server.appconfig import AppConfig
+from keybound.server.ceremony import consume, prove_possession, require_pending
 from keybound.server.common import ms_to_dt, new_challenge
 from keybound.server.operations import activation_code_hash
 from keybound.server.pinkeys import PinKeys
@@ -139,17 +139,7 @@ class Activation:
         failure = None if checked.passed else HW_FAILURE_CODE[checked.server_result]
         result = {"risk": risk, "failureCode": failure.value if failure else None}
         with self.db.write() as conn:
-            # §4.3: the challenge is consumed by one conditional statement
-            consumed = conn.execute(
-                update(OPS)
-                .where(OPS.c.id == op.id, OPS.c.state == OperationState.PENDING.value,
-                       OPS.c.challenge == op.challenge, OPS.c.challenge_expires_at > now)
-                .values(state=(OperationState.COMPLETED if checked.passed
-                               else OperationState.FAILED).value,
-                        completed_at=now, result=json.dumps(result))
-            ).rowcount
-            if consumed != 1:
-                raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+            consume(conn, op, passed=checked.passed, result=result, now=now)  # §4.3
             if checked.passed:
                 self._store_registration(conn, op, request, checked, now)
             audit.record(conn, at=now, actor=audit.Actor.DEVICE, event="activation.finish",
@@ -179,20 +169,13 @@ class Activation:
                         if request.hardware_public_key is not None else None)
         tbs = transcript(
             Purpose.ACTIVATION, application_id=op.application_id, device_id=op.device_id,
-            operation_id=op.id, challenge=op.challenge or b"", context_digest=NO_CONTEXT_HASH,
+            operation_id=op.id, challenge=op.challenge, context_digest=NO_CONTEXT_HASH,
             software_public_key=software_key, hardware_public_key=hardware_key or b"",
             hw_key_client_status=request.hw_key_client_status.value)
         # §4.4 proof of possession of the software key
-        try:
-            verify_signature(public_key=software_key, algorithm=Algorithm.ES256, message=tbs,
-                             signature=request.software_signature)
-        except InvalidSignature as exc:
-            raise CeremonyError("authentication failed") from exc
+        prove_possession(software_key, tbs, request.software_signature)
         # only a caller who proved possession learns why a well-signed request is refused
-        if op.state != OperationState.PENDING.value:
-            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
-        if op.challenge_expires_at <= now:
-            raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
+        require_pending(op, now)
         config = AppConfig.from_stored(op.config)
         if not _usable_methods(config, request.pin_key):
             raise CeremonyError("this application only allows DEVICE:PIN: send a pinKey",

@@ -41,6 +41,7 @@ from keybound.server import audit
 from keybound.server.activation import HW_FAILURE_CODE
 from keybound.server.appconfig import AppConfig
 from keybound.server.applications import load_config, load_config_text
+from keybound.server.ceremony import consume, prove_possession, require_pending
 from keybound.server.common import load_context, ms_to_dt, new_challenge, new_id
 from keybound.server.pinkeys import PinKeys
 from keybound.server.registrations import fail_pending_operations
@@ -63,15 +64,6 @@ _SELECT_SUPERSEDED = select(S.c.public_key).where(
     S.c.registration_id == bindparam("registration_id"), S.c.key_id == bindparam("key_id"))
 _INSERT_OPERATION = insert(OPS)
 _INSERT_SUPERSEDED = insert(S)
-#: §4.3: the one statement that consumes a challenge
-_CONSUME = (
-    update(OPS)
-    .where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
-           OPS.c.challenge == bindparam("challenge_"),
-           OPS.c.challenge_expires_at > bindparam("now"))
-    .values(state=bindparam("new_state"), completed_at=bindparam("now"),
-            result=bindparam("result_"))
-)
 #: §4.5: rotate only if the signer is still the current key of an active registration
 _ROTATE = (
     update(R)
@@ -117,18 +109,19 @@ class Authentication:
                                 now: int) -> AuthenticationStartResponse:
         challenge = new_challenge()
         op_id = new_id()
-        with self.db.write() as conn:
+        with self.db.read() as conn:  # reads first: a decoy never takes the write lock
             raw_config = load_config_text(conn, request.application_id)
             state = conn.execute(_SELECT_STATE, {
                 "device_id": request.device_id,
                 "application_id": request.application_id}).scalar_one_or_none()
-            if raw_config is None or state is None or state == DeviceState.DEACTIVATED.value:
-                # §3.1.3: an unknown device gets a decoy challenge, so start cannot be used
-                # to find out which device ids exist. Finish will fail as for a bad signature.
-                return self._decoy(AppConfig.from_stored(raw_config) if raw_config
-                                   else AppConfig(), now)
-            config = AppConfig.from_stored(raw_config)
-            expires = now + config.challenge_lifetime_seconds * 1000
+        if raw_config is None or state is None or state == DeviceState.DEACTIVATED.value:
+            # §3.1.3: an unknown device gets a decoy challenge, so start cannot be used to
+            # find out which device ids exist. Finish will fail as for a bad signature.
+            return self._decoy(AppConfig.from_stored(raw_config) if raw_config
+                               else AppConfig(), now)
+        config = AppConfig.from_stored(raw_config)
+        expires = now + config.challenge_lifetime_seconds * 1000
+        with self.db.write() as conn:
             conn.execute(_INSERT_OPERATION, {
                 "id": op_id, "application_id": request.application_id,
                 "type": OperationType.AUTHENTICATION.value,
@@ -158,12 +151,21 @@ class Authentication:
             if challenge is None or expires <= now:
                 # §3.1.3: a challenge stays the same while it is valid, so a second start
                 # (a retry, or anyone who knows the ids) cannot invalidate the device's finish
-                challenge = new_challenge()
-                expires = min(now + config.challenge_lifetime_seconds * 1000, row.expires_at)
-                conn.execute(
+                fresh = new_challenge()
+                fresh_expires = min(now + config.challenge_lifetime_seconds * 1000,
+                                    row.expires_at)
+                replaced = conn.execute(
                     update(OPS).where(OPS.c.id == op_id,
-                                      OPS.c.state == OperationState.PENDING.value)
-                    .values(challenge=challenge, challenge_expires_at=expires))
+                                      OPS.c.state == OperationState.PENDING.value,
+                                      OPS.c.challenge.is_not_distinct_from(challenge))
+                    .values(challenge=fresh, challenge_expires_at=fresh_expires)).rowcount
+                if replaced == 1:
+                    challenge, expires = fresh, fresh_expires
+                else:  # a concurrent start issued one first: answer with that one
+                    current = conn.execute(select(
+                        OPS.c.challenge, OPS.c.challenge_expires_at).where(
+                        OPS.c.id == op_id)).one()
+                    challenge, expires = current.challenge, current.challenge_expires_at
         methods = list(config.allowed_auth_methods)
         if row.required_auth_method:
             methods = [AuthMethod(row.required_auth_method)]
@@ -216,32 +218,22 @@ class Authentication:
 
     def _decline(self, request: DeclineRequest, now: int) -> DeclineResponse:
         with self.db.read() as conn:
-            reg = conn.execute(select(R).where(R.c.id == request.device_id)).first()
-            op = conn.execute(select(OPS).where(OPS.c.id == request.operation_id)).first()
+            reg = conn.execute(_SELECT_REGISTRATION, {"id": request.device_id}).first()
+            op = conn.execute(_SELECT_OPERATION, {"id": request.operation_id}).first()
         # binding as for finish (§3.1.4 step 1); only the current key may decline
-        if (op is None or reg is None or op.challenge is None
+        if (op is None or reg is None or not _bound(op, reg, request.application_id)
                 or op.initiator != Initiator.BACKEND.value
-                or op.type != OperationType.AUTHENTICATION.value
-                or op.application_id != request.application_id
-                or reg.application_id != request.application_id or op.device_id != reg.id
                 or request.software_key_id != reg.sw_key_id):
             raise CeremonyError("authentication failed")
         tbs = transcript(Purpose.DECLINE, application_id=op.application_id, device_id=reg.id,
                          operation_id=op.id, challenge=op.challenge,
                          context_digest=context_hash(load_context(op.pre_context)),
                          software_public_key=b"")
-        try:
-            verify_signature(public_key=reg.sw_public_key, algorithm=Algorithm.ES256,
-                             message=tbs, signature=request.software_signature)
-        except InvalidSignature as exc:
-            raise CeremonyError("authentication failed") from exc
-        if op.state != OperationState.PENDING.value:
-            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
-        if op.challenge_expires_at <= now or op.expires_at <= now:
-            raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
+        prove_possession(reg.sw_public_key, tbs, request.software_signature)
+        require_pending(op, now)
         result = {"failureCode": ErrorCode.DECLINED.value}
         with self.db.write() as conn:
-            self._consume(conn, op, passed=False, result=result, now=now)
+            consume(conn, op, passed=False, result=result, now=now)
             audit.record(conn, at=now, actor=audit.Actor.DEVICE, event="authentication.decline",
                          outcome=audit.Outcome.SUCCESS, application_id=op.application_id,
                          device_id=reg.id, operation_id=op.id, code=ErrorCode.DECLINED.value)
@@ -266,7 +258,11 @@ class Authentication:
             reg = conn.execute(_SELECT_REGISTRATION, {"id": request.device_id}).first()
             signer = self._signer(conn, request, reg)
             op = conn.execute(_SELECT_OPERATION, {"id": request.operation_id}).first()
-        verified = self._check(request, op, reg, signer, now)
+        try:
+            verified = self._check(request, op, reg, signer, now)
+        except _CopyDetected:
+            assert op is not None and reg is not None
+            self._lock_cloned(op, reg, signer_key_id=request.software_key_id, now=now)
         assert op is not None and reg is not None
         failure = self._failure_code(verified)
         risk = risk_data(client_status=request.hw_key_client_status,
@@ -276,7 +272,7 @@ class Authentication:
                   "authLevel": None if failure else AUTH_LEVEL[request.auth_method].value,
                   "failureCode": failure.value if failure else None, "risk": risk}
         with self.db.write() as conn:
-            self._consume(conn, op, passed=failure is None, result=result, now=now)
+            consume(conn, op, passed=failure is None, result=result, now=now)
             if failure is None:
                 self._rotate(conn, reg, verified, now)
             else:
@@ -303,20 +299,21 @@ class Authentication:
             return None
         if request.software_key_id == reg.sw_key_id:
             return reg.sw_public_key, False
-        old = conn.execute(_SELECT_SUPERSEDED, {
-            "registration_id": reg.id, "key_id": request.software_key_id}).scalar_one_or_none()
+        old = _superseded_key(conn, reg.id, request.software_key_id)
         return None if old is None else (old, True)
+
+    def _superseded(self, registration_id: str, key: bytes) -> bytes | None:
+        with self.db.read() as conn:
+            return _superseded_key(conn, registration_id, key)
 
     def _check(self, request: AuthenticationFinishRequest, op: Row[Any] | None,
                reg: Row[Any] | None, signer: tuple[bytes, bool] | None,
                now: int) -> _Verified:
-        """Guard clauses, one protocol step each (§3.1.4); raises, changes nothing."""
+        """Guard clauses, one protocol step each (§3.1.4); raises, changes nothing (a copy is
+        signalled with _CopyDetected for _finish to act on)."""
         # §3.1.4 step 1: operation, device and application belong together
-        if (op is None or reg is None or signer is None
-                or op.type != OperationType.AUTHENTICATION.value
-                or op.application_id != request.application_id
-                or reg.application_id != request.application_id
-                or op.device_id != reg.id or op.challenge is None):
+        if signer is None or op is None or reg is None or \
+                not _bound(op, reg, request.application_id):
             raise CeremonyError("authentication failed")
         tbs = transcript(
             Purpose.AUTHENTICATION, application_id=op.application_id, device_id=reg.id,
@@ -327,25 +324,21 @@ class Authentication:
             hw_key_client_status=request.hw_key_client_status.value)
         # step 2: the software signature always has to verify (§6)
         signer_key, superseded = signer
-        try:
-            verify_signature(public_key=signer_key, algorithm=Algorithm.ES256, message=tbs,
-                             signature=request.software_signature)
-        except InvalidSignature as exc:
-            raise CeremonyError("authentication failed") from exc
+        prove_possession(signer_key, tbs, request.software_signature)
         # step 3: from here on the caller holds a key of this registration. A replayed
         # finish is refused as such; any other use of a superseded key is a copy (§4.5).
         if op.state != OperationState.PENDING.value:
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         if superseded:
-            self._lock_cloned(op, reg, signer_key_id=request.software_key_id, now=now)
-        if op.challenge_expires_at <= now or op.expires_at <= now:
-            raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
+            raise _CopyDetected
+        require_pending(op, now)
         if reg.state == DeviceState.LOCKED.value:
             raise CeremonyError("device is locked", code=ErrorCode.DEVICE_LOCKED)
         if reg.state == DeviceState.DEACTIVATED.value:
             raise CeremonyError("device is deactivated", code=ErrorCode.DEVICE_INACTIVE)
         next_key = parse_public_key(request.next_software_public_key)
-        if key_id(next_key) in (reg.sw_key_id, request.software_key_id):
+        if key_id(next_key) in (reg.sw_key_id, request.software_key_id) or \
+                self._superseded(reg.id, key_id(next_key)) is not None:
             raise MalformedRequest("nextSoftwarePublicKey must be a new key")
         config = AppConfig.from_stored(op.config)
         # step 4: auth method allowed by the application and by the operation (§5)
@@ -397,25 +390,18 @@ class Authentication:
         return None
 
     @staticmethod
-    def _consume(conn: Connection, op: Row[Any], *, passed: bool, result: dict[str, Any],
-                 now: int) -> None:
-        """§4.3: the one statement that consumes the challenge; a second finish finds no
-        PENDING row with this challenge and is refused."""
-        consumed = conn.execute(_CONSUME, {
-            "op_id": op.id, "challenge_": op.challenge, "now": now,
-            "new_state": (OperationState.COMPLETED if passed else OperationState.FAILED).value,
-            "result_": json.dumps(result)}).rowcount
-        if consumed != 1:
-            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
-
-    @staticmethod
     def _rotate(conn: Connection, reg: Row[Any], verified: _Verified, now: int) -> None:
         """Replace the software key; the old one is remembered to detect copies (§4.5)."""
         rotated = conn.execute(_ROTATE, {
             "reg_id": reg.id, "signer_key_id": verified.signer_key_id,
             "next_key": verified.next_key, "next_key_id": key_id(verified.next_key),
             "now": now}).rowcount
-        if rotated != 1:  # another finish rotated this key first
+        if rotated != 1:  # locked or deactivated meanwhile, or another finish rotated first
+            state = conn.execute(_SELECT_REGISTRATION, {"id": reg.id}).one().state
+            if state == DeviceState.LOCKED.value:
+                raise CeremonyError("device is locked", code=ErrorCode.DEVICE_LOCKED)
+            if state == DeviceState.DEACTIVATED.value:
+                raise CeremonyError("device is deactivated", code=ErrorCode.DEVICE_INACTIVE)
             raise CeremonyError("software key changed concurrently",
                                 code=ErrorCode.CHALLENGE_USED)
         conn.execute(_INSERT_SUPERSEDED, {
@@ -460,3 +446,21 @@ class Authentication:
         raise CeremonyError("superseded software key used: registration locked",
                             code=ErrorCode.SOFTWARE_KEY_CLONED, audited=True,
                             operation_id=op.id)
+
+
+class _CopyDetected(Exception):
+    """_check found a valid signature by a superseded key (§4.5); _finish locks."""
+
+
+def _bound(op: Row[Any], reg: Row[Any], application_id: str) -> bool:
+    """§3.1.4 step 1: an authentication operation with a challenge, of this device, both of
+    the application the request names."""
+    return (op.type == OperationType.AUTHENTICATION.value and op.challenge is not None
+            and op.application_id == application_id and reg.application_id == application_id
+            and op.device_id == reg.id)
+
+
+def _superseded_key(conn: Connection, registration_id: str, key: bytes) -> bytes | None:
+    found: bytes | None = conn.execute(_SELECT_SUPERSEDED, {
+        "registration_id": registration_id, "key_id": key}).scalar_one_or_none()
+    return found

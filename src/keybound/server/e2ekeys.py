@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import x25519
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -151,7 +151,7 @@ class Keyring:
         snapshot = self._snapshot
         age = self._monotonic() - snapshot.loaded_at
         if age > self._ttl:
-            snapshot = self._reload(snapshot)
+            return self._reload(snapshot).keys.get(key_id)  # fresh: a miss is a miss
         found = snapshot.keys.get(key_id)
         if found is None and age > self._miss_reload:
             found = self._reload(snapshot).keys.get(key_id)
@@ -232,14 +232,22 @@ class SqlReplayGuard:
             return
         try:
             self._last_purge = now
-            cutoff = int(now * 1000) - REPLAY_PURGE_GRACE_MS
             with self._db.write() as conn:
-                conn.execute(delete(t.seen_requests).where(t.seen_requests.c.expires_at < cutoff))
+                purge_seen_requests(conn, int(now * 1000))
         finally:
             self._purge_lock.release()
 
 
 _INSERT_SEEN = insert(t.seen_requests)  # built once: every sealed request writes one row
+
+
+def purge_seen_requests(conn: Connection, at_ms: int) -> int:
+    """Forget request ids past their expiry plus REPLAY_PURGE_GRACE_MS (so a server whose
+    clock is a little behind never meets a forgotten id); returns how many."""
+    cutoff = at_ms - REPLAY_PURGE_GRACE_MS
+    purged: int = conn.execute(delete(t.seen_requests).where(
+        t.seen_requests.c.expires_at < cutoff)).rowcount
+    return purged
 
 
 # --------------------------------------------------------------------------- management

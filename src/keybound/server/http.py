@@ -3,6 +3,7 @@ status (RFC 9457 problem+json). Handlers parse, call a domain service, serialise
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, MutableMapping, Sequence
@@ -12,7 +13,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -149,8 +150,18 @@ DEVICE_ROUTES: dict[str, DeviceRoute] = {
 def problem_body(code: ErrorCode, detail: str, **extra: Any) -> tuple[int, bytes]:
     status = STATUS.get(code, 500)
     body = {"type": f"urn:keybound:problem:{code.value}", "title": code.value.replace("_", " "),
-            "status": status, "detail": detail, "code": code.value, **extra}
+            "status": status, "code": code.value, **extra}
+    if status < 500:  # a server fault says nothing about its inside (§8)
+        body["detail"] = detail
     return status, json.dumps(body, separators=(",", ":")).encode()
+
+
+def refusal(exc: KeyboundError) -> tuple[int, bytes]:
+    """The problem answering a domain error (the same on the sealed and plaintext paths)."""
+    if exc.code not in STATUS:
+        log.error("unexpected %s: %s", exc.code.value, exc.detail)
+    extra = {"operationId": exc.fields["operation_id"]} if "operation_id" in exc.fields else {}
+    return problem_body(exc.code, exc.detail, **extra)
 
 
 def invalid_params(errors: Sequence[Any], skip: int = 0) -> list[dict[str, str]]:
@@ -229,8 +240,9 @@ class SecureChannel:
 
     A POST to a device route with ``Content-Type: application/keybound-sealed`` is opened
     (the key id names the key and so the application, §3.4), checked against replay (§6),
-    and handed to the normal handlers as the inner JSON; their answer -- success or problem --
-    is sealed to the request and sent as an outer 200 (§4.4). A request that cannot be opened
+    and its inner JSON dispatched through ``DEVICE_ROUTES`` to the same service call the
+    plaintext route makes; the answer -- success or problem -- is sealed to the request and
+    sent as an outer 200 (§4.4). A request that cannot be opened
     gets the one unsealed ``decryption_failed`` problem, audited. Plaintext JSON to a device
     route is refused (``secure_channel_required``) unless ``allow_plaintext`` (development).
     Other routes, methods and unknown paths pass through untouched (404/405 as usual).
@@ -284,27 +296,29 @@ class SecureChannel:
     def _dispatch(self, opened: OpenedRequest, path: str) -> tuple[int, bytes]:
         """The inner request, checked and handled exactly as the plaintext route would."""
         route = DEVICE_ROUTES[path]
-        document, refusal = _inner_document(opened)
-        if refusal is not None:
-            self._audit(path, refusal.code, opened.application_id, opened.key_id)
-            return problem_body(refusal.code, refusal.detail)
+        if len(opened.body) > MAX_BODY_BYTES:
+            self._audit(path, ErrorCode.PAYLOAD_TOO_LARGE, opened.application_id, None)
+            return problem_body(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {MAX_BODY_BYTES} bytes")
         try:
-            request = route.request.model_validate(document)
+            request = route.request.model_validate_json(opened.body)
         except ValidationError as exc:
             self._audit(path, ErrorCode.MALFORMED_REQUEST, opened.application_id, None)
             return problem_body(ErrorCode.MALFORMED_REQUEST, "request does not match the schema",
                                 invalidParams=invalid_params(exc.errors()))
+        if getattr(request, "application_id", None) != opened.application_id:
+            # a pin for one application can never act on another
+            self._audit(path, ErrorCode.MALFORMED_REQUEST, opened.application_id, opened.key_id)
+            return problem_body(ErrorCode.MALFORMED_REQUEST, "applicationId must be the "
+                                "application of the E2E key the request is sealed to")
         try:
             response = route.call(self.kb, request)
         except KeyboundError as exc:
             if not exc.fields.get("audited"):
                 self._audit(path, exc.code, opened.application_id, None)
-            extra = ({"operationId": exc.fields["operation_id"]}
-                     if "operation_id" in exc.fields else {})
-            return problem_body(exc.code, exc.detail, **extra)
+            return refusal(exc)
         except Exception:  # pragma: no cover - a bug; never leak details
             log.exception("unexpected error on sealed POST %s", path)
-            return problem_body(ErrorCode.INTERNAL, "internal error")
+            return problem_body(ErrorCode.INTERNAL, "")
         return 200, response.model_dump_json(by_alias=True, exclude_none=True).encode()
 
     def _open(self, wire: bytes, method: str, path: str) -> OpenedRequest:
@@ -346,22 +360,6 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
-def _inner_document(opened: OpenedRequest) -> tuple[Any, KeyboundError | None]:
-    """The inner request must be a JSON object for the key's application (checked before any
-    handler runs, so a pin for one application can never act on another)."""
-    if len(opened.body) > MAX_BODY_BYTES:
-        return None, KeyboundError(f"body exceeds {MAX_BODY_BYTES} bytes",
-                                   code=ErrorCode.PAYLOAD_TOO_LARGE)
-    try:
-        document = json.loads(opened.body)
-    except ValueError:
-        document = None
-    if not isinstance(document, dict) or document.get("applicationId") != opened.application_id:
-        return None, KeyboundError("applicationId must be the application of the E2E key the "
-                                   "request is sealed to", code=ErrorCode.MALFORMED_REQUEST)
-    return document, None
-
-
 def _actor_for(path: str) -> audit.Actor:
     return audit.Actor.DEVICE if path.startswith("/device/") else audit.Actor.RELYING_PARTY
 
@@ -384,23 +382,26 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
     )
     app.state.kb = kb
 
-    def audit_rejection(request: Request, code: ErrorCode) -> None:
-        audit.record_alone(kb.db, at=int(kb.clock() * 1000), actor=_actor_for(request.url.path),
-                           event=f"http.{request.method.lower()} {request.url.path}"[:48],
-                           outcome=audit.Outcome.REJECTED, code=code.value)
+    async def audit_rejection(request: Request, code: ErrorCode) -> None:
+        """Audit a refused request in a worker thread: never block the event loop on a
+        database write."""
+        await anyio.to_thread.run_sync(functools.partial(
+            audit.record_alone, kb.db, at=int(kb.clock() * 1000),
+            actor=_actor_for(request.url.path),
+            event=f"http.{request.method.lower()} {request.url.path}"[:48],
+            outcome=audit.Outcome.REJECTED, code=code.value))
 
     @app.exception_handler(KeyboundError)
     async def _keybound_error(request: Request, exc: KeyboundError) -> Response:
         if not exc.fields.get("audited"):
-            audit_rejection(request, exc.code)
-        extra = {"operationId": exc.fields["operation_id"]} if "operation_id" in exc.fields else {}
-        if exc.code not in STATUS:
-            log.error("unmapped error code %s", exc.code)
-        return problem(exc.code, exc.detail, **extra)
+            await audit_rejection(request, exc.code)
+        status, body = refusal(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.code is ErrorCode.UNAUTHORIZED else None
+        return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        audit_rejection(request, ErrorCode.MALFORMED_REQUEST)
+        await audit_rejection(request, ErrorCode.MALFORMED_REQUEST)
         return problem(ErrorCode.MALFORMED_REQUEST, "request does not match the schema",
                        invalidParams=invalid_params(exc.errors(), skip=1))
 
@@ -408,15 +409,13 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
             exc.status_code, ErrorCode.MALFORMED_REQUEST)
-        audit_rejection(request, code)
+        await audit_rejection(request, code)
         return problem(code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover
+    async def _unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"type": "about:blank", "title": "internal error", "status": 500,
-                             "code": ErrorCode.INTERNAL.value}, status_code=500,
-                            media_type=PROBLEM_JSON)
+        return problem(ErrorCode.INTERNAL, "")
 
     _device_routes(app, kb)
     _rp_routes(app, kb)

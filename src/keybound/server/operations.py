@@ -162,12 +162,12 @@ class Operations:
                                                config.activation_code_length)
                     expires = now + config.activation_code_lifetime_seconds * 1000
                     code_hash = activation_code_hash(application_id, code)
-                    # an expired, never-used code gives its slot back (and is EXPIRED now)
+                    # an expired, never-used code gives its slot back (its operation stays
+                    # PENDING in storage: EXPIRED is derived on read, and prune removes it)
                     conn.execute(update(t.operations).where(
                         t.operations.c.application_id == application_id,
                         t.operations.c.code_hash == code_hash,
-                        t.operations.c.expires_at <= now).values(
-                            code_hash=None, state=OperationState.EXPIRED.value))
+                        t.operations.c.expires_at <= now).values(code_hash=None))
                     conn.execute(insert(t.operations).values(
                         id=op_id, application_id=application_id, type=kind.value,
                         initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,

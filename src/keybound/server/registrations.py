@@ -8,11 +8,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
 
-from keybound.crypto import verify_signature
-from keybound.errors import CeremonyError, InvalidSignature, InvalidState, NotFound
+from keybound.errors import CeremonyError, ErrorCode, InvalidState, NotFound
 from keybound.protocol import (
     NO_CONTEXT_HASH,
-    Algorithm,
     DeactivateRequest,
     DeactivateResponse,
     DeviceState,
@@ -24,6 +22,7 @@ from keybound.protocol import (
 )
 from keybound.rpapi import Device, DeviceList
 from keybound.server import audit
+from keybound.server.ceremony import prove_possession
 from keybound.server.common import ms_to_dt
 from keybound.storage import tables as t
 from keybound.storage.db import Clock, Database, now_ms
@@ -89,22 +88,32 @@ class Registrations:
 
     def _transition(self, application_id: str, device_id: str, *, event: str,
                     actor: audit.Actor, allowed_from: tuple[DeviceState, ...],
-                    values: dict[str, Any], refuse_reason: LockReason | None = None) -> Device:
+                    values: dict[str, Any], refuse_reason: LockReason | None = None,
+                    unchanged_in: tuple[DeviceState, ...] = ()) -> Device:
+        """Move a device between states. The checks are repeated in the UPDATE's WHERE, so
+        a concurrent change (say, a clone lock) is never overwritten under READ COMMITTED;
+        a device already in ``unchanged_in`` is returned as it is."""
         now = now_ms(self.clock)
+        where = [R.c.id == device_id, R.c.state.in_([s.value for s in allowed_from])]
+        if refuse_reason is not None:
+            where.append(R.c.lock_reason.is_distinct_from(refuse_reason.value))
         with self.db.write() as conn:
             row = conn.execute(select(R).where(
                 R.c.id == device_id, R.c.application_id == application_id)).first()
             if row is None:
                 raise NotFound("no such device")
-            if DeviceState(row.state) not in allowed_from:
+            if DeviceState(row.state) in unchanged_in:
+                return device_view(row)
+            changed = conn.execute(update(R).where(*where)
+                                   .values(updated_at=now, **values)).rowcount
+            if changed != 1:
+                row = conn.execute(select(R).where(R.c.id == device_id)).one()
+                if refuse_reason is not None and row.lock_reason == refuse_reason.value:
+                    raise InvalidState(
+                        "a device locked for a cloned software key must be reactivated")
                 raise InvalidState(f"device is {row.state.lower()}")
-            if refuse_reason is not None and row.lock_reason == refuse_reason.value:
-                raise InvalidState(
-                    "a device locked for a cloned software key must be reactivated")
-            conn.execute(update(R).where(R.c.id == device_id)
-                         .values(updated_at=now, **values))
             if values.get("state") == DeviceState.DEACTIVATED.value:
-                fail_pending_operations(conn, device_id, "device_inactive", now)
+                fail_pending_operations(conn, device_id, ErrorCode.DEVICE_INACTIVE.value, now)
             audit.record(conn, at=now, actor=actor, event=event,
                          outcome=audit.Outcome.SUCCESS, application_id=application_id,
                          device_id=device_id)
@@ -116,12 +125,9 @@ class Registrations:
         """Lock an active device. Locking a locked device changes nothing: in particular it
         never replaces a SOFTWARE_KEY_CLONED reason, which only a reactivation clears."""
         reason = LockReason.OPERATOR if actor is audit.Actor.OPERATOR else LockReason.RELYING_PARTY
-        current = self.get(application_id, device_id)
-        if current.state is DeviceState.LOCKED:
-            return current
         return self._transition(
             application_id, device_id, event="device.lock", actor=actor,
-            allowed_from=(DeviceState.ACTIVE,),
+            allowed_from=(DeviceState.ACTIVE,), unchanged_in=(DeviceState.LOCKED,),
             values={"state": DeviceState.LOCKED.value, "lock_reason": reason.value})
 
     def unlock(self, application_id: str, device_id: str,
@@ -145,18 +151,13 @@ class Registrations:
             row = conn.execute(select(R).where(
                 R.c.id == request.device_id,
                 R.c.application_id == request.application_id)).first()
-        try:
-            if row is None or row.sw_key_id != request.software_key_id:
-                raise InvalidSignature("unknown device or key")
-            verify_signature(
-                public_key=row.sw_public_key, algorithm=Algorithm.ES256,
-                message=transcript(Purpose.DEACTIVATION, application_id=request.application_id,
-                                   device_id=request.device_id, operation_id="", challenge=b"",
-                                   context_digest=NO_CONTEXT_HASH,
-                                   software_public_key=row.sw_public_key),
-                signature=request.software_signature)
-        except InvalidSignature as exc:
-            raise CeremonyError("authentication failed") from exc
+        if row is None or row.sw_key_id != request.software_key_id:
+            raise CeremonyError("authentication failed")
+        prove_possession(row.sw_public_key, transcript(
+            Purpose.DEACTIVATION, application_id=request.application_id,
+            device_id=request.device_id, operation_id="", challenge=b"",
+            context_digest=NO_CONTEXT_HASH, software_public_key=row.sw_public_key),
+            request.software_signature)
         if row.state == DeviceState.DEACTIVATED:
             return DeactivateResponse(device_id=row.id, state=DeviceState.DEACTIVATED)
         self.deactivate(request.application_id, request.device_id, actor=audit.Actor.DEVICE)

@@ -13,6 +13,7 @@ from sqlalchemy import delete
 
 from keybound.protocol import OperationState
 from keybound.server import audit
+from keybound.server.e2ekeys import purge_seen_requests
 from keybound.storage import tables as t
 from keybound.storage.db import Clock, Database, now_ms
 
@@ -48,8 +49,7 @@ def prune(db: Database, clock: Clock, retention: Retention = Retention()) -> Pru
         )).rowcount
         superseded = conn.execute(delete(t.superseded_keys).where(
             t.superseded_keys.c.superseded_at < keys_before)).rowcount
-        seen = conn.execute(delete(t.seen_requests).where(
-            t.seen_requests.c.expires_at < now)).rowcount
+        seen = purge_seen_requests(conn, now)
         pruned = Pruned(operations=operations, superseded_keys=superseded,
                         seen_requests=seen)
         audit.record(conn, at=now, actor=audit.Actor.OPERATOR, event="db.prune",
