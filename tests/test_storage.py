@@ -67,3 +67,10 @@ def test_sqlite_commits_are_durable(tmp_path: Path) -> None:
     with db.read() as conn:
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
     db.dispose()
+
+
+def test_displayed_url_hides_the_password() -> None:
+    db = Database("postgresql+psycopg://keybound:s3cret@127.0.0.1:5/kb")
+    assert "s3cret" not in db.display_url
+    assert db.display_url.startswith("postgresql+psycopg://keybound:***@127.0.0.1")
+    db.dispose()

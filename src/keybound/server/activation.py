@@ -181,11 +181,11 @@ class Activation:
             raise CeremonyError("this application only allows DEVICE:PIN: send a pinKey",
                                 code=ErrorCode.PIN_REQUIRED)
         server_result = self._hardware_result(tbs, hardware_key, request.hardware_signature)
-        decision = decide(config.hw_key_validation_strategy, server_result)
+        passed = decide(config.hw_key_validation_strategy, server_result)
         return _Checked(
             software_key=software_key,
             hardware_key=hardware_key if server_result is HwKeyServerResult.VALID else None,
-            server_result=server_result, passed=decision.passed, config=config)
+            server_result=server_result, passed=passed, config=config)
 
     @staticmethod
     def _hardware_result(tbs: bytes, hardware_key: bytes | None,

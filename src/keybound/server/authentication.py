@@ -359,11 +359,11 @@ class Authentication:
                                       message=pin_proof_message(tbs), proof=request.pin_proof)
         # step 5: the hardware key, judged by the strategy snapshot (§6)
         server_result = self._hardware_result(tbs, reg, request.hardware_signature)
-        decision = decide(config.hw_key_validation_strategy, server_result)
+        passed = decide(config.hw_key_validation_strategy, server_result)
         return _Verified(signer_key_id=request.software_key_id, signer_key=signer_key,
                          next_key=next_key,
                          server_result=server_result, pin_ok=pin_ok,
-                         passed=decision.passed and pin_ok, config=config)
+                         passed=passed and pin_ok, config=config)
 
     @staticmethod
     def _hardware_result(tbs: bytes, reg: Row[Any],

@@ -17,12 +17,13 @@ def risk_data(
     server_result: HwKeyServerResult,
     platform: str,
     os_version: str,
-    clone_suspected: bool = False,
 ) -> dict[str, Any]:
     return {
         RiskAttribute.HW_KEY_CLIENT_STATUS.value: client_status.value,
         RiskAttribute.HW_KEY_SERVER_RESULT.value: server_result.value,
-        RiskAttribute.SOFTWARE_KEY_CLONE_SUSPECTED.value: clone_suspected,
+        # a suspected clone never reaches this far: its operation fails with
+        # software_key_cloned and its risk data says True (authentication._lock_cloned)
+        RiskAttribute.SOFTWARE_KEY_CLONE_SUSPECTED.value: False,
         RiskAttribute.DEVICE_PLATFORM.value: platform,
         RiskAttribute.DEVICE_OS_VERSION.value: os_version,
     }

@@ -15,9 +15,8 @@ from fastapi import FastAPI
 
 from keybound.server.http import create_app
 from keybound.server.service import Keybound
-from keybound.storage.db import Clock, wall_clock
+from keybound.storage.db import ENV_DATABASE_URL, Clock, wall_clock
 
-ENV_DATABASE_URL = "KEYBOUND_DATABASE_URL"
 ENV_ALLOW_PLAINTEXT = "KEYBOUND_ALLOW_PLAINTEXT"
 PLAINTEXT_WARNING = (
     "WARNING: --allow-plaintext is ON: device requests are accepted WITHOUT the secure "
@@ -41,7 +40,7 @@ def app_from_env() -> FastAPI:
 def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
           log_level: str = "info", allow_plaintext: bool = False) -> None:
     kb = Keybound.open(database_url)  # migrate once, before any worker starts
-    print(f"keybound: database {kb.db.url}")
+    print(f"keybound: database {kb.db.display_url}")
     print(f"keybound: E2E key master key file {kb.e2e_keys.master_key.path}")
     if allow_plaintext:  # create_app logs it too, in every worker
         print(f"keybound: {PLAINTEXT_WARNING}", file=sys.stderr, flush=True)

@@ -7,8 +7,6 @@ and neither does whether risk attributes are enabled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from keybound.protocol import HwKeyServerResult as R
 from keybound.protocol import HwKeyValidationStrategy as S
 
@@ -29,11 +27,6 @@ DECISIONS: dict[tuple[S, R], bool] = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class HwDecision:
-    passed: bool
-    server_result: R
-
-
-def decide(strategy: S, server_result: R) -> HwDecision:
-    return HwDecision(passed=DECISIONS[(strategy, server_result)], server_result=server_result)
+def decide(strategy: S, server_result: R) -> bool:
+    """Does an operation with this hardware-key result pass under this strategy?"""
+    return DECISIONS[(strategy, server_result)]

@@ -17,11 +17,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 Clock = Callable[[], float]
 
 DEFAULT_DATA_DIR = Path.home() / ".keybound"
+#: where ``keybound serve`` and the CLI take the database URL from when no flag gives it
+ENV_DATABASE_URL = "KEYBOUND_DATABASE_URL"
 
 
 def default_database_url() -> str:
@@ -80,6 +81,11 @@ class Database:
         self._writer: AbstractContextManager[Any] = (
             threading.RLock() if self.is_sqlite else nullcontext())
 
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs and terminals."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():
@@ -109,4 +115,5 @@ def wall_clock() -> float:
     return time.time()
 
 
-__all__ = ["Clock", "Database", "NullPool", "default_database_url", "now_ms", "wall_clock"]
+__all__ = ["ENV_DATABASE_URL", "Clock", "Database", "default_database_url", "now_ms",
+           "wall_clock"]
