@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from keybound import channel
@@ -584,3 +586,75 @@ def test_demo_talks_only_through_the_channel(capsys: Any) -> None:
     assert "secure channel: every device request is HPKE-sealed" in out
     assert "| PASS" in out and "decryption_failed" not in out
     assert "relying party reads: COMPLETED" in out
+
+
+# -- the production path (sealed, straight to the device routes) under fuzz and races --------
+
+_fuzz_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=12), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(sorted(v for k, v in vars(p.DevicePaths).items() if k.isupper())),
+       fields=st.dictionaries(st.sampled_from(
+           ["deviceId", "operationId", "activationCode", "softwareSignature", "authMethod",
+            "hwKeyClientStatus", "softwareKeyId", "nextSoftwarePublicKey", "deviceProfile",
+            "pinProof", "extra"]), _fuzz_values, max_size=6),
+       own_application=st.booleans())
+def test_fuzzed_sealed_requests_get_sealed_4xx_problems(
+        sealed_http: Any, make_rp: Any, path: str, fields: dict[str, Any],
+        own_application: bool) -> None:
+    rp = make_rp()
+    body = {**fields, "applicationId": rp.app_id if own_application else "someone-else"}
+    answer = SealedHttp(sealed_http, rp.pin).post(path, body)
+    assert 400 <= answer.status_code < 500, answer.text
+    assert answer.json()["status"] == answer.status_code and answer.json()["code"]
+
+
+@pytest.mark.server
+def test_fifty_concurrent_sealed_finishes_exactly_one_wins(database_url: str,
+                                                          tmp_path: Path) -> None:
+    """The single-use race of tests/test_concurrency.py, through the channel (plaintext off),
+    as production traffic arrives."""
+    import asyncio
+    from collections import Counter
+
+    kb = Keybound.open(database_url, master_key_file=tmp_path / "master.key")
+    kb.applications.create("race")
+    token = kb.applications.create_api_key("race").token
+    key = kb.e2e_keys.create("race")
+    with BackgroundServer(kb) as server, TestClient(create_app(kb)) as local:
+        pin = kb.e2e_keys.pin(key.key_id, server_url=PIN_SERVER_URL)
+        rp = RelyingParty(local, "race", token, pin=pin)
+        device = sealed_device(rp, local)
+        for _ in range(5):
+            start = device.start_auth()
+            wires = []
+            for _ in range(50):
+                request, _next = device.auth_request(start)
+                data = json.dumps(request.to_wire()).encode()
+                wire, opener = channel.seal_request(
+                    pin, "POST", p.DevicePaths.AUTHENTICATION_FINISH, data, now=int(time.time()))
+                wires.append((wire, opener, _next))
+
+            async def race(bodies: list[bytes]) -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=server.url, timeout=30,
+                                             limits=httpx.Limits(max_connections=50)) as c:
+                    return await asyncio.gather(*(
+                        c.post(p.DevicePaths.AUTHENTICATION_FINISH, content=b, headers=SEALED)
+                        for b in bodies))
+
+            responses = asyncio.run(race([w for w, _o, _n in wires]))
+            inner = [o.open(r.content) for r, (_w, o, _n) in zip(responses, wires, strict=True)]
+            statuses = Counter(i.status for i in inner)
+            assert statuses == {200: 1, 409: 49}, statuses
+            winner = next(k for k, i in enumerate(inner) if i.status == 200)
+            device.history.append(device.sw)
+            device.sw = wires[winner][2]
+    kb.db.dispose()
