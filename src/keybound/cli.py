@@ -11,8 +11,7 @@ from typing import Any
 
 from keybound import __version__, device_cli
 from keybound.errors import KeyboundError
-
-ENV_DATABASE_URL = "KEYBOUND_DATABASE_URL"
+from keybound.storage.db import ENV_DATABASE_URL
 
 
 def _database_url(args: argparse.Namespace) -> str | None:
@@ -56,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from keybound.demo import run_demo
 
-    result: int = run_demo(database_url=_database_url(args))
+    result: int = run_demo()
     return result
 
 
@@ -187,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(
-        "demo", help="start a server on a temporary database, activate and authenticate demo "
-        "devices under every strategy, print the decisions")
+        "demo", help="start a server on its own temporary SQLite database (--database-url and "
+        f"${ENV_DATABASE_URL} are ignored), activate and authenticate demo devices under every "
+        "strategy, print the decisions")
     demo.set_defaults(func=cmd_demo)
 
     app = sub.add_parser("app", help="create, show, update application configurations")

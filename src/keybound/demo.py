@@ -81,15 +81,20 @@ def _tpm_store(work: Path) -> Iterator[_Tpm]:
                    "TPM device skipped")
         return
     from keybound.client.keystores import open_keystore
-    from keybound.client.keystores._testbeds import start_swtpm
+    from keybound.client.keystores._testbeds import TestbedError, start_swtpm
 
     try:
         tpm = start_swtpm(work / "swtpm")
-    except KeyboundError as exc:
-        yield _Tpm(store=None, note=f"swtpm did not start ({exc.detail}): TPM device skipped")
+    except (TestbedError, OSError) as exc:  # a missing or broken swtpm is no demo failure
+        yield _Tpm(store=None, note=f"{exc}: TPM device skipped")
         return
     try:
-        store = open_keystore("tpm", work / "tpm-device", {"tcti": tpm.tcti})
+        try:
+            store = open_keystore("tpm", work / "tpm-device", {"tcti": tpm.tcti})
+        except KeyboundError as exc:
+            yield _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device "
+                       "skipped")
+            return
         if store.available():
             yield _Tpm(store=store, note="TPM 2.0 (a private swtpm)")
         else:
@@ -221,12 +226,14 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def run_demo(database_url: str | None = None) -> int:
+def run_demo() -> int:
+    """Run the demo. It always uses its own temporary SQLite database (never
+    ``--database-url`` or $KEYBOUND_DATABASE_URL), so demo data never lands in a real one."""
     # the SDK warns about lost or failing hardware keys; here the table reports them
     logging.getLogger("keybound.client").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="keybound-demo-") as tmp:
         work = Path(tmp)
-        kb = Keybound.open(database_url or f"sqlite:///{work / 'keybound.db'}")
+        kb = Keybound.open(f"sqlite:///{work / 'keybound.db'}")
         rows: list[Row] = []
         with BackgroundServer(kb) as server, _tpm_store(work) as tpm_bed, \
                 contextlib.ExitStack() as closing:  # HTTP clients close before the server

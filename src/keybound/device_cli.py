@@ -28,7 +28,7 @@ from keybound.client import (
     open_keystore,
     preset,
 )
-from keybound.client.files import write_private
+from keybound.client.files import file_error, write_private
 from keybound.client.keystores import TPM_TCTI_ENV, KeyStore, detect_keystore
 from keybound.client.state import StateStore
 from keybound.errors import ClientError, ErrorCode, KeyboundError
@@ -36,6 +36,8 @@ from keybound.errors import ClientError, ErrorCode, KeyboundError
 CONFIG_FILE = "device-config.json"
 PIN_ENV = "KEYBOUND_DEVICE_PIN"
 DEFAULT_STATE_DIR = Path.home() / ".keybound" / "device"
+DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+DEFAULT_TOKEN_PIN_ENV = "KEYBOUND_TOKEN_PIN"  # noqa: S105 - a variable name, not a PIN
 
 
 @dataclass(kw_only=True)
@@ -49,6 +51,7 @@ class DeviceConfig:
     token_pin_env: str | None = None  # PKCS#11: the env var holding the token user PIN
 
     def save(self, directory: Path) -> None:
+        """Raises ClientError(CLIENT_CONFIGURATION) naming the file when it cannot be written."""
         write_private(directory / CONFIG_FILE,
                       (json.dumps(asdict(self), indent=2) + "\n").encode("utf-8"))
 
@@ -60,6 +63,8 @@ class DeviceConfig:
         except FileNotFoundError:
             raise ClientError(f"no device in {directory}: run `keybound device activate` first",
                               code=ErrorCode.CLIENT_NOT_ACTIVATED) from None
+        except OSError as exc:  # a directory in its place, a file as the state dir, ...
+            raise file_error("read", path, exc) from exc
         except (ValueError, TypeError) as exc:
             raise ClientError(f"{path} is not a valid device configuration",
                               code=ErrorCode.CLIENT_CONFIGURATION) from exc
@@ -174,19 +179,33 @@ def _new_config(args: argparse.Namespace) -> DeviceConfig:
                           "--server-url for a development server without the secure channel)",
                           code=ErrorCode.CLIENT_CONFIGURATION)
     preset(args.profile)  # an unknown profile is refused before anything is written
-    keystore, options = args.keystore, _store_options(args)
+    keystore = _keystore_kind(args)
+    options = _store_options(args, keystore)
     if keystore == "auto":  # what this machine has: a TPM 2.0, or software keys only
         found = detect_keystore(args.state_dir)
-        keystore, options = ("tpm", _detected_tpm_options()) if found else ("none", {})
+        keystore, options = (found.kind, dict(found.options)) if found else ("none", {})
     return DeviceConfig(
         application_id=application_id, server_url=server_url, channel_pin=pin_string,
         profile=args.profile, keystore=keystore, keystore_options=options,
-        token_pin_env=args.token_pin_env if keystore == "pkcs11" else None)
+        token_pin_env=(args.token_pin_env or DEFAULT_TOKEN_PIN_ENV) if keystore == "pkcs11"
+        else None)
 
 
-def _detected_tpm_options() -> dict[str, Any]:
-    tcti = os.environ.get(TPM_TCTI_ENV)
-    return {"tcti": tcti} if tcti else {}
+def _keystore_kind(args: argparse.Namespace) -> str:
+    """``--keystore``; under ``auto`` a ``--tcti`` names the TPM to use, and PKCS#11 flags
+    are refused (a token is never auto-detected)."""
+    if args.keystore != "auto":
+        return str(args.keystore)
+    pkcs11_flags = [flag for flag, given in (
+        ("--pkcs11-module", args.pkcs11_module is not None),
+        ("--token-label", args.token_label is not None),
+        ("--slot", args.slot is not None),
+        ("--token-pin-env", args.token_pin_env is not None)) if given]
+    if pkcs11_flags:
+        raise ClientError(f"{', '.join(pkcs11_flags)} need(s) --keystore pkcs11: a PKCS#11 "
+                          "token is never detected automatically",
+                          code=ErrorCode.CLIENT_CONFIGURATION)
+    return "tpm" if args.tcti else "auto"
 
 
 def _read_channel_pin(args: argparse.Namespace) -> str | None:
@@ -198,11 +217,11 @@ def _read_channel_pin(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _store_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.keystore == "tpm":
+def _store_options(args: argparse.Namespace, keystore: str) -> dict[str, Any]:
+    if keystore == "tpm":
         return {"tcti": args.tcti} if args.tcti else {}
-    if args.keystore == "pkcs11":
-        options: dict[str, Any] = {"module": args.pkcs11_module}
+    if keystore == "pkcs11":
+        options: dict[str, Any] = {"module": args.pkcs11_module or DEFAULT_PKCS11_MODULE}
         if args.token_label:
             options["token_label"] = args.token_label
         if args.slot is not None:
@@ -260,7 +279,11 @@ def _deactivate(args: argparse.Namespace) -> dict[str, Any]:
     device, _ = _device(args.state_dir)
     device_id = device.device_id
     device.deactivate()  # keys deleted (hardware too); then the local files go
-    (args.state_dir / CONFIG_FILE).unlink(missing_ok=True)
+    config_path = args.state_dir / CONFIG_FILE
+    try:
+        config_path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise file_error("delete", config_path, exc) from exc
     StateStore(args.state_dir).wipe()
     return {"deviceId": device_id, "state": "DEACTIVATED"}
 
@@ -303,18 +326,24 @@ def register(sub: Any) -> None:
                           "--allow-plaintext only, with --application-id)")
     activate.add_argument("--keystore", default="auto",
                           choices=["auto", "none", "tpm", "pkcs11", "emulated"],
-                          help="where the hardware key lives (default auto: the TPM at "
-                          f"${TPM_TCTI_ENV} or /dev/tpmrm0 if usable, else none = software "
-                          "keys only; a PKCS#11 token must be named)")
+                          help="where the hardware key lives (default auto: the TPM at --tcti "
+                          f"if given, else the TPM at ${TPM_TCTI_ENV} or /dev/tpmrm0 if "
+                          "usable, else none = software keys only; a PKCS#11 token must be "
+                          "named with --keystore pkcs11)")
     activate.add_argument("--tcti", help="TPM TCTI, e.g. device:/dev/tpmrm0 or "
-                          "swtpm:host=127.0.0.1,port=2321 (default device:/dev/tpmrm0 if present)")
-    activate.add_argument("--pkcs11-module", default="/usr/lib/softhsm/libsofthsm2.so",
-                          help="PKCS#11 module path")
-    activate.add_argument("--token-label", help="PKCS#11 token label (or --slot)")
-    activate.add_argument("--slot", type=int, help="PKCS#11 slot id (or --token-label)")
-    activate.add_argument("--token-pin-env", default="KEYBOUND_TOKEN_PIN",
+                          "swtpm:host=127.0.0.1,port=2321 (default device:/dev/tpmrm0 if "
+                          "present); with --keystore auto it selects the TPM")
+    activate.add_argument("--pkcs11-module",
+                          help=f"PKCS#11 module path (--keystore pkcs11 only; default "
+                          f"{DEFAULT_PKCS11_MODULE})")
+    activate.add_argument("--token-label", help="PKCS#11 token label (or --slot; --keystore "
+                          "pkcs11 only)")
+    activate.add_argument("--slot", type=int, help="PKCS#11 slot id (or --token-label; "
+                          "--keystore pkcs11 only)")
+    activate.add_argument("--token-pin-env",
                           help="environment variable holding the token user PIN, read on "
-                          "every run and never stored (default KEYBOUND_TOKEN_PIN)")
+                          "every run and never stored (--keystore pkcs11 only; default "
+                          f"{DEFAULT_TOKEN_PIN_ENV})")
     activate.add_argument("--profile", default="linux",
                           help="device profile preset (linux, android-14, ios-17, ...)")
     activate.add_argument("--with-pin", action="store_true",

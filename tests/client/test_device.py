@@ -375,3 +375,54 @@ def test_backend_initiated_after_unsent_finish(tmp_path, rp, transport, element)
     assert result.operation_id == op["operationId"]
     assert len(asked) == 1
     assert rp.operation(op["operationId"])["state"] == "COMPLETED"
+
+
+def test_decline_after_unsent_finish_asks_once(tmp_path, rp, transport, element) -> None:
+    """The newest key is unconfirmed (the server never saw the finish): the decline signed
+    with it is refused, the older key declines, and the user was asked once."""
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+
+    class DropFinish(LossyTransport):
+        drop = True
+
+        def exchange(self, path: str, body: bytes) -> RawResponse:
+            if self.drop and path == DevicePaths.AUTHENTICATION_FINISH:
+                self.drop = False
+                raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
+            return super().exchange(path, body)
+
+    dropping = DropFinish(transport._client, transport.pin)
+    device = Device.load(tmp_path / "dev", transport=dropping, hardware=element)
+    with pytest.raises(ClientError):
+        device.authenticate()
+    op = rp.start_operation(device.device_id)
+    asked: list[Any] = []
+    dropping.paths.clear()
+    with pytest.raises(OperationDeclined):
+        device.authenticate(operation_id=op["operationId"],
+                            approve=lambda c: asked.append(c) or False)
+    assert len(asked) == 1
+    assert dropping.paths.count(DevicePaths.AUTHENTICATION_DECLINE) == 2
+    assert dropping.paths.count(DevicePaths.AUTHENTICATION_FINISH) == 0
+    declined = rp.operation(op["operationId"])
+    assert (declined["state"], declined["result"]) == ("FAILED", {"failureCode": "declined"})
+    assert rp.device(device.device_id)["state"] == "ACTIVE"
+    device.authenticate()  # the older key is still good
+
+
+def test_decline_that_cannot_be_sent_is_still_a_decline(tmp_path, rp, transport,
+                                                        element) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    op = rp.start_operation(device.device_id)
+    asked: list[Any] = []
+    transport.lose.add(DevicePaths.AUTHENTICATION_DECLINE)
+    transport.paths.clear()
+    with pytest.raises(OperationDeclined) as info:
+        device.authenticate(operation_id=op["operationId"],
+                            approve=lambda c: asked.append(c) or False)
+    assert isinstance(info.value.__cause__, ClientError)
+    assert info.value.__cause__.code is ErrorCode.CLIENT_TRANSPORT
+    assert len(asked) == 1
+    assert DevicePaths.AUTHENTICATION_FINISH not in transport.paths

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from keybound.client import Device, Transport, preset
+from keybound.client.files import write_private
 from keybound.client.keystores import KeyHandle
 from keybound.client.keystores.software import SoftwareKey
 from keybound.client.state import STATE_FILE, ClientState, Registration, StateStore
@@ -215,3 +216,27 @@ def test_unactivated_device_refuses_ceremonies(tmp_path: Path, transport: Transp
         with pytest.raises(ClientError) as info:
             call()
         assert info.value.code is ErrorCode.CLIENT_NOT_ACTIVATED
+
+
+def test_os_refusals_are_configuration_errors_naming_the_path(tmp_path: Path) -> None:
+    """NotADirectoryError / IsADirectoryError from the file layer become
+    ClientError(CLIENT_CONFIGURATION) with the path, never a bare OSError."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    with pytest.raises(ClientError) as info:
+        StateStore(a_file / "device").save(full_state())
+    assert info.value.code is ErrorCode.CLIENT_CONFIGURATION
+    assert str(a_file / "device" / STATE_FILE) in info.value.detail
+    with pytest.raises(ClientError) as info:
+        write_private(a_file / "x.json", b"{}")
+    assert info.value.code is ErrorCode.CLIENT_CONFIGURATION
+    assert str(a_file / "x.json") in info.value.detail
+    directory = tmp_path / "device"
+    (directory / STATE_FILE).mkdir(parents=True)  # a directory where the file should be
+    store = StateStore(directory)
+    for action in (lambda: store.save(full_state()), store.wipe):
+        with pytest.raises(ClientError) as info:
+            action()
+        assert info.value.code is ErrorCode.CLIENT_CONFIGURATION
+        assert str(store.path) in info.value.detail
+    assert sorted(p.name for p in directory.iterdir()) == [STATE_FILE]  # no temp file left

@@ -66,3 +66,28 @@ def test_network_error() -> None:
         transport(handler).post("/x", REQ, p.PendingOperationsResponse)
     assert info.value.code is ErrorCode.CLIENT_TRANSPORT
     assert outcome_unknown(info.value)
+
+
+@pytest.mark.parametrize(("padding", "code"), [
+    (0, ErrorCode.DECRYPTION_FAILED),
+    # an unsealed problem larger than any answer is not read, as for every other problem
+    (p.MAX_BODY_BYTES, ErrorCode.CLIENT_TRANSPORT),
+])
+def test_sealed_transport_reads_problems_as_transport_does(padding: int,
+                                                           code: ErrorCode) -> None:
+    from keybound import channel
+    from keybound.client import SealedTransport
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"code": "decryption_failed", "status": 400, "detail": "x" * padding}
+        return httpx.Response(400, json=body,
+                              headers={"content-type": "application/problem+json"})
+
+    key = channel.generate_e2e_key(now=1_700_000_000)
+    pin = channel.export_pin(key, application_id="app", server_url="http://127.0.0.1:9")
+    sealed = SealedTransport(pin, httpx.Client(transport=httpx.MockTransport(handler),
+                                               base_url="http://kb.test"))
+    with pytest.raises(ClientError) as info:
+        sealed.post(p.DevicePaths.PENDING_OPERATIONS, REQ, p.PendingOperationsResponse)
+    assert info.value.code is code
+    assert outcome_unknown(info.value) is (code is ErrorCode.CLIENT_TRANSPORT)

@@ -86,10 +86,11 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 def device(state_dir: Path, *args: str, env: dict[str, str] | None = None,
-           stdin: str = "") -> subprocess.CompletedProcess[str]:
+           stdin: str = "", unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """``keybound device --state-dir STATE_DIR ARGS...`` in a fresh process, detached from any
-    terminal (so a PIN prompt reads stdin) and without an inherited device PIN."""
-    base = {k: v for k, v in os.environ.items() if k not in (PIN_ENV, TOKEN_PIN_ENV)}
+    terminal (so a PIN prompt reads stdin) and without an inherited device PIN (nor the
+    variables in ``unset``)."""
+    base = {k: v for k, v in os.environ.items() if k not in (PIN_ENV, TOKEN_PIN_ENV, *unset)}
     return subprocess.run(
         [sys.executable, "-m", "keybound.cli", "device", "--state-dir", str(state_dir), *args],
         input=stdin, capture_output=True, text=True, timeout=60, check=False,
@@ -269,13 +270,59 @@ def test_keystore_auto_detection(tmp_path: Path, server: Server, swtpm: SwtpmBed
                       env={TPM_TCTI_ENV: swtpm.tcti}))
     assert found["hardwareKeyRegistered"] is True
     assert ok(device(tmp_path / "with-tpm", "status"))["keystore"] == f"tpm ({swtpm.tcti})"
-    # with nothing named, /dev/tpmrm0 decides; without one the device uses software keys
-    none = ok(device(tmp_path / "without", "activate", app.code(),
-                     "--channel-pin-file", str(app.pin_file)))
+    # with nothing named (not even inherited), /dev/tpmrm0 decides; without one the device
+    # uses software keys, quietly
+    without = device(tmp_path / "without", "activate", app.code(),
+                     "--channel-pin-file", str(app.pin_file), unset=(TPM_TCTI_ENV,))
+    none = ok(without)
     has_tpm = Path("/dev/tpmrm0").exists()
     assert none["hardwareKeyRegistered"] is has_tpm
     assert none["hwKeyClientStatus"] == ("OK" if has_tpm else "NOT_SUPPORTED")
-    # a TCTI that leads nowhere is ignored, not fatal
-    gone = ok(device(tmp_path / "gone", "activate", app.code(), "--channel-pin-file",
-                     str(app.pin_file), env={TPM_TCTI_ENV: "swtpm:host=127.0.0.1,port=9"}))
-    assert gone["hwKeyClientStatus"] == "NOT_SUPPORTED"
+    assert TPM_TCTI_ENV not in without.stderr
+    # a TCTI that leads nowhere is ignored with a warning, not fatal
+    nowhere = "swtpm:host=127.0.0.1,port=9"
+    gone_run = device(tmp_path / "gone", "activate", app.code(), "--channel-pin-file",
+                      str(app.pin_file), env={TPM_TCTI_ENV: nowhere})
+    assert ok(gone_run)["hwKeyClientStatus"] == "NOT_SUPPORTED"
+    assert f"ignoring {TPM_TCTI_ENV}" in gone_run.stderr
+
+
+@pytest.mark.swtpm
+def test_keystore_auto_takes_tcti_and_refuses_pkcs11_flags(tmp_path: Path, server: Server,
+                                                           swtpm: SwtpmBed) -> None:
+    """Under the default ``--keystore auto`` a ``--tcti`` is the TPM to use (it beats the
+    environment), and PKCS#11 flags are refused rather than silently ignored."""
+    app = server.app(hwKeyValidationStrategy="RISK_PARAMS")
+    state = tmp_path / "tcti"
+    found = ok(device(state, "activate", app.code(), "--channel-pin-file", str(app.pin_file),
+                      "--tcti", swtpm.tcti,
+                      env={TPM_TCTI_ENV: "swtpm:host=127.0.0.1,port=9"}))
+    assert found["hardwareKeyRegistered"] is True
+    assert found["hwKeyClientStatus"] == "OK"
+    config = json.loads((state / CONFIG_FILE).read_text())
+    assert (config["keystore"], config["keystore_options"]) == ("tpm", {"tcti": swtpm.tcti})
+    assert ok(device(state, "authenticate"))["hwKeyClientStatus"] == "OK"
+    for flags in (["--token-label", "t"], ["--slot", "0"], ["--pkcs11-module", "/x.so"],
+                  ["--token-pin-env", "X"]):
+        target = tmp_path / f"pkcs11{flags[0]}"
+        stderr = fails(device(target, "activate", app.code(), "--channel-pin-file",
+                              str(app.pin_file), *flags), "client_configuration")
+        assert flags[0] in stderr and "--keystore pkcs11" in stderr
+        assert not target.exists()
+
+
+def test_unusable_state_directory_is_a_clear_error(tmp_path: Path, server: Server) -> None:
+    """OSErrors from the device's files (a file as the state directory, a directory where
+    the config should be) are client_configuration errors naming the path, no traceback."""
+    app = server.app()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    stderr = fails(device(a_file / "device", "activate", app.code(), "--keystore", "none",
+                          "--channel-pin-file", str(app.pin_file)), "client_configuration")
+    assert str(a_file / "device") in stderr
+    stderr = fails(device(a_file, "status"), "client_configuration")
+    assert str(a_file / CONFIG_FILE) in stderr
+    state = tmp_path / "device"
+    (state / CONFIG_FILE).mkdir(parents=True)
+    for action in ("status", "deactivate"):
+        assert str(state / CONFIG_FILE) in fails(device(state, action), "client_configuration")

@@ -289,6 +289,7 @@ def test_detect_keystore(tmp_path: Path, swtpm: SwtpmBed) -> None:
     from keybound.client.keystores import TPM_TCTI_ENV, detect_keystore
 
     found = detect_keystore(tmp_path, {TPM_TCTI_ENV: swtpm.tcti})
-    assert found is not None and found.kind == "tpm" and found.available()
+    assert found is not None and found.kind == "tpm" and found.store.available()
+    assert found.options == {"tcti": swtpm.tcti}  # what a configuration stores to reopen it
     assert detect_keystore(tmp_path, {TPM_TCTI_ENV: "swtpm:host=127.0.0.1,port=9"}) is None
     assert (detect_keystore(tmp_path, {}) is not None) is Path("/dev/tpmrm0").exists()

@@ -15,10 +15,10 @@ import pytest
 from keybound import crypto
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
 from keybound.errors import (
+    ClientError,
     ErrorCode,
     InvalidSignature,
     KeyGenerationFailed,
-    KeyStoreError,
     KeyUnavailable,
     SigningFailed,
 )
@@ -259,7 +259,7 @@ def test_corrupt_handle_is_key_unavailable(store: KeyStore, corruption: str) -> 
     ],
 )
 def test_bad_options_are_configuration_errors(tmp_path: Path, options: dict[str, Any]) -> None:
-    with pytest.raises(KeyStoreError) as error:
+    with pytest.raises(ClientError) as error:  # open_keystore's contract, as for every kind
         open_keystore("pkcs11", tmp_path, options)
     assert error.value.code is ErrorCode.CLIENT_CONFIGURATION
     assert "pin-secret-77" not in str(error.value)

@@ -17,10 +17,10 @@ from keybound import crypto
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore, tpm
 from keybound.client.keystores._testbeds import free_port_pair
 from keybound.errors import (
+    ClientError,
     ErrorCode,
     InvalidSignature,
     KeyGenerationFailed,
-    KeyStoreError,
     KeyUnavailable,
     SigningFailed,
 )
@@ -235,9 +235,15 @@ def test_connections_are_closed(store: KeyStore, tmp_path: Path) -> None:
 
 @pytest.mark.swtpm
 def test_delete_is_idempotent_and_harmless(store: KeyStore) -> None:
+    """As TpmKeyStore.delete documents: nothing is destroyed inside the TPM (the key is only
+    the wrapped blob the SDK discards), so deleting twice raises nothing, a copy of the blob
+    still signs on this TPM, and the store keeps working."""
     handle = store.generate("device-1")
     store.delete(handle)
     store.delete(handle)
+    _verify(handle, store.sign(handle, MESSAGE))
+    other = store.generate("device-2")
+    _verify(other, store.sign(other, MESSAGE))
 
 
 # ------------------------------------------------------------------ no hardware needed
@@ -254,7 +260,7 @@ def test_no_tpm_configured(tmp_path: Path) -> None:
     "options", [{"tcti": ""}, {"tcti": 7}, {"tcti": "device:/dev/tpmrm0", "pin": "x"}]
 )
 def test_bad_options_are_configuration_errors(tmp_path: Path, options: dict[str, object]) -> None:
-    with pytest.raises(KeyStoreError) as error:
+    with pytest.raises(ClientError) as error:  # open_keystore's contract, as for every kind
         open_keystore("tpm", tmp_path, options)
     assert error.value.code is ErrorCode.CLIENT_CONFIGURATION
 
@@ -275,3 +281,23 @@ def test_import_without_tpm2_pytss_fails_only_at_construction() -> None:
     code, _, detail = done.stdout.partition(" | ")
     assert code == ErrorCode.KEYSTORE_UNAVAILABLE.value
     assert "tpm2-pytss" in detail
+
+
+def test_detection_without_tpm2_pytss_is_quiet_unless_a_tcti_is_named(tmp_path: Path) -> None:
+    """Without the tpm extra, ``--keystore auto`` finds nothing and says nothing; only a
+    $KEYBOUND_TPM_TCTI that cannot be used is worth a warning."""
+    script = (
+        "import logging, sys; sys.modules['tpm2_pytss'] = None\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')\n"
+        "from keybound.client.keystores import TPM_TCTI_ENV, detect_keystore\n"
+        "print(detect_keystore(sys.argv[1], {}))\n"
+        "print(detect_keystore(sys.argv[1], {TPM_TCTI_ENV: 'device:/dev/tpmrm0'}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+        check=True
+    )
+    assert done.stdout.split() == ["None", "None"]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, done.stderr
+    assert "KEYBOUND_TPM_TCTI" in warnings[0] and "tpm2-pytss" in warnings[0]

@@ -23,7 +23,6 @@ which the base class decodes as usual. Failures:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,13 @@ from keybound.client.device import Device
 from keybound.client.keystores import KeyStore
 from keybound.client.profiles import DeviceProfile
 from keybound.client.state import StateStore
-from keybound.client.transport import JSON, PROBLEM_JSON, RawResponse, Transport
+from keybound.client.transport import (
+    JSON,
+    PROBLEM_JSON,
+    RawResponse,
+    Transport,
+    problem_document,
+)
 from keybound.errors import ClientError, ErrorCode, MalformedRequest
 
 _METHOD = "POST"
@@ -108,13 +113,8 @@ def _unopenable(path: str, detail: str) -> ClientError:
 
 
 def _problem_code(raw: RawResponse) -> str | None:
-    if raw.content_type != PROBLEM_JSON:
-        return None
-    try:
-        document = json.loads(raw.body)
-    except ValueError:
-        return None
-    code = document.get("code") if isinstance(document, dict) else None
+    document = problem_document(raw) if raw.content_type == PROBLEM_JSON else None
+    code = None if document is None else document.get("code")
     return code if isinstance(code, str) else None
 
 
@@ -139,17 +139,32 @@ def open_device(state_dir: Path | str, *, pin: ChannelPin | str | Path,
     application (``profile`` is then required). Raises CLIENT_CONFIGURATION if the stored
     device belongs to another application than the pin."""
     channel_pin = pin if isinstance(pin, ChannelPin) else load_pin(pin)
-    transport = SealedTransport(channel_pin, client)
     directory = Path(state_dir).expanduser()
-    if StateStore(directory).exists():
-        device = Device.load(directory, transport=transport, hardware=hardware, profile=profile)
-        if device.application_id != channel_pin.application_id:
+    store = StateStore(directory)
+    if store.exists():
+        # checked before Device.load, which may rewrite the stored profile
+        stored = store.load().application_id
+        if stored != channel_pin.application_id:
             raise ClientError(f"the device in {directory} belongs to application "
-                              f"{device.application_id!r}, the pin to "
-                              f"{channel_pin.application_id!r}",
+                              f"{stored!r}, the pin to {channel_pin.application_id!r}",
                               code=ErrorCode.CLIENT_CONFIGURATION)
-        return device
+        return _with_transport(channel_pin, client, lambda transport: Device.load(
+            directory, transport=transport, hardware=hardware, profile=profile))
     if profile is None:
         raise ClientError("a new device needs a profile", code=ErrorCode.CLIENT_CONFIGURATION)
-    return Device.create(directory, application_id=channel_pin.application_id,
-                         transport=transport, profile=profile, hardware=hardware)
+    new_profile = profile
+    return _with_transport(channel_pin, client, lambda transport: Device.create(
+        directory, application_id=channel_pin.application_id, transport=transport,
+        profile=new_profile, hardware=hardware))
+
+
+def _with_transport(pin: ChannelPin, client: Any,
+                    build: Callable[[SealedTransport], Device]) -> Device:
+    """``build`` the device on a new SealedTransport; if that fails, the transport closes
+    the HTTP client it opened itself (a caller's ``client`` stays open)."""
+    transport = SealedTransport(pin, client)
+    try:
+        return build(transport)
+    except BaseException:
+        transport.close()
+        raise

@@ -244,8 +244,11 @@ class Device:
         (INVALID_STATE otherwise); success replaces every old key. Raises ClientError with
         the server's code when refused.
         """
-        pin_salt = pins.new_salt() if pin is not None else None
-        pin_key = None if pin is None or pin_salt is None else pins.derive_pin_key(pin, pin_salt)
+        pin_salt: bytes | None = None
+        pin_key: bytes | None = None
+        if pin is not None:
+            pin_salt = pins.new_salt()
+            pin_key = pins.derive_pin_key(pin, pin_salt)
         start = self._post(
             DevicePaths.ACTIVATION_START,
             _request(
@@ -421,19 +424,41 @@ class Device:
                 log.info("authentication failed with an unconfirmed key; trying an older one")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _decline(self, device_id: str, key: SoftwareKey,
-                 start: protocol.AuthenticationStartResponse) -> None:
+    def _decline(self, device_id: str, start: protocol.AuthenticationStartResponse) -> None:
+        """Decline a backend-initiated operation at the server (§3.1.7), signing with each
+        candidate key of ``device_id``, newest first, as finish does; the challenge stays
+        the same while it is valid, so no new start (and no new question) is needed.
+
+        When the server cannot be told (the operation then expires there), raises
+        OperationDeclined chained to the failure: a decline never becomes anything else."""
+        keys = [
+            SoftwareKey.from_pem(self._state.registrations[c.registration].software_keys[c.key])
+            for c in self._candidates()
+            if self._state.registrations[c.registration].device_id == device_id
+        ]
         message = protocol.transcript(
             Purpose.DECLINE, application_id=self.application_id, device_id=device_id,
             operation_id=start.operation_id, challenge=start.challenge,
             context_digest=protocol.context_hash(start.pre_operation_context),
             software_public_key=b"")
-        self._post(
-            DevicePaths.AUTHENTICATION_DECLINE,
-            _request(protocol.DeclineRequest, application_id=self.application_id,
-                     device_id=device_id, operation_id=start.operation_id,
-                     software_key_id=key.key_id, software_signature=key.sign(message)),
-            protocol.DeclineResponse)
+        for attempt, key in enumerate(keys, start=1):
+            try:
+                self._post(
+                    DevicePaths.AUTHENTICATION_DECLINE,
+                    _request(protocol.DeclineRequest, application_id=self.application_id,
+                             device_id=device_id, operation_id=start.operation_id,
+                             software_key_id=key.key_id, software_signature=key.sign(message)),
+                    protocol.DeclineResponse)
+                return
+            except ClientError as exc:
+                if exc.code is ErrorCode.AUTHENTICATION_FAILED and attempt < len(keys):
+                    log.info("decline failed with an unconfirmed key; trying an older one")
+                    continue
+                log.warning("the server could not be told of the decline: %s", exc.code.value)
+                raise OperationDeclined(
+                    "the operation was declined on the device (the server could not be"
+                    f" told: {exc.code.value})"
+                ) from exc
 
     def _authenticate_with(
         self,
@@ -461,7 +486,7 @@ class Device:
             approval.check(start.pre_operation_context)
         except OperationDeclined:
             if operation_id is not None:  # tell the relying party now (§3.1.7)
-                self._decline(registration.device_id, current, start)
+                self._decline(registration.device_id, start)
             raise
         following = SoftwareKey.generate()
         signed = self._sign_authentication(start, registration, following, method)
@@ -736,20 +761,23 @@ class _HardwareSigned:
 
 
 class _Approval:
-    """Asks the ``approve`` callback once per distinct pre-operation context (a retry with an
-    older key does not ask again)."""
+    """Asks the ``approve`` callback once per distinct pre-operation context and remembers
+    the answer, declines included: a retry with an older key does not ask again, and a
+    decline stays a decline."""
 
     def __init__(self, approve: Approve | None) -> None:
         self._approve = approve
-        self._approved: set[bytes] = set()
+        self._decisions: dict[bytes, bool] = {}
 
     def check(self, context: OperationContext | None) -> None:
-        digest = protocol.context_hash(context)
-        if self._approve is None or digest in self._approved:
+        if self._approve is None:
             return
-        if not self._approve(context):
+        digest = protocol.context_hash(context)
+        decision = self._decisions.get(digest)
+        if decision is None:
+            decision = self._decisions[digest] = bool(self._approve(context))
+        if not decision:
             raise OperationDeclined("the operation was declined on the device")
-        self._approved.add(digest)
 
 
 def _request(model: type[M], **fields: Any) -> M:

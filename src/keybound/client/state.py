@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keybound.client.files import fsync_directory, write_private
+from keybound.client.files import file_error, fsync_directory, write_private
 from keybound.client.keystores.base import KeyHandle
 from keybound.client.keystores.software import SoftwareKey
 from keybound.client.pin import SALT_BYTES
@@ -101,20 +100,23 @@ class StateStore:
             raise _corrupted(self.path, _reason(exc)) from None
 
     def save(self, state: ClientState) -> None:
-        """Atomically replace the state file (0600) in the state directory (0700)."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
+        """Atomically replace the state file (0600) in the state directory (0700).
+        Raises ClientError(CLIENT_CONFIGURATION) naming the path when the OS refuses."""
         data = json.dumps(state_to_json(state), indent=2, sort_keys=True).encode("utf-8")
-        write_private(self.path, data)
+        write_private(self.path, data)  # creates the directory 0700
+        try:
+            os.chmod(self.directory, 0o700)  # one that existed already is made private too
+        except OSError as exc:
+            raise file_error("restrict", self.directory, exc) from exc
 
     def wipe(self) -> None:
-        """Delete the state file (the directory and other files stay)."""
-        self.path.unlink(missing_ok=True)
+        """Delete the state file (the directory and other files stay). Raises
+        ClientError(CLIENT_CONFIGURATION) naming the path when the OS refuses."""
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise file_error("delete", self.path, exc) from exc
         fsync_directory(self.directory)
-
-    def wipe_directory(self) -> None:
-        """Delete the whole state directory."""
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _corrupted(path: Path, reason: str) -> ClientError:

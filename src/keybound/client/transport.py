@@ -113,7 +113,7 @@ def _decode(raw: RawResponse, response_type: type[M]) -> M:
 
 
 def _problem(raw: RawResponse) -> ClientError:
-    document = _problem_document(raw)
+    document = problem_document(raw)
     if document is None:
         return _bad_answer(raw, f"HTTP {raw.status} without a problem document")
     code_value = document.get("code")
@@ -129,7 +129,8 @@ def _problem(raw: RawResponse) -> ClientError:
     )
 
 
-def _problem_document(raw: RawResponse) -> dict[str, Any] | None:
+def problem_document(raw: RawResponse) -> dict[str, Any] | None:
+    """The JSON object of an error answer, or None (not JSON, too large, not an object)."""
     if raw.content_type not in (PROBLEM_JSON, JSON) or len(raw.body) > MAX_BODY_BYTES:
         return None
     try:

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from keybound.errors import ClientError, ErrorCode, KeyboundError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KINDS", "REGISTRY", "KeyHandle", "KeyStore", "detect_keystore", "open_keystore",
-           "register"]
+__all__ = ["KINDS", "REGISTRY", "TPM_TCTI_ENV", "DetectedKeystore", "KeyHandle", "KeyStore",
+           "detect_keystore", "open_keystore", "register"]
 
 #: Detection also looks at the TPM this TCTI names (e.g. ``swtpm:host=127.0.0.1,port=2321``).
 TPM_TCTI_ENV = "KEYBOUND_TPM_TCTI"
@@ -41,8 +42,11 @@ def open_keystore(
 ) -> KeyStore:
     """Open the key store of ``kind`` for a device whose state lives in ``state_dir``.
 
-    Raises ClientError(CLIENT_CONFIGURATION) for an unknown kind or bad options, and
-    ClientError(KEYSTORE_UNAVAILABLE) when the back end's own dependency is missing.
+    Raises ClientError(CLIENT_CONFIGURATION) for an unknown kind or bad options (every
+    back end checks its options with :func:`~keybound.client.keystores.base.check_options`),
+    and an error with code KEYSTORE_UNAVAILABLE when the back end's own dependency is missing
+    (ClientError if its module cannot be imported, KeyStoreError from ``tpm`` and ``pkcs11``,
+    which import without their optional package and refuse to construct).
     """
     if not _KIND.match(kind):
         raise ClientError(f"invalid key store kind {kind!r}", code=ErrorCode.CLIENT_CONFIGURATION)
@@ -57,25 +61,42 @@ def open_keystore(
     return factory(Path(state_dir), dict(options or {}))
 
 
+@dataclass(frozen=True, kw_only=True)
+class DetectedKeystore:
+    """Secure hardware :func:`detect_keystore` found: its ``kind`` and the ``options`` to
+    reopen it with (what a configuration stores), and the open ``store``."""
+
+    kind: str
+    options: Mapping[str, Any]
+    store: KeyStore
+
+
 def detect_keystore(state_dir: Path | str,
-                    environ: Mapping[str, str] | None = None) -> KeyStore | None:
+                    environ: Mapping[str, str] | None = None) -> DetectedKeystore | None:
     """The secure hardware this machine has, or None (the device then uses software keys
     only and reports ``NOT_SUPPORTED``).
 
     Looks for a usable TPM 2.0: the one ``$KEYBOUND_TPM_TCTI`` names, else the kernel's
     resource manager ``/dev/tpmrm0``. A PKCS#11 token cannot be found without being told its
     module and token, so it is never detected: configure it explicitly.
+
+    Finding nothing is quiet (no TPM, or the ``tpm`` extra not installed); only a TPM that
+    ``$KEYBOUND_TPM_TCTI`` names but that cannot be used is logged as a warning.
     """
     env = os.environ if environ is None else environ
-    options = {"tcti": env[TPM_TCTI_ENV]} if env.get(TPM_TCTI_ENV) else {}
+    named = env.get(TPM_TCTI_ENV) or None
+    options: dict[str, Any] = {"tcti": named} if named else {}
     try:
         store = open_keystore("tpm", state_dir, options)
-    except ClientError:  # tpm2-pytss is not installed
-        return None
     except KeyboundError as exc:
-        log.warning("ignoring %s=%r: %s", TPM_TCTI_ENV, options.get("tcti"), exc.detail)
+        if named is not None:
+            log.warning("ignoring %s=%r: %s", TPM_TCTI_ENV, named, exc.detail)
         return None
-    return store if store.configured() and store.available() else None
+    if store.configured() and store.available():
+        return DetectedKeystore(kind=store.kind, options=options, store=store)
+    if named is not None:
+        log.warning("ignoring %s=%r: no usable TPM there", TPM_TCTI_ENV, named)
+    return None
 
 
 def _import_backend(kind: str) -> None:

@@ -70,10 +70,6 @@ class Swtpm:
     process: subprocess.Popen[bytes] = field(repr=False)
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
     def tcti(self) -> str:
         """The tpm2-tss TCTI string for this simulator."""
         return f"swtpm:host={_LOCALHOST},port={self.port}"

@@ -14,10 +14,12 @@ and ``available()`` False -> ``NOT_SUPPORTED``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from keybound.errors import ClientError, ErrorCode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,3 +79,15 @@ def register(kind: str) -> Callable[[KeyStoreFactory], KeyStoreFactory]:
         return factory
 
     return deco
+
+
+def option_error(kind: str, detail: str) -> ClientError:
+    """The error every back end raises for bad options: ClientError(CLIENT_CONFIGURATION)."""
+    return ClientError(f"key store {kind!r}: {detail}", code=ErrorCode.CLIENT_CONFIGURATION)
+
+
+def check_options(kind: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Refuse option names ``kind`` does not take (names only: values may be secrets)."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise option_error(kind, f"unknown option(s) {', '.join(unknown)}")

@@ -33,10 +33,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keybound import crypto
 from keybound.client.files import write_private
-from keybound.client.keystores.base import KeyHandle, KeyStore, register
+from keybound.client.keystores.base import (
+    KeyHandle,
+    KeyStore,
+    check_options,
+    option_error,
+    register,
+)
 from keybound.errors import (
-    ClientError,
-    ErrorCode,
     KeyGenerationFailed,
     KeyUnavailable,
     SigningFailed,
@@ -164,18 +168,10 @@ def _key_id(handle: KeyHandle) -> str | None:
 
 @register(EmulatedSecureElement.kind)
 def _factory(state_dir: Path, options: Mapping[str, Any]) -> KeyStore:
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ClientError(
-            f"unknown option(s) for key store 'emulated': {', '.join(unknown)}",
-            code=ErrorCode.CLIENT_CONFIGURATION,
-        )
+    check_options(EmulatedSecureElement.kind, options, _OPTIONS)
     flags: dict[str, bool] = {}
     for name, value in options.items():
         if not isinstance(value, bool):
-            raise ClientError(
-                f"option {name!r} of key store 'emulated' must be true or false",
-                code=ErrorCode.CLIENT_CONFIGURATION,
-            )
+            raise option_error(EmulatedSecureElement.kind, f"option {name!r} must be true or false")
         flags[name] = value
     return EmulatedSecureElement(Path(state_dir) / ELEMENT_DIR, **flags)

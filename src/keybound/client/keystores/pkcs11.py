@@ -39,10 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keybound.client.keystores.base import KeyHandle, KeyStore, register
+from keybound.client.keystores.base import (
+    KeyHandle,
+    KeyStore,
+    check_options,
+    option_error,
+    register,
+)
 from keybound.crypto import der_signature, p256_public_from_point, verify_signature
 from keybound.errors import (
-    ErrorCode,
+    ClientError,
     InvalidSignature,
     KeyGenerationFailed,
     KeyStoreError,
@@ -88,8 +94,8 @@ _UNCOMPRESSED_POINT_LEN = 65
 _LOCK = threading.Lock()
 
 
-def _config_error(detail: str) -> KeyStoreError:
-    return KeyStoreError(detail, code=ErrorCode.CLIENT_CONFIGURATION)
+def _config_error(detail: str) -> ClientError:
+    return option_error(KIND, detail)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,9 +109,7 @@ class Pkcs11Options:
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> Pkcs11Options:
-        unknown = set(options) - {"module", "token_label", "slot", "user_pin"}
-        if unknown:
-            raise _config_error(f"unknown pkcs11 key store option(s): {sorted(unknown)}")
+        check_options(KIND, options, ("module", "token_label", "slot", "user_pin"))
         module, label, slot, pin = (
             options.get(k) for k in ("module", "token_label", "slot", "user_pin")
         )

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keybound import crypto
-from keybound.client.keystores.base import KeyHandle, KeyStore, register
-from keybound.errors import ClientError, ErrorCode, KeyGenerationFailed, KeyUnavailable
+from keybound.client.keystores.base import KeyHandle, KeyStore, check_options, register
+from keybound.errors import KeyGenerationFailed, KeyUnavailable
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -95,9 +95,5 @@ class NoSecureHardware(KeyStore):
 
 @register(NoSecureHardware.kind)
 def _factory(state_dir: Path, options: Mapping[str, Any]) -> KeyStore:
-    if options:
-        raise ClientError(
-            f"key store 'software' takes no options (got {', '.join(sorted(options))})",
-            code=ErrorCode.CLIENT_CONFIGURATION,
-        )
+    check_options(NoSecureHardware.kind, options, ())
     return NoSecureHardware()

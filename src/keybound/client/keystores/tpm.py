@@ -42,10 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keybound.client.keystores.base import KeyHandle, KeyStore, register
+from keybound.client.keystores.base import (
+    KeyHandle,
+    KeyStore,
+    check_options,
+    option_error,
+    register,
+)
 from keybound.crypto import der_signature, p256_public_from_point
 from keybound.errors import (
-    ErrorCode,
     KeyGenerationFailed,
     KeyStoreError,
     KeyUnavailable,
@@ -105,17 +110,11 @@ class TpmOptions:
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> TpmOptions:
-        unknown = set(options) - {"tcti"}
-        if unknown:
-            raise KeyStoreError(
-                f"unknown tpm key store option(s): {', '.join(sorted(unknown))}",
-                code=ErrorCode.CLIENT_CONFIGURATION,
-            )
+        check_options(KIND, options, ("tcti",))
         tcti = options.get("tcti")
         if tcti is not None and (not isinstance(tcti, str) or not tcti):
-            raise KeyStoreError(
-                "tpm option 'tcti' must be a non-empty string such as 'device:/dev/tpmrm0'",
-                code=ErrorCode.CLIENT_CONFIGURATION,
+            raise option_error(
+                KIND, "option 'tcti' must be a non-empty string such as 'device:/dev/tpmrm0'"
             )
         if tcti is None and DEFAULT_DEVICE.exists():
             tcti = f"device:{DEFAULT_DEVICE}"
