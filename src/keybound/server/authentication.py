@@ -258,8 +258,11 @@ class Authentication:
             reg = conn.execute(_SELECT_REGISTRATION, {"id": request.device_id}).first()
             signer = self._signer(conn, request, reg)
             op = conn.execute(_SELECT_OPERATION, {"id": request.operation_id}).first()
+            # a next key that is an old one would be current and superseded at once (§4.5)
+            next_is_old = reg is not None and _superseded_key(
+                conn, reg.id, key_id(request.next_software_public_key)) is not None
         try:
-            verified = self._check(request, op, reg, signer, now)
+            verified = self._check(request, op, reg, signer, now, next_is_old=next_is_old)
         except _CopyDetected:
             assert op is not None and reg is not None
             self._lock_cloned(op, reg, signer_key_id=request.software_key_id, now=now)
@@ -302,13 +305,9 @@ class Authentication:
         old = _superseded_key(conn, reg.id, request.software_key_id)
         return None if old is None else (old, True)
 
-    def _superseded(self, registration_id: str, key: bytes) -> bytes | None:
-        with self.db.read() as conn:
-            return _superseded_key(conn, registration_id, key)
-
     def _check(self, request: AuthenticationFinishRequest, op: Row[Any] | None,
                reg: Row[Any] | None, signer: tuple[bytes, bool] | None,
-               now: int) -> _Verified:
+               now: int, *, next_is_old: bool) -> _Verified:
         """Guard clauses, one protocol step each (§3.1.4); raises, changes nothing (a copy is
         signalled with _CopyDetected for _finish to act on)."""
         # §3.1.4 step 1: operation, device and application belong together
@@ -337,8 +336,7 @@ class Authentication:
         if reg.state == DeviceState.DEACTIVATED.value:
             raise CeremonyError("device is deactivated", code=ErrorCode.DEVICE_INACTIVE)
         next_key = parse_public_key(request.next_software_public_key)
-        if key_id(next_key) in (reg.sw_key_id, request.software_key_id) or \
-                self._superseded(reg.id, key_id(next_key)) is not None:
+        if key_id(next_key) in (reg.sw_key_id, request.software_key_id) or next_is_old:
             raise MalformedRequest("nextSoftwarePublicKey must be a new key")
         config = AppConfig.from_stored(op.config)
         # step 4: auth method allowed by the application and by the operation (§5)
