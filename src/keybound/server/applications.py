@@ -21,6 +21,7 @@ from keybound.server import audit
 from keybound.server.appconfig import AppConfig
 from keybound.storage import tables as t
 from keybound.storage.db import Clock, Database, now_ms
+from keybound.storage.prepared import Prepared
 
 APPLICATION_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _TOKEN = re.compile(r"^kb_([A-Za-z0-9]{16})_([A-Za-z0-9_-]{43})$")
@@ -41,14 +42,13 @@ class NewApiKey:
     token: str  # shown once, never stored
 
 
-_SELECT_CONFIG = select(t.applications.c.config).where(
-    t.applications.c.id == bindparam("application_id"))
+_SELECT_CONFIG = Prepared(select(t.applications.c.config).where(
+    t.applications.c.id == bindparam("application_id")))
 
 
 def load_config_text(conn: Connection, application_id: str) -> str | None:
     """The application's configuration as stored (the text operations snapshot)."""
-    raw: str | None = conn.execute(
-        _SELECT_CONFIG, {"application_id": application_id}).scalar_one_or_none()
+    raw: str | None = _SELECT_CONFIG.scalar(conn, {"application_id": application_id})
     return raw
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, insert, select
 from keybound.errors import KeyboundError
 from keybound.storage import tables as t
 from keybound.storage.db import Database
+from keybound.storage.prepared import Prepared
 
 
 class Actor(StrEnum):
@@ -32,7 +33,7 @@ class Outcome(StrEnum):
     REJECTED = "REJECTED"  # a request refused without changing anything
 
 
-_INSERT = insert(t.audit_events)  # built once: every operation writes one row
+_INSERT = Prepared(insert(t.audit_events))  # every operation writes one row
 
 
 def record(
@@ -48,7 +49,7 @@ def record(
     code: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    conn.execute(_INSERT, {
+    _INSERT.rowcount(conn, {
         "at": at,
         "actor": actor.value,
         "event": event,

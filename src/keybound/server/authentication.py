@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, case, insert, select, update
+from sqlalchemy import Connection, bindparam, case, insert, select, update
 
 from keybound.crypto import key_id, parse_public_key, verify_pin_proof, verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature, MalformedRequest
@@ -49,6 +48,7 @@ from keybound.server.risk import risk_data
 from keybound.server.strategy import decide
 from keybound.storage import tables as t
 from keybound.storage.db import Clock, Database, now_ms
+from keybound.storage.prepared import Prepared, Record
 
 OPS = t.operations
 R = t.registrations
@@ -56,16 +56,16 @@ S = t.superseded_keys
 
 
 # The statements of the hot path, built once (SQLAlchemy then reuses their compiled form).
-_SELECT_STATE = select(R.c.state).where(R.c.id == bindparam("device_id"),
-                                        R.c.application_id == bindparam("application_id"))
-_SELECT_REGISTRATION = select(R).where(R.c.id == bindparam("id"))
-_SELECT_OPERATION = select(OPS).where(OPS.c.id == bindparam("id"))
-_SELECT_SUPERSEDED = select(S.c.public_key).where(
-    S.c.registration_id == bindparam("registration_id"), S.c.key_id == bindparam("key_id"))
-_INSERT_OPERATION = insert(OPS)
-_INSERT_SUPERSEDED = insert(S)
+_SELECT_STATE = Prepared(select(R.c.state).where(
+    R.c.id == bindparam("device_id"), R.c.application_id == bindparam("application_id")))
+_SELECT_REGISTRATION = Prepared(select(R).where(R.c.id == bindparam("id")))
+_SELECT_OPERATION = Prepared(select(OPS).where(OPS.c.id == bindparam("id")))
+_SELECT_SUPERSEDED = Prepared(select(S.c.public_key).where(
+    S.c.registration_id == bindparam("registration_id"), S.c.key_id == bindparam("key_id")))
+_INSERT_OPERATION = Prepared(insert(OPS))
+_INSERT_SUPERSEDED = Prepared(insert(S))
 #: §4.5: rotate only if the signer is still the current key of an active registration
-_ROTATE = (
+_ROTATE = Prepared(
     update(R)
     .where(R.c.id == bindparam("reg_id"), R.c.sw_key_id == bindparam("signer_key_id"),
            R.c.state == DeviceState.ACTIVE.value)
@@ -111,9 +111,8 @@ class Authentication:
         op_id = new_id()
         with self.db.read() as conn:  # reads first: a decoy never takes the write lock
             raw_config = load_config_text(conn, request.application_id)
-            state = conn.execute(_SELECT_STATE, {
-                "device_id": request.device_id,
-                "application_id": request.application_id}).scalar_one_or_none()
+            state = _SELECT_STATE.scalar(conn, {
+                "device_id": request.device_id, "application_id": request.application_id})
         if raw_config is None or state is None or state == DeviceState.DEACTIVATED.value:
             # §3.1.3: an unknown device gets a decoy challenge, so start cannot be used to
             # find out which device ids exist. Finish will fail as for a bad signature.
@@ -122,7 +121,7 @@ class Authentication:
         config = AppConfig.from_stored(raw_config)
         expires = now + config.challenge_lifetime_seconds * 1000
         with self.db.write() as conn:
-            conn.execute(_INSERT_OPERATION, {
+            _INSERT_OPERATION.rowcount(conn, {
                 "id": op_id, "application_id": request.application_id,
                 "type": OperationType.AUTHENTICATION.value,
                 "initiator": Initiator.DEVICE.value, "state": OperationState.PENDING.value,
@@ -218,8 +217,8 @@ class Authentication:
 
     def _decline(self, request: DeclineRequest, now: int) -> DeclineResponse:
         with self.db.read() as conn:
-            reg = conn.execute(_SELECT_REGISTRATION, {"id": request.device_id}).first()
-            op = conn.execute(_SELECT_OPERATION, {"id": request.operation_id}).first()
+            reg = _SELECT_REGISTRATION.first(conn, {"id": request.device_id})
+            op = _SELECT_OPERATION.first(conn, {"id": request.operation_id})
         # binding as for finish (§3.1.4 step 1); only the current key may decline
         if (op is None or reg is None or not _bound(op, reg, request.application_id)
                 or op.initiator != Initiator.BACKEND.value
@@ -255,9 +254,9 @@ class Authentication:
             # registration before operation: a finish commits both together, so an operation
             # read after the registration is never older than it (no false copy alarms under
             # READ COMMITTED when a concurrent finish rotates the key between the two reads)
-            reg = conn.execute(_SELECT_REGISTRATION, {"id": request.device_id}).first()
+            reg = _SELECT_REGISTRATION.first(conn, {"id": request.device_id})
             signer = self._signer(conn, request, reg)
-            op = conn.execute(_SELECT_OPERATION, {"id": request.operation_id}).first()
+            op = _SELECT_OPERATION.first(conn, {"id": request.operation_id})
             # a next key that is an old one would be current and superseded at once (§4.5)
             next_is_old = reg is not None and _superseded_key(
                 conn, reg.id, key_id(request.next_software_public_key)) is not None
@@ -296,7 +295,7 @@ class Authentication:
 
     @staticmethod
     def _signer(conn: Connection, request: AuthenticationFinishRequest,
-                reg: Row[Any] | None) -> tuple[bytes, bool] | None:
+                reg: Record | None) -> tuple[bytes, bool] | None:
         """The stored key the request names: (public key, superseded?) or None."""
         if reg is None:
             return None
@@ -305,8 +304,8 @@ class Authentication:
         old = _superseded_key(conn, reg.id, request.software_key_id)
         return None if old is None else (old, True)
 
-    def _check(self, request: AuthenticationFinishRequest, op: Row[Any] | None,
-               reg: Row[Any] | None, signer: tuple[bytes, bool] | None,
+    def _check(self, request: AuthenticationFinishRequest, op: Record | None,
+               reg: Record | None, signer: tuple[bytes, bool] | None,
                now: int, *, next_is_old: bool) -> _Verified:
         """Guard clauses, one protocol step each (§3.1.4); raises, changes nothing (a copy is
         signalled with _CopyDetected for _finish to act on)."""
@@ -364,7 +363,7 @@ class Authentication:
                          passed=passed and pin_ok, config=config)
 
     @staticmethod
-    def _hardware_result(tbs: bytes, reg: Row[Any],
+    def _hardware_result(tbs: bytes, reg: Record,
                          signature: bytes | None) -> HwKeyServerResult:
         if reg.hw_public_key is None:
             return HwKeyServerResult.NO_KEY_REGISTERED
@@ -388,26 +387,27 @@ class Authentication:
         return None
 
     @staticmethod
-    def _rotate(conn: Connection, reg: Row[Any], verified: _Verified, now: int) -> None:
+    def _rotate(conn: Connection, reg: Record, verified: _Verified, now: int) -> None:
         """Replace the software key; the old one is remembered to detect copies (§4.5)."""
-        rotated = conn.execute(_ROTATE, {
+        rotated = _ROTATE.rowcount(conn, {
             "reg_id": reg.id, "signer_key_id": verified.signer_key_id,
             "next_key": verified.next_key, "next_key_id": key_id(verified.next_key),
-            "now": now}).rowcount
+            "now": now})
         if rotated != 1:  # locked or deactivated meanwhile, or another finish rotated first
-            state = conn.execute(_SELECT_REGISTRATION, {"id": reg.id}).one().state
+            state = _SELECT_STATE.scalar(conn, {"device_id": reg.id,
+                                                "application_id": reg.application_id})
             if state == DeviceState.LOCKED.value:
                 raise CeremonyError("device is locked", code=ErrorCode.DEVICE_LOCKED)
             if state == DeviceState.DEACTIVATED.value:
                 raise CeremonyError("device is deactivated", code=ErrorCode.DEVICE_INACTIVE)
             raise CeremonyError("software key changed concurrently",
                                 code=ErrorCode.CHALLENGE_USED)
-        conn.execute(_INSERT_SUPERSEDED, {
+        _INSERT_SUPERSEDED.rowcount(conn, {
             "registration_id": reg.id, "key_id": verified.signer_key_id,
             "public_key": verified.signer_key, "superseded_at": now})
 
     @staticmethod
-    def _count_failure(conn: Connection, reg: Row[Any], config: AppConfig, now: int) -> None:
+    def _count_failure(conn: Connection, reg: Record, config: AppConfig, now: int) -> None:
         """§5: consecutive failures lock the registration at amountFailuresAllowed."""
         reached = R.c.failures + 1 >= config.amount_failures_allowed
         conn.execute(
@@ -418,7 +418,7 @@ class Authentication:
                                      else_=R.c.lock_reason),
                     updated_at=now))
 
-    def _lock_cloned(self, op: Row[Any], reg: Row[Any], *, signer_key_id: bytes,
+    def _lock_cloned(self, op: Record, reg: Record, *, signer_key_id: bytes,
                      now: int) -> None:
         """A valid signature by a superseded software key: the key was copied (§4.5). The
         registration is locked whatever else is wrong with the request."""
@@ -450,7 +450,7 @@ class _CopyDetected(Exception):
     """_check found a valid signature by a superseded key (§4.5); _finish locks."""
 
 
-def _bound(op: Row[Any], reg: Row[Any], application_id: str) -> bool:
+def _bound(op: Record, reg: Record, application_id: str) -> bool:
     """§3.1.4 step 1: an authentication operation with a challenge, of this device, both of
     the application the request names."""
     return (op.type == OperationType.AUTHENTICATION.value and op.challenge is not None
@@ -459,6 +459,6 @@ def _bound(op: Row[Any], reg: Row[Any], application_id: str) -> bool:
 
 
 def _superseded_key(conn: Connection, registration_id: str, key: bytes) -> bytes | None:
-    found: bytes | None = conn.execute(_SELECT_SUPERSEDED, {
-        "registration_id": registration_id, "key_id": key}).scalar_one_or_none()
+    found: bytes | None = _SELECT_SUPERSEDED.scalar(conn, {
+        "registration_id": registration_id, "key_id": key})
     return found

@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, update
+from sqlalchemy import Connection, bindparam, update
 
 from keybound.crypto import verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature
 from keybound.protocol import Algorithm, OperationState
 from keybound.storage import tables as t
+from keybound.storage.prepared import Prepared, Record
 
 OPS = t.operations
 
 #: §4.3: the one statement that consumes a challenge (built once; it is on every finish)
-_CONSUME = (
+_CONSUME = Prepared(
     update(OPS)
     .where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
            OPS.c.challenge == bindparam("challenge_"),
@@ -36,7 +37,7 @@ def prove_possession(public_key: bytes, message: bytes, signature: bytes) -> Non
         raise CeremonyError("authentication failed") from exc
 
 
-def require_pending(op: Row[Any], now: int) -> None:
+def require_pending(op: Record, now: int) -> None:
     """Revealed only after a valid signature: a used or an expired challenge."""
     if op.state != OperationState.PENDING.value:
         raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
@@ -44,13 +45,13 @@ def require_pending(op: Row[Any], now: int) -> None:
         raise CeremonyError("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
 
 
-def consume(conn: Connection, op: Row[Any], *, passed: bool, result: dict[str, Any],
+def consume(conn: Connection, op: Record, *, passed: bool, result: dict[str, Any],
             now: int) -> None:
     """§4.3: end the operation with one conditional statement; a second finish finds no
     PENDING row with this challenge and is refused."""
-    consumed = conn.execute(_CONSUME, {
+    consumed = _CONSUME.rowcount(conn, {
         "op_id": op.id, "challenge_": op.challenge, "now": now,
         "new_state": (OperationState.COMPLETED if passed else OperationState.FAILED).value,
-        "result_": json.dumps(result)}).rowcount
+        "result_": json.dumps(result)})
     if consumed != 1:
         raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)

@@ -17,7 +17,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -26,7 +27,6 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import x25519
 from sqlalchemy import Connection, Row, delete, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
 
 from keybound.channel import (
     DEFAULT_SUITE,
@@ -47,6 +47,7 @@ from keybound.server import audit
 from keybound.server.applications import load_config
 from keybound.storage import tables as t
 from keybound.storage.db import DEFAULT_DATA_DIR, Clock, Database, now_ms
+from keybound.storage.prepared import Prepared
 
 log = logging.getLogger("keybound.server.e2ekeys")
 
@@ -217,12 +218,19 @@ class SqlReplayGuard:
 
     def check_and_remember(self, request_id: bytes, expires_at: int) -> None:
         """Remember a request id until it expires; DecryptionFailed if it was seen."""
-        try:
-            with self._db.write() as conn:
-                conn.execute(_INSERT_SEEN, {"request_id": request_id,
-                                            "expires_at": expires_at * 1000})
-        except IntegrityError:
-            raise DecryptionFailed() from None
+        with self.remembering(request_id, expires_at):
+            pass
+
+    @contextmanager
+    def remembering(self, request_id: bytes, expires_at: int) -> Iterator[None]:
+        """Handle a request inside the block: its id is stored by the first write
+        transaction the handler commits (the replay mark and the change it guards are
+        stored together, in one commit), or alone at the end when the handler wrote
+        nothing. A seen id raises DecryptionFailed and rolls that transaction back."""
+        with self._db.riding(_INSERT_SEEN, {"request_id": request_id,
+                                            "expires_at": expires_at * 1000},
+                             conflict=_replayed):
+            yield
         self._maybe_purge()
 
     def _maybe_purge(self) -> None:
@@ -238,7 +246,13 @@ class SqlReplayGuard:
             self._purge_lock.release()
 
 
-_INSERT_SEEN = insert(t.seen_requests)  # built once: every sealed request writes one row
+_INSERT_SEEN = Prepared(insert(t.seen_requests))  # every sealed request writes one row
+
+
+def _replayed() -> DecryptionFailed:
+    exc = DecryptionFailed()
+    exc.fields["audited"] = True  # the secure channel audits it, as a decryption failure
+    return exc
 
 
 def purge_seen_requests(conn: Connection, at_ms: int) -> int:

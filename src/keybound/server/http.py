@@ -283,14 +283,17 @@ class SecureChannel:
         await send({"type": "http.response.body", "body": sealed})
 
     def _handle(self, wire: bytes, method: str, path: str) -> bytes | None:
-        """Open (§3.4, §6), dispatch to the device route, seal the answer (§4.4); None when
-        the request cannot be opened (audited)."""
+        """Open (§3.4), dispatch to the device route with the replay mark riding on its
+        commit (§6), seal the answer (§4.4); None when the request cannot be opened or was
+        seen before (audited)."""
         try:
             opened = self._open(wire, method, path)
+            with self.kb.e2e_keys.replay_guard.remembering(opened.request_id,
+                                                           opened.replay_expires_at):
+                status, body = self._dispatch(opened, path)
         except DecryptionFailed:
             self._audit_decryption_failure(wire, path)
             return None
-        status, body = self._dispatch(opened, path)
         return seal_response(opened, status, body)
 
     def _dispatch(self, opened: OpenedRequest, path: str) -> tuple[int, bytes]:
@@ -312,6 +315,8 @@ class SecureChannel:
                                 "application of the E2E key the request is sealed to")
         try:
             response = route.call(self.kb, request)
+        except DecryptionFailed:
+            raise  # a replay, found when its mark was stored: _handle answers it
         except KeyboundError as exc:
             if not exc.fields.get("audited"):
                 self._audit(path, exc.code, opened.application_id, None)
@@ -322,16 +327,13 @@ class SecureChannel:
         return 200, response.model_dump_json(by_alias=True, exclude_none=True).encode()
 
     def _open(self, wire: bytes, method: str, path: str) -> OpenedRequest:
-        """§3.4 and §6, off the event loop (keyring and replay store may hit the database)."""
-        e2e = self.kb.e2e_keys
-        found = e2e.keyring.lookup(request_key_id(wire))
+        """§3.4, off the event loop (the keyring may hit the database)."""
+        found = self.kb.e2e_keys.keyring.lookup(request_key_id(wire))
         if found is None:
             raise DecryptionFailed()
         application_id, key = found
-        opened = open_request({key.key_id: key}, application_id, method, path, wire,
-                              now=int(self.kb.clock()))
-        e2e.replay_guard.check_and_remember(opened.request_id, opened.replay_expires_at)
-        return opened
+        return open_request({key.key_id: key}, application_id, method, path, wire,
+                            now=int(self.kb.clock()))
 
     def _audit_decryption_failure(self, wire: bytes, path: str) -> None:
         try:

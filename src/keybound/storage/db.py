@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+
+from keybound.storage.prepared import Prepared
 
 Clock = Callable[[], float]
 
@@ -60,9 +64,18 @@ def _sqlite_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("keybound_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # on the driver's connection: the full execution path costs more than BEGIN itself
+        conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+            "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+@dataclass(frozen=True)
+class _Rider:
+    statement: Prepared
+    params: Mapping[str, Any]
+    conflict: Callable[[], Exception]
 
 
 class Database:
@@ -80,6 +93,7 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer: AbstractContextManager[Any] = (
             threading.RLock() if self.is_sqlite else nullcontext())
+        self._local = threading.local()
 
     @property
     def display_url(self) -> str:
@@ -99,7 +113,39 @@ class Database:
         with self._writer, self.engine.connect() as conn:
             conn = conn.execution_options(keybound_write=True)
             with conn.begin():
+                rider: _Rider | None = getattr(self._local, "rider", None)
+                if rider is not None:
+                    self._run_rider(conn, rider)
                 yield conn
+            if rider is not None:
+                self._local.rider = None  # committed with the rest
+
+    @contextmanager
+    def riding(self, statement: Prepared, params: Mapping[str, Any], *,
+               conflict: Callable[[], Exception]) -> Iterator[None]:
+        """Run ``statement`` (an INSERT) in the first write transaction this thread commits
+        inside the block, or in one of its own at the end of the block if none did; an
+        integrity conflict raises ``conflict()`` and rolls that transaction back.
+
+        The secure channel's replay mark (docs/channel.md §6) rides on the handler's own
+        commit this way: one commit (one fsync) per request instead of two, and the mark
+        and the change it guards are stored together or not at all.
+        """
+        self._local.rider = _Rider(statement, params, conflict)
+        try:
+            yield
+            if self._local.rider is not None:
+                with self.write():
+                    pass
+        finally:
+            self._local.rider = None
+
+    def _run_rider(self, conn: Connection, rider: _Rider) -> None:
+        try:
+            rider.statement.rowcount(conn, rider.params)
+        except IntegrityError:
+            self._local.rider = None  # refused once: later transactions go without it
+            raise rider.conflict() from None
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (creates it on first run)."""

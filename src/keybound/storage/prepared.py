@@ -1,0 +1,79 @@
+"""Hot-path statements: SQLAlchemy Core statements compiled once per dialect and run on the
+driver's cursor, inside the caller's SQLAlchemy transaction.
+
+Every authentication runs about a dozen statements. Through ``Connection.execute`` each costs
+SQLAlchemy's per-execution work (execution context, result object, row processors), which
+measured more than the statement itself and a quarter of the server's CPU per flow
+(bench/loadgen.py --profile). The statements stay SQLAlchemy Core -- written once, portable,
+compiled by the dialect -- and only their execution skips the layers the hot path doesn't need.
+
+This is safe for the tables it is used on because their columns need no type processing:
+integers, strings and bytes go to and come from both drivers (sqlite3, psycopg) as they are,
+and no hot-path INSERT relies on a Python-side column default.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Mapping
+from typing import Any, TypeAlias, cast
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Executable, Select
+from sqlalchemy.sql.compiler import SQLCompiler
+
+#: A row with attribute access by column name (a SQLAlchemy ``Row`` or :class:`Prepared`'s
+#: named tuple): the domain code reads both the same way.
+Record: TypeAlias = Any
+
+
+class Prepared:
+    """One statement of the hot path. Parameters are given by bind name, as to
+    ``Connection.execute``; an INSERT is compiled for the set of columns it is given."""
+
+    __slots__ = ("_compiled", "_row", "statement")
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._compiled: dict[tuple[str, tuple[str, ...]], SQLCompiler] = {}
+        self._row: Any = None
+        if isinstance(statement, Select):
+            self._row = namedtuple("Record", statement.selected_columns.keys(),  # type: ignore[misc]
+                                   rename=True)
+
+    def _execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        key = (conn.dialect.name, tuple(params))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = cast(SQLCompiler, self.statement.compile(  # type: ignore[attr-defined]
+                dialect=conn.dialect, column_keys=list(params)))
+            self._compiled[key] = compiled
+        bound = compiled.construct_params(params)
+        args: Any = (tuple(bound[name] for name in compiled.positiontup or ())
+                     if compiled.positional else bound)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        try:
+            cursor.execute(compiled.string, args)
+        except dbapi_error as exc:  # as SQLAlchemy raises it (IntegrityError, ...)
+            raise DBAPIError.instance(compiled.string, args, exc, dbapi_error) from exc
+        return cursor
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> Record | None:
+        """The first row, or None."""
+        found = self._execute(conn, params).fetchone()
+        return None if found is None else self._row._make(found)
+
+    def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        """The first column of the first row, or None."""
+        found = self._execute(conn, params).fetchone()
+        return None if found is None else found[0]
+
+    def rowcount(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Run an INSERT, UPDATE or DELETE; how many rows it changed."""
+        count: int = self._execute(conn, params).rowcount
+        return count
+
+
+__all__ = ["Prepared", "Record"]
