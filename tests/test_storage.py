@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 from sqlalchemy import inspect, text
@@ -57,6 +59,32 @@ def test_write_transactions_take_the_lock_up_front(tmp_path: Path) -> None:
         finally:
             other.close()
         conn.execute(text("SELECT 1"))
+    db.dispose()
+
+
+def test_writers_of_every_process_queue_on_the_lock_file(tmp_path: Path) -> None:
+    """`keybound serve --workers N`: a writer holds an flock on `<database>-lock` for its whole
+    transaction (and only then), so writers in other processes wait in the kernel and wake at
+    once instead of sleeping in SQLite's busy handler."""
+    db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
+    db.migrate()
+    lock_file = tmp_path / "kb.db-lock"
+
+    def held() -> bool:  # as another process sees it: its own open file description
+        fd = os.open(lock_file, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    with db.write():
+        assert held()
+    assert not held()
+    with db.read():
+        assert not held()  # readers never take it
     db.dispose()
 
 

@@ -8,6 +8,8 @@ wait for writers.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -71,6 +73,47 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+class _SqliteWriter:
+    """One SQLite writer at a time: across the threads of this process (a lock) and across
+    the processes of ``keybound serve --workers N`` (``flock`` on ``<database>-lock``).
+
+    Waiters queue in the kernel and wake the moment the writer is done. Without it they meet
+    SQLite's busy handler, whose sleeps (up to 100 ms each) dominate tail latency and leave
+    cores idle.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._lock = threading.RLock()
+        self._path = path
+        self._fd = -1
+        self._pid = 0
+        self._depth = 0  # changed only by the thread holding _lock
+
+    def _file(self) -> int:
+        if self._pid != os.getpid():  # first use, or a forked child: its own open file
+            self._fd = os.open(f"{self._path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            if self._depth == 0 and self._path is not None:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._path is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+
 @dataclass(frozen=True)
 class _Rider:
     statement: Prepared
@@ -91,8 +134,11 @@ class Database:
             self.engine = create_engine(self.url, pool_size=10, max_overflow=40,
                                         pool_pre_ping=True)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._writer: AbstractContextManager[Any] = (
-            threading.RLock() if self.is_sqlite else nullcontext())
+        self._writer: AbstractContextManager[Any] = nullcontext()
+        if self.is_sqlite:
+            database = self.engine.url.database
+            self._writer = _SqliteWriter(
+                database if database and database != ":memory:" else None)
         self._local = threading.local()
 
     @property
@@ -107,9 +153,8 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        # SQLite has one writer at a time. Threads of this process queue on a lock, which
-        # wakes the next writer at once; only other processes meet SQLite's busy handler,
-        # whose sleeps (up to 100 ms each) would otherwise dominate tail latency.
+        # SQLite has one writer at a time: writers queue on _SqliteWriter, never on SQLite's
+        # busy handler.
         with self._writer, self.engine.connect() as conn:
             conn = conn.execution_options(keybound_write=True)
             with conn.begin():
