@@ -176,6 +176,8 @@ def test_replay_guard_is_atomic_and_forgets_expired_ids(kb: Keybound, clock: Any
         other.e2e_keys.replay_guard.check_and_remember(b"\x01" * 16, now + 300)
     clock.advance(3600)
     guard.check_and_remember(b"\x02" * 16, int(clock()) + 300)  # triggers the purge
+    assert guard.purging is not None
+    guard.purging.join(timeout=30)
     with kb.db.read() as conn:
         remaining = list(conn.execute(select(t.seen_requests.c.request_id)).scalars())
     assert remaining == [b"\x02" * 16]

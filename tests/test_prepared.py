@@ -78,9 +78,8 @@ def test_the_mark_rides_on_the_first_write_of_the_block(db: Database) -> None:
 
 
 def test_the_mark_is_stored_alone_when_the_block_writes_nothing(db: Database) -> None:
-    with mark(db, b"a" * 16):
-        with db.read():
-            pass
+    with mark(db, b"a" * 16), db.read():
+        pass
     assert count(db) == 1
 
 

@@ -215,6 +215,7 @@ class SqlReplayGuard:
         self._purge_interval = purge_interval
         self._last_purge = clock()
         self._purge_lock = threading.Lock()
+        self.purging: threading.Thread | None = None  # the last purge (tests join it)
 
     def check_and_remember(self, request_id: bytes, expires_at: int) -> None:
         """Remember a request id until it expires; DecryptionFailed if it was seen."""
@@ -238,10 +239,20 @@ class SqlReplayGuard:
         if now - self._last_purge < self._purge_interval or not self._purge_lock.acquire(
                 blocking=False):
             return
+        self._last_purge = now
+        # in the background: a minute of expired ids is a long DELETE, and the request that
+        # happens to trigger it (maybe on the event loop, docs/channel.md §11.1) must not
+        # wait for it
+        self.purging = threading.Thread(target=self._purge, args=(int(now * 1000),),
+                                        name="keybound-replay-purge", daemon=True)
+        self.purging.start()
+
+    def _purge(self, at_ms: int) -> None:
         try:
-            self._last_purge = now
             with self._db.write() as conn:
-                purge_seen_requests(conn, int(now * 1000))
+                purge_seen_requests(conn, at_ms)
+        except Exception:  # pragma: no cover - retried at the next interval
+            log.exception("purging expired request ids failed")
         finally:
             self._purge_lock.release()
 
