@@ -57,6 +57,7 @@ from keybound.rpapi import (
     User,
 )
 from keybound.server import audit
+from keybound.server.durable import GroupCommit
 from keybound.server.service import Keybound
 
 log = logging.getLogger("keybound.server")
@@ -435,7 +436,9 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
 
     _document_problems(app)
     app.add_middleware(SecureChannel, kb=kb, allow_plaintext=allow_plaintext)
-    app.add_middleware(BodyLimit)  # outermost: limits apply to sealed bodies too
+    app.add_middleware(BodyLimit)  # limits apply to sealed bodies too
+    if kb.db.defer_sync():  # outermost: every response waits for its commits (group commit)
+        app.add_middleware(GroupCommit, db=kb.db)
     return app
 
 

@@ -39,7 +39,13 @@ def now_ms(clock: Clock) -> int:
     return int(clock() * 1000)
 
 
-def _sqlite_engine(url: str) -> Engine:
+class _SqliteSync:
+    """The ``PRAGMA synchronous`` new connections get (see :meth:`Database.defer_sync`)."""
+
+    mode = "FULL"
+
+
+def _sqlite_engine(url: str, sync: _SqliteSync) -> Engine:
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -57,8 +63,9 @@ def _sqlite_engine(url: str) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before the caller hears of it. With NORMAL, WAL mode may
         # lose the last commits on power loss -- e.g. an acknowledged software-key rotation,
-        # after which the device (which deleted its old key) could never authenticate again.
-        cur.execute("PRAGMA synchronous=FULL")
+        # after which the device (which deleted its old key) could never authenticate again
+        # -- unless, as the server does, the WAL is synced before any answer (defer_sync).
+        cur.execute(f"PRAGMA synchronous={sync.mode}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
@@ -126,19 +133,26 @@ class Database:
 
     def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
         self.url = url or default_database_url()
+        self._sync = _SqliteSync()
+        #: write transactions this process committed; with deferred sync, those up to
+        #: ``synced`` are known to be on disk
+        self.committed = 0
+        self.synced = 0
         if engine is not None:
             self.engine = engine
         elif self.url.startswith("sqlite"):
-            self.engine = _sqlite_engine(self.url)
+            self.engine = _sqlite_engine(self.url, self._sync)
         else:
             self.engine = create_engine(self.url, pool_size=10, max_overflow=40,
                                         pool_pre_ping=True)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer: AbstractContextManager[Any] = nullcontext()
+        self._wal_path: str | None = None
         if self.is_sqlite:
             database = self.engine.url.database
-            self._writer = _SqliteWriter(
-                database if database and database != ":memory:" else None)
+            file = database if database and database != ":memory:" else None
+            self._writer = _SqliteWriter(file)
+            self._wal_path = None if file is None else f"{file}-wal"
         self._local = threading.local()
 
     @property
@@ -162,6 +176,7 @@ class Database:
                 if rider is not None:
                     self._run_rider(conn, rider)
                 yield conn
+            self.committed += 1  # under the writer lock
             if rider is not None:
                 self._local.rider = None  # committed with the rest
 
@@ -184,6 +199,37 @@ class Database:
                     pass
         finally:
             self._local.rider = None
+
+    @property
+    def sync_deferred(self) -> bool:
+        return self._sync.mode != "FULL"
+
+    def defer_sync(self) -> bool:
+        """Group commit (an SQLite file; else False, nothing changes): commits stop syncing the
+        WAL one by one; the caller must call :meth:`sync` and see ``synced`` reach a commit's
+        number before it tells anyone about that commit (the server does, for every response:
+        keybound.server.durable). One fsync then covers every commit made before it began:
+        the WAL holds each commit's frames, so once the WAL is on disk, so are they."""
+        if self._wal_path is None:
+            return False
+        self._sync.mode = "NORMAL"
+        self.engine.dispose()  # pooled connections reopen with it
+        return True
+
+    def sync(self) -> None:
+        """fsync the WAL: every commit counted before the call is durable after it."""
+        target = self.committed
+        assert self._wal_path is not None
+        try:
+            fd = os.open(self._wal_path, os.O_RDONLY)
+        except FileNotFoundError:  # no WAL (yet, or checkpointed away): nothing pending
+            pass
+        else:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.synced = max(self.synced, target)
 
     def _run_rider(self, conn: Connection, rider: _Rider) -> None:
         try:

@@ -1,0 +1,82 @@
+"""Group commit for the embedded SQLite database: nothing acknowledged is ever lost, and one
+fsync serves every request that committed while the previous one ran.
+
+With ``PRAGMA synchronous=FULL`` every commit syncs the WAL before it returns: two fsyncs per
+authentication, each about 0.2 ms of CPU and, on the event loop, 0.2-0.3 ms of a blocked
+server (bench/server_path.py measured 1.6 ms of CPU per authentication with it, 1.2 ms
+without). The server instead commits without syncing (``Database.defer_sync``) and holds
+every response until a WAL fsync that started after the response's commits has finished.
+Responses that committed while an fsync ran wait for the next one, which then covers all of
+them; the fsync runs in a worker thread, so the event loop keeps serving meanwhile.
+
+The rule is enforced on the way out, for every response of the app, so it holds for the
+device API on the event loop and for relying-party routes in the thread pool alike: a
+response starts only when ``Database.synced`` has reached the number of commits made before
+it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+from keybound.storage.db import Database
+
+log = logging.getLogger("keybound.server")
+
+
+class GroupCommit:
+    """Pure ASGI middleware: a response starts only after its commits are on disk."""
+
+    def __init__(self, app: Any, *, db: Database) -> None:
+        self.app = app
+        self.db = db
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._syncing: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def durable_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                await self.durable(self.db.committed)
+            await send(message)
+
+        await self.app(scope, receive, durable_send)
+
+    async def durable(self, commits: int) -> None:
+        """Return once the first ``commits`` commits of this process are on disk."""
+        if commits <= self.db.synced:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((commits, waiter))
+        if self._syncing is None:
+            self._syncing = asyncio.create_task(self._sync_rounds())
+        await waiter
+
+    async def _sync_rounds(self) -> None:
+        try:
+            while self._waiters:
+                try:
+                    await asyncio.to_thread(self.db.sync)
+                except OSError as exc:  # the disk refused: nobody may hear of these commits
+                    log.critical("fsync of the database WAL failed: %s", exc)
+                    for _, waiter in self._waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    self._waiters = []
+                    return
+                pending = []
+                for commits, waiter in self._waiters:
+                    if commits <= self.db.synced:
+                        if not waiter.done():
+                            waiter.set_result(None)
+                    else:
+                        pending.append((commits, waiter))
+                self._waiters = pending
+        finally:
+            self._syncing = None

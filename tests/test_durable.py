@@ -1,0 +1,94 @@
+"""keybound.server.durable: group commit. A response is sent only after the WAL fsync that
+covers its commits; nothing is acknowledged before it is on disk."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, text
+
+from keybound.server.http import create_app
+from keybound.server.service import Keybound
+from keybound.storage import tables as t
+from keybound.storage.db import Database
+
+from .helpers import RelyingParty
+
+
+def users(kb: Keybound) -> int:
+    with kb.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(t.users)).scalar_one())
+
+
+def test_a_response_waits_for_the_fsync_that_covers_its_commit(
+        kb: Keybound, http: TestClient, rp: RelyingParty, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert kb.db.sync_deferred  # the server's connections commit without syncing
+    gate = threading.Event()
+    synced_through: list[int] = []
+    real_sync = kb.db.sync
+
+    def slow_sync() -> None:
+        gate.wait(30)
+        real_sync()
+        synced_through.append(kb.db.synced)
+
+    monkeypatch.setattr(kb.db, "sync", slow_sync)
+    before = users(kb)
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(rp.new_user()))
+    caller.start()
+    caller.join(1.0)
+    # committed, but not acknowledged: the caller is still waiting for the fsync
+    assert users(kb) == before + 1
+    assert caller.is_alive() and answers == []
+    gate.set()
+    caller.join(30)
+    assert len(answers) == 1
+    assert synced_through and synced_through[-1] >= kb.db.committed
+
+
+def test_one_fsync_covers_every_commit_made_before_it(kb: Keybound, http: TestClient,
+                                                      rp: RelyingParty,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real_sync = kb.db.sync
+
+    def counting_sync() -> None:
+        calls.append(kb.db.committed)
+        real_sync()
+
+    monkeypatch.setattr(kb.db, "sync", counting_sync)
+    threads = [threading.Thread(target=rp.new_user) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert kb.db.synced >= kb.db.committed
+    assert 1 <= len(calls) <= 20  # never more syncs than responses; usually far fewer
+
+
+def test_responses_that_commit_nothing_do_not_wait(kb: Keybound, http: TestClient,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    kb.db.sync()  # whatever setup committed is on disk
+    monkeypatch.setattr(kb.db, "sync", lambda: pytest.fail("no commit, no fsync"))
+    assert http.get("/healthz").status_code == 200
+
+
+def test_only_the_server_defers_syncing(tmp_path: Any) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
+    db.migrate()
+    with db.read() as conn:
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL: CLI, tools
+    kb = Keybound(db)
+    create_app(kb)
+    with db.read() as conn:
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL + group sync
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE probe (x INTEGER)"))
+    assert db.synced < db.committed
+    db.sync()
+    assert db.synced == db.committed
+    db.dispose()
