@@ -1,28 +1,37 @@
 """keybound load generator: full flows over real HTTP against a real `keybound serve`, with the
-secure channel on, on a fresh embedded SQLite file; plus the crypto floor, the scale runs
-(pre-seeded registrations) and the SDK's footprint for one device.
+secure channel on, on a fresh embedded SQLite file or a fresh PostgreSQL database; plus the
+crypto floor, the scale runs (pre-seeded registrations) and the SDK's footprint for one device.
 
 Usage (from the repository root):
   .venv/bin/python bench/loadgen.py                                  # sweep, all three flows
   .venv/bin/python bench/loadgen.py --flows device --concurrency 1,4,16,64 --seconds 12
   .venv/bin/python bench/loadgen.py --no-sweep --registrations 10000,100000,1000000
   .venv/bin/python bench/loadgen.py --flows device --concurrency 16 --profile 10
+  .venv/bin/python bench/loadgen.py --backend sqlite,postgresql      # each in turn
 
-What runs: a temp dir with a fresh SQLite database; `keybound app create`, `api-key create`
-and `e2e-key create --server-url http://127.0.0.1:PORT` (the pin) through the CLI; then
-`keybound serve --workers N` on 127.0.0.1. The load comes from --client-procs processes,
-each an asyncio loop with concurrency/client-procs virtual clients (one device + one relying
-party each, keep-alive connections). Every level runs --warmup + --seconds and at most
---max-flows flows, then stops by itself; the server is stopped by its PID at the end.
+What runs: a temp dir with a fresh SQLite database (--backend sqlite, the default), or a fresh
+database on a private PostgreSQL server (--backend postgresql: started for the run by the
+tests' own starter, tests/pgserver.py -- initdb in a temp dir, 127.0.0.1 only, fsync off --,
+stopped by its PID at the end, and by a watchdog if the run dies or outlives its deadline);
+`keybound app create`, `api-key create` and `e2e-key create --server-url
+http://127.0.0.1:PORT` (the pin) through the CLI; then `keybound serve --workers N` on
+127.0.0.1. With several backends, each gets its own fresh databases, one after the other.
+The load comes from --client-procs processes, each an asyncio loop with
+concurrency/client-procs virtual clients (one device + one relying party each, keep-alive
+connections). Every level runs --warmup + --seconds and at most --max-flows flows, then stops
+by itself; the server is stopped by its PID at the end.
 
 Flows: device = device-initiated authentication (start + finish, software + hardware key,
 software key rotated every time); backend = RP creates an operation, device polls pending,
 answers (start + finish), RP reads the result; activation = RP creates user + activation code,
 device start + finish (two new keys).
 
-Every number is printed as a Markdown table; --json writes them with the field names of the
-privacyIDEA harness's `sweep --json` (concurrency, flows_per_s, flow_p50_ms, flow_p99_ms,
-steps{name: {p50_ms, p99_ms}}, cpu{server_cpu_ms_per_flow, client_cpu_ms_per_flow, ...}).
+Every number is printed as a Markdown table, the backend named in its heading; --json writes
+them with the field names of the privacyIDEA harness's `sweep --json` (concurrency,
+flows_per_s, flow_p50_ms, flow_p99_ms, steps{name: {p50_ms, p99_ms}},
+cpu{server_cpu_ms_per_flow, client_cpu_ms_per_flow, ...}) plus "backend" in every sweep and
+scale entry. On PostgreSQL, "srv CPU" is keybound serve's processes only and "db CPU" the
+PostgreSQL server's (cpu.db_cpu_ms_per_flow; on SQLite the database work is inside srv CPU).
 """
 
 from __future__ import annotations
@@ -45,10 +54,14 @@ sys.path.insert(0, str(HERE))
 
 from kbbench import floor, seeding  # noqa: E402
 from kbbench.load import FLOW_TITLES, STEPS, run_level  # noqa: E402
+from kbbench.pg import SETTINGS as PG_SETTINGS  # noqa: E402
+from kbbench.pg import BenchPostgres  # noqa: E402
 from kbbench.server import KeyboundServer  # noqa: E402
 from kbbench.stats import f, table  # noqa: E402
 
 RESULTS = HERE / "results"
+BACKENDS = ("sqlite", "postgresql")
+SQLITE_DESCRIPTION = "sqlite (embedded, WAL)"
 
 
 def log(msg: str) -> None:
@@ -62,7 +75,8 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
             "fastapi": version("fastapi"), "sqlalchemy": version("sqlalchemy"),
             "keybound_commit": _git_commit(), "server_workers": args.workers,
             "client_procs": args.client_procs, "seconds": args.seconds, "warmup": args.warmup,
-            "max_flows": args.max_flows, "database": "sqlite (embedded, WAL)",
+            "max_flows": args.max_flows, "backends": args.backends,
+            "database": SQLITE_DESCRIPTION, "databases": {},
             "secure_channel": "on (X25519_SHA256_AES128GCM)"}
 
 
@@ -85,47 +99,61 @@ def print_floor(items: dict[str, float], per_flow: dict[str, float]) -> None:
     print(table(["primitive", "µs/call"] + [f"x {fl}" for fl in STEPS], rows))
 
 
-def print_sweep(results: list[dict[str, Any]]) -> None:
+def _has_db(results: list[dict[str, Any]]) -> bool:
+    """True if the database ran in its own processes (PostgreSQL): db CPU columns shown."""
+    return any(r["cpu"].get("db_cpu_s") is not None for r in results)
+
+
+def print_sweep(results: list[dict[str, Any]], backend: str) -> None:
     for flow in STEPS:
         rs = [r for r in results if r["flow"] == flow]
         if not rs:
             continue
-        print(f"\n### {FLOW_TITLES[flow]}\n")
+        db = _has_db(rs)
+        print(f"\n### {FLOW_TITLES[flow]} -- {backend}\n")
         step_hdr = [f"{s} p50/p99 ms" for s in STEPS[flow]]
         rows = []
         for r in rs:
             c = r["cpu"]
+            cores = [c["server_cores_used"], c["db_cores_used"]] if db else \
+                [c["server_cores_used"]]
+            cores += [c["client_cores_used"], c["other_cores_used"]]
             rows.append([str(r["concurrency"]), f(r["flows_per_s"], 0), f(r["flow_p50_ms"], 1),
                          f(r["flow_p99_ms"], 1)]
                         + [f"{f(r['steps'][s]['p50_ms'], 1)} / {f(r['steps'][s]['p99_ms'], 1)}"
                            for s in STEPS[flow]]
-                        + [f(c["server_cpu_ms_per_flow"], 2),
-                           f(r.get("server_cpu_over_floor"), 1),
+                        + [f(c["server_cpu_ms_per_flow"], 2)]
+                        + ([f(c["db_cpu_ms_per_flow"], 2)] if db else [])
+                        + [f(r.get("server_cpu_over_floor"), 1),
                            f(c["client_cpu_ms_per_flow"], 2),
-                           f"{f(c['server_cores_used'], 2)} / {f(c['client_cores_used'], 2)} / "
-                           f"{f(c['other_cores_used'], 2)}",
+                           " / ".join(f(x, 2) for x in cores),
                            f(r["server_peak_rss_mib_max"], 0),
                            f"{r['flows_ok']}/{r['flows_failed']}"])
         print(table(["conc", "flows/s", "flow p50 ms", "flow p99 ms", *step_hdr,
-                     "srv CPU ms/flow", "÷ floor", "cli CPU ms/flow",
+                     "srv CPU ms/flow", *(["db CPU ms/flow"] if db else []), "÷ floor",
+                     "cli CPU ms/flow", "cores srv/db/cli/other" if db else
                      "cores srv/cli/other", "srv peak RSS MiB", "ok/failed"], rows))
         for r in rs:
             for k, v in sorted(r["failures"].items(), key=lambda kv: -kv[1])[:5]:
                 print(f"\n  c={r['concurrency']} FAIL x{v}: {k}")
 
 
-def print_scale(scale: list[dict[str, Any]]) -> None:
-    print("\n### Scale: device-initiated authentication with registrations already present\n")
+def print_scale(scale: list[dict[str, Any]], backend: str) -> None:
+    print("\n### Scale: device-initiated authentication with registrations already present "
+          f"-- {backend}\n")
+    db = _has_db([s["result"] for s in scale])
     rows = []
     for s in scale:
         r = s["result"]
         rows.append([f"{s['registrations']:,}", s["devices"], f(s["seed_seconds"], 1),
                      f(s["db_mib"], 0), f(r["flows_per_s"], 0), f(r["flow_p99_ms"], 1),
                      f(r["steps"]["auth_finish"]["p99_ms"], 1),
-                     f(r["cpu"]["server_cpu_ms_per_flow"], 2),
-                     f(r["server_peak_rss_mib_max"], 0), f"{r['flows_ok']}/{r['flows_failed']}"])
+                     f(r["cpu"]["server_cpu_ms_per_flow"], 2)]
+                    + ([f(r["cpu"]["db_cpu_ms_per_flow"], 2)] if db else [])
+                    + [f(r["server_peak_rss_mib_max"], 0), f"{r['flows_ok']}/{r['flows_failed']}"])
     print(table(["registrations", "devices", "seeding s (this step)", "DB MiB", "flows/s",
                  "flow p99 ms", "finish p99 ms", "srv CPU ms/flow",
+                 *(["db CPU ms/flow"] if db else []),
                  "srv peak RSS MiB (max process)", "ok/failed"], rows))
     base = {s["devices"]: s["result"]["flows_per_s"] for s in scale
             if s["registrations"] == min(x["registrations"] for x in scale)}
@@ -136,11 +164,25 @@ def print_scale(scale: list[dict[str, Any]]) -> None:
 
 
 # --------------------------------------------------------------------------- runs
-def new_server(args: argparse.Namespace, workdir: Path) -> KeyboundServer:
-    server = KeyboundServer(workdir, workers=args.workers)
+def new_server(args: argparse.Namespace, workdir: Path, backend: str,
+               pg: BenchPostgres | None) -> KeyboundServer:
+    """A server on a fresh database: an SQLite file in ``workdir``, or a new database on the
+    private PostgreSQL server ``pg``."""
+    db_url = pg.fresh_database() if pg is not None else ""
+    server = KeyboundServer(workdir, workers=args.workers, db_url=db_url, backend=backend,
+                            database=pg)
     log(f"[loadgen] setting up {server.db_url} via the keybound CLI")
     server.setup()
     return server
+
+
+def pg_lifetime(args: argparse.Namespace, n_levels: int, sizes: list[int]) -> float:
+    """A generous upper bound on one backend's run (seconds), for the private PostgreSQL's
+    watchdog: twice the planned time plus 15 minutes."""
+    level = args.warmup + args.seconds + 60
+    kinds = len([k for k in args.scale_devices.split(",") if k])
+    plan = n_levels * level + 300 + sum(120 + n / 2000 + kinds * level for n in sizes)
+    return float(2 * plan + 900)
 
 
 def sdk_probe(server: KeyboundServer, n: int) -> dict[str, Any]:
@@ -154,7 +196,8 @@ def sdk_probe(server: KeyboundServer, n: int) -> dict[str, Any]:
 
 
 def print_sdk(sdk: dict[str, Any]) -> None:
-    print("\n### SDK, one device (keybound.client, emulated secure element, secure channel)\n")
+    print("\n### SDK, one device (keybound.client, emulated secure element, secure channel) "
+          f"-- {sdk.get('backend', 'sqlite')}\n")
     if not sdk.get("ok"):
         print(f"SDK probe FAILED: {sdk}")
         return
@@ -238,18 +281,33 @@ def main() -> int:
     ap.add_argument("--scale-devices", default="hot,seeded",
                     help="hot: each virtual client's own activated device; seeded: every "
                     "flow as a random pre-seeded registration")
-    ap.add_argument("--no-sdk", action="store_true", help="skip the SDK probe")
+    ap.add_argument("--backend", default="sqlite",
+                    help="database behind keybound serve: sqlite (a fresh embedded file, the "
+                    "default) or postgresql (a fresh database on a private PostgreSQL server "
+                    "started for the run on 127.0.0.1, fsync off, as in the tests); a comma "
+                    "list, e.g. sqlite,postgresql, runs everything on each in turn, each with "
+                    "its own fresh databases")
+    ap.add_argument("--no-sdk", action="store_true",
+                    help="skip the SDK probe (run on the first backend's sweep server)")
     ap.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
-                    help="py-spy the server for SECONDS during the first level of the sweep "
-                    "(use with one flow and one concurrency)")
+                    help="py-spy the server for SECONDS during the first level of the first "
+                    "backend's sweep (use with one flow and one concurrency)")
     ap.add_argument("--profile-mode", choices=sorted(PROFILE_MODES), default="gil")
     ap.add_argument("--floor-iterations", type=int, default=2000)
     ap.add_argument("--json", help="write all results here (default bench/results/"
                     "keybound-<time>.json)")
-    ap.add_argument("--workdir", help="keep the databases here instead of a temp dir")
+    ap.add_argument("--workdir", help="keep the SQLite databases (and each server's log, "
+                    "master key and seed key pool) here instead of a temp dir; a private "
+                    "PostgreSQL server's data is always removed")
     args = ap.parse_args()
     if args.seconds > 600:
         raise SystemExit("--seconds is capped at 600")
+    args.backends = list(dict.fromkeys(x.strip() for x in args.backend.split(",") if x.strip()))
+    for b in args.backends:
+        if b not in BACKENDS:
+            raise SystemExit(f"unknown backend {b!r} (known: {', '.join(BACKENDS)})")
+    if not args.backends:
+        raise SystemExit("--backend: name at least one of " + ", ".join(BACKENDS))
     flows = [x for x in args.flows.split(",") if x]
     for fl in flows:
         if fl not in STEPS:
@@ -261,9 +319,10 @@ def main() -> int:
     print(f"## keybound load run {m['when']}\n")
     print(f"Python {m['python']} {m['machine']}, {m['cpus']} CPUs, cryptography "
           f"{m['cryptography']}, uvicorn {m['uvicorn']}, commit {m['keybound_commit']}; "
-          f"`keybound serve --workers {args.workers}`, SQLite, secure channel on; "
-          f"{args.client_procs} client processes max; {args.warmup:.0f} s warm-up + "
-          f"{args.seconds:.0f} s per level (cap {args.max_flows} flows).")
+          f"`keybound serve --workers {args.workers}`, "
+          f"{' then '.join(b if b != 'sqlite' else 'SQLite' for b in args.backends)}, "
+          f"secure channel on; {args.client_procs} client processes max; {args.warmup:.0f} s "
+          f"warm-up + {args.seconds:.0f} s per level (cap {args.max_flows} flows).")
 
     log("[loadgen] measuring the crypto floor")
     items = floor.measure(iterations=args.floor_iterations)
@@ -271,44 +330,39 @@ def main() -> int:
     print_floor(items, per_flow)
     out: dict[str, Any] = {"meta": m, "floor": {"items_us": items, "per_flow_us": per_flow},
                            "sweep": [], "scale": [], "sdk": None, "profile": None}
+    sweep = not args.no_sweep and bool(flows) and bool(levels)
 
     tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="kb-load-"))
     try:
-        if not args.no_sweep and flows and levels:
-            server = new_server(args, tmp / "sweep")
-            server.start()
+        for i, backend in enumerate(args.backends):
+            first = i == 0
+            prefix = "" if backend == "sqlite" else f"{backend}-"
+            pg: BenchPostgres | None = None
+            if backend == "postgresql":
+                lifetime = pg_lifetime(args, len(flows) * len(levels) if sweep else 0, sizes)
+                log(f"[loadgen] starting a private PostgreSQL (at most {lifetime:.0f} s)")
+                pg = BenchPostgres(lifetime).start()
             try:
-                if not args.no_sdk:
-                    log("[loadgen] SDK probe (one device, real SDK)")
-                    out["sdk"] = sdk_probe(server, 50)
-                first = True
-                profiling: list[Any] = []
-                for fl in flows:
-                    for c in levels:
-                        if first and args.profile:
-                            profiling = profile_server(server, args.profile, tmp,
-                                                       args.profile_mode)
-                            out["profile"] = {"flow": fl, "concurrency": c}
-                        log(f"[loadgen] {fl} c={c}: {args.warmup:.0f}+{args.seconds:.0f} s")
-                        r = run_level(server, fl, c, seconds=args.seconds, warmup=args.warmup,
-                                      max_flows=args.max_flows, client_procs=args.client_procs,
-                                      floor_us=per_flow[fl])
-                        first = False
-                        log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 "
-                            f"{r['flow_p99_ms']:.1f} ms, srv "
-                            f"{r['cpu']['server_cpu_ms_per_flow']:.2f} ms/flow, "
-                            f"{r['flows_failed']} failed")
-                        out["sweep"].append(r)
+                if pg is not None:
+                    m["databases"][backend] = (
+                        f"postgresql {pg.version} (private server, 127.0.0.1, "
+                        f"{', '.join(s for s in PG_SETTINGS if not s.startswith('listen'))})")
+                    log(f"[loadgen] {m['databases'][backend]}, port {pg.port}")
+                else:
+                    m["databases"][backend] = SQLITE_DESCRIPTION
+                m["database"] = "; ".join(m["databases"].values())
+                if sweep:
+                    run_sweep(args, out, flows, levels, per_flow, tmp / f"{prefix}sweep",
+                              backend, pg, sdk=first and not args.no_sdk,
+                              profile=first and bool(args.profile))
+                if sizes:
+                    scale = run_scale(args, sizes, tmp / f"{prefix}scale", backend, pg)
+                    print_scale(scale, backend)
+                    out["scale"] += scale
             finally:
-                server.stop()
-            print_sweep(out["sweep"])
-            if out["sdk"] is not None:
-                print_sdk(out["sdk"])
-            if profiling:
-                out["profile"].update(print_profile(profiling))
-        if sizes:
-            out["scale"] = run_scale(args, sizes, tmp / "scale")
-            print_scale(out["scale"])
+                if pg is not None:
+                    log("[loadgen] stopping the private PostgreSQL")
+                    pg.stop()
     finally:
         if not args.workdir:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -320,16 +374,58 @@ def main() -> int:
     return 0
 
 
-def run_scale(args: argparse.Namespace, sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
-    """For each size: stop the server, top the database up to N seeded registrations, start
-    a fresh server (so its peak RSS is this size's), run device-initiated authentication with
-    the virtual clients' own devices (hot) and as random seeded registrations (seeded)."""
-    server = new_server(args, workdir)
+def run_sweep(args: argparse.Namespace, out: dict[str, Any], flows: list[str],
+              levels: list[int], per_flow: dict[str, float], workdir: Path, backend: str,
+              pg: BenchPostgres | None, *, sdk: bool, profile: bool) -> None:
+    """Every flow at every concurrency on one fresh server; results appended to ``out``."""
+    server = new_server(args, workdir, backend, pg)
+    server.start()
+    results: list[dict[str, Any]] = []
+    profiling: list[Any] = []
+    try:
+        if sdk:
+            log(f"[loadgen] SDK probe (one device, real SDK) on {backend}")
+            out["sdk"] = {**sdk_probe(server, 50), "backend": backend}
+        first = True
+        for fl in flows:
+            for c in levels:
+                if first and profile:
+                    profiling = profile_server(server, args.profile, workdir, args.profile_mode)
+                    out["profile"] = {"backend": backend, "flow": fl, "concurrency": c}
+                log(f"[loadgen] {backend} {fl} c={c}: {args.warmup:.0f}+{args.seconds:.0f} s")
+                r = run_level(server, fl, c, seconds=args.seconds, warmup=args.warmup,
+                              max_flows=args.max_flows, client_procs=args.client_procs,
+                              floor_us=per_flow[fl])
+                first = False
+                db = r["cpu"]["db_cpu_ms_per_flow"]
+                log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 "
+                    f"{r['flow_p99_ms']:.1f} ms, srv "
+                    f"{r['cpu']['server_cpu_ms_per_flow']:.2f} ms/flow"
+                    + (f", db {db:.2f} ms/flow" if db is not None else "")
+                    + f", {r['flows_failed']} failed")
+                results.append(r)
+    finally:
+        server.stop()
+        out["sweep"] += results
+    print_sweep(results, backend)
+    if sdk and out["sdk"] is not None:
+        print_sdk(out["sdk"])
+    if profiling:
+        out["profile"].update(print_profile(profiling))
+
+
+def run_scale(args: argparse.Namespace, sizes: list[int], workdir: Path, backend: str,
+              pg: BenchPostgres | None) -> list[dict[str, Any]]:
+    """On one fresh database, for each size: stop the server, top the database up to N
+    seeded registrations, start a fresh server (so its peak RSS is this size's), run
+    device-initiated authentication with the virtual clients' own devices (hot) and as
+    random seeded registrations (seeded)."""
+    server = new_server(args, workdir, backend, pg)
     kinds = [k for k in args.scale_devices.split(",") if k]
     out = []
     for n in sorted(sizes):
         log(f"[loadgen] seeding up to {n:,} registrations")
-        s = seeding.seed(server.db_url, server.app, n, log=log)
+        s = seeding.seed(server.db_url, server.app, n, log=log, pool_file=server.pool_file)
         log(f"[loadgen]   +{s['inserted']:,} in {s['seconds']:.1f} s ({s['rows_per_s']:,.0f}/s)")
         for kind in kinds:
             server.start()
@@ -339,17 +435,18 @@ def run_scale(args: argparse.Namespace, sizes: list[int], workdir: Path) -> list
                     want = min(args.max_flows, int(3000 * (args.seconds + args.warmup)))
                     seeded = seeding.sample_seeded(
                         server.db_url, server.app, want,
-                        seeding.load_or_make_pool(server.db_url, 1000))
-                log(f"[loadgen] scale {n:,} {kind} c={args.scale_concurrency}")
+                        seeding.load_or_make_pool(server.db_url, 1000, server.pool_file))
+                log(f"[loadgen] {backend} scale {n:,} {kind} c={args.scale_concurrency}")
                 r = run_level(server, "device", args.scale_concurrency, seconds=args.seconds,
                               warmup=args.warmup, max_flows=args.max_flows,
                               client_procs=args.client_procs, seeded=seeded,
-                              pool_file=str(seeding.pool_path(server.db_url) or ""))
+                              pool_file=str(server.pool_file))
                 log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 {r['flow_p99_ms']:.1f} ms,"
                     f" peak RSS {r['server_peak_rss_mib_max']:.0f} MiB")
             finally:
                 server.stop()
-            out.append({"registrations": n, "devices": kind, "seed_seconds": s["seconds"],
+            out.append({"backend": backend, "registrations": n, "devices": kind,
+                        "seed_seconds": s["seconds"],
                         "seed_rows_per_s": s["rows_per_s"], "db_mib": s["db_bytes"] / 2**20,
                         "result": r})
             s = {**s, "seconds": 0.0}  # seeding time is shown once per size

@@ -4,9 +4,12 @@ P-256 public keys from a reused key pool), fast, straight into the database.
 Usage:
   .venv/bin/python bench/seed.py --database-url sqlite:////tmp/kb/keybound.db \\
         --application bench --registrations 1000000 [--pool 1000] [--batch 50000]
+  .venv/bin/python bench/seed.py --database-url postgresql+psycopg://USER@HOST:PORT/DB \\
+        --registrations 1000000 --pool-file /tmp/kb/seedkeys.json
 
 Incremental: tops the application up to N registrations (creates the application if needed;
-migrates the schema). Prints rows/s, seconds and the database size. Stop the server first
+migrates the schema). SQLite: executemany with synchronous=OFF for the load; PostgreSQL: COPY,
+then VACUUM (ANALYZE). Prints rows/s, seconds and the database size. Stop the server first
 (or not: SQLite WAL lets it run, but the timings then include its contention).
 """
 
@@ -29,9 +32,12 @@ def main() -> int:
     ap.add_argument("--registrations", type=int, required=True, help="total to reach")
     ap.add_argument("--pool", type=int, default=1000, help="P-256 key pairs generated per kind")
     ap.add_argument("--batch", type=int, default=50_000, help="rows per transaction")
+    ap.add_argument("--pool-file", help="keep the key pool's private keys here (default: "
+                    "beside an SQLite database file; not kept for other databases)")
     ap.add_argument("--json", help="write the result here")
     a = ap.parse_args()
-    r = seed(a.database_url, a.application, a.registrations, pool=a.pool, batch=a.batch)
+    r = seed(a.database_url, a.application, a.registrations, pool=a.pool, batch=a.batch,
+             pool_file=a.pool_file)
     print(f"seeded {r['inserted']:,} registrations (+ users) in {r['seconds']:.1f} s "
           f"({r['rows_per_s']:,.0f} registrations/s; key pool {r['key_pool_seconds']:.2f} s); "
           f"now {r['total']:,}; database {r['db_bytes'] / 2**20:.0f} MiB")

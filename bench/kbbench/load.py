@@ -224,10 +224,11 @@ def run_level(server: Any, flow: str, concurrency: int, *, seconds: float, warmu
         times[0], times[1] = t_start, t_end
         go.set()
 
-        def sample() -> tuple[float, float, tuple[float, float], float, float]:
-            return (server.cpu_seconds(), sum(procs.proc_cpu(w.pid) for w in workers),
+        def sample() -> tuple[float, float, tuple[float, float], float, float, float | None]:
+            return (server.cpu_seconds(), sum(procs.proc_cpu(w.pid or 0) for w in workers),
                     procs.machine_cpu(), time.time(),
-                    sum(procs.status_kib(p, "VmRSS") for p in server.pids()) / 1024)
+                    sum(procs.status_kib(p, "VmRSS") for p in server.pids()) / 1024,
+                    server.db_cpu_seconds())
 
         while time.time() < t_meas0:
             time.sleep(0.005)
@@ -239,6 +240,7 @@ def run_level(server: Any, flow: str, concurrency: int, *, seconds: float, warmu
         s1 = sample()
         rss = server.peak_rss_kib()
     finally:
+        times[1] = min(times[1], time.time())  # on an error or Ctrl-C: no new flows
         release.set()
         results: list[tuple[int, list[Any]]] = []
         deadline = time.time() + 60
@@ -273,6 +275,8 @@ def _summarise(flow: str, concurrency: int, nproc: int, server: Any, s0: Any, s1
     n = len(ok)
     srv = s1[0] - s0[0]
     cli = s1[1] - s0[1]
+    # a database server in its own processes (PostgreSQL); None: embedded, inside ``srv``
+    db = None if s0[5] is None or s1[5] is None else s1[5] - s0[5]
     tot = s1[2][0] - s0[2][0]
     busy = tot - (s1[2][1] - s0[2][1])
     ncpu = os.cpu_count() or 1
@@ -280,7 +284,8 @@ def _summarise(flow: str, concurrency: int, nproc: int, server: Any, s0: Any, s1
     requests = {"device": 2, "backend": 5, "activation": 4}[flow]
     workers_rss = {str(p): kib / 1024 for p, kib in rss.items()}
     res: dict[str, Any] = {
-        "implementation": "keybound", "flow": flow, "concurrency": concurrency,
+        "implementation": "keybound", "backend": getattr(server, "backend", "sqlite"),
+        "flow": flow, "concurrency": concurrency,
         "window_s": window, "flows_ok": n, "flows_failed": len(fails),
         "flows_per_s": n / window if window else 0.0,
         "requests_per_s": requests * n / window if window else 0.0,
@@ -292,10 +297,16 @@ def _summarise(flow: str, concurrency: int, nproc: int, server: Any, s0: Any, s1
                 "server_cores_used": srv / window if window else 0.0,
                 "client_cores_used": cli / window if window else 0.0,
                 # CPU of everything else on the machine (other jobs): a noise indicator
-                "other_cores_used": max(0.0, busy / tot * ncpu - (srv + cli) / window)
-                if tot and window else 0.0,
+                "other_cores_used": max(0.0, busy / tot * ncpu - (srv + cli + (db or 0.0))
+                                        / window) if tot and window else 0.0,
                 "server_cpu_ms_per_flow": srv_ms,
-                "client_cpu_ms_per_flow": 1e3 * cli / n if n else float("nan")},
+                "client_cpu_ms_per_flow": 1e3 * cli / n if n else float("nan"),
+                "db_cpu_s": db,
+                "db_cores_used": db / window if db is not None and window else None,
+                "db_cpu_ms_per_flow": (1e3 * db / n if n else float("nan"))
+                if db is not None else None,
+                "server_plus_db_cpu_ms_per_flow": (1e3 * (srv + (db or 0.0)) / n) if n
+                else float("nan")},
         "server_peak_rss_mib": workers_rss,
         "server_peak_rss_mib_max": max(workers_rss.values()) if workers_rss else 0.0,
         # RSS of all server processes together at the window's start and end (growth check)

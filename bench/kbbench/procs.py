@@ -18,6 +18,17 @@ def proc_cpu(pid: int) -> float:
         return 0.0
 
 
+def proc_cpu_and_reaped(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid`` in seconds: its own CPU and that of its
+    children that have exited and been waited for (0.0 if it is gone). Summed over a process
+    tree, this also counts short-lived children that exited, without counting any twice."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (all its threads)."""
     out: list[int] = []

@@ -2,11 +2,14 @@
 into the database in big transactions.
 
 Keys come from a pool (default 1000 software + 1000 hardware key pairs generated once, reused
-round-robin, private keys kept beside the database so the benchmark can sign as any seeded
-registration); every registration gets its own random device id and user id, exactly the
-columns a real activation writes (``keybound.storage.tables.registrations``). On SQLite the
-rows go through the driver's ``executemany`` on one connection with
-``synchronous=OFF`` for the load only; on other databases (PostgreSQL, later) through
+round-robin, private keys kept in a pool file -- beside an SQLite database by default -- so
+the benchmark can sign as any seeded registration); every registration gets its own random
+device id and user id, exactly the columns a real activation writes
+(``keybound.storage.tables.registrations``). On SQLite the rows go through the driver's
+``executemany`` on one connection with ``synchronous=OFF`` for the load only; on PostgreSQL
+through psycopg's ``COPY ... FROM STDIN`` (one COPY per table per batch transaction), then
+``VACUUM (ANALYZE)`` of the two tables, as autovacuum would do shortly after such a load --
+done here so that it does not run during a measurement; on any other database through
 SQLAlchemy Core ``insert`` executemany. Seeding is incremental: it tops the application up to
 ``total`` registrations.
 """
@@ -24,7 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import func, insert, select
+from sqlalchemy import Connection, func, insert, select
 
 from keybound import crypto
 from keybound.storage import tables as t
@@ -38,18 +41,22 @@ REG_COLUMNS = ("id", "application_id", "user_id", "state", "lock_reason", "failu
 USER_COLUMNS = ("id", "application_id", "external_ref", "created_at")
 
 
-def pool_path(db_url: str) -> Path | None:
-    """Where the key pool's private keys are kept (SQLite: beside the database file), so
-    that the benchmark can authenticate as any seeded registration (``--devices seeded``)."""
+def pool_path(db_url: str, pool_file: str | Path | None = None) -> Path | None:
+    """Where the key pool's private keys are kept, so that the benchmark can authenticate as
+    any seeded registration (seeded devices): ``pool_file`` if given, else beside an SQLite
+    database file, else nowhere (None: the pool is generated and forgotten)."""
+    if pool_file:
+        return Path(pool_file)
     if not db_url.startswith("sqlite:///"):
         return None
     return Path(db_url.split("///", 1)[1] + ".seedkeys.json")
 
 
-def load_or_make_pool(db_url: str, n: int) -> tuple[list[Any], list[Any]]:
+def load_or_make_pool(db_url: str, n: int,
+                      pool_file: str | Path | None = None) -> tuple[list[Any], list[Any]]:
     """(software, hardware) private keys of the pool: read from the pool file if it exists,
     else generated and written there (0600)."""
-    path = pool_path(db_url)
+    path = pool_path(db_url, pool_file)
     if path is not None and path.exists():
         data = json.loads(path.read_text())
         return ([_load(h) for h in data["sw"]], [_load(h) for h in data["hw"]])
@@ -85,6 +92,8 @@ def sample_seeded(db_url: str, application_id: str, n: int,
     software pool index, hardware pool index)."""
     sw_idx = {kid: i for i, (_, kid) in enumerate(key_pool(pool[0]))}
     hw_idx = {der: i for i, (der, _) in enumerate(key_pool(pool[1]))}
+    if not db_url.startswith("sqlite"):
+        return _sample_seeded_sql(db_url, application_id, n, sw_idx, hw_idx)
     path = db_url.split("///", 1)[1]
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -114,6 +123,24 @@ def sample_seeded(db_url: str, application_id: str, n: int,
         con.close()
 
 
+def _sample_seeded_sql(db_url: str, application_id: str, n: int, sw_idx: dict[bytes, int],
+                       hw_idx: dict[bytes, int]) -> list[tuple[str, int, int]]:
+    """``sample_seeded`` on a server database: ORDER BY random() (one scan of the table)."""
+    reg = t.registrations
+    db = Database(db_url)
+    try:
+        with db.read() as conn:
+            rows = conn.execute(
+                select(reg.c.id, reg.c.sw_key_id, reg.c.hw_public_key)
+                .where(reg.c.application_id == application_id, reg.c.model == "seeded",
+                       reg.c.state == "ACTIVE", reg.c.last_authenticated_at.is_(None))
+                .order_by(func.random()).limit(n)).all()
+    finally:
+        db.dispose()
+    return [(dev, sw_idx[bytes(kid)], hw_idx[bytes(hw)]) for dev, kid, hw in rows
+            if bytes(kid) in sw_idx and hw is not None and bytes(hw) in hw_idx]
+
+
 def count_registrations(db: Database, application_id: str) -> int:
     with db.read() as conn:
         return int(conn.execute(select(func.count()).select_from(t.registrations).where(
@@ -140,9 +167,11 @@ def _rows(application_id: str, start: int, n: int, sw: list[tuple[bytes, bytes]]
 
 
 def seed(db_url: str, application_id: str, total: int, *, pool: int = 1000,
-         batch: int = 50_000, log: Any = print) -> dict[str, Any]:
+         batch: int = 50_000, log: Any = print,
+         pool_file: str | Path | None = None) -> dict[str, Any]:
     """Top ``application_id`` up to ``total`` registrations (creating the application if it
-    does not exist). Returns counts and timings."""
+    does not exist). ``pool_file``: where the key pool's private keys are kept (default:
+    beside an SQLite database; not kept for other databases). Returns counts and timings."""
     from keybound.server.service import Keybound
 
     kb = Keybound.open(db_url)
@@ -152,50 +181,117 @@ def seed(db_url: str, application_id: str, total: int, *, pool: int = 1000,
     have = count_registrations(db, application_id)
     todo = max(0, total - have)
     t0 = time.perf_counter()
-    keys = load_or_make_pool(db_url, pool)
+    keys = load_or_make_pool(db_url, pool, pool_file)
     sw, hw = key_pool(keys[0]), key_pool(keys[1])
     t_keys = time.perf_counter() - t0
     now_ms = int(time.time() * 1000)
-    user_sql = (f"INSERT INTO users ({', '.join(USER_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(USER_COLUMNS))})")
-    reg_sql = (f"INSERT INTO registrations ({', '.join(REG_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(REG_COLUMNS))})")
     done = 0
+    t_vacuum = 0.0
+    dialect = db.engine.dialect.name
     with db.engine.connect() as conn:
-        if db.is_sqlite:
-            raw = conn.connection.driver_connection  # sqlite3.Connection, autocommit mode
-            raw.execute("PRAGMA synchronous=OFF")  # this connection only, for the bulk load
-            raw.execute("PRAGMA cache_size=-524288")  # 512 MiB page cache for index inserts
-            raw.execute("PRAGMA temp_store=MEMORY")
+        load = (_SqliteLoad(conn) if db.is_sqlite else
+                _CopyLoad(conn) if dialect == "postgresql" else _CoreLoad(conn))
         while done < todo:
             n = min(batch, todo - done)
             users, regs = _rows(application_id, have + done, n, sw, hw, now_ms)
-            if db.is_sqlite:
-                raw.execute("BEGIN IMMEDIATE")
-                raw.executemany(user_sql, users)
-                raw.executemany(reg_sql, regs)
-                raw.execute("COMMIT")
-            else:
-                with conn.begin():
-                    conn.execute(insert(t.users), [dict(zip(USER_COLUMNS, u, strict=True))
-                                                   for u in users])
-                    conn.execute(insert(t.registrations),
-                                 [dict(zip(REG_COLUMNS, r, strict=True)) for r in regs])
+            load.insert(users, regs)
             done += n
             if log and (done % (batch * 4) == 0 or done == todo):
                 el = time.perf_counter() - t0
                 log(f"  seeded {have + done:>9,} registrations ({done / el:,.0f}/s)")
-        if db.is_sqlite and todo:
-            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            raw.execute("PRAGMA synchronous=NORMAL")
-            # no ANALYZE: the server never runs it, so neither does the seeded database
+        if todo:
+            t1 = time.perf_counter()
+            load.finish()
+            t_vacuum = time.perf_counter() - t1
     elapsed = time.perf_counter() - t0
+    size = _db_bytes(db)
     db.dispose()
-    size = 0
-    if db.is_sqlite:
-        path = db.url.split("///", 1)[1]
-        size = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
-    return {"application": application_id, "before": have, "inserted": todo,
-            "total": have + todo, "seconds": elapsed, "key_pool_seconds": t_keys,
+    return {"application": application_id, "backend": dialect, "before": have,
+            "inserted": todo, "total": have + todo, "seconds": elapsed,
+            "key_pool_seconds": t_keys, "finish_seconds": t_vacuum,
             "rows_per_s": todo / elapsed if elapsed and todo else 0.0,
             "db_bytes": size}
+
+
+_Rows = list[tuple[Any, ...]]
+
+
+class _SqliteLoad:
+    """The sqlite3 driver's executemany on one connection, ``synchronous=OFF`` meanwhile."""
+
+    user_sql = (f"INSERT INTO users ({', '.join(USER_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(USER_COLUMNS))})")
+    reg_sql = (f"INSERT INTO registrations ({', '.join(REG_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(REG_COLUMNS))})")
+
+    def __init__(self, conn: Connection) -> None:
+        raw = conn.connection.driver_connection  # sqlite3.Connection, autocommit mode
+        assert raw is not None
+        self.raw: Any = raw
+        self.raw.execute("PRAGMA synchronous=OFF")  # this connection only, for the bulk load
+        self.raw.execute("PRAGMA cache_size=-524288")  # 512 MiB page cache for index inserts
+        self.raw.execute("PRAGMA temp_store=MEMORY")
+
+    def insert(self, users: _Rows, regs: _Rows) -> None:
+        self.raw.execute("BEGIN IMMEDIATE")
+        self.raw.executemany(self.user_sql, users)
+        self.raw.executemany(self.reg_sql, regs)
+        self.raw.execute("COMMIT")
+
+    def finish(self) -> None:
+        self.raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.raw.execute("PRAGMA synchronous=NORMAL")
+        # no ANALYZE: the server never runs it, so neither does the seeded database
+
+
+class _CopyLoad:
+    """PostgreSQL: psycopg's COPY FROM STDIN (text format), one transaction per batch."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        raw = conn.connection.driver_connection  # psycopg.Connection
+        assert raw is not None
+        self.raw: Any = raw
+
+    def insert(self, users: _Rows, regs: _Rows) -> None:
+        with self.conn.begin(), self.raw.cursor() as cur:
+            for table, columns, rows in (("users", USER_COLUMNS, users),
+                                         ("registrations", REG_COLUMNS, regs)):
+                with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+
+    def finish(self) -> None:
+        # VACUUM cannot run in a transaction block: a connection of its own, autocommit
+        with self.conn.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM (ANALYZE) users, registrations")
+
+
+class _CoreLoad:
+    """Any other database: SQLAlchemy Core insert executemany."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def insert(self, users: _Rows, regs: _Rows) -> None:
+        with self.conn.begin():
+            self.conn.execute(insert(t.users), [dict(zip(USER_COLUMNS, u, strict=True))
+                                                for u in users])
+            self.conn.execute(insert(t.registrations),
+                              [dict(zip(REG_COLUMNS, r, strict=True)) for r in regs])
+
+    def finish(self) -> None:
+        pass
+
+
+def _db_bytes(db: Database) -> int:
+    """The database's size on disk (SQLite: file + WAL; PostgreSQL: pg_database_size)."""
+    if db.is_sqlite:
+        path = db.url.split("///", 1)[1]
+        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+    if db.engine.dialect.name == "postgresql":
+        with db.read() as conn:
+            return int(conn.exec_driver_sql(
+                "SELECT pg_database_size(current_database())").scalar_one())
+    return 0

@@ -1,4 +1,5 @@
-"""A real ``keybound serve`` subprocess on a fresh SQLite file, set up through the CLI.
+"""A real ``keybound serve`` subprocess, set up through the CLI, on a fresh embedded SQLite file
+(default) or on a given database URL (a fresh PostgreSQL database: ``kbbench.pg``).
 
 Secure channel ON (no ``--allow-plaintext``): one application, one RP API key, one E2E key
 whose pin names ``http://127.0.0.1:<port>``. Listens on 127.0.0.1 only. Stopped by its own
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from kbbench import procs
 
@@ -31,11 +33,19 @@ def free_port() -> int:
 
 class KeyboundServer:
     def __init__(self, workdir: Path, *, workers: int = 1, port: int | None = None,
-                 app: str = APP) -> None:
+                 app: str = APP, db_url: str = "", backend: str = "sqlite",
+                 database: Any = None) -> None:
+        """``db_url``: the database (default: ``workdir/keybound.db``, SQLite). ``database``:
+        the database server's handle when it runs in its own processes (``pids()`` and
+        ``cpu_seconds()``, e.g. :class:`kbbench.pg.BenchPostgres`), for its CPU time."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.workdir / "keybound.db"
-        self.db_url = f"sqlite:///{self.db_path}"
+        self.db_url = db_url or f"sqlite:///{self.workdir / 'keybound.db'}"
+        self.backend = backend
+        self.database = database
+        # the seed key pool's private keys (``--registrations``, seeded devices)
+        self.pool_file = (self.workdir / "keybound.db.seedkeys.json" if not db_url
+                          else self.workdir / "seedkeys.json")
         self.workers = workers
         self.port = port or free_port()
         self.app = app
@@ -48,6 +58,9 @@ class KeyboundServer:
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("KEYBOUND_ALLOW_PLAINTEXT", "KEYBOUND_DATABASE_URL",
                                  "KEYBOUND_MASTER_KEY_FILE")}
+        # the master key in the work dir (for SQLite it is beside the database anyway; for a
+        # server database it would otherwise be ~/.keybound/master.key)
+        self.env["KEYBOUND_MASTER_KEY_FILE"] = str(self.workdir / "master.key")
 
     # ------------------------------------------------------------------ setup via the CLI
     def cli(self, *args: str) -> str:
@@ -104,6 +117,11 @@ class KeyboundServer:
 
     def cpu_seconds(self) -> float:
         return sum(procs.proc_cpu(p) for p in self.pids())
+
+    def db_cpu_seconds(self) -> float | None:
+        """CPU of the database server's processes; None for embedded SQLite (its work is
+        inside the server processes, in ``cpu_seconds``)."""
+        return None if self.database is None else float(self.database.cpu_seconds())
 
     def peak_rss_kib(self) -> dict[int, int]:
         """VmHWM (peak resident set) of every server process, KiB."""

@@ -1,0 +1,107 @@
+"""Where the server's CPU per authentication goes, without HTTP: the secure channel's handler
+(open + replay mark + domain service + database + seal) called directly, in this process.
+
+Usage:  .venv/bin/python bench/server_path.py [--flows 3000] [--devices 16]
+
+A fresh SQLite file (the embedded default, synchronous=FULL, so every commit is synced), one
+application and E2E key, ``--devices`` lean devices (bench/kbbench/wire.py: the SDK's messages
+and crypto, software key rotated every time, hardware key) activated through the same path.
+Then ``--flows`` device-initiated authentications (start + finish) round-robin over them,
+each request sealed by the device, handled by ``SecureChannel._handle`` exactly as the server
+does after reading the HTTP body, and the answer opened by the device.
+
+Prints CPU per flow (process time, which includes the devices' crypto, measured separately and
+subtracted) next to the crypto floor from bench/kbbench/floor.py: the difference between this
+figure and bench/loadgen.py's server CPU per flow is the HTTP stack (uvicorn, ASGI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kbbench.wire import SEALED, LeanDevice
+
+from keybound.rpapi import CreateUserRequest
+from keybound.server.http import SecureChannel
+from keybound.server.service import Keybound
+
+APP = "bench"
+
+
+class DirectConn:
+    """Stands in for the HTTP connection: the sealed body goes straight to the handler."""
+
+    def __init__(self, handler: SecureChannel) -> None:
+        self.handler = handler
+        self.server_s = 0.0
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+        t = time.process_time()
+        sealed = self.handler._handle(body, method, path)
+        self.server_s += time.process_time() - t
+        if sealed is None:
+            return 400, {}, b"decryption failed"
+        return 200, {b"content-type": SEALED.encode()}, sealed
+
+
+async def run(flows: int, devices: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="kb-path-") as tmp:
+        kb = Keybound.open(f"sqlite:///{tmp}/keybound.db",
+                           master_key_file=Path(tmp) / "master.key")
+        kb.applications.create(APP)
+        key = kb.e2e_keys.create(APP)
+        pin = kb.e2e_keys.pin(key.key_id, server_url="http://127.0.0.1:1")
+        conn = DirectConn(SecureChannel(None, kb=kb))
+        fleet = []
+        for _ in range(devices):
+            device = LeanDevice(conn, pin)  # type: ignore[arg-type]
+            user = kb.operations.create_user(APP, CreateUserRequest())
+            code = kb.operations.create_activation(APP, user.user_id).activation_code
+            await device.activation_finish(await device.activation_start(code))
+            fleet.append(device)
+        conn.server_s = 0.0
+        for device in fleet:
+            device.crypto_s = 0.0
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(flows):
+            device = fleet[i % devices]
+            await device.auth_finish(await device.auth_start())
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        kb.db.dispose()
+    client_s = sum(d.crypto_s for d in fleet)
+    return {"flows": flows, "wall_s": wall, "handler_ms": 1000 * conn.server_s / flows,
+            "client_crypto_ms": 1000 * client_s / flows, "process_ms": 1000 * cpu / flows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flows", type=int, default=3000)
+    ap.add_argument("--devices", type=int, default=16)
+    args = ap.parse_args()
+    from kbbench.floor import measure, per_flow
+
+    floor = per_flow(measure())["device"] / 1000
+    r = asyncio.run(run(args.flows, args.devices))
+    print(f"\n{r['flows']} device-initiated authentications in {r['wall_s']:.1f} s, "
+          "no HTTP, embedded SQLite (synchronous=FULL)\n")
+    print("| per flow | ms | ÷ crypto floor |")
+    print("|---|---:|---:|")
+    print(f"| server handler (open, replay mark, service, database, seal) | "
+          f"{r['handler_ms']:.3f} | {r['handler_ms'] / floor:.1f} |")
+    print(f"| crypto floor (server side, same run) | {floor:.3f} | 1.0 |")
+    print(f"| device crypto (seal, sign, open; not server) | {r['client_crypto_ms']:.3f} | |")
+    print(f"| whole process (CPU) | {r['process_ms']:.3f} | |")
+
+
+if __name__ == "__main__":
+    main()
