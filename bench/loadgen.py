@@ -11,7 +11,7 @@ Usage (from the repository root):
 
 What runs: a temp dir with a fresh SQLite database (--backend sqlite, the default), or a fresh
 database on a private PostgreSQL server (--backend postgresql: started for the run by the
-tests' own starter, tests/pgserver.py -- initdb in a temp dir, 127.0.0.1 only, fsync off --,
+tests' own starter, tests/pgserver.py -- initdb in a temp dir, 127.0.0.1 only, durable --,
 stopped by its PID at the end, and by a watchdog if the run dies or outlives its deadline);
 `keybound app create`, `api-key create` and `e2e-key create --server-url
 http://127.0.0.1:PORT` (the pin) through the CLI; then `keybound serve --workers N` on
@@ -284,7 +284,7 @@ def main() -> int:
     ap.add_argument("--backend", default="sqlite",
                     help="database behind keybound serve: sqlite (a fresh embedded file, the "
                     "default) or postgresql (a fresh database on a private PostgreSQL server "
-                    "started for the run on 127.0.0.1, fsync off, as in the tests); a comma "
+                    "started for the run on 127.0.0.1, fsync and synchronous commit on); a comma "
                     "list, e.g. sqlite,postgresql, runs everything on each in turn, each with "
                     "its own fresh databases")
     ap.add_argument("--no-sdk", action="store_true",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from cryptography.hazmat.primitives import serialization
 
 from kbbench import procs
@@ -122,7 +123,9 @@ def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, in
                  release: Any) -> None:
     """One client process: ``n_clients`` virtual clients on one asyncio loop."""
     pin = ChannelPin.from_string(target.pin)
-    loop = asyncio.new_event_loop()
+    # uvloop (installed with uvicorn[standard], which the server uses too): the generator
+    # shares the server's cores, so its own overhead is kept as low as the server's
+    loop = uvloop.new_event_loop()
     vcs = [VirtualClient(target, pin) for _ in range(n_clients)]
     recs: list[tuple[Any, ...]] = []
 

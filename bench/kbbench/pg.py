@@ -3,7 +3,8 @@
 The server itself is started by the tests' own starter, ``tests/pgserver.py`` (imported, not
 copied): ``initdb`` into a temporary directory (as the ``postgres`` user when run as root),
 ``postgres`` listening on a free 127.0.0.1 port (and a Unix socket in that directory) with
-``fsync=off``, ``synchronous_commit=off``, ``full_page_writes=off``, ``max_connections=200``,
+PostgreSQL's durable defaults (``start_postgres(durable=True)``: fsync and synchronous commit
+on, unlike the tests) and ``max_connections=200``,
 one migrated template database, each :meth:`BenchPostgres.fresh_database` a new copy of it.
 
 What a benchmark needs on top, here:
@@ -46,8 +47,8 @@ from tests.pgserver import (  # noqa: E402
 __all__ = ["BenchPostgres", "PostgresUnavailable"]
 
 #: The settings tests/pgserver.py starts the server with (for the results' metadata).
-SETTINGS = ("listen_addresses=127.0.0.1", "fsync=off", "synchronous_commit=off",
-            "full_page_writes=off", "max_connections=200")
+SETTINGS = ("listen_addresses=127.0.0.1", "fsync=on", "synchronous_commit=on",
+            "max_connections=200")
 
 # The watchdog: argv = parent pid, started pid, postmaster pid, deadline (epoch seconds),
 # data directory (removed once the server is gone). It never signals a PID whose command
@@ -99,7 +100,7 @@ class BenchPostgres:
 
     def start(self) -> BenchPostgres:
         try:
-            self.server = start_postgres(self.directory)
+            self.server = start_postgres(self.directory, durable=True)
         except BaseException:
             self._stop_strays()
             # an interrupted initdb may outlive its killed runuser for a moment: retry
