@@ -121,6 +121,10 @@ class _SqliteWriter:
             self._lock.release()
 
 
+#: open SQLite connections kept between transactions, per kind (read, write)
+_IDLE_MAX = 4
+
+
 @dataclass(frozen=True)
 class _Rider:
     statement: Prepared
@@ -143,7 +147,8 @@ class Database:
         elif self.url.startswith("sqlite"):
             self.engine = _sqlite_engine(self.url, self._sync)
         else:
-            self.engine = create_engine(self.url, pool_size=10, max_overflow=40,
+            # 20 kept open: a connection per concurrent request up to there, none reopened
+            self.engine = create_engine(self.url, pool_size=20, max_overflow=30,
                                         pool_pre_ping=True)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer: AbstractContextManager[Any] = nullcontext()
@@ -154,6 +159,7 @@ class Database:
             self._writer = _SqliteWriter(file)
             self._wal_path = None if file is None else f"{file}-wal"
         self._local = threading.local()
+        self._idle: dict[bool, list[Connection]] = {False: [], True: []}  # by write
 
     @property
     def display_url(self) -> str:
@@ -162,15 +168,14 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with self._connection(write=False) as conn, conn.begin():
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         # SQLite has one writer at a time: writers queue on _SqliteWriter, never on SQLite's
         # busy handler.
-        with self._writer, self.engine.connect() as conn:
-            conn = conn.execution_options(keybound_write=True)
+        with self._writer, self._connection(write=True) as conn:
             with conn.begin():
                 rider: _Rider | None = getattr(self._local, "rider", None)
                 if rider is not None:
@@ -179,6 +184,34 @@ class Database:
             self.committed += 1  # under the writer lock
             if rider is not None:
                 self._local.rider = None  # committed with the rest
+
+    @contextmanager
+    def _connection(self, *, write: bool) -> Iterator[Connection]:
+        """A connection for one transaction. On SQLite, connections are kept open between
+        transactions (up to _IDLE_MAX of each kind): taking one from the engine's pool and
+        giving it back cost three times the transaction itself (BEGIN + COMMIT). A connection
+        whose transaction raised is closed, not kept."""
+        idle = self._idle[write]
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = self.engine.connect()
+            if write:
+                conn = conn.execution_options(keybound_write=True)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        if self.is_sqlite and len(idle) < _IDLE_MAX:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def _close_idle(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
 
     @contextmanager
     def riding(self, statement: Prepared, params: Mapping[str, Any], *,
@@ -213,6 +246,7 @@ class Database:
         if self._wal_path is None:
             return False
         self._sync.mode = "NORMAL"
+        self._close_idle()
         self.engine.dispose()  # pooled connections reopen with it
         return True
 
@@ -245,6 +279,7 @@ class Database:
         upgrade(self.engine)
 
     def dispose(self) -> None:
+        self._close_idle()
         self.engine.dispose()
 
 
