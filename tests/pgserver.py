@@ -71,7 +71,12 @@ class PostgresServer:
                 self.process.wait(5)
 
 
-def start_postgres(directory: Path) -> PostgresServer:
+#: Tests trade durability for speed; a benchmark keeps PostgreSQL's defaults (every commit
+#: flushed, like the embedded SQLite default), so the two backends are compared fairly.
+FAST_UNSAFE = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+def start_postgres(directory: Path, *, durable: bool = False) -> PostgresServer:
     bindir = _bindir()
     data = directory / "data"
     data.mkdir(parents=True)
@@ -87,8 +92,8 @@ def start_postgres(directory: Path) -> PostgresServer:
     process = subprocess.Popen(
         _as_postgres([str(bindir / "postgres"), "-D", str(data), "-k", str(directory),
                       "-c", "listen_addresses=127.0.0.1", "-p", str(port),
-                      "-c", "fsync=off", "-c", "synchronous_commit=off",
-                      "-c", "full_page_writes=off", "-c", "max_connections=200"]),
+                      *(() if durable else (arg for v in FAST_UNSAFE for arg in ("-c", v))),
+                      "-c", "max_connections=200"]),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = PostgresServer(directory=directory, port=port, process=process)
     deadline = time.monotonic() + 30

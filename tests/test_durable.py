@@ -92,3 +92,24 @@ def test_only_the_server_defers_syncing(tmp_path: Any) -> None:
     db.sync()
     assert db.synced == db.committed
     db.dispose()
+
+
+def test_the_wal_is_checkpointed_in_the_background_not_by_a_commit(
+        kb: Keybound, http: TestClient, rp: RelyingParty,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from keybound.server import durable
+
+    with kb.db.read() as conn:  # no commit copies the WAL into the database by itself
+        assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 0
+    done = threading.Event()
+    real_checkpoint = kb.db.checkpoint
+
+    def checkpoint() -> None:
+        real_checkpoint()
+        done.set()
+
+    monkeypatch.setattr(kb.db, "checkpoint", checkpoint)
+    monkeypatch.setattr(durable, "CHECKPOINT_COMMITS", 5)
+    for _ in range(6):
+        rp.new_user()
+    assert done.wait(30)

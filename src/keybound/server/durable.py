@@ -9,6 +9,10 @@ every response until a WAL fsync that started after the response's commits has f
 Responses that committed while an fsync ran wait for the next one, which then covers all of
 them; the fsync runs in a worker thread, so the event loop keeps serving meanwhile.
 
+Commits made this way don't checkpoint the WAL themselves either (``Database.defer_sync``):
+after every ``CHECKPOINT_COMMITS`` commits, a checkpoint runs in a worker thread, never on a
+request's path.
+
 The rule is enforced on the way out, for every response of the app, so it holds for the
 device API on the event loop and for relying-party routes in the thread pool alike: a
 response starts only when ``Database.synced`` has reached the number of commits made before
@@ -26,6 +30,10 @@ from keybound.storage.db import Database
 
 log = logging.getLogger("keybound.server")
 
+#: commits between background checkpoints: an authentication's commit changes a handful of
+#: pages, so this keeps the WAL near SQLite's own default of 1000 pages
+CHECKPOINT_COMMITS = 200
+
 
 class GroupCommit:
     """Pure ASGI middleware: a response starts only after its commits are on disk."""
@@ -35,6 +43,8 @@ class GroupCommit:
         self.db = db
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._syncing: asyncio.Task[None] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._checkpointed_at = 0  # db.committed when the last checkpoint started
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -78,5 +88,17 @@ class GroupCommit:
                     else:
                         pending.append((commits, waiter))
                 self._waiters = pending
+                if (self._checkpointing is None
+                        and self.db.synced - self._checkpointed_at >= CHECKPOINT_COMMITS):
+                    self._checkpointed_at = self.db.synced
+                    self._checkpointing = asyncio.create_task(self._checkpoint())
         finally:
             self._syncing = None
+
+    async def _checkpoint(self) -> None:
+        try:
+            await asyncio.to_thread(self.db.checkpoint)
+        except Exception:  # retried after the next sync round that finds the WAL large
+            log.exception("WAL checkpoint failed")
+        finally:
+            self._checkpointing = None
