@@ -431,7 +431,7 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
     _rp_routes(app, kb)
 
     @app.get("/healthz", tags=["meta"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     _document_problems(app)
@@ -485,9 +485,29 @@ def _document_problems(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _on_loop_if_embedded(kb: Keybound) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run a route's (blocking) handler on the event loop when the database is the embedded
+    SQLite, as the secure channel does (SecureChannel.inline): its work is in-process calls,
+    and FastAPI's thread-pool hand-off for a ``def`` route cost more than all of it. With a
+    networked database the handler stays a ``def``, run in the thread pool."""
+
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+        if not kb.db.is_sqlite:
+            return handler
+
+        @functools.wraps(handler)  # FastAPI reads the signature through __wrapped__
+        async def on_loop(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, **kwargs)
+
+        return on_loop
+
+    return decorate
+
+
 def _device_routes(app: FastAPI, kb: Keybound) -> None:
+    on_loop = _on_loop_if_embedded(kb)
     for path, route in DEVICE_ROUTES.items():
-        app.add_api_route(path, _device_endpoint(kb, route), methods=["POST"],
+        app.add_api_route(path, on_loop(_device_endpoint(kb, route)), methods=["POST"],
                           response_model=route.response, response_model_exclude_none=True,
                           tags=["device"],
                           name=path.removeprefix("/device/v1/").replace("/", "_"))
@@ -504,15 +524,19 @@ def _device_endpoint(kb: Keybound, route: DeviceRoute) -> Callable[..., Message]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _application(
+async def _application(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The application id the bearer API key belongs to."""
+    """The application id the bearer API key belongs to (on the event loop with the embedded
+    SQLite database, else in a worker thread: see _on_loop_if_embedded)."""
     if credentials is None:
         raise Unauthorized("an API key is required (Authorization: Bearer kb_...)")
     kb: Keybound = request.app.state.kb
-    return kb.applications.authenticate(credentials.credentials)
+    if kb.db.is_sqlite:
+        return kb.applications.authenticate(credentials.credentials)
+    return await anyio.to_thread.run_sync(kb.applications.authenticate,
+                                          credentials.credentials)
 
 
 App = Annotated[str, Depends(_application)]
@@ -521,47 +545,59 @@ App = Annotated[str, Depends(_application)]
 def _rp_routes(app: FastAPI, kb: Keybound) -> None:
     tags: list[str | Any] = ["relying party"]
     ok: dict[str, Any] = {"response_model_exclude_none": True, "tags": tags}
+    on_loop = _on_loop_if_embedded(kb)
 
     @app.post("/rp/v1/users", status_code=201, **ok)
+    @on_loop
     def create_user(app_id: App, body: CreateUserRequest) -> User:
         return kb.operations.create_user(app_id, body)
 
     @app.get("/rp/v1/users/{user_id}", **ok)
+    @on_loop
     def get_user(app_id: App, user_id: str) -> User:
         return kb.operations.get_user(app_id, user_id)
 
     @app.post("/rp/v1/users/{user_id}/activation-codes", status_code=201, **ok)
+    @on_loop
     def create_activation_code(app_id: App, user_id: str) -> ActivationCodeResponse:
         return kb.operations.create_activation(app_id, user_id)
 
     @app.get("/rp/v1/users/{user_id}/devices", **ok)
+    @on_loop
     def list_devices(app_id: App, user_id: str) -> DeviceList:
         return kb.registrations.list_for_user(app_id, user_id)
 
     @app.get("/rp/v1/devices/{device_id}", **ok)
+    @on_loop
     def get_device(app_id: App, device_id: str) -> Device:
         return kb.registrations.get(app_id, device_id)
 
     @app.post("/rp/v1/devices/{device_id}/reactivation", status_code=201, **ok)
+    @on_loop
     def create_reactivation(app_id: App, device_id: str) -> ActivationCodeResponse:
         return kb.operations.create_reactivation(app_id, device_id)
 
     @app.post("/rp/v1/devices/{device_id}/operations", status_code=201, **ok)
+    @on_loop
     def create_operation(app_id: App, device_id: str, body: CreateOperationRequest) -> Operation:
         return kb.operations.create_authentication(app_id, device_id, body)
 
     @app.post("/rp/v1/devices/{device_id}/lock", **ok)
+    @on_loop
     def lock(app_id: App, device_id: str) -> Device:
         return kb.registrations.lock(app_id, device_id)
 
     @app.post("/rp/v1/devices/{device_id}/unlock", **ok)
+    @on_loop
     def unlock(app_id: App, device_id: str) -> Device:
         return kb.registrations.unlock(app_id, device_id)
 
     @app.post("/rp/v1/devices/{device_id}/deactivate", **ok)
+    @on_loop
     def deactivate_device(app_id: App, device_id: str) -> Device:
         return kb.registrations.deactivate(app_id, device_id)
 
     @app.get("/rp/v1/operations/{operation_id}", **ok)
+    @on_loop
     def get_operation(app_id: App, operation_id: str) -> Operation:
         return kb.operations.get(app_id, operation_id)
