@@ -4,6 +4,7 @@ covers its commits; nothing is acknowledged before it is on disk."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -40,9 +41,12 @@ def test_a_response_waits_for_the_fsync_that_covers_its_commit(
     answers: list[Any] = []
     caller = threading.Thread(target=lambda: answers.append(rp.new_user()))
     caller.start()
-    caller.join(1.0)
+    deadline = time.monotonic() + 30
+    while users(kb) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
     # committed, but not acknowledged: the caller is still waiting for the fsync
     assert users(kb) == before + 1
+    caller.join(0.5)
     assert caller.is_alive() and answers == []
     gate.set()
     caller.join(30)

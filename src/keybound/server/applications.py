@@ -42,6 +42,9 @@ class NewApiKey:
     token: str  # shown once, never stored
 
 
+_SELECT_API_KEY = Prepared(select(
+    t.api_keys.c.application_id, t.api_keys.c.secret_hash, t.api_keys.c.revoked_at).where(
+    t.api_keys.c.id == bindparam("id")))
 _SELECT_CONFIG = Prepared(select(t.applications.c.config).where(
     t.applications.c.id == bindparam("application_id")))
 
@@ -174,10 +177,7 @@ class Applications:
             raise Unauthorized("missing or malformed API key")
         key_id, secret = match.groups()
         with self.db.read() as conn:
-            row = conn.execute(
-                select(t.api_keys.c.application_id, t.api_keys.c.secret_hash,
-                       t.api_keys.c.revoked_at).where(t.api_keys.c.id == key_id)
-            ).first()
+            row = _SELECT_API_KEY.first(conn, {"id": key_id})
         digest = hashlib.sha256(secret.encode()).digest()
         stored = row.secret_hash if row is not None else bytes(32)
         if not constant_time_equal(digest, stored) or row is None or row.revoked_at is not None:

@@ -64,6 +64,27 @@ _SELECT_SUPERSEDED = Prepared(select(S.c.public_key).where(
     S.c.registration_id == bindparam("registration_id"), S.c.key_id == bindparam("key_id")))
 _INSERT_OPERATION = Prepared(insert(OPS))
 _INSERT_SUPERSEDED = Prepared(insert(S))
+#: backend-initiated: the device's pending list, its start, and a challenge refresh (§3.1.3)
+_SELECT_PENDING = Prepared(select(
+    OPS.c.id, OPS.c.expires_at, OPS.c.pre_context, OPS.c.required_auth_method).where(
+    OPS.c.device_id == bindparam("device_id"),
+    OPS.c.application_id == bindparam("application_id"),
+    OPS.c.state == OperationState.PENDING.value, OPS.c.initiator == Initiator.BACKEND.value,
+    OPS.c.type == OperationType.AUTHENTICATION.value,
+    OPS.c.expires_at > bindparam("now")).order_by(OPS.c.created_at))
+_SELECT_BACKEND_PENDING = Prepared(select(
+    OPS.c.config, OPS.c.expires_at, OPS.c.challenge, OPS.c.challenge_expires_at,
+    OPS.c.pre_context, OPS.c.required_auth_method).where(
+    OPS.c.id == bindparam("id"), OPS.c.device_id == bindparam("device_id"),
+    OPS.c.application_id == bindparam("application_id"),
+    OPS.c.type == OperationType.AUTHENTICATION.value,
+    OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > bindparam("now")))
+_REFRESH_CHALLENGE = Prepared(
+    update(OPS).where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
+                      OPS.c.challenge.is_not_distinct_from(bindparam("current")))
+    .values(challenge=bindparam("fresh"), challenge_expires_at=bindparam("fresh_expires")))
+_SELECT_CHALLENGE = Prepared(select(OPS.c.challenge, OPS.c.challenge_expires_at).where(
+    OPS.c.id == bindparam("id")))
 #: §4.5: rotate only if the signer is still the current key of an active registration
 _ROTATE = Prepared(
     update(R)
@@ -135,13 +156,9 @@ class Authentication:
     def _start_backend_initiated(self, request: AuthenticationStartRequest, op_id: str,
                                  now: int) -> AuthenticationStartResponse:
         with self.db.write() as conn:
-            row = conn.execute(select(
-                OPS.c.config, OPS.c.expires_at, OPS.c.challenge, OPS.c.challenge_expires_at,
-                OPS.c.pre_context, OPS.c.required_auth_method).where(
-                OPS.c.id == op_id, OPS.c.device_id == request.device_id,
-                OPS.c.application_id == request.application_id,
-                OPS.c.type == OperationType.AUTHENTICATION.value,
-                OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > now)).first()
+            row = _SELECT_BACKEND_PENDING.first(conn, {
+                "id": op_id, "device_id": request.device_id,
+                "application_id": request.application_id, "now": now})
             if row is None:
                 config = load_config(conn, request.application_id) or AppConfig()
                 return self._decoy(config, now, operation_id=op_id)
@@ -153,17 +170,13 @@ class Authentication:
                 fresh = new_challenge()
                 fresh_expires = min(now + config.challenge_lifetime_seconds * 1000,
                                     row.expires_at)
-                replaced = conn.execute(
-                    update(OPS).where(OPS.c.id == op_id,
-                                      OPS.c.state == OperationState.PENDING.value,
-                                      OPS.c.challenge.is_not_distinct_from(challenge))
-                    .values(challenge=fresh, challenge_expires_at=fresh_expires)).rowcount
+                replaced = _REFRESH_CHALLENGE.rowcount(conn, {
+                    "op_id": op_id, "current": challenge, "fresh": fresh,
+                    "fresh_expires": fresh_expires})
                 if replaced == 1:
                     challenge, expires = fresh, fresh_expires
                 else:  # a concurrent start issued one first: answer with that one
-                    current = conn.execute(select(
-                        OPS.c.challenge, OPS.c.challenge_expires_at).where(
-                        OPS.c.id == op_id)).one()
+                    current = _SELECT_CHALLENGE.one(conn, {"id": op_id})
                     challenge, expires = current.challenge, current.challenge_expires_at
         methods = list(config.allowed_auth_methods)
         if row.required_auth_method:
@@ -186,14 +199,9 @@ class Authentication:
     def pending(self, request: PendingOperationsRequest) -> PendingOperationsResponse:
         now = now_ms(self.clock)
         with self.db.read() as conn:
-            rows = conn.execute(select(OPS.c.id, OPS.c.expires_at, OPS.c.pre_context,
-                                       OPS.c.required_auth_method).where(
-                OPS.c.device_id == request.device_id,
-                OPS.c.application_id == request.application_id,
-                OPS.c.state == OperationState.PENDING.value,
-                OPS.c.initiator == Initiator.BACKEND.value,
-                OPS.c.type == OperationType.AUTHENTICATION.value,
-                OPS.c.expires_at > now).order_by(OPS.c.created_at)).all()
+            rows = _SELECT_PENDING.all(conn, {"device_id": request.device_id,
+                                              "application_id": request.application_id,
+                                              "now": now})
         return PendingOperationsResponse(operations=[
             PendingOperation(
                 operation_id=r.id, expires_at=ms_to_dt(r.expires_at),

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keybound.errors import ErrorCode, InvalidState, KeyboundError, MalformedRequest, NotFound
@@ -42,6 +42,7 @@ from keybound.server.common import (
 )
 from keybound.storage import tables as t
 from keybound.storage.db import Clock, Database, now_ms
+from keybound.storage.prepared import Prepared, Record
 
 _CODE_ATTEMPTS = 20
 
@@ -59,7 +60,7 @@ def effective_state(row: Row[Any], now: int) -> OperationState:
     return state
 
 
-def operation_view(row: Row[Any], now: int) -> Operation:
+def operation_view(row: Record, now: int) -> Operation:
     config = AppConfig.from_stored(row.config)
     stored = json.loads(row.result) if row.result else {}
     risk = stored.get("risk", {})
@@ -84,6 +85,16 @@ def operation_view(row: Row[Any], now: int) -> Operation:
         result=result,
         risk_data={k: v for k, v in risk.items() if k in enabled},
     )
+
+
+#: backend-initiated authentication: the relying party's statements on every flow
+_SELECT_DEVICE = Prepared(select(t.registrations.c.user_id, t.registrations.c.state).where(
+    t.registrations.c.id == bindparam("device_id"),
+    t.registrations.c.application_id == bindparam("application_id")))
+_INSERT_OPERATION = Prepared(insert(t.operations))
+_SELECT_OPERATION = Prepared(select(t.operations).where(
+    t.operations.c.id == bindparam("id"),
+    t.operations.c.application_id == bindparam("application_id")))
 
 
 class Operations:
@@ -199,9 +210,8 @@ class Operations:
         op_id = new_id()
         with self.db.write() as conn:
             config = self._config(conn, application_id)
-            reg = conn.execute(select(t.registrations.c.user_id, t.registrations.c.state).where(
-                t.registrations.c.id == device_id,
-                t.registrations.c.application_id == application_id)).first()
+            reg = _SELECT_DEVICE.first(conn, {"device_id": device_id,
+                                              "application_id": application_id})
             if reg is None:
                 raise NotFound("no such device")
             if reg.state != DeviceState.ACTIVE:
@@ -209,26 +219,26 @@ class Operations:
             method = request.required_auth_method
             if method is not None and method not in config.allowed_auth_methods:
                 raise MalformedRequest(f"auth method {method} is not allowed for this application")
-            conn.execute(insert(t.operations).values(
-                id=op_id, application_id=application_id, type=OperationType.AUTHENTICATION.value,
-                initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
-                user_id=reg.user_id, device_id=device_id,
-                expires_at=now + config.operation_lifetime_seconds * 1000,
-                pre_context=dump_context(pre),
-                post_context=dump_context(request.post_operation_context),
-                required_auth_method=method.value if method else None,
-                config=json.dumps(config.to_json()), created_at=now))
+            _INSERT_OPERATION.rowcount(conn, {
+                "id": op_id, "application_id": application_id,
+                "type": OperationType.AUTHENTICATION.value,
+                "initiator": Initiator.BACKEND.value, "state": OperationState.PENDING.value,
+                "user_id": reg.user_id, "device_id": device_id,
+                "expires_at": now + config.operation_lifetime_seconds * 1000,
+                "pre_context": dump_context(pre),
+                "post_context": dump_context(request.post_operation_context),
+                "required_auth_method": method.value if method else None,
+                "config": json.dumps(config.to_json()), "created_at": now})
             audit.record(conn, at=now, actor=audit.Actor.RELYING_PARTY,
                          event="authentication.create", outcome=audit.Outcome.SUCCESS,
                          application_id=application_id, device_id=device_id, operation_id=op_id)
-            row = conn.execute(select(t.operations).where(t.operations.c.id == op_id)).one()
+            row = _SELECT_OPERATION.one(conn, {"id": op_id, "application_id": application_id})
         return operation_view(row, now)
 
     def get(self, application_id: str, operation_id: str) -> Operation:
         with self.db.read() as conn:
-            row = conn.execute(select(t.operations).where(
-                t.operations.c.id == operation_id,
-                t.operations.c.application_id == application_id)).first()
+            row = _SELECT_OPERATION.first(conn, {"id": operation_id,
+                                                 "application_id": application_id})
         if row is None:
             raise NotFound("no such operation")
         return operation_view(row, now_ms(self.clock))

@@ -65,6 +65,18 @@ class Prepared:
         found = self._execute(conn, params).fetchone()
         return None if found is None else self._row._make(found)
 
+    def one(self, conn: Connection, params: Mapping[str, Any]) -> Record:
+        """The first row; LookupError when there is none."""
+        found = self.first(conn, params)
+        if found is None:
+            raise LookupError("no row")
+        return found
+
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Record]:
+        """Every row."""
+        make = self._row._make
+        return [make(found) for found in self._execute(conn, params).fetchall()]
+
     def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first column of the first row, or None."""
         found = self._execute(conn, params).fetchone()
