@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 
 from keybound.crypto import key_id, parse_public_key, verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature
@@ -28,7 +28,7 @@ from keybound.protocol import (
 )
 from keybound.server import audit
 from keybound.server.appconfig import AppConfig
-from keybound.server.ceremony import consume, prove_possession, require_pending
+from keybound.server.ceremony import SELECT_OPERATION, consume, prove_possession, require_pending
 from keybound.server.common import ms_to_dt, new_challenge
 from keybound.server.operations import activation_code_hash
 from keybound.server.pinkeys import PinKeys
@@ -36,6 +36,7 @@ from keybound.server.risk import risk_data
 from keybound.server.strategy import decide
 from keybound.storage import tables as t
 from keybound.storage.db import Clock, Database, now_ms
+from keybound.storage.prepared import Prepared
 
 OPS = t.operations
 R = t.registrations
@@ -47,6 +48,20 @@ HW_FAILURE_CODE = {
     HwKeyServerResult.MISSING: ErrorCode.HARDWARE_KEY_REQUIRED,
     HwKeyServerResult.NO_KEY_REGISTERED: ErrorCode.HARDWARE_KEY_REQUIRED,
 }
+
+
+#: §3.1.1: the code is found, then consumed by one conditional statement
+_SELECT_CODE = Prepared(select(OPS.c.id, OPS.c.config, OPS.c.expires_at).where(
+    OPS.c.application_id == bindparam("application_id"), OPS.c.code_hash == bindparam("code"),
+    OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > bindparam("now")))
+_CONSUME_CODE = Prepared(
+    update(OPS)
+    .where(OPS.c.id == bindparam("op_id"), OPS.c.code_hash == bindparam("code"),
+           OPS.c.state == OperationState.PENDING.value)
+    .values(code_hash=None, challenge=bindparam("challenge_"),
+            challenge_expires_at=bindparam("expires"))
+    .returning(OPS.c.device_id))
+_INSERT_REGISTRATION = Prepared(insert(R))  # every column given (no Python-side defaults)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,14 +93,8 @@ class Activation:
         challenge = new_challenge()
         code_hash = activation_code_hash(request.application_id, request.activation_code)
         with self.db.write() as conn:
-            row = conn.execute(
-                select(OPS.c.id, OPS.c.config, OPS.c.expires_at).where(
-                    OPS.c.application_id == request.application_id,
-                    OPS.c.code_hash == code_hash,
-                    OPS.c.state == OperationState.PENDING.value,
-                    OPS.c.expires_at > now,
-                )
-            ).first()
+            row = _SELECT_CODE.first(conn, {"application_id": request.application_id,
+                                            "code": code_hash, "now": now})
             if row is None:
                 raise CeremonyError("unknown or expired activation code",
                                     code=ErrorCode.ACTIVATION_CODE_INVALID)
@@ -93,14 +102,9 @@ class Activation:
             challenge_expires = min(now + config.challenge_lifetime_seconds * 1000,
                                     row.expires_at)
             # the code is consumed by this one conditional statement
-            consumed = conn.execute(
-                update(OPS)
-                .where(OPS.c.id == row.id, OPS.c.code_hash == code_hash,
-                       OPS.c.state == OperationState.PENDING.value)
-                .values(code_hash=None, challenge=challenge,
-                        challenge_expires_at=challenge_expires)
-                .returning(OPS.c.device_id)
-            ).first()
+            consumed = _CONSUME_CODE.first(conn, {
+                "op_id": row.id, "code": code_hash, "challenge_": challenge,
+                "expires": challenge_expires})
             if consumed is None:
                 raise CeremonyError("activation code already used",
                                     code=ErrorCode.ACTIVATION_CODE_INVALID)
@@ -129,7 +133,7 @@ class Activation:
 
     def _finish(self, request: ActivationFinishRequest, now: int) -> ActivationFinishResponse:
         with self.db.read() as conn:
-            op = conn.execute(select(OPS).where(OPS.c.id == request.operation_id)).first()
+            op = SELECT_OPERATION.first(conn, {"id": request.operation_id})
         checked = self._check(request, op, now)
         assert op is not None  # _check raised otherwise
         risk = risk_data(client_status=request.hw_key_client_status,
@@ -227,9 +231,10 @@ class Activation:
             "updated_at": now,
         }
         if op.type == OperationType.ACTIVATION.value:
-            conn.execute(insert(R).values(id=op.device_id, application_id=op.application_id,
-                                          user_id=op.user_id, generation=1, created_at=now,
-                                          **credentials))
+            _INSERT_REGISTRATION.rowcount(conn, {
+                "id": op.device_id, "application_id": op.application_id,
+                "user_id": op.user_id, "generation": 1, "failures": 0, "created_at": now,
+                **credentials})
             return
         # Reactivation replaces every credential; old keys are simply unknown afterwards.
         replaced = conn.execute(

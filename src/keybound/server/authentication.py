@@ -40,7 +40,7 @@ from keybound.server import audit
 from keybound.server.activation import HW_FAILURE_CODE
 from keybound.server.appconfig import AppConfig
 from keybound.server.applications import load_config, load_config_text
-from keybound.server.ceremony import consume, prove_possession, require_pending
+from keybound.server.ceremony import SELECT_OPERATION, consume, prove_possession, require_pending
 from keybound.server.common import load_context, ms_to_dt, new_challenge, new_id
 from keybound.server.pinkeys import PinKeys
 from keybound.server.registrations import fail_pending_operations
@@ -59,7 +59,6 @@ S = t.superseded_keys
 _SELECT_STATE = Prepared(select(R.c.state).where(
     R.c.id == bindparam("device_id"), R.c.application_id == bindparam("application_id")))
 _SELECT_REGISTRATION = Prepared(select(R).where(R.c.id == bindparam("id")))
-_SELECT_OPERATION = Prepared(select(OPS).where(OPS.c.id == bindparam("id")))
 _SELECT_SUPERSEDED = Prepared(select(S.c.public_key).where(
     S.c.registration_id == bindparam("registration_id"), S.c.key_id == bindparam("key_id")))
 _INSERT_OPERATION = Prepared(insert(OPS))
@@ -226,7 +225,7 @@ class Authentication:
     def _decline(self, request: DeclineRequest, now: int) -> DeclineResponse:
         with self.db.read() as conn:
             reg = _SELECT_REGISTRATION.first(conn, {"id": request.device_id})
-            op = _SELECT_OPERATION.first(conn, {"id": request.operation_id})
+            op = SELECT_OPERATION.first(conn, {"id": request.operation_id})
         # binding as for finish (§3.1.4 step 1); only the current key may decline
         if (op is None or reg is None or not _bound(op, reg, request.application_id)
                 or op.initiator != Initiator.BACKEND.value
@@ -264,7 +263,7 @@ class Authentication:
             # READ COMMITTED when a concurrent finish rotates the key between the two reads)
             reg = _SELECT_REGISTRATION.first(conn, {"id": request.device_id})
             signer = self._signer(conn, request, reg)
-            op = _SELECT_OPERATION.first(conn, {"id": request.operation_id})
+            op = SELECT_OPERATION.first(conn, {"id": request.operation_id})
             # a next key that is an old one would be current and superseded at once (§4.5)
             next_is_old = reg is not None and _superseded_key(
                 conn, reg.id, key_id(request.next_software_public_key)) is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from keybound.crypto import verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature
@@ -25,6 +25,10 @@ _CONSUME = Prepared(
     .values(state=bindparam("new_state"), completed_at=bindparam("now"),
             result=bindparam("result_"))
 )
+
+
+#: a ceremony's operation by id (every finish reads it first)
+SELECT_OPERATION = Prepared(select(OPS).where(OPS.c.id == bindparam("id")))
 
 
 def prove_possession(public_key: bytes, message: bytes, signature: bytes) -> None:

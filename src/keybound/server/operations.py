@@ -87,7 +87,14 @@ def operation_view(row: Record, now: int) -> Operation:
     )
 
 
-#: backend-initiated authentication: the relying party's statements on every flow
+#: the relying party's statements on every activation and backend-initiated authentication
+_INSERT_USER = Prepared(insert(t.users))
+_SELECT_USER_ID = Prepared(select(t.users.c.id).where(
+    t.users.c.id == bindparam("id"), t.users.c.application_id == bindparam("application_id")))
+_FREE_EXPIRED_CODE = Prepared(update(t.operations).where(
+    t.operations.c.application_id == bindparam("app"),
+    t.operations.c.code_hash == bindparam("code"),
+    t.operations.c.expires_at <= bindparam("now")).values(code_hash=None))
 _SELECT_DEVICE = Prepared(select(t.registrations.c.user_id, t.registrations.c.state).where(
     t.registrations.c.id == bindparam("device_id"),
     t.registrations.c.application_id == bindparam("application_id")))
@@ -116,9 +123,9 @@ class Operations:
         try:
             with self.db.write() as conn:
                 self._config(conn, application_id)
-                conn.execute(insert(t.users).values(
-                    id=user_id, application_id=application_id,
-                    external_ref=request.external_ref, created_at=now))
+                _INSERT_USER.rowcount(conn, {
+                    "id": user_id, "application_id": application_id,
+                    "external_ref": request.external_ref, "created_at": now})
                 audit.record(conn, at=now, actor=audit.Actor.RELYING_PARTY, event="user.create",
                              outcome=audit.Outcome.SUCCESS, application_id=application_id,
                              details={"userId": user_id})
@@ -141,8 +148,7 @@ class Operations:
     def create_activation(self, application_id: str, user_id: str) -> ActivationCodeResponse:
         """A new activation code for a user; the device id it will create is fixed now."""
         with self.db.read() as conn:
-            user = conn.execute(select(t.users.c.id).where(
-                t.users.c.id == user_id, t.users.c.application_id == application_id)).first()
+            user = _SELECT_USER_ID.first(conn, {"id": user_id, "application_id": application_id})
         if user is None:
             raise NotFound("no such user")
         return self._issue_code(application_id, user_id, new_id(), OperationType.ACTIVATION)
@@ -151,9 +157,8 @@ class Operations:
         """An activation code that re-activates an existing device: all its credentials are
         replaced at finish. Not possible once the device is deactivated."""
         with self.db.read() as conn:
-            reg = conn.execute(select(t.registrations.c.user_id, t.registrations.c.state).where(
-                t.registrations.c.id == device_id,
-                t.registrations.c.application_id == application_id)).first()
+            reg = _SELECT_DEVICE.first(conn, {"device_id": device_id,
+                                              "application_id": application_id})
         if reg is None:
             raise NotFound("no such device")
         if reg.state == DeviceState.DEACTIVATED:
@@ -175,17 +180,15 @@ class Operations:
                     code_hash = activation_code_hash(application_id, code)
                     # an expired, never-used code gives its slot back (its operation stays
                     # PENDING in storage: EXPIRED is derived on read, and prune removes it)
-                    conn.execute(update(t.operations).where(
-                        t.operations.c.application_id == application_id,
-                        t.operations.c.code_hash == code_hash,
-                        t.operations.c.expires_at <= now).values(code_hash=None))
-                    conn.execute(insert(t.operations).values(
-                        id=op_id, application_id=application_id, type=kind.value,
-                        initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
-                        user_id=user_id, device_id=device_id,
-                        code_hash=code_hash,
-                        expires_at=expires, config=json.dumps(config.to_json()),
-                        created_at=now))
+                    _FREE_EXPIRED_CODE.rowcount(conn, {
+                        "app": application_id, "code": code_hash, "now": now})
+                    _INSERT_OPERATION.rowcount(conn, {
+                        "id": op_id, "application_id": application_id, "type": kind.value,
+                        "initiator": Initiator.BACKEND.value,
+                        "state": OperationState.PENDING.value,
+                        "user_id": user_id, "device_id": device_id, "code_hash": code_hash,
+                        "expires_at": expires, "config": json.dumps(config.to_json()),
+                        "created_at": now})
                     audit.record(conn, at=now, actor=audit.Actor.RELYING_PARTY,
                                  event=f"{kind.value.lower()}.code_issued",
                                  outcome=audit.Outcome.SUCCESS, application_id=application_id,

@@ -20,7 +20,7 @@ from typing import Any, TypeAlias, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import Executable, Select
+from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
 #: A row with attribute access by column name (a SQLAlchemy ``Row`` or :class:`Prepared`'s
@@ -38,9 +38,9 @@ class Prepared:
         self.statement = statement
         self._compiled: dict[tuple[str, tuple[str, ...]], SQLCompiler] = {}
         self._row: Any = None
-        if isinstance(statement, Select):
-            self._row = namedtuple("Record", statement.selected_columns.keys(),  # type: ignore[misc]
-                                   rename=True)
+        columns = getattr(statement, "exported_columns", None)  # SELECT, or DML's RETURNING
+        if columns:
+            self._row = namedtuple("Record", columns.keys(), rename=True)  # type: ignore[misc]
 
     def _execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         key = (conn.dialect.name, tuple(params))
