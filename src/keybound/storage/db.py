@@ -183,7 +183,7 @@ class Database:
                 if rider is not None:
                     self._run_rider(conn, rider)
                 yield conn
-            self.committed += 1  # under the writer lock
+            self.committed += 1  # read with deferred sync (SQLite): under the writer lock here
             if rider is not None:
                 self._local.rider = None  # committed with the rest
 
