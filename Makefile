@@ -37,6 +37,7 @@ test: system-deps
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -126,6 +126,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def field(level: dict[str, Any] | None, *path: str) -> float | None:
+    """A number from a level's result (``None`` when the level was not measured)."""
+    value: Any = level
+    for key in path:
+        if not value:
+            return None
+        value = value[key]
+    return float(value) if value is not None else None
+
+
 def comparison_table(kb: dict[str, Any], peer: list[dict[str, Any]] | None) -> tuple[str,
                                                                                     list[Any]]:
     dev = by_conc([r for r in kb["sweep"] if r["flow"] == "device"])
@@ -142,10 +152,10 @@ def comparison_table(kb: dict[str, Any], peer: list[dict[str, Any]] | None) -> t
             return [f(r["flows_per_s"], 1), f(r["flow_p50_ms"], 1), f(r["flow_p99_ms"], 1),
                     f(r["cpu"]["server_cpu_ms_per_flow"], 2)]
 
-        rd = ratio(d and d["flows_per_s"], p and p["flows_per_s"])
-        rb = ratio(b and b["flows_per_s"], p and p["flows_per_s"])
-        rc = ratio(p and p["cpu"]["server_cpu_ms_per_flow"],
-                   d and d["cpu"]["server_cpu_ms_per_flow"])
+        rd = ratio(field(d, "flows_per_s"), field(p, "flows_per_s"))
+        rb = ratio(field(b, "flows_per_s"), field(p, "flows_per_s"))
+        rc = ratio(field(p, "cpu", "server_cpu_ms_per_flow"),
+                   field(d, "cpu", "server_cpu_ms_per_flow"))
         rows.append([str(c), *cells(d), *cells(b), *cells(p),
                      f(rd, 1) + "x" if rd else "-", f(rb, 1) + "x" if rb else "-",
                      f(rc, 1) + "x" if rc else "-"])
@@ -172,7 +182,7 @@ def targets(kb: dict[str, Any], peer: list[dict[str, Any]] | None) -> str:
     if best:
         row("device-initiated flows/s (best level)", "≥ 1000",
             f"{best['flows_per_s']:.0f} (c={best['concurrency']})", best["flows_per_s"] >= 1000)
-        r = ratio(best["flows_per_s"], pbest and pbest["flows_per_s"])
+        r = ratio(best["flows_per_s"], field(pbest, "flows_per_s"))
         row("x peer flows/s (best vs best)", "≥ 40x", f"{r:.1f}x" if r else "peer not measured",
             (r >= 40) if r else None)
         cpu = min((x for x in dev if x["flows_ok"]), key=lambda x: x["server_cpu_over_floor"])
