@@ -1037,3 +1037,13 @@ def test_wycheproof_hkdf_sha256() -> None:
                 channel._hkdf_sha256(**args)
         tally[t["result"]] += 1
     assert tally == {"valid": 83, "invalid": 3}
+
+
+def test_key_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key id is typed on command lines (`keybound e2e-key pin ID`), where a leading '-'
+    reads as an option; 1 in 64 random ids would start with one."""
+    draws = iter([b"\xfb" + bytes(11), b"\x00" * 12])  # b64u: '-' first, then 'A' first
+    monkeypatch.setattr(channel.secrets, "token_bytes", lambda n: next(draws))
+    assert channel.new_key_id() == "A" * 16
+    monkeypatch.undo()
+    assert not any(channel.new_key_id().startswith("-") for _ in range(2000))

@@ -212,6 +212,7 @@ def test_cli_e2e_key_lifecycle_never_shows_a_private_key(tmp_path: Path) -> None
     assert f"{pin.key_id}  ACTIVE" in listed and f"{second_pin.key_id}  INACTIVE" in listed
     again = cli(tmp_path, "e2e-key", "pin", second_pin.key_id, "--server-url",
                 "https://auth.example.com")
+    assert again.returncode == 0, again.stderr
     assert ChannelPin.from_string(again.stdout.strip()).public_key == second_pin.public_key
     assert "ACTIVE" in cli(tmp_path, "e2e-key", "activate", second_pin.key_id).stdout
     assert "RETIRED" in cli(tmp_path, "e2e-key", "retire", pin.key_id).stdout

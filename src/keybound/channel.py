@@ -310,8 +310,13 @@ class E2EKey:
 
 
 def new_key_id() -> str:
-    """A fresh random key id: 12 random bytes, 16 base64url characters."""
-    return b64u_encode(secrets.token_bytes(12))
+    """A fresh random key id: 12 random bytes, 16 base64url characters, never starting with
+    ``-`` (one in 64 would, and on a command line -- ``keybound e2e-key pin ID`` -- it would
+    read as an option)."""
+    while True:
+        key_id = b64u_encode(secrets.token_bytes(12))
+        if not key_id.startswith("-"):
+            return key_id
 
 
 def generate_e2e_key(suite: ChannelSuite = DEFAULT_SUITE, *, now: int) -> E2EKey:
