@@ -117,3 +117,16 @@ def test_the_wal_is_checkpointed_in_the_background_not_by_a_commit(
     for _ in range(6):
         rp.new_user()
     assert done.wait(30)
+
+
+def test_a_failed_fsync_acknowledges_nothing(kb: Keybound, rp: RelyingParty,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_sync() -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(kb.db, "sync", failing_sync)
+    with TestClient(create_app(kb), raise_server_exceptions=False) as client:
+        answer = client.post("/rp/v1/users", json={}, headers=rp.headers)
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "internal_error" and "userId" not in answer.text
