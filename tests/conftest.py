@@ -41,7 +41,7 @@ def clock() -> FakeClock:
 
 #: Test modules whose every database test also runs on a real PostgreSQL server.
 POSTGRES_MODULES = {"test_authentication", "test_activation", "test_http", "test_concurrency",
-                    "test_prepared",
+                    "test_prepared", "test_retention",
                     "test_secure_channel_http", "test_e2ekeys"}
 ALLOW_SKIP_POSTGRES = "KEYBOUND_ALLOW_SKIP_POSTGRES"
 

@@ -72,3 +72,33 @@ def test_an_expired_unused_activation_code_is_pruned(rp: RelyingParty, kb: Keybo
     assert rp.operation(code["operationId"])["state"] == "EXPIRED"
     assert prune(kb.db, clock).operations == 1
     assert rp.call("GET", f"/rp/v1/operations/{code['operationId']}")["code"] == "not_found"
+
+
+def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock: Any,
+                                          monkeypatch: Any) -> None:
+    """Each batch is its own write transaction, so a running server's requests get the
+    database in between; the totals are the same as in one go."""
+    device = activated(rp)
+    for _ in range(5):
+        assert device.authenticate().status_code == 200
+    ended = count(kb, t.operations)
+    now_ms = int(clock() * 1000)
+    with kb.db.write() as conn:
+        conn.execute(t.seen_requests.insert(), [
+            {"request_id": bytes([i]) * 16, "expires_at": now_ms - 60_000} for i in range(5)])
+    writes = 0
+    real_write = kb.db.write
+
+    def counting_write() -> Any:
+        nonlocal writes
+        writes += 1
+        return real_write()
+
+    monkeypatch.setattr(kb.db, "write", counting_write)
+    clock.advance(400 * DAY)
+    pruned = prune(kb.db, clock, batch=2)
+    assert (pruned.operations, pruned.superseded_keys, pruned.seen_requests) == (ended, 5, 5)
+    assert count(kb, t.operations) == 0 and count(kb, t.superseded_keys) == 0
+    assert count(kb, t.seen_requests) == 0
+    # ceil((n + 1) / 2) batches per table (the last one finds fewer than 2), plus the audit
+    assert writes == (ended // 2 + 1) + (5 // 2 + 1) + (5 // 2 + 1) + 1

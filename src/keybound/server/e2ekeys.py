@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import x25519
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.engine import make_url
 
 from keybound.channel import (
@@ -46,6 +46,7 @@ from keybound.errors import ConfigurationInvalid, InvalidState, NotFound
 from keybound.server import audit
 from keybound.server.applications import load_config
 from keybound.storage import tables as t
+from keybound.storage.batches import DELETE_BATCH, delete_in_batches
 from keybound.storage.db import DEFAULT_DATA_DIR, Clock, Database, now_ms
 from keybound.storage.prepared import Prepared
 
@@ -249,8 +250,7 @@ class SqlReplayGuard:
 
     def _purge(self, at_ms: int) -> None:
         try:
-            with self._db.write() as conn:
-                purge_seen_requests(conn, at_ms)
+            purge_seen_requests(self._db, at_ms)
         except Exception:  # pragma: no cover - retried at the next interval
             log.exception("purging expired request ids failed")
         finally:
@@ -266,13 +266,13 @@ def _replayed() -> DecryptionFailed:
     return exc
 
 
-def purge_seen_requests(conn: Connection, at_ms: int) -> int:
+def purge_seen_requests(db: Database, at_ms: int, *, batch: int = DELETE_BATCH) -> int:
     """Forget request ids past their expiry plus REPLAY_PURGE_GRACE_MS (so a server whose
-    clock is a little behind never meets a forgotten id); returns how many."""
-    cutoff = at_ms - REPLAY_PURGE_GRACE_MS
-    purged: int = conn.execute(delete(t.seen_requests).where(
-        t.seen_requests.c.expires_at < cutoff)).rowcount
-    return purged
+    clock is a little behind never meets a forgotten id); returns how many. In write
+    transactions of at most ``batch`` rows (storage.batches)."""
+    seen = t.seen_requests
+    expired = seen.c.expires_at < at_ms - REPLAY_PURGE_GRACE_MS
+    return delete_in_batches(db, seen, (seen.c.request_id,), expired, batch=batch)
 
 
 # --------------------------------------------------------------------------- management
