@@ -1,9 +1,12 @@
 """Engine creation, transactions and migrations.
 
 Two kinds of transaction: :meth:`Database.read` and :meth:`Database.write`. On SQLite a write
-transaction starts with ``BEGIN IMMEDIATE`` so concurrent writers queue on the busy timeout
-instead of failing on a lock upgrade; the embedded default runs in WAL mode so readers never
-wait for writers.
+transaction starts with ``BEGIN IMMEDIATE`` after taking the writer lock (threads and
+processes queue on it, never on SQLite's busy handler); the embedded default runs in WAL mode
+so readers never wait for writers, and every commit is synced -- one by one (``FULL``), or,
+in the server, by group commit (:meth:`Database.defer_sync`, keybound.server.durable).
+A statement can ride on the next write transaction (:meth:`Database.riding`: the secure
+channel's replay mark).
 """
 
 from __future__ import annotations
