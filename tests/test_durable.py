@@ -119,14 +119,39 @@ def test_the_wal_is_checkpointed_in_the_background_not_by_a_commit(
     assert done.wait(30)
 
 
-def test_a_failed_fsync_acknowledges_nothing(kb: Keybound, rp: RelyingParty,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_fsync_acknowledges_nothing_until_a_restart(
+        kb: Keybound, rp: RelyingParty, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a refused fsync the kernel may have dropped the pages it could not write; a
+    later fsync that succeeds proves nothing about them, so nothing is acknowledged again."""
+    real_sync = kb.db.sync
+
     def failing_sync() -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(kb.db, "sync", failing_sync)
     with TestClient(create_app(kb), raise_server_exceptions=False) as client:
         answer = client.post("/rp/v1/users", json={}, headers=rp.headers)
-    assert answer.status_code == 500
-    assert answer.headers["content-type"] == "application/problem+json"
-    assert answer.json()["code"] == "internal_error" and "userId" not in answer.text
+        assert answer.status_code == 500
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["code"] == "internal_error" and "userId" not in answer.text
+        monkeypatch.setattr(kb.db, "sync", real_sync)  # the disk "works" again
+        again = client.post("/rp/v1/users", json={}, headers=rp.headers)
+        assert again.status_code == 500 and again.json()["code"] == "internal_error"
+
+
+def test_commits_of_every_process_are_counted_and_synced(tmp_path: Any) -> None:
+    """`keybound serve --workers N`: a worker that shows what another committed (a relying
+    party polling an operation another worker finished) must first sync that commit too."""
+    url = f"sqlite:///{tmp_path / 'kb.db'}"
+    first, second = Database(url), Database(url)  # two processes on one file
+    first.migrate()
+    for db in (first, second):
+        assert db.defer_sync()
+    with second.write() as conn:
+        conn.execute(text("CREATE TABLE probe (x INTEGER)"))
+    assert first.committed == second.committed >= 1  # shared through <db>-lock
+    assert first.synced < first.committed  # so first's next response waits for a sync
+    first.sync()
+    assert first.synced == second.committed
+    first.dispose()
+    second.dispose()

@@ -45,6 +45,7 @@ class GroupCommit:
         self._syncing: asyncio.Task[None] | None = None
         self._checkpointing: asyncio.Task[None] | None = None
         self._checkpointed_at = 0  # db.committed when the last checkpoint started
+        self._broken: OSError | None = None
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -59,7 +60,10 @@ class GroupCommit:
         await self.app(scope, receive, durable_send)
 
     async def durable(self, commits: int) -> None:
-        """Return once the first ``commits`` commits of this process are on disk."""
+        """Return once the first ``commits`` commits (of every process on the database) are
+        on disk; raise if the disk has refused an fsync."""
+        if self._broken is not None:
+            raise self._broken
         if commits <= self.db.synced:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -73,8 +77,14 @@ class GroupCommit:
             while self._waiters:
                 try:
                     await asyncio.to_thread(self.db.sync)
-                except OSError as exc:  # the disk refused: nobody may hear of these commits
-                    log.critical("fsync of the database WAL failed: %s", exc)
+                except OSError as exc:
+                    # The disk refused. Its kernel may already have dropped the pages it
+                    # could not write, so a later fsync that succeeds proves nothing about
+                    # them: from now on this process acknowledges nothing (PostgreSQL's
+                    # data_sync_retry=off does the same). It needs a restart.
+                    log.critical("fsync of the database WAL failed (%s): answering every "
+                                 "request with an error until the server is restarted", exc)
+                    self._broken = exc
                     for _, waiter in self._waiters:
                         if not waiter.done():
                             waiter.set_exception(exc)
@@ -92,6 +102,11 @@ class GroupCommit:
                         and self.db.synced - self._checkpointed_at >= CHECKPOINT_COMMITS):
                     self._checkpointed_at = self.db.synced
                     self._checkpointing = asyncio.create_task(self._checkpoint())
+        except BaseException:  # cancelled (shutdown) or a bug: nobody waits forever
+            for _, waiter in self._waiters:
+                waiter.cancel()
+            self._waiters = []
+            raise
         finally:
             self._syncing = None
 

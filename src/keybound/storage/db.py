@@ -12,7 +12,9 @@ channel's replay mark).
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -92,20 +94,50 @@ class _SqliteWriter:
     Waiters queue in the kernel and wake the moment the writer is done. Without it they meet
     SQLite's busy handler, whose sleeps (up to 100 ms each) dominate tail latency and leave
     cores idle.
+
+    The lock file also holds the number of write transactions every process has committed
+    (8 bytes, shared through mmap, changed only under the lock): group commit needs to know
+    about other processes' commits too (Database.committed).
     """
 
     def __init__(self, path: str | None) -> None:
         self._lock = threading.RLock()
+        self._opening = threading.Lock()
         self._path = path
         self._fd = -1
         self._pid = 0
         self._depth = 0  # changed only by the thread holding _lock
+        self._shared: mmap.mmap | None = None
+        self._local_count = 0  # no file (in-memory database): this process only
 
     def _file(self) -> int:
-        if self._pid != os.getpid():  # first use, or a forked child: its own open file
-            self._fd = os.open(f"{self._path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        return self._fd
+        with self._opening:
+            if self._pid != os.getpid():  # first use, or a forked child: its own open file
+                self._fd = os.open(f"{self._path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
+                if os.fstat(self._fd).st_size < _COUNTER.size:
+                    os.ftruncate(self._fd, _COUNTER.size)  # zeros: no commits counted yet
+                self._shared = mmap.mmap(self._fd, _COUNTER.size)
+                self._pid = os.getpid()
+            return self._fd
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed by every process on this database file."""
+        if self._path is None:
+            return self._local_count
+        self._file()
+        assert self._shared is not None
+        count: int = _COUNTER.unpack_from(self._shared)[0]
+        return count
+
+    def count_commit(self) -> None:
+        """Called while holding the lock, just before COMMIT: a reader that can see the
+        commit's rows will find it counted."""
+        if self._path is None:
+            self._local_count += 1
+            return
+        assert self._shared is not None
+        _COUNTER.pack_into(self._shared, 0, _COUNTER.unpack_from(self._shared)[0] + 1)
 
     def __enter__(self) -> None:
         self._lock.acquire()
@@ -128,6 +160,8 @@ class _SqliteWriter:
 
 #: open SQLite connections kept between transactions, per kind (read, write)
 _IDLE_MAX = 4
+#: the shared commit counter at the start of the lock file
+_COUNTER = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -143,10 +177,10 @@ class Database:
     def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
         self.url = url or default_database_url()
         self._sync = _SqliteSync()
-        #: write transactions this process committed; with deferred sync, those up to
-        #: ``synced`` are known to be on disk
-        self.committed = 0
+        self._committed = 0  # not SQLite: this process's count (group commit is SQLite's)
+        #: with deferred sync, the commits up to this number are known to be on disk
         self.synced = 0
+        self._wal_inode = 0  # the WAL file whose directory entry was last synced
         if engine is not None:
             self.engine = engine
         elif self.url.startswith("sqlite"):
@@ -157,11 +191,12 @@ class Database:
                                         pool_pre_ping=True)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer: AbstractContextManager[Any] = nullcontext()
+        self._sqlite_writer: _SqliteWriter | None = None
         self._wal_path: str | None = None
         if self.is_sqlite:
             database = self.engine.url.database
             file = database if database and database != ":memory:" else None
-            self._writer = _SqliteWriter(file)
+            self._writer = self._sqlite_writer = _SqliteWriter(file)
             self._wal_path = None if file is None else f"{file}-wal"
         self._local = threading.local()
         self._idle: dict[bool, list[Connection]] = {False: [], True: []}  # by write
@@ -186,7 +221,7 @@ class Database:
                 if rider is not None:
                     self._run_rider(conn, rider)
                 yield conn
-            self.committed += 1  # read with deferred sync (SQLite): under the writer lock here
+                self._count_commit()
             if rider is not None:
                 self._local.rider = None  # committed with the rest
 
@@ -239,6 +274,20 @@ class Database:
             self._local.rider = None
 
     @property
+    def committed(self) -> int:
+        """Write transactions committed so far -- on SQLite by every process using the file
+        (``keybound serve --workers N``), counted just before each COMMIT."""
+        if self._sqlite_writer is not None:
+            return self._sqlite_writer.commits
+        return self._committed
+
+    def _count_commit(self) -> None:
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.count_commit()  # under the writer lock
+        else:
+            self._committed += 1
+
+    @property
     def sync_deferred(self) -> bool:
         return self._sync.mode != "FULL"
 
@@ -256,9 +305,12 @@ class Database:
         return True
 
     def sync(self) -> None:
-        """fsync the WAL: every commit counted before the call is durable after it."""
-        target = self.committed
+        """fsync the WAL: every commit counted before the call, by any process, is durable
+        after it. The count is read under the writer lock, so no counted commit is still
+        being written; a WAL file new since the last call has its directory synced too."""
         assert self._wal_path is not None
+        with self._writer:
+            target = self.committed
         try:
             fd = os.open(self._wal_path, os.O_RDONLY)
         except FileNotFoundError:  # no WAL (yet, or checkpointed away): nothing pending
@@ -266,8 +318,16 @@ class Database:
         else:
             try:
                 os.fsync(fd)
+                inode = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
+            if inode != self._wal_inode:  # its name must survive a power loss too
+                directory = os.open(os.path.dirname(self._wal_path) or ".", os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+                self._wal_inode = inode
         self.synced = max(self.synced, target)
 
     def checkpoint(self) -> None:
