@@ -6,6 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect, text
 
 from keybound.storage.db import Database
@@ -102,3 +103,15 @@ def test_displayed_url_hides_the_password() -> None:
     assert "s3cret" not in db.display_url
     assert db.display_url.startswith("postgresql+psycopg://keybound:***@127.0.0.1")
     db.dispose()
+
+
+def test_postgresql_urls_get_the_driver_keybound_is_built_with() -> None:
+    from keybound.errors import ConfigurationInvalid
+    from keybound.storage.db import _postgresql_driver
+
+    assert _postgresql_driver("postgresql://kb:pw@db:5432/kb") == \
+        "postgresql+psycopg://kb:pw@db:5432/kb"
+    assert _postgresql_driver("postgresql+psycopg://kb@db/kb") == "postgresql+psycopg://kb@db/kb"
+    for url in ("postgresql+psycopg2://kb@db/kb", "mysql://kb@db/kb"):
+        with pytest.raises(ConfigurationInvalid, match=r"postgresql\+psycopg://"):
+            _postgresql_driver(url)

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from keybound.errors import ConfigurationInvalid
 from keybound.storage.prepared import Prepared
 
 Clock = Callable[[], float]
@@ -171,6 +172,24 @@ class _Rider:
     conflict: Callable[[], Exception]
 
 
+def _postgresql_driver(url: str) -> str:
+    """PostgreSQL through psycopg 3, the driver keybound is built and tested with (the hot
+    path runs statements on its cursor: storage/prepared.py). A bare ``postgresql://`` URL,
+    which SQLAlchemy would give to psycopg2, gets it; any other driver is refused."""
+    parsed = make_url(url)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend != "postgresql":
+        raise ConfigurationInvalid(f"unsupported database {backend!r}: use SQLite or "
+                                   "PostgreSQL (postgresql+psycopg://...)")
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(
+            hide_password=False)
+    if driver != "psycopg":
+        raise ConfigurationInvalid(f"unsupported PostgreSQL driver {driver!r}: use "
+                                   "postgresql+psycopg://...")
+    return url
+
+
 class Database:
     """The server's database handle: an engine plus read/write transaction helpers."""
 
@@ -187,8 +206,8 @@ class Database:
             self.engine = _sqlite_engine(self.url, self._sync)
         else:
             # 20 kept open: a connection per concurrent request up to there, none reopened
-            self.engine = create_engine(self.url, pool_size=20, max_overflow=30,
-                                        pool_pre_ping=True)
+            self.engine = create_engine(_postgresql_driver(self.url), pool_size=20,
+                                        max_overflow=30, pool_pre_ping=True)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer: AbstractContextManager[Any] = nullcontext()
         self._sqlite_writer: _SqliteWriter | None = None
