@@ -115,3 +115,13 @@ def test_postgresql_urls_get_the_driver_keybound_is_built_with() -> None:
     for url in ("postgresql+psycopg2://kb@db/kb", "mysql://kb@db/kb"):
         with pytest.raises(ConfigurationInvalid, match=r"postgresql\+psycopg://"):
             _postgresql_driver(url)
+
+
+def test_sqlite_needs_a_file() -> None:
+    """WAL, the writer lock file and group commit need one (an in-memory database would
+    also lose everything it acknowledged)."""
+    from keybound.errors import ConfigurationInvalid
+
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ConfigurationInvalid, match="database file"):
+            Database(url)

@@ -53,8 +53,10 @@ class _SqliteSync:
 
 def _sqlite_engine(url: str, sync: _SqliteSync) -> Engine:
     parsed = make_url(url)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not parsed.database or parsed.database == ":memory:":
+        # WAL, the writer lock file and group commit all need a file; so does durability
+        raise ConfigurationInvalid("SQLite needs a database file (sqlite:///path/keybound.db)")
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
@@ -101,7 +103,7 @@ class _SqliteWriter:
     about other processes' commits too (Database.committed).
     """
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str) -> None:
         self._lock = threading.RLock()
         self._opening = threading.Lock()
         self._path = path
@@ -109,7 +111,6 @@ class _SqliteWriter:
         self._pid = 0
         self._depth = 0  # changed only by the thread holding _lock
         self._shared: mmap.mmap | None = None
-        self._local_count = 0  # no file (in-memory database): this process only
 
     def _file(self) -> int:
         with self._opening:
@@ -124,8 +125,6 @@ class _SqliteWriter:
     @property
     def commits(self) -> int:
         """Write transactions committed by every process on this database file."""
-        if self._path is None:
-            return self._local_count
         self._file()
         assert self._shared is not None
         count: int = _COUNTER.unpack_from(self._shared)[0]
@@ -134,16 +133,13 @@ class _SqliteWriter:
     def count_commit(self) -> None:
         """Called while holding the lock, just before COMMIT: a reader that can see the
         commit's rows will find it counted."""
-        if self._path is None:
-            self._local_count += 1
-            return
         assert self._shared is not None
         _COUNTER.pack_into(self._shared, 0, _COUNTER.unpack_from(self._shared)[0] + 1)
 
     def __enter__(self) -> None:
         self._lock.acquire()
         try:
-            if self._depth == 0 and self._path is not None:
+            if self._depth == 0:
                 fcntl.flock(self._file(), fcntl.LOCK_EX)
         except BaseException:
             self._lock.release()
@@ -153,7 +149,7 @@ class _SqliteWriter:
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         try:
-            if self._depth == 0 and self._path is not None:
+            if self._depth == 0:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._lock.release()
@@ -193,16 +189,13 @@ def _postgresql_driver(url: str) -> str:
 class Database:
     """The server's database handle: an engine plus read/write transaction helpers."""
 
-    def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(self, url: str | None = None) -> None:
         self.url = url or default_database_url()
         self._sync = _SqliteSync()
-        self._committed = 0  # not SQLite: this process's count (group commit is SQLite's)
         #: with deferred sync, the commits up to this number are known to be on disk
         self.synced = 0
         self._wal_inode = 0  # the WAL file whose directory entry was last synced
-        if engine is not None:
-            self.engine = engine
-        elif self.url.startswith("sqlite"):
+        if self.url.startswith("sqlite"):
             self.engine = _sqlite_engine(self.url, self._sync)
         else:
             # 20 kept open: a connection per concurrent request up to there, none reopened
@@ -213,10 +206,9 @@ class Database:
         self._sqlite_writer: _SqliteWriter | None = None
         self._wal_path: str | None = None
         if self.is_sqlite:
-            database = self.engine.url.database
-            file = database if database and database != ":memory:" else None
+            file = str(self.engine.url.database)  # _sqlite_engine: always a file
             self._writer = self._sqlite_writer = _SqliteWriter(file)
-            self._wal_path = None if file is None else f"{file}-wal"
+            self._wal_path = f"{file}-wal"
         self._local = threading.local()
         self._idle: dict[bool, list[Connection]] = {False: [], True: []}  # by write
 
@@ -240,7 +232,8 @@ class Database:
                 if rider is not None:
                     self._run_rider(conn, rider)
                 yield conn
-                self._count_commit()
+                if self._sqlite_writer is not None:
+                    self._sqlite_writer.count_commit()  # under the writer lock
             if rider is not None:
                 self._local.rider = None  # committed with the rest
 
@@ -294,28 +287,22 @@ class Database:
 
     @property
     def committed(self) -> int:
-        """Write transactions committed so far -- on SQLite by every process using the file
-        (``keybound serve --workers N``), counted just before each COMMIT."""
-        if self._sqlite_writer is not None:
-            return self._sqlite_writer.commits
-        return self._committed
-
-    def _count_commit(self) -> None:
-        if self._sqlite_writer is not None:
-            self._sqlite_writer.count_commit()  # under the writer lock
-        else:
-            self._committed += 1
+        """SQLite (group commit's count): write transactions committed so far by every
+        process using the file (``keybound serve --workers N``), counted just before each
+        COMMIT. Always 0 on PostgreSQL, whose commits are durable when they return."""
+        return 0 if self._sqlite_writer is None else self._sqlite_writer.commits
 
     @property
     def sync_deferred(self) -> bool:
         return self._sync.mode != "FULL"
 
     def defer_sync(self) -> bool:
-        """Group commit (an SQLite file; else False, nothing changes): commits stop syncing the
-        WAL one by one; the caller must call :meth:`sync` and see ``synced`` reach a commit's
-        number before it tells anyone about that commit (the server does, for every response:
-        keybound.server.durable). One fsync then covers every commit made before it began:
-        the WAL holds each commit's frames, so once the WAL is on disk, so are they."""
+        """Group commit (SQLite; False on PostgreSQL, where nothing changes): commits stop
+        syncing the WAL one by one; the caller must call :meth:`sync` and see ``synced``
+        reach a commit's number before it tells anyone about that commit (the server does,
+        for every response: keybound.server.durable). One fsync then covers every commit
+        made before it began: the WAL holds each commit's frames, so once the WAL is on
+        disk, so are they."""
         if self._wal_path is None:
             return False
         self._sync.mode = "NORMAL"

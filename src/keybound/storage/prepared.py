@@ -46,8 +46,10 @@ class Prepared:
         key = (conn.dialect.name, tuple(params))
         compiled = self._compiled.get(key)
         if compiled is None:
+            # for_executemany: no implicit RETURNING of an autoincrement key (PostgreSQL would
+            # add one to the audit INSERT), since nothing here reads it; explicit RETURNING stays
             compiled = cast(SQLCompiler, self.statement.compile(  # type: ignore[attr-defined]
-                dialect=conn.dialect, column_keys=list(params)))
+                dialect=conn.dialect, column_keys=list(params), for_executemany=True))
             self._compiled[key] = compiled
         bound = compiled.construct_params(params)
         args: Any = (tuple(bound[name] for name in compiled.positiontup or ())
