@@ -214,7 +214,7 @@ def print_sdk(sdk: dict[str, Any]) -> None:
 
 #: py-spy options per --profile-mode: gil = samples of threads holding the GIL (Python CPU,
 #: crypto in C under the GIL; SQLite's own C time runs without the GIL and is not seen);
-#: wall = every non-idle thread (also threads sleeping in SQLite's busy handler); native =
+#: wall = every non-idle thread (also threads waiting for the writer lock or an fsync); native =
 #: wall with C frames (sqlite3, OpenSSL), slower to sample.
 PROFILE_MODES = {"gil": ["--gil"], "wall": [], "native": ["--native"]}
 

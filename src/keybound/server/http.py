@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
@@ -61,6 +61,7 @@ from keybound.server.durable import GroupCommit
 from keybound.server.service import Keybound
 
 log = logging.getLogger("keybound.server")
+T = TypeVar("T")
 
 #: The one table from error code to HTTP status (docs/protocol.md §8).
 STATUS: dict[ErrorCode, int] = {
@@ -219,6 +220,17 @@ class _TooLarge(Exception):
     pass
 
 
+async def _blocking(kb: Keybound, call: Callable[[], T]) -> T:
+    """Run blocking service code (database, crypto) from the event loop: right there with the
+    embedded SQLite database, whose work per request is in-process calls plus one commit --
+    a hand-off to a worker thread and back cost more than all of it (server CPU per
+    authentication 3.8 -> 1.7 ms, bench/loadgen.py) --, in a worker thread with a networked
+    database (PostgreSQL), whose statements wait on the network."""
+    if kb.db.is_sqlite:
+        return call()
+    return await anyio.to_thread.run_sync(call)
+
+
 # --------------------------------------------------------------------------- secure channel
 
 _SEALED = SEALED_MEDIA_TYPE.encode("ascii")
@@ -253,11 +265,6 @@ class SecureChannel:
         self.app = app
         self.kb = kb
         self.allow_plaintext = allow_plaintext
-        # Embedded SQLite: a request's database work is in-process calls of a few µs each
-        # plus one commit, so it runs right on the event loop; a hand-off to a worker thread
-        # and back cost more than all of it (server CPU per authentication 3.8 -> 2.0 ms,
-        # bench/loadgen.py). A networked database (PostgreSQL) gets the worker thread.
-        self.inline = kb.db.is_sqlite
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         path = _route_path(scope) if scope["type"] == "http" else ""
@@ -268,8 +275,8 @@ class SecureChannel:
         elif self.allow_plaintext:
             await self.app(scope, receive, send)
         else:
-            await anyio.to_thread.run_sync(self._audit, path, ErrorCode.SECURE_CHANNEL_REQUIRED,
-                                           None, None)
+            await _blocking(self.kb, functools.partial(
+                self._audit, path, ErrorCode.SECURE_CHANNEL_REQUIRED, None, None))
             await problem(ErrorCode.SECURE_CHANNEL_REQUIRED,
                           f"device requests must be sealed ({SEALED_MEDIA_TYPE}); see "
                           "docs/channel.md")(scope, receive, send)
@@ -277,10 +284,9 @@ class SecureChannel:
     async def _sealed(self, scope: MutableMapping[str, Any], receive: Any, send: Any,
                       path: str) -> None:
         wire = await _read_body(receive)
-        if self.inline:
-            sealed = self._handle(wire, scope["method"], path)
-        else:  # one hop to a worker thread for everything that may touch the database
-            sealed = await anyio.to_thread.run_sync(self._handle, wire, scope["method"], path)
+        # opening, handling and sealing in one step (one thread hop, if any: _blocking)
+        sealed = await _blocking(self.kb, functools.partial(
+            self._handle, wire, scope["method"], path))
         if sealed is None:
             await problem(ErrorCode.DECRYPTION_FAILED, DECRYPTION_FAILED_DETAIL)(
                 scope, receive, send)
@@ -393,9 +399,8 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> FastAPI:
     app.state.kb = kb
 
     async def audit_rejection(request: Request, code: ErrorCode) -> None:
-        """Audit a refused request in a worker thread: never block the event loop on a
-        database write."""
-        await anyio.to_thread.run_sync(functools.partial(
+        """Audit a refused request (see _blocking for where the write runs)."""
+        await _blocking(kb, functools.partial(
             audit.record_alone, kb.db, at=int(kb.clock() * 1000),
             actor=_actor_for(request.url.path),
             event=f"http.{request.method.lower()} {request.url.path}"[:48],
@@ -485,29 +490,24 @@ def _document_problems(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _on_loop_if_embedded(kb: Keybound) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run a route's (blocking) handler on the event loop when the database is the embedded
-    SQLite, as the secure channel does (SecureChannel.inline): its work is in-process calls,
-    and FastAPI's thread-pool hand-off for a ``def`` route cost more than all of it. With a
-    networked database the handler stays a ``def``, run in the thread pool."""
+def _run_blocking(kb: Keybound) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A route whose handler is blocking service code, run where _blocking says (instead of
+    FastAPI's own thread-pool hand-off for every ``def`` route)."""
 
     def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
-        if not kb.db.is_sqlite:
-            return handler
-
         @functools.wraps(handler)  # FastAPI reads the signature through __wrapped__
-        async def on_loop(*args: Any, **kwargs: Any) -> Any:
-            return handler(*args, **kwargs)
+        async def route(*args: Any, **kwargs: Any) -> Any:
+            return await _blocking(kb, functools.partial(handler, *args, **kwargs))
 
-        return on_loop
+        return route
 
     return decorate
 
 
 def _device_routes(app: FastAPI, kb: Keybound) -> None:
-    on_loop = _on_loop_if_embedded(kb)
+    blocking = _run_blocking(kb)
     for path, route in DEVICE_ROUTES.items():
-        app.add_api_route(path, on_loop(_device_endpoint(kb, route)), methods=["POST"],
+        app.add_api_route(path, blocking(_device_endpoint(kb, route)), methods=["POST"],
                           response_model=route.response, response_model_exclude_none=True,
                           tags=["device"],
                           name=path.removeprefix("/device/v1/").replace("/", "_"))
@@ -528,15 +528,12 @@ async def _application(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The application id the bearer API key belongs to (on the event loop with the embedded
-    SQLite database, else in a worker thread: see _on_loop_if_embedded)."""
+    """The application id the bearer API key belongs to."""
     if credentials is None:
         raise Unauthorized("an API key is required (Authorization: Bearer kb_...)")
     kb: Keybound = request.app.state.kb
-    if kb.db.is_sqlite:
-        return kb.applications.authenticate(credentials.credentials)
-    return await anyio.to_thread.run_sync(kb.applications.authenticate,
-                                          credentials.credentials)
+    return await _blocking(kb, functools.partial(kb.applications.authenticate,
+                                                 credentials.credentials))
 
 
 App = Annotated[str, Depends(_application)]
@@ -545,59 +542,59 @@ App = Annotated[str, Depends(_application)]
 def _rp_routes(app: FastAPI, kb: Keybound) -> None:
     tags: list[str | Any] = ["relying party"]
     ok: dict[str, Any] = {"response_model_exclude_none": True, "tags": tags}
-    on_loop = _on_loop_if_embedded(kb)
+    blocking = _run_blocking(kb)
 
     @app.post("/rp/v1/users", status_code=201, **ok)
-    @on_loop
+    @blocking
     def create_user(app_id: App, body: CreateUserRequest) -> User:
         return kb.operations.create_user(app_id, body)
 
     @app.get("/rp/v1/users/{user_id}", **ok)
-    @on_loop
+    @blocking
     def get_user(app_id: App, user_id: str) -> User:
         return kb.operations.get_user(app_id, user_id)
 
     @app.post("/rp/v1/users/{user_id}/activation-codes", status_code=201, **ok)
-    @on_loop
+    @blocking
     def create_activation_code(app_id: App, user_id: str) -> ActivationCodeResponse:
         return kb.operations.create_activation(app_id, user_id)
 
     @app.get("/rp/v1/users/{user_id}/devices", **ok)
-    @on_loop
+    @blocking
     def list_devices(app_id: App, user_id: str) -> DeviceList:
         return kb.registrations.list_for_user(app_id, user_id)
 
     @app.get("/rp/v1/devices/{device_id}", **ok)
-    @on_loop
+    @blocking
     def get_device(app_id: App, device_id: str) -> Device:
         return kb.registrations.get(app_id, device_id)
 
     @app.post("/rp/v1/devices/{device_id}/reactivation", status_code=201, **ok)
-    @on_loop
+    @blocking
     def create_reactivation(app_id: App, device_id: str) -> ActivationCodeResponse:
         return kb.operations.create_reactivation(app_id, device_id)
 
     @app.post("/rp/v1/devices/{device_id}/operations", status_code=201, **ok)
-    @on_loop
+    @blocking
     def create_operation(app_id: App, device_id: str, body: CreateOperationRequest) -> Operation:
         return kb.operations.create_authentication(app_id, device_id, body)
 
     @app.post("/rp/v1/devices/{device_id}/lock", **ok)
-    @on_loop
+    @blocking
     def lock(app_id: App, device_id: str) -> Device:
         return kb.registrations.lock(app_id, device_id)
 
     @app.post("/rp/v1/devices/{device_id}/unlock", **ok)
-    @on_loop
+    @blocking
     def unlock(app_id: App, device_id: str) -> Device:
         return kb.registrations.unlock(app_id, device_id)
 
     @app.post("/rp/v1/devices/{device_id}/deactivate", **ok)
-    @on_loop
+    @blocking
     def deactivate_device(app_id: App, device_id: str) -> Device:
         return kb.registrations.deactivate(app_id, device_id)
 
     @app.get("/rp/v1/operations/{operation_id}", **ok)
-    @on_loop
+    @blocking
     def get_operation(app_id: App, operation_id: str) -> Operation:
         return kb.operations.get(app_id, operation_id)
