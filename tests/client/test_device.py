@@ -46,6 +46,18 @@ class LossyTransport(SealedTransport):
         return raw
 
 
+class DropFinish(LossyTransport):
+    """Never delivers the first finish (the server does not see it): an unsent request."""
+
+    drop = True
+
+    def exchange(self, path: str, body: bytes) -> RawResponse:
+        if self.drop and path == DevicePaths.AUTHENTICATION_FINISH:
+            self.drop = False
+            raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
+        return super().exchange(path, body)
+
+
 @pytest.fixture
 def http(kb: Keybound) -> Iterator[TestClient]:
     """The real app with the plaintext switch OFF: every device request must be sealed."""
@@ -242,15 +254,6 @@ def test_lost_finish_answer_before_server_rotated(tmp_path, rp, transport, eleme
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))
 
-    class DropFinish(LossyTransport):
-        drop = True
-
-        def exchange(self, path: str, body: bytes) -> RawResponse:
-            if self.drop and path == DevicePaths.AUTHENTICATION_FINISH:
-                self.drop = False
-                raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
-            return super().exchange(path, body)
-
     dropping = DropFinish(transport._client, transport.pin)
     device = Device.load(tmp_path / "dev", transport=dropping, hardware=element)
     with pytest.raises(ClientError):
@@ -355,15 +358,6 @@ def test_backend_initiated_after_unsent_finish(tmp_path, rp, transport, element)
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))
 
-    class DropFinish(LossyTransport):
-        drop = True
-
-        def exchange(self, path: str, body: bytes) -> RawResponse:
-            if self.drop and path == DevicePaths.AUTHENTICATION_FINISH:
-                self.drop = False
-                raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
-            return super().exchange(path, body)
-
     dropping = DropFinish(transport._client, transport.pin)
     device = Device.load(tmp_path / "dev", transport=dropping)
     with pytest.raises(ClientError):
@@ -382,15 +376,6 @@ def test_decline_after_unsent_finish_asks_once(tmp_path, rp, transport, element)
     with it is refused, the older key declines, and the user was asked once."""
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))
-
-    class DropFinish(LossyTransport):
-        drop = True
-
-        def exchange(self, path: str, body: bytes) -> RawResponse:
-            if self.drop and path == DevicePaths.AUTHENTICATION_FINISH:
-                self.drop = False
-                raise ClientError("connection refused", code=ErrorCode.CLIENT_TRANSPORT)
-            return super().exchange(path, body)
 
     dropping = DropFinish(transport._client, transport.pin)
     device = Device.load(tmp_path / "dev", transport=dropping, hardware=element)
