@@ -129,18 +129,19 @@ class Authentication:
                                 now: int) -> AuthenticationStartResponse:
         challenge = new_challenge()
         op_id = new_id()
-        with self.db.read() as conn:  # reads first: a decoy never takes the write lock
+        # one transaction, decoy or not: the secure channel's replay mark rides on it
+        # (Database.riding), so a start costs one commit
+        with self.db.write() as conn:
             raw_config = load_config_text(conn, request.application_id)
             state = _SELECT_STATE.scalar(conn, {
                 "device_id": request.device_id, "application_id": request.application_id})
-        if raw_config is None or state is None or state == DeviceState.DEACTIVATED.value:
-            # §3.1.3: an unknown device gets a decoy challenge, so start cannot be used to
-            # find out which device ids exist. Finish will fail as for a bad signature.
-            return self._decoy(AppConfig.from_stored(raw_config) if raw_config
-                               else AppConfig(), now)
-        config = AppConfig.from_stored(raw_config)
-        expires = now + config.challenge_lifetime_seconds * 1000
-        with self.db.write() as conn:
+            if raw_config is None or state is None or state == DeviceState.DEACTIVATED.value:
+                # §3.1.3: an unknown device gets a decoy challenge, so start cannot be used to
+                # find out which device ids exist. Finish will fail as for a bad signature.
+                return self._decoy(AppConfig.from_stored(raw_config) if raw_config
+                                   else AppConfig(), now)
+            config = AppConfig.from_stored(raw_config)
+            expires = now + config.challenge_lifetime_seconds * 1000
             _INSERT_OPERATION.rowcount(conn, {
                 "id": op_id, "application_id": request.application_id,
                 "type": OperationType.AUTHENTICATION.value,

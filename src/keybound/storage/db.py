@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,16 +76,18 @@ def _sqlite_engine(url: str, sync: _SqliteSync) -> Engine:
         cur.execute(f"PRAGMA synchronous={sync.mode}")
         if sync.mode != "FULL":  # the server checkpoints in the background (checkpoint())
             cur.execute("PRAGMA wal_autocheckpoint=0")
+        cur.execute("PRAGMA mmap_size=268435456")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("keybound_write", False)
-        # on the driver's connection: the full execution path costs more than BEGIN itself
-        conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
-            "BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # on the driver's connection: the full execution path costs more than BEGIN itself.
+        # Inside Database.read()/write() the transaction is open already: join it.
+        raw = conn.connection.dbapi_connection
+        if not raw.in_transaction:  # type: ignore[union-attr]
+            raw.execute("BEGIN")  # type: ignore[union-attr]
 
     return engine
 
@@ -113,13 +115,15 @@ class _SqliteWriter:
         self._shared: mmap.mmap | None = None
 
     def _file(self) -> int:
+        if self._pid == _process.pid:
+            return self._fd
         with self._opening:
-            if self._pid != os.getpid():  # first use, or a forked child: its own open file
+            if self._pid != _process.pid:  # first use, or a forked child: its own open file
                 self._fd = os.open(f"{self._path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
                 if os.fstat(self._fd).st_size < _COUNTER.size:
                     os.ftruncate(self._fd, _COUNTER.size)  # zeros: no commits counted yet
                 self._shared = mmap.mmap(self._fd, _COUNTER.size)
-                self._pid = os.getpid()
+                self._pid = _process.pid
             return self._fd
 
     @property
@@ -155,7 +159,19 @@ class _SqliteWriter:
             self._lock.release()
 
 
-#: open SQLite connections kept between transactions, per kind (read, write)
+class _Process:
+    """This process's id, kept current across fork (os.getpid is a system call)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.pid = os.getpid()
+
+
+_process = _Process()
+#: open SQLite connections kept between transactions
 _IDLE_MAX = 4
 #: the shared commit counter at the start of the lock file
 _COUNTER = struct.Struct("<Q")
@@ -202,15 +218,14 @@ class Database:
             self.engine = create_engine(_postgresql_driver(self.url), pool_size=20,
                                         max_overflow=30, pool_pre_ping=True)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._writer: AbstractContextManager[Any] = nullcontext()
         self._sqlite_writer: _SqliteWriter | None = None
         self._wal_path: str | None = None
         if self.is_sqlite:
             file = str(self.engine.url.database)  # _sqlite_engine: always a file
-            self._writer = self._sqlite_writer = _SqliteWriter(file)
+            self._sqlite_writer = _SqliteWriter(file)
             self._wal_path = f"{file}-wal"
         self._local = threading.local()
-        self._idle: dict[bool, list[Connection]] = {False: [], True: []}  # by write
+        self._idle: list[Connection] = []  # SQLite: kept open between transactions
 
     @property
     def display_url(self) -> str:
@@ -219,51 +234,78 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._connection(write=False) as conn, conn.begin():
+        if not self.is_sqlite:
+            with self._pg_connection() as conn, conn.begin():
+                yield conn
+            return
+        with self._sqlite_transaction("BEGIN") as conn:
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        # SQLite has one writer at a time: writers queue on _SqliteWriter, never on SQLite's
-        # busy handler.
-        with self._writer, self._connection(write=True) as conn:
-            with conn.begin():
-                rider: _Rider | None = getattr(self._local, "rider", None)
+        rider: _Rider | None = getattr(self._local, "rider", None)
+        if self._sqlite_writer is None:
+            with self._pg_connection() as conn, conn.begin():
                 if rider is not None:
                     self._run_rider(conn, rider)
                 yield conn
-                if self._sqlite_writer is not None:
-                    self._sqlite_writer.count_commit()  # under the writer lock
-            if rider is not None:
-                self._local.rider = None  # committed with the rest
+        else:
+            # SQLite has one writer at a time: writers queue on _SqliteWriter, never on
+            # SQLite's busy handler
+            with self._sqlite_writer, self._sqlite_transaction("BEGIN IMMEDIATE") as conn:
+                if rider is not None:
+                    self._run_rider(conn, rider)
+                yield conn
+                self._sqlite_writer.count_commit()  # under the writer lock, before COMMIT
+        if rider is not None:
+            self._local.rider = None  # committed with the rest
 
     @contextmanager
-    def _connection(self, *, write: bool) -> Iterator[Connection]:
-        """A connection for one transaction. On SQLite, connections are kept open between
-        transactions (up to _IDLE_MAX of each kind): taking one from the engine's pool and
-        giving it back cost three times the transaction itself (BEGIN + COMMIT). A connection
-        whose transaction raised is closed, not kept."""
-        idle = self._idle[write]
+    def _sqlite_transaction(self, begin: str) -> Iterator[Connection]:
+        """One SQLite transaction on a kept-open connection, begun and committed on the
+        driver's connection: SQLAlchemy's transaction objects and events cost more than
+        BEGIN and COMMIT themselves. Statements run through ``Connection.execute`` inside it
+        make SQLAlchemy begin its own transaction, which the ``begin`` listener joins to
+        this one (no second BEGIN) and which is committed with it.
+
+        Connections are kept open between transactions (up to _IDLE_MAX): taking one from
+        the engine's pool and giving it back cost three times the transaction itself. Reads
+        and writes share them, so a commit doesn't leave another idle connection's page
+        cache stale. A connection whose transaction raised is rolled back and closed."""
         try:
-            conn = idle.pop()
+            conn = self._idle.pop()
         except IndexError:
             conn = self.engine.connect()
-            if write:
-                conn = conn.execution_options(keybound_write=True)
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
         try:
+            raw.execute(begin)
             yield conn
+            if conn.in_transaction():
+                conn.commit()  # SQLAlchemy's joined transaction: COMMITs on the driver
+            else:
+                raw.commit()
         except BaseException:
-            conn.close()
+            try:
+                if conn.in_transaction():
+                    conn.rollback()
+                raw.rollback()
+            finally:
+                conn.close()
             raise
-        if self.is_sqlite and len(idle) < _IDLE_MAX:
-            idle.append(conn)
+        if len(self._idle) < _IDLE_MAX:
+            self._idle.append(conn)
         else:
             conn.close()
 
+    @contextmanager
+    def _pg_connection(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
     def _close_idle(self) -> None:
-        for idle in self._idle.values():
-            while idle:
-                idle.pop().close()
+        while self._idle:
+            self._idle.pop().close()
 
     @contextmanager
     def riding(self, statement: Prepared, params: Mapping[str, Any], *,
@@ -314,8 +356,8 @@ class Database:
         """fsync the WAL: every commit counted before the call, by any process, is durable
         after it. The count is read under the writer lock, so no counted commit is still
         being written; a WAL file new since the last call has its directory synced too."""
-        assert self._wal_path is not None
-        with self._writer:
+        assert self._wal_path is not None and self._sqlite_writer is not None
+        with self._sqlite_writer:
             target = self.committed
         try:
             fd = os.open(self._wal_path, os.O_RDONLY)

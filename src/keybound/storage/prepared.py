@@ -32,34 +32,34 @@ class Prepared:
     """One statement of the hot path. Parameters are given by bind name, as to
     ``Connection.execute``; an INSERT is compiled for the set of columns it is given."""
 
-    __slots__ = ("_compiled", "_row", "statement")
+    __slots__ = ("_plans", "_row", "statement")
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self._compiled: dict[tuple[str, tuple[str, ...]], SQLCompiler] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
         self._row: Any = None
         columns = getattr(statement, "exported_columns", None)  # SELECT, or DML's RETURNING
         if columns:
             self._row = namedtuple("Record", columns.keys(), rename=True)  # type: ignore[misc]
 
+    def _plan(self, conn: Connection, params: Mapping[str, Any]) -> _Plan:
+        # for_executemany: no implicit RETURNING of an autoincrement key (PostgreSQL would add
+        # one to the audit INSERT), since nothing here reads it; explicit RETURNING stays
+        compiled = cast(SQLCompiler, self.statement.compile(  # type: ignore[attr-defined]
+            dialect=conn.dialect, column_keys=list(params), for_executemany=True))
+        plan = _Plan(compiled, params)
+        self._plans[(conn.dialect.name, tuple(params))] = plan
+        return plan
+
     def _execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
-        key = (conn.dialect.name, tuple(params))
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            # for_executemany: no implicit RETURNING of an autoincrement key (PostgreSQL would
-            # add one to the audit INSERT), since nothing here reads it; explicit RETURNING stays
-            compiled = cast(SQLCompiler, self.statement.compile(  # type: ignore[attr-defined]
-                dialect=conn.dialect, column_keys=list(params), for_executemany=True))
-            self._compiled[key] = compiled
-        bound = compiled.construct_params(params)
-        args: Any = (tuple(bound[name] for name in compiled.positiontup or ())
-                     if compiled.positional else bound)
+        plan = self._plans.get((conn.dialect.name, tuple(params))) or self._plan(conn, params)
+        args = plan.args(params)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         dbapi_error = conn.dialect.loaded_dbapi.Error
         try:
-            cursor.execute(compiled.string, args)
+            cursor.execute(plan.sql, args)
         except dbapi_error as exc:  # as SQLAlchemy raises it (IntegrityError, ...)
-            raise DBAPIError.instance(compiled.string, args, exc, dbapi_error) from exc
+            raise DBAPIError.instance(plan.sql, args, exc, dbapi_error) from exc
         return cursor
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Record | None:
@@ -88,6 +88,37 @@ class Prepared:
         """Run an INSERT, UPDATE or DELETE; how many rows it changed."""
         count: int = self._execute(conn, params).rowcount
         return count
+
+
+class _Plan:
+    """A compiled statement and how to build its driver arguments from the caller's
+    parameters: the values the statement itself carries (literals in a WHERE clause) are
+    taken once from SQLAlchemy's ``construct_params``; the rest come straight from the
+    caller's mapping by bind name. A statement whose binds don't fit that shape (a parameter
+    SQLAlchemy would transform) keeps calling ``construct_params`` every time."""
+
+    __slots__ = ("_compiled", "_constants", "_direct", "_names", "sql")
+
+    def __init__(self, compiled: SQLCompiler, params: Mapping[str, Any]) -> None:
+        self._compiled = compiled
+        self.sql: str = compiled.string
+        bound = compiled.construct_params(params)
+        self._names: tuple[str, ...] | None = (
+            tuple(compiled.positiontup or ()) if compiled.positional else None)
+        self._constants = {name: value for name, value in bound.items() if name not in params}
+        self._direct = all(bound[name] is params[name] for name in params if name in bound)
+
+    def args(self, params: Mapping[str, Any]) -> Any:
+        bound: Mapping[str, Any]
+        if not self._direct:
+            bound = self._compiled.construct_params(params)
+        elif self._constants:
+            bound = {**self._constants, **params}
+        else:
+            bound = params
+        if self._names is None:
+            return bound
+        return tuple([bound[name] for name in self._names])
 
 
 __all__ = ["Prepared", "Record"]
