@@ -22,7 +22,7 @@ def test_fresh_database_is_created_in_wal_mode_with_the_full_schema(tmp_path: Pa
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0002"
+    assert revision == "0003"
     tables = set(inspect(db.engine).get_table_names())
     assert set(metadata.tables) <= tables
     db.migrate()  # idempotent
@@ -39,6 +39,62 @@ def test_migration_matches_the_table_definitions(tmp_path: Path) -> None:
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+    db.dispose()
+
+
+def test_migration_0003_keeps_every_row_and_writes_fewer_pages(tmp_path: Path) -> None:
+    """0002 -> 0003 rebuilds seen_requests and superseded_keys as WITHOUT ROWID tables and
+    narrows ix_operations_code to rows with a code: no row is lost either way, and
+    downgrading restores the 0002 layout."""
+    from keybound.storage.migrations import alembic_config, upgrade
+
+    db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
+    upgrade(db.engine, "0002")
+    rows = {
+        "seen_requests": [(b"r" * 16, 1), (b"s" * 16, 2)],
+        "superseded_keys": [("dev-1", b"k" * 32, b"pub", 5)],
+    }
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO applications VALUES ('app', '{}', 0, 0)"))
+        conn.execute(text("INSERT INTO users (id, application_id, created_at) "
+                          "VALUES ('u', 'app', 0)"))
+        conn.execute(text(
+            "INSERT INTO registrations (id, application_id, user_id, state, failures, "
+            "sw_public_key, sw_key_id, activation_hw_status, platform, os_version, "
+            "generation, created_at, activated_at, updated_at) VALUES ('dev-1', 'app', 'u', "
+            "'ACTIVE', 0, x'00', x'01', 'OK', 'LINUX', '6', 1, 0, 0, 0)"))
+        conn.execute(text("INSERT INTO seen_requests VALUES (:r, :e)"),
+                     [{"r": r, "e": e} for r, e in rows["seen_requests"]])
+        conn.execute(text("INSERT INTO superseded_keys VALUES (:d, :k, :p, :t)"),
+                     [{"d": d, "k": k, "p": p, "t": t} for d, k, p, t in rows["superseded_keys"]])
+
+    def layout() -> dict[str, str]:
+        with db.engine.connect() as conn:
+            return {name: sql for name, sql in conn.execute(text(
+                "SELECT name, sql FROM sqlite_master WHERE name IN ('seen_requests', "
+                "'superseded_keys', 'ix_operations_code')"))}
+
+    def stored() -> dict[str, list[tuple[object, ...]]]:
+        with db.engine.connect() as conn:
+            return {table: sorted(tuple(r) for r in conn.execute(text(f"SELECT * FROM {table}")))
+                    for table in rows}
+
+    upgrade(db.engine)
+    after = layout()
+    assert "WITHOUT ROWID" in after["seen_requests"]
+    assert "WITHOUT ROWID" in after["superseded_keys"]
+    assert "WHERE code_hash IS NOT NULL" in after["ix_operations_code"]
+    assert stored() == rows
+    with db.engine.connect() as conn:  # the replay purge's index came back too
+        indexes = {r[1] for r in conn.execute(text("PRAGMA index_list(seen_requests)"))}
+    assert "ix_seen_requests_expires_at" in indexes
+
+    from alembic import command
+
+    command.downgrade(alembic_config(db.engine), "0002")
+    before = layout()
+    assert not any("WITHOUT ROWID" in sql or "WHERE" in sql for sql in before.values())
+    assert stored() == rows
     db.dispose()
 
 

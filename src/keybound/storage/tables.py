@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData(
@@ -91,6 +92,7 @@ superseded_keys = Table(
     Column("key_id", LargeBinary(32), primary_key=True),
     Column("public_key", LargeBinary, nullable=False),
     Column("superseded_at", BigInteger, nullable=False),
+    sqlite_with_rowid=False,  # the primary key is the table: one B-tree per insert
 )
 
 operations = Table(
@@ -115,7 +117,10 @@ operations = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger, nullable=True),
     Index("ix_operations_device_state", "device_id", "state"),
-    Index("ix_operations_code", "application_id", "code_hash", unique=True),
+    # only operations with an activation code (an authentication adds no entry)
+    Index("ix_operations_code", "application_id", "code_hash", unique=True,
+          sqlite_where=text("code_hash IS NOT NULL"),
+          postgresql_where=text("code_hash IS NOT NULL")),
 )
 
 audit_events = Table(
@@ -155,4 +160,5 @@ seen_requests = Table(
     Column("request_id", LargeBinary(16), primary_key=True),  # secure-channel request id
     Column("expires_at", BigInteger, nullable=False),  # ms; forgotten after this
     Index("ix_seen_requests_expires_at", "expires_at"),
+    sqlite_with_rowid=False,  # the primary key is the table: one B-tree per insert
 )
