@@ -119,6 +119,40 @@ def test_write_transactions_take_the_lock_up_front(tmp_path: Path) -> None:
     db.dispose()
 
 
+def test_sqlalchemy_statements_join_the_transaction_and_share_its_fate(tmp_path: Path) -> None:
+    """read()/write() begin and commit on the driver's connection; a statement run through
+    Connection.execute inside joins that transaction (no second BEGIN), commits with it, and
+    rolls back with it -- and the kept-open connection is clean for the next transaction."""
+    from keybound.storage.prepared import Prepared
+    from keybound.storage.tables import seen_requests
+
+    db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
+    db.migrate()
+    insert = Prepared(seen_requests.insert())
+    count = "SELECT count(*) FROM seen_requests"
+
+    with pytest.raises(RuntimeError), db.write() as conn:
+        insert.rowcount(conn, {"request_id": b"a" * 16, "expires_at": 1})
+        conn.execute(seen_requests.insert().values(request_id=b"b" * 16, expires_at=1))
+        raise RuntimeError("the handler failed")
+    with db.read() as conn:
+        assert conn.execute(text(count)).scalar() == 0  # neither row survived
+
+    for _ in range(2):  # twice: the connection kept after the first must begin cleanly
+        with db.write() as conn:
+            conn.execute(seen_requests.delete())
+            insert.rowcount(conn, {"request_id": b"a" * 16, "expires_at": 1})
+            conn.execute(seen_requests.insert().values(request_id=b"b" * 16, expires_at=1))
+    with db.read() as conn:
+        assert conn.execute(text(count)).scalar() == 2
+    other = db.engine.raw_connection()  # committed: another connection sees both rows
+    try:
+        assert other.execute(count).fetchone()[0] == 2
+    finally:
+        other.close()
+    db.dispose()
+
+
 def test_writers_of_every_process_queue_on_the_lock_file(tmp_path: Path) -> None:
     """`keybound serve --workers N`: a writer holds an flock on `<database>-lock` for its whole
     transaction (and only then), so writers in other processes wait in the kernel and wake at

@@ -76,7 +76,6 @@ def _sqlite_engine(url: str, sync: _SqliteSync) -> Engine:
         cur.execute(f"PRAGMA synchronous={sync.mode}")
         if sync.mode != "FULL":  # the server checkpoints in the background (checkpoint())
             cur.execute("PRAGMA wal_autocheckpoint=0")
-        cur.execute("PRAGMA mmap_size=268435456")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
