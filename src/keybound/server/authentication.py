@@ -40,7 +40,13 @@ from keybound.server import audit
 from keybound.server.activation import HW_FAILURE_CODE
 from keybound.server.appconfig import AppConfig
 from keybound.server.applications import load_config, load_config_text
-from keybound.server.ceremony import SELECT_OPERATION, consume, prove_possession, require_pending
+from keybound.server.ceremony import (
+    INSERT_OPERATION,
+    SELECT_OPERATION,
+    consume,
+    prove_possession,
+    require_pending,
+)
 from keybound.server.common import load_context, ms_to_dt, new_challenge, new_id
 from keybound.server.pinkeys import PinKeys
 from keybound.server.registrations import fail_pending_operations
@@ -61,7 +67,6 @@ _SELECT_STATE = Prepared(select(R.c.state).where(
 _SELECT_REGISTRATION = Prepared(select(R).where(R.c.id == bindparam("id")))
 _SELECT_SUPERSEDED = Prepared(select(S.c.public_key).where(
     S.c.registration_id == bindparam("registration_id"), S.c.key_id == bindparam("key_id")))
-_INSERT_OPERATION = Prepared(insert(OPS))
 _INSERT_SUPERSEDED = Prepared(insert(S))
 #: backend-initiated: the device's pending list, its start, and a challenge refresh (§3.1.3)
 _SELECT_PENDING = Prepared(select(
@@ -142,7 +147,7 @@ class Authentication:
                                    else AppConfig(), now)
             config = AppConfig.from_stored(raw_config)
             expires = now + config.challenge_lifetime_seconds * 1000
-            _INSERT_OPERATION.rowcount(conn, {
+            INSERT_OPERATION.rowcount(conn, {
                 "id": op_id, "application_id": request.application_id,
                 "type": OperationType.AUTHENTICATION.value,
                 "initiator": Initiator.DEVICE.value, "state": OperationState.PENDING.value,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from keybound.crypto import verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature
@@ -29,6 +29,8 @@ _CONSUME = Prepared(
 
 #: a ceremony's operation by id (every finish reads it first)
 SELECT_OPERATION = Prepared(select(OPS).where(OPS.c.id == bindparam("id")))
+#: a new operation (device-initiated start, relying-party operations and activation codes)
+INSERT_OPERATION = Prepared(insert(OPS))
 
 
 def prove_possession(public_key: bytes, message: bytes, signature: bytes) -> None:

@@ -13,10 +13,10 @@ Commits made this way don't checkpoint the WAL themselves either (``Database.def
 after every ``CHECKPOINT_COMMITS`` commits, a checkpoint runs in a worker thread, never on a
 request's path.
 
-The rule is enforced on the way out, for every response of the app, so it holds for the
-device API on the event loop and for relying-party routes in the thread pool alike: a
-response starts only when ``Database.synced`` has reached the number of commits made before
-it started.
+The rule is enforced on the way out, for every response of the app (sealed device requests,
+relying-party routes, refusals alike): a response starts only when ``Database.synced`` has
+reached the number of commits -- by every server process on the file -- made before it
+started.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class GroupCommit:
     async def _checkpoint(self) -> None:
         try:
             await asyncio.to_thread(self.db.checkpoint)
-        except Exception:  # retried after the next sync round that finds the WAL large
+        except Exception:  # tried again CHECKPOINT_COMMITS commits later
             log.exception("WAL checkpoint failed")
         finally:
             self._checkpointing = None

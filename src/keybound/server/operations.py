@@ -33,6 +33,7 @@ from keybound.rpapi import (
 from keybound.server import audit
 from keybound.server.appconfig import AppConfig
 from keybound.server.applications import load_config
+from keybound.server.ceremony import INSERT_OPERATION
 from keybound.server.common import (
     dump_context,
     ms_to_dt,
@@ -98,7 +99,6 @@ _FREE_EXPIRED_CODE = Prepared(update(t.operations).where(
 _SELECT_DEVICE = Prepared(select(t.registrations.c.user_id, t.registrations.c.state).where(
     t.registrations.c.id == bindparam("device_id"),
     t.registrations.c.application_id == bindparam("application_id")))
-_INSERT_OPERATION = Prepared(insert(t.operations))
 _SELECT_OPERATION = Prepared(select(t.operations).where(
     t.operations.c.id == bindparam("id"),
     t.operations.c.application_id == bindparam("application_id")))
@@ -182,7 +182,7 @@ class Operations:
                     # PENDING in storage: EXPIRED is derived on read, and prune removes it)
                     _FREE_EXPIRED_CODE.rowcount(conn, {
                         "app": application_id, "code": code_hash, "now": now})
-                    _INSERT_OPERATION.rowcount(conn, {
+                    INSERT_OPERATION.rowcount(conn, {
                         "id": op_id, "application_id": application_id, "type": kind.value,
                         "initiator": Initiator.BACKEND.value,
                         "state": OperationState.PENDING.value,
@@ -222,7 +222,7 @@ class Operations:
             method = request.required_auth_method
             if method is not None and method not in config.allowed_auth_methods:
                 raise MalformedRequest(f"auth method {method} is not allowed for this application")
-            _INSERT_OPERATION.rowcount(conn, {
+            INSERT_OPERATION.rowcount(conn, {
                 "id": op_id, "application_id": application_id,
                 "type": OperationType.AUTHENTICATION.value,
                 "initiator": Initiator.BACKEND.value, "state": OperationState.PENDING.value,

@@ -234,7 +234,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         if not self.is_sqlite:
-            with self._pg_connection() as conn, conn.begin():
+            with self.engine.connect() as conn, conn.begin():
                 yield conn
             return
         with self._sqlite_transaction("BEGIN") as conn:
@@ -244,7 +244,7 @@ class Database:
     def write(self) -> Iterator[Connection]:
         rider: _Rider | None = getattr(self._local, "rider", None)
         if self._sqlite_writer is None:
-            with self._pg_connection() as conn, conn.begin():
+            with self.engine.connect() as conn, conn.begin():
                 if rider is not None:
                     self._run_rider(conn, rider)
                 yield conn
@@ -269,8 +269,9 @@ class Database:
 
         Connections are kept open between transactions (up to _IDLE_MAX): taking one from
         the engine's pool and giving it back cost three times the transaction itself. Reads
-        and writes share them, so a commit doesn't leave another idle connection's page
-        cache stale. A connection whose transaction raised is rolled back and closed."""
+        and writes share them: on the server's event loop one connection serves every
+        transaction, and no commit on another connection empties its page cache. A
+        connection whose transaction raised is rolled back and closed."""
         try:
             conn = self._idle.pop()
         except IndexError:
@@ -296,11 +297,6 @@ class Database:
             self._idle.append(conn)
         else:
             conn.close()
-
-    @contextmanager
-    def _pg_connection(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            yield conn
 
     def _close_idle(self) -> None:
         while self._idle:

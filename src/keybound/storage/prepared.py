@@ -94,28 +94,22 @@ class _Plan:
     """A compiled statement and how to build its driver arguments from the caller's
     parameters: the values the statement itself carries (literals in a WHERE clause) are
     taken once from SQLAlchemy's ``construct_params``; the rest come straight from the
-    caller's mapping by bind name. A statement whose binds don't fit that shape (a parameter
-    SQLAlchemy would transform) keeps calling ``construct_params`` every time."""
+    caller's mapping by bind name."""
 
-    __slots__ = ("_compiled", "_constants", "_direct", "_names", "sql")
+    __slots__ = ("_constants", "_names", "sql")
 
     def __init__(self, compiled: SQLCompiler, params: Mapping[str, Any]) -> None:
-        self._compiled = compiled
         self.sql: str = compiled.string
         bound = compiled.construct_params(params)
+        if any(bound[name] is not params[name] for name in params if name in bound):
+            raise TypeError(f"Prepared cannot run {self.sql!r}: SQLAlchemy changes a "
+                            "parameter before the driver sees it; use Connection.execute")
         self._names: tuple[str, ...] | None = (
             tuple(compiled.positiontup or ()) if compiled.positional else None)
         self._constants = {name: value for name, value in bound.items() if name not in params}
-        self._direct = all(bound[name] is params[name] for name in params if name in bound)
 
     def args(self, params: Mapping[str, Any]) -> Any:
-        bound: Mapping[str, Any]
-        if not self._direct:
-            bound = self._compiled.construct_params(params)
-        elif self._constants:
-            bound = {**self._constants, **params}
-        else:
-            bound = params
+        bound = {**self._constants, **params} if self._constants else params
         if self._names is None:
             return bound
         return tuple([bound[name] for name in self._names])
