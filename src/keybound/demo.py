@@ -80,7 +80,6 @@ def _tpm_store(work: Path) -> Iterator[_Tpm]:
         yield _Tpm(store=None, note="tpm2-pytss not installed (pip install -e '.[tpm]'): "
                    "TPM device skipped")
         return
-    from keybound.client.keystores import open_keystore
     from keybound.client.keystores._testbeds import TestbedError, start_swtpm
 
     try:
@@ -89,18 +88,22 @@ def _tpm_store(work: Path) -> Iterator[_Tpm]:
         yield _Tpm(store=None, note=f"{exc}: TPM device skipped")
         return
     try:
-        try:
-            store = open_keystore("tpm", work / "tpm-device", {"tcti": tpm.tcti})
-        except KeyboundError as exc:
-            yield _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device "
-                       "skipped")
-            return
-        if store.available():
-            yield _Tpm(store=store, note="TPM 2.0 (a private swtpm)")
-        else:
-            yield _Tpm(store=None, note="swtpm not reachable: TPM device skipped")
+        yield _open_tpm(work / "tpm-device", tpm.tcti)
     finally:
         tpm.stop()
+
+
+def _open_tpm(state_dir: Path, tcti: str) -> _Tpm:
+    from keybound.client.keystores import open_keystore
+
+    try:
+        store = open_keystore("tpm", state_dir, {"tcti": tcti})
+    except KeyboundError as exc:
+        return _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device "
+                    "skipped")
+    if not store.available():
+        return _Tpm(store=None, note="swtpm not reachable: TPM device skipped")
+    return _Tpm(store=store, note="TPM 2.0 (a private swtpm)")
 
 
 def _sealed_transport(kb: Keybound, app_id: str, base_url: str,

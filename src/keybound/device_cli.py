@@ -28,7 +28,7 @@ from keybound.client import (
     open_keystore,
     preset,
 )
-from keybound.client.files import file_error, write_private
+from keybound.client.files import file_error, remove_private, write_private
 from keybound.client.keystores import TPM_TCTI_ENV, KeyStore, detect_keystore
 from keybound.client.state import StateStore
 from keybound.errors import ClientError, ErrorCode, KeyboundError
@@ -180,10 +180,11 @@ def _new_config(args: argparse.Namespace) -> DeviceConfig:
                           code=ErrorCode.CLIENT_CONFIGURATION)
     preset(args.profile)  # an unknown profile is refused before anything is written
     keystore = _keystore_kind(args)
-    options = _store_options(args, keystore)
     if keystore == "auto":  # what this machine has: a TPM 2.0, or software keys only
         found = detect_keystore(args.state_dir)
         keystore, options = (found.kind, dict(found.options)) if found else ("none", {})
+    else:
+        options = _store_options(args, keystore)
     return DeviceConfig(
         application_id=application_id, server_url=server_url, channel_pin=pin_string,
         profile=args.profile, keystore=keystore, keystore_options=options,
@@ -279,11 +280,7 @@ def _deactivate(args: argparse.Namespace) -> dict[str, Any]:
     device, _ = _device(args.state_dir)
     device_id = device.device_id
     device.deactivate()  # keys deleted (hardware too); then the local files go
-    config_path = args.state_dir / CONFIG_FILE
-    try:
-        config_path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise file_error("delete", config_path, exc) from exc
+    remove_private(args.state_dir / CONFIG_FILE)
     StateStore(args.state_dir).wipe()
     return {"deviceId": device_id, "state": "DEACTIVATED"}
 
@@ -327,12 +324,13 @@ def register(sub: Any) -> None:
     activate.add_argument("--keystore", default="auto",
                           choices=["auto", "none", "tpm", "pkcs11", "emulated"],
                           help="where the hardware key lives (default auto: the TPM at --tcti "
-                          f"if given, else the TPM at ${TPM_TCTI_ENV} or /dev/tpmrm0 if "
-                          "usable, else none = software keys only; a PKCS#11 token must be "
-                          "named with --keystore pkcs11)")
+                          f"if given, else the one ${TPM_TCTI_ENV} names (when set) or "
+                          "/dev/tpmrm0 if usable, else none = software keys only; a PKCS#11 "
+                          "token must be named with --keystore pkcs11)")
     activate.add_argument("--tcti", help="TPM TCTI, e.g. device:/dev/tpmrm0 or "
                           "swtpm:host=127.0.0.1,port=2321 (default device:/dev/tpmrm0 if "
-                          "present); with --keystore auto it selects the TPM")
+                          f"present; under --keystore auto ${TPM_TCTI_ENV} first); with "
+                          "--keystore auto it selects the TPM")
     activate.add_argument("--pkcs11-module",
                           help=f"PKCS#11 module path (--keystore pkcs11 only; default "
                           f"{DEFAULT_PKCS11_MODULE})")

@@ -82,6 +82,19 @@ def new_device(tmp_path: Path, rp: RelyingParty, transport: Transport,
                          profile=preset(profile), hardware=element)
 
 
+def unsent_finish(tmp_path: Path, rp: RelyingParty, transport: LossyTransport,
+                  element: EmulatedSecureElement) -> tuple[Device, DropFinish]:
+    """An activated device whose last authentication finish never reached the server: its
+    newest software key is unconfirmed, the server still expects the older one."""
+    new_device(tmp_path, rp, transport, element).activate(code(rp))
+    dropping = DropFinish(transport._client, transport.pin)
+    device = Device.load(tmp_path / "dev", transport=dropping, hardware=element)
+    with pytest.raises(ClientError) as info:
+        device.authenticate()
+    assert info.value.code is ErrorCode.CLIENT_TRANSPORT
+    return device, dropping
+
+
 def code(rp: RelyingParty) -> str:
     return str(rp.activation_code()["activationCode"])
 
@@ -251,13 +264,7 @@ def test_lost_finish_answer_after_server_rotated(tmp_path, rp, transport, elemen
 def test_lost_finish_answer_before_server_rotated(tmp_path, rp, transport, element) -> None:
     """A 5xx-like unknown outcome where the server did NOT rotate: the device tries the
     uncertain key, gets authentication_failed, and retries with the old key."""
-    device = new_device(tmp_path, rp, transport, element)
-    device.activate(code(rp))
-
-    dropping = DropFinish(transport._client, transport.pin)
-    device = Device.load(tmp_path / "dev", transport=dropping, hardware=element)
-    with pytest.raises(ClientError):
-        device.authenticate()
+    device, dropping = unsent_finish(tmp_path, rp, transport, element)
     dropping.paths.clear()
     result = device.authenticate()
     assert dropping.paths.count(DevicePaths.AUTHENTICATION_START) == 2
@@ -355,32 +362,22 @@ def test_locked_device_problem_code(tmp_path, rp, transport, element) -> None:
 
 
 def test_backend_initiated_after_unsent_finish(tmp_path, rp, transport, element) -> None:
-    device = new_device(tmp_path, rp, transport, element)
-    device.activate(code(rp))
-
-    dropping = DropFinish(transport._client, transport.pin)
-    device = Device.load(tmp_path / "dev", transport=dropping)
-    with pytest.raises(ClientError):
-        device.authenticate()
+    device, dropping = unsent_finish(tmp_path, rp, transport, element)
     op = rp.start_operation(device.device_id)
     asked: list[Any] = []
+    dropping.paths.clear()
     result = device.authenticate(operation_id=op["operationId"],
                                  approve=lambda c: asked.append(c) or True)
     assert result.operation_id == op["operationId"]
-    assert len(asked) == 1
+    assert dropping.paths.count(DevicePaths.AUTHENTICATION_START) == 2  # newest key refused
+    assert len(asked) == 1  # ... yet the user was asked once
     assert rp.operation(op["operationId"])["state"] == "COMPLETED"
 
 
 def test_decline_after_unsent_finish_asks_once(tmp_path, rp, transport, element) -> None:
     """The newest key is unconfirmed (the server never saw the finish): the decline signed
     with it is refused, the older key declines, and the user was asked once."""
-    device = new_device(tmp_path, rp, transport, element)
-    device.activate(code(rp))
-
-    dropping = DropFinish(transport._client, transport.pin)
-    device = Device.load(tmp_path / "dev", transport=dropping, hardware=element)
-    with pytest.raises(ClientError):
-        device.authenticate()
+    device, dropping = unsent_finish(tmp_path, rp, transport, element)
     op = rp.start_operation(device.device_id)
     asked: list[Any] = []
     dropping.paths.clear()

@@ -286,10 +286,11 @@ def _destroy_all_keys(bed: SoftHsmBed) -> None:
 
 @pytest.mark.swtpm
 def test_detect_keystore(tmp_path: Path, swtpm: SwtpmBed) -> None:
-    from keybound.client.keystores import TPM_TCTI_ENV, detect_keystore
+    from keybound.client.keystores import TPM_TCTI_ENV, detect_keystore, open_keystore
 
     found = detect_keystore(tmp_path, {TPM_TCTI_ENV: swtpm.tcti})
-    assert found is not None and found.kind == "tpm" and found.store.available()
+    assert found is not None and found.kind == "tpm"
     assert found.options == {"tcti": swtpm.tcti}  # what a configuration stores to reopen it
+    assert open_keystore(found.kind, tmp_path, found.options).available()
     assert detect_keystore(tmp_path, {TPM_TCTI_ENV: "swtpm:host=127.0.0.1,port=9"}) is None
     assert (detect_keystore(tmp_path, {}) is not None) is Path("/dev/tpmrm0").exists()

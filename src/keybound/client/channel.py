@@ -139,32 +139,27 @@ def open_device(state_dir: Path | str, *, pin: ChannelPin | str | Path,
     application (``profile`` is then required). Raises CLIENT_CONFIGURATION if the stored
     device belongs to another application than the pin."""
     channel_pin = pin if isinstance(pin, ChannelPin) else load_pin(pin)
-    directory = Path(state_dir).expanduser()
-    store = StateStore(directory)
-    if store.exists():
-        # checked before Device.load, which may rewrite the stored profile
-        stored = store.load().application_id
-        if stored != channel_pin.application_id:
-            raise ClientError(f"the device in {directory} belongs to application "
-                              f"{stored!r}, the pin to {channel_pin.application_id!r}",
-                              code=ErrorCode.CLIENT_CONFIGURATION)
-        return _with_transport(channel_pin, client, lambda transport: Device.load(
-            directory, transport=transport, hardware=hardware, profile=profile))
-    if profile is None:
-        raise ClientError("a new device needs a profile", code=ErrorCode.CLIENT_CONFIGURATION)
-    new_profile = profile
-    return _with_transport(channel_pin, client, lambda transport: Device.create(
-        directory, application_id=channel_pin.application_id, transport=transport,
-        profile=new_profile, hardware=hardware))
-
-
-def _with_transport(pin: ChannelPin, client: Any,
-                    build: Callable[[SealedTransport], Device]) -> Device:
-    """``build`` the device on a new SealedTransport; if that fails, the transport closes
-    the HTTP client it opened itself (a caller's ``client`` stays open)."""
-    transport = SealedTransport(pin, client)
+    transport = SealedTransport(channel_pin, client)
     try:
-        return build(transport)
+        return _load_or_create(Path(state_dir).expanduser(), channel_pin, transport,
+                               profile, hardware)
     except BaseException:
-        transport.close()
+        transport.close()  # the HTTP client it opened itself; a caller's ``client`` stays open
         raise
+
+
+def _load_or_create(directory: Path, pin: ChannelPin, transport: SealedTransport,
+                    profile: DeviceProfile | None, hardware: KeyStore | None) -> Device:
+    store = StateStore(directory)
+    if not store.exists():
+        if profile is None:
+            raise ClientError("a new device needs a profile",
+                              code=ErrorCode.CLIENT_CONFIGURATION)
+        return Device.create(directory, application_id=pin.application_id,
+                             transport=transport, profile=profile, hardware=hardware)
+    # checked before Device.load, which may rewrite the stored profile
+    stored = store.load().application_id
+    if stored != pin.application_id:
+        raise ClientError(f"the device in {directory} belongs to application {stored!r}, the "
+                          f"pin to {pin.application_id!r}", code=ErrorCode.CLIENT_CONFIGURATION)
+    return Device.load(directory, transport=transport, hardware=hardware, profile=profile)

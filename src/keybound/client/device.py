@@ -25,7 +25,7 @@ A Device is not thread-safe; use one Device per state directory at a time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +62,8 @@ from keybound.protocol import (
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Called with the pre-operation context (what the user is asked to approve); return True
 #: to approve. None approves everything.
@@ -414,15 +416,11 @@ class Device:
         self._require_activated()
         method = AuthMethod.DEVICE_PIN if pin is not None else AuthMethod.DEVICE
         approval = _Approval(approve)
-        candidates = self._candidates()
-        for attempt, candidate in enumerate(candidates, start=1):
-            try:
-                return self._authenticate_with(candidate, operation_id, method, pin, approval)
-            except ClientError as exc:
-                if exc.code is not ErrorCode.AUTHENTICATION_FAILED or attempt == len(candidates):
-                    raise
-                log.info("authentication failed with an unconfirmed key; trying an older one")
-        raise AssertionError("unreachable")  # pragma: no cover
+        return _newest_accepted(
+            self._candidates(),
+            lambda candidate: self._authenticate_with(candidate, operation_id, method, pin,
+                                                      approval),
+            "authentication")
 
     def _decline(self, device_id: str, start: protocol.AuthenticationStartResponse) -> None:
         """Decline a backend-initiated operation at the server (§3.1.7), signing with each
@@ -441,24 +439,23 @@ class Device:
             operation_id=start.operation_id, challenge=start.challenge,
             context_digest=protocol.context_hash(start.pre_operation_context),
             software_public_key=b"")
-        for attempt, key in enumerate(keys, start=1):
-            try:
-                self._post(
-                    DevicePaths.AUTHENTICATION_DECLINE,
-                    _request(protocol.DeclineRequest, application_id=self.application_id,
-                             device_id=device_id, operation_id=start.operation_id,
-                             software_key_id=key.key_id, software_signature=key.sign(message)),
-                    protocol.DeclineResponse)
-                return
-            except ClientError as exc:
-                if exc.code is ErrorCode.AUTHENTICATION_FAILED and attempt < len(keys):
-                    log.info("decline failed with an unconfirmed key; trying an older one")
-                    continue
-                log.warning("the server could not be told of the decline: %s", exc.code.value)
-                raise OperationDeclined(
-                    "the operation was declined on the device (the server could not be"
-                    f" told: {exc.code.value})"
-                ) from exc
+
+        def send(key: SoftwareKey) -> None:
+            self._post(
+                DevicePaths.AUTHENTICATION_DECLINE,
+                _request(protocol.DeclineRequest, application_id=self.application_id,
+                         device_id=device_id, operation_id=start.operation_id,
+                         software_key_id=key.key_id, software_signature=key.sign(message)),
+                protocol.DeclineResponse)
+
+        try:
+            _newest_accepted(keys, send, "decline")
+        except ClientError as exc:
+            log.warning("the server could not be told of the decline: %s", exc.code.value)
+            raise OperationDeclined(
+                "the operation was declined on the device (the server could not be"
+                f" told: {exc.code.value})"
+            ) from exc
 
     def _authenticate_with(
         self,
@@ -638,14 +635,7 @@ class Device:
         """Deactivate this device on the server, then :meth:`forget` it locally. Raises
         ClientError (state kept) when the server refuses or cannot be reached."""
         self._require_activated()
-        candidates = self._candidates()
-        for attempt, candidate in enumerate(candidates, start=1):
-            try:
-                self._deactivate_with(candidate)
-                break
-            except ClientError as exc:
-                if exc.code is not ErrorCode.AUTHENTICATION_FAILED or attempt == len(candidates):
-                    raise
+        _newest_accepted(self._candidates(), self._deactivate_with, "deactivation")
         self.forget()
 
     def _deactivate_with(self, candidate: _Candidate) -> None:
@@ -778,6 +768,21 @@ class _Approval:
             decision = self._decisions[digest] = bool(self._approve(context))
         if not decision:
             raise OperationDeclined("the operation was declined on the device")
+
+
+def _newest_accepted(candidates: Sequence[T], attempt: Callable[[T], R], what: str) -> R:
+    """``attempt`` the candidate keys, newest first, until the server does not refuse one as
+    ``authentication_failed`` (the newest is unconfirmed when the request that rotated it
+    never reached the server; an older one is then current). Any other error, or the refusal
+    of the last candidate, propagates."""
+    for number, candidate in enumerate(candidates, start=1):
+        try:
+            return attempt(candidate)
+        except ClientError as exc:
+            if exc.code is not ErrorCode.AUTHENTICATION_FAILED or number == len(candidates):
+                raise
+            log.info("%s failed with an unconfirmed key; trying an older one", what)
+    raise AssertionError("no candidate key")  # pragma: no cover - callers are activated
 
 
 def _request(model: type[M], **fields: Any) -> M:

@@ -47,6 +47,16 @@ def _write_private(path: Path, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
+def remove_private(path: Path) -> None:
+    """Delete ``path`` if it exists, durably. Raises ClientError(CLIENT_CONFIGURATION)
+    naming ``path`` when the OS refuses."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise file_error("delete", path, exc) from exc
+    fsync_directory(path.parent)
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename or unlink in ``directory`` durable (best effort where unsupported)."""
     with contextlib.suppress(OSError):

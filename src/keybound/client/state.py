@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keybound.client.files import file_error, fsync_directory, write_private
+from keybound.client.files import file_error, remove_private, write_private
 from keybound.client.keystores.base import KeyHandle
 from keybound.client.keystores.software import SoftwareKey
 from keybound.client.pin import SALT_BYTES
@@ -112,11 +112,7 @@ class StateStore:
     def wipe(self) -> None:
         """Delete the state file (the directory and other files stay). Raises
         ClientError(CLIENT_CONFIGURATION) naming the path when the OS refuses."""
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise file_error("delete", self.path, exc) from exc
-        fsync_directory(self.directory)
+        remove_private(self.path)
 
 
 def _corrupted(path: Path, reason: str) -> ClientError:

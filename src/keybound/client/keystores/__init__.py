@@ -63,12 +63,11 @@ def open_keystore(
 
 @dataclass(frozen=True, kw_only=True)
 class DetectedKeystore:
-    """Secure hardware :func:`detect_keystore` found: its ``kind`` and the ``options`` to
-    reopen it with (what a configuration stores), and the open ``store``."""
+    """Secure hardware :func:`detect_keystore` found: its ``kind`` and the ``options`` that
+    open it with :func:`open_keystore` (what a configuration stores)."""
 
     kind: str
     options: Mapping[str, Any]
-    store: KeyStore
 
 
 def detect_keystore(state_dir: Path | str,
@@ -93,7 +92,7 @@ def detect_keystore(state_dir: Path | str,
             log.warning("ignoring %s=%r: %s", TPM_TCTI_ENV, named, exc.detail)
         return None
     if store.configured() and store.available():
-        return DetectedKeystore(kind=store.kind, options=options, store=store)
+        return DetectedKeystore(kind=store.kind, options=options)
     if named is not None:
         log.warning("ignoring %s=%r: no usable TPM there", TPM_TCTI_ENV, named)
     return None

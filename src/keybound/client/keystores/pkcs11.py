@@ -48,7 +48,6 @@ from keybound.client.keystores.base import (
 )
 from keybound.crypto import der_signature, p256_public_from_point, verify_signature
 from keybound.errors import (
-    ClientError,
     InvalidSignature,
     KeyGenerationFailed,
     KeyStoreError,
@@ -94,10 +93,6 @@ _UNCOMPRESSED_POINT_LEN = 65
 _LOCK = threading.Lock()
 
 
-def _config_error(detail: str) -> ClientError:
-    return option_error(KIND, detail)
-
-
 @dataclass(frozen=True, kw_only=True)
 class Pkcs11Options:
     """Parsed ``options`` of the ``pkcs11`` store. The PIN is kept out of ``repr``."""
@@ -114,15 +109,15 @@ class Pkcs11Options:
             options.get(k) for k in ("module", "token_label", "slot", "user_pin")
         )
         if not isinstance(module, str) or not module:
-            raise _config_error("pkcs11 option 'module' (path of the PKCS#11 library) is required")
+            raise option_error(KIND, "option 'module' (path of the PKCS#11 library) is required")
         if (label is None) == (slot is None):
-            raise _config_error("pkcs11 needs exactly one of the options 'token_label' or 'slot'")
+            raise option_error(KIND, "needs exactly one of the options 'token_label' or 'slot'")
         if label is not None and not isinstance(label, str):
-            raise _config_error("pkcs11 option 'token_label' must be a string")
+            raise option_error(KIND, "option 'token_label' must be a string")
         if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)):
-            raise _config_error("pkcs11 option 'slot' must be an integer slot id")
+            raise option_error(KIND, "option 'slot' must be an integer slot id")
         if not isinstance(pin, str):
-            raise _config_error("pkcs11 option 'user_pin' (a string) is required")
+            raise option_error(KIND, "option 'user_pin' (a string) is required")
         return cls(module=module, token_label=label, slot=slot, user_pin=pin)
 
     def token_name(self) -> str:
