@@ -264,6 +264,13 @@ def main() -> int:
               "after the other; load generators on the same cores.\n")
         tab, summary = comparison_table(kb, peer)
         print(tab)
+        # the table counts completed flows only: say where keybound's flows failed
+        failed = [f"{r['flow']} c={r['concurrency']}: {r['flows_failed']}" for r in kb["sweep"]
+                  if r["flows_failed"]]
+        failed += [f"scale {s['registrations']:,} {s['devices']}: {s['result']['flows_failed']}"
+                   for s in kb.get("scale") or [] if s["result"]["flows_failed"]]
+        if failed:
+            print("\n**keybound flows failed** (not counted above): " + "; ".join(failed))
         fl = kb["floor"]["per_flow_us"]
         print(f"\nCrypto floor measured in this run (server side, per flow): device-initiated "
               f"{fl['device']:.0f} µs, backend-initiated {fl['backend']:.0f} µs.")

@@ -421,11 +421,13 @@ def run_scale(args: argparse.Namespace, sizes: list[int], workdir: Path, backend
     device-initiated authentication with the virtual clients' own devices (hot) and as
     random seeded registrations (seeded)."""
     server = new_server(args, workdir, backend, pg)
+    # the seed key pool's private keys: beside an SQLite database, else in the work dir
+    pool_file = seeding.pool_path(server.db_url) or workdir / "seedkeys.json"
     kinds = [k for k in args.scale_devices.split(",") if k]
     out = []
     for n in sorted(sizes):
         log(f"[loadgen] seeding up to {n:,} registrations")
-        s = seeding.seed(server.db_url, server.app, n, log=log, pool_file=server.pool_file)
+        s = seeding.seed(server.db_url, server.app, n, log=log, pool_file=pool_file)
         log(f"[loadgen]   +{s['inserted']:,} in {s['seconds']:.1f} s ({s['rows_per_s']:,.0f}/s)")
         for kind in kinds:
             server.start()
@@ -435,12 +437,12 @@ def run_scale(args: argparse.Namespace, sizes: list[int], workdir: Path, backend
                     want = min(args.max_flows, int(3000 * (args.seconds + args.warmup)))
                     seeded = seeding.sample_seeded(
                         server.db_url, server.app, want,
-                        seeding.load_or_make_pool(server.db_url, 1000, server.pool_file))
+                        seeding.load_or_make_pool(server.db_url, 1000, pool_file))
                 log(f"[loadgen] {backend} scale {n:,} {kind} c={args.scale_concurrency}")
                 r = run_level(server, "device", args.scale_concurrency, seconds=args.seconds,
                               warmup=args.warmup, max_flows=args.max_flows,
                               client_procs=args.client_procs, seeded=seeded,
-                              pool_file=str(server.pool_file))
+                              pool_file=str(pool_file))
                 log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 {r['flow_p99_ms']:.1f} ms,"
                     f" peak RSS {r['server_peak_rss_mib_max']:.0f} MiB")
             finally:

@@ -26,7 +26,8 @@ from kbbench.seeding import seed
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database-url", required=True)
     ap.add_argument("--application", default="bench")
     ap.add_argument("--registrations", type=int, required=True, help="total to reach")

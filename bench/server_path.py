@@ -12,9 +12,11 @@ Then ``--flows`` device-initiated authentications (start + finish) round-robin o
 each request sealed by the device, handled by ``SecureChannel._handle`` exactly as the server
 does after reading the HTTP body, and the answer opened by the device.
 
-Prints CPU per flow (process time, which includes the devices' crypto, measured separately and
-subtracted) next to the crypto floor from bench/kbbench/floor.py: the difference between this
-figure and bench/loadgen.py's server CPU per flow is the HTTP stack (uvicorn, ASGI).
+Prints CPU per flow next to the crypto floor from bench/kbbench/floor.py: the handler's own
+(process time around each ``_handle`` call, so without the devices' crypto), the devices'
+crypto, and the whole process (both, plus the loop). The difference between the handler's
+figure and bench/loadgen.py's server CPU per flow is the HTTP stack (uvicorn, ASGI), the
+group-commit fsyncs and the background WAL checkpoints (neither runs here).
 """
 
 from __future__ import annotations

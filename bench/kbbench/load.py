@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from cryptography.hazmat.primitives import serialization
 
 from kbbench import procs
+from kbbench.seeding import load_key
 from kbbench.stats import pct, summary_ms
 from kbbench.wire import Conn, HttpError, LeanDevice, RelyingParty
 from keybound.channel import ChannelPin
@@ -132,7 +132,8 @@ def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, in
     if seeded:
         pool = json.loads(Path(target.pool_file).read_text())
         for i, (device_id, s, h) in enumerate(seeded):
-            vcs[i % n_clients].seeded.append((device_id, _key(pool["sw"][s]), _key(pool["hw"][h])))
+            vcs[i % n_clients].seeded.append((device_id, load_key(pool["sw"][s]),
+                                              load_key(pool["hw"][h])))
 
     async def setup() -> None:
         if flow != "activation" and not seeded:
@@ -185,10 +186,6 @@ def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, in
         finished.value += 1
     out_q.put((wid, recs))
     release.wait(120)  # stay alive until the main process has sampled our CPU time
-
-
-def _key(hexder: str) -> Any:
-    return serialization.load_der_private_key(bytes.fromhex(hexder), password=None)
 
 
 def run_level(server: Any, flow: str, concurrency: int, *, seconds: float, warmup: float,

@@ -185,18 +185,15 @@ class BenchPostgres:
     def cpu_seconds(self) -> float:
         """CPU (user + system) of the server's processes, including backends that have exited
         since (counted in the postmaster's reaped-children time)."""
-        return sum(procs.proc_cpu_and_reaped(p) for p in self.pids())
+        return sum(procs.proc_cpu(p, reaped=True) for p in self.pids())
 
     def stop(self) -> None:
-        server, self.server = self.server, None
-        if server is not None:
-            process = server.process
-            started = procs.tree(process.pid) if process.poll() is None else []
-            pm = 0
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                pm = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
-            if pm not in started:
-                pm = process.pid if process.poll() is None else 0
+        if self.server is not None:
+            process = self.server.process
+            started = self.pids()
+            # the postmaster if we started it, else (still running) the process we started
+            pm = self.postmaster_pid() or (process.pid if started else 0)
+            self.server = None
             for sig, wait in ((signal.SIGINT, 20.0), (signal.SIGQUIT, 5.0)):
                 if process.poll() is not None:
                     break

@@ -9,22 +9,13 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (0.0 if it is gone)."""
+def proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """utime + stime of ``pid`` in seconds (0.0 if it is gone). ``reaped``: + cutime + cstime,
+    the CPU of its children that have exited and been waited for; summed over a process tree,
+    this also counts short-lived children that exited, without counting any twice."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def proc_cpu_and_reaped(pid: int) -> float:
-    """utime + stime + cutime + cstime of ``pid`` in seconds: its own CPU and that of its
-    children that have exited and been waited for (0.0 if it is gone). Summed over a process
-    tree, this also counts short-lived children that exited, without counting any twice."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15]) / CLK_TCK
+        return sum(int(x) for x in fields[11:15 if reaped else 13]) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -51,10 +42,6 @@ def tree(pid: int) -> list[int]:
         seen.append(p)
         todo += children(p)
     return seen
-
-
-def tree_cpu(pid: int) -> float:
-    return sum(proc_cpu(p) for p in tree(pid))
 
 
 def status_kib(pid: int, field: str) -> int:

@@ -59,7 +59,7 @@ def load_or_make_pool(db_url: str, n: int,
     path = pool_path(db_url, pool_file)
     if path is not None and path.exists():
         data = json.loads(path.read_text())
-        return ([_load(h) for h in data["sw"]], [_load(h) for h in data["hw"]])
+        return ([load_key(h) for h in data["sw"]], [load_key(h) for h in data["hw"]])
     sw = [crypto.generate_p256() for _ in range(n)]
     hw = [crypto.generate_p256() for _ in range(n)]
     if path is not None:
@@ -73,7 +73,8 @@ def _dump(key: ec.EllipticCurvePrivateKey) -> str:
                              serialization.NoEncryption()).hex()
 
 
-def _load(text: str) -> Any:
+def load_key(text: str) -> Any:
+    """A private key of the pool file (PKCS#8 DER, hex)."""
     return serialization.load_der_private_key(bytes.fromhex(text), password=None)
 
 
@@ -240,7 +241,7 @@ class _SqliteLoad:
 
     def finish(self) -> None:
         self.raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.raw.execute("PRAGMA synchronous=NORMAL")
+        # the PRAGMAs above stay with this connection, which seed() discards (db.dispose())
         # no ANALYZE: the server never runs it, so neither does the seeded database
 
 

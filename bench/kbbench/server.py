@@ -43,9 +43,6 @@ class KeyboundServer:
         self.db_url = db_url or f"sqlite:///{self.workdir / 'keybound.db'}"
         self.backend = backend
         self.database = database
-        # the seed key pool's private keys (``--registrations``, seeded devices)
-        self.pool_file = (self.workdir / "keybound.db.seedkeys.json" if not db_url
-                          else self.workdir / "seedkeys.json")
         self.workers = workers
         self.port = port or free_port()
         self.app = app

@@ -5,8 +5,9 @@ The device is "lean" in that it skips what is client-only (state files, pydantic
 builds the same JSON the SDK sends (``keybound.protocol.transcript`` for the signed bytes,
 ``keybound.channel.seal_request`` for the secure channel), with a software P-256 key rotated on
 every authentication and a second P-256 key standing in for the hardware key (the SDK's
-emulated secure element signs with a P-256 key too). ``bench/loadgen.py --sdk-check`` runs the
-real SDK against the same server to show the two are interchangeable.
+emulated secure element signs with a P-256 key too). ``bench/loadgen.py``'s SDK probe
+(``sdk_probe.py``; ``--no-sdk`` skips it) runs the real SDK against the same server to show the
+two are interchangeable.
 """
 
 from __future__ import annotations
