@@ -3,6 +3,9 @@ covers its commits; nothing is acknowledged before it is on disk."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -155,3 +158,69 @@ def test_commits_of_every_process_are_counted_and_synced(tmp_path: Any) -> None:
     assert first.synced == second.committed
     first.dispose()
     second.dispose()
+
+
+def test_an_fsync_by_another_process_covers_this_ones_commits(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers on one file: a worker whose commits another worker's fsync already
+    covered does not sync the WAL again (the covered count is shared through <db>-lock)."""
+    url = f"sqlite:///{tmp_path / 'kb.db'}"
+    first, second = Database(url), Database(url)
+    first.migrate()
+    for db in (first, second):
+        assert db.defer_sync()
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    with first.write() as conn:
+        conn.execute(text("CREATE TABLE probe (x INTEGER)"))
+    second.sync()  # the other worker's fsync starts after first's commit
+    synced_by_second = len(fsyncs)
+    assert synced_by_second >= 1
+    assert first.synced < first.committed
+    first.sync()
+    assert len(fsyncs) == synced_by_second  # nothing left to sync
+    assert first.synced == first.committed
+    with first.write() as conn:  # a commit after that fsync is not covered by it
+        conn.execute(text("INSERT INTO probe VALUES (1)"))
+    first.sync()
+    assert len(fsyncs) > synced_by_second and first.synced == first.committed
+    first.dispose()
+    second.dispose()
+
+
+HOLD_SYNC_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX, 8, 8)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_workers_take_turns_to_sync(tmp_path: Any) -> None:
+    """While another process holds the sync turn (its fsync runs), a sync waits for it --
+    and then finds whether that fsync covered its commits."""
+    url = f"sqlite:///{tmp_path / 'kb.db'}"
+    db = Database(url)
+    db.migrate()
+    assert db.defer_sync()
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE probe (x INTEGER)"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SYNC_LOCK, f"{tmp_path / 'kb.db'}-lock"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        syncer = threading.Thread(target=db.sync)
+        syncer.start()
+        syncer.join(0.5)
+        assert syncer.is_alive() and db.synced < db.committed
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(30)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    syncer.join(30)
+    assert not syncer.is_alive() and db.synced == db.committed
+    db.dispose()

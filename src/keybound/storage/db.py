@@ -99,14 +99,17 @@ class _SqliteWriter:
     SQLite's busy handler, whose sleeps (up to 100 ms each) dominate tail latency and leave
     cores idle.
 
-    The lock file also holds the number of write transactions every process has committed
-    (8 bytes, shared through mmap, changed only under the lock): group commit needs to know
-    about other processes' commits too (Database.committed).
+    The lock file also holds two counters shared through mmap: the write transactions every
+    process has committed (changed only under the lock), since group commit needs to know
+    about other processes' commits too (Database.committed); and how many of them a WAL
+    fsync by any process has covered (changed only under :meth:`syncing`), so a worker never
+    repeats an fsync another worker's has made unnecessary (Database.sync).
     """
 
     def __init__(self, path: str) -> None:
         self._lock = threading.RLock()
         self._opening = threading.Lock()
+        self._syncing = threading.Lock()
         self._path = path
         self._fd = -1
         self._pid = 0
@@ -119,9 +122,9 @@ class _SqliteWriter:
         with self._opening:
             if self._pid != _process.pid:  # first use, or a forked child: its own open file
                 self._fd = os.open(f"{self._path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
-                if os.fstat(self._fd).st_size < _COUNTER.size:
-                    os.ftruncate(self._fd, _COUNTER.size)  # zeros: no commits counted yet
-                self._shared = mmap.mmap(self._fd, _COUNTER.size)
+                if os.fstat(self._fd).st_size < _COUNTERS.size:
+                    os.ftruncate(self._fd, _COUNTERS.size)  # zeros: nothing counted yet
+                self._shared = mmap.mmap(self._fd, _COUNTERS.size)
                 self._pid = _process.pid
             return self._fd
 
@@ -138,6 +141,20 @@ class _SqliteWriter:
         commit's rows will find it counted."""
         assert self._shared is not None
         _COUNTER.pack_into(self._shared, 0, _COUNTER.unpack_from(self._shared)[0] + 1)
+
+    @contextmanager
+    def syncing(self) -> Iterator[_SyncedCounter]:
+        """One WAL fsync at a time across threads and processes (a lock and a POSIX record
+        lock on the second counter's bytes: independent of the writer's flock), with the
+        shared count of commits the fsyncs have covered."""
+        with self._syncing:
+            fd = self._file()
+            fcntl.lockf(fd, fcntl.LOCK_EX, _COUNTER.size, _COUNTER.size)
+            try:
+                assert self._shared is not None
+                yield _SyncedCounter(self._shared)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, _COUNTER.size, _COUNTER.size)
 
     def __enter__(self) -> None:
         self._lock.acquire()
@@ -169,11 +186,27 @@ class _Process:
         self.pid = os.getpid()
 
 
+class _SyncedCounter:
+    """The shared count of commits known to be on disk (the lock file's second counter)."""
+
+    def __init__(self, shared: mmap.mmap) -> None:
+        self._shared = shared
+
+    @property
+    def value(self) -> int:
+        count: int = _COUNTER.unpack_from(self._shared, _COUNTER.size)[0]
+        return count
+
+    def advance(self, to: int) -> None:
+        _COUNTER.pack_into(self._shared, _COUNTER.size, max(self.value, to))
+
+
 _process = _Process()
 #: open SQLite connections kept between transactions
 _IDLE_MAX = 4
-#: the shared commit counter at the start of the lock file
+#: the lock file: commits counted, commits synced (each one _COUNTER)
 _COUNTER = struct.Struct("<Q")
+_COUNTERS = struct.Struct("<QQ")
 
 
 @dataclass(frozen=True)
@@ -350,28 +383,38 @@ class Database:
     def sync(self) -> None:
         """fsync the WAL: every commit counted before the call, by any process, is durable
         after it. The count is read under the writer lock, so no counted commit is still
-        being written; a WAL file new since the last call has its directory synced too."""
+        being written; a WAL file new since the last call has its directory synced too.
+
+        Processes on one file (``keybound serve --workers N``) take turns, and an fsync that
+        another process started after the counted commits covers them: then there is none
+        to do (two workers would otherwise sync the same WAL twice as often as one)."""
         assert self._wal_path is not None and self._sqlite_writer is not None
         with self._sqlite_writer:
             target = self.committed
+        with self._sqlite_writer.syncing() as synced:
+            if synced.value < target:
+                self._fsync_wal()
+                synced.advance(target)
+        self.synced = max(self.synced, target)
+
+    def _fsync_wal(self) -> None:
+        assert self._wal_path is not None
         try:
             fd = os.open(self._wal_path, os.O_RDONLY)
         except FileNotFoundError:  # no WAL (yet, or checkpointed away): nothing pending
-            pass
-        else:
+            return
+        try:
+            os.fsync(fd)
+            inode = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        if inode != self._wal_inode:  # its name must survive a power loss too
+            directory = os.open(os.path.dirname(self._wal_path) or ".", os.O_RDONLY)
             try:
-                os.fsync(fd)
-                inode = os.fstat(fd).st_ino
+                os.fsync(directory)
             finally:
-                os.close(fd)
-            if inode != self._wal_inode:  # its name must survive a power loss too
-                directory = os.open(os.path.dirname(self._wal_path) or ".", os.O_RDONLY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
-                self._wal_inode = inode
-        self.synced = max(self.synced, target)
+                os.close(directory)
+            self._wal_inode = inode
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (PASSIVE: never waits for readers or
