@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,17 +151,21 @@ def print_scale(scale: list[dict[str, Any]], backend: str) -> None:
                      f(r["steps"]["auth_finish"]["p99_ms"], 1),
                      f(r["cpu"]["server_cpu_ms_per_flow"], 2)]
                     + ([f(r["cpu"]["db_cpu_ms_per_flow"], 2)] if db else [])
-                    + [f(r["server_peak_rss_mib_max"], 0), f"{r['flows_ok']}/{r['flows_failed']}"])
+                    + [f(s["server_peak_rss_mib_max"], 0), f"{r['flows_ok']}/{r['flows_failed']}"])
     print(table(["registrations", "devices", "seeding s (this step)", "DB MiB", "flows/s",
                  "flow p99 ms", "finish p99 ms", "srv CPU ms/flow",
                  *(["db CPU ms/flow"] if db else []),
-                 "srv peak RSS MiB (max process)", "ok/failed"], rows))
-    base = {s["devices"]: s["result"]["flows_per_s"] for s in scale
-            if s["registrations"] == min(x["registrations"] for x in scale)}
-    for s in scale:
-        b = base.get(s["devices"])
-        if b:
-            s["throughput_vs_smallest"] = s["result"]["flows_per_s"] / b
+                 "srv peak RSS MiB (max process, any round)", "ok/failed"], rows))
+    rounds = max(len(s["rounds_flows_per_s"]) for s in scale)
+    print(f"\n{rounds} round(s), the sizes interleaved; each row is its size's median round. "
+          "vs smallest: the median of the per-round ratios to the smallest size.\n")
+    print(table(["registrations", "devices", "flows/s by round", "vs smallest (by round)",
+                 "vs smallest"],
+                [[f"{s['registrations']:,}", s["devices"],
+                  " / ".join(f(x, 0) for x in s["rounds_flows_per_s"]),
+                  " / ".join(f(x, 2) for x in s["rounds_vs_smallest"]),
+                  f(s["throughput_vs_smallest"], 2)
+                  if s["throughput_vs_smallest"] is not None else "-"] for s in scale]))
 
 
 # --------------------------------------------------------------------------- runs
@@ -181,7 +186,8 @@ def pg_lifetime(args: argparse.Namespace, n_levels: int, sizes: list[int]) -> fl
     watchdog: twice the planned time plus 15 minutes."""
     level = args.warmup + args.seconds + 60
     kinds = len([k for k in args.scale_devices.split(",") if k])
-    plan = n_levels * level + 300 + sum(120 + n / 2000 + kinds * level for n in sizes)
+    plan = n_levels * level + 300 + sum(120 + n / 2000 + kinds * level * args.scale_rounds
+                                        for n in sizes)
     return float(2 * plan + 900)
 
 
@@ -278,6 +284,8 @@ def main() -> int:
     ap.add_argument("--registrations", default="",
                     help="scale runs: comma-separated totals, e.g. 10000,100000,1000000")
     ap.add_argument("--scale-concurrency", type=int, default=16)
+    ap.add_argument("--scale-rounds", type=int, default=3,
+                    help="scale runs: rounds over all sizes, interleaved (median reported)")
     ap.add_argument("--scale-devices", default="hot,seeded",
                     help="hot: each virtual client's own activated device; seeded: every "
                     "flow as a random pre-seeded registration")
@@ -332,6 +340,8 @@ def main() -> int:
                            "sweep": [], "scale": [], "sdk": None, "profile": None}
     sweep = not args.no_sweep and bool(flows) and bool(levels)
 
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(args.json) if args.json else RESULTS / f"keybound-{stamp}.json"
     tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="kb-load-"))
     try:
         for i, backend in enumerate(args.backends):
@@ -363,14 +373,15 @@ def main() -> int:
                 if pg is not None:
                     log("[loadgen] stopping the private PostgreSQL")
                     pg.stop()
+    except BaseException as exc:  # what was measured before is kept: written below
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
         if not args.workdir:
             shutil.rmtree(tmp, ignore_errors=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(args.json) if args.json else RESULTS / f"keybound-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=str))
-    print(f"\n(results: {path})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1, default=str))
+        print(f"\n(results{' so far' if 'error' in out else ''}: {path})")
     return 0
 
 
@@ -416,43 +427,66 @@ def run_sweep(args: argparse.Namespace, out: dict[str, Any], flows: list[str],
 
 def run_scale(args: argparse.Namespace, sizes: list[int], workdir: Path, backend: str,
               pg: BenchPostgres | None) -> list[dict[str, Any]]:
-    """On one fresh database, for each size: stop the server, top the database up to N
-    seeded registrations, start a fresh server (so its peak RSS is this size's), run
-    device-initiated authentication with the virtual clients' own devices (hot) and as
-    random seeded registrations (seeded)."""
-    server = new_server(args, workdir, backend, pg)
-    # the seed key pool's private keys: beside an SQLite database, else in the work dir
-    pool_file = seeding.pool_path(server.db_url) or workdir / "seedkeys.json"
+    """Each size on its own fresh database, seeded with N registrations; then
+    ``--scale-rounds`` rounds, each running every size in turn on a fresh server (so its
+    peak RSS is this size's): device-initiated authentication with the virtual clients' own
+    devices (hot) and as random seeded registrations (seeded).
+
+    Rounds interleave the sizes, so a change in this machine's speed during the run (it
+    shares its host) touches every size alike. Each size reports its median round; the
+    ratio to the smallest size is the median of the per-round ratios (paired runs, minutes
+    apart at most), and the peak RSS the highest of any round."""
     kinds = [k for k in args.scale_devices.split(",") if k]
-    out = []
+    servers: dict[int, tuple[KeyboundServer, Path, dict[str, Any]]] = {}
     for n in sorted(sizes):
-        log(f"[loadgen] seeding up to {n:,} registrations")
+        server = new_server(args, workdir / f"size-{n}", backend, pg)
+        # the seed key pool's private keys: beside an SQLite database, else in the work dir
+        pool_file = seeding.pool_path(server.db_url) or server.workdir / "seedkeys.json"
+        log(f"[loadgen] seeding {n:,} registrations")
         s = seeding.seed(server.db_url, server.app, n, log=log, pool_file=pool_file)
-        log(f"[loadgen]   +{s['inserted']:,} in {s['seconds']:.1f} s ({s['rows_per_s']:,.0f}/s)")
-        for kind in kinds:
-            server.start()
-            try:
-                seeded = None
-                if kind == "seeded":
-                    want = min(args.max_flows, int(3000 * (args.seconds + args.warmup)))
-                    seeded = seeding.sample_seeded(
-                        server.db_url, server.app, want,
-                        seeding.load_or_make_pool(server.db_url, 1000, pool_file))
-                log(f"[loadgen] {backend} scale {n:,} {kind} c={args.scale_concurrency}")
-                r = run_level(server, "device", args.scale_concurrency, seconds=args.seconds,
-                              warmup=args.warmup, max_flows=args.max_flows,
-                              client_procs=args.client_procs, seeded=seeded,
-                              pool_file=str(pool_file))
-                log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 {r['flow_p99_ms']:.1f} ms,"
-                    f" peak RSS {r['server_peak_rss_mib_max']:.0f} MiB")
-            finally:
-                server.stop()
-            out.append({"backend": backend, "registrations": n, "devices": kind,
-                        "seed_seconds": s["seconds"],
-                        "seed_rows_per_s": s["rows_per_s"], "db_mib": s["db_bytes"] / 2**20,
-                        "result": r})
-            s = {**s, "seconds": 0.0}  # seeding time is shown once per size
-    return out
+        log(f"[loadgen]   {s['inserted']:,} in {s['seconds']:.1f} s ({s['rows_per_s']:,.0f}/s)")
+        servers[n] = (server, pool_file, s)
+    runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for rnd in range(1, args.scale_rounds + 1):
+        for n, (server, pool_file, _) in servers.items():
+            for kind in kinds:
+                server.start()
+                try:
+                    seeded = None
+                    if kind == "seeded":
+                        want = min(args.max_flows, int(3000 * (args.seconds + args.warmup)))
+                        seeded = seeding.sample_seeded(
+                            server.db_url, server.app, want,
+                            seeding.load_or_make_pool(server.db_url, 1000, pool_file))
+                    log(f"[loadgen] {backend} scale round {rnd}/{args.scale_rounds}: {n:,} "
+                        f"{kind} c={args.scale_concurrency}")
+                    r = run_level(server, "device", args.scale_concurrency,
+                                  seconds=args.seconds, warmup=args.warmup,
+                                  max_flows=args.max_flows, client_procs=args.client_procs,
+                                  seeded=seeded, pool_file=str(pool_file))
+                    log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 "
+                        f"{r['flow_p99_ms']:.1f} ms, peak RSS "
+                        f"{r['server_peak_rss_mib_max']:.0f} MiB")
+                finally:
+                    server.stop()
+                runs.setdefault((n, kind), []).append(r)
+    smallest = min(sizes)
+    out = []
+    for (n, kind), rs in runs.items():
+        s = servers[n][2]
+        base = runs.get((smallest, kind), [])
+        paired = [r["flows_per_s"] / b["flows_per_s"] for r, b in zip(rs, base, strict=True)
+                  if b["flows_per_s"]]
+        out.append({"backend": backend, "registrations": n, "devices": kind,
+                    "seed_seconds": s["seconds"] if kind == kinds[0] else 0.0,
+                    "seed_rows_per_s": s["rows_per_s"], "db_mib": s["db_bytes"] / 2**20,
+                    "result": sorted(rs, key=lambda r: r["flows_per_s"])[len(rs) // 2],
+                    "rounds_flows_per_s": [r["flows_per_s"] for r in rs],
+                    "rounds_flows_failed": sum(r["flows_failed"] for r in rs),
+                    "server_peak_rss_mib_max": max(r["server_peak_rss_mib_max"] for r in rs),
+                    "throughput_vs_smallest": statistics.median(paired) if paired else None,
+                    "rounds_vs_smallest": paired})
+    return sorted(out, key=lambda s: (s["registrations"], kinds.index(s["devices"])))
 
 
 if __name__ == "__main__":

@@ -117,6 +117,14 @@ class VirtualClient:
         await self.dev.conn.close()
 
 
+def _failure(exc: Exception) -> tuple[str, str]:
+    """(step, why) of a failed flow; an unexpected exception's traceback is printed."""
+    if isinstance(exc, HttpError):
+        return exc.step, exc.why
+    traceback.print_exc(limit=2)
+    return "exception", repr(exc)[:200]
+
+
 def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, int, int]],
                  target: Target, times: Any,
                  counter: Any, finished: Any, max_flows: int, out_q: Any, ready_q: Any, go: Any,
@@ -146,6 +154,16 @@ def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, in
         while time.time() < times[0]:
             await asyncio.sleep(0.001)
         while time.time() < times[1]:
+            if flow != "activation" and not seeded and not vc.dev.device_id:
+                # the last flow failed, leaving the key state unknown: start afresh (a
+                # failed activation is recorded too, and tried again after a pause)
+                start = time.time()
+                try:
+                    await vc.activate({})
+                except Exception as exc:
+                    recs.append((start, time.time(), False, {}, 0.0, *_failure(exc)))
+                    await asyncio.sleep(0.05)
+                    continue
             with counter.get_lock():
                 if counter.value >= max_flows:
                     break
@@ -157,17 +175,9 @@ def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, in
                 await run(tm)
                 recs.append((start, time.time(), True, tm, vc.dev.crypto_s, "", ""))
             except Exception as exc:
-                step, why = (exc.step, exc.why) if isinstance(exc, HttpError) else (
-                    "exception", repr(exc)[:200])
-                recs.append((start, time.time(), False, tm, 0.0, step, why))
-                if not isinstance(exc, HttpError):
-                    traceback.print_exc(limit=2)
-                if flow != "activation" and not seeded:  # key state unknown: start afresh
+                recs.append((start, time.time(), False, tm, 0.0, *_failure(exc)))
+                if flow != "activation" and not seeded:
                     vc.dev.device_id = ""
-                    try:
-                        await vc.activate({})
-                    except Exception:
-                        return
 
     async def main() -> None:
         await asyncio.gather(*(loop_flows(vc) for vc in vcs))
