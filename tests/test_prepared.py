@@ -102,3 +102,23 @@ def test_a_seen_mark_refuses_and_rolls_the_handlers_change_back(db: Database) ->
     assert count(db, t.audit_events) == 0 and count(db) == 1
     with pytest.raises(Replayed), mark(db, b"a" * 16):
         pass  # a read-only handler's replay is refused too
+
+
+@pytest.mark.parametrize(("statement", "params", "why"), [
+    (select(SEEN).where(SEEN.c.request_id.in_(bindparam("rids", expanding=True))),
+     {"rids": [b"a" * 16]}, "per execution"),
+    (select(SEEN).where(SEEN.c.expires_at < bindparam("before", literal_execute=True)),
+     {"before": 6}, "per execution"),
+    (select(SEEN).where(SEEN.c.request_id == bindparam("request id")),
+     {"request id": b"a" * 16}, "renamed for the driver"),
+], ids=["in-list", "literal-execute", "escaped-name"])
+def test_a_statement_the_driver_cannot_run_as_compiled_is_refused(
+        db: Database, statement: object, params: dict[str, object], why: str) -> None:
+    """What SQLAlchemy rewrites at each execution cannot run from one compiled string: the
+    first run refuses it (a TypeError naming the fix), rather than the driver failing later
+    on SQL it cannot parse."""
+    prepared = Prepared(statement)  # type: ignore[arg-type]
+    with db.read() as conn, pytest.raises(TypeError, match=why):
+        prepared.all(conn, params)  # type: ignore[arg-type]
+    with db.read() as conn:  # the same statement through SQLAlchemy runs
+        assert list(conn.execute(statement, params)) == []  # type: ignore[call-overload]

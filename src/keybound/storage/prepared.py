@@ -100,10 +100,15 @@ class _Plan:
 
     def __init__(self, compiled: SQLCompiler, params: Mapping[str, Any]) -> None:
         self.sql: str = compiled.string
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            raise TypeError(f"Prepared cannot run {self.sql!r}: SQLAlchemy renders some of "
+                            "its parameters per execution (IN lists, literal_execute); use "
+                            "Connection.execute")
+        if compiled.escaped_bind_names:
+            raise TypeError(f"Prepared cannot run {self.sql!r}: parameter names "
+                            f"{sorted(compiled.escaped_bind_names)} are renamed for the "
+                            "driver; name them with letters, digits and underscores")
         bound = compiled.construct_params(params)
-        if any(bound[name] is not params[name] for name in params if name in bound):
-            raise TypeError(f"Prepared cannot run {self.sql!r}: SQLAlchemy changes a "
-                            "parameter before the driver sees it; use Connection.execute")
         self._names: tuple[str, ...] | None = (
             tuple(compiled.positiontup or ()) if compiled.positional else None)
         self._constants = {name: value for name, value in bound.items() if name not in params}
