@@ -16,7 +16,8 @@ request's path.
 The rule is enforced on the way out, for every response of the app (sealed device requests,
 relying-party routes, refusals alike): a response starts only when ``Database.synced`` has
 reached the number of commits -- by every server process on the file -- made before it
-started.
+started. With several processes (``--workers N``) the fsyncs take turns across them, and one
+that another process's fsync already covered is skipped (``Database.sync``).
 """
 
 from __future__ import annotations
