@@ -276,8 +276,13 @@ def main() -> int:
         if failed:
             print("\n**keybound flows failed** (not counted above): " + "; ".join(failed))
         fl = kb["floor"]["per_flow_us"]
+        levels = [r["crypto_floor_us_per_flow"] for r in kb["sweep"]
+                  if r["flow"] == "device" and "crypto_floor_us_per_flow" in r]
         print(f"\nCrypto floor measured in this run (server side, per flow): device-initiated "
-              f"{fl['device']:.0f} µs, backend-initiated {fl['backend']:.0f} µs.")
+              f"{fl['device']:.0f} µs, backend-initiated {fl['backend']:.0f} µs"
+              + (f"; again before each device level: "
+                 f"{' / '.join(f'{x:.0f}' for x in levels)} µs (each level's ÷ floor uses "
+                 "its own)" if levels else "") + ".")
         print("\n" + targets(kb, peer))
     text = buf.getvalue()
     print(text)

@@ -125,13 +125,14 @@ def print_sweep(results: list[dict[str, Any]], backend: str) -> None:
                            for s in STEPS[flow]]
                         + [f(c["server_cpu_ms_per_flow"], 2)]
                         + ([f(c["db_cpu_ms_per_flow"], 2)] if db else [])
-                        + [f(r.get("server_cpu_over_floor"), 1),
+                        + [f"{f(r.get('server_cpu_over_floor'), 1)} "
+                           f"({f(r.get('crypto_floor_us_per_flow'), 0)})",
                            f(c["client_cpu_ms_per_flow"], 2),
                            " / ".join(f(x, 2) for x in cores),
                            f(r["server_peak_rss_mib_max"], 0),
                            f"{r['flows_ok']}/{r['flows_failed']}"])
         print(table(["conc", "flows/s", "flow p50 ms", "flow p99 ms", *step_hdr,
-                     "srv CPU ms/flow", *(["db CPU ms/flow"] if db else []), "÷ floor",
+                     "srv CPU ms/flow", *(["db CPU ms/flow"] if db else []), "÷ floor (floor µs)",
                      "cli CPU ms/flow", "cores srv/db/cli/other" if db else
                      "cores srv/cli/other", "srv peak RSS MiB", "ok/failed"], rows))
         for r in rs:
@@ -302,6 +303,9 @@ def main() -> int:
                     "backend's sweep (use with one flow and one concurrency)")
     ap.add_argument("--profile-mode", choices=sorted(PROFILE_MODES), default="gil")
     ap.add_argument("--floor-iterations", type=int, default=2000)
+    ap.add_argument("--level-floor-iterations", type=int, default=500,
+                    help="measure the floor again before each level, for its ÷ floor "
+                    "(0: use the run's floor)")
     ap.add_argument("--json", help="write all results here (default bench/results/"
                     "keybound-<time>.json)")
     ap.add_argument("--workdir", help="keep the SQLite databases (and each server's log, "
@@ -403,10 +407,16 @@ def run_sweep(args: argparse.Namespace, out: dict[str, Any], flows: list[str],
                 if first and profile:
                     profiling = profile_server(server, args.profile, workdir, args.profile_mode)
                     out["profile"] = {"backend": backend, "flow": fl, "concurrency": c}
-                log(f"[loadgen] {backend} {fl} c={c}: {args.warmup:.0f}+{args.seconds:.0f} s")
+                # the floor again, just before the level: this machine's speed drifts over
+                # minutes, and the ratio should compare CPU times of the same minute
+                level_floor = (floor.per_flow(floor.measure(
+                    iterations=args.level_floor_iterations))[fl]
+                    if args.level_floor_iterations else per_flow[fl])
+                log(f"[loadgen] {backend} {fl} c={c}: {args.warmup:.0f}+{args.seconds:.0f} s "
+                    f"(floor now {level_floor:.0f} µs)")
                 r = run_level(server, fl, c, seconds=args.seconds, warmup=args.warmup,
                               max_flows=args.max_flows, client_procs=args.client_procs,
-                              floor_us=per_flow[fl])
+                              floor_us=level_floor)
                 first = False
                 db = r["cpu"]["db_cpu_ms_per_flow"]
                 log(f"[loadgen]   {r['flows_per_s']:.0f} flows/s, p99 "
