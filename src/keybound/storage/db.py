@@ -123,9 +123,9 @@ class _SqliteWriter:
         with self._opening:
             if self._pid != _process.pid:  # first use, or a forked child: its own open file
                 self._fd = os.open(f"{self._path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
-                if os.fstat(self._fd).st_size < _COUNTERS.size:
-                    os.ftruncate(self._fd, _COUNTERS.size)  # zeros: nothing counted yet
-                self._shared = mmap.mmap(self._fd, _COUNTERS.size)
+                if os.fstat(self._fd).st_size < _LOCK_FILE_SIZE:
+                    os.ftruncate(self._fd, _LOCK_FILE_SIZE)  # zeros: nothing counted yet
+                self._shared = mmap.mmap(self._fd, _LOCK_FILE_SIZE)
                 self._pid = _process.pid
             return self._fd
 
@@ -207,13 +207,13 @@ _process = _Process()
 _IDLE_MAX = 4
 #: SQLite page cache per connection, KiB (SQLite's default: 2000). With a million
 #: registrations and every authentication reading a different one, 2000 KiB let the random
-#: leaf pages push out the B-trees' interior pages: server CPU per flow 10 % above that with
+#: leaf pages push out the B-trees' interior pages: server CPU per flow 11 % above that with
 #: 10 thousand registrations (bench/loadgen.py scale runs), 1 % with 16 MiB. It costs the
 #: server about 12 MiB of RSS (107 -> 119-122 MiB at a million registrations).
 CACHE_KIB = 16384
-#: the lock file: commits counted, commits synced (each one _COUNTER)
+#: the lock file holds two of these: commits counted, then commits synced
 _COUNTER = struct.Struct("<Q")
-_COUNTERS = struct.Struct("<QQ")
+_LOCK_FILE_SIZE = 2 * _COUNTER.size
 
 
 @dataclass(frozen=True)
