@@ -1,9 +1,9 @@
 """keybound and the privacyIDEA peer, one after the other on this machine, in one table.
 
 Usage (from the repository root):
-  .venv/bin/python bench/compare.py                      # keybound sweep, then the peer
-  .venv/bin/python bench/compare.py --no-peer            # keybound only
-  .venv/bin/python bench/compare.py --seconds 12 --peer-seconds 15 --concurrency 1,4,16,64 \\
+  .venv-bench/bin/python bench/compare.py                      # keybound sweep, then the peer
+  .venv-bench/bin/python bench/compare.py --no-peer            # keybound only
+  .venv-bench/bin/python bench/compare.py --seconds 12 --peer-seconds 15 --concurrency 1,4,16,64 \\
         --registrations 10000,100000,1000000             # + the scale runs (targets table)
 
 1. keybound: bench/loadgen.py (device- and backend-initiated authentication, secure channel
@@ -68,6 +68,21 @@ def run_keybound(a: argparse.Namespace, stamp: str) -> dict[str, Any] | None:
     return data
 
 
+def same_interpreter_env(scratch: Path) -> dict[str, str]:
+    """The peer on the Python keybound runs on: its setup.sh makes its venv with ``python3``
+    from PATH, so a ``python3`` link to this venv's base interpreter goes first on PATH, and
+    the venv gets a directory of its own per interpreter (``PI_VENV``, unless set)."""
+    base = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+    shim = scratch / "python"
+    shim.mkdir(parents=True, exist_ok=True)
+    link = shim / "python3"
+    link.unlink(missing_ok=True)
+    link.symlink_to(base)
+    venv = os.environ.get("PI_VENV") or "/tmp/venv-pi-" + "-".join(base.parts[1:]).replace(
+        ".", "")
+    return {"PATH": f"{shim}{os.pathsep}{os.environ.get('PATH', '')}", "PI_VENV": venv}
+
+
 class PeerFailed(Exception):
     pass
 
@@ -79,7 +94,8 @@ def run_peer(a: argparse.Namespace, stamp: str) -> tuple[list[dict[str, Any]] | 
         return None, f"no peer harness at {peer}"
     logs = Path(a.peer_logs)
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PI_HOME": a.peer_home, "PI_WORKERS": str(a.peer_workers)}
+    env = {**os.environ, "PI_HOME": a.peer_home, "PI_WORKERS": str(a.peer_workers),
+           **same_interpreter_env(logs)}
     out = RESULTS / f"peer-privacyidea-{stamp}.json"
     py = a.peer_python or sys.executable  # any Python with `cryptography`
 
@@ -260,7 +276,8 @@ def main() -> int:
     with redirect_stdout(buf):
         m = kb["meta"]
         print(f"## keybound vs privacyIDEA 3.14 push (poll-only), {m['when']}\n")
-        print(f"{m['cpus']} CPUs, Python {m['python']}; keybound `serve --workers "
+        where = m.get("interpreter", "interpreter not recorded")
+        print(f"{m['cpus']} CPUs, Python {m['python']} ({where}, both); keybound `serve --workers "
               f"{m['server_workers']}`, SQLite (WAL), secure channel on, "
               f"{m['seconds']:.0f} s per level; peer: gunicorn {a.peer_workers} sync workers, "
               f"SQLite (WAL), {a.peer_seconds:.0f} s per level"

@@ -3,11 +3,11 @@ secure channel on, on a fresh embedded SQLite file or a fresh PostgreSQL databas
 crypto floor, the scale runs (pre-seeded registrations) and the SDK's footprint for one device.
 
 Usage (from the repository root):
-  .venv/bin/python bench/loadgen.py                                  # sweep, all three flows
-  .venv/bin/python bench/loadgen.py --flows device --concurrency 1,4,16,64 --seconds 12
-  .venv/bin/python bench/loadgen.py --no-sweep --registrations 10000,100000,1000000
-  .venv/bin/python bench/loadgen.py --flows device --concurrency 16 --profile 10
-  .venv/bin/python bench/loadgen.py --backend sqlite,postgresql      # each in turn
+  .venv-bench/bin/python bench/loadgen.py                                  # sweep, all three flows
+  .venv-bench/bin/python bench/loadgen.py --flows device --concurrency 1,4,16,64 --seconds 12
+  .venv-bench/bin/python bench/loadgen.py --no-sweep --registrations 10000,100000,1000000
+  .venv-bench/bin/python bench/loadgen.py --flows device --concurrency 16 --profile 10
+  .venv-bench/bin/python bench/loadgen.py --backend sqlite,postgresql      # each in turn
 
 What runs: a temp dir with a fresh SQLite database (--backend sqlite, the default), or a fresh
 database on a private PostgreSQL server (--backend postgresql: started for the run by the
@@ -71,6 +71,7 @@ def log(msg: str) -> None:
 
 def meta(args: argparse.Namespace) -> dict[str, Any]:
     return {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
+            "interpreter": base_interpreter(),
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "cryptography": version("cryptography"), "uvicorn": version("uvicorn"),
             "fastapi": version("fastapi"), "sqlalchemy": version("sqlalchemy"),
@@ -79,6 +80,11 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
             "max_flows": args.max_flows, "backends": args.backends,
             "database": SQLITE_DESCRIPTION, "databases": {},
             "secure_channel": "on (X25519_SHA256_AES128GCM)"}
+
+
+def base_interpreter() -> str:
+    """The Python this venv was made from: its build matters (bench/README.md: Python)."""
+    return str(Path(getattr(sys, "_base_executable", sys.executable)).resolve())
 
 
 def _git_commit() -> str:
@@ -329,7 +335,8 @@ def main() -> int:
 
     m = meta(args)
     print(f"## keybound load run {m['when']}\n")
-    print(f"Python {m['python']} {m['machine']}, {m['cpus']} CPUs, cryptography "
+    print(f"Python {m['python']} ({m['interpreter']}) {m['machine']}, {m['cpus']} CPUs, "
+          f"cryptography "
           f"{m['cryptography']}, uvicorn {m['uvicorn']}, commit {m['keybound_commit']}; "
           f"`keybound serve --workers {args.workers}`, "
           f"{' then '.join(b if b != 'sqlite' else 'SQLite' for b in args.backends)}, "

@@ -2,9 +2,9 @@
 P-256 public keys from a reused key pool), fast, straight into the database.
 
 Usage:
-  .venv/bin/python bench/seed.py --database-url sqlite:////tmp/kb/keybound.db \\
+  .venv-bench/bin/python bench/seed.py --database-url sqlite:////tmp/kb/keybound.db \\
         --application bench --registrations 1000000 [--pool 1000] [--batch 50000]
-  .venv/bin/python bench/seed.py --database-url postgresql+psycopg://USER@HOST:PORT/DB \\
+  .venv-bench/bin/python bench/seed.py --database-url postgresql+psycopg://USER@HOST:PORT/DB \\
         --registrations 1000000 --pool-file /tmp/kb/seedkeys.json
 
 Incremental: tops the application up to N registrations (creates the application if needed;

@@ -1,7 +1,7 @@
 """Where the server's CPU per authentication goes, without HTTP: the secure channel's handler
 (open + replay mark + domain service + database + seal) called directly, in this process.
 
-Usage:  .venv/bin/python bench/server_path.py [--flows 3000] [--devices 16]
+Usage:  .venv-bench/bin/python bench/server_path.py [--flows 3000] [--devices 16]
 
 A fresh SQLite file (the embedded default) with the server's group commit on, but the WAL
 synced only once, at the end: the server shares one fsync among the requests that commit

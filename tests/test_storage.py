@@ -11,6 +11,7 @@ from sqlalchemy import inspect, text
 
 from keybound.storage.db import Database
 from keybound.storage.tables import metadata
+from tests.pgserver import PostgresServer
 
 
 def test_fresh_database_is_created_in_wal_mode_with_the_full_schema(tmp_path: Path) -> None:
@@ -25,7 +26,7 @@ def test_fresh_database_is_created_in_wal_mode_with_the_full_schema(tmp_path: Pa
         # cached when every authentication reads a different one (bench/README.md, Scale)
         assert conn.execute(text("PRAGMA cache_size")).scalar() == -16384
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0003"
+    assert revision == "0004"
     tables = set(inspect(db.engine).get_table_names())
     assert set(metadata.tables) <= tables
     db.migrate()  # idempotent
@@ -82,7 +83,7 @@ def test_migration_0003_keeps_every_row_and_writes_fewer_pages(tmp_path: Path) -
             return {table: sorted(tuple(r) for r in conn.execute(text(f"SELECT * FROM {table}")))
                     for table in rows}
 
-    upgrade(db.engine)
+    upgrade(db.engine, "0003")
     after = layout()
     assert "WITHOUT ROWID" in after["seen_requests"]
     assert "WITHOUT ROWID" in after["superseded_keys"]
@@ -98,6 +99,82 @@ def test_migration_0003_keeps_every_row_and_writes_fewer_pages(tmp_path: Path) -
     before = layout()
     assert not any("WITHOUT ROWID" in sql or "WHERE" in sql for sql in before.values())
     assert stored() == rows
+    db.dispose()
+
+
+def test_migration_0004_keys_replay_marks_by_expiry_and_keeps_every_one(tmp_path: Path) -> None:
+    """0003 -> 0004: seen_requests' key becomes (expires_at, request_id), the expires_at index
+    goes (one B-tree per mark), no mark is lost, a replay of a kept mark is still refused, and
+    downgrading restores the 0003 layout with every mark."""
+    from alembic import command
+    from sqlalchemy.exc import IntegrityError
+
+    from keybound.storage.migrations import alembic_config, upgrade
+
+    db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
+    upgrade(db.engine, "0003")
+    marks = [(b"r" * 16, 1), (b"s" * 16, 2), (b"t" * 16, 2)]
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO seen_requests VALUES (:r, :e)"),
+                     [{"r": r, "e": e} for r, e in marks])
+
+    def state() -> tuple[str, set[str], list[tuple[object, ...]]]:
+        with db.engine.connect() as conn:
+            sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = "
+                                    "'seen_requests'")).scalar_one()
+            indexes = {r[1] for r in conn.execute(text("PRAGMA index_list(seen_requests)"))}
+            rows = sorted(tuple(r) for r in conn.execute(text("SELECT * FROM seen_requests")))
+        return sql, indexes, rows
+
+    upgrade(db.engine)
+    sql, indexes, rows = state()
+    assert "PRIMARY KEY (expires_at, request_id)" in sql and "WITHOUT ROWID" in sql
+    assert "ix_seen_requests_expires_at" not in indexes
+    assert rows == marks
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:  # a replay of a kept mark
+        conn.execute(text("INSERT INTO seen_requests VALUES (:r, 2)"), {"r": b"s" * 16})
+
+    command.downgrade(alembic_config(db.engine), "0003")
+    sql, indexes, rows = state()
+    assert "PRIMARY KEY (request_id)" in sql and "WITHOUT ROWID" in sql
+    assert "ix_seen_requests_expires_at" in indexes
+    assert rows == marks
+    db.dispose()
+
+
+@pytest.mark.postgres
+def test_migration_0004_on_postgresql_swaps_the_key_and_keeps_every_mark(
+        postgres: PostgresServer) -> None:
+    """On PostgreSQL 0004 swaps the primary key constraint in place (and 0003 comes back on
+    downgrade), every mark kept; the result matches tables.py."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from keybound.storage.migrations import alembic_config, upgrade
+
+    db = Database(postgres.fresh_database())  # migrated to the newest revision
+    command.downgrade(alembic_config(db.engine), "0003")
+    marks = [(b"r" * 16, 1), (b"s" * 16, 2)]
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO seen_requests VALUES (:r, :e)"),
+                     [{"r": r, "e": e} for r, e in marks])
+
+    def state() -> tuple[list[str], set[str | None], list[tuple[object, ...]]]:
+        inspector = inspect(db.engine)
+        key = inspector.get_pk_constraint("seen_requests")["constrained_columns"]
+        indexes = {ix["name"] for ix in inspector.get_indexes("seen_requests")}
+        with db.engine.connect() as conn:
+            rows = sorted((bytes(r), e) for r, e in conn.execute(text(
+                "SELECT request_id, expires_at FROM seen_requests")))
+        return key, indexes, rows
+
+    upgrade(db.engine)
+    assert state() == (["expires_at", "request_id"], set(), marks)
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    command.downgrade(alembic_config(db.engine), "0003")
+    assert state() == (["request_id"], {"ix_seen_requests_expires_at"}, marks)
     db.dispose()
 
 

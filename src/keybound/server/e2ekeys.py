@@ -203,9 +203,13 @@ class SqlReplayGuard:
     """:class:`keybound.channel.ReplayGuard` on the ``seen_requests`` table (§6).
 
     The primary key makes check-and-remember one atomic INSERT, so every server process that
-    shares the database refuses a request id any of them has seen. Expired ids are deleted
-    now and then (at most once per ``purge_interval`` per process), ``REPLAY_PURGE_GRACE_MS``
-    after they expire so that a clock a little behind never meets a forgotten id.
+    shares the database refuses a request any of them has seen. The key is (expiry, request
+    id): a replay is the same sealed bytes, so the same timestamp and, since every server
+    opens requests with the channel's one window (DEFAULT_WINDOW_SECONDS), the same expiry.
+    Ordered by expiry, the key is also what the purge deletes by (migration 0004). Expired
+    ids are deleted now and then (at most once per ``purge_interval`` per process),
+    ``REPLAY_PURGE_GRACE_MS`` after they expire so that a clock a little behind never meets
+    a forgotten id.
     """
 
     def __init__(
@@ -272,7 +276,8 @@ def purge_seen_requests(db: Database, at_ms: int, *, batch: int = DELETE_BATCH) 
     transactions of at most ``batch`` rows (storage.batches)."""
     seen = t.seen_requests
     expired = seen.c.expires_at < at_ms - REPLAY_PURGE_GRACE_MS
-    return delete_in_batches(db, seen, (seen.c.request_id,), expired, batch=batch)
+    return delete_in_batches(db, seen, (seen.c.expires_at, seen.c.request_id), expired,
+                             batch=batch)
 
 
 # --------------------------------------------------------------------------- management

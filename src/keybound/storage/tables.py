@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -157,8 +158,10 @@ e2e_keys = Table(
 seen_requests = Table(
     "seen_requests",
     metadata,
-    Column("request_id", LargeBinary(16), primary_key=True),  # secure-channel request id
+    Column("request_id", LargeBinary(16), nullable=False),  # secure-channel request id
     Column("expires_at", BigInteger, nullable=False),  # ms; forgotten after this
-    Index("ix_seen_requests_expires_at", "expires_at"),
+    # a replay has the same timestamp, so the same expiry: refused by this key all the same,
+    # and the purge deletes a range of it (migration 0004: no second B-tree to write)
+    PrimaryKeyConstraint("expires_at", "request_id"),
     sqlite_with_rowid=False,  # the primary key is the table: one B-tree per insert
 )
