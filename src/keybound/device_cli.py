@@ -193,19 +193,23 @@ def _new_config(args: argparse.Namespace) -> DeviceConfig:
 
 
 def _keystore_kind(args: argparse.Namespace) -> str:
-    """``--keystore``; under ``auto`` a ``--tcti`` names the TPM to use, and PKCS#11 flags
-    are refused (a token is never auto-detected)."""
-    if args.keystore != "auto":
-        return str(args.keystore)
+    """``--keystore``; under ``auto`` a ``--tcti`` names the TPM to use. Options of another
+    key store are refused, never silently ignored (a token is never auto-detected)."""
     pkcs11_flags = [flag for flag, given in (
         ("--pkcs11-module", args.pkcs11_module is not None),
         ("--token-label", args.token_label is not None),
         ("--slot", args.slot is not None),
         ("--token-pin-env", args.token_pin_env is not None)) if given]
-    if pkcs11_flags:
-        raise ClientError(f"{', '.join(pkcs11_flags)} need(s) --keystore pkcs11: a PKCS#11 "
-                          "token is never detected automatically",
+    if pkcs11_flags and args.keystore != "pkcs11":
+        why = ("a PKCS#11 token is never detected automatically" if args.keystore == "auto"
+               else f"not --keystore {args.keystore}")
+        raise ClientError(f"{', '.join(pkcs11_flags)} need(s) --keystore pkcs11: {why}",
                           code=ErrorCode.CLIENT_CONFIGURATION)
+    if args.tcti and args.keystore not in ("auto", "tpm"):
+        raise ClientError(f"--tcti needs --keystore tpm (or auto), not --keystore "
+                          f"{args.keystore}", code=ErrorCode.CLIENT_CONFIGURATION)
+    if args.keystore != "auto":
+        return str(args.keystore)
     return "tpm" if args.tcti else "auto"
 
 
@@ -219,8 +223,9 @@ def _read_channel_pin(args: argparse.Namespace) -> str | None:
 
 
 def _store_options(args: argparse.Namespace, keystore: str) -> dict[str, Any]:
-    if keystore == "tpm":
-        return {"tcti": args.tcti} if args.tcti else {}
+    if keystore == "tpm":  # the TPM --tcti names, else $KEYBOUND_TPM_TCTI's, else the default
+        tcti = args.tcti or os.environ.get(TPM_TCTI_ENV)
+        return {"tcti": tcti} if tcti else {}
     if keystore == "pkcs11":
         options: dict[str, Any] = {"module": args.pkcs11_module or DEFAULT_PKCS11_MODULE}
         if args.token_label:
@@ -328,8 +333,8 @@ def register(sub: Any) -> None:
                           "/dev/tpmrm0 if usable, else none = software keys only; a PKCS#11 "
                           "token must be named with --keystore pkcs11)")
     activate.add_argument("--tcti", help="TPM TCTI, e.g. device:/dev/tpmrm0 or "
-                          "swtpm:host=127.0.0.1,port=2321 (default device:/dev/tpmrm0 if "
-                          f"present; under --keystore auto ${TPM_TCTI_ENV} first); with "
+                          f"swtpm:host=127.0.0.1,port=2321 (default: ${TPM_TCTI_ENV} when "
+                          "set, else device:/dev/tpmrm0); --keystore tpm or auto only; with "
                           "--keystore auto it selects the TPM")
     activate.add_argument("--pkcs11-module",
                           help=f"PKCS#11 module path (--keystore pkcs11 only; default "

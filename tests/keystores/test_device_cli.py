@@ -311,6 +311,45 @@ def test_keystore_auto_takes_tcti_and_refuses_pkcs11_flags(tmp_path: Path, serve
         assert not target.exists()
 
 
+def test_options_of_another_key_store_are_refused(tmp_path: Path, server: Server) -> None:
+    """PKCS#11 flags with any key store but pkcs11, and --tcti with one that is not a TPM,
+    are refused before anything is written, rather than silently ignored."""
+    app = server.app()
+    cases = [(keystore, ["--token-label", "t"], "--keystore pkcs11")
+             for keystore in ("none", "emulated", "tpm")]
+    cases += [(keystore, ["--tcti", "swtpm:host=127.0.0.1,port=9"], "--keystore tpm")
+              for keystore in ("none", "emulated", "pkcs11")]
+    for keystore, flags, needed in cases:
+        target = tmp_path / f"{keystore}{flags[0]}"
+        stderr = fails(device(target, "activate", app.code(), "--channel-pin-file",
+                              str(app.pin_file), "--keystore", keystore, *flags),
+                       "client_configuration")
+        assert flags[0] in stderr and needed in stderr and f"not --keystore {keystore}" in stderr
+        assert not target.exists()
+
+
+@pytest.mark.swtpm
+def test_keystore_tpm_takes_the_tpm_the_environment_names(tmp_path: Path, server: Server,
+                                                         swtpm: SwtpmBed) -> None:
+    """``--keystore tpm`` without ``--tcti`` uses the TPM ``$KEYBOUND_TPM_TCTI`` names, as
+    ``--keystore auto`` does, and stores it; a ``--tcti`` beats the environment."""
+    app = server.app(hwKeyValidationStrategy="REQUIRED")
+    state = tmp_path / "env"
+    activated = ok(device(state, "activate", app.code(), "--keystore", "tpm",
+                          "--channel-pin-file", str(app.pin_file),
+                          env={TPM_TCTI_ENV: swtpm.tcti}))
+    assert activated["hardwareKeyRegistered"] is True
+    config = json.loads((state / CONFIG_FILE).read_text())
+    assert config["keystore_options"] == {"tcti": swtpm.tcti}
+    assert ok(device(state, "authenticate"))["hwKeyClientStatus"] == "OK"
+    flagged = tmp_path / "flag"
+    ok(device(flagged, "activate", app.code(), "--keystore", "tpm", "--tcti", swtpm.tcti,
+              "--channel-pin-file", str(app.pin_file),
+              env={TPM_TCTI_ENV: "swtpm:host=127.0.0.1,port=9"}))
+    assert json.loads((flagged / CONFIG_FILE).read_text())["keystore_options"] == {
+        "tcti": swtpm.tcti}
+
+
 def test_unusable_state_directory_is_a_clear_error(tmp_path: Path, server: Server) -> None:
     """OSErrors from the device's files (a file as the state directory, a directory where
     the config should be) are client_configuration errors naming the path, no traceback."""
