@@ -19,16 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from kbbench import procs
+from keybound.server.runner import free_port
 
 APP = "bench"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class KeyboundServer:
