@@ -101,7 +101,7 @@ class KeyStorageError(KeyboundError):
 
 def _lp(*fields: bytes) -> bytes:
     """Concatenate ``u32be(len(f)) || f`` for each field (§1)."""
-    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+    return b"".join([len(f).to_bytes(4, "big") + f for f in fields])
 
 
 # --------------------------------------------------------------------------- AEAD (§2)
@@ -248,14 +248,17 @@ class _SuiteSpec:
     aead: _Aead
     hpke_suite: hpke.Suite
     suite_id: bytes  # u16 kem_id || u16 kdf_id || u16 aead_id, as in RFC 9180 §5.1
+    response_key_info: bytes  # the HKDF info of every response key (§4.1)
 
 
 def _spec(kem: _Kem, aead: _Aead, hpke_aead: hpke.AEAD) -> _SuiteSpec:
+    suite_id = struct.pack(">HHH", kem.kem_id, _KDF_HKDF_SHA256, aead.aead_id)
     return _SuiteSpec(
         kem=kem,
         aead=aead,
         hpke_suite=hpke.Suite(kem.hpke_kem, hpke.KDF.HKDF_SHA256, hpke_aead),
-        suite_id=struct.pack(">HHH", kem.kem_id, _KDF_HKDF_SHA256, aead.aead_id),
+        suite_id=suite_id,
+        response_key_info=_lp(_RESPONSE_KEY_LABEL, suite_id),
     )
 
 
@@ -702,7 +705,7 @@ def _response_context(req: OpenedRequest | ResponseOpener) -> tuple[bytes, bytes
     key = _hkdf_sha256(
         ikm=req.response_key,
         salt=req.request_id,
-        info=_lp(_RESPONSE_KEY_LABEL, spec.suite_id),
+        info=spec.response_key_info,
         length=spec.aead.key_size,
     )
     aad = _lp(
