@@ -7,9 +7,11 @@ Usage (from the repository root):
         --registrations 10000,100000,1000000             # + the scale runs (targets table)
 
 1. keybound: bench/loadgen.py (device- and backend-initiated authentication, secure channel
-   on, SQLite, fresh server) at each concurrency, JSON to bench/results/.
+   on, SQLite, fresh server; `keybound serve --workers 2` unless --workers says otherwise, as
+   the peer runs 2 gunicorn workers) at each concurrency, JSON to bench/results/.
 2. the peer, from ../shared/peers/privacyidea/ (read-only; nothing of it is copied here):
-   `setup.sh all` (installs privacyIDEA 3.14 from PyPI into /tmp/venv-pi, configures SQLite,
+   `setup.sh all` (installs privacyIDEA 3.14 from PyPI into a venv made from the Python this
+   script runs on, /tmp/venv-pi-<interpreter> unless $PI_VENV names one, configures SQLite,
    starts gunicorn with 2 sync workers on 127.0.0.1:5001), `bench.py enroll --users 64`,
    `bench.py selftest`, `bench.py sweep --json`, then `setup.sh stop`. If any step fails the
    reason is printed and keybound's table is still printed.
@@ -241,7 +243,9 @@ def main() -> int:
     ap.add_argument("--flows", default="device,backend", help="keybound flows to run")
     ap.add_argument("--seconds", type=float, default=12.0, help="keybound window per level")
     ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--workers", type=int, default=1, help="keybound serve --workers")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="keybound serve --workers (default 2: as many server processes as "
+                    "the peer's gunicorn workers, --peer-workers)")
     ap.add_argument("--client-procs", type=int, default=4)
     ap.add_argument("--registrations", default="", help="also the scale runs (loadgen.py)")
     ap.add_argument("--scale-rounds", type=int, default=3,
