@@ -4,17 +4,18 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+CHECK_VERSION := -c 'import sys; assert sys.version_info >= (3, 11), "keybound needs Python 3.11+"'
 
 # The benchmarks (bench/README.md) run in their own venv on the distribution's Python, which
-# is built with PGO and LTO like python.org's and the official Docker images' (pyenv's
-# default build is not: keybound's server needs about 11 % more CPU on it).
+# is built with PGO and LTO, as the official Docker images are (pyenv's default build is not:
+# keybound's server needs about 11 % more CPU on it).
 BENCH_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 BENCH_VENV   := .venv-bench
 
-.PHONY: demo test lint typecheck pytest system-deps openapi bench-venv clean
+.PHONY: demo test lint pytest system-deps openapi bench-venv clean
 
 $(BIN)/python:
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "keybound needs Python 3.11+"'
+	$(PYTHON) $(CHECK_VERSION)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
@@ -54,7 +55,7 @@ openapi: $(VENV)/.installed-base
 bench-venv: $(BENCH_VENV)/.installed
 
 $(BENCH_VENV)/.installed: pyproject.toml
-	$(BENCH_PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "keybound needs Python 3.11+"'
+	$(BENCH_PYTHON) $(CHECK_VERSION)
 	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/pip install -q -e '.[bench]'

@@ -42,6 +42,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from kbbench import procs  # noqa: E402
 from kbbench.chart import chart  # noqa: E402
 from kbbench.stats import f, table  # noqa: E402
 
@@ -74,7 +75,7 @@ def same_interpreter_env(scratch: Path) -> dict[str, str]:
     """The peer on the Python keybound runs on: its setup.sh makes its venv with ``python3``
     from PATH, so a ``python3`` link to this venv's base interpreter goes first on PATH, and
     the venv gets a directory of its own per interpreter (``PI_VENV``, unless set)."""
-    base = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+    base = procs.base_interpreter()
     shim = scratch / "python"
     shim.mkdir(parents=True, exist_ok=True)
     link = shim / "python3"

@@ -53,7 +53,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from kbbench import floor, seeding  # noqa: E402
+from kbbench import floor, procs, seeding  # noqa: E402
 from kbbench.load import FLOW_TITLES, STEPS, run_level  # noqa: E402
 from kbbench.pg import SETTINGS as PG_SETTINGS  # noqa: E402
 from kbbench.pg import BenchPostgres  # noqa: E402
@@ -71,7 +71,7 @@ def log(msg: str) -> None:
 
 def meta(args: argparse.Namespace) -> dict[str, Any]:
     return {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-            "interpreter": base_interpreter(),
+            "interpreter": str(procs.base_interpreter()),
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "cryptography": version("cryptography"), "uvicorn": version("uvicorn"),
             "fastapi": version("fastapi"), "sqlalchemy": version("sqlalchemy"),
@@ -80,11 +80,6 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
             "max_flows": args.max_flows, "backends": args.backends,
             "database": SQLITE_DESCRIPTION, "databases": {},
             "secure_channel": "on (X25519_SHA256_AES128GCM)"}
-
-
-def base_interpreter() -> str:
-    """The Python this venv was made from: its build matters (bench/README.md: Python)."""
-    return str(Path(getattr(sys, "_base_executable", sys.executable)).resolve())
 
 
 def _git_commit() -> str:
@@ -336,8 +331,8 @@ def main() -> int:
     m = meta(args)
     print(f"## keybound load run {m['when']}\n")
     print(f"Python {m['python']} ({m['interpreter']}) {m['machine']}, {m['cpus']} CPUs, "
-          f"cryptography "
-          f"{m['cryptography']}, uvicorn {m['uvicorn']}, commit {m['keybound_commit']}; "
+          f"cryptography {m['cryptography']}, uvicorn {m['uvicorn']}, "
+          f"commit {m['keybound_commit']}; "
           f"`keybound serve --workers {args.workers}`, "
           f"{' then '.join(b if b != 'sqlite' else 'SQLite' for b in args.backends)}, "
           f"secure channel on; {args.client_procs} client processes max; {args.warmup:.0f} s "

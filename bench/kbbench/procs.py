@@ -1,12 +1,19 @@
-"""CPU time and memory of processes, from the kernel's own accounting in /proc."""
+"""CPU time and memory of processes, from the kernel's own accounting in /proc; and which
+Python they run on."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def base_interpreter() -> Path:
+    """The Python this venv was made from: its build matters (bench/README.md, Which Python)."""
+    return Path(getattr(sys, "_base_executable", sys.executable)).resolve()
 
 
 def proc_cpu(pid: int, *, reaped: bool = False) -> float:
