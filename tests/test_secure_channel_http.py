@@ -320,6 +320,32 @@ def test_unknown_inactive_and_retired_keys_get_the_same_refusal(kb, sealed_http,
     assert refusal(send(inactive_pin)) == reference
     assert send(rp.pin).status_code == 200  # the application's other key is unaffected
 
+def test_a_fault_around_the_channel_is_the_internal_problem_and_leaks_nothing(
+        kb, rp, monkeypatch, caplog) -> None:
+    """Sealed requests are answered in front of FastAPI's stack (KeyboundAPI): a fault there
+    -- here the database failing under the keyring -- still gets the ``internal_error``
+    problem with nothing of the inside, is logged, and acknowledges nothing."""
+    with TestClient(create_app(kb), raise_server_exceptions=False) as client:
+        device = sealed_device(rp, client)
+        before = snapshot(kb)
+
+        def failing_lookup(key_id: str) -> Any:
+            raise OSError(5, "Input/output error: /secret/path/keybound.db")
+
+        monkeypatch.setattr(kb.e2e_keys.keyring, "lookup", failing_lookup)
+        wire, _ = SealedHttp(client, rp.pin).seal(
+            p.DevicePaths.AUTHENTICATION_START,
+            {"applicationId": rp.app_id, "deviceId": device.device_id})
+        answer = client.post(p.DevicePaths.AUTHENTICATION_START, content=wire, headers=SEALED)
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json() == {"type": "urn:keybound:problem:internal_error",
+                             "title": "internal error", "status": 500, "code": "internal_error"}
+    assert "secret" not in answer.text
+    assert snapshot(kb) == before
+    assert any("unexpected error on POST" in r.getMessage() for r in caplog.records)
+
+
 
 # --------------------------------------------------------------------------- SDK behaviour
 

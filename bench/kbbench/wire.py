@@ -124,6 +124,7 @@ class LeanDevice:
         self.hw_pub = crypto.public_der(self.hw)
         self.device_id = ""
         self.crypto_s = 0.0  # client-side crypto time of the last flow
+        self._sw_kid: tuple[ec.EllipticCurvePrivateKey | None, str] = (None, "")
 
     async def post(self, step: str, path: str, msg: dict[str, Any]) -> dict[str, Any]:
         t = time.perf_counter()
@@ -188,7 +189,7 @@ class LeanDevice:
             software_public_key=next_pub, auth_method="DEVICE", hw_key_client_status="OK")
         msg = {"applicationId": self.app, "deviceId": self.device_id,
                "operationId": start["operationId"], "authMethod": "DEVICE",
-               "softwareKeyId": b64u_encode(crypto.key_id(crypto.public_der(self.sw))),
+               "softwareKeyId": self._sw_key_id(),
                "nextSoftwarePublicKey": b64u_encode(next_pub),
                "softwareSignature": b64u_encode(crypto.sign_p256(self.sw, tbs)),
                "hardwareSignature": b64u_encode(crypto.sign_p256(self.hw, tbs)),
@@ -198,7 +199,14 @@ class LeanDevice:
         if done.get("state") != "COMPLETED":
             raise HttpError("auth_finish", f"not completed: {done}")
         self.sw = following  # rotate only on success, as the SDK does
+        self._sw_kid = (following, b64u_encode(crypto.key_id(next_pub)))
         return done
+
+    def _sw_key_id(self) -> str:
+        """The software key's id, worked out once per key rather than on every flow."""
+        if self._sw_kid[0] is not self.sw:  # a new key: activation, or a seeded one
+            self._sw_kid = (self.sw, b64u_encode(crypto.key_id(crypto.public_der(self.sw))))
+        return self._sw_kid[1]
 
     async def pending(self) -> list[dict[str, Any]]:
         out = await self.post("pending", p.DevicePaths.PENDING_OPERATIONS,

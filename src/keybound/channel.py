@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol
 from urllib.parse import urlsplit
@@ -463,8 +463,21 @@ def request_info(
     *, suite: ChannelSuite, key_id: str, application_id: str, method: str, path: str
 ) -> bytes:
     """The HPKE ``info`` of a request (§3.3). Raises UnicodeEncodeError for a non-ASCII method."""
+    return _binding(_REQUEST_LABEL, suite, key_id, application_id, method, path)
+
+
+@lru_cache(maxsize=1024)
+def _binding(
+    label: bytes, suite: ChannelSuite, key_id: str, application_id: str, method: str, path: str
+) -> bytes:
+    """``label`` and what a request and its response are bound to (§3.3, §4.3), framed.
+
+    The same few values recur on every request of a client or server (one key, one
+    application, a handful of routes), so the framing is kept: it measured more than the AEAD
+    of a response. Bounded, and only a function of its arguments; an exception (a
+    non-ASCII method) is not cached."""
     return _lp(
-        _REQUEST_LABEL,
+        label,
         bytes([CHANNEL_VERSION]),
         _SUITES[suite].suite_id,
         key_id.encode("ascii"),
@@ -708,16 +721,9 @@ def _response_context(req: OpenedRequest | ResponseOpener) -> tuple[bytes, bytes
         info=spec.response_key_info,
         length=spec.aead.key_size,
     )
-    aad = _lp(
-        _RESPONSE_LABEL,
-        bytes([CHANNEL_VERSION]),
-        spec.suite_id,
-        req.key_id.encode("ascii"),
-        req.application_id.encode("utf-8"),
-        req.method.encode("ascii"),
-        req.path.encode("utf-8"),
-        req.request_id,
-    )
+    aad = _binding(
+        _RESPONSE_LABEL, req.suite, req.key_id, req.application_id, req.method, req.path
+    ) + _lp(req.request_id)
     return key, aad
 
 
