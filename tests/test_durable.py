@@ -3,11 +3,14 @@ covers its commits; nothing is acknowledged before it is on disk."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,10 +37,11 @@ def test_a_response_waits_for_the_fsync_that_covers_its_commit(
     synced_through: list[int] = []
     real_sync = kb.db.sync
 
-    def slow_sync() -> None:
+    def slow_sync(*, wait: bool = True) -> bool:
         gate.wait(30)
         real_sync()
         synced_through.append(kb.db.synced)
+        return True
 
     monkeypatch.setattr(kb.db, "sync", slow_sync)
     before = users(kb)
@@ -63,9 +67,9 @@ def test_one_fsync_covers_every_commit_made_before_it(kb: Keybound, http: TestCl
     calls: list[int] = []
     real_sync = kb.db.sync
 
-    def counting_sync() -> None:
+    def counting_sync(*, wait: bool = True) -> bool:
         calls.append(kb.db.committed)
-        real_sync()
+        return real_sync(wait=wait)
 
     monkeypatch.setattr(kb.db, "sync", counting_sync)
     threads = [threading.Thread(target=rp.new_user) for _ in range(20)]
@@ -80,7 +84,7 @@ def test_one_fsync_covers_every_commit_made_before_it(kb: Keybound, http: TestCl
 def test_responses_that_commit_nothing_do_not_wait(kb: Keybound, http: TestClient,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     kb.db.sync()  # whatever setup committed is on disk
-    monkeypatch.setattr(kb.db, "sync", lambda: pytest.fail("no commit, no fsync"))
+    monkeypatch.setattr(kb.db, "sync", lambda **_: pytest.fail("no commit, no fsync"))
     assert http.get("/healthz").status_code == 200
 
 
@@ -128,7 +132,7 @@ def test_a_failed_fsync_acknowledges_nothing_until_a_restart(
     later fsync that succeeds proves nothing about them, so nothing is acknowledged again."""
     real_sync = kb.db.sync
 
-    def failing_sync() -> None:
+    def failing_sync(*, wait: bool = True) -> bool:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(kb.db, "sync", failing_sync)
@@ -198,29 +202,55 @@ sys.stdin.read()
 """
 
 
-def test_workers_take_turns_to_sync(tmp_path: Any) -> None:
-    """While another process holds the sync turn (its fsync runs), a sync waits for it --
-    and then finds whether that fsync covered its commits."""
-    url = f"sqlite:///{tmp_path / 'kb.db'}"
-    db = Database(url)
-    db.migrate()
-    assert db.defer_sync()
-    with db.write() as conn:
-        conn.execute(text("CREATE TABLE probe (x INTEGER)"))
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_SYNC_LOCK, f"{tmp_path / 'kb.db'}-lock"],
+@contextlib.contextmanager
+def holding_sync_turn(database: Path) -> Iterator[None]:
+    """Another process holds the sync turn (as while its fsync runs) inside the block."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SYNC_LOCK, f"{database}-lock"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        syncer = threading.Thread(target=db.sync)
-        syncer.start()
-        syncer.join(0.5)
-        assert syncer.is_alive() and db.synced < db.committed
+        yield
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(30)
         assert holder.stdout is not None
         holder.stdout.close()
+
+
+def unsynced_database(path: Path) -> Database:
+    """A server-side database (deferred sync) with one commit not yet synced."""
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    assert db.defer_sync()
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE probe (x INTEGER)"))
+    return db
+
+
+def test_workers_take_turns_to_sync(tmp_path: Any) -> None:
+    """While another process holds the sync turn (its fsync runs), a sync waits for it --
+    and then finds whether that fsync covered its commits."""
+    db = unsynced_database(tmp_path / "kb.db")
+    with holding_sync_turn(tmp_path / "kb.db"):
+        syncer = threading.Thread(target=db.sync)
+        syncer.start()
+        syncer.join(0.5)
+        assert syncer.is_alive() and db.synced < db.committed
     syncer.join(30)
     assert not syncer.is_alive() and db.synced == db.committed
+    db.dispose()
+
+
+def test_the_event_loop_does_not_wait_for_another_processs_sync_turn(tmp_path: Any) -> None:
+    """The server's rounds run on its event loop (``sync(wait=False)``): while another
+    process holds the sync turn, a round gives up at once, changing nothing, and looks
+    again later; once the turn is free it syncs."""
+    db = unsynced_database(tmp_path / "kb.db")
+    with holding_sync_turn(tmp_path / "kb.db"):
+        started = time.monotonic()
+        assert db.sync(wait=False) is False
+        assert time.monotonic() - started < 5  # at once, not after the holder lets go
+        assert db.synced < db.committed
+    assert db.sync(wait=False) is True and db.synced == db.committed
     db.dispose()

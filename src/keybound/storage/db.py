@@ -11,6 +11,7 @@ channel's replay mark).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -143,19 +144,40 @@ class _SqliteWriter:
         assert self._shared is not None
         _COUNTER.pack_into(self._shared, 0, _COUNTER.unpack_from(self._shared)[0] + 1)
 
+    @property
+    def synced(self) -> int:
+        """Commits a WAL fsync by any process has covered (read without the lock: the count
+        only grows, and only after its fsync has returned)."""
+        self._file()
+        assert self._shared is not None
+        return _SyncedCounter(self._shared).value
+
     @contextmanager
-    def syncing(self) -> Iterator[_SyncedCounter]:
+    def syncing(self, *, wait: bool = True) -> Iterator[_SyncedCounter | None]:
         """One WAL fsync at a time across threads and processes (a lock and a POSIX record
         lock on the second counter's bytes: independent of the writer's flock), with the
-        shared count of commits the fsyncs have covered."""
-        with self._syncing:
+        shared count of commits the fsyncs have covered. ``wait=False``: None at once if
+        another thread or process holds it."""
+        if not self._syncing.acquire(blocking=wait):
+            yield None
+            return
+        try:
             fd = self._file()
-            fcntl.lockf(fd, fcntl.LOCK_EX, _COUNTER.size, _COUNTER.size)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB,
+                            _COUNTER.size, _COUNTER.size)
+            except OSError as exc:
+                if wait or exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                yield None
+                return
             try:
                 assert self._shared is not None
                 yield _SyncedCounter(self._shared)
             finally:
                 fcntl.lockf(fd, fcntl.LOCK_UN, _COUNTER.size, _COUNTER.size)
+        finally:
+            self._syncing.release()
 
     def __enter__(self) -> None:
         self._lock.acquire()
@@ -387,22 +409,29 @@ class Database:
         self.engine.dispose()  # pooled connections reopen with it
         return True
 
-    def sync(self) -> None:
+    def sync(self, *, wait: bool = True) -> bool:
         """fsync the WAL: every commit counted before the call, by any process, is durable
         after it. The count is read under the writer lock, so no counted commit is still
         being written; a WAL file new since the last call has its directory synced too.
 
         Processes on one file (``keybound serve --workers N``) take turns, and an fsync that
         another process started after the counted commits covers them: then there is none
-        to do (two workers would otherwise sync the same WAL twice as often as one)."""
+        to do (two workers would otherwise sync the same WAL twice as often as one).
+        ``wait=False`` (the server's event loop, which must not stall behind another
+        process's fsync): False at once, nothing done, when another process is syncing and
+        has not yet covered the counted commits; call again later."""
         assert self._wal_path is not None and self._sqlite_writer is not None
         with self._sqlite_writer:
             target = self.committed
-        with self._sqlite_writer.syncing() as synced:
-            if synced.value < target:
-                self._fsync_wal()
-                synced.advance(target)
+        if self._sqlite_writer.synced < target:
+            with self._sqlite_writer.syncing(wait=wait) as synced:
+                if synced is None:
+                    return False
+                if synced.value < target:
+                    self._fsync_wal()
+                    synced.advance(target)
         self.synced = max(self.synced, target)
+        return True
 
     def _fsync_wal(self) -> None:
         assert self._wal_path is not None
