@@ -20,8 +20,9 @@ load each round took 4-5 ms (p50) to come back, against 1.4-1.6 ms for the sync 
 the thread waited for the GIL after each of its system calls, and its completion for the
 busy loop; each response waited for up to two such rounds, and the hand-offs cost about 14
 futex calls per flow. On the loop (bench/loadgen.py --workers 2, runs alternating with the
-thread version in one sitting): at c=64 7 runs summed to 5617 flows/s against 5433 (+3 %), flow p99
-lower in 5 of the 7 pairs; at c=16 the same within this host's noise (3 pairs).
+thread version): at c=64 7 runs summed to 5617 flows/s against 5433 (+3 %), flow p99 lower
+in 5 of the 7 pairs; at c=16 server CPU per flow 1.33-1.49 ms against 1.44-1.57, lower in
+all 4 pairs; bench/instructions.py: 8.66 M instructions per flow against 8.96 M.
 
 Commits made this way don't checkpoint the WAL themselves either (``Database.defer_sync``):
 after every ``CHECKPOINT_COMMITS`` commits, a checkpoint runs in a worker thread, never on a
