@@ -43,7 +43,6 @@ HERE = Path(__file__).resolve()
 SRC = HERE.parent.parent / "src"
 BASE = 20  # flows of the shorter run
 DEVICES = 16
-APP = "bench"
 
 
 class AsgiConn:
@@ -83,30 +82,17 @@ class AsgiConn:
 
 async def flows(n: int) -> None:
     """Set up, then ``n`` device-initiated authentications through the ASGI app."""
-    from kbbench.wire import SEALED, LeanDevice
+    from kbbench.inproc import activated_devices, fresh_keybound
+    from kbbench.wire import SEALED
 
-    from keybound.rpapi import CreateUserRequest
     from keybound.server.http import create_app
-    from keybound.server.service import Keybound
 
-    with tempfile.TemporaryDirectory(prefix="kb-instr-") as tmp:
-        kb = Keybound.open(f"sqlite:///{tmp}/keybound.db",
-                           master_key_file=Path(tmp) / "master.key")
-        kb.applications.create(APP)
-        key = kb.e2e_keys.create(APP)
-        pin = kb.e2e_keys.pin(key.key_id, server_url="http://127.0.0.1:1")
+    with fresh_keybound("kb-instr-") as (kb, pin):
         conn = AsgiConn(create_app(kb), SEALED.encode())
-        fleet = []
-        for _ in range(DEVICES):
-            device = LeanDevice(conn, pin)  # type: ignore[arg-type]
-            user = kb.operations.create_user(APP, CreateUserRequest())
-            code = kb.operations.create_activation(APP, user.user_id).activation_code
-            await device.activation_finish(await device.activation_start(code))
-            fleet.append(device)
+        fleet = await activated_devices(kb, pin, conn, DEVICES)
         for i in range(n):
             device = fleet[i % DEVICES]
             await device.auth_finish(await device.auth_start())
-        kb.db.dispose()
 
 
 def count(src: Path, n: int) -> int:

@@ -26,21 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kbbench.wire import SEALED, LeanDevice
+from kbbench.inproc import activated_devices, fresh_keybound
+from kbbench.wire import SEALED
 
-from keybound.rpapi import CreateUserRequest
 from keybound.server.durable import CHECKPOINT_COMMITS
 from keybound.server.http import SecureChannel
-from keybound.server.service import Keybound
 
-APP = "bench"
 #: a WAL checkpoint every this many flows (the server's: durable.CHECKPOINT_COMMITS commits,
 #: two per flow), not counted: the server runs it in the background
 CHECKPOINT_FLOWS = CHECKPOINT_COMMITS // 2
@@ -64,21 +61,10 @@ class DirectConn:
 
 
 async def run(flows: int, devices: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="kb-path-") as tmp:
-        kb = Keybound.open(f"sqlite:///{tmp}/keybound.db",
-                           master_key_file=Path(tmp) / "master.key")
-        kb.applications.create(APP)
-        key = kb.e2e_keys.create(APP)
-        pin = kb.e2e_keys.pin(key.key_id, server_url="http://127.0.0.1:1")
+    with fresh_keybound("kb-path-") as (kb, pin):
         kb.db.defer_sync()
         conn = DirectConn(SecureChannel(None, kb=kb))
-        fleet = []
-        for _ in range(devices):
-            device = LeanDevice(conn, pin)  # type: ignore[arg-type]
-            user = kb.operations.create_user(APP, CreateUserRequest())
-            code = kb.operations.create_activation(APP, user.user_id).activation_code
-            await device.activation_finish(await device.activation_start(code))
-            fleet.append(device)
+        fleet = await activated_devices(kb, pin, conn, devices)
         conn.server_s = 0.0
         for device in fleet:
             device.crypto_s = 0.0
@@ -93,7 +79,6 @@ async def run(flows: int, devices: int) -> dict[str, Any]:
                 checkpoint_s += time.process_time() - t
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu - checkpoint_s
         kb.db.sync()
-        kb.db.dispose()
     client_s = sum(d.crypto_s for d in fleet)
     return {"flows": flows, "wall_s": wall, "handler_ms": 1000 * conn.server_s / flows,
             "client_crypto_ms": 1000 * client_s / flows, "process_ms": 1000 * cpu / flows}

@@ -242,6 +242,36 @@ def test_workers_take_turns_to_sync(tmp_path: Any) -> None:
     db.dispose()
 
 
+def test_a_response_waits_while_another_process_syncs_and_then_goes_out(
+        kb: Keybound, http: TestClient, rp: RelyingParty, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's round finds another process syncing: it does not acknowledge the
+    commit meanwhile, gives up the loop and looks again (RETRY_SECONDS later) instead of
+    waiting for its turn, and answers once it has had it."""
+    real_sync = kb.db.sync
+    tries: list[bool] = []
+
+    def watched_sync(*, wait: bool = True) -> bool:
+        tries.append(real_sync(wait=wait))
+        return tries[-1]
+
+    monkeypatch.setattr(kb.db, "sync", watched_sync)
+    before = users(kb)
+    answers: list[Any] = []
+    with holding_sync_turn(tmp_path / "keybound.db"):
+        caller = threading.Thread(target=lambda: answers.append(rp.new_user()))
+        caller.start()
+        deadline = time.monotonic() + 30
+        while tries.count(False) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert users(kb) == before + 1  # committed ...
+        assert caller.is_alive() and answers == []  # ... but not acknowledged
+        assert tries.count(False) >= 3 and True not in tries  # looked again, never waited
+    caller.join(30)
+    assert len(answers) == 1
+    assert tries[-1] is True and kb.db.synced >= kb.db.committed
+
+
 def test_the_event_loop_does_not_wait_for_another_processs_sync_turn(tmp_path: Any) -> None:
     """The server's rounds run on its event loop (``sync(wait=False)``): while another
     process holds the sync turn, a round gives up at once, changing nothing, and looks

@@ -60,7 +60,7 @@ class GroupCommit:
     def __init__(self, app: Any, *, db: Database) -> None:
         self.app = app
         self.db = db
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._round_scheduled = False
         self._checkpointing: asyncio.Task[None] | None = None
         self._checkpointed_at = 0  # db.committed when the last checkpoint started
@@ -87,17 +87,18 @@ class GroupCommit:
             return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append((commits, waiter))
+        self._waiters.append(waiter)
         if not self._round_scheduled:
             self._round_scheduled = True
             loop.call_soon(self._sync_round)
         await waiter
 
     def _sync_round(self) -> None:
-        """One WAL fsync for every commit made so far; wakes the responses it covers."""
+        """One WAL fsync for every commit made so far; answers every response waiting. Each
+        of them counted its commits before this round began (the loop runs one thing at a
+        time), and an fsync covers every commit counted when it begins."""
         self._round_scheduled = False
         loop = asyncio.get_running_loop()
-        waiters, self._waiters = self._waiters, []
         try:
             done = self.db.sync(wait=False)
         except OSError as exc:
@@ -108,33 +109,27 @@ class GroupCommit:
             log.critical("fsync of the database WAL failed (%s): answering every request "
                          "with an error until the server is restarted", exc)
             self._broken = exc
-            for _, waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            for waiter in self._take_waiters():
+                waiter.set_exception(exc)
             return
         except BaseException:  # a bug: nobody waits forever
-            for _, waiter in waiters:
+            for waiter in self._take_waiters():
                 waiter.cancel()
             raise
         if not done:  # another process's fsync is running: it may cover these commits too
-            self._waiters = waiters + self._waiters
             self._round_scheduled = True
             loop.call_later(RETRY_SECONDS, self._sync_round)
             return
-        for commits, waiter in waiters:
-            if waiter.done():
-                continue
-            if commits <= self.db.synced:
-                waiter.set_result(None)
-            else:  # not counted when the fsync began: the next round covers it
-                self._waiters.append((commits, waiter))
-        if self._waiters and not self._round_scheduled:
-            self._round_scheduled = True
-            loop.call_soon(self._sync_round)
+        for waiter in self._take_waiters():
+            waiter.set_result(None)
         if (self._checkpointing is None
                 and self.db.synced - self._checkpointed_at >= CHECKPOINT_COMMITS):
             self._checkpointed_at = self.db.synced
             self._checkpointing = loop.create_task(self._checkpoint())
+
+    def _take_waiters(self) -> list[asyncio.Future[None]]:
+        waiters, self._waiters = self._waiters, []
+        return [waiter for waiter in waiters if not waiter.done()]  # done: its task was cancelled
 
     async def _checkpoint(self) -> None:
         try:

@@ -418,8 +418,8 @@ class Database:
         another process started after the counted commits covers them: then there is none
         to do (two workers would otherwise sync the same WAL twice as often as one).
         ``wait=False`` (the server's event loop, which must not stall behind another
-        process's fsync): False at once, nothing done, when another process is syncing and
-        has not yet covered the counted commits; call again later."""
+        process's fsync): False at once, nothing done, when another thread or process is
+        syncing and has not yet covered the counted commits; call again later."""
         assert self._wal_path is not None and self._sqlite_writer is not None
         with self._sqlite_writer:
             target = self.committed
