@@ -50,7 +50,7 @@ pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 openapi: $(VENV)/.installed-base
-	$(BIN)/python -m keybound.server.openapi > docs/openapi.json
+	$(BIN)/python -m keybound.server.web.openapi > docs/openapi.json
 
 bench-venv: $(BENCH_VENV)/.installed
 

@@ -2,7 +2,7 @@
 
 Every error the server can return to a caller, and every error the SDK raises, is a
 :class:`KeyboundError` carrying an :class:`ErrorCode`. The HTTP layer maps codes to status
-codes in one table (``keybound.server.http``); tests assert the code, never the message.
+codes in one table (``keybound.server.web.problems``); tests assert the code, never the message.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     DEVICE_LOCKED = "device_locked"
     DEVICE_INACTIVE = "device_inactive"
     SOFTWARE_KEY_CLONED = "software_key_cloned"
+    #: retryable: the key was rotated by another ceremony of this device meanwhile (§4.5)
+    SOFTWARE_KEY_SUPERSEDED = "software_key_superseded"
     DECLINED = "declined"  # an operation's failureCode only: the user declined it (§3.1.7)
     UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
     # State
@@ -104,6 +106,12 @@ class CeremonyError(KeyboundError):
     """A device ceremony (activation/authentication) was refused."""
 
     code = ErrorCode.AUTHENTICATION_FAILED
+
+
+class CeremonyFailed(CeremonyError):
+    """A ceremony that ran to its end and failed: what it changed (a counted failure, a lock,
+    the operation's FAILED state and result) is its outcome and is committed before the
+    caller hears of it (server.unit.perform)."""
 
 
 class KeyStoreError(KeyboundError):
