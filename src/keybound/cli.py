@@ -11,10 +11,16 @@ from typing import Any
 
 from keybound import __version__, device_cli
 from keybound.errors import KeyboundError
-from keybound.storage.db import ENV_DATABASE_URL
+
+# `pip install keybound` is the device SDK and CLI: the server's commands import these (from
+# the [server] and [postgres] extras) only when they run
+_EXTRA_OF = {"fastapi": "server", "starlette": "server", "uvicorn": "server",
+             "sqlalchemy": "server", "alembic": "server", "psycopg": "postgres"}
 
 
 def _database_url(args: argparse.Namespace) -> str | None:
+    from keybound.storage.db import ENV_DATABASE_URL
+
     url: str | None = args.database_url or os.environ.get(ENV_DATABASE_URL)
     return url
 
@@ -169,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"keybound {__version__}")
     parser.add_argument(
         "--database-url",
-        help=f"SQLAlchemy database URL (default: ${ENV_DATABASE_URL}, else an embedded SQLite "
+        help="SQLAlchemy database URL (default: $KEYBOUND_DATABASE_URL, else an embedded SQLite "
         "file at ~/.keybound/keybound.db, created on first use)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -187,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo", help="start a server on its own temporary SQLite database (--database-url and "
-        f"${ENV_DATABASE_URL} are ignored), activate and authenticate demo devices under every "
+        "$KEYBOUND_DATABASE_URL are ignored), activate and authenticate demo devices under every "
         "strategy, print the decisions")
     demo.set_defaults(func=cmd_demo)
 
@@ -276,6 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
     except KeyboundError as exc:
         print(f"keybound: {exc.code.value}: {exc.detail}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"keybound: {args.command} needs {exc.name}: pip install 'keybound[{extra}]'",
+              file=sys.stderr)
         return 2
     return result
 
