@@ -91,7 +91,7 @@ in_root() {
   [ "$user" = root ] || home=/home/$user
   chroot --userspec="$user:$user" "$root" /usr/bin/env -i HOME="$home" USER="$user" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-    bash -c "$*"
+    ${pip_cert:+PIP_CERT=$pip_cert} bash -c "$*"
 }
 
 timed() {  # timed <label> <expect: ok|fail> <user> <command>
@@ -120,6 +120,14 @@ times+=("mmdebstrap: $(($(date +%s) - start)) s")
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# A host whose network inspects TLS gives pip its own CA bundle ($PIP_CERT); the root's pip
+# gets the same file, or it could reach no package index. Nothing else of the host's goes in.
+pip_cert=
+if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+  pip_cert=/etc/keybound-fresh-check-ca.pem
+  cp -L "$PIP_CERT" "$root$pip_cert"
+  say "pip in the root uses this host's CA bundle ($PIP_CERT, from \$PIP_CERT)"
+fi
 chroot "$root" useradd --create-home --shell /bin/bash dev
 
 bind proc /proc
