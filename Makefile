@@ -93,7 +93,8 @@ constraints:
 	  pyproject.toml requirements/build.in
 
 # Manual check, not part of `make test` or CI: both README commands in a minimal Debian
-# bookworm root made from Debian's mirror (root; about half an hour; scripts/fresh-check.sh)
+# bookworm root made from Debian's mirror (root; about 10 minutes on 2 cores;
+# scripts/fresh-check.sh)
 fresh-check:
 	bash scripts/fresh-check.sh
 

@@ -33,7 +33,8 @@ if ! command -v mmdebstrap >/dev/null; then
     >/dev/null
 fi
 if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
-  say "note: uncommitted changes are not checked (the root gets HEAD, $(git -C "$repo" rev-parse --short HEAD))"
+  say "note: uncommitted changes are not checked" \
+      "(the root gets HEAD, $(git -C "$repo" rev-parse --short HEAD))"
 fi
 
 root=$(mktemp -d /var/tmp/keybound-fresh-root.XXXXXX)
@@ -43,6 +44,7 @@ mounted_under_root() { awk -v r="$root/" 'index($2, r) == 1 { print $2 }' /proc/
 
 cleanup() {
   local rc=$? pid link
+  set +e  # every step below runs, whatever one of them returns: the mounts must go
   # Processes left inside the root (a server or database a failed test left running), by PID
   for link in /proc/[0-9]*/root; do
     pid=${link#/proc/}; pid=${pid%/root}
@@ -58,6 +60,7 @@ cleanup() {
     fi
   done
   local i
+  rm -f "${before:-}" "${after:-}"
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
     umount -R "${mounts[$i]}" 2>/dev/null || umount -R -l "${mounts[$i]}" || true
   done
@@ -152,9 +155,9 @@ timed "make demo, no root, everything installed" ok dev "cd ~/keybound && make d
 
 in_root root "dpkg-query -W -f='\${Package}\n' | sort" >"$after"
 added=$(comm -13 "$before" "$after" | wc -l)
-rm -f "$before" "$after"
 
-say "PASSED: both README commands on a fresh $SUITE root (HEAD $(git -C "$repo" rev-parse --short HEAD))"
+say "PASSED: both README commands on a fresh $SUITE root" \
+    "(HEAD $(git -C "$repo" rev-parse --short HEAD))"
 say "the install script asked for:"
 grep "^install-system-deps: apt-get install" "$LOGS" | sed 's/^/  /' | tee -a "$LOGS" >&2
 say "packages added to the base root, dependencies included: $added"
