@@ -15,7 +15,10 @@ from keybound.cli import device, server
 from keybound.cli.common import DATABASE_URL_HELP
 from keybound.errors import KeyboundError
 
-SERVER_MODULES = frozenset({"fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic"})
+#: `pip install keybound` is the device SDK and CLI: the server's commands import these (from
+#: the [server] and [postgres] extras) only when they run
+EXTRA_OF = {"fastapi": "server", "starlette": "server", "uvicorn": "server",
+            "sqlalchemy": "server", "alembic": "server", "psycopg": "postgres"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -49,10 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keybound: {exc.code.value}: {exc.detail}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.split(".")[0] not in SERVER_MODULES:
+        extra = EXTRA_OF.get((exc.name or "").partition(".")[0])
+        if extra is None:
             raise
-        print(f"keybound: `keybound {args.command}` needs the server's dependencies "
-              f"({exc.name} is not installed): pip install 'keybound[server]'", file=sys.stderr)
+        print(f"keybound: {args.command} needs {exc.name}: pip install 'keybound[{extra}]'",
+              file=sys.stderr)
         return 2
     return result
 
