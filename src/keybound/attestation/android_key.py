@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from keybound.attestation import certext
 from keybound.attestation import chain as paths
 from keybound.attestation.android_keydescription import (
     KEY_DESCRIPTION_OID,
@@ -168,7 +169,7 @@ class AndroidKeyVerifier(AttestationVerifier[AndroidKeyEvidence, VerifiedAndroid
         # a pinned Google root key (chain.build_path).
         path = paths.build_path(evidence.chain, self._trust, what="attestation chain")
         # [AOSP] "Attestation extension": the leaf carries the KeyDescription.
-        leaf_extension = paths.extension_value(path.leaf, KEY_DESCRIPTION_OID)
+        leaf_extension = path.extension_value(0, KEY_DESCRIPTION_OID)
         if leaf_extension is None:
             raise fail(Reason.EXTENSION_MISSING, "leaf has no key attestation extension")
         description = parse_key_description(leaf_extension)
@@ -182,7 +183,7 @@ class AndroidKeyVerifier(AttestationVerifier[AndroidKeyEvidence, VerifiedAndroid
         paths.check_issuers(path, exempt=attest_keys | batch_key)
         # [KA] "the extension ... in the leaf only": nowhere else in the path.
         for index in range(1 + len(attest_keys), len(path.certificates)):
-            if paths.extension_value(path.certificates[index], KEY_DESCRIPTION_OID):
+            if path.extension_value(index, KEY_DESCRIPTION_OID) is not None:
                 raise fail(Reason.EXTENSION_MISPLACED, f"certificate {index} is attested")
         # RFC 5280 §4.2: no unprocessed critical extension above the leaf.
         paths.check_critical_extensions(path, understood=(), skip={0, *attest_keys})
@@ -290,7 +291,7 @@ def _attest_key_certificates(path: paths.CertPath) -> frozenset[int]:
     """Indexes (1..m) of ATTEST_KEY certificates directly above the leaf."""
     found: set[int] = set()
     for index in range(1, len(path.certificates)):
-        extension = paths.extension_value(path.certificates[index], KEY_DESCRIPTION_OID)
+        extension = path.extension_value(index, KEY_DESCRIPTION_OID)
         if extension is None:
             break
         description = parse_key_description(extension)
@@ -311,11 +312,10 @@ def _batch_key_certificate(path: paths.CertPath, index: int) -> frozenset[int]:
     extension (an *attested* key always does, which is what the forged-leaf attack needs)."""
     if index >= len(path.certificates):
         return frozenset()
-    certificate = path.certificates[index]
-    if paths.extension_value(certificate, KEY_DESCRIPTION_OID) is not None:
+    if path.extension(index, KEY_DESCRIPTION_OID) is not None:
         return frozenset()
-    constraints = paths.basic_constraints(certificate)
-    usage = paths.key_usage(certificate)
+    constraints = certext.basic_constraints(path.extension(index, paths.BASIC_CONSTRAINTS))
+    usage = certext.key_usage(path.extension(index, paths.KEY_USAGE))
     if (
         (constraints is not None and constraints.ca)
         or usage is None
@@ -332,7 +332,7 @@ def _provisioning_method(path: paths.CertPath, attest_keys: int) -> Provisioning
     signer = 1 + attest_keys
     if (
         signer < len(path.certificates)
-        and paths.extension_value(path.certificates[signer], PROVISIONING_INFO_OID) is not None
+        and path.extension(signer, PROVISIONING_INFO_OID) is not None
     ):
         return ProvisioningMethod.REMOTE
     return ProvisioningMethod.UNKNOWN

@@ -141,7 +141,7 @@ class AppAttestVerifier(AttestationVerifier[AppAttestEvidence, VerifiedAppAttest
         # [A2], [A3] nonce = SHA-256(authData || clientDataHash).
         nonce = hashlib.sha256(auth_data.raw + expected_challenge).digest()
         # [A4] credCert's extension 1.2.840.113635.100.8.2 holds exactly that nonce (DER).
-        extension = paths.extension_value(cred_cert, NONCE_OID)
+        extension = path.extension_value(0, NONCE_OID)
         if extension is None:
             raise fail(Reason.EXTENSION_MISSING, f"credCert has no {NONCE_OID} extension")
         embedded = bytes(decode_strict(extension, _NonceAsn1(), what="nonce extension",

@@ -14,7 +14,6 @@ import datetime as dt
 import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -23,11 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtensionOID
 
+from keybound.attestation import certext
 from keybound.attestation._der import certificate_parts, load_certificate, load_chain
 from keybound.attestation.base import AttestationFailed, Reason, fail
+from keybound.attestation.certext import RawExtension
 from keybound.attestation.trust import TrustAnchor, TrustStore
 
-E = TypeVar("E", bound=x509.ExtensionType)
+BASIC_CONSTRAINTS = ExtensionOID.BASIC_CONSTRAINTS.dotted_string
+KEY_USAGE = ExtensionOID.KEY_USAGE.dotted_string
 
 #: Hashes accepted in certificate signatures (SHA-1 and MD5 certificates are refused).
 CERT_SIGNATURE_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
@@ -58,12 +60,21 @@ class CertPath:
 
     certificates: tuple[x509.Certificate, ...]
     ders: tuple[bytes, ...]
+    extensions: tuple[dict[str, RawExtension], ...]
     anchor: TrustAnchor
     ends_at_anchor: bool
 
     @property
     def leaf(self) -> x509.Certificate:
         return self.certificates[0]
+
+    def extension(self, index: int, oid: str) -> RawExtension | None:
+        return self.extensions[index].get(oid)
+
+    def extension_value(self, index: int, oid: str) -> bytes | None:
+        """The value of extension ``oid`` of certificate ``index``, if present."""
+        found = self.extensions[index].get(oid)
+        return None if found is None else found.value
 
 
 def build_path(chain: object, trust: TrustStore, *, what: str = "chain") -> CertPath:
@@ -98,7 +109,9 @@ def build_path(chain: object, trust: TrustStore, *, what: str = "chain") -> Cert
         # Only the root as the device sent it (same key as the anchor) may follow the path.
         if trust.by_spki(certificate_parts(trailing).spki) != anchor:
             raise fail(Reason.CHAIN_BROKEN, f"{what}: certificates follow the anchored path")
-    return CertPath(certificates=tuple(certificates[: index + 1]), ders=tuple(ders[: index + 1]),
+    kept = ders[: index + 1]
+    return CertPath(certificates=tuple(certificates[: index + 1]), ders=tuple(kept),
+                    extensions=tuple(certext.read_extensions(der) for der in kept),
                     anchor=anchor, ends_at_anchor=is_anchor)  # fmt: skip
 
 
@@ -168,9 +181,8 @@ def check_issuers(path: CertPath, *, exempt: Collection[int] = ()) -> None:
     for index in range(1, len(path.certificates)):
         if index in exempt:
             continue
-        certificate = path.certificates[index]
-        constraints = _extension(certificate, x509.BasicConstraints)
-        usage = _extension(certificate, x509.KeyUsage)
+        constraints = certext.basic_constraints(path.extension(index, BASIC_CONSTRAINTS))
+        usage = certext.key_usage(path.extension(index, KEY_USAGE))
         if constraints is None or not constraints.ca:
             raise fail(Reason.ISSUER_NOT_CA, f"certificate {index} signs but is not a CA")
         if usage is None or not usage.key_cert_sign:
@@ -208,49 +220,14 @@ def check_critical_extensions(
 ) -> None:
     """RFC 5280 §4.2: refuse a certificate with a critical extension nobody here processes."""
     allowed = STANDARD_EXTENSIONS | frozenset(understood)
-    for index, certificate in enumerate(path.certificates):
+    for index, extensions in enumerate(path.extensions):
         if index in skip:
             continue
-        for extension in _extensions(certificate):
-            if extension.critical and extension.oid.dotted_string not in allowed:
+        for oid, extension in extensions.items():
+            if extension.critical and oid not in allowed:
                 raise fail(
-                    Reason.CRITICAL_EXTENSION_UNKNOWN,
-                    f"certificate {index}: critical {extension.oid.dotted_string}",
+                    Reason.CRITICAL_EXTENSION_UNKNOWN, f"certificate {index}: critical {oid}"
                 )
-
-
-def _extensions(certificate: x509.Certificate) -> x509.Extensions:
-    try:
-        return certificate.extensions
-    except Exception as exc:  # cryptography parses extensions lazily
-        raise fail(Reason.MALFORMED, f"certificate extensions: {type(exc).__name__}") from exc
-
-
-def _extension(certificate: x509.Certificate, kind: type[E]) -> E | None:
-    try:
-        return _extensions(certificate).get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def basic_constraints(certificate: x509.Certificate) -> x509.BasicConstraints | None:
-    return _extension(certificate, x509.BasicConstraints)
-
-
-def key_usage(certificate: x509.Certificate) -> x509.KeyUsage | None:
-    return _extension(certificate, x509.KeyUsage)
-
-
-def extension_value(certificate: x509.Certificate, oid: str) -> bytes | None:
-    """The raw value (the OCTET STRING's content) of extension ``oid``, if present."""
-    try:
-        found = _extensions(certificate).get_extension_for_oid(x509.ObjectIdentifier(oid))
-    except x509.ExtensionNotFound:
-        return None
-    value = found.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        raise fail(Reason.MALFORMED, f"extension {oid} parsed as {type(value).__name__}")
-    return value.value
 
 
 def spki_of(certificate: x509.Certificate) -> bytes:
