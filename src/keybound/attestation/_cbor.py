@@ -18,8 +18,17 @@ from keybound.attestation.base import Reason, fail
 #: Nesting limit (attestation objects nest four deep).
 MAX_DEPTH = 16
 
-_ERRORS = (cbor2.CBORError, ValueError, TypeError, KeyError, IndexError, OverflowError,
-           RecursionError, UnicodeError, EOFError)  # fmt: skip
+_ERRORS = (
+    cbor2.CBORError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    RecursionError,
+    UnicodeError,
+    EOFError,
+)
 
 
 def decode(data: object, *, what: str, max_bytes: int) -> Any:
@@ -38,9 +47,14 @@ def decode_prefix(data: object, *, what: str, max_bytes: int) -> tuple[Any, int]
         raise fail(Reason.MALFORMED, f"{what} is larger than {max_bytes} bytes")
     stream = io.BytesIO(bytes(data))
     try:
-        decoder = cbor2.CBORDecoder(stream, read_size=1, max_depth=MAX_DEPTH,
-                                    allow_indefinite=False, allow_duplicate_keys=False,
-                                    tag_hook=_refuse_tag)  # fmt: skip
+        decoder = cbor2.CBORDecoder(
+            stream,
+            read_size=1,
+            max_depth=MAX_DEPTH,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            tag_hook=_refuse_tag,
+        )
         value = decoder.decode()
     except _ERRORS as exc:
         raise fail(Reason.MALFORMED, f"{what} is not valid CBOR: {type(exc).__name__}") from exc

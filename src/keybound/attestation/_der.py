@@ -30,8 +30,15 @@ TAG_INTEGER = 2
 TAG_SEQUENCE = 16
 
 #: Exceptions pyasn1 raises (or lets through) on hostile input; wrapped at this boundary.
-_PARSE_ERRORS = (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, OverflowError,
-                 RecursionError)  # fmt: skip
+_PARSE_ERRORS = (
+    PyAsn1Error,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    RecursionError,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,8 +97,14 @@ def read_tlv(data: bytes, offset: int, limit: int | None = None) -> Tlv:
         pos += count
     if pos + length > end_of_data:
         raise fail(Reason.MALFORMED, "DER element overruns its container")
-    return Tlv(tag_class=first >> 6, constructed=bool(first & 0x20), tag=tag,
-               start=offset, content_start=pos, end=pos + length)  # fmt: skip
+    return Tlv(
+        tag_class=first >> 6,
+        constructed=bool(first & 0x20),
+        tag=tag,
+        start=offset,
+        content_start=pos,
+        end=pos + length,
+    )
 
 
 def children(data: bytes, parent: Tlv) -> list[Tlv]:
@@ -166,8 +179,11 @@ def certificate_parts(der: bytes) -> CertificateParts:
         (serial_bytes[0] == 0 and not serial_bytes[1] & 0x80)
         or (serial_bytes[0] == 0xFF and serial_bytes[1] & 0x80)
     )
-    return CertificateParts(serial=int.from_bytes(serial_bytes, "big", signed=True),
-                            serial_minimal=minimal, spki=spki.whole(der))  # fmt: skip
+    return CertificateParts(
+        serial=int.from_bytes(serial_bytes, "big", signed=True),
+        serial_minimal=minimal,
+        spki=spki.whole(der),
+    )
 
 
 def load_certificate(der: bytes, *, what: str = "certificate") -> x509.Certificate:

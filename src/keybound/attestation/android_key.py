@@ -68,11 +68,17 @@ from keybound.attestation.trust import TrustStore
 from keybound.errors import ConfigurationInvalid
 
 #: Android security levels in policy order.
-_LEVEL_RANK = {SecurityLevel.SOFTWARE: 0, SecurityLevel.TRUSTED_ENVIRONMENT: 1,
-               SecurityLevel.STRONG_BOX: 2}  # fmt: skip
-_ORIGINS = {Origin.GENERATED: KeyOrigin.GENERATED, Origin.DERIVED: KeyOrigin.DERIVED,
-            Origin.IMPORTED: KeyOrigin.IMPORTED,
-            Origin.SECURELY_IMPORTED: KeyOrigin.SECURELY_IMPORTED}  # fmt: skip
+_LEVEL_RANK = {
+    SecurityLevel.SOFTWARE: 0,
+    SecurityLevel.TRUSTED_ENVIRONMENT: 1,
+    SecurityLevel.STRONG_BOX: 2,
+}
+_ORIGINS = {
+    Origin.GENERATED: KeyOrigin.GENERATED,
+    Origin.DERIVED: KeyOrigin.DERIVED,
+    Origin.IMPORTED: KeyOrigin.IMPORTED,
+    Origin.SECURELY_IMPORTED: KeyOrigin.SECURELY_IMPORTED,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,8 +119,9 @@ class AndroidKeyPolicy:
             self.min_security_level not in _LEVEL_RANK
             or self.min_security_level is SecurityLevel.SOFTWARE
         ):
-            raise ConfigurationInvalid("min_security_level must be TRUSTED_ENVIRONMENT or "
-                                       "STRONG_BOX")  # fmt: skip
+            raise ConfigurationInvalid(
+                "min_security_level must be TRUSTED_ENVIRONMENT or STRONG_BOX"
+            )
 
     @classmethod
     def structure_only(cls) -> AndroidKeyPolicy:
@@ -189,8 +196,9 @@ class AndroidKeyVerifier(AttestationVerifier[AndroidKeyEvidence, VerifiedAndroid
         paths.check_critical_extensions(path, understood=(), skip={0, *attest_keys})
         # Google's validator: leaf validity ignored, factory chains' expiry ignored.
         method = _provisioning_method(path, len(attest_keys))
-        paths.check_validity(path, now, skip={0},
-                             ignore_expiry=method is ProvisioningMethod.FACTORY)  # fmt: skip
+        paths.check_validity(
+            path, now, skip={0}, ignore_expiry=method is ProvisioningMethod.FACTORY
+        )
         # [KA] "Check revocation status": REVOKED and SUSPENDED both refuse.
         revocation_age = self._check_revocation(path, now)
         # [AOSP] SecurityLevel: attestation and KeyMint levels agree and are hardware.
@@ -215,8 +223,10 @@ class AndroidKeyVerifier(AttestationVerifier[AndroidKeyEvidence, VerifiedAndroid
         if not paths.same_public_key(attested_key, expected_public_key):
             raise fail(Reason.KEY_MISMATCH, "attested key is not the registered key")
         # [AOSP] attestationApplicationId [709]: this application, signed by its signers.
-        app_id = description.software_enforced.attestation_application_id or \
-            hardware.attestation_application_id  # fmt: skip
+        app_id = (
+            description.software_enforced.attestation_application_id
+            or hardware.attestation_application_id
+        )
         names = tuple(package.name for package in app_id.packages) if app_id else ()
         digests = app_id.signature_digests if app_id else frozenset()
         if policy.app is not None and (
@@ -280,10 +290,16 @@ class AndroidKeyVerifier(AttestationVerifier[AndroidKeyEvidence, VerifiedAndroid
             entry = listing.lookup(certificate.serial_number)
             if entry is None:
                 continue
-            reason = Reason.CERT_SUSPENDED if entry.status is RevocationStatus.SUSPENDED \
-                else Reason.CERT_REVOKED  # fmt: skip
-            raise fail(reason, f"certificate {index} serial {certificate.serial_number:x} is "
-                               f"{entry.status} ({entry.reason})")  # fmt: skip
+            reason = (
+                Reason.CERT_SUSPENDED
+                if entry.status is RevocationStatus.SUSPENDED
+                else Reason.CERT_REVOKED
+            )
+            raise fail(
+                reason,
+                f"certificate {index} serial {certificate.serial_number:x} is "
+                f"{entry.status} ({entry.reason})",
+            )
         return age
 
 
@@ -347,8 +363,11 @@ def _is_factory_intermediate(subject: x509.Name) -> bool:
 def _check_patch_levels(hardware: AuthorizationList, minimum: int) -> None:
     if hardware.os_patch_level is None:
         raise fail(Reason.PATCH_LEVEL_TOO_OLD, "no OS patch level attested")
-    levels = {"OS": hardware.os_patch_level, "vendor": hardware.vendor_patch_level,
-              "boot": hardware.boot_patch_level}  # fmt: skip
+    levels = {
+        "OS": hardware.os_patch_level,
+        "vendor": hardware.vendor_patch_level,
+        "boot": hardware.boot_patch_level,
+    }
     for name, level in levels.items():
         if level is None:
             continue

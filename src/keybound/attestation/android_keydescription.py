@@ -70,10 +70,17 @@ class Origin(IntEnum):
     SECURELY_IMPORTED = 4
 
 
-_SECURITY_LEVELS = {0: SecurityLevel.SOFTWARE, 1: SecurityLevel.TRUSTED_ENVIRONMENT,
-                    2: SecurityLevel.STRONG_BOX}  # fmt: skip
-_BOOT_STATES = {0: VerifiedBootState.VERIFIED, 1: VerifiedBootState.SELF_SIGNED,
-                2: VerifiedBootState.UNVERIFIED, 3: VerifiedBootState.FAILED}  # fmt: skip
+_SECURITY_LEVELS = {
+    0: SecurityLevel.SOFTWARE,
+    1: SecurityLevel.TRUSTED_ENVIRONMENT,
+    2: SecurityLevel.STRONG_BOX,
+}
+_BOOT_STATES = {
+    0: VerifiedBootState.VERIFIED,
+    1: VerifiedBootState.SELF_SIGNED,
+    2: VerifiedBootState.UNVERIFIED,
+    3: VerifiedBootState.FAILED,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,8 +216,9 @@ class _AppIdAsn1(univ.Sequence):  # type: ignore[misc]
 
 def parse_key_description(data: bytes) -> KeyDescription:
     """Parse the extension's value (the DER KeyDescription); MALFORMED on any deviation."""
-    value = decode_strict(data, _KeyDescriptionAsn1(), what="KeyDescription",
-                          max_bytes=MAX_EXTENSION_BYTES)  # fmt: skip
+    value = decode_strict(
+        data, _KeyDescriptionAsn1(), what="KeyDescription", max_bytes=MAX_EXTENSION_BYTES
+    )
     return KeyDescription(
         attestation_version=int(value["attestationVersion"]),
         attestation_security_level=_security_level(value["attestationSecurityLevel"]),
@@ -264,8 +272,7 @@ def _integer(data: bytes, what: str) -> int:
 
 
 def _integer_set(data: bytes, what: str) -> frozenset[int]:
-    value = decode_strict(data, univ.SetOf(componentType=univ.Integer()), what=what,
-                          max_bytes=1024)  # fmt: skip
+    value = decode_strict(data, univ.SetOf(componentType=univ.Integer()), what=what, max_bytes=1024)
     return frozenset(int(item) for item in value)
 
 

@@ -60,15 +60,23 @@ NONCE_OID = "1.2.840.113635.100.8.2"
 MAX_ATTESTATION_BYTES = 64 * 1024
 MAX_ASSERTION_BYTES = 4 * 1024
 #: Apple's own credCert extensions (non-critical in practice; tolerated if critical).
-_APPLE_EXTENSIONS = ("1.2.840.113635.100.8.2", "1.2.840.113635.100.8.5",
-                     "1.2.840.113635.100.8.6", "1.2.840.113635.100.8.7")  # fmt: skip
+_APPLE_EXTENSIONS = (
+    "1.2.840.113635.100.8.2",
+    "1.2.840.113635.100.8.5",
+    "1.2.840.113635.100.8.6",
+    "1.2.840.113635.100.8.7",
+)
 
 
 class _NonceAsn1(univ.Sequence):  # type: ignore[misc]
     componentType = namedtype.NamedTypes(
-        namedtype.NamedType("nonce", univ.OctetString().subtype(
-            explicitTag=tag.Tag(tag.tagClassContext, tag.tagFormatConstructed, 1))),
-    )  # fmt: skip
+        namedtype.NamedType(
+            "nonce",
+            univ.OctetString().subtype(
+                explicitTag=tag.Tag(tag.tagClassContext, tag.tagFormatConstructed, 1)
+            ),
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,8 +152,9 @@ class AppAttestVerifier(AttestationVerifier[AppAttestEvidence, VerifiedAppAttest
         extension = path.extension_value(0, NONCE_OID)
         if extension is None:
             raise fail(Reason.EXTENSION_MISSING, f"credCert has no {NONCE_OID} extension")
-        embedded = bytes(decode_strict(extension, _NonceAsn1(), what="nonce extension",
-                                       max_bytes=256)["nonce"])  # fmt: skip
+        embedded = bytes(
+            decode_strict(extension, _NonceAsn1(), what="nonce extension", max_bytes=256)["nonce"]
+        )
         if not hmac.compare_digest(embedded, nonce):
             raise fail(Reason.CHALLENGE_MISMATCH, "nonce does not match clientDataHash")
         # [A5] keyId = SHA-256 of credCert's public key (the uncompressed P-256 point).
@@ -239,13 +248,15 @@ class AppAttestVerifier(AttestationVerifier[AppAttestEvidence, VerifiedAppAttest
                 f"counter {auth_data.sign_count} <= stored {previous_counter}",
             )
         # [S6] holds by construction: the caller hashed its own client data (module docs).
-        return VerifiedAppAttestAssertion(counter=auth_data.sign_count,
-                                          app_identity=self._app.app_id)  # fmt: skip
+        return VerifiedAppAttestAssertion(
+            counter=auth_data.sign_count, app_identity=self._app.app_id
+        )
 
 
 def _attestation_parts(attestation_object: object) -> tuple[dict[str, Any], bytes]:
-    document = _cbor.decode(attestation_object, what="attestation object",
-                            max_bytes=MAX_ATTESTATION_BYTES)  # fmt: skip
+    document = _cbor.decode(
+        attestation_object, what="attestation object", max_bytes=MAX_ATTESTATION_BYTES
+    )
     if not isinstance(document, dict) or set(document) != {"fmt", "attStmt", "authData"}:
         raise fail(Reason.MALFORMED, "attestation object is not {fmt, attStmt, authData}")
     if document["fmt"] != AttestationFormat.APPLE_APP_ATTEST.value:
@@ -261,8 +272,9 @@ def _attestation_parts(attestation_object: object) -> tuple[dict[str, Any], byte
 def _p256_point(key: object) -> bytes:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise fail(Reason.UNSUPPORTED_ALGORITHM, "credCert key is not EC P-256")
-    return key.public_bytes(serialization.Encoding.X962,
-                            serialization.PublicFormat.UncompressedPoint)  # fmt: skip
+    return key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
 
 
 def _load_p256(spki: bytes) -> ec.EllipticCurvePublicKey:

@@ -27,8 +27,7 @@ FLAG_ED = 0x80  # extension data included
 MAX_AUTHENTICATOR_DATA = 4096
 MAX_CREDENTIAL_ID = 1023  # WebAuthn §5.8.3: at most 1023 bytes
 
-_CURVES: Mapping[int, ec.EllipticCurve] = {1: ec.SECP256R1(), 2: ec.SECP384R1(),
-                                            3: ec.SECP521R1()}  # fmt: skip
+_CURVES: Mapping[int, ec.EllipticCurve] = {1: ec.SECP256R1(), 2: ec.SECP384R1(), 3: ec.SECP521R1()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,9 +58,11 @@ def parse_authenticator_data(
         raise fail(Reason.MALFORMED, f"{what} must be 37..{MAX_AUTHENTICATOR_DATA} bytes")
     flags = raw[32]
     parsed: dict[str, Any] = {
-        "raw": raw, "rp_id_hash": raw[:32], "flags": flags,
+        "raw": raw,
+        "rp_id_hash": raw[:32],
+        "flags": flags,
         "sign_count": int.from_bytes(raw[33:37], "big"),
-    }  # fmt: skip
+    }
     if len(raw) == 37:
         return AuthenticatorData(**parsed)
     pos = 37
@@ -75,8 +76,9 @@ def parse_authenticator_data(
             raise fail(Reason.MALFORMED, f"{what}: credential id length {length}")
         parsed["credential_id"] = raw[pos : pos + length]
         pos += length
-        key, used = _cbor.decode_prefix(raw[pos:], what=f"{what} credential public key",
-                                        max_bytes=MAX_AUTHENTICATOR_DATA)  # fmt: skip
+        key, used = _cbor.decode_prefix(
+            raw[pos:], what=f"{what} credential public key", max_bytes=MAX_AUTHENTICATOR_DATA
+        )
         if not isinstance(key, dict):
             raise fail(Reason.MALFORMED, f"{what}: credential public key is not a COSE map")
         parsed["credential_public_key"] = key
@@ -110,11 +112,15 @@ def cose_key_to_spki(key: Mapping[Any, Any]) -> bytes:
             n, e = key.get(-1), key.get(-2)
             if not isinstance(n, bytes) or not isinstance(e, bytes) or not n or not e:
                 raise fail(Reason.MALFORMED, "COSE RSA key: n or e missing")
-            public = rsa.RSAPublicNumbers(int.from_bytes(e, "big"),
-                                          int.from_bytes(n, "big")).public_key()  # fmt: skip
+            public = rsa.RSAPublicNumbers(
+                int.from_bytes(e, "big"), int.from_bytes(n, "big")
+            ).public_key()
         else:
             raise fail(Reason.UNSUPPORTED_ALGORITHM, f"COSE key type {kty!r}")
     except ValueError as exc:
         raise fail(Reason.MALFORMED, "COSE key is not a valid public key") from exc
-    return bytes(public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    return bytes(
+        public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )

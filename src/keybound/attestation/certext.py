@@ -40,8 +40,16 @@ TAG_BOOLEAN = 1
 TAG_OCTET_STRING = 4
 TAG_OID = 6
 
-_PARSE_ERRORS = (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, OverflowError,
-                 RecursionError, UnicodeError)  # fmt: skip
+_PARSE_ERRORS = (
+    PyAsn1Error,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    RecursionError,
+    UnicodeError,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,8 +78,9 @@ def read_extensions(der: bytes) -> dict[str, RawExtension]:
     outer = read_tlv(der, 0)
     tbs = children(der, outer)[0]
     extensions_field = next(
-        (item for item in children(der, tbs)
-         if item.tag_class == CLASS_CONTEXT and item.tag == 3), None)  # fmt: skip
+        (item for item in children(der, tbs) if item.tag_class == CLASS_CONTEXT and item.tag == 3),
+        None,
+    )
     if extensions_field is None:
         return {}
     wrapped = children(der, extensions_field)
@@ -94,8 +103,11 @@ def _extension(der: bytes, parts: list[Any]) -> RawExtension:
         or any(part.tag_class != CLASS_UNIVERSAL for part in parts)
     ):
         raise fail(Reason.MALFORMED, "certificate extension is not {OID, critical?, value}")
-    oid = str(decode_strict(parts[0].whole(der), univ.ObjectIdentifier(), what="extension OID",
-                            max_bytes=128))  # fmt: skip
+    oid = str(
+        decode_strict(
+            parts[0].whole(der), univ.ObjectIdentifier(), what="extension OID", max_bytes=128
+        )
+    )
     critical = False
     if len(parts) == 3:
         flag = parts[1].content(der)
@@ -123,8 +135,9 @@ def basic_constraints(extension: RawExtension | None) -> BasicConstraints | None
         return None
     value = decode_lenient(extension.value, rfc5280.BasicConstraints(), what="basicConstraints")
     length = value["pathLenConstraint"]
-    return BasicConstraints(ca=bool(value["cA"]),
-                            path_length=int(length) if length.isValue else None)  # fmt: skip
+    return BasicConstraints(
+        ca=bool(value["cA"]), path_length=int(length) if length.isValue else None
+    )
 
 
 def key_usage(extension: RawExtension | None) -> KeyUsage | None:
@@ -136,8 +149,12 @@ def key_usage(extension: RawExtension | None) -> KeyUsage | None:
     def bit(position: int) -> bool:
         return position < len(numbers) and numbers[position] == 1
 
-    return KeyUsage(digital_signature=bit(0), key_encipherment=bit(2), key_agreement=bit(4),
-                    key_cert_sign=bit(5))  # fmt: skip
+    return KeyUsage(
+        digital_signature=bit(0),
+        key_encipherment=bit(2),
+        key_agreement=bit(4),
+        key_cert_sign=bit(5),
+    )
 
 
 def extended_key_usage(extension: RawExtension | None) -> frozenset[str] | None:

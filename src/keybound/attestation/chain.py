@@ -40,17 +40,19 @@ CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 #: Extensions every verifier understands (RFC 5280 §4.2.1); a *critical* extension outside
 #: this set and the verifier's own additions refuses the certificate (§4.2).
-STANDARD_EXTENSIONS = frozenset({
-    ExtensionOID.BASIC_CONSTRAINTS.dotted_string,
-    ExtensionOID.KEY_USAGE.dotted_string,
-    ExtensionOID.EXTENDED_KEY_USAGE.dotted_string,
-    ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string,
-    ExtensionOID.AUTHORITY_KEY_IDENTIFIER.dotted_string,
-    ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string,
-    ExtensionOID.CERTIFICATE_POLICIES.dotted_string,
-    ExtensionOID.CRL_DISTRIBUTION_POINTS.dotted_string,
-    ExtensionOID.AUTHORITY_INFORMATION_ACCESS.dotted_string,
-})  # fmt: skip
+STANDARD_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS.dotted_string,
+        ExtensionOID.KEY_USAGE.dotted_string,
+        ExtensionOID.EXTENDED_KEY_USAGE.dotted_string,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string,
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER.dotted_string,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string,
+        ExtensionOID.CERTIFICATE_POLICIES.dotted_string,
+        ExtensionOID.CRL_DISTRIBUTION_POINTS.dotted_string,
+        ExtensionOID.AUTHORITY_INFORMATION_ACCESS.dotted_string,
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,8 +101,10 @@ def build_path(chain: object, trust: TrustStore, *, what: str = "chain") -> Cert
         raise fail(Reason.CHAIN_UNTRUSTED, f"no trusted anchor signed the {what}{unusable}")
     for child, parent in itertools.pairwise(certificates[: index + 1]):
         if child.issuer != parent.subject:
-            raise fail(Reason.CHAIN_BROKEN, f"{what}: issuer name does not match the next "
-                                            "certificate's subject")  # fmt: skip
+            raise fail(
+                Reason.CHAIN_BROKEN,
+                f"{what}: issuer name does not match the next certificate's subject",
+            )
         try:
             verify_certificate_signature(child, parent.public_key())
         except AttestationFailed as exc:
@@ -110,9 +114,13 @@ def build_path(chain: object, trust: TrustStore, *, what: str = "chain") -> Cert
         if trust.by_spki(certificate_parts(trailing).spki) != anchor:
             raise fail(Reason.CHAIN_BROKEN, f"{what}: certificates follow the anchored path")
     kept = ders[: index + 1]
-    return CertPath(certificates=tuple(certificates[: index + 1]), ders=tuple(kept),
-                    extensions=tuple(certext.read_extensions(der) for der in kept),
-                    anchor=anchor, ends_at_anchor=is_anchor)  # fmt: skip
+    return CertPath(
+        certificates=tuple(certificates[: index + 1]),
+        ders=tuple(kept),
+        extensions=tuple(certext.read_extensions(der) for der in kept),
+        anchor=anchor,
+        ends_at_anchor=is_anchor,
+    )
 
 
 def _anchor_for(

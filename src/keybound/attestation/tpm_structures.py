@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -89,8 +90,16 @@ CURVES: Mapping[int, ec.EllipticCurve] = {
     0x0005: ec.SECP521R1(),
 }
 #: Schemes whose TPMU_ASYM_SCHEME details are a TPMS_SCHEME_HASH (one hashAlg).
-_HASH_SCHEMES = {TpmAlg.RSASSA, TpmAlg.RSAPSS, TpmAlg.OAEP, TpmAlg.ECDSA, TpmAlg.ECDH,
-                 TpmAlg.SM2, TpmAlg.ECSCHNORR, TpmAlg.ECMQV}  # fmt: skip
+_HASH_SCHEMES = {
+    TpmAlg.RSASSA,
+    TpmAlg.RSAPSS,
+    TpmAlg.OAEP,
+    TpmAlg.ECDSA,
+    TpmAlg.ECDH,
+    TpmAlg.SM2,
+    TpmAlg.ECSCHNORR,
+    TpmAlg.ECMQV,
+}
 
 
 class _Reader:
@@ -130,8 +139,9 @@ class _Reader:
 
     def done(self) -> None:
         if self.pos != len(self.data):
-            raise fail(Reason.MALFORMED, f"{self.what} has {len(self.data) - self.pos} "
-                                         "bytes left over")  # fmt: skip
+            raise fail(
+                Reason.MALFORMED, f"{self.what} has {len(self.data) - self.pos} bytes left over"
+            )
 
 
 # --------------------------------------------------------------------------- TPMS_ATTEST
@@ -166,20 +176,38 @@ def parse_attest(data: object) -> Attest:
     kind = reader.u16()
     qualified_signer = reader.sized()
     extra_data = reader.sized()
-    clock = ClockInfo(clock=reader.u64(), reset_count=reader.u32(),
-                      restart_count=reader.u32(), safe=_yes_no(reader.u8()))  # fmt: skip
+    clock = ClockInfo(
+        clock=reader.u64(),
+        reset_count=reader.u32(),
+        restart_count=reader.u32(),
+        safe=_yes_no(reader.u8()),
+    )
     firmware = reader.u64()
     if kind != TPM_ST_ATTEST_CERTIFY:
         # The union's layout depends on the type; nothing after here can be read.
-        return Attest(magic=magic, type=kind, qualified_signer=qualified_signer,
-                      extra_data=extra_data, clock_info=clock, firmware_version=firmware,
-                      certified_name=b"", certified_qualified_name=b"")  # fmt: skip
+        return Attest(
+            magic=magic,
+            type=kind,
+            qualified_signer=qualified_signer,
+            extra_data=extra_data,
+            clock_info=clock,
+            firmware_version=firmware,
+            certified_name=b"",
+            certified_qualified_name=b"",
+        )
     name = reader.sized()
     qualified_name = reader.sized()
     reader.done()
-    return Attest(magic=magic, type=kind, qualified_signer=qualified_signer,
-                  extra_data=extra_data, clock_info=clock, firmware_version=firmware,
-                  certified_name=name, certified_qualified_name=qualified_name)  # fmt: skip
+    return Attest(
+        magic=magic,
+        type=kind,
+        qualified_signer=qualified_signer,
+        extra_data=extra_data,
+        clock_info=clock,
+        firmware_version=firmware,
+        certified_name=name,
+        certified_qualified_name=qualified_name,
+    )
 
 
 def _yes_no(value: int) -> bool:
@@ -257,7 +285,7 @@ def parse_public(data: object, *, what: str = "TPMT_PUBLIC") -> Public:
     symmetric = _sym_def_object(reader)
     scheme = reader.u16()
     scheme_hash = _scheme_details(reader, scheme)
-    fields: dict[str, object] = {}
+    fields: dict[str, Any] = {}
     if kind == TpmAlg.RSA:
         fields["rsa_key_bits"] = reader.u16()
         fields["rsa_exponent"] = reader.u32()
@@ -271,9 +299,17 @@ def parse_public(data: object, *, what: str = "TPMT_PUBLIC") -> Public:
             reader.u16()  # TPMS_SCHEME_HASH of the KDF
         fields.update(curve=curve, kdf=kdf, ecc_x=reader.sized(), ecc_y=reader.sized())
     reader.done()
-    return Public(raw=reader.data, type=kind, name_alg=name_alg, attributes=attributes,
-                  auth_policy=auth_policy, symmetric=symmetric, scheme=scheme,
-                  scheme_hash=scheme_hash, **fields)  # type: ignore[arg-type]  # fmt: skip
+    return Public(
+        raw=reader.data,
+        type=kind,
+        name_alg=name_alg,
+        attributes=attributes,
+        auth_policy=auth_policy,
+        symmetric=symmetric,
+        scheme=scheme,
+        scheme_hash=scheme_hash,
+        **fields,
+    )
 
 
 def _sym_def_object(reader: _Reader) -> tuple[int, int, int]:

@@ -55,8 +55,9 @@ class TrustAnchor:
         canonical = key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return cls(label=label, spki=canonical, key=key,
-                   key_sha256=hashlib.sha256(canonical).hexdigest())  # fmt: skip
+        return cls(
+            label=label, spki=canonical, key=key, key_sha256=hashlib.sha256(canonical).hexdigest()
+        )
 
 
 @dataclass(frozen=True)
