@@ -99,7 +99,9 @@ def make_credential(
         seed = kdfe(name_hash, shared_x, b"IDENTITY", own_x, ek_x, digest_size * 8)
         encrypted_secret = _sized(own_x) + _sized(own_y)
     sym_key = kdfa(name_hash, seed, b"STORAGE", ak_name, b"", aes_bits)
-    encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))  # TPM 2.0 fixes CFB-128 for credentials).encryptor()
+    # TPM 2.0 fixes CFB-128 with a zero IV for credentials (cryptography files CFB under
+    # "decrepit"; the TPM leaves no choice).
+    encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
     enc_identity = encryptor.update(_sized(secret)) + encryptor.finalize()
     hmac_key = kdfa(name_hash, seed, b"INTEGRITY", b"", b"", digest_size * 8)
     outer_hmac = hmac.new(hmac_key, enc_identity + ak_name, name_hash().name).digest()
