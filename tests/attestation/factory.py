@@ -266,3 +266,49 @@ class AndroidPki:
     def chain(self, leaf: Issued, *above: Issued) -> tuple[bytes, ...]:
         rest = above or (self.batch, self.intermediate, self.root)
         return (leaf.der, *(cert.der for cert in rest))
+
+
+# ------------------------------------------------------------------- App Attest-like
+
+
+def cose_p256(key: ec.EllipticCurvePublicKey) -> dict[int, object]:
+    numbers = key.public_numbers()
+    return {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"),
+            -3: numbers.y.to_bytes(32, "big")}  # fmt: skip
+
+
+def app_attest_object(
+    root: Issued,
+    intermediate: Issued,
+    *,
+    key: ec.EllipticCurvePrivateKey,
+    app_id: str,
+    client_data_hash: bytes,
+    counter: int = 0,
+    aaguid: bytes = b"appattestdevelop",
+    credential_id: bytes | None = None,
+    cose_key: dict[int, object] | None = None,
+) -> tuple[bytes, bytes]:
+    """An attestation object shaped like Apple's, signed by a test CA; (object, keyId)."""
+    import cbor2
+
+    point = key.public_key().public_bytes(serialization.Encoding.X962,
+                                          serialization.PublicFormat.UncompressedPoint)  # fmt: skip
+    key_id = hashlib.sha256(point).digest()
+    credential = credential_id if credential_id is not None else key_id
+    auth_data = (
+        hashlib.sha256(app_id.encode()).digest() + bytes([0x40]) + counter.to_bytes(4, "big")
+        + aaguid + len(credential).to_bytes(2, "big") + credential
+        + cbor2.dumps(cose_key or cose_p256(key.public_key()))
+    )  # fmt: skip
+    nonce = hashlib.sha256(auth_data + client_data_hash).digest()
+    extension = x509.UnrecognizedExtension(
+        x509.ObjectIdentifier("1.2.840.113635.100.8.2"), sequence(explicit(1, octets(nonce)))
+    )
+    cred_cert = issue(name(key_id.hex()), issuer=intermediate, key=key, ca=False,
+                      key_cert_sign=False, digital_signature=True,
+                      extensions=[(extension, False)], not_before=NOW - dt.timedelta(days=1),
+                      not_after=NOW + dt.timedelta(days=2))  # fmt: skip
+    statement = {"x5c": [cred_cert.der, intermediate.der], "receipt": b"receipt"}
+    return cbor2.dumps({"fmt": "apple-appattest", "attStmt": statement,
+                        "authData": auth_data}), key_id  # fmt: skip
