@@ -312,3 +312,93 @@ def app_attest_object(
     statement = {"x5c": [cred_cert.der, intermediate.der], "receipt": b"receipt"}
     return cbor2.dumps({"fmt": "apple-appattest", "attStmt": statement,
                         "authData": auth_data}), key_id  # fmt: skip
+
+
+# --------------------------------------------------------------------------- TPM 2.0
+
+TPM_SIGN_ONLY = 0x2 | 0x10 | 0x20 | 0x40 | 0x40000  # fixedTPM|fixedParent|sensitive|user|sign
+TPM_AK = TPM_SIGN_ONLY | 0x10000  # + restricted
+
+
+def tpmt_public_ecc(key: ec.EllipticCurvePublicKey, *, attributes: int = TPM_SIGN_ONLY,
+                    scheme: int = 0x0018) -> bytes:  # fmt: skip
+    """TPMT_PUBLIC of an ECC P-256 key (ECDSA-SHA256 scheme unless ``scheme`` is NULL)."""
+    numbers = key.public_numbers()
+    details = (0x000B).to_bytes(2, "big") if scheme != 0x0010 else b""
+    return (
+        (0x0023).to_bytes(2, "big") + (0x000B).to_bytes(2, "big") + attributes.to_bytes(4, "big")
+        + (0).to_bytes(2, "big")  # authPolicy
+        + (0x0010).to_bytes(2, "big")  # symmetric NULL
+        + scheme.to_bytes(2, "big") + details
+        + (0x0003).to_bytes(2, "big")  # NIST P-256
+        + (0x0010).to_bytes(2, "big")  # kdf NULL
+        + (32).to_bytes(2, "big") + numbers.x.to_bytes(32, "big")
+        + (32).to_bytes(2, "big") + numbers.y.to_bytes(32, "big")
+    )  # fmt: skip
+
+
+def tpm_name(public_area: bytes) -> bytes:
+    return (0x000B).to_bytes(2, "big") + hashlib.sha256(public_area).digest()
+
+
+def tpms_attest(*, extra_data: bytes, name: bytes, magic: int = 0xFF544347,
+                kind: int = 0x8017, firmware: int = 0x0001000200030004) -> bytes:  # fmt: skip
+    def sized(data: bytes) -> bytes:
+        return len(data).to_bytes(2, "big") + data
+
+    return (
+        magic.to_bytes(4, "big") + kind.to_bytes(2, "big")
+        + sized(b"\x00\x0b" + bytes(32))  # qualifiedSigner
+        + sized(extra_data)
+        + (123456).to_bytes(8, "big") + (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"\x01"
+        + firmware.to_bytes(8, "big")
+        + sized(name) + sized(b"")
+    )  # fmt: skip
+
+
+def tpmt_signature_ecdsa(signature_der: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    r, s = decode_dss_signature(signature_der)
+    return ((0x0018).to_bytes(2, "big") + (0x000B).to_bytes(2, "big")
+            + (32).to_bytes(2, "big") + r.to_bytes(32, "big")
+            + (32).to_bytes(2, "big") + s.to_bytes(32, "big"))  # fmt: skip
+
+
+TCG_MANUFACTURER = x509.ObjectIdentifier("2.23.133.2.1")
+TCG_MODEL = x509.ObjectIdentifier("2.23.133.2.2")
+TCG_VERSION = x509.ObjectIdentifier("2.23.133.2.3")
+
+
+def tpm_san(*, manufacturer: str | None = "id:49424D00", model: str = "keybound-test",
+            version: str = "id:00010002", multi_valued: bool = False) -> x509.SubjectAlternativeName:  # fmt: skip
+    attributes = [x509.NameAttribute(TCG_MODEL, model), x509.NameAttribute(TCG_VERSION, version)]
+    if manufacturer is not None:
+        attributes.insert(0, x509.NameAttribute(TCG_MANUFACTURER, manufacturer))
+    if multi_valued:
+        directory = x509.Name([x509.RelativeDistinguishedName(attributes)])
+    else:
+        directory = x509.Name([x509.RelativeDistinguishedName([a]) for a in attributes])
+    return x509.SubjectAlternativeName([x509.DirectoryName(directory)])
+
+
+def tpm_certificate(
+    issuer: Issued,
+    key: ec.EllipticCurvePrivateKey | None = None,
+    *,
+    subject: x509.Name | None = None,
+    san: x509.SubjectAlternativeName | None = None,
+    eku: str | None = "2.23.133.8.3",
+    ca: bool = False,
+    extra: Sequence[tuple[x509.ExtensionType, bool]] = (),
+    not_before: dt.datetime = EPOCH,
+    not_after: dt.datetime = FAR,
+) -> Issued:
+    """An AK (default) or EK certificate as TCG profiles it: empty subject, TPM SAN."""
+    extensions: list[tuple[x509.ExtensionType, bool]] = [(san or tpm_san(), True)]
+    if eku is not None:
+        extensions.append((x509.ExtendedKeyUsage([x509.ObjectIdentifier(eku)]), False))
+    extensions.extend(extra)
+    return issue(subject or x509.Name([]), issuer=issuer, key=key, ca=ca, key_cert_sign=False,
+                 digital_signature=True, extensions=extensions, not_before=not_before,
+                 not_after=not_after)  # fmt: skip

@@ -516,7 +516,7 @@ def _check_tpm(
 ) -> Attempt:
     import cbor2
 
-    attestation_object, client_data_hash = _webauthn_sample([base / f for f in entry["files"]])
+    attestation_object, client_data_hash = load_webauthn_sample([base / f for f in entry["files"]])
     x5c = list(cbor2.loads(attestation_object)["attStmt"]["x5c"])
     store = trust if trust is not None else _top_anchor(x5c)
     policy = TpmPolicy.webauthn()
@@ -531,7 +531,7 @@ def _check_tpm(
     return _attempt(run)
 
 
-def _webauthn_sample(files: list[Path]) -> tuple[bytes, bytes]:
+def load_webauthn_sample(files: list[Path]) -> tuple[bytes, bytes]:
     """(attestationObject, clientDataHash) from the sample shapes of the shared manifest."""
     documents = [_json(_read(path)) for path in files if path.suffix == ".json"]
     for document in documents:
