@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -193,14 +194,16 @@ def issue(
     not_before: dt.datetime = EPOCH,
     not_after: dt.datetime = FAR,
     serial: int | None = None,
+    public_key: Any = None,
 ) -> Issued:
-    """A certificate for ``key`` (new P-256 if None), signed by ``issuer`` (self if None)."""
+    """A certificate for ``key`` (new P-256 if None; or for ``public_key`` alone, such as
+    a TPM's EK), signed by ``issuer`` (self if None)."""
     own = key or ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer.certificate.subject if issuer else subject)
-        .public_key(own.public_key())
+        .public_key(public_key or own.public_key())
         .serial_number(serial or x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
@@ -393,6 +396,7 @@ def tpm_certificate(
     extra: Sequence[tuple[x509.ExtensionType, bool]] = (),
     not_before: dt.datetime = EPOCH,
     not_after: dt.datetime = FAR,
+    public_key: Any = None,
 ) -> Issued:
     """An AK (default) or EK certificate as TCG profiles it: empty subject, TPM SAN."""
     extensions: list[tuple[x509.ExtensionType, bool]] = [(san or tpm_san(), True)]
@@ -401,4 +405,4 @@ def tpm_certificate(
     extensions.extend(extra)
     return issue(subject or x509.Name([]), issuer=issuer, key=key, ca=ca, key_cert_sign=False,
                  digital_signature=True, extensions=extensions, not_before=not_before,
-                 not_after=not_after)  # fmt: skip
+                 not_after=not_after, public_key=public_key)  # fmt: skip
