@@ -109,6 +109,8 @@ def read_tlv(data: bytes, offset: int, limit: int | None = None) -> Tlv:
 
 def children(data: bytes, parent: Tlv) -> list[Tlv]:
     """The elements directly inside a constructed element."""
+    if not parent.constructed:
+        raise fail(Reason.MALFORMED, "DER element is not constructed")
     items: list[Tlv] = []
     pos = parent.content_start
     while pos < parent.end:

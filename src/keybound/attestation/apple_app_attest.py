@@ -158,7 +158,7 @@ class AppAttestVerifier(AttestationVerifier[AppAttestEvidence, VerifiedAppAttest
         if not hmac.compare_digest(embedded, nonce):
             raise fail(Reason.CHALLENGE_MISMATCH, "nonce does not match clientDataHash")
         # [A5] keyId = SHA-256 of credCert's public key (the uncompressed P-256 point).
-        point = _p256_point(cred_cert.public_key())
+        point = _p256_point(paths.public_key_of(cred_cert))
         key_id = hashlib.sha256(point).digest()
         if not hmac.compare_digest(key_id, evidence.key_id):
             raise fail(Reason.KEY_ID_MISMATCH, "key identifier does not match credCert")

@@ -76,7 +76,10 @@ class KeyUsage:
 def read_extensions(der: bytes) -> dict[str, RawExtension]:
     """The extensions of a DER certificate by OID (tbsCertificate's [3] EXPLICIT field)."""
     outer = read_tlv(der, 0)
-    tbs = children(der, outer)[0]
+    parts = children(der, outer)
+    if outer.end != len(der) or not parts:
+        raise fail(Reason.MALFORMED, "certificate is not one DER SEQUENCE")
+    tbs = parts[0]
     extensions_field = next(
         (item for item in children(der, tbs) if item.tag_class == CLASS_CONTEXT and item.tag == 3),
         None,

@@ -106,7 +106,7 @@ def build_path(chain: object, trust: TrustStore, *, what: str = "chain") -> Cert
                 f"{what}: issuer name does not match the next certificate's subject",
             )
         try:
-            verify_certificate_signature(child, parent.public_key())
+            verify_certificate_signature(child, public_key_of(parent))
         except AttestationFailed as exc:
             raise fail(exc.reason, f"{what}: {exc.detail}") from exc
     for trailing in ders[index + 1 :]:
@@ -171,6 +171,16 @@ def verify_certificate_signature(certificate: x509.Certificate, key: PublicKeyTy
         raise fail(Reason.CHAIN_BROKEN, "certificate signature does not verify") from exc
     except (TypeError, ValueError) as exc:  # key type does not fit the signature algorithm
         raise fail(Reason.CHAIN_BROKEN, "signature algorithm does not fit the key") from exc
+
+
+def public_key_of(certificate: x509.Certificate) -> PublicKeyTypes:
+    """The certificate's key: UNSUPPORTED_ALGORITHM or MALFORMED when it cannot be loaded."""
+    try:
+        return certificate.public_key()
+    except UnsupportedAlgorithm as exc:
+        raise fail(Reason.UNSUPPORTED_ALGORITHM, "certificate key algorithm") from exc
+    except (ValueError, TypeError) as exc:
+        raise fail(Reason.MALFORMED, "certificate public key does not parse") from exc
 
 
 def check_signing_key(key: PublicKeyTypes) -> None:

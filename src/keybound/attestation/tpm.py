@@ -44,7 +44,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from keybound.attestation import _cbor, certext
@@ -306,7 +306,7 @@ class TpmVerifier(AttestationVerifier[TpmEvidence, VerifiedTpm]):
             ak_key: Any = ak_public.public_key()
         else:
             ak_cert = load_certificate(evidence.ak_certificate_chain[0], what="AK certificate")
-            ak_key = ak_cert.public_key()
+            ak_key = paths.public_key_of(ak_cert)
         # [P3 18.2], [W8.3] the AK signed certInfo with the statement's scheme and hash.
         _check_signature(ak_key, signature, evidence.certify_info, allow_sha1=policy.allow_sha1)
         if activated is not None:
@@ -495,12 +495,3 @@ def _vendor(manufacturer_id: str | None) -> str | None:
         return None
     text = raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
     return text if text.isprintable() and text.isascii() and text else None
-
-
-def spki_of_public_area(public_area: bytes) -> bytes:
-    """SubjectPublicKeyInfo of a TPMT_PUBLIC (for callers holding only the TPM structure)."""
-    return (
-        parse_public(public_area)
-        .public_key()
-        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
