@@ -214,12 +214,19 @@ def issue(
         )
     if key_cert_sign or digital_signature:
         builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=digital_signature, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          key_cert_sign=key_cert_sign, crl_sign=key_cert_sign,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=digital_signature,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=key_cert_sign,
+                crl_sign=key_cert_sign,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
-        )  # fmt: skip
+        )
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
     signer = issuer.key if issuer else own
@@ -254,8 +261,11 @@ class AndroidPki:
         key: CertificateIssuerPrivateKeyTypes | None = None,
         description: bytes | None = None,
     ) -> Issued:
-        encoded = description if description is not None else key_description(
-            spec or KeyDescriptionSpec())  # fmt: skip
+        encoded = (
+            description
+            if description is not None
+            else key_description(spec or KeyDescriptionSpec())
+        )
         return issue(
             name("Android Keystore Key"),
             issuer=issuer or self.batch,
@@ -276,8 +286,13 @@ class AndroidPki:
 
 def cose_p256(key: ec.EllipticCurvePublicKey) -> dict[int, object]:
     numbers = key.public_numbers()
-    return {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"),
-            -3: numbers.y.to_bytes(32, "big")}  # fmt: skip
+    return {
+        1: 2,
+        3: -7,
+        -1: 1,
+        -2: numbers.x.to_bytes(32, "big"),
+        -3: numbers.y.to_bytes(32, "big"),
+    }
 
 
 def app_attest_object(
@@ -295,26 +310,39 @@ def app_attest_object(
     """An attestation object shaped like Apple's, signed by a test CA; (object, keyId)."""
     import cbor2
 
-    point = key.public_key().public_bytes(serialization.Encoding.X962,
-                                          serialization.PublicFormat.UncompressedPoint)  # fmt: skip
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     key_id = hashlib.sha256(point).digest()
     credential = credential_id if credential_id is not None else key_id
     auth_data = (
-        hashlib.sha256(app_id.encode()).digest() + bytes([0x40]) + counter.to_bytes(4, "big")
-        + aaguid + len(credential).to_bytes(2, "big") + credential
+        hashlib.sha256(app_id.encode()).digest()
+        + bytes([0x40])
+        + counter.to_bytes(4, "big")
+        + aaguid
+        + len(credential).to_bytes(2, "big")
+        + credential
         + cbor2.dumps(cose_key or cose_p256(key.public_key()))
-    )  # fmt: skip
+    )
     nonce = hashlib.sha256(auth_data + client_data_hash).digest()
     extension = x509.UnrecognizedExtension(
         x509.ObjectIdentifier("1.2.840.113635.100.8.2"), sequence(explicit(1, octets(nonce)))
     )
-    cred_cert = issue(name(key_id.hex()), issuer=intermediate, key=key, ca=False,
-                      key_cert_sign=False, digital_signature=True,
-                      extensions=[(extension, False)], not_before=NOW - dt.timedelta(days=1),
-                      not_after=NOW + dt.timedelta(days=2))  # fmt: skip
+    cred_cert = issue(
+        name(key_id.hex()),
+        issuer=intermediate,
+        key=key,
+        ca=False,
+        key_cert_sign=False,
+        digital_signature=True,
+        extensions=[(extension, False)],
+        not_before=NOW - dt.timedelta(days=1),
+        not_after=NOW + dt.timedelta(days=2),
+    )
     statement = {"x5c": [cred_cert.der, intermediate.der], "receipt": b"receipt"}
-    return cbor2.dumps({"fmt": "apple-appattest", "attStmt": statement,
-                        "authData": auth_data}), key_id  # fmt: skip
+    return cbor2.dumps(
+        {"fmt": "apple-appattest", "attStmt": statement, "authData": auth_data}
+    ), key_id
 
 
 # --------------------------------------------------------------------------- TPM 2.0
@@ -323,49 +351,71 @@ TPM_SIGN_ONLY = 0x2 | 0x10 | 0x20 | 0x40 | 0x40000  # fixedTPM|fixedParent|sensi
 TPM_AK = TPM_SIGN_ONLY | 0x10000  # + restricted
 
 
-def tpmt_public_ecc(key: ec.EllipticCurvePublicKey, *, attributes: int = TPM_SIGN_ONLY,
-                    scheme: int = 0x0018) -> bytes:  # fmt: skip
+def tpmt_public_ecc(
+    key: ec.EllipticCurvePublicKey, *, attributes: int = TPM_SIGN_ONLY, scheme: int = 0x0018
+) -> bytes:
     """TPMT_PUBLIC of an ECC P-256 key (ECDSA-SHA256 scheme unless ``scheme`` is NULL)."""
     numbers = key.public_numbers()
     details = (0x000B).to_bytes(2, "big") if scheme != 0x0010 else b""
     return (
-        (0x0023).to_bytes(2, "big") + (0x000B).to_bytes(2, "big") + attributes.to_bytes(4, "big")
+        (0x0023).to_bytes(2, "big")
+        + (0x000B).to_bytes(2, "big")
+        + attributes.to_bytes(4, "big")
         + (0).to_bytes(2, "big")  # authPolicy
         + (0x0010).to_bytes(2, "big")  # symmetric NULL
-        + scheme.to_bytes(2, "big") + details
+        + scheme.to_bytes(2, "big")
+        + details
         + (0x0003).to_bytes(2, "big")  # NIST P-256
         + (0x0010).to_bytes(2, "big")  # kdf NULL
-        + (32).to_bytes(2, "big") + numbers.x.to_bytes(32, "big")
-        + (32).to_bytes(2, "big") + numbers.y.to_bytes(32, "big")
-    )  # fmt: skip
+        + (32).to_bytes(2, "big")
+        + numbers.x.to_bytes(32, "big")
+        + (32).to_bytes(2, "big")
+        + numbers.y.to_bytes(32, "big")
+    )
 
 
 def tpm_name(public_area: bytes) -> bytes:
     return (0x000B).to_bytes(2, "big") + hashlib.sha256(public_area).digest()
 
 
-def tpms_attest(*, extra_data: bytes, name: bytes, magic: int = 0xFF544347,
-                kind: int = 0x8017, firmware: int = 0x0001000200030004) -> bytes:  # fmt: skip
+def tpms_attest(
+    *,
+    extra_data: bytes,
+    name: bytes,
+    magic: int = 0xFF544347,
+    kind: int = 0x8017,
+    firmware: int = 0x0001000200030004,
+) -> bytes:
     def sized(data: bytes) -> bytes:
         return len(data).to_bytes(2, "big") + data
 
     return (
-        magic.to_bytes(4, "big") + kind.to_bytes(2, "big")
+        magic.to_bytes(4, "big")
+        + kind.to_bytes(2, "big")
         + sized(b"\x00\x0b" + bytes(32))  # qualifiedSigner
         + sized(extra_data)
-        + (123456).to_bytes(8, "big") + (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"\x01"
+        + (123456).to_bytes(8, "big")
+        + (1).to_bytes(4, "big")
+        + (2).to_bytes(4, "big")
+        + b"\x01"
         + firmware.to_bytes(8, "big")
-        + sized(name) + sized(b"")
-    )  # fmt: skip
+        + sized(name)
+        + sized(b"")
+    )
 
 
 def tpmt_signature_ecdsa(signature_der: bytes) -> bytes:
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
     r, s = decode_dss_signature(signature_der)
-    return ((0x0018).to_bytes(2, "big") + (0x000B).to_bytes(2, "big")
-            + (32).to_bytes(2, "big") + r.to_bytes(32, "big")
-            + (32).to_bytes(2, "big") + s.to_bytes(32, "big"))  # fmt: skip
+    return (
+        (0x0018).to_bytes(2, "big")
+        + (0x000B).to_bytes(2, "big")
+        + (32).to_bytes(2, "big")
+        + r.to_bytes(32, "big")
+        + (32).to_bytes(2, "big")
+        + s.to_bytes(32, "big")
+    )
 
 
 TCG_MANUFACTURER = x509.ObjectIdentifier("2.23.133.2.1")
@@ -373,8 +423,13 @@ TCG_MODEL = x509.ObjectIdentifier("2.23.133.2.2")
 TCG_VERSION = x509.ObjectIdentifier("2.23.133.2.3")
 
 
-def tpm_san(*, manufacturer: str | None = "id:49424D00", model: str = "keybound-test",
-            version: str = "id:00010002", multi_valued: bool = False) -> x509.SubjectAlternativeName:  # fmt: skip
+def tpm_san(
+    *,
+    manufacturer: str | None = "id:49424D00",
+    model: str = "keybound-test",
+    version: str = "id:00010002",
+    multi_valued: bool = False,
+) -> x509.SubjectAlternativeName:
     attributes = [x509.NameAttribute(TCG_MODEL, model), x509.NameAttribute(TCG_VERSION, version)]
     if manufacturer is not None:
         attributes.insert(0, x509.NameAttribute(TCG_MANUFACTURER, manufacturer))
@@ -403,6 +458,15 @@ def tpm_certificate(
     if eku is not None:
         extensions.append((x509.ExtendedKeyUsage([x509.ObjectIdentifier(eku)]), False))
     extensions.extend(extra)
-    return issue(subject or x509.Name([]), issuer=issuer, key=key, ca=ca, key_cert_sign=False,
-                 digital_signature=True, extensions=extensions, not_before=not_before,
-                 not_after=not_after, public_key=public_key)  # fmt: skip
+    return issue(
+        subject or x509.Name([]),
+        issuer=issuer,
+        key=key,
+        ca=ca,
+        key_cert_sign=False,
+        digital_signature=True,
+        extensions=extensions,
+        not_before=not_before,
+        not_after=not_after,
+        public_key=public_key,
+    )

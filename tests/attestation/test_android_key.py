@@ -125,8 +125,12 @@ def test_key_description_parse_equals_googles_json(pem: str) -> None:
 
 def test_provisioning_methods_follow_googles_rule() -> None:
     methods = {}
-    for entry_id in ("ka-blueline-tee-ec", "ka-akita-tee-rsa-rkp", "ka-sony-tee-ec",
-                     "gka-pr33-attest-key-chain"):  # fmt: skip
+    for entry_id in (
+        "ka-blueline-tee-ec",
+        "ka-akita-tee-rsa-rkp",
+        "ka-sony-tee-ec",
+        "gka-pr33-attest-key-chain",
+    ):
         chain, now, challenge = _sample(entry_id)
         methods[entry_id] = _verify(chain, now, challenge=challenge).provisioning_method
     assert methods == {
@@ -140,10 +144,12 @@ def test_provisioning_methods_follow_googles_rule() -> None:
 def test_factory_chain_expiry_is_ignored_but_rkp_expiry_is_enforced() -> None:
     chain, _, challenge = _sample("ka-blueline-tee-ec")
     assert _verify(chain, at("2030-01-01T00:00:00Z"), challenge=challenge)
-    for entry_id, later in (("ka-akita-tee-rsa-rkp", "2024-10-08T14:09:47Z"),
-                            ("ka-caiman-tee-ec-rkp", "2030-01-01T00:00:00Z"),
-                            ("ka-tegu-tee-ec-ecroot", "2026-03-08T00:26:01Z"),
-                            ("ka-tokay-mldsa-rkp", "2026-05-09T05:14:59Z")):  # fmt: skip
+    for entry_id, later in (
+        ("ka-akita-tee-rsa-rkp", "2024-10-08T14:09:47Z"),
+        ("ka-caiman-tee-ec-rkp", "2030-01-01T00:00:00Z"),
+        ("ka-tegu-tee-ec-ecroot", "2026-03-08T00:26:01Z"),
+        ("ka-tokay-mldsa-rkp", "2026-05-09T05:14:59Z"),
+    ):
         chain, _, challenge = _sample(entry_id)
         _refused(Reason.CHAIN_EXPIRED, chain, at(later), challenge=challenge)
 
@@ -201,8 +207,9 @@ def test_wrong_key() -> None:
 
 def test_chain_reordered() -> None:
     chain, now, challenge = _sample("ka-blueline-tee-ec")
-    _refused(Reason.CHAIN_BROKEN, (chain[0], chain[2], chain[1], chain[3]), now,
-             challenge=challenge)  # fmt: skip
+    _refused(
+        Reason.CHAIN_BROKEN, (chain[0], chain[2], chain[1], chain[3]), now, challenge=challenge
+    )
 
 
 def test_root_swapped_for_a_self_signed_one() -> None:
@@ -210,8 +217,11 @@ def test_root_swapped_for_a_self_signed_one() -> None:
     google_root_name = x509.load_der_x509_certificate(chain[-1]).subject
     impostor = factory.issue(google_root_name)  # same name, attacker's key
     # A whole chain under the impostor (what an attacker can build) has no trusted anchor.
-    pki = AndroidPki(root=impostor, intermediate=factory.issue(
-        factory.name("i", title="TEE", serial="1"), issuer=impostor), batch=impostor)  # fmt: skip
+    pki = AndroidPki(
+        root=impostor,
+        intermediate=factory.issue(factory.name("i", title="TEE", serial="1"), issuer=impostor),
+        batch=impostor,
+    )
     pki.batch = factory.issue(factory.name("b", title="TEE", serial="2"), issuer=pki.intermediate)
     leaf = pki.leaf(KeyDescriptionSpec(challenge=challenge))
     _refused(Reason.CHAIN_UNTRUSTED, pki.chain(leaf), now, challenge=challenge, key=leaf.spki)
@@ -224,8 +234,12 @@ def test_root_swapped_for_a_self_signed_one() -> None:
 
 
 def test_anchors_limited_to_one_google_root() -> None:
-    ecdsa = TrustStore.from_files([VECTORS / "android/roots/google_root_ecdsa_key_attestation_ca1_2025-2035.pem"])
-    rsa = TrustStore.from_files([VECTORS / "android/roots/google_root_rsa_f92009e853b6b045_2022-2042.pem"])
+    ecdsa = TrustStore.from_files(
+        [VECTORS / "android/roots/google_root_ecdsa_key_attestation_ca1_2025-2035.pem"]
+    )
+    rsa = TrustStore.from_files(
+        [VECTORS / "android/roots/google_root_rsa_f92009e853b6b045_2022-2042.pem"]
+    )
     chain, now, challenge = _sample("ka-caiman-tee-ec-rkp")
     _refused(Reason.CHAIN_UNTRUSTED, chain, now, challenge=challenge, trust=ecdsa)
     assert _verify(chain, now, challenge=challenge, trust=rsa)
@@ -236,8 +250,10 @@ def test_anchors_limited_to_one_google_root() -> None:
 
 def test_rkp_chain_without_its_root_still_anchors_by_key() -> None:
     chain, now, challenge = _sample("ka-caiman-tee-ec-rkp")
-    assert _verify(chain[:-1], now, challenge=challenge).provisioning_method is \
-        ProvisioningMethod.REMOTE  # fmt: skip
+    assert (
+        _verify(chain[:-1], now, challenge=challenge).provisioning_method
+        is ProvisioningMethod.REMOTE
+    )
 
 
 def test_trailing_certificate_after_the_anchor_is_refused() -> None:
@@ -248,12 +264,14 @@ def test_trailing_certificate_after_the_anchor_is_refused() -> None:
 
 def _status(serials: dict[str, str]) -> RevocationList:
     body = {"entries": {s: {"status": st, "reason": "KEY_COMPROMISE"} for s, st in serials.items()}}
-    return RevocationList.parse(json.dumps(body).encode(), fetched_at=at("2025-09-26T00:00:00Z"),
-                                source="test")  # fmt: skip
+    return RevocationList.parse(
+        json.dumps(body).encode(), fetched_at=at("2025-09-26T00:00:00Z"), source="test"
+    )
 
 
-@pytest.mark.parametrize("status, reason", [("REVOKED", Reason.CERT_REVOKED),
-                                            ("SUSPENDED", Reason.CERT_SUSPENDED)])  # fmt: skip
+@pytest.mark.parametrize(
+    "status, reason", [("REVOKED", Reason.CERT_REVOKED), ("SUSPENDED", Reason.CERT_SUSPENDED)]
+)
 @pytest.mark.parametrize("position", [1, 2])
 def test_revoked_and_suspended_serials_refuse(status: str, reason: Reason, position: int) -> None:
     chain, now, challenge = _sample("ka-caiman-tee-ec-rkp")
@@ -270,40 +288,66 @@ def test_stale_or_missing_revocation_list_refused_by_policy() -> None:
     chain, now, challenge = _sample("ka-caiman-tee-ec-rkp")
     policy = dataclasses.replace(STRUCTURE, max_revocation_list_age=dt.timedelta(hours=1))
     _refused(Reason.REVOCATION_LIST_STALE, chain, now, challenge=challenge, policy=policy)
-    _refused(Reason.REVOCATION_LIST_STALE, chain, now, challenge=challenge, policy=policy,
-             revocation=_status({}))  # fetched a day before the pinned time  # fmt: skip
+    _refused(
+        Reason.REVOCATION_LIST_STALE,
+        chain,
+        now,
+        challenge=challenge,
+        policy=policy,
+        revocation=_status({}),
+    )  # fetched a day before the pinned time
 
 
 def test_device_policy_on_real_vectors() -> None:
     chain, now, challenge = _sample("ka-blueline-tee-ec")  # unlocked, UNVERIFIED
-    _refused(Reason.BOOT_NOT_VERIFIED, chain, now, challenge=challenge,
-             policy=AndroidKeyPolicy())  # fmt: skip
+    _refused(Reason.BOOT_NOT_VERIFIED, chain, now, challenge=challenge, policy=AndroidKeyPolicy())
     chain, now, challenge = _sample("ka-caiman-tee-ec-rkp")  # locked, VERIFIED, 2025-11
     assert _verify(chain, now, challenge=challenge, policy=AndroidKeyPolicy(min_patch_level=202511))
-    _refused(Reason.PATCH_LEVEL_TOO_OLD, chain, now, challenge=challenge,
-             policy=AndroidKeyPolicy(min_patch_level=202512))  # fmt: skip
-    _refused(Reason.SECURITY_LEVEL_INSUFFICIENT, chain, now, challenge=challenge,
-             policy=AndroidKeyPolicy(min_security_level=SecurityLevel.STRONG_BOX))  # fmt: skip
+    _refused(
+        Reason.PATCH_LEVEL_TOO_OLD,
+        chain,
+        now,
+        challenge=challenge,
+        policy=AndroidKeyPolicy(min_patch_level=202512),
+    )
+    _refused(
+        Reason.SECURITY_LEVEL_INSUFFICIENT,
+        chain,
+        now,
+        challenge=challenge,
+        policy=AndroidKeyPolicy(min_security_level=SecurityLevel.STRONG_BOX),
+    )
     assert _verify(chain, now, challenge=challenge, policy=AndroidKeyPolicy(require_rkp=True))
     chain, now, challenge = _sample("ka-blueline-tee-ec")
-    _refused(Reason.PROVISIONING_NOT_RKP, chain, now, challenge=challenge,
-             policy=dataclasses.replace(STRUCTURE, require_rkp=True))  # fmt: skip
+    _refused(
+        Reason.PROVISIONING_NOT_RKP,
+        chain,
+        now,
+        challenge=challenge,
+        policy=dataclasses.replace(STRUCTURE, require_rkp=True),
+    )
 
 
 def test_app_identity_policy() -> None:
     chain, now, challenge = _sample("ka-caiman-tee-ec-rkp")
     digest = next(iter(_verify(chain, now, challenge=challenge).signing_digests))
-    good = AndroidAppPolicy(package_names=frozenset({"com.google.android.attestation"}),
-                            signing_digests=frozenset({digest}))  # fmt: skip
-    assert _verify(chain, now, challenge=challenge,
-                   policy=dataclasses.replace(STRUCTURE, app=good))  # fmt: skip
+    good = AndroidAppPolicy(
+        package_names=frozenset({"com.google.android.attestation"}),
+        signing_digests=frozenset({digest}),
+    )
+    assert _verify(chain, now, challenge=challenge, policy=dataclasses.replace(STRUCTURE, app=good))
     for wrong in (
         dataclasses.replace(good, package_names=frozenset({"com.example.other"})),
         dataclasses.replace(good, signing_digests=frozenset({hashlib.sha256(b"x").digest()})),
         dataclasses.replace(good, signing_digests=frozenset({digest, b"\x00" * 32})),
     ):
-        _refused(Reason.APP_ID_MISMATCH, chain, now, challenge=challenge,
-                 policy=dataclasses.replace(STRUCTURE, app=wrong))  # fmt: skip
+        _refused(
+            Reason.APP_ID_MISMATCH,
+            chain,
+            now,
+            challenge=challenge,
+            policy=dataclasses.replace(STRUCTURE, app=wrong),
+        )
 
 
 def test_policy_minimum_must_be_a_hardware_level() -> None:
@@ -348,36 +392,49 @@ def test_attest_key_issuer_is_exempt_only_with_attest_key_purpose(pki: AndroidPk
     leaf = pki.leaf(issuer=attest_key)
     chain = (leaf.der, attest_key.der, pki.batch.der, pki.intermediate.der, pki.root.der)
     assert _pki_verify(pki, chain, key=leaf.spki).attest_key_certificates == 1
-    software_attest_key = pki.leaf(KeyDescriptionSpec(purposes=(7,), attestation_level=0,
-                                                      keymint_level=0))  # fmt: skip
+    software_attest_key = pki.leaf(
+        KeyDescriptionSpec(purposes=(7,), attestation_level=0, keymint_level=0)
+    )
     leaf = pki.leaf(issuer=software_attest_key)
     chain = (leaf.der, software_attest_key.der, pki.batch.der, pki.intermediate.der, pki.root.der)
     _refused_pki(pki, Reason.ISSUER_NOT_CA, chain, key=leaf.spki)
 
 
 def test_extension_on_an_intermediate_is_refused(pki: AndroidPki) -> None:
-    marked = factory.issue(factory.name("Marked CA"), issuer=pki.intermediate,
-                           extensions=[factory.attestation_extension(
-                               factory.key_description(KeyDescriptionSpec()))])  # fmt: skip
+    marked = factory.issue(
+        factory.name("Marked CA"),
+        issuer=pki.intermediate,
+        extensions=[factory.attestation_extension(factory.key_description(KeyDescriptionSpec()))],
+    )
     leaf = pki.leaf(issuer=marked)
     chain = (leaf.der, marked.der, pki.intermediate.der, pki.root.der)
     _refused_pki(pki, Reason.EXTENSION_MISPLACED, chain, key=leaf.spki)
 
 
 def test_leaf_without_extension(pki: AndroidPki) -> None:
-    plain = factory.issue(factory.name("plain"), issuer=pki.batch, ca=None, key_cert_sign=False,
-                          digital_signature=True)  # fmt: skip
+    plain = factory.issue(
+        factory.name("plain"),
+        issuer=pki.batch,
+        ca=None,
+        key_cert_sign=False,
+        digital_signature=True,
+    )
     _refused_pki(pki, Reason.EXTENSION_MISSING, pki.chain(plain), key=plain.spki)
 
 
 def test_ca_without_key_cert_sign_is_refused(pki: AndroidPki) -> None:
-    weak = factory.issue(factory.name("weak"), issuer=pki.intermediate, key_cert_sign=False,
-                         digital_signature=True)  # fmt: skip
+    weak = factory.issue(
+        factory.name("weak"), issuer=pki.intermediate, key_cert_sign=False, digital_signature=True
+    )
     leaf = pki.leaf(issuer=weak)
     middle = factory.issue(factory.name("middle"), issuer=weak)  # CA under a non-signing CA
     leaf = pki.leaf(issuer=middle)
-    _refused_pki(pki, Reason.ISSUER_NOT_CA, (leaf.der, middle.der, weak.der,
-                                             pki.intermediate.der), key=leaf.spki)  # fmt: skip
+    _refused_pki(
+        pki,
+        Reason.ISSUER_NOT_CA,
+        (leaf.der, middle.der, weak.der, pki.intermediate.der),
+        key=leaf.spki,
+    )
 
 
 @pytest.mark.parametrize(
@@ -397,8 +454,14 @@ def test_ca_without_key_cert_sign_is_refused(pki: AndroidPki) -> None:
 )
 def test_key_description_checks(pki: AndroidPki, spec: KeyDescriptionSpec, reason: Reason) -> None:
     leaf = pki.leaf(spec)
-    _refused_pki(pki, reason, pki.chain(leaf), spec, key=leaf.spki,
-                 policy=AndroidKeyPolicy(min_patch_level=202412))  # fmt: skip
+    _refused_pki(
+        pki,
+        reason,
+        pki.chain(leaf),
+        spec,
+        key=leaf.spki,
+        policy=AndroidKeyPolicy(min_patch_level=202412),
+    )
 
 
 def test_unknown_tags_are_kept_not_refused(pki: AndroidPki) -> None:
@@ -408,8 +471,13 @@ def test_unknown_tags_are_kept_not_refused(pki: AndroidPki) -> None:
     assert result.key_description.hardware_enforced.unknown_tags == (999,)
 
 
-def _refused_pki(pki: AndroidPki, reason: Reason, chain: tuple[bytes, ...],  # type: ignore[no-untyped-def]
-                 spec: KeyDescriptionSpec | None = None, **kwargs) -> None:  # fmt: skip
+def _refused_pki(
+    pki: AndroidPki,
+    reason: Reason,
+    chain: tuple[bytes, ...],  # type: ignore[no-untyped-def]
+    spec: KeyDescriptionSpec | None = None,
+    **kwargs,
+) -> None:
     with pytest.raises(AttestationFailed) as caught:
         _pki_verify(pki, chain, spec, **kwargs)
     assert caught.value.reason is reason, caught.value.detail
@@ -417,13 +485,22 @@ def _refused_pki(pki: AndroidPki, reason: Reason, chain: tuple[bytes, ...],  # t
 
 def test_non_ca_batch_key_may_sign_the_leaf_like_old_factory_chains(pki: AndroidPki) -> None:
     """Sony's chain: the attestation key that signs leaves is cA=FALSE, digitalSignature."""
-    batch = factory.issue(factory.name("Batch", title="TEE", serial="9"), issuer=pki.intermediate,
-                          ca=False, key_cert_sign=False, digital_signature=True)  # fmt: skip
+    batch = factory.issue(
+        factory.name("Batch", title="TEE", serial="9"),
+        issuer=pki.intermediate,
+        ca=False,
+        key_cert_sign=False,
+        digital_signature=True,
+    )
     leaf = pki.leaf(issuer=batch)
     chain = (leaf.der, batch.der, pki.intermediate.der, pki.root.der)
     assert _pki_verify(pki, chain, key=leaf.spki)
     # ... but only directly above the leaf: as a CA further up it is refused.
     below = factory.issue(factory.name("Below"), issuer=batch)
     leaf = pki.leaf(issuer=below)
-    _refused_pki(pki, Reason.ISSUER_NOT_CA, (leaf.der, below.der, batch.der,
-                                             pki.intermediate.der), key=leaf.spki)  # fmt: skip
+    _refused_pki(
+        pki,
+        Reason.ISSUER_NOT_CA,
+        (leaf.der, below.der, batch.der, pki.intermediate.der),
+        key=leaf.spki,
+    )

@@ -56,11 +56,12 @@ def _sample(entry: dict[str, Any]) -> Sample:
         attestation_object=base64.b64decode(attestation["attestationBase64"]),
         key_id=base64.b64decode(entry["inputs"]["keyId_base64"]),
         client_data_hash=base64.b64decode(attestation["clientDataHashSha256Base64"]),
-        public_key=public_key.public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo),
+        public_key=public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
         now=at(entry["verify_at"]),
         assertions=[d for d in documents if d["type"] == "assertion"],
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(params=SAMPLES, ids=[e["id"] for e in SAMPLES])
@@ -69,16 +70,23 @@ def sample(request: pytest.FixtureRequest) -> Sample:
 
 
 def _verifier(sample: Sample, **changes: Any) -> AppAttestVerifier:
-    options: dict[str, Any] = {"trust": APPLE, "app": sample.app,
-                               "environment": AppleEnvironment.DEVELOPMENT}  # fmt: skip
+    options: dict[str, Any] = {
+        "trust": APPLE,
+        "app": sample.app,
+        "environment": AppleEnvironment.DEVELOPMENT,
+    }
     options.update(changes)
     return AppAttestVerifier(**options)
 
 
 def _attest(sample: Sample, verifier: AppAttestVerifier | None = None, **changes: Any):  # type: ignore[no-untyped-def]
-    values: dict[str, Any] = {"attestation_object": sample.attestation_object,
-                              "key_id": sample.key_id, "challenge": sample.client_data_hash,
-                              "key": sample.public_key, "now": sample.now}  # fmt: skip
+    values: dict[str, Any] = {
+        "attestation_object": sample.attestation_object,
+        "key_id": sample.key_id,
+        "challenge": sample.client_data_hash,
+        "key": sample.public_key,
+        "now": sample.now,
+    }
     values.update(changes)
     return (verifier or _verifier(sample)).verify(
         AppAttestEvidence(attestation_object=values["attestation_object"], key_id=values["key_id"]),
@@ -108,21 +116,31 @@ def test_assertions_verify_and_return_the_counter(sample: Sample) -> None:
         client_data = base64.b64decode(document["clientDataBase64"])
         assertion = base64.b64decode(document["assertionBase64"])
         result = verifier.verify_assertion(
-            assertion, expected_client_data_hash=hashlib.sha256(client_data).digest(),
-            expected_public_key=sample.public_key, previous_counter=0)  # fmt: skip
+            assertion,
+            expected_client_data_hash=hashlib.sha256(client_data).digest(),
+            expected_public_key=sample.public_key,
+            previous_counter=0,
+        )
         assert result.counter == document["counter"] == 1
         # the quirk: 37 bytes of authenticator data with the AT flag set
         raw = cbor2.loads(assertion)["authenticatorData"]
         assert len(raw) == 37 and raw[32] & FLAG_AT
         # the counter replayed (or a clone behind): strictly greater is required
-        _refused(Reason.COUNTER_NOT_INCREASING, verifier.verify_assertion, assertion,
-                 expected_client_data_hash=hashlib.sha256(client_data).digest(),
-                 expected_public_key=sample.public_key, previous_counter=1)  # fmt: skip
+        _refused(
+            Reason.COUNTER_NOT_INCREASING,
+            verifier.verify_assertion,
+            assertion,
+            expected_client_data_hash=hashlib.sha256(client_data).digest(),
+            expected_public_key=sample.public_key,
+            previous_counter=1,
+        )
 
 
 def test_wrong_app_id(sample: Sample) -> None:
-    for app in (AppleApp(team_id="AAAAAAAAAA", bundle_id=sample.app.bundle_id),
-                AppleApp(team_id=sample.app.team_id, bundle_id="com.example.other")):  # fmt: skip
+    for app in (
+        AppleApp(team_id="AAAAAAAAAA", bundle_id=sample.app.bundle_id),
+        AppleApp(team_id=sample.app.team_id, bundle_id="com.example.other"),
+    ):
         _refused(Reason.APP_ID_MISMATCH, _attest, sample, _verifier(sample, app=app))
 
 
@@ -141,8 +159,11 @@ def test_key_id_not_matching(sample: Sample) -> None:
 
 
 def test_other_registered_key(sample: Sample) -> None:
-    other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+    other = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     _refused(Reason.KEY_MISMATCH, _attest, sample, key=other)
 
 
@@ -175,21 +196,43 @@ def test_assertion_by_another_key_and_wrong_app(sample: Sample) -> None:
         return cbor2.dumps({"signature": signature, "authenticatorData": auth})
 
     attacker_spki = attacker.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     good = assertion(sample.app.rp_id_hash, 5, attacker)
-    assert verifier.verify_assertion(good, expected_client_data_hash=client_hash,
-                                     expected_public_key=attacker_spki,
-                                     previous_counter=4).counter == 5  # fmt: skip
-    _refused(Reason.SIGNATURE_INVALID, verifier.verify_assertion, good,
-             expected_client_data_hash=client_hash, expected_public_key=sample.public_key,
-             previous_counter=0)  # fmt: skip
-    _refused(Reason.SIGNATURE_INVALID, verifier.verify_assertion, good,
-             expected_client_data_hash=hashlib.sha256(b"other").digest(),
-             expected_public_key=attacker_spki, previous_counter=0)  # fmt: skip
+    assert (
+        verifier.verify_assertion(
+            good,
+            expected_client_data_hash=client_hash,
+            expected_public_key=attacker_spki,
+            previous_counter=4,
+        ).counter
+        == 5
+    )
+    _refused(
+        Reason.SIGNATURE_INVALID,
+        verifier.verify_assertion,
+        good,
+        expected_client_data_hash=client_hash,
+        expected_public_key=sample.public_key,
+        previous_counter=0,
+    )
+    _refused(
+        Reason.SIGNATURE_INVALID,
+        verifier.verify_assertion,
+        good,
+        expected_client_data_hash=hashlib.sha256(b"other").digest(),
+        expected_public_key=attacker_spki,
+        previous_counter=0,
+    )
     wrong_app = assertion(hashlib.sha256(b"TEAM.other").digest(), 5, attacker)
-    _refused(Reason.APP_ID_MISMATCH, verifier.verify_assertion, wrong_app,
-             expected_client_data_hash=client_hash, expected_public_key=attacker_spki,
-             previous_counter=0)  # fmt: skip
+    _refused(
+        Reason.APP_ID_MISMATCH,
+        verifier.verify_assertion,
+        wrong_app,
+        expected_client_data_hash=client_hash,
+        expected_public_key=attacker_spki,
+        previous_counter=0,
+    )
 
 
 def test_authenticator_data_quirk_and_strictness() -> None:
@@ -225,8 +268,9 @@ CLIENT_HASH = hashlib.sha256(b"keybound activation transcript").digest()
 @pytest.fixture(scope="module")
 def apple_pki() -> tuple[factory.Issued, factory.Issued]:
     root = factory.issue(factory.name("Test App Attestation Root"))
-    return root, factory.issue(factory.name("Test App Attestation CA 1"), issuer=root,
-                               path_length=0)  # fmt: skip
+    return root, factory.issue(
+        factory.name("Test App Attestation CA 1"), issuer=root, path_length=0
+    )
 
 
 @pytest.mark.parametrize(
@@ -245,18 +289,26 @@ def test_each_apple_step_on_a_test_pki(apple_pki, changes: dict[str, Any], reaso
     key = ec.generate_private_key(ec.SECP256R1())
     options: dict[str, Any] = {"app_id": APP.app_id, "client_data_hash": CLIENT_HASH, **changes}
     if options.get("cose_key") == "other":
-        options["cose_key"] = factory.cose_p256(ec.generate_private_key(ec.SECP256R1()).public_key())
+        options["cose_key"] = factory.cose_p256(
+            ec.generate_private_key(ec.SECP256R1()).public_key()
+        )
     attestation, key_id = factory.app_attest_object(root, intermediate, key=key, **options)
     verifier = AppAttestVerifier(
-        trust=TrustStore((TrustAnchor.from_spki(root.spki, label="test"),)), app=APP,
-        environment=AppleEnvironment.DEVELOPMENT)  # fmt: skip
-    spki = key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+        trust=TrustStore((TrustAnchor.from_spki(root.spki, label="test"),)),
+        app=APP,
+        environment=AppleEnvironment.DEVELOPMENT,
+    )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
     def run():  # type: ignore[no-untyped-def]
-        return verifier.verify(AppAttestEvidence(attestation_object=attestation, key_id=key_id),
-                               expected_challenge=CLIENT_HASH, expected_public_key=spki,
-                               now=factory.NOW)  # fmt: skip
+        return verifier.verify(
+            AppAttestEvidence(attestation_object=attestation, key_id=key_id),
+            expected_challenge=CLIENT_HASH,
+            expected_public_key=spki,
+            now=factory.NOW,
+        )
 
     if reason is None:
         assert run().counter == 0

@@ -30,8 +30,12 @@ def test_shared_sample_lookups() -> None:
     assert entry is not None and entry.status is RevocationStatus.SUSPENDED
     assert (entry.reason, entry.comment) == ("KEY_COMPROMISE", "Entry for testing only")
     assert listing.lookup(0xBADBEEF) is None
-    for decimal in ("6681152659205225093", "8350192447815228107", "9408173275444922801",
-                    "11244410301401252959"):  # fmt: skip
+    for decimal in (
+        "6681152659205225093",
+        "8350192447815228107",
+        "9408173275444922801",
+        "11244410301401252959",
+    ):
         found = listing.lookup(int(decimal))
         assert found is not None and found.status is RevocationStatus.REVOKED
 
@@ -43,8 +47,17 @@ def test_hex_keys_are_case_insensitive_and_unknown_statuses_refuse() -> None:
     assert listing.lookup(0x12).status is RevocationStatus.REVOKED  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("body", [b"[]", b"{}", b'{"entries": []}', b'{"entries": {"xyz": {}}}',
-                                  b'{"entries": {"ab": "REVOKED"}}', b"not json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b"{}",
+        b'{"entries": []}',
+        b'{"entries": {"xyz": {}}}',
+        b'{"entries": {"ab": "REVOKED"}}',
+        b"not json",
+    ],
+)
 def test_malformed_lists_are_configuration_errors(body: bytes) -> None:
     with pytest.raises(ConfigurationInvalid):
         RevocationList.parse(body, fetched_at=T0, source="t")
@@ -91,8 +104,9 @@ def status_server() -> Iterator[tuple[str, type[_Handler]]]:
 
 def test_fetch_and_cache_over_http(status_server: tuple[str, type[_Handler]]) -> None:
     url, handler = status_server
-    cache = RevocationCache(lambda now: RevocationList.fetch(url, now=now),
-                            refresh_after=dt.timedelta(hours=1))  # fmt: skip
+    cache = RevocationCache(
+        lambda now: RevocationList.fetch(url, now=now), refresh_after=dt.timedelta(hours=1)
+    )
     first = cache.current(T0)
     assert first is not None and first.lookup(0xCC66E9A93713B6E643B26C15879786F7) is not None
     assert cache.current(T0 + dt.timedelta(minutes=59)) is first and handler.hits == 1

@@ -57,12 +57,20 @@ def _ek_and_ak(ectx: Any, ek_type: str) -> tuple[Any, Any, Any, Any]:
 
     _, template = create_ek_template(ek_type, _no_nv)
     ek, ek_public, *_ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
-    attributes = (TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
-                  | TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT)  # fmt: skip
-    ak_template = TPM2B_PUBLIC(TPMT_PUBLIC.parse(alg="ecc256:ecdsa-sha256:null",
-                                                 objectAttributes=attributes))  # fmt: skip
-    ak, ak_public, *_ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), ak_template,
-                                            ESYS_TR.ENDORSEMENT)  # fmt: skip
+    attributes = (
+        TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.USERWITHAUTH
+        | TPMA_OBJECT.RESTRICTED
+        | TPMA_OBJECT.SIGN_ENCRYPT
+    )
+    ak_template = TPM2B_PUBLIC(
+        TPMT_PUBLIC.parse(alg="ecc256:ecdsa-sha256:null", objectAttributes=attributes)
+    )
+    ak, ak_public, *_ = ectx.create_primary(
+        TPM2B_SENSITIVE_CREATE(), ak_template, ESYS_TR.ENDORSEMENT
+    )
     return ek, ek_public.publicArea.marshal(), ak, ak_public.publicArea.marshal()
 
 
@@ -71,13 +79,25 @@ def _activate(ectx: Any, ek: Any, ak: Any, blob: bytes, secret: bytes) -> bytes:
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
     from tpm2_pytss.types import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPMT_SYM_DEF
 
-    session = ectx.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
-                                      TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256)  # fmt: skip
+    session = ectx.start_auth_session(
+        ESYS_TR.NONE,
+        ESYS_TR.NONE,
+        TPM2_SE.POLICY,
+        TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+        TPM2_ALG.SHA256,
+    )
     try:
         ectx.policy_secret(ESYS_TR.ENDORSEMENT, session)
-        return bytes(ectx.activate_credential(
-            ak, ek, TPM2B_ID_OBJECT(credential=blob), TPM2B_ENCRYPTED_SECRET(secret=secret),
-            session1=ESYS_TR.PASSWORD, session2=session))  # fmt: skip
+        return bytes(
+            ectx.activate_credential(
+                ak,
+                ek,
+                TPM2B_ID_OBJECT(credential=blob),
+                TPM2B_ENCRYPTED_SECRET(secret=secret),
+                session1=ESYS_TR.PASSWORD,
+                session2=session,
+            )
+        )
     finally:
         ectx.flush_context(session)
 
@@ -129,9 +149,11 @@ def test_swtpm_end_to_end_certify_with_activated_ak(swtpm: SwtpmBed) -> None:  #
         ek, ek_public, ak, ak_public = _ek_and_ak(ectx, "EK-RSA2048")
         ek_key = parse_public(ek_public).public_key()
         ek_cert = factory.tpm_certificate(
-            manufacturer, eku="2.23.133.8.1", public_key=ek_key,
+            manufacturer,
+            eku="2.23.133.8.1",
+            public_key=ek_key,
             san=factory.tpm_san(manufacturer="id:00001014", model="swtpm", version="id:20191023"),
-        )  # fmt: skip
+        )
         verified_ek = verify_ek_certificate(ek_cert.der, trust=ek_trust, now=now)
         # the server activates against the key its EK certificate names, nothing else
         assert verified_ek.public_key == parse_public(ek_public).spki()
@@ -140,28 +162,36 @@ def test_swtpm_end_to_end_certify_with_activated_ak(swtpm: SwtpmBed) -> None:  #
         made = make_credential(ek_key, ak_name, secret)
         assert _activate(ectx, ek, ak, made.credential_blob, made.encrypted_secret) == secret
         # the hardware key: as keybound's TPM key store makes it (sign-only P-256)
-        attributes = (TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
-                      | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH
-                      | TPMA_OBJECT.SIGN_ENCRYPT)  # fmt: skip
-        template = TPM2B_PUBLIC(TPMT_PUBLIC.parse(alg="ecc256:ecdsa-sha256:null",
-                                                  objectAttributes=attributes))  # fmt: skip
-        key, key_public, *_ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template,
-                                                  ESYS_TR.OWNER)  # fmt: skip
-        info, signature = ectx.certify(key, ak, challenge,
-                                       TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))  # fmt: skip
+        attributes = (
+            TPMA_OBJECT.FIXEDTPM
+            | TPMA_OBJECT.FIXEDPARENT
+            | TPMA_OBJECT.SENSITIVEDATAORIGIN
+            | TPMA_OBJECT.USERWITHAUTH
+            | TPMA_OBJECT.SIGN_ENCRYPT
+        )
+        template = TPM2B_PUBLIC(
+            TPMT_PUBLIC.parse(alg="ecc256:ecdsa-sha256:null", objectAttributes=attributes)
+        )
+        key, key_public, *_ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.OWNER)
+        info, signature = ectx.certify(key, ak, challenge, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
         public_area = key_public.publicArea.marshal()
-    evidence = TpmEvidence(certify_info=bytes(info), signature=signature.marshal(),
-                           public_area=public_area,
-                           activated_ak=ActivatedAk(public_area=ak_public, ek=verified_ek))  # fmt: skip
+    evidence = TpmEvidence(
+        certify_info=bytes(info),
+        signature=signature.marshal(),
+        public_area=public_area,
+        activated_ak=ActivatedAk(public_area=ak_public, ek=verified_ek),
+    )
     verifier = TpmVerifier(trust=TrustStore())
     expected_key = parse_public(public_area).spki()
-    result = verifier.verify(evidence, expected_challenge=challenge,
-                             expected_public_key=expected_key, now=now)  # fmt: skip
+    result = verifier.verify(
+        evidence, expected_challenge=challenge, expected_public_key=expected_key, now=now
+    )
     assert result.ak_trust is AkTrust.ACTIVATION
     assert result.tpm.manufacturer_id == "id:00001014" and result.tpm.model == "swtpm"
     with pytest.raises(AttestationFailed) as caught:
-        verifier.verify(evidence, expected_challenge=b"\x00" * 32,
-                        expected_public_key=expected_key, now=now)  # fmt: skip
+        verifier.verify(
+            evidence, expected_challenge=b"\x00" * 32, expected_public_key=expected_key, now=now
+        )
     assert caught.value.reason is Reason.CHALLENGE_MISMATCH
 
 

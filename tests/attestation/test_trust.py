@@ -40,14 +40,20 @@ def test_operator_adds_and_removes_anchors(tmp_path: Path) -> None:
     ca = factory.issue(factory.name("Operator TPM CA"))
     key_only = factory.issue(factory.name("Key only"))
     bundle = tmp_path / "anchors.pem"
-    bundle.write_bytes(ca.pem() + key_only.certificate.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
-    store = TrustStore.configured(AttestationFormat.TPM, add_files=[bundle],
-                                  remove_keys=[MICROSOFT.upper()])  # fmt: skip
+    bundle.write_bytes(
+        ca.pem()
+        + key_only.certificate.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    store = TrustStore.configured(
+        AttestationFormat.TPM, add_files=[bundle], remove_keys=[MICROSOFT.upper()]
+    )
     assert store.by_spki(ca.spki) is not None and store.by_spki(key_only.spki) is not None
     assert MICROSOFT not in _keys(store) and len(store) == 2
-    only_added = TrustStore.configured(AttestationFormat.TPM, add_files=[bundle],
-                                       include_builtin=False)  # fmt: skip
+    only_added = TrustStore.configured(
+        AttestationFormat.TPM, add_files=[bundle], include_builtin=False
+    )
     assert len(only_added) == 2
 
 
