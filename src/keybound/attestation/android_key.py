@@ -12,11 +12,14 @@ Decisions, each with a test:
 - **Anchors by key.** The path ends where a pinned anchor's key signed a certificate; RKP
   chains that leave the root out verify the same way (see :mod:`.chain`).
 - **The forged-leaf attack.** Any attested key can sign an arbitrary certificate, so a
-  certificate that signs another one must be a CA (``cA=TRUE`` with ``keyCertSign``). The
-  one exception is KeyMint's own ``ATTEST_KEY`` chaining ([AOSP] "Attestation keys"): a
+  certificate that signs another one must be a CA (``cA=TRUE`` with ``keyCertSign``), with
+  two exceptions. KeyMint's ``ATTEST_KEY`` chaining ([AOSP] "Attestation keys"): a
   certificate directly above the leaf may carry the attestation extension and sign without
   being a CA only if its KeyDescription attests a hardware key whose purposes are exactly
-  ``{ATTEST_KEY}``; KeyMint never signs arbitrary data with such a key. Every other
+  ``{ATTEST_KEY}`` (KeyMint never signs arbitrary data with such a key). And the device's
+  batch attestation key right above those (old Keymaster factory chains sign leaves with a
+  ``cA=FALSE``, ``digitalSignature`` certificate), only if it carries no attestation
+  extension: an *attested* key always does, and that is what the attack needs. Any other
   certificate above the leaf carrying the extension is EXTENSION_MISPLACED.
 - **Provisioning method**, decided as Google's verifier does (``KeyAttestationCertPath``):
   FACTORY when the certificate the anchor signed has a subject with ``serialNumber`` and
