@@ -21,6 +21,8 @@ revocation list is fetched, PyYAML when the conformance command reads a YAML sam
 
 from __future__ import annotations
 
+from typing import Any
+
 from keybound.attestation.android_key import (
     AndroidAppPolicy,
     AndroidKeyEvidence,
@@ -64,14 +66,14 @@ from keybound.attestation.trust import TrustAnchor, TrustStore
 
 #: The formats keybound verifies, by their wire name. An explicit allow-list: a format not
 #: here is refused before any parsing.
-REGISTRY: dict[str, type[AttestationVerifier]] = {  # type: ignore[type-arg]
+REGISTRY: dict[str, type[AttestationVerifier[Any, Any]]] = {
     AttestationFormat.ANDROID_KEY.value: AndroidKeyVerifier,
     AttestationFormat.APPLE_APP_ATTEST.value: AppAttestVerifier,
     AttestationFormat.TPM.value: TpmVerifier,
 }
 
 
-def verifier_class(name: str) -> type[AttestationVerifier]:  # type: ignore[type-arg]
+def verifier_class(name: str) -> type[AttestationVerifier[Any, Any]]:
     """The verifier class for a wire format name; AttestationFailed(MALFORMED) if unknown."""
     found = REGISTRY.get(name) if isinstance(name, str) else None
     if found is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -269,7 +269,3 @@ def canonical_spki(spki: bytes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def serials(path: CertPath) -> Sequence[int]:
-    return [certificate.serial_number for certificate in path.certificates]

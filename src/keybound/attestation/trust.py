@@ -77,7 +77,8 @@ class TrustStore:
     @classmethod
     def builtin(cls, fmt: AttestationFormat) -> TrustStore:
         """The anchors shipped for ``fmt`` (see the module docs)."""
-        folder = resources.files("keybound.attestation").joinpath("roots").joinpath(_FOLDERS[fmt])
+        folder = resources.files("keybound.attestation").joinpath("roots")
+        folder = folder.joinpath(_FOLDERS[AttestationFormat(fmt)])
         anchors: list[TrustAnchor] = []
         for item in sorted(folder.iterdir(), key=lambda entry: entry.name):
             if item.name.endswith(".pem"):
