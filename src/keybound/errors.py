@@ -39,6 +39,8 @@ class ErrorCode(StrEnum):
     SOFTWARE_KEY_SUPERSEDED = "software_key_superseded"
     DECLINED = "declined"  # an operation's failureCode only: the user declined it (§3.1.7)
     UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
+    # Key attestation (issue 15): the failure's ``reason`` field says which check refused it
+    ATTESTATION_INVALID = "attestation_invalid"
     # State
     INVALID_STATE = "invalid_state"
     CONFLICT = "conflict"
