@@ -54,6 +54,7 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
     hang: float = 0.0  # wait this long (or until the receiver stops) before answering
     trickle: float = 0.0  # > 0: send a header byte every `trickle` s for `hang` s instead
+    body: bytes = b"ok"
 
 
 @dataclass(frozen=True)
@@ -179,9 +180,9 @@ class Receiver:
         handler.send_response(reply.status)
         for name, value in reply.headers:
             handler.send_header(name, value)
-        handler.send_header("Content-Length", "2")
+        handler.send_header("Content-Length", str(len(reply.body)))
         handler.end_headers()
-        handler.wfile.write(b"ok")
+        handler.wfile.write(reply.body)
 
 
 class _Server(ThreadingHTTPServer):

@@ -4,6 +4,7 @@ everything scheduled (nothing here sleeps for a retry delay)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import ipaddress
 import logging
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from keybound.errors import ErrorCode, KeyboundError
 from keybound.server.events.delivery import (
     DeferReason,
     DeliveryTimeouts,
@@ -299,3 +301,42 @@ def test_submit_ignores_a_delivery_already_in_hand_and_survives_a_failing_sink(
     assert receiver.ids() == ["evt_1", "evt_2", "evt_1"]
     assert [o.kind for o in stored] == [OutcomeKind.DELIVERED] * 3
     assert "storing the outcome of delivery del_ep_1_1 failed" in caplog.text
+
+
+def test_a_large_error_body_is_read_only_in_part(run: Run, receiver: Receiver,
+                                                 hmac_secret: SymmetricSecret) -> None:
+    receiver.default = Reply(status=500, body=b"\x00boom\n" + b"x" * 1_000_000)
+    [outcome] = run.dispatch(delivery(receiver.url(), hmac_secret))
+    assert outcome.error is AttemptError.HTTP_STATUS and outcome.status == 500
+    assert outcome.detail.startswith("HTTP 500: boom x") and len(outcome.detail) < 220
+
+
+def test_a_delivery_without_a_valid_id_or_secret_cannot_be_built(
+        hmac_secret: SymmetricSecret) -> None:
+    item = delivery("https://hooks.example/", hmac_secret)
+    for change in ({"event_id": "evt.1"}, {"event_id": ""}, {"secrets": ()}):
+        with pytest.raises(KeyboundError) as caught:
+            dataclasses.replace(item, **change)
+        assert caught.value.code is ErrorCode.MALFORMED_REQUEST
+
+
+def test_aclose_stops_at_once_and_stores_nothing(clock: FakeClock, receiver: Receiver,
+                                                 hmac_secret: SymmetricSecret) -> None:
+    receiver.default = Reply(hang=30)
+    stored: list[Outcome] = []
+
+    async def store(outcome: Outcome) -> None:
+        stored.append(outcome)
+
+    async def main() -> frozenset[str]:
+        async with create_client(policy=LOOPBACK) as client:
+            dispatcher = Dispatcher(sender=WebhookSender(client=client), on_outcome=store,
+                                    clock=clock)
+            dispatcher.submit(delivery(receiver.url(), hmac_secret))
+            await asyncio.to_thread(receiver.wait_for, 1)
+            await dispatcher.aclose()
+            return dispatcher.busy_endpoints()
+
+    began = time.perf_counter()
+    assert asyncio.run(main()) == frozenset()
+    assert stored == [] and time.perf_counter() - began < 10

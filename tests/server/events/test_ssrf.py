@@ -170,8 +170,20 @@ def test_every_address_is_checked() -> None:
                       "empty.example.test": []})
     assert _code("https://hooks.example.test/", EndpointPolicy(), mixed) is REFUSED
     assert _code("https://empty.example.test/", EndpointPolicy(), mixed) is REFUSED
-    assert _code("https://nowhere.example.test/", EndpointPolicy(),
-                 mixed) is ErrorCode.ENDPOINT_URL_INVALID
+    assert _code("https://nowhere.example.test/", EndpointPolicy(), mixed) is REFUSED
+
+
+def test_refusals_do_not_tell_internal_names_apart() -> None:
+    """Unresolvable, private and loopback answers read the same to the caller."""
+    table = _answers({"db.internal": [ip("10.0.0.5")], "lo.internal": [ip("127.0.0.1")]})
+    details, reasons = set(), []
+    for host in ("db.internal", "lo.internal", "nothing.internal"):
+        with pytest.raises(KeyboundError) as caught:
+            check_endpoint_url(f"https://{host}/", policy=EndpointPolicy(), resolver=table)
+        details.add(caught.value.detail.replace(host, "HOST"))
+        reasons.append(caught.value.fields["address_class"])
+    assert len(details) == 1
+    assert reasons == ["private", "loopback", "unresolvable"]
 
 
 # --- at connect time, against a real receiver ---------------------------------------------

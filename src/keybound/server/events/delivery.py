@@ -108,9 +108,10 @@ def classify_response(status: int, headers: httpx.Headers, body: bytes) -> Attem
     if status < 200:
         return AttemptResult(status=status, error=AttemptError.PROTOCOL,
                              detail=f"HTTP {status} is not a final answer")
+    snippet = _printable(body)
     return AttemptResult(status=status, error=AttemptError.HTTP_STATUS,
                          retry_after=headers.get("retry-after"),
-                         detail=f"HTTP {status}: {_printable(body)}".rstrip(": "))
+                         detail=f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}")
 
 
 class WebhookSender:

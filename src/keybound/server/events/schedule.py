@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import groupby
 
-from keybound.server.events.signing import SigningSecret
+from keybound.errors import MalformedRequest
+from keybound.server.events.signing import MESSAGE_ID, SigningSecret
 
 #: Caps of the successive retry delays after a failed attempt (Standard Webhooks' example
 #: schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h); the last cap repeats until
@@ -165,13 +166,12 @@ def breaker_phase(state: BreakerState, *, now: float) -> BreakerPhase:
 def breaker_record(
     state: BreakerState, *, success: bool, now: float, policy: BreakerPolicy
 ) -> BreakerState:
-    """The state after an attempt: a success closes; a failed probe, or the threshold-th
-    consecutive failure, opens for one cool-down."""
+    """The state after an attempt: a success closes; the threshold-th consecutive failure
+    opens for one cool-down, and so does a failed probe (its count is past the threshold)."""
     if success:
         return BreakerState()
     failures = state.consecutive_failures + 1
-    probing = breaker_phase(state, now=now) is not BreakerPhase.CLOSED
-    if probing or failures >= policy.failure_threshold:
+    if failures >= policy.failure_threshold:
         return BreakerState(consecutive_failures=failures, open_until=now + policy.cool_down)
     return BreakerState(consecutive_failures=failures)
 
@@ -194,6 +194,14 @@ class PendingDelivery:
     attempts: int = 0  # made so far
     first_attempt_at: float | None = None
     next_attempt_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        # docs/webhooks.md §2.1: the id is signed unescaped and is the receiver's dedup key
+        if not MESSAGE_ID.fullmatch(self.event_id):
+            raise MalformedRequest("event id must match [A-Za-z0-9_-]{1,128}")
+        # docs/webhooks.md §2.2: every attempt is signed
+        if not self.secrets:
+            raise MalformedRequest("a delivery needs at least one signing secret")
 
 
 def select_due(

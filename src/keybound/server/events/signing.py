@@ -47,7 +47,7 @@ DEFAULT_TOLERANCE = 300.0
 #: More signatures than this in one header is not rotation but an attempt to burn CPU.
 MAX_SIGNATURES = 16
 #: Ids go into the signed string unescaped, so no "." (Standard Webhooks, "Signature scheme").
-_MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 _RAW = serialization.Encoding.Raw
@@ -190,7 +190,7 @@ def _signed_content(msg_id: str, timestamp: int, body: bytes) -> bytes:
 
 def sign(*, msg_id: str, timestamp: int, body: bytes, secrets: Sequence[SigningSecret]) -> str:
     """The ``webhook-signature`` value: one ``scheme,base64`` entry per secret, in order."""
-    if not _MESSAGE_ID.fullmatch(msg_id):
+    if not MESSAGE_ID.fullmatch(msg_id):
         raise MalformedRequest("webhook id must match [A-Za-z0-9_-]{1,128}")
     if timestamp < 0:
         raise MalformedRequest("webhook timestamp must be a non-negative integer")
@@ -254,7 +254,7 @@ def verify_webhook(
         raise WebhookSignatureInvalid("webhook-id, webhook-timestamp and webhook-signature "
                                       "are required")
     # "Signature scheme": the id is signed unescaped, so it may not carry a "."
-    if not _MESSAGE_ID.fullmatch(msg_id):
+    if not MESSAGE_ID.fullmatch(msg_id):
         raise WebhookSignatureInvalid("webhook-id has characters outside [A-Za-z0-9_-]")
     # "Webhook headers": the timestamp is an integer count of seconds
     if not _TIMESTAMP.fullmatch(stamp):

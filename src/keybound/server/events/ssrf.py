@@ -61,6 +61,7 @@ class AddressClass(StrEnum):
     RESERVED = "reserved"  # any other special-purpose block (IANA registries), incl. documentation
 
 
+_REFUSED = "{host} does not resolve to addresses the endpoint policy allows"
 _PRIVATE = tuple(
     ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 )
@@ -136,19 +137,21 @@ class EndpointPolicy:
 
     def check_addresses(self, host: str, addresses: Iterable[IPAddress]) -> None:
         """Raise unless every address is allowed: one refused answer is enough to refuse,
-        since the connect could land on any of them."""
+        since the connect could land on any of them.
+
+        The message is the same whatever the reason, so registering URLs cannot map the
+        operator's internal DNS; the reason is in the error's fields, for logs.
+        """
         listed = list(addresses)
         # docs/webhooks.md §4: a name with no address cannot be checked
         if not listed:
-            raise EndpointAddressRefused(f"{host} has no address")
+            raise EndpointAddressRefused(_REFUSED.format(host=host), address_class="none")
         for address in listed:
             found = self.refusal(address)
             # docs/webhooks.md §4: every address must be allowed
             if found is not None:
-                raise EndpointAddressRefused(
-                    f"{host} resolves to a {found.value} address", address=str(address),
-                    address_class=found.value,
-                )
+                raise EndpointAddressRefused(_REFUSED.format(host=host), address=str(address),
+                                             address_class=found.value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,7 +206,9 @@ def check_endpoint_url(
     try:
         addresses = tuple(resolver(host, port))
     except (OSError, UnicodeError) as exc:
-        raise EndpointUrlInvalid(f"{host} does not resolve") from exc
+        # docs/webhooks.md §4: told apart from a refused address only in the fields
+        raise EndpointAddressRefused(_REFUSED.format(host=host),
+                                     address_class="unresolvable") from exc
     policy.check_addresses(host, addresses)
     return CheckedEndpoint(url=str(parsed), host=host, port=port, addresses=addresses)
 
