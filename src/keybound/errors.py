@@ -48,6 +48,11 @@ class ErrorCode(StrEnum):
     # Secure channel (issue 3): one generic code, no oracle
     DECRYPTION_FAILED = "decryption_failed"
     SECURE_CHANNEL_REQUIRED = "secure_channel_required"  # plaintext to a device endpoint
+    # Events and webhooks (issue 16)
+    ENDPOINT_URL_INVALID = "endpoint_url_invalid"  # not an absolute http(s) URL we may call
+    ENDPOINT_ADDRESS_REFUSED = "endpoint_address_refused"  # resolves to a refused network
+    WEBHOOK_SIGNATURE_INVALID = "webhook_signature_invalid"  # receiver side: no signature fits
+    WEBHOOK_TIMESTAMP_INVALID = "webhook_timestamp_invalid"  # receiver side: outside tolerance
     # SDK-side (never produced by the server)
     CLIENT_NOT_ACTIVATED = "client_not_activated"
     CLIENT_TRANSPORT = "client_transport"
