@@ -61,6 +61,8 @@ class ErrorCode(StrEnum):
     KEY_GENERATION_FAILED = "key_generation_failed"
     KEY_UNAVAILABLE = "key_unavailable"
     SIGNING_FAILED = "signing_failed"
+    # Relying-party side (never produced by the server): a signed result did not verify
+    RESULT_INVALID = "result_invalid"
     INTERNAL = "internal_error"
 
 
