@@ -17,7 +17,9 @@ Attacks (each on a fresh server, on 127.0.0.1, stopped by its PID at the end):
   slow-body    --connections connections with a complete head (Content-Length: 100000) that
                dribble the body a byte per --interval s
   idle         --idle-connections connections that send nothing at all
-For these three: at each checkpoint (seconds since the last connection opened) how many
+  slow-read    --slow-read-connections connections (4 KiB receive buffer) that each pipeline
+               --slow-read-requests GET /openapi.json at once and never read an answer
+For these four: at each checkpoint (seconds since the last connection opened) how many
 connections the server still holds (ESTABLISHED on its port, from /proc/net/tcp), how many
 the attacker still holds open, the server's RSS (summed over its processes), and what a
 well-behaved client gets meanwhile (GET /healthz on a new connection: status, seconds).
@@ -45,7 +47,8 @@ from kbbench import procs  # noqa: E402
 from kbbench.server import KeyboundServer  # noqa: E402
 from kbbench.stats import table  # noqa: E402
 
-ATTACKS = ("big-one", "big-headers", "many-headers", "slow-headers", "slow-body", "idle")
+ATTACKS = ("big-one", "big-headers", "many-headers", "slow-headers", "slow-body", "idle",
+           "slow-read")
 MIB = 1024 * 1024
 
 
@@ -176,7 +179,7 @@ def legit_request(port: int) -> str:
 
 
 def attack_slow(server: KeyboundServer, *, mode: str, connections: int, interval: float,
-                checkpoints: list[float]) -> dict[str, Any]:
+                checkpoints: list[float], pipelined: int = 200) -> dict[str, Any]:
     """Slowloris: every connection sends one more byte every ``interval`` seconds (``idle``:
     none at all)."""
     time.sleep(1)
@@ -186,9 +189,14 @@ def attack_slow(server: KeyboundServer, *, mode: str, connections: int, interval
     answers: dict[str, int] = {}
     refused = 0
     for i in range(connections):
+        sock = socket.socket()
+        if mode == "slow-read":  # a small window: the server's answers back up quickly
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         try:
-            sock: socket.socket = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", server.port))
         except OSError:
+            sock.close()
             refused += 1
             socks.append(None)
             payloads.append(b"")
@@ -198,6 +206,9 @@ def attack_slow(server: KeyboundServer, *, mode: str, connections: int, interval
         if mode == "slow-body":
             sock.sendall(slow_body_head())
             payloads.append(b"{" + b" " * 99_998 + b"}")
+        elif mode == "slow-read":
+            sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * pipelined)
+            payloads.append(b"")
         elif mode == "idle":
             payloads.append(b"")
         else:
@@ -212,6 +223,12 @@ def attack_slow(server: KeyboundServer, *, mode: str, connections: int, interval
                 continue
             sock = held
             closed = False
+            if mode == "slow-read":  # never read: only notice a reset
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    answers["(reset)"] = answers.get("(reset)", 0) + 1
+                    sock.close()
+                    socks[i] = None
+                continue
             try:
                 peek = sock.recv(65536, socket.MSG_PEEK)
                 closed = True
@@ -264,6 +281,10 @@ def main() -> int:
     ap.add_argument("--header-mib", type=int, default=100, help="big-headers: MiB each")
     ap.add_argument("--connections", type=int, default=350, help="slow-*: connections")
     ap.add_argument("--idle-connections", type=int, default=2500, help="idle: connections")
+    ap.add_argument("--slow-read-connections", type=int, default=50,
+                    help="slow-read: connections")
+    ap.add_argument("--slow-read-requests", type=int, default=200,
+                    help="slow-read: requests pipelined on each")
     ap.add_argument("--interval", type=float, default=1.0, help="slow-*: seconds per byte")
     ap.add_argument("--checkpoints", default="5,15,30,65", help="slow-*, idle: seconds")
     ap.add_argument("--serve-arg", action="append", default=[],
@@ -295,8 +316,11 @@ def main() -> int:
                                                          mib=args.header_mib)
                 else:
                     results[attack] = attack_slow(server, mode=attack,
-                                                  connections=args.idle_connections
-                                                  if attack == "idle" else args.connections,
+                                                  connections={
+                                                      "idle": args.idle_connections,
+                                                      "slow-read": args.slow_read_connections,
+                                                  }.get(attack, args.connections),
+                                                  pipelined=args.slow_read_requests,
                                                   interval=args.interval,
                                                   checkpoints=checkpoints)
     report(results)
@@ -321,10 +345,11 @@ def report(results: dict[str, Any]) -> None:
         print(table(["connection", "MiB sent", "send error", "answer", "s"],
                     [[str(i), f"{c['sent_mib']:.2f}", c.get("send_error", ""), c["answer"],
                       f"{c['seconds']:.1f}"] for i, c in enumerate(r["connections"])]))
-    for name in ("slow-headers", "slow-body", "idle"):
+    for name in ("slow-headers", "slow-body", "idle", "slow-read"):
         if name in results:
             r = results[name]
-            pace = "nothing sent" if name == "idle" else f"a byte every {r['interval_s']} s"
+            pace = {"idle": "nothing sent", "slow-read": "answers never read"}.get(
+                name, f"a byte every {r['interval_s']} s")
             print(f"\n### {name}: {r['connections']} connections, {pace} (refused at connect: "
                   f"{r['refused_at_connect']}; RSS before {r['rss_before_mib']} MiB)\n")
             print(table(["s after opening", "server holds", "attacker holds", "RSS MiB",

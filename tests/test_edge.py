@@ -290,6 +290,43 @@ def test_an_idle_keep_alive_connection_is_closed(edge_server) -> None:
     assert 0.4 <= second.closed_after - second.seconds <= 0.5 + SLACK
 
 
+def test_empty_lines_after_an_answer_do_not_keep_the_connection(edge_server) -> None:
+    """CRLFs between requests are allowed, so they must not restart the idle clock for ever."""
+    server = edge_server(keep_alive_timeout=0.5, header_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(get(close=False))
+        assert read_answer(sock, time.monotonic(), wait_close=False).status == 200
+        started = time.monotonic()
+        sock.settimeout(0.2)
+        closed = False
+        while not closed and time.monotonic() - started < 1.0 + SLACK:
+            try:
+                sock.send(b"\r\n")
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = True
+    assert closed, "still open after the deadline"
+
+
+def test_a_client_that_never_reads_its_answers_is_disconnected(edge_server) -> None:
+    """Slow read: answers backed up behind a closed receive window would hold the connection,
+    and its slot under the connection cap, for good."""
+    server = edge_server(send_timeout=1.0)
+    connections = server.server.server_state.connections
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(get("/openapi.json", close=False) * 40)
+        time.sleep(0.5)
+        assert len(connections) == 1  # answers backed up; the connection is held
+        deadline = time.monotonic() + 1.0 + 2 * SLACK  # zero-window probes back off
+        while connections:
+            assert time.monotonic() < deadline, "still held after the send timeout"
+            time.sleep(0.05)
+
+
 # --------------------------------------------------------------------------- connection cap
 
 
@@ -384,6 +421,7 @@ def test_an_upgrade_request_is_answered_as_a_request_and_closed(server) -> None:
 
 
 @pytest.mark.parametrize("bad", [{"header_timeout": 0}, {"body_timeout": -1.0},
+                                 {"send_timeout": 0.0},
                                  {"max_connections": 0}, {"keep_alive_timeout": float("nan")},
                                  {"max_header_bytes": float("inf")}])
 def test_edge_limits_refuse_values_that_would_switch_a_limit_off(bad: dict[str, Any]) -> None:

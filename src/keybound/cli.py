@@ -50,7 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = EdgeLimits(
         max_header_bytes=args.max_header_bytes, max_header_fields=args.max_header_fields,
         header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-        keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections)
+        keep_alive_timeout=args.keep_alive_timeout, send_timeout=args.send_timeout,
+        max_connections=args.max_connections)
     serve(database_url=_database_url(args), host=args.host, port=args.port,
           workers=args.workers, log_level=args.log_level,
           allow_plaintext=args.allow_plaintext or allow_plaintext_from_env(), limits=limits)
@@ -202,6 +203,10 @@ def _add_edge_limits(serve: argparse.ArgumentParser) -> None:
                       default=default.keep_alive_timeout, metavar="SECONDS",
                       help="an idle connection is closed after this time (default "
                       f"{default.keep_alive_timeout:g})")
+    edge.add_argument("--send-timeout", type=_seconds, default=default.send_timeout,
+                      metavar="SECONDS", help="a client that leaves answers unread (or "
+                      "unacknowledged) this long is disconnected (Linux; default "
+                      f"{default.send_timeout:g})")
     edge.add_argument("--max-connections", type=_positive, default=default.max_connections,
                       metavar="N", help="open connections per server process; beyond it a new "
                       f"connection gets 503 and is closed (default {default.max_connections})")

@@ -7,6 +7,8 @@ uvicorn lacks, enforced while the request is read, before any application code r
   head: 408; a connection that asked nothing is closed silently; idle connections are closed
   after ``keep_alive_timeout`` (also before their first request);
 - a body over the protocol's limit is refused (413), chunked bodies as they arrive;
+- a client that leaves its answers unread for ``send_timeout`` is disconnected (by the kernel:
+  TCP_USER_TIMEOUT, Linux);
 - connections beyond ``max_connections`` (per worker) are answered 503 and closed at once;
 - malformed framing (Content-Length not a number, Content-Length with Transfer-Encoding,
   bad chunk sizes, bytes not allowed in the request target, ...) gets a 400;
@@ -23,11 +25,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 from typing import Any, cast
 
 import httptools
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from keybound.channel import SEALED_MEDIA_TYPE
@@ -77,6 +85,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._body_limit = limits.max_body_bytes
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._running: RequestResponseCycle | None = None  # the request being answered
         self._refused = False  # answered and closing: input is dropped
 
     # ------------------------------------------------------------------ connection
@@ -91,10 +100,29 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timeout)
+        sock = transport.get_extra_info("socket")
+        if (sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+                and hasattr(socket, "TCP_USER_TIMEOUT")):  # Linux
+            # answers the client leaves unread (zero window) or unacknowledged this long end
+            # the connection in the kernel; else a closing connection with unsent answers
+            # would hold its slot for good
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            max(1, int(self.limits.send_timeout * 1000)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        # uvicorn tells only the newest request that the client left; with pipelining the
+        # one being answered is older, and would write to the closed transport
+        for cycle in (self._running, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.pipeline.clear()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -127,7 +155,10 @@ class EdgeProtocol(HttpToolsProtocol):
                 # within this read is not counted; the parser saw at most this read of it)
                 self._head_bytes += len(data)
                 self._head_tail = (self._head_tail + data)[-3:]
-            if self._head_timer is None:
+            # the client owes a head: it began one, or has no answer to wait for (answers
+            # still owed to it are followed by uvicorn's keep-alive timer instead)
+            waiting = self.cycle is None or self.cycle.response_complete
+            if self._head_timer is None and (self._head_started or waiting):
                 self._head_timer = self.loop.call_later(self.limits.header_timeout,
                                                         self._head_timeout)
         elif self._body_timer is None:
@@ -242,21 +273,23 @@ class EdgeProtocol(HttpToolsProtocol):
         self._cancel_timers()
         self._unset_keepalive_if_required()
         self.pipeline.clear()
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            if self._in_head or cycle.response_started:
-                # an earlier request is still being answered, or this one already is: let
-                # that answer finish, then uvicorn closes the connection
-                cycle.keep_alive = False
+        reading = None if self._in_head else self.cycle  # the request whose body is read
+        running = self._running
+        if running is not None and not running.response_complete and running is not reading:
+            # an earlier request is still being answered: let it finish, then uvicorn closes
+            running.keep_alive = False
+            return
+        if reading is not None:
+            if reading.response_started:
+                # the application answered (or is answering) without waiting for the body
+                reading.keep_alive = False
+                if reading.response_complete:
+                    self.transport.close()
                 return
             # the application has this request's head but not its body: the problem is the
             # answer; what the application sends is dropped, and its receive() says so
-            cycle.disconnected = True
-            cycle.message_event.set()
-        elif cycle is not None and not self._in_head:
-            # answered already (the application did not wait for the body): just close
-            self.transport.close()
-            return
+            reading.disconnected = True
+            reading.message_event.set()
         self.transport.write(self._problem(code, detail))
         self.flow.resume_reading()
         if self.transport.can_write_eof():

@@ -23,9 +23,11 @@ class EdgeLimits:
     byte of a later request until the end of that request's head; ``body_timeout`` from the
     end of the head until the end of the body, whatever the pace (a byte every few seconds
     gains nothing); ``keep_alive_timeout`` is how long a connection may idle between
-    requests. ``max_body_bytes`` is the protocol's body limit (docs/protocol.md §1.1), with
-    ``sealed_overhead_bytes`` more for a sealed body; it is enforced here for bodies of any
-    framing, chunked included, before the application reads them.
+    requests; ``send_timeout`` how long answers may stay unread or unacknowledged by the
+    client before the connection is dropped. ``max_body_bytes`` is the protocol's body limit
+    (docs/protocol.md §1.1), with ``sealed_overhead_bytes`` more for a sealed body; it is
+    enforced here for bodies of any framing, chunked included, before the application reads
+    them.
     """
 
     max_header_bytes: int = 16 * 1024
@@ -33,6 +35,7 @@ class EdgeLimits:
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     keep_alive_timeout: float = 5.0
+    send_timeout: float = 30.0
     max_connections: int = 1000
     max_body_bytes: int = MAX_BODY_BYTES
     sealed_overhead_bytes: int = SEALED_OVERHEAD_BYTES
