@@ -45,6 +45,16 @@ from keybound.server.web.limits import EdgeLimits
 
 log = logging.getLogger("keybound.server.edge")
 
+#: uvicorn's methods the edge extends: if a uvicorn release renames one, the edge must not
+#: start silently without its limits
+_EXTENDED = ("connection_made", "connection_lost", "data_received", "on_message_begin",
+             "on_url", "on_header", "on_headers_complete", "on_body", "on_message_complete",
+             "_start_asgi_task", "_should_upgrade_to_ws", "_unset_keepalive_if_required")
+_missing = [name for name in _EXTENDED if not hasattr(HttpToolsProtocol, name)]
+if _missing:  # pragma: no cover - a uvicorn outside the pinned range
+    raise ImportError(f"keybound's HTTP edge needs uvicorn's HttpToolsProtocol.{_missing[0]}; "
+                      "install the uvicorn version pyproject.toml names")
+
 #: How long a refused connection is drained before it is closed (the client reads the
 #: answer; what it still sends is read and dropped).
 LINGER_SECONDS = 2.0
