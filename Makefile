@@ -5,6 +5,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CHECK_VERSION := -c 'import sys; assert sys.version_info >= (3, 11), "keybound needs Python 3.11+"'
+SYSTEM_DEPS   := PYTHON=$(PYTHON) bash scripts/install-system-deps.sh
+
+# Every venv installs the versions pinned in requirements/constraints.txt (`make constraints`
+# refreshes it), pip itself and the build tools in pip's build environments included, so a new
+# release of anything cannot turn a fresh clone red.
+CONSTRAINTS := requirements/constraints.txt
+PINNED      := -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS)
 
 # The benchmarks (bench/README.md) run in their own venv on the distribution's Python, which
 # is built with PGO and LTO, as the official Docker images are (pyenv's default build is not:
@@ -12,29 +19,37 @@ CHECK_VERSION := -c 'import sys; assert sys.version_info >= (3, 11), "keybound n
 BENCH_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 BENCH_VENV   := .venv-bench
 
-.PHONY: demo test lint pytest system-deps openapi bench-venv clean
+# `make constraints` resolves with uv, in a venv of its own
+UV_VERSION := 0.13.9
+LOCK_VENV  := .venv-lock
 
+.PHONY: demo test lint pytest system-deps hooks openapi bench-venv constraints fresh-check clean
+
+# A venv with the pinned pip (which knows --build-constraint). A failed `python -m venv` leaves
+# no half-made venv behind for the next run to take as made.
 $(BIN)/python:
 	$(PYTHON) $(CHECK_VERSION)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+	$(BIN)/pip install -q -c $(CONSTRAINTS) --upgrade pip
 
-# The TPM back end needs the TSS2 headers to build; with them (make test installs them),
-# the demo also shows a device whose hardware key lives in a TPM 2.0 (swtpm).
-$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	if pkg-config --exists tss2-esys 2>/dev/null; then \
-	  $(BIN)/pip install -q -e '.[tpm]'; else $(BIN)/pip install -q -e .; fi
+# The demo needs the server; with what tpm2-pytss builds against (install-system-deps.sh
+# brings it as root), it also shows a device whose hardware key lives in a TPM 2.0 (swtpm).
+$(VENV)/.installed-demo: pyproject.toml $(CONSTRAINTS)
+	$(SYSTEM_DEPS) demo
+	$(MAKE) $(BIN)/python
+	if $(SYSTEM_DEPS) tpm-ready; then extras=server,tpm; else extras=server; fi; \
+	  $(BIN)/pip install -q $(PINNED) -e ".[$$extras]"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,tpm,pkcs11]'
-	touch $@ $(VENV)/.installed-base
+$(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install -q $(PINNED) -e '.[test,tpm,pkcs11]'
+	touch $@ $(VENV)/.installed-demo
 
-demo: $(VENV)/.installed-base
+demo: $(VENV)/.installed-demo
 	$(BIN)/keybound demo
 
 system-deps:
-	bash scripts/install-system-deps.sh
+	$(SYSTEM_DEPS) test
 
 test: system-deps
 	$(MAKE) $(VENV)/.installed-test
@@ -49,17 +64,39 @@ lint: $(VENV)/.installed-test
 pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
-openapi: $(VENV)/.installed-base
-	$(BIN)/python -m keybound.server.openapi > docs/openapi.json
+# Contributors: pre-commit (the [dev] extra) and its git hook; the hooks run this venv's ruff
+# and mypy, the versions the constraints pin
+hooks: system-deps
+	$(MAKE) $(VENV)/.installed-test
+	$(BIN)/pip install -q $(PINNED) -e '.[dev]'
+	$(BIN)/pre-commit install
+
+openapi: $(VENV)/.installed-demo
+	$(BIN)/python -m keybound.server.web.openapi > docs/openapi.json
 
 bench-venv: $(BENCH_VENV)/.installed
 
-$(BENCH_VENV)/.installed: pyproject.toml
+$(BENCH_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BENCH_PYTHON) $(CHECK_VERSION)
-	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q -e '.[bench]'
+	$(BENCH_PYTHON) -m venv $(BENCH_VENV) || { rm -rf $(BENCH_VENV); exit 1; }
+	$(BENCH_VENV)/bin/pip install -q -c $(CONSTRAINTS) --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q $(PINNED) -e '.[bench]'
 	touch $@
 
+# Refresh the pins: every extra, the newest releases that fit pyproject.toml, for every Python
+# from 3.11 and every platform (markers). Then run `make test` and commit the file.
+constraints:
+	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && \
+	  $(LOCK_VENV)/bin/pip install -q uv==$(UV_VERSION); }
+	$(LOCK_VENV)/bin/uv pip compile --quiet --upgrade --universal --python-version 3.11 \
+	  --all-extras --custom-compile-command 'make constraints' -o $(CONSTRAINTS) \
+	  pyproject.toml requirements/build.in
+
+# Manual check, not part of `make test` or CI: both README commands in a minimal Debian
+# bookworm root made from Debian's mirror (root; about 10 minutes on 2 cores;
+# scripts/fresh-check.sh)
+fresh-check:
+	bash scripts/fresh-check.sh
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from keybound import channel, crypto
 from keybound import protocol as p
-from keybound.server.runner import free_port
-from keybound.server.service import Keybound
+from keybound.server.services import Keybound
+from keybound.server.web.runner import free_port
 
 APP = "bench"
 
@@ -162,13 +162,13 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path) -> Result:
     db_url = f"sqlite:///{work / mode / 'bench.db'}"
     env = {"KEYBOUND_MASTER_KEY_FILE": str(work / mode / "master.key")}
     kb = Keybound.open(db_url, master_key_file=Path(env["KEYBOUND_MASTER_KEY_FILE"]))
-    kb.applications.create(APP)
-    token = kb.applications.create_api_key(APP).token
+    kb.admin.create_application(APP)
+    token = kb.admin.create_api_key(APP).token
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    key = kb.e2e_keys.create(APP)
-    pin = kb.e2e_keys.pin(key.key_id, server_url=url) if mode == "channel" else None
-    kb.db.dispose()
+    key = kb.admin.create_e2e_key(APP)
+    pin = kb.admin.e2e_pin(key.key_id, server_url=url) if mode == "channel" else None
+    kb.close()
     server = start_server(db_url, port, mode == "plaintext", env)
     try:
         rp = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})

@@ -85,7 +85,7 @@ async def flows(n: int) -> None:
     from kbbench.inproc import activated_devices, fresh_keybound
     from kbbench.wire import SEALED
 
-    from keybound.server.http import create_app
+    from keybound.server.web.app import create_app
 
     with fresh_keybound("kb-instr-") as (kb, pin):
         conn = AsgiConn(create_app(kb), SEALED.encode())

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kbbench.inproc import activated_devices, fresh_keybound
 from kbbench.wire import SEALED
 
-from keybound.server.durable import CHECKPOINT_COMMITS
-from keybound.server.http import SecureChannel
+from keybound.server.web.device import DEVICE_ROUTES, DeviceApp, SealedCodec
+from keybound.server.web.durable import CHECKPOINT_COMMITS
 
 #: a WAL checkpoint every this many flows (the server's: durable.CHECKPOINT_COMMITS commits,
 #: two per flow), not counted: the server runs it in the background
@@ -46,24 +46,23 @@ CHECKPOINT_FLOWS = CHECKPOINT_COMMITS // 2
 class DirectConn:
     """Stands in for the HTTP connection: the sealed body goes straight to the handler."""
 
-    def __init__(self, handler: SecureChannel) -> None:
-        self.handler = handler
+    def __init__(self, app: DeviceApp) -> None:
+        self.app = app
+        self.codec = SealedCodec()
         self.server_s = 0.0
 
     async def request(self, method: str, path: str, body: bytes = b"",
                       headers: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
         t = time.process_time()
-        sealed = self.handler._handle(body, method, path)
+        status, answer, _ = self.app.handle(self.codec, body, path, DEVICE_ROUTES[path])
         self.server_s += time.process_time() - t
-        if sealed is None:
-            return 400, {}, b"decryption failed"
-        return 200, {b"content-type": SEALED.encode()}, sealed
+        return status, {b"content-type": SEALED.encode()}, answer
 
 
 async def run(flows: int, devices: int) -> dict[str, Any]:
     with fresh_keybound("kb-path-") as (kb, pin):
         kb.db.defer_sync()
-        conn = DirectConn(SecureChannel(None, kb=kb))
+        conn = DirectConn(DeviceApp(kb))
         fleet = await activated_devices(kb, pin, conn, devices)
         conn.server_s = 0.0
         for device in fleet:

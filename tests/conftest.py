@@ -1,5 +1,6 @@
 """Shared fixtures: a real database per test (SQLite, and PostgreSQL for the modules in
-POSTGRES_MODULES), a controllable clock, the real ASGI app."""
+POSTGRES_MODULES), a controllable clock, the real ASGI app with device requests sealed as in
+production."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from keybound.server.appconfig import AppConfig
-from keybound.server.http import create_app
-from keybound.server.service import Keybound
-from tests.helpers import RelyingParty
+from keybound.server.core.appconfig import AppConfig
+from keybound.server.services import Keybound
+from keybound.server.web.app import create_app
+from tests.helpers import RelyingParty, SealingClient
 from tests.pgserver import PostgresServer, PostgresUnavailable, start_postgres
 
 
@@ -40,15 +41,17 @@ def clock() -> FakeClock:
 
 
 #: Test modules whose every database test also runs on a real PostgreSQL server.
-POSTGRES_MODULES = {"test_authentication", "test_activation", "test_http", "test_concurrency",
-                    "test_prepared", "test_retention",
-                    "test_secure_channel_http", "test_e2ekeys"}
+POSTGRES_MODULES = {
+    "tests.server.services.test_activation", "tests.server.services.test_authentication",
+    "tests.server.services.test_concurrency", "tests.server.services.test_e2ekeys",
+    "tests.server.services.test_retention", "tests.server.web.test_rp",
+    "tests.server.web.test_device", "tests.server.test_unit", "tests.storage.test_prepared",
+}
 ALLOW_SKIP_POSTGRES = "KEYBOUND_ALLOW_SKIP_POSTGRES"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend" in metafunc.fixturenames and \
-            metafunc.module.__name__.rsplit(".", 1)[-1] in POSTGRES_MODULES:
+    if "backend" in metafunc.fixturenames and metafunc.module.__name__ in POSTGRES_MODULES:
         metafunc.parametrize("backend", ["sqlite", pytest.param(
             "postgres", marks=pytest.mark.postgres)], indirect=True)
 
@@ -90,17 +93,15 @@ def kb(database_url: str, tmp_path: Path, clock: FakeClock) -> Iterator[Keybound
     service = Keybound.open(database_url, clock=clock,
                             master_key_file=tmp_path / "master.key")
     yield service
-    service.db.dispose()
+    service.close()
 
 
 @pytest.fixture
-def http(kb: Keybound) -> Iterator[TestClient]:
-    # The domain tests (activation, authentication, HTTP edge) speak plaintext JSON through
-    # the development switch: they test the logic beneath the secure channel, with requests
-    # an attacker holding a pin could equally seal. The channel itself is tested with the
-    # switch off (tests/test_secure_channel_http.py), and the SDK tests go through it.
-    with TestClient(create_app(kb, allow_plaintext=True)) as client:
-        yield client
+def http(kb: Keybound) -> Iterator[SealingClient]:
+    """The app as production runs it (no plaintext switch): device requests are sealed with
+    the pin of the application they name, as an app would (tests/helpers.py)."""
+    with TestClient(create_app(kb)) as client:
+        yield SealingClient(client, kb.clock)
 
 
 #: TestClient talks to ``http://testserver``; a pin's URL must be https or localhost.
@@ -111,15 +112,16 @@ _app_ids = itertools.count()
 
 
 @pytest.fixture
-def make_rp(kb: Keybound, http: TestClient):  # type: ignore[no-untyped-def]
+def make_rp(kb: Keybound, http: SealingClient):  # type: ignore[no-untyped-def]
     """make_rp(**settings) -> a RelyingParty for a fresh application with those settings."""
 
     def make(**settings: object) -> RelyingParty:
         app_id = f"app{next(_app_ids)}"
-        kb.applications.create(app_id, AppConfig().updated(settings))
-        token = kb.applications.create_api_key(app_id).token
-        key = kb.e2e_keys.create(app_id)  # every application has an E2E key, as in production
-        pin = kb.e2e_keys.pin(key.key_id, server_url=PIN_SERVER_URL)
+        kb.admin.create_application(app_id, AppConfig().updated(settings))
+        token = kb.admin.create_api_key(app_id).token
+        key = kb.admin.create_e2e_key(app_id)  # every application has one, as in production
+        pin = kb.admin.e2e_pin(key.key_id, server_url=PIN_SERVER_URL)
+        http.pins[app_id] = pin
         return RelyingParty(http, app_id, token, pin=pin)
 
     return make

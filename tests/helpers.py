@@ -7,6 +7,8 @@ can build the exact request an attacker or a broken device would send. The SDK
 
 from __future__ import annotations
 
+import json as jsonlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +17,62 @@ from fastapi.testclient import TestClient
 
 from keybound import crypto
 from keybound import protocol as p
-from keybound.channel import ChannelPin
+from keybound.channel import SEALED_MEDIA_TYPE, ChannelPin, seal_request
+
+
+class SealedReply:
+    """The inner answer of a sealed response, read like an HTTP response (the channel carries
+    a status and a JSON body: a problem document from 400 on)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status_code = status
+        self.content = body
+        self.text = body.decode("utf-8", errors="replace")
+        self.headers = {"content-type": "application/problem+json" if status >= 400
+                        else "application/json"}
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+
+class SealingClient:
+    """A TestClient whose device requests go through the secure channel: a JSON body posted
+    to ``/device/...`` is sealed with the pin of the application it names (``pins``, filled
+    by the ``make_rp`` fixture), as an app built for that application would; the answer is
+    opened (:class:`SealedReply`) unless it is an unsealed refusal (decryption_failed, the
+    edge's 4xx). Everything else, and ``raw``, is the TestClient itself."""
+
+    def __init__(self, client: TestClient, clock: Callable[[], float]) -> None:
+        self.raw = client
+        self.clock = clock
+        self.pins: dict[str, ChannelPin] = {}
+
+    def post(self, url: str, *, json: Any = None, **kwargs: Any) -> Any:
+        if not url.startswith("/device/") or json is None or kwargs or not self.pins:
+            return self.raw.post(url, json=json, **kwargs)
+        return self.sealed(url, jsonlib.dumps(json).encode(),
+                           json.get("applicationId") if isinstance(json, dict) else None)
+
+    def sealed(self, path: str, body: bytes, application_id: str | None = None) -> Any:
+        pin = self.pins.get(application_id or "") or next(iter(self.pins.values()))
+        wire, opener = seal_request(pin, "POST", path, body, now=int(self.clock()))
+        outer = self.raw.post(path, content=wire, headers={"content-type": SEALED_MEDIA_TYPE})
+        if outer.status_code != 200 or outer.headers["content-type"] != SEALED_MEDIA_TYPE:
+            return outer
+        inner = opener.open(outer.content)
+        return SealedReply(inner.status, inner.body)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        if method.upper() == "POST":
+            return self.post(url, **kwargs)
+        return self.raw.request(method, url, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 class RelyingParty:
-    def __init__(self, http: TestClient, app_id: str, token: str,
+    def __init__(self, http: SealingClient, app_id: str, token: str,
                  pin: ChannelPin | None = None) -> None:
         self.http = http
         self.app_id = app_id
@@ -57,7 +110,7 @@ class RelyingParty:
 
 @dataclass
 class RawDevice:
-    http: TestClient
+    http: SealingClient
     app_id: str
     sw: ec.EllipticCurvePrivateKey = field(default_factory=crypto.generate_p256)
     hw: ec.EllipticCurvePrivateKey | None = field(default_factory=crypto.generate_p256)

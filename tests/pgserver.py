@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keybound.server.runner import free_port
+from keybound.server.web.runner import free_port
 from keybound.storage.db import Database
 
 TEMPLATE = "keybound_template"

@@ -14,7 +14,9 @@ from kbbench.server import APP
 from kbbench.wire import LeanDevice
 from keybound.channel import ChannelPin
 from keybound.rpapi import CreateUserRequest
-from keybound.server.service import Keybound
+from keybound.server.events.model import Actor, EventType
+from keybound.server.services import Keybound
+from keybound.server.unit import Unit, perform
 
 
 @contextmanager
@@ -23,12 +25,12 @@ def fresh_keybound(prefix: str) -> Iterator[tuple[Keybound, ChannelPin]]:
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         kb = Keybound.open(f"sqlite:///{tmp}/keybound.db",
                            master_key_file=Path(tmp) / "master.key")
-        kb.applications.create(APP)
-        key = kb.e2e_keys.create(APP)
+        kb.admin.create_application(APP)
+        key = kb.admin.create_e2e_key(APP)
         try:
-            yield kb, kb.e2e_keys.pin(key.key_id, server_url="http://127.0.0.1:1")
+            yield kb, kb.admin.e2e_pin(key.key_id, server_url="http://127.0.0.1:1")
         finally:
-            kb.db.dispose()
+            kb.close()
 
 
 async def activated_devices(kb: Keybound, pin: ChannelPin, conn: Any,
@@ -38,8 +40,21 @@ async def activated_devices(kb: Keybound, pin: ChannelPin, conn: Any,
     fleet = []
     for _ in range(n):
         device = LeanDevice(conn, pin)
-        user = kb.operations.create_user(APP, CreateUserRequest())
-        code = kb.operations.create_activation(APP, user.user_id).activation_code
+        code = _activation_code(kb)
         await device.activation_finish(await device.activation_start(code))
         fleet.append(device)
     return fleet
+
+
+def _activation_code(kb: Keybound) -> str:
+    user = _as_rp(kb, EventType.USER_CREATE,
+                  lambda u: kb.operations.create_user(u, APP, CreateUserRequest()))
+    issued = _as_rp(kb, EventType.ACTIVATION_CODE_ISSUED,
+                    lambda u: kb.operations.create_activation(u, APP, user.user_id))
+    return str(issued.activation_code)
+
+
+def _as_rp(kb: Keybound, action: EventType, call: Any) -> Any:
+    unit = Unit(kb.db, kb.clock, actor=Actor.RELYING_PARTY, action=action, application_id=APP,
+                identified=True)
+    return perform(unit, call, noise=kb.noise, cause="bench")

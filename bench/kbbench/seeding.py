@@ -173,11 +173,11 @@ def seed(db_url: str, application_id: str, total: int, *, pool: int = 1000,
     """Top ``application_id`` up to ``total`` registrations (creating the application if it
     does not exist). ``pool_file``: where the key pool's private keys are kept (default:
     beside an SQLite database; not kept for other databases). Returns counts and timings."""
-    from keybound.server.service import Keybound
+    from keybound.server.services import Keybound
 
     kb = Keybound.open(db_url)
-    if application_id not in kb.applications.ids():
-        kb.applications.create(application_id)
+    if application_id not in kb.admin.application_ids():
+        kb.admin.create_application(application_id)
     db = kb.db
     have = count_registrations(db, application_id)
     todo = max(0, total - have)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kbbench import procs
-from keybound.server.runner import free_port
+from keybound.server.web.runner import free_port
 
 APP = "bench"
 

@@ -2,7 +2,7 @@
 
 Every error the server can return to a caller, and every error the SDK raises, is a
 :class:`KeyboundError` carrying an :class:`ErrorCode`. The HTTP layer maps codes to status
-codes in one table (``keybound.server.http``); tests assert the code, never the message.
+codes in one table (``keybound.server.web.problems``); tests assert the code, never the message.
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ class ErrorCode(StrEnum):
     DEVICE_LOCKED = "device_locked"
     DEVICE_INACTIVE = "device_inactive"
     SOFTWARE_KEY_CLONED = "software_key_cloned"
+    #: retryable: the key was rotated by another ceremony of this device meanwhile (§4.5)
+    SOFTWARE_KEY_SUPERSEDED = "software_key_superseded"
     DECLINED = "declined"  # an operation's failureCode only: the user declined it (§3.1.7)
     UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
+    # Key attestation (issue 15): the failure's ``reason`` field says which check refused it
+    ATTESTATION_INVALID = "attestation_invalid"
     # State
     INVALID_STATE = "invalid_state"
     CONFLICT = "conflict"
@@ -48,6 +52,11 @@ class ErrorCode(StrEnum):
     # Secure channel (issue 3): one generic code, no oracle
     DECRYPTION_FAILED = "decryption_failed"
     SECURE_CHANNEL_REQUIRED = "secure_channel_required"  # plaintext to a device endpoint
+    # Events and webhooks (issue 16)
+    ENDPOINT_URL_INVALID = "endpoint_url_invalid"  # not an absolute http(s) URL we may call
+    ENDPOINT_ADDRESS_REFUSED = "endpoint_address_refused"  # resolves to a refused network
+    WEBHOOK_SIGNATURE_INVALID = "webhook_signature_invalid"  # receiver side: no signature fits
+    WEBHOOK_TIMESTAMP_INVALID = "webhook_timestamp_invalid"  # receiver side: outside tolerance
     # SDK-side (never produced by the server)
     CLIENT_NOT_ACTIVATED = "client_not_activated"
     CLIENT_TRANSPORT = "client_transport"
@@ -56,6 +65,8 @@ class ErrorCode(StrEnum):
     KEY_GENERATION_FAILED = "key_generation_failed"
     KEY_UNAVAILABLE = "key_unavailable"
     SIGNING_FAILED = "signing_failed"
+    # Relying-party side (never produced by the server): a signed result did not verify
+    RESULT_INVALID = "result_invalid"
     INTERNAL = "internal_error"
 
 
@@ -108,6 +119,12 @@ class CeremonyError(KeyboundError):
     """A device ceremony (activation/authentication) was refused."""
 
     code = ErrorCode.AUTHENTICATION_FAILED
+
+
+class CeremonyFailed(CeremonyError):
+    """A ceremony that ran to its end and failed: what it changed (a counted failure, a lock,
+    the operation's FAILED state and result) is its outcome and is committed before the
+    caller hears of it (server.unit.perform)."""
 
 
 class KeyStoreError(KeyboundError):

@@ -139,6 +139,9 @@ class RiskAttribute(StrEnum):
     HW_KEY_CLIENT_STATUS = "hwKeyClientStatus"
     HW_KEY_SERVER_RESULT = "hwKeyServerResult"
     SOFTWARE_KEY_CLONE_SUSPECTED = "softwareKeyCloneSuspected"
+    #: two ceremonies of the device overlapped: one finished with a key the other had just
+    #: rotated (§4.5); refused as retryable, not locked
+    SOFTWARE_KEY_OVERLAP = "softwareKeyOverlap"
     DEVICE_PLATFORM = "devicePlatform"
     DEVICE_OS_VERSION = "deviceOsVersion"
 

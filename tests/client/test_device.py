@@ -5,12 +5,10 @@ unknown) and hardware-key faults."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from tests.helpers import RelyingParty
 
 from keybound.channel import ChannelPin
@@ -19,8 +17,6 @@ from keybound.client.keystores.emulated import EmulatedSecureElement
 from keybound.client.transport import RawResponse
 from keybound.errors import ClientError, ErrorCode
 from keybound.protocol import DevicePaths, HwKeyClientStatus, OperationContext
-from keybound.server.http import create_app
-from keybound.server.service import Keybound
 
 
 class LossyTransport(SealedTransport):
@@ -59,16 +55,9 @@ class DropFinish(LossyTransport):
 
 
 @pytest.fixture
-def http(kb: Keybound) -> Iterator[TestClient]:
-    """The real app with the plaintext switch OFF: every device request must be sealed."""
-    with TestClient(create_app(kb)) as client:
-        yield client
-
-
-@pytest.fixture
 def transport(http: Any, rp: RelyingParty) -> LossyTransport:
     assert rp.pin is not None
-    return LossyTransport(http, rp.pin)
+    return LossyTransport(http.raw, rp.pin)
 
 
 @pytest.fixture
@@ -158,7 +147,7 @@ def test_not_activated_with_hw_key(tmp_path, rp, transport, element) -> None:
 
 def test_key_unavailable_and_signing_failed(tmp_path, make_rp, http, element) -> None:
     rp = make_rp(hwKeyValidationStrategy="RISK_PARAMS")
-    transport = LossyTransport(http, rp.pin)
+    transport = LossyTransport(http.raw, rp.pin)
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))
     element.fail_signing = True

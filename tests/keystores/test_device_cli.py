@@ -18,11 +18,11 @@ import pytest
 from tests.helpers import RelyingParty
 from tests.keystores.conftest import SoftHsmBed, SwtpmBed
 
+from keybound.cli.device import CONFIG_FILE, PIN_ENV
 from keybound.client.keystores import TPM_TCTI_ENV
-from keybound.device_cli import CONFIG_FILE, PIN_ENV
-from keybound.server.appconfig import AppConfig
-from keybound.server.runner import BackgroundServer
-from keybound.server.service import Keybound
+from keybound.server.core.appconfig import AppConfig
+from keybound.server.services import Keybound
+from keybound.server.web.runner import BackgroundServer
 
 pytestmark = pytest.mark.server
 
@@ -53,9 +53,9 @@ class Server:
     clients: list[httpx.Client]
 
     def app(self, name: str = "bank", **settings: object) -> App:
-        self.kb.applications.create(name, AppConfig().updated(settings))
-        token = self.kb.applications.create_api_key(name).token
-        key = self.kb.e2e_keys.create(name)
+        self.kb.admin.create_application(name, AppConfig().updated(settings))
+        token = self.kb.admin.create_api_key(name).token
+        key = self.kb.admin.create_e2e_key(name)
         return App(kb=self.kb, rp=self.rp(name, token), key_id=key.key_id,
                    pin_file=self.pin_file(key.key_id))
 
@@ -67,7 +67,7 @@ class Server:
     def pin_file(self, key_id: str) -> Path:
         """The pin string an app ships, exported for this server's URL, in a file."""
         path = self.directory / f"{key_id}.pin"
-        path.write_text(self.kb.e2e_keys.pin(key_id, server_url=self.url).to_string() + "\n",
+        path.write_text(self.kb.admin.e2e_pin(key_id, server_url=self.url).to_string() + "\n",
                         encoding="utf-8")
         return path
 
@@ -82,7 +82,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     finally:
         for client in clients:
             client.close()
-        kb.db.dispose()
+        kb.close()
 
 
 def device(state_dir: Path, *args: str, env: dict[str, str] | None = None,
@@ -232,7 +232,7 @@ def test_wrong_and_retired_channel_pin(tmp_path: Path, server: Server) -> None:
     app = server.app()
     state = tmp_path / "device"
     # a pin for a key the server does not use (INACTIVE: shipped before activation)
-    inactive = app.kb.e2e_keys.create("bank", active=False)
+    inactive = app.kb.admin.create_e2e_key("bank", active=False)
     wrong = fails(device(state, "activate", app.code(), "--channel-pin-file",
                          str(server.pin_file(inactive.key_id))), "decryption_failed")
     assert "pinned E2E key is unknown or retired" in wrong
@@ -242,10 +242,10 @@ def test_wrong_and_retired_channel_pin(tmp_path: Path, server: Server) -> None:
     assert activated["hwKeyClientStatus"] == "NOT_SUPPORTED"
     assert ok(device(state, "status"))["secureChannel"] is True
     # the key is retired: the device's requests can no longer be opened
-    app.kb.e2e_keys.retire(app.key_id)
+    app.kb.admin.retire_e2e_key(app.key_id)
     fails(device(state, "authenticate"), "decryption_failed")
     # rotation: the relying party reactivates the device, which takes the new key's pin
-    rotated = server.pin_file(app.kb.e2e_keys.create("bank").key_id)
+    rotated = server.pin_file(app.kb.admin.create_e2e_key("bank").key_id)
     other_app = server.app("shop")
     refused = device(state, "activate", app.code(), "--channel-pin-file", str(other_app.pin_file))
     assert "'bank'" in fails(refused, "client_configuration")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,6 @@ from keybound.client import Device, SealedTransport, preset
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
 from keybound.client.keystores._testbeds import init_softhsm_token
 from keybound.errors import ClientError
-from keybound.server.http import create_app
-from keybound.server.service import Keybound
 from keybound.storage import tables as t
 
 STRATEGIES = ["SUPPORTED", "RISK_PARAMS", "REQUIRED"]
@@ -81,13 +79,6 @@ def pkcs11_store(bed: SoftHsmBed, directory: Path, *, label: str | None = None,
 
 
 Sealed = Callable[[RelyingParty], SealedTransport]
-
-
-@pytest.fixture
-def http(kb: Keybound) -> Iterator[TestClient]:
-    """The real app with the plaintext switch OFF: every device request must be sealed."""
-    with TestClient(create_app(kb, allow_plaintext=False)) as client:
-        yield client
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ Every request goes through the secure channel, sealed to the server E2E key the 
     result = device.authenticate(pin="2468")
 """
 
-from keybound.client.channel import SealedTransport, load_pin, open_device
 from keybound.client.device import (
     ActivationResult,
     Approve,
@@ -22,8 +21,10 @@ from keybound.client.device import (
     OperationDeclined,
     PendingOperation,
 )
+from keybound.client.factory import open_device
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
 from keybound.client.profiles import PROFILES, DeviceProfile, preset
+from keybound.client.sealed import SealedTransport, load_pin
 from keybound.client.transport import Transport, outcome_unknown
 
 __all__ = [

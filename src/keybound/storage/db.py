@@ -1,248 +1,26 @@
-"""Engine creation, transactions and migrations.
+"""The server's database handle: an engine plus read and write transactions.
 
-Two kinds of transaction: :meth:`Database.read` and :meth:`Database.write`. On SQLite a write
-transaction starts with ``BEGIN IMMEDIATE`` after taking the writer lock (threads and
-processes queue on it, never on SQLite's busy handler); the embedded default runs in WAL mode
-so readers never wait for writers, and every commit is synced -- one by one (``FULL``), or,
-in the server, by group commit (:meth:`Database.defer_sync`, keybound.server.durable).
-A statement can ride on the next write transaction (:meth:`Database.riding`: the secure
-channel's replay mark).
+Two kinds of transaction: :meth:`Database.read` and :meth:`Database.write`. On SQLite (the
+embedded default, :mod:`keybound.storage.sqlite`) a write transaction starts with ``BEGIN
+IMMEDIATE`` after taking the writer lock, and runs in WAL mode so readers never wait for
+writers. On PostgreSQL (psycopg 3) both are ordinary READ COMMITTED transactions.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import mmap
-import os
-import struct
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError
 
 from keybound.errors import ConfigurationInvalid
-from keybound.storage.prepared import Prepared
+from keybound.storage import DEFAULT_DATA_DIR, ENV_DATABASE_URL, default_database_url
+from keybound.storage.sqlite import SqliteFile
 
-Clock = Callable[[], float]
-
-DEFAULT_DATA_DIR = Path.home() / ".keybound"
-#: where ``keybound serve`` and the CLI take the database URL from when no flag gives it
-ENV_DATABASE_URL = "KEYBOUND_DATABASE_URL"
-
-
-def default_database_url() -> str:
-    return f"sqlite:///{DEFAULT_DATA_DIR / 'keybound.db'}"
-
-
-def now_ms(clock: Clock) -> int:
-    return int(clock() * 1000)
-
-
-class _SqliteSync:
-    """The ``PRAGMA synchronous`` new connections get (see :meth:`Database.defer_sync`)."""
-
-    mode = "FULL"
-
-
-def _sqlite_engine(url: str, sync: _SqliteSync) -> Engine:
-    parsed = make_url(url)
-    if not parsed.database or parsed.database == ":memory:":
-        # WAL, the writer lock file and group commit all need a file; so does durability
-        raise ConfigurationInvalid("SQLite needs a database file (sqlite:///path/keybound.db)")
-    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = create_engine(
-        url,
-        connect_args={"check_same_thread": False, "timeout": 30},
-        pool_size=8,
-        max_overflow=32,
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before the caller hears of it. With NORMAL, WAL mode may
-        # lose the last commits on power loss -- e.g. an acknowledged software-key rotation,
-        # after which the device (which deleted its old key) could never authenticate again
-        # -- unless, as the server does, the WAL is synced before any answer (defer_sync).
-        cur.execute(f"PRAGMA synchronous={sync.mode}")
-        if sync.mode != "FULL":  # the server checkpoints in the background (checkpoint())
-            cur.execute("PRAGMA wal_autocheckpoint=0")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # on the driver's connection: the full execution path costs more than BEGIN itself.
-        # Inside Database.read()/write() the transaction is open already: join it.
-        raw = conn.connection.dbapi_connection
-        if not raw.in_transaction:  # type: ignore[union-attr]
-            raw.execute("BEGIN")  # type: ignore[union-attr]
-
-    return engine
-
-
-class _SqliteWriter:
-    """One SQLite writer at a time: across the threads of this process (a lock) and across
-    the processes of ``keybound serve --workers N`` (``flock`` on ``<database>-lock``).
-
-    Waiters queue in the kernel and wake the moment the writer is done. Without it they meet
-    SQLite's busy handler, whose sleeps (up to 100 ms each) dominate tail latency and leave
-    cores idle.
-
-    The lock file also holds two counters shared through mmap: the write transactions every
-    process has committed (changed only under the lock), since group commit needs to know
-    about other processes' commits too (Database.committed); and how many of them a WAL
-    fsync by any process has covered (changed only under :meth:`syncing`), so a worker never
-    repeats an fsync another worker's has made unnecessary (Database.sync).
-    """
-
-    def __init__(self, path: str) -> None:
-        self._lock = threading.RLock()
-        self._opening = threading.Lock()
-        self._syncing = threading.Lock()
-        self._path = path
-        self._fd = -1
-        self._pid = 0
-        self._depth = 0  # changed only by the thread holding _lock
-        self._shared: mmap.mmap | None = None
-
-    def _file(self) -> int:
-        if self._pid == _process.pid:
-            return self._fd
-        with self._opening:
-            if self._pid != _process.pid:  # first use, or a forked child: its own open file
-                self._fd = os.open(f"{self._path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
-                if os.fstat(self._fd).st_size < _LOCK_FILE_SIZE:
-                    os.ftruncate(self._fd, _LOCK_FILE_SIZE)  # zeros: nothing counted yet
-                self._shared = mmap.mmap(self._fd, _LOCK_FILE_SIZE)
-                self._pid = _process.pid
-            return self._fd
-
-    @property
-    def commits(self) -> int:
-        """Write transactions committed by every process on this database file."""
-        self._file()
-        assert self._shared is not None
-        count: int = _COUNTER.unpack_from(self._shared)[0]
-        return count
-
-    def count_commit(self) -> None:
-        """Called while holding the lock, just before COMMIT: a reader that can see the
-        commit's rows will find it counted."""
-        assert self._shared is not None
-        _COUNTER.pack_into(self._shared, 0, _COUNTER.unpack_from(self._shared)[0] + 1)
-
-    @property
-    def synced(self) -> int:
-        """Commits a WAL fsync by any process has covered (read without the lock: the count
-        only grows, and only after its fsync has returned)."""
-        self._file()
-        assert self._shared is not None
-        return _SyncedCounter(self._shared).value
-
-    @contextmanager
-    def syncing(self, *, wait: bool = True) -> Iterator[_SyncedCounter | None]:
-        """One WAL fsync at a time across threads and processes (a lock and a POSIX record
-        lock on the second counter's bytes: independent of the writer's flock), with the
-        shared count of commits the fsyncs have covered. ``wait=False``: None at once if
-        another thread or process holds it."""
-        if not self._syncing.acquire(blocking=wait):
-            yield None
-            return
-        try:
-            fd = self._file()
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB,
-                            _COUNTER.size, _COUNTER.size)
-            except OSError as exc:
-                if wait or exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise
-                yield None
-                return
-            try:
-                assert self._shared is not None
-                yield _SyncedCounter(self._shared)
-            finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, _COUNTER.size, _COUNTER.size)
-        finally:
-            self._syncing.release()
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-        try:
-            if self._depth == 0:
-                fcntl.flock(self._file(), fcntl.LOCK_EX)
-        except BaseException:
-            self._lock.release()
-            raise
-        self._depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        self._depth -= 1
-        try:
-            if self._depth == 0:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._lock.release()
-
-
-class _Process:
-    """This process's id, kept current across fork (os.getpid is a system call)."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        self.pid = os.getpid()
-
-
-class _SyncedCounter:
-    """The shared count of commits known to be on disk (the lock file's second counter)."""
-
-    def __init__(self, shared: mmap.mmap) -> None:
-        self._shared = shared
-
-    @property
-    def value(self) -> int:
-        count: int = _COUNTER.unpack_from(self._shared, _COUNTER.size)[0]
-        return count
-
-    def advance(self, to: int) -> None:
-        _COUNTER.pack_into(self._shared, _COUNTER.size, max(self.value, to))
-
-
-_process = _Process()
 #: open SQLite connections kept between transactions
 _IDLE_MAX = 4
-#: SQLite page cache per connection, KiB (SQLite's default: 2000). With a million
-#: registrations and every authentication reading a different one, 2000 KiB let the random
-#: leaf pages push out the B-trees' interior pages: server CPU per flow 11 % above that with
-#: 10 thousand registrations (bench/loadgen.py scale runs), 1 % with 16 MiB. It costs the
-#: server about 12 MiB of RSS (107 -> 119-122 MiB at a million registrations).
-CACHE_KIB = 16384
-#: the lock file holds two of these: commits counted, then commits synced
-_COUNTER = struct.Struct("<Q")
-_LOCK_FILE_SIZE = 2 * _COUNTER.size
-
-
-@dataclass(frozen=True)
-class _Rider:
-    statement: Prepared
-    params: Mapping[str, Any]
-    conflict: Callable[[], Exception]
 
 
 def _postgresql_driver(url: str) -> str:
@@ -252,8 +30,9 @@ def _postgresql_driver(url: str) -> str:
     parsed = make_url(url)
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend != "postgresql":
-        raise ConfigurationInvalid(f"unsupported database {backend!r}: use SQLite or "
-                                   "PostgreSQL (postgresql+psycopg://...)")
+        raise ConfigurationInvalid(f"unsupported database {backend!r}: use SQLite "
+                                   "(sqlite:///path/keybound.db) or PostgreSQL "
+                                   "(postgresql+psycopg://user:password@host/db)")
     if parsed.drivername == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(
             hide_password=False)
@@ -263,29 +42,35 @@ def _postgresql_driver(url: str) -> str:
     return url
 
 
+def _check_url(url: str) -> None:
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ConfigurationInvalid(
+            "the database URL is not a URL: use sqlite:///path/keybound.db or "
+            "postgresql+psycopg://user:password@host/db") from None
+
+
 class Database:
     """The server's database handle: an engine plus read/write transaction helpers."""
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_database_url()
-        self._sync = _SqliteSync()
-        #: with deferred sync, the commits up to this number are known to be on disk
-        self.synced = 0
-        self._wal_inode = 0  # the WAL file whose directory entry was last synced
-        if self.url.startswith("sqlite"):
-            self.engine = _sqlite_engine(self.url, self._sync)
+        _check_url(self.url)
+        self.sqlite: SqliteFile | None = None
+        if make_url(self.url).get_backend_name() == "sqlite":
+            self.sqlite = SqliteFile(self.url)
+            self.engine = self.sqlite.engine
         else:
-            # 20 kept open: a connection per concurrent request up to there, none reopened
-            self.engine = create_engine(_postgresql_driver(self.url), pool_size=20,
-                                        max_overflow=30, pool_pre_ping=True)
-        self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._sqlite_writer: _SqliteWriter | None = None
-        self._wal_path: str | None = None
-        if self.is_sqlite:
-            file = str(self.engine.url.database)  # _sqlite_engine: always a file
-            self._sqlite_writer = _SqliteWriter(file)
-            self._wal_path = f"{file}-wal"
-        self._local = threading.local()
+            try:
+                # 20 kept open: a connection per concurrent request up to there, none reopened
+                self.engine = create_engine(_postgresql_driver(self.url), pool_size=20,
+                                            max_overflow=30, pool_pre_ping=True)
+            except ModuleNotFoundError as exc:
+                raise ConfigurationInvalid(
+                    f"PostgreSQL needs its driver ({exc.name} is not installed): "
+                    "pip install 'keybound[postgres]'") from None
+        self.is_sqlite = self.sqlite is not None
         self._idle: list[Connection] = []  # SQLite: kept open between transactions
 
     @property
@@ -295,7 +80,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        if not self.is_sqlite:
+        if self.sqlite is None:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
             return
@@ -304,22 +89,15 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        rider: _Rider | None = getattr(self._local, "rider", None)
-        if self._sqlite_writer is None:
+        if self.sqlite is None:
             with self.engine.connect() as conn, conn.begin():
-                if rider is not None:
-                    self._run_rider(conn, rider)
                 yield conn
-        else:
-            # SQLite has one writer at a time: writers queue on _SqliteWriter, never on
-            # SQLite's busy handler
-            with self._sqlite_writer, self._sqlite_transaction("BEGIN IMMEDIATE") as conn:
-                if rider is not None:
-                    self._run_rider(conn, rider)
-                yield conn
-                self._sqlite_writer.count_commit()  # under the writer lock, before COMMIT
-        if rider is not None:
-            self._local.rider = None  # committed with the rest
+            return
+        # SQLite has one writer at a time: writers queue on the writer lock, never on
+        # SQLite's busy handler
+        with self.sqlite.writer, self._sqlite_transaction("BEGIN IMMEDIATE") as conn:
+            yield conn
+            self.sqlite.writer.count_commit()  # under the writer lock, before COMMIT
 
     @contextmanager
     def _sqlite_transaction(self, begin: str) -> Iterator[Connection]:
@@ -364,124 +142,51 @@ class Database:
         while self._idle:
             self._idle.pop().close()
 
-    @contextmanager
-    def riding(self, statement: Prepared, params: Mapping[str, Any], *,
-               conflict: Callable[[], Exception]) -> Iterator[None]:
-        """Run ``statement`` (an INSERT) in the first write transaction this thread commits
-        inside the block, or in one of its own at the end of the block if none did; an
-        integrity conflict raises ``conflict()`` and rolls that transaction back.
-
-        The secure channel's replay mark (docs/channel.md §6) rides on the handler's own
-        commit this way: one commit (one fsync) per request instead of two, and the mark
-        and the change it guards are stored together or not at all.
-        """
-        self._local.rider = _Rider(statement, params, conflict)
-        try:
-            yield
-            if self._local.rider is not None:
-                with self.write():
-                    pass
-        finally:
-            self._local.rider = None
+    # -- durability (SQLite's group commit; keybound.server.web.durable) ------------------
 
     @property
     def committed(self) -> int:
-        """SQLite (group commit's count): write transactions committed so far by every
-        process using the file (``keybound serve --workers N``), counted just before each
-        COMMIT. Always 0 on PostgreSQL, whose commits are durable when they return."""
-        return 0 if self._sqlite_writer is None else self._sqlite_writer.commits
+        """SQLite: write transactions committed so far by every process using the file.
+        Always 0 on PostgreSQL, whose commits are durable when they return."""
+        return 0 if self.sqlite is None else self.sqlite.committed
+
+    @property
+    def synced(self) -> int:
+        return 0 if self.sqlite is None else self.sqlite.synced
 
     @property
     def sync_deferred(self) -> bool:
-        return self._sync.mode != "FULL"
+        return self.sqlite is not None and self.sqlite.sync_deferred
 
     def defer_sync(self) -> bool:
-        """Group commit (SQLite; False on PostgreSQL, where nothing changes): commits stop
-        syncing the WAL one by one; the caller must call :meth:`sync` and see ``synced``
-        reach a commit's number before it tells anyone about that commit (the server does,
-        for every response: keybound.server.durable). One fsync then covers every commit
-        made before it began: the WAL holds each commit's frames, so once the WAL is on
-        disk, so are they."""
-        if self._wal_path is None:
+        """Group commit on SQLite (:meth:`SqliteFile.defer_sync`); False on PostgreSQL,
+        where nothing changes."""
+        if self.sqlite is None:
             return False
-        self._sync.mode = "NORMAL"
         self._close_idle()
-        self.engine.dispose()  # pooled connections reopen with it
+        self.sqlite.defer_sync()
         return True
 
     def sync(self, *, wait: bool = True) -> bool:
-        """fsync the WAL: every commit counted before the call, by any process, is durable
-        after it. The count is read under the writer lock, so no counted commit is still
-        being written; a WAL file new since the last call has its directory synced too.
-
-        Processes on one file (``keybound serve --workers N``) take turns, and an fsync that
-        another process started after the counted commits covers them: then there is none
-        to do (two workers would otherwise sync the same WAL twice as often as one).
-        ``wait=False`` (the server's event loop, which must not stall behind another
-        process's fsync): False at once, nothing done, when another thread or process is
-        syncing and has not yet covered the counted commits; call again later."""
-        assert self._wal_path is not None and self._sqlite_writer is not None
-        with self._sqlite_writer:
-            target = self.committed
-        if self._sqlite_writer.synced < target:
-            with self._sqlite_writer.syncing(wait=wait) as synced:
-                if synced is None:
-                    return False
-                if synced.value < target:
-                    self._fsync_wal()
-                    synced.advance(target)
-        self.synced = max(self.synced, target)
-        return True
-
-    def _fsync_wal(self) -> None:
-        assert self._wal_path is not None
-        try:
-            fd = os.open(self._wal_path, os.O_RDONLY)
-        except FileNotFoundError:  # no WAL (yet, or checkpointed away): nothing pending
-            return
-        try:
-            os.fsync(fd)
-            inode = os.fstat(fd).st_ino
-        finally:
-            os.close(fd)
-        if inode != self._wal_inode:  # its name must survive a power loss too
-            directory = os.open(os.path.dirname(self._wal_path) or ".", os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-            self._wal_inode = inode
+        assert self.sqlite is not None
+        return self.sqlite.sync(wait=wait)
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database file (PASSIVE: never waits for readers or
-        writers). With deferred sync, commits no longer checkpoint by themselves -- the one
-        that crossed SQLite's 1000-page mark would carry the whole copy and its two fsyncs
-        -- so the server runs this off the request path (keybound.server.durable)."""
-        with self.engine.connect() as conn:
-            conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
-                "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        assert self.sqlite is not None
+        self.sqlite.checkpoint()
 
-    def _run_rider(self, conn: Connection, rider: _Rider) -> None:
-        try:
-            rider.statement.rowcount(conn, rider.params)
-        except IntegrityError:
-            self._local.rider = None  # refused once: later transactions go without it
-            raise rider.conflict() from None
+    # -- schema --------------------------------------------------------------------------
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (creates it on first run)."""
+    def migrate(self, *, master_key: bytes | None = None) -> None:
+        """Bring the schema to the newest Alembic revision (creates it on first run).
+        ``master_key``: for revisions that re-wrap secrets at rest."""
         from keybound.storage.migrations import upgrade
 
-        upgrade(self.engine)
+        upgrade(self.engine, master_key=master_key)
 
     def dispose(self) -> None:
         self._close_idle()
         self.engine.dispose()
 
 
-def wall_clock() -> float:
-    return time.time()
-
-
-__all__ = ["ENV_DATABASE_URL", "Clock", "Database", "default_database_url", "now_ms",
-           "wall_clock"]
+__all__ = ["DEFAULT_DATA_DIR", "ENV_DATABASE_URL", "Database", "default_database_url"]

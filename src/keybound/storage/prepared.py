@@ -16,30 +16,38 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Mapping
-from typing import Any, TypeAlias, cast
+from typing import Any, Generic, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from typing_extensions import TypeVar
 
-#: A row with attribute access by column name (a SQLAlchemy ``Row`` or :class:`Prepared`'s
-#: named tuple): the domain code reads both the same way.
-Record: TypeAlias = Any
+#: the typed record a statement's rows are made into (a NamedTuple class; Any: a plain one)
+R = TypeVar("R", default=Any)
 
 
-class Prepared:
+class Prepared(Generic[R]):
     """One statement of the hot path. Parameters are given by bind name, as to
-    ``Connection.execute``; an INSERT is compiled for the set of columns it is given."""
+    ``Connection.execute``; an INSERT is compiled for the set of columns it is given.
+
+    ``row``: the NamedTuple its rows become, whose fields must be the statement's columns in
+    order (checked here, once); without it, an untyped named tuple."""
 
     __slots__ = ("_plans", "_row", "statement")
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: Executable, row: type[R] | None = None) -> None:
         self.statement = statement
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
-        self._row: Any = None
+        self._row: Any = row
         columns = getattr(statement, "exported_columns", None)  # SELECT, or DML's RETURNING
-        if columns:
+        if row is not None:
+            fields = getattr(row, "_fields", None)
+            if columns is None or tuple(columns.keys()) != fields:
+                raise TypeError(f"{row.__name__} fields {fields} are not the statement's "
+                                f"columns {None if columns is None else tuple(columns.keys())}")
+        elif columns:
             self._row = namedtuple("Record", columns.keys(), rename=True)  # type: ignore[misc]
 
     def _plan(self, conn: Connection, params: Mapping[str, Any]) -> _Plan:
@@ -62,19 +70,19 @@ class Prepared:
             raise DBAPIError.instance(plan.sql, args, exc, dbapi_error) from exc
         return cursor
 
-    def first(self, conn: Connection, params: Mapping[str, Any]) -> Record | None:
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> R | None:
         """The first row, or None."""
         found = self._execute(conn, params).fetchone()
-        return None if found is None else self._row._make(found)
+        return None if found is None else cast(R, self._row._make(found))
 
-    def one(self, conn: Connection, params: Mapping[str, Any]) -> Record:
+    def one(self, conn: Connection, params: Mapping[str, Any]) -> R:
         """The first row; LookupError when there is none."""
         found = self.first(conn, params)
         if found is None:
             raise LookupError("no row")
         return found
 
-    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Record]:
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[R]:
         """Every row."""
         make = self._row._make
         return [make(found) for found in self._execute(conn, params).fetchall()]
@@ -120,4 +128,4 @@ class _Plan:
         return tuple([bound[name] for name in self._names])
 
 
-__all__ = ["Prepared", "Record"]
+__all__ = ["Prepared"]

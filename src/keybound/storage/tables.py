@@ -109,9 +109,12 @@ operations = Table(
     Column("code_hash", LargeBinary(32), nullable=True),  # activation code, until consumed
     Column("challenge", LargeBinary(32), nullable=True),
     Column("challenge_expires_at", BigInteger, nullable=True),
+    # when the current challenge was issued: a key superseded after it was current (§4.5)
+    Column("challenge_issued_at", BigInteger, nullable=True),
     Column("expires_at", BigInteger, nullable=False),
     Column("pre_context", Text, nullable=True),
-    Column("post_context", Text, nullable=True),
+    # server.secrets (POST_CONTEXT): released once, then erased; erased on expiry too
+    Column("wrapped_post_context", LargeBinary, nullable=True),
     Column("required_auth_method", String(16), nullable=True),
     Column("config", Text, nullable=False),  # AppConfig snapshot at start
     Column("result", Text, nullable=True),  # JSON: authMethod, authLevel, failureCode, risk
@@ -124,19 +127,40 @@ operations = Table(
           postgresql_where=text("code_hash IS NOT NULL")),
 )
 
-audit_events = Table(
-    "audit_events",
+events = Table(
+    "events",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", BigInteger, nullable=False),
+    # order of commit within one database; the polling cursor (on SQLite the rowid itself)
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("id", String(36), nullable=False),  # the event id receivers deduplicate on
+    Column("type", String(48), nullable=False),  # server.events.EventType
     Column("application_id", String(64), nullable=True),
-    Column("device_id", String(36), nullable=True),
+    Column("subject", String(64), nullable=True),  # what it is about: device, user, key
     Column("operation_id", String(36), nullable=True),
     Column("actor", String(16), nullable=False),  # DEVICE, RELYING_PARTY, OPERATOR, SYSTEM
-    Column("event", String(48), nullable=False),
     Column("outcome", String(16), nullable=False),  # SUCCESS, FAILURE, REJECTED
     Column("code", String(48), nullable=True),
-    Column("details", Text, nullable=True),
+    Column("payload", Text, nullable=True),  # JSON
+    Column("created_at", BigInteger, nullable=False),
+    Column("delivery", String(16), nullable=True),  # NULL: the audit trail only
+)
+
+noise = Table(
+    "noise",
+    metadata,
+    # anonymous refusals counted per window and cause instead of one row each
+    Column("window_start", BigInteger, nullable=False),
+    Column("cause", String(96), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("window_start", "cause"),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )
 
 e2e_keys = Table(

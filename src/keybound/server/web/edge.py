@@ -40,8 +40,8 @@ from uvicorn.server import ServerState
 
 from keybound.channel import SEALED_MEDIA_TYPE
 from keybound.errors import ErrorCode, KeyboundError
-from keybound.server.http import PROBLEM_JSON, problem_body
 from keybound.server.web.limits import EdgeLimits
+from keybound.server.web.problems import PROBLEM_JSON, problem_body
 
 log = logging.getLogger("keybound.server.edge")
 

@@ -1,0 +1,257 @@
+"""``keybound demo``: a real server on a temporary SQLite database, real HTTP on 127.0.0.1,
+SDK devices with an emulated secure element (and a TPM 2.0 one when swtpm and tpm2-pytss are
+installed), authenticating under each hardware-key validation strategy."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from keybound.client import Device, SealedTransport, preset
+from keybound.client.keystores import KeyStore
+from keybound.client.keystores.emulated import EmulatedSecureElement
+from keybound.errors import ClientError, KeyboundError
+from keybound.protocol import HwKeyValidationStrategy
+from keybound.server.core.appconfig import AppConfig
+from keybound.server.services import Keybound
+from keybound.server.web.runner import BackgroundServer
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    strategy: str
+    device: str
+    step: str
+    client_status: str
+    server_result: str
+    decision: str
+
+
+class _RelyingParty:
+    def __init__(self, base_url: str, token: str, closing: contextlib.ExitStack) -> None:
+        self.http = closing.enter_context(httpx.Client(
+            base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {token}"}))
+
+    def activation_code(self) -> str:
+        user = self.http.post("/rp/v1/users", json={}).json()["userId"]
+        code: str = self.http.post(f"/rp/v1/users/{user}/activation-codes").json()[
+            "activationCode"]
+        return code
+
+    def risk(self, operation_id: str | None) -> dict[str, Any]:
+        if operation_id is None:
+            return {}
+        data: dict[str, Any] = self.http.get(f"/rp/v1/operations/{operation_id}").json().get(
+            "riskData", {})
+        return data
+
+    def start_operation(self, device_id: str, **body: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.http.post(f"/rp/v1/devices/{device_id}/operations",
+                                                json=body).json()
+        return result
+
+    def operation(self, operation_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.http.get(f"/rp/v1/operations/{operation_id}").json()
+        return result
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Tpm:
+    store: KeyStore | None
+    note: str  # what the demo says about the TPM device
+
+
+@contextlib.contextmanager
+def _tpm_store(work: Path) -> Iterator[_Tpm]:
+    """A TPM-backed key store on a private swtpm, when swtpm and tpm2-pytss exist."""
+    if shutil.which("swtpm") is None:
+        yield _Tpm(store=None, note="swtpm not installed: TPM device skipped")
+        return
+    if importlib.util.find_spec("tpm2_pytss") is None:
+        yield _Tpm(store=None, note="tpm2-pytss not installed (pip install -e '.[tpm]'): "
+                   "TPM device skipped")
+        return
+    from keybound.client.keystores._testbeds import TestbedError, start_swtpm
+
+    try:
+        tpm = start_swtpm(work / "swtpm")
+    except (TestbedError, OSError) as exc:  # a missing or broken swtpm is no demo failure
+        yield _Tpm(store=None, note=f"{exc}: TPM device skipped")
+        return
+    try:
+        yield _open_tpm(work / "tpm-device", tpm.tcti)
+    finally:
+        tpm.stop()
+
+
+def _open_tpm(state_dir: Path, tcti: str) -> _Tpm:
+    from keybound.client.keystores import open_keystore
+
+    try:
+        store = open_keystore("tpm", state_dir, {"tcti": tcti})
+    except KeyboundError as exc:
+        return _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device "
+                    "skipped")
+    if not store.available():
+        return _Tpm(store=None, note="swtpm not reachable: TPM device skipped")
+    return _Tpm(store=store, note="TPM 2.0 (a private swtpm)")
+
+
+def _sealed_transport(kb: Keybound, app_id: str, base_url: str,
+                      closing: contextlib.ExitStack) -> SealedTransport:
+    """Devices talk through the secure channel, pinned to the application's E2E key (one per
+    application, created on first use, as an operator would with `keybound e2e-key create`)."""
+    keys = [k for k in kb.admin.e2e_keys(app_id) if k.state.value == "ACTIVE"]
+    key_id = keys[0].key_id if keys else kb.admin.create_e2e_key(app_id).key_id
+    pin = kb.admin.e2e_pin(key_id, server_url=base_url)
+    return SealedTransport(pin, closing.enter_context(httpx.Client(base_url=base_url,
+                                                                    timeout=10)))
+
+
+class _Scenario:
+    def __init__(self, rp: _RelyingParty, strategy: str, rows: list[Row]) -> None:
+        self.rp = rp
+        self.strategy = strategy
+        self.rows = rows
+
+    def record(self, device: str, step: str, action: Callable[[], str | None]) -> None:
+        try:
+            op_id = action()
+            decision = "PASS"
+        except ClientError as exc:
+            op_id = exc.fields.get("operation_id")
+            decision = f"FAIL ({exc.code.value})"
+        risk = self.rp.risk(op_id)
+        self.rows.append(Row(strategy=self.strategy, device=device, step=step,
+                             client_status=risk.get("hwKeyClientStatus", "-"),
+                             server_result=risk.get("hwKeyServerResult", "-"),
+                             decision=decision))
+
+
+def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy,
+                  work: Path, tpm: KeyStore | None, rows: list[Row],
+                  closing: contextlib.ExitStack) -> None:
+    app_id = f"demo-{strategy.value.lower().replace('_', '-')}"
+    kb.admin.create_application(app_id, AppConfig(hw_key_validation_strategy=strategy))
+    rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo").token, closing)
+    transport = _sealed_transport(kb, app_id, base_url, closing)
+    scenario = _Scenario(rp, strategy.value, rows)
+
+    def activate(device: Device) -> Callable[[], str | None]:
+        return lambda: device.activate(rp.activation_code()).operation_id
+
+    def authenticate(device: Device) -> Callable[[], str | None]:
+        return lambda: device.authenticate().operation_id
+
+    element = EmulatedSecureElement(work / app_id / "phone" / "emulated-se")
+    phone = Device.create(work / app_id / "phone", application_id=app_id, transport=transport,
+                          profile=preset("android-14"), hardware=element)
+    name = "Android 14, secure element"
+    scenario.record(name, "activate", activate(phone))
+    if phone.activated:
+        scenario.record(name, "authenticate", authenticate(phone))
+        element.corrupt_signatures = True
+        scenario.record(name, "authenticate, corrupted hw signature", authenticate(phone))
+        element.corrupt_signatures = False
+        element.lose_keys()
+        scenario.record(name, "authenticate, hw key lost", authenticate(phone))
+
+    old = Device.create(work / app_id / "old-phone", application_id=app_id,
+                        transport=transport, profile=preset("android-5"), hardware=None)
+    name = "Android 5, software keys only"
+    scenario.record(name, "activate", activate(old))
+    if old.activated:
+        scenario.record(name, "authenticate", authenticate(old))
+
+    if tpm is not None:
+        kiosk = Device.create(work / app_id / "kiosk", application_id=app_id,
+                              transport=transport, profile=preset("linux"), hardware=tpm)
+        name = "Linux, TPM 2.0 (swtpm)"
+        scenario.record(name, "activate", activate(kiosk))
+        if kiosk.activated:
+            scenario.record(name, "authenticate", authenticate(kiosk))
+
+
+def _backend_flow(kb: Keybound, base_url: str, work: Path,
+                  closing: contextlib.ExitStack) -> list[str]:
+    """A relying party asks the user's phone to approve a payment, with a PIN."""
+    app_id = "demo-supported"
+    rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo-rp").token,
+                       closing)
+    transport = _sealed_transport(kb, app_id, base_url, closing)
+    phone = Device.create(work / "pin-phone", application_id=app_id, transport=transport,
+                          profile=preset("ios-17"),
+                          hardware=EmulatedSecureElement(work / "pin-phone" / "emulated-se"))
+    phone.activate(rp.activation_code(), pin="2468")
+    op = rp.start_operation(
+        phone.device_id or "",
+        preOperationContext={"content": "Pay 120.00 EUR to ACME Corp", "mimeType": "text/plain"},
+        postOperationContext={"content": "receipt #4711", "mimeType": "text/plain"},
+        requiredAuthMethod="DEVICE:PIN")
+    lines = [f"relying party started operation {op['operationId']} ({op['state']})"]
+    pending = phone.pending()
+    shown = pending[0].pre_operation_context
+    lines.append(f"device polled: {len(pending)} pending, shows "
+                 f"{shown.content if shown else ''!r}")
+    result = phone.authenticate(operation_id=pending[0].operation_id, pin="2468")
+    released = result.post_operation_context
+    lines.append(f"device approved with PIN: {result.auth_method} / {result.auth_level}; "
+                 f"released {released.content if released else ''!r}")
+    final = rp.operation(op["operationId"])
+    lines.append(f"relying party reads: {final['state']}, {final['result']}, "
+                 f"{final['riskData']}")
+    return lines
+
+
+def _table(rows: list[Row]) -> str:
+    headers = ("strategy", "device", "step", "hwKeyClientStatus", "hwKeyServerResult",
+               "decision")
+    cells = [headers] + [(r.strategy, r.device, r.step, r.client_status, r.server_result,
+                          r.decision) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    line = "+".join("-" * (w + 2) for w in widths)
+    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), line]
+    previous = None
+    for row in cells[1:]:
+        if previous is not None and row[0] != previous:
+            out.append(line)
+        previous = row[0]
+        out.append(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(out)
+
+
+def run_demo() -> int:
+    """Run the demo. It always uses its own temporary SQLite database (never
+    ``--database-url`` or $KEYBOUND_DATABASE_URL), so demo data never lands in a real one."""
+    # the SDK warns about lost or failing hardware keys; here the table reports them
+    logging.getLogger("keybound.client").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="keybound-demo-") as tmp:
+        work = Path(tmp)
+        kb = Keybound.open(f"sqlite:///{work / 'keybound.db'}")
+        rows: list[Row] = []
+        with BackgroundServer(kb) as server, _tpm_store(work) as tpm_bed, \
+                contextlib.ExitStack() as closing:  # HTTP clients close before the server
+            print(f"keybound demo: server {server.url}, database {kb.db.url}")
+            print("secure channel: every device request is HPKE-sealed to its application's "
+                  "pinned E2E key (X25519_SHA256_AES128GCM); the server refuses plaintext")
+            print(f"secure hardware: emulated secure element; {tpm_bed.note}")
+            tpm = tpm_bed.store
+            print()
+            for strategy in HwKeyValidationStrategy:
+                _run_strategy(kb, server.url, strategy, work, tpm, rows, closing)
+            print(_table(rows))
+            print()
+            print("Backend-initiated authentication with pre/post-operation context:")
+            for line in _backend_flow(kb, server.url, work, closing):
+                print(f"  {line}")
+        kb.close()
+    return 0

@@ -1,0 +1,342 @@
+"""The server's commands: ``serve``, ``app``, ``api-key``, ``e2e-key``, ``audit``, ``db``.
+
+They need the server's dependencies (``pip install 'keybound[server]'``); the parser is
+built without them, and a command says what to install when they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from keybound.cli.common import with_database_option
+from keybound.server.web.limits import EdgeLimits
+from keybound.storage import ENV_DATABASE_URL
+
+if TYPE_CHECKING:
+    from keybound.server.services import Keybound
+
+#: the HPKE suites (keybound.channel.ChannelSuite), named here to keep the parser lean
+SUITES = ("X25519_SHA256_AES128GCM", "X25519_SHA256_CHACHA20POLY1305",
+          "MLKEM768X25519_SHA256_AES128GCM")
+
+
+def database_url(args: argparse.Namespace) -> str | None:
+    url: str | None = getattr(args, "database_url", None) or os.environ.get(ENV_DATABASE_URL)
+    return url
+
+
+def _open(args: argparse.Namespace) -> Keybound:
+    from keybound.server.services import Keybound
+
+    return Keybound.open(database_url(args))
+
+
+def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``name=value`` pairs; values are JSON when they parse as JSON, else strings.
+    Lists may also be given comma-separated (``enabledRiskData=hwKeyClientStatus,...``)."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"keybound: expected name=value, got {pair!r}")
+        try:
+            settings[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            settings[name] = raw
+    return settings
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from keybound.server.web.runner import allow_plaintext_from_env, serve
+
+    limits = EdgeLimits(
+        max_header_bytes=args.max_header_bytes, max_header_fields=args.max_header_fields,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout, send_timeout=args.send_timeout,
+        max_connections=args.max_connections)
+    serve(database_url=database_url(args), host=args.host, port=args.port,
+          workers=args.workers, log_level=args.log_level,
+          allow_plaintext=args.allow_plaintext or allow_plaintext_from_env(), limits=limits)
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from keybound.server.core.appconfig import AppConfig
+
+    admin = _open(args).admin
+    if args.app_command == "list":
+        for app_id in admin.application_ids():
+            print(app_id)
+        return 0
+    if args.app_command == "create":
+        config = AppConfig().updated(_parse_settings(args.settings))
+        admin.create_application(args.application_id, config)
+    elif args.app_command == "update":
+        admin.update_application(args.application_id, _parse_settings(args.settings))
+    config = admin.application_config(args.application_id)
+    print(json.dumps({"applicationId": args.application_id, **config.to_json()}, indent=2))
+    return 0
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    admin = _open(args).admin
+    if args.key_command == "create":
+        new = admin.create_api_key(args.application_id, args.label)
+        print(f"key id: {new.info.key_id}", file=sys.stderr)
+        print("store this token now; it is not shown again:", file=sys.stderr)
+        print(new.token)
+    elif args.key_command == "revoke":
+        admin.revoke_api_key(args.key_id)
+        print(f"revoked {args.key_id}")
+    else:
+        for key in admin.api_keys(args.application_id):
+            state = "revoked" if key.revoked_at else "active"
+            print(f"{key.key_id}  {state:7}  {key.label}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    admin = _open(args).admin
+    if args.audit_command == "noise":
+        since = int((time.time() - args.hours * 3600) * 1000)
+        for record in admin.noise(since_ms=since):
+            print(json.dumps(record._asdict(), sort_keys=True))
+        return 0
+    for event in reversed(admin.events(application_id=args.application_id, limit=args.limit)):
+        print(json.dumps(event._asdict(), sort_keys=True))
+    return 0
+
+
+def cmd_e2e_key(args: argparse.Namespace) -> int:
+    from keybound.channel import ChannelSuite
+    from keybound.server.clock import ms_to_dt
+    from keybound.server.services.e2ekeys import E2EKeys
+
+    admin = _open(args).admin
+    if args.e2e_command == "list":
+        print(f"{'key id':16}  {'state':8}  {'suite':31}  {'created':20}  "
+              f"{'activated':20}  retired")
+        for key in admin.e2e_keys(args.application_id):
+            times = [ms_to_dt(t).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
+                     for t in (key.created_at, key.activated_at, key.retired_at)]
+            print(f"{key.key_id:16}  {key.state.value:8}  {key.suite.value:31}  "
+                  f"{times[0]:20}  {times[1]:20}  {times[2]}")
+        return 0
+    if args.e2e_command == "create":
+        E2EKeys.check_server_url(args.server_url)  # before creating anything
+        info = admin.create_e2e_key(args.application_id, suite=ChannelSuite(args.suite),
+                                    active=not args.inactive)
+        print(f"key id: {info.key_id}  ({info.state.value}, {info.suite.value})", file=sys.stderr)
+        print("channel pin (ship it in the app; it holds no secret):", file=sys.stderr)
+        print(admin.e2e_pin(info.key_id, server_url=args.server_url).to_string())
+    elif args.e2e_command == "pin":
+        print(admin.e2e_pin(args.key_id, server_url=args.server_url).to_string())
+    elif args.e2e_command == "activate":
+        print(f"{admin.activate_e2e_key(args.key_id).key_id} is ACTIVE")
+    else:
+        print(f"{admin.retire_e2e_key(args.key_id).key_id} is RETIRED; requests sealed to it "
+              "now fail")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    kb = _open(args)  # opening migrates to the newest revision
+    if args.action == "prune":
+        from keybound.server.services.retention import Retention
+
+        pruned = kb.admin.prune(Retention(
+            operations_days=args.operations_days,
+            superseded_keys_days=args.superseded_keys_days,
+            events_days=args.events_days, noise_days=args.noise_days))
+        print(json.dumps({"operations": pruned.operations,
+                          "supersededKeys": pruned.superseded_keys,
+                          "seenRequests": pruned.seen_requests, "events": pruned.events,
+                          "noise": pruned.noise, "postContexts": pruned.post_contexts}))
+        return 0
+    print(f"database at {kb.db.display_url} is at the newest schema revision")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _days(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (keep for ever) or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds (e.g. 10 or 2.5), got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _add_edge_limits(serve: argparse.ArgumentParser) -> None:
+    """The HTTP edge's limits (keybound.server.web.limits; docs/deployment.md)."""
+    default = EdgeLimits()
+    edge = serve.add_argument_group(
+        "HTTP edge limits", "enforced by every server process on its own connections, before "
+        "any handler runs; see docs/deployment.md for what a reverse proxy should add")
+    edge.add_argument("--max-header-bytes", type=_positive, default=default.max_header_bytes,
+                      metavar="BYTES", help="request line and header fields together; larger "
+                      f"heads get 431 (default {default.max_header_bytes})")
+    edge.add_argument("--max-header-fields", type=_positive,
+                      default=default.max_header_fields, metavar="N",
+                      help=f"header fields per request; more get 431 (default "
+                      f"{default.max_header_fields})")
+    edge.add_argument("--header-timeout", type=_seconds, default=default.header_timeout,
+                      metavar="SECONDS", help="a request head must arrive within this time of "
+                      "its first byte (of the connection opening, for the first request), "
+                      f"else 408 and the connection is closed (default {default.header_timeout:g})")
+    edge.add_argument("--body-timeout", type=_seconds, default=default.body_timeout,
+                      metavar="SECONDS", help="the whole request body must arrive within this "
+                      "time of the head, else 408 and the connection is closed (default "
+                      f"{default.body_timeout:g})")
+    edge.add_argument("--keep-alive-timeout", type=_seconds,
+                      default=default.keep_alive_timeout, metavar="SECONDS",
+                      help="an idle connection is closed after this time (default "
+                      f"{default.keep_alive_timeout:g})")
+    edge.add_argument("--send-timeout", type=_seconds, default=default.send_timeout,
+                      metavar="SECONDS", help="a client that leaves answers unread (or "
+                      "unacknowledged) this long is disconnected (Linux; default "
+                      f"{default.send_timeout:g})")
+    edge.add_argument("--max-connections", type=_positive, default=default.max_connections,
+                      metavar="N", help="open connections per server process; beyond it a new "
+                      f"connection gets 503 and is closed (default {default.max_connections})")
+
+
+def register(sub: Any) -> None:
+    """Add the server's commands to the top-level parser's subcommands."""
+    serve = with_database_option(sub.add_parser(
+        "serve", help="run the server (embedded SQLite by default)"))
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="server processes (default 1)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--allow-plaintext", action="store_true",
+                       help="DEVELOPMENT ONLY: also accept device requests without the secure "
+                       "channel (or set KEYBOUND_ALLOW_PLAINTEXT=1); logged loudly")
+    _add_edge_limits(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    app = sub.add_parser("app", help="create, show, update application configurations")
+    app_sub = app.add_subparsers(dest="app_command", required=True, metavar="ACTION")
+    create = with_database_option(app_sub.add_parser(
+        "create", help="create an application: ID [name=value ...]"))
+    create.add_argument("application_id")
+    create.add_argument("settings", nargs="*", metavar="name=value",
+                        help="e.g. hwKeyValidationStrategy=REQUIRED activationCodeLength=8")
+    show = with_database_option(app_sub.add_parser(
+        "show", help="print an application's configuration"))
+    show.add_argument("application_id")
+    update = with_database_option(app_sub.add_parser(
+        "update", help="change settings; applies to the next operation"))
+    update.add_argument("application_id")
+    update.add_argument("settings", nargs="+", metavar="name=value")
+    with_database_option(app_sub.add_parser("list", help="list application ids"))
+    app.set_defaults(func=cmd_app)
+
+    key = sub.add_parser("api-key", help="relying-party API keys (stored only as hashes)")
+    key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    kc = with_database_option(key_sub.add_parser(
+        "create", help="create a key for an application; prints the token"))
+    kc.add_argument("application_id")
+    kc.add_argument("--label", default="")
+    kr = with_database_option(key_sub.add_parser("revoke", help="revoke a key by its key id"))
+    kr.add_argument("key_id")
+    kl = with_database_option(key_sub.add_parser("list", help="list an application's keys"))
+    kl.add_argument("application_id")
+    key.set_defaults(func=cmd_api_key)
+
+    _e2e_key_parser(sub)
+
+    audit = sub.add_parser("audit", help="the audit trail and the counts of anonymous "
+                           "refusals")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
+    events = with_database_option(audit_sub.add_parser(
+        "events", help="the newest audit events, oldest first (JSON lines; the default)"))
+    noise = with_database_option(audit_sub.add_parser(
+        "noise", help="anonymous refusals counted per 5-minute window and cause (JSON lines)"))
+    noise.add_argument("--hours", type=_positive, default=24,
+                       help="windows of the last this many hours (default 24)")
+    for parser in (audit, events):
+        parser.add_argument("--application-id", help="only this application's events")
+        parser.add_argument("--limit", type=_positive, default=50,
+                            help="how many events (default 50)")
+    with_database_option(audit)
+    audit.set_defaults(func=cmd_audit, audit_command="events")
+
+    db = with_database_option(sub.add_parser(
+        "db", help="upgrade the schema, or prune what retention allows"))
+    db.add_argument("action", choices=["upgrade", "prune"],
+                    help="upgrade: create or migrate the schema (re-wraps secrets with the "
+                    "master key where a revision needs it); prune: delete what is past its "
+                    "retention")
+    db.add_argument("--operations-days", type=_positive, default=90,
+                    help="keep ended operations this many days (default 90)")
+    db.add_argument("--superseded-keys-days", type=_positive, default=365,
+                    help="keep superseded software keys, for copy detection, this many days "
+                    "(default 365)")
+    db.add_argument("--events-days", type=_days, default=400,
+                    help="keep the audit trail this many days (default 400; 0: for ever)")
+    db.add_argument("--noise-days", type=_positive, default=30,
+                    help="keep counts of anonymous refusals this many days (default 30)")
+    db.set_defaults(func=cmd_db)
+
+
+def _e2e_key_parser(sub: Any) -> None:
+    e2e = sub.add_parser(
+        "e2e-key", help="secure-channel (E2E) keys per application: private keys stay wrapped "
+        "under the master key ($KEYBOUND_MASTER_KEY_FILE, default: master.key beside the "
+        "SQLite database)")
+    e2e_sub = e2e.add_subparsers(dest="e2e_command", required=True, metavar="ACTION")
+    url_help = "server URL the app talks to, put in the pin (https; http only for localhost)"
+    ec = with_database_option(e2e_sub.add_parser(
+        "create", help="create a key for an application; prints its pin"))
+    ec.add_argument("application_id")
+    ec.add_argument("--suite", default=SUITES[0], choices=SUITES,
+                    help=f"HPKE suite (default {SUITES[0]})")
+    ec.add_argument("--inactive", action="store_true",
+                    help="create it INACTIVE: ship the pin first, `activate` later")
+    ec.add_argument("--server-url", default="http://127.0.0.1:8000",
+                    help=url_help + " (default http://127.0.0.1:8000, where `keybound serve` "
+                    "listens by default)")
+    el = with_database_option(e2e_sub.add_parser(
+        "list", help="list an application's keys (never a private key)"))
+    el.add_argument("application_id")
+    ea = with_database_option(e2e_sub.add_parser(
+        "activate", help="activate an INACTIVE key: it opens requests"))
+    ea.add_argument("key_id")
+    er = with_database_option(e2e_sub.add_parser(
+        "retire", help="retire a key for good: requests to it fail; its private key is erased"))
+    er.add_argument("key_id")
+    ep = with_database_option(e2e_sub.add_parser(
+        "pin", help="print the pin string of a key, for the app to ship"))
+    ep.add_argument("key_id")
+    ep.add_argument("--server-url", required=True, help=url_help)
+    e2e.set_defaults(func=cmd_e2e_key)

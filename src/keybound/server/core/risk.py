@@ -1,0 +1,31 @@
+"""Risk attributes reported to the relying party (docs/protocol.md §6.2).
+
+The full set is computed and stored with every operation result; what the relying party
+sees is filtered by the application's ``enabledRiskData`` snapshot. Decisions never read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keybound.protocol import HwKeyClientStatus, HwKeyServerResult, RiskAttribute
+
+
+def risk_data(
+    *,
+    client_status: HwKeyClientStatus,
+    server_result: HwKeyServerResult,
+    platform: str,
+    os_version: str,
+    overlap: bool = False,
+) -> dict[str, Any]:
+    return {
+        RiskAttribute.HW_KEY_CLIENT_STATUS.value: client_status.value,
+        RiskAttribute.HW_KEY_SERVER_RESULT.value: server_result.value,
+        # a suspected clone never reaches this far: its operation fails with
+        # software_key_cloned and its risk data says True (services.authentication)
+        RiskAttribute.SOFTWARE_KEY_CLONE_SUSPECTED.value: False,
+        RiskAttribute.SOFTWARE_KEY_OVERLAP.value: overlap,
+        RiskAttribute.DEVICE_PLATFORM.value: platform,
+        RiskAttribute.DEVICE_OS_VERSION.value: os_version,
+    }

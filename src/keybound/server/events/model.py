@@ -1,0 +1,77 @@
+"""What an operation did, as one event row: the audit trail today, and what the outbox
+delivers (docs/architecture.md). A unit of work writes its events in the transaction that
+makes the change they describe, so an event exists exactly when its change does."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Actor(StrEnum):
+    DEVICE = "DEVICE"
+    RELYING_PARTY = "RELYING_PARTY"
+    OPERATOR = "OPERATOR"
+    SYSTEM = "SYSTEM"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"  # a ceremony that ran and failed (counted)
+    REJECTED = "REJECTED"  # a request refused without changing anything
+
+
+class EventType(StrEnum):
+    """Every kind of event, on an allow-list (the audit trail's ``event`` column)."""
+
+    # device ceremonies
+    ACTIVATION_START = "activation.start"
+    ACTIVATION_FINISH = "activation.finish"
+    AUTHENTICATION_START = "authentication.start"
+    AUTHENTICATION_FINISH = "authentication.finish"
+    AUTHENTICATION_DECLINE = "authentication.decline"
+    AUTHENTICATION_PENDING = "authentication.pending"
+    CLONE_DETECTED = "authentication.clone_detected"
+    # relying party
+    USER_CREATE = "user.create"
+    USER_READ = "user.read"
+    ACTIVATION_CODE_ISSUED = "activation.code_issued"
+    REACTIVATION_CODE_ISSUED = "reactivation.code_issued"
+    AUTHENTICATION_CREATE = "authentication.create"
+    OPERATION_READ = "operation.read"
+    DEVICE_READ = "device.read"
+    DEVICE_LOCK = "device.lock"
+    DEVICE_UNLOCK = "device.unlock"
+    DEVICE_DEACTIVATE = "device.deactivate"
+    # operator
+    APPLICATION_CREATE = "application.create"
+    APPLICATION_UPDATE = "application.update"
+    API_KEY_CREATE = "api_key.create"
+    API_KEY_REVOKE = "api_key.revoke"
+    E2E_KEY_CREATE = "e2e_key.create"
+    E2E_KEY_ACTIVATE = "e2e_key.activate"
+    E2E_KEY_RETIRE = "e2e_key.retire"
+    E2E_KEY_EXPORT_PIN = "e2e_key.export_pin"
+    DB_PRUNE = "db.prune"
+    ADMIN_READ = "admin.read"  # a refused read only: reads are not audited
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One event row (storage/tables.py ``events``)."""
+
+    type: EventType
+    actor: Actor
+    outcome: Outcome
+    created_at: int  # ms
+    application_id: str | None = None
+    subject: str | None = None  # the device (or user, key) it is about
+    operation_id: str | None = None
+    code: str | None = None
+    payload: dict[str, Any] | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+__all__ = ["Actor", "Event", "EventType", "Outcome"]

@@ -1,0 +1,139 @@
+"""Typed records: what the repositories return, one NamedTuple per row shape (fields in the
+order of the statement's columns; storage.prepared checks it). Plain data, importable by the
+domain core without SQL."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class OperationRecord(NamedTuple):
+    id: str
+    application_id: str
+    type: str
+    initiator: str
+    state: str
+    user_id: str | None
+    device_id: str | None
+    code_hash: bytes | None
+    challenge: bytes | None
+    challenge_expires_at: int | None
+    challenge_issued_at: int | None
+    expires_at: int
+    pre_context: str | None
+    wrapped_post_context: bytes | None
+    required_auth_method: str | None
+    config: str
+    result: str | None
+    created_at: int
+    completed_at: int | None
+
+
+class CodeRecord(NamedTuple):
+    id: str
+    config: str
+    expires_at: int
+
+
+class PendingRecord(NamedTuple):
+    id: str
+    expires_at: int
+    pre_context: str | None
+    required_auth_method: str | None
+
+
+class BackendPendingRecord(NamedTuple):
+    config: str
+    expires_at: int
+    challenge: bytes | None
+    challenge_expires_at: int | None
+    pre_context: str | None
+    required_auth_method: str | None
+
+
+class ChallengeRecord(NamedTuple):
+    challenge: bytes | None
+    challenge_expires_at: int | None
+
+
+class RegistrationRecord(NamedTuple):
+    id: str
+    application_id: str
+    user_id: str
+    state: str
+    lock_reason: str | None
+    failures: int
+    sw_public_key: bytes
+    sw_key_id: bytes
+    hw_public_key: bytes | None
+    hw_algorithm: str | None
+    activation_hw_status: str
+    pin_key: bytes | None
+    platform: str
+    os_version: str
+    model: str | None
+    generation: int
+    created_at: int
+    activated_at: int
+    last_authenticated_at: int | None
+    updated_at: int
+
+
+class SupersededKey(NamedTuple):
+    public_key: bytes
+    superseded_at: int
+
+
+class ApiKeyRecord(NamedTuple):
+    id: str
+    application_id: str
+    secret_hash: bytes
+    label: str
+    created_at: int
+    revoked_at: int | None
+
+
+class ApiKeySecret(NamedTuple):
+    application_id: str
+    secret_hash: bytes
+    revoked_at: int | None
+
+
+class UserRecord(NamedTuple):
+    id: str
+    application_id: str
+    external_ref: str | None
+    created_at: int
+
+
+class E2EKeyRecord(NamedTuple):
+    key_id: str
+    application_id: str
+    suite: str
+    public_key: bytes
+    wrapped_private_key: bytes | None
+    state: str
+    created_at: int
+    activated_at: int | None
+    retired_at: int | None
+
+
+class EventRecord(NamedTuple):
+    seq: int
+    id: str
+    type: str
+    application_id: str | None
+    subject: str | None
+    operation_id: str | None
+    actor: str
+    outcome: str
+    code: str | None
+    payload: str | None
+    created_at: int
+    delivery: str | None
+
+
+class NoiseRecord(NamedTuple):
+    window_start: int
+    cause: str
+    total: int

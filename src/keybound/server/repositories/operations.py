@@ -1,0 +1,193 @@
+"""Operations: activations, reactivations and authentications, from the moment they are
+created to their end (docs/protocol.md §3.2.3). The statements of the hot path are built once
+(storage.prepared)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from keybound.protocol import Initiator, OperationState, OperationType
+from keybound.server.records import (
+    BackendPendingRecord,
+    ChallengeRecord,
+    CodeRecord,
+    OperationRecord,
+    PendingRecord,
+)
+from keybound.storage import tables as t
+from keybound.storage.prepared import Prepared
+
+OPS = t.operations
+
+
+_SELECT: Final = Prepared(select(OPS).where(OPS.c.id == bindparam("id")), row=OperationRecord)
+_SELECT_OF_APP: Final = Prepared(select(OPS).where(
+    OPS.c.id == bindparam("id"), OPS.c.application_id == bindparam("application_id")),
+    row=OperationRecord)
+_INSERT: Final = Prepared(insert(OPS))
+#: §4.3: the one statement that consumes a challenge (it is on every finish); a
+#: post-operation context is erased with it, released or not
+_CONSUME: Final = Prepared(
+    update(OPS)
+    .where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
+           OPS.c.challenge == bindparam("challenge_"),
+           OPS.c.challenge_expires_at > bindparam("now"))
+    .values(state=bindparam("new_state"), completed_at=bindparam("now"),
+            result=bindparam("result_"), wrapped_post_context=None))
+#: §3.1.1: a code is found, then consumed by one conditional statement
+_SELECT_CODE: Final = Prepared(select(OPS.c.id, OPS.c.config, OPS.c.expires_at).where(
+    OPS.c.application_id == bindparam("application_id"), OPS.c.code_hash == bindparam("code"),
+    OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > bindparam("now")),
+    row=CodeRecord)
+_CONSUME_CODE: Final = Prepared(
+    update(OPS)
+    .where(OPS.c.id == bindparam("op_id"), OPS.c.code_hash == bindparam("code"),
+           OPS.c.state == OperationState.PENDING.value)
+    .values(code_hash=None, challenge=bindparam("challenge_"),
+            challenge_expires_at=bindparam("expires"), challenge_issued_at=bindparam("now"))
+    .returning(OPS.c.device_id))
+_FREE_EXPIRED_CODE: Final = Prepared(update(OPS).where(
+    OPS.c.application_id == bindparam("app"), OPS.c.code_hash == bindparam("code"),
+    OPS.c.expires_at <= bindparam("now")).values(code_hash=None))
+#: backend-initiated: the device's pending list, its start, and a challenge refresh (§3.1.3)
+_SELECT_PENDING: Final = Prepared(select(
+    OPS.c.id, OPS.c.expires_at, OPS.c.pre_context, OPS.c.required_auth_method).where(
+    OPS.c.device_id == bindparam("device_id"),
+    OPS.c.application_id == bindparam("application_id"),
+    OPS.c.state == OperationState.PENDING.value, OPS.c.initiator == Initiator.BACKEND.value,
+    OPS.c.type == OperationType.AUTHENTICATION.value,
+    OPS.c.expires_at > bindparam("now")).order_by(OPS.c.created_at), row=PendingRecord)
+_SELECT_BACKEND_PENDING: Final = Prepared(select(
+    OPS.c.config, OPS.c.expires_at, OPS.c.challenge, OPS.c.challenge_expires_at,
+    OPS.c.pre_context, OPS.c.required_auth_method).where(
+    OPS.c.id == bindparam("id"), OPS.c.device_id == bindparam("device_id"),
+    OPS.c.application_id == bindparam("application_id"),
+    OPS.c.type == OperationType.AUTHENTICATION.value,
+    OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > bindparam("now")),
+    row=BackendPendingRecord)
+_REFRESH_CHALLENGE: Final = Prepared(
+    update(OPS).where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
+                      OPS.c.challenge.is_not_distinct_from(bindparam("current")))
+    .values(challenge=bindparam("fresh"), challenge_expires_at=bindparam("fresh_expires"),
+            challenge_issued_at=bindparam("now")))
+_SELECT_CHALLENGE: Final = Prepared(select(OPS.c.challenge, OPS.c.challenge_expires_at).where(
+    OPS.c.id == bindparam("id")), row=ChallengeRecord)
+
+
+def get(conn: Connection, operation_id: str) -> OperationRecord | None:
+    return _SELECT.first(conn, {"id": operation_id})
+
+
+def get_of_application(conn: Connection, application_id: str,
+                       operation_id: str) -> OperationRecord | None:
+    return _SELECT_OF_APP.first(conn, {"id": operation_id, "application_id": application_id})
+
+
+def insert_operation(conn: Connection, **columns: Any) -> None:
+    """A new operation; every column given (no Python-side defaults on the hot path)."""
+    _INSERT.rowcount(conn, columns)
+
+
+def insert_unless_code_taken(conn: Connection, **columns: Any) -> bool:
+    """A new operation with an activation code; False (nothing inserted) when the code is
+    pending for another operation of the application already (ix_operations_code)."""
+    insert_: Any = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    inserted = conn.execute(insert_(OPS).values(**columns).on_conflict_do_nothing()
+                            .returning(OPS.c.id)).first()
+    return inserted is not None
+
+
+def consume(conn: Connection, op: OperationRecord, *, passed: bool, result: dict[str, Any],
+            now: int) -> bool:
+    """§4.3: end the operation with one conditional statement; False if another request
+    consumed its challenge first (or it expired meanwhile)."""
+    return _CONSUME.rowcount(conn, {
+        "op_id": op.id, "challenge_": op.challenge, "now": now,
+        "new_state": (OperationState.COMPLETED if passed else OperationState.FAILED).value,
+        "result_": json.dumps(result)}) == 1
+
+
+def fail(conn: Connection, operation_id: str, result: dict[str, Any], now: int) -> bool:
+    """End a PENDING operation as FAILED whatever its challenge; False if it had ended."""
+    return conn.execute(update(OPS).where(
+        OPS.c.id == operation_id, OPS.c.state == OperationState.PENDING.value).values(
+        state=OperationState.FAILED.value, completed_at=now, result=json.dumps(result),
+        wrapped_post_context=None)).rowcount == 1
+
+
+def note_overlap(conn: Connection, operation_id: str, note: dict[str, Any]) -> None:
+    """§4.5: a finish by a key superseded after its challenge was issued (two ceremonies of
+    one device overlapped) is remembered on the pending operation, for its risk data."""
+    conn.execute(update(OPS).where(OPS.c.id == operation_id,
+                                   OPS.c.state == OperationState.PENDING.value)
+                 .values(result=json.dumps(note)))
+
+
+def fail_pending_of_device(conn: Connection, device_id: str, code: str, now: int) -> None:
+    """A device that can no longer answer has its pending operations failed, not left
+    hanging (activation codes for it stay: a reactivation is how it comes back)."""
+    conn.execute(
+        update(OPS)
+        .where(OPS.c.device_id == device_id, OPS.c.state == OperationState.PENDING.value,
+               OPS.c.code_hash.is_(None))
+        .values(state=OperationState.FAILED.value, challenge=None, completed_at=now,
+                result=json.dumps({"failureCode": code}), wrapped_post_context=None))
+
+
+# -- activation codes -----------------------------------------------------------------------
+
+
+def find_code(conn: Connection, application_id: str, code_hash: bytes,
+              now: int) -> CodeRecord | None:
+    return _SELECT_CODE.first(conn, {"application_id": application_id, "code": code_hash,
+                                     "now": now})
+
+
+def consume_code(conn: Connection, operation_id: str, code_hash: bytes, challenge: bytes,
+                 challenge_expires_at: int, now: int) -> str | None:
+    """§3.1.1: the code becomes the activation's challenge; the device id, or None if another
+    request consumed it first."""
+    row = _CONSUME_CODE.first(conn, {"op_id": operation_id, "code": code_hash,
+                                     "challenge_": challenge, "expires": challenge_expires_at,
+                                     "now": now})
+    return None if row is None else str(row.device_id)
+
+
+def free_expired_code(conn: Connection, application_id: str, code_hash: bytes,
+                      now: int) -> None:
+    """An expired, never-used code gives its slot back (its operation stays PENDING in
+    storage: EXPIRED is derived on read, and prune removes it)."""
+    _FREE_EXPIRED_CODE.rowcount(conn, {"app": application_id, "code": code_hash, "now": now})
+
+
+# -- backend-initiated authentication -------------------------------------------------------
+
+
+def pending_of_device(conn: Connection, application_id: str, device_id: str,
+                      now: int) -> list[PendingRecord]:
+    return _SELECT_PENDING.all(conn, {"device_id": device_id,
+                                      "application_id": application_id, "now": now})
+
+
+def backend_pending(conn: Connection, *, operation_id: str, application_id: str,
+                    device_id: str, now: int) -> BackendPendingRecord | None:
+    return _SELECT_BACKEND_PENDING.first(conn, {
+        "id": operation_id, "device_id": device_id, "application_id": application_id,
+        "now": now})
+
+
+def refresh_challenge(conn: Connection, operation_id: str, *, current: bytes | None,
+                      fresh: bytes, fresh_expires_at: int, now: int) -> ChallengeRecord:
+    """§3.1.3: replace an absent or expired challenge, unless a concurrent start did first:
+    then its challenge is the one."""
+    replaced = _REFRESH_CHALLENGE.rowcount(conn, {
+        "op_id": operation_id, "current": current, "fresh": fresh,
+        "fresh_expires": fresh_expires_at, "now": now})
+    if replaced == 1:
+        return ChallengeRecord(fresh, fresh_expires_at)
+    return _SELECT_CHALLENGE.one(conn, {"id": operation_id})

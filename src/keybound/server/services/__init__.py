@@ -1,0 +1,104 @@
+"""The services: orchestration of one request's work in its unit of work (server.unit),
+reading and writing through the repositories and deciding by the core's rules.
+
+:class:`Keybound` wires them together: what the web layer, the CLI and the tests call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+
+from keybound.errors import ConfigurationInvalid
+from keybound.server.clock import Clock, wall_clock
+from keybound.server.events.noise import NoiseCounter
+from keybound.server.repositories import settings
+from keybound.server.secrets import MasterKey, SecretBox, master_key_path
+from keybound.server.services.activation import Activation
+from keybound.server.services.admin import Admin
+from keybound.server.services.applications import Applications
+from keybound.server.services.authentication import Authentication
+from keybound.server.services.e2ekeys import E2EKeys
+from keybound.server.services.maintenance import Maintenance
+from keybound.server.services.operations import Operations
+from keybound.server.services.registrations import Registrations
+from keybound.storage.db import DEFAULT_DATA_DIR, Database
+
+
+def default_master_key_path(database_url: str,
+                            environ: Mapping[str, str] = os.environ) -> Path:
+    """``$KEYBOUND_MASTER_KEY_FILE``; else ``master.key`` beside a SQLite database file; else
+    ``~/.keybound/master.key``."""
+    url = make_url(database_url)
+    directory = DEFAULT_DATA_DIR
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        directory = Path(url.database).expanduser().resolve().parent
+    return master_key_path(directory, environ)
+
+
+class Keybound:
+    def __init__(self, db: Database, clock: Clock = wall_clock, *,
+                 master_key: MasterKey) -> None:
+        self.db = db
+        self.clock = clock
+        self.master_key = master_key
+        self.box = SecretBox(master_key)
+        self.noise = NoiseCounter(db)
+        self.maintenance = Maintenance(db, clock, self.noise)
+        self.applications = Applications()
+        self.operations = Operations(self.box)
+        self.registrations = Registrations()
+        self.activation = Activation(self.box)
+        self.authentication = Authentication(self.box)
+        self.e2e_keys = E2EKeys(db, self.box)
+        self.admin = Admin(self)
+
+    def close(self) -> None:
+        """Finish what runs in the background, store the last counts, close the database."""
+        self.maintenance.join()
+        self.noise.flush()
+        self.db.dispose()
+
+    @classmethod
+    def open(cls, url: str | None = None, clock: Clock = wall_clock, *,
+             master_key_file: Path | None = None) -> Keybound:
+        """Open (and migrate) the database at ``url`` -- the embedded SQLite file if None --
+        with the master key that wraps its secrets (``master_key_file``, else
+        ``$KEYBOUND_MASTER_KEY_FILE``, else beside the database; created on first run)."""
+        db = Database(url)
+        master_key = MasterKey(master_key_file or default_master_key_path(db.url))
+        check_master_key(db, master_key)
+        db.migrate(master_key=master_key.get())
+        with db.write() as conn:
+            if settings.get(conn, settings.MASTER_KEY_FINGERPRINT) is None:
+                settings.put_new(conn, settings.MASTER_KEY_FINGERPRINT, master_key.fingerprint)
+        return cls(db, clock, master_key=master_key)
+
+
+def check_master_key(db: Database, master_key: MasterKey) -> None:
+    """Refuse to run with a master key other than the one the database's secrets are wrapped
+    under (a wrong KEYBOUND_MASTER_KEY_FILE would otherwise create a new key and fail every
+    device later, far from the cause). Creates nothing before the check passes."""
+    if not inspect(db.engine).has_table("settings"):
+        return  # a new database, or one from before revision 0005 (which checks the key)
+    with db.read() as conn:
+        expected = settings.get(conn, settings.MASTER_KEY_FINGERPRINT)
+    if expected is None:
+        return
+    if not master_key.exists():
+        raise ConfigurationInvalid(
+            f"the master key file {master_key.path} does not exist, but this database's "
+            f"secrets are wrapped under the master key with fingerprint {expected}: set "
+            "KEYBOUND_MASTER_KEY_FILE to that key's file (restore it from its backup)")
+    if master_key.fingerprint != expected:
+        raise ConfigurationInvalid(
+            f"the master key file {master_key.path} has fingerprint {master_key.fingerprint},"
+            f" but this database's secrets are wrapped under the master key with fingerprint "
+            f"{expected}: set KEYBOUND_MASTER_KEY_FILE to that key's file")
+
+
+__all__ = ["Keybound", "check_master_key", "default_master_key_path"]

@@ -1,0 +1,127 @@
+"""The operator's door: every command of the ``keybound`` CLI (and of an admin API next) as
+one unit of work, audited as the operator's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from keybound.channel import DEFAULT_SUITE, ChannelPin, ChannelSuite
+from keybound.rpapi import Device
+from keybound.server.core.appconfig import AppConfig
+from keybound.server.events.model import Actor, EventType
+from keybound.server.records import EventRecord, NoiseRecord
+from keybound.server.repositories import events, noise
+from keybound.server.services.applications import ApiKeyInfo, NewApiKey
+from keybound.server.services.e2ekeys import E2EKeyInfo
+from keybound.server.services.retention import Pruned, Retention, prune
+from keybound.server.unit import Unit, perform
+from keybound.storage.batches import DELETE_BATCH
+
+if TYPE_CHECKING:
+    from keybound.server.services import Keybound
+
+T = TypeVar("T")
+
+
+class Admin:
+    def __init__(self, kb: Keybound) -> None:
+        self._kb = kb
+
+    def _run(self, action: EventType, call: Callable[[Unit], T]) -> T:
+        unit = Unit(self._kb.db, self._kb.clock, actor=Actor.OPERATOR, action=action,
+                    identified=True)
+        return perform(unit, call, noise=self._kb.noise, cause=f"admin {action.value}")
+
+    # -- applications ---------------------------------------------------------------------
+
+    def create_application(self, application_id: str,
+                           config: AppConfig | None = None) -> AppConfig:
+        return self._run(EventType.APPLICATION_CREATE, lambda u: self._kb.applications.create(
+            u, application_id, config))
+
+    def update_application(self, application_id: str, changes: dict[str, Any]) -> AppConfig:
+        return self._run(EventType.APPLICATION_UPDATE, lambda u: self._kb.applications.update(
+            u, application_id, changes))
+
+    def application_config(self, application_id: str) -> AppConfig:
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.applications.config(
+            u, application_id))
+
+    def application_ids(self) -> list[str]:
+        return self._run(EventType.ADMIN_READ, self._kb.applications.ids)
+
+    def create_api_key(self, application_id: str, label: str = "") -> NewApiKey:
+        return self._run(EventType.API_KEY_CREATE, lambda u: self._kb.applications
+                         .create_api_key(u, application_id, label))
+
+    def revoke_api_key(self, key_id: str) -> None:
+        self._run(EventType.API_KEY_REVOKE,
+                  lambda u: self._kb.applications.revoke_api_key(u, key_id))
+
+    def api_keys(self, application_id: str) -> list[ApiKeyInfo]:
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.applications
+                         .list_api_keys(u, application_id))
+
+    # -- E2E keys -------------------------------------------------------------------------
+
+    def create_e2e_key(self, application_id: str, *, suite: ChannelSuite = DEFAULT_SUITE,
+                       active: bool = True) -> E2EKeyInfo:
+        return self._run(EventType.E2E_KEY_CREATE, lambda u: self._kb.e2e_keys.create(
+            u, application_id, suite=suite, active=active))
+
+    def activate_e2e_key(self, key_id: str) -> E2EKeyInfo:
+        return self._run(EventType.E2E_KEY_ACTIVATE,
+                         lambda u: self._kb.e2e_keys.activate(u, key_id))
+
+    def retire_e2e_key(self, key_id: str) -> E2EKeyInfo:
+        return self._run(EventType.E2E_KEY_RETIRE, lambda u: self._kb.e2e_keys.retire(u, key_id))
+
+    def e2e_key(self, key_id: str) -> E2EKeyInfo:
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.e2e_keys.get(u, key_id))
+
+    def e2e_keys(self, application_id: str) -> list[E2EKeyInfo]:
+        return self._run(EventType.ADMIN_READ,
+                         lambda u: self._kb.e2e_keys.list(u, application_id))
+
+    def e2e_pin(self, key_id: str, *, server_url: str) -> ChannelPin:
+        return self._run(EventType.E2E_KEY_EXPORT_PIN, lambda u: self._kb.e2e_keys.pin(
+            u, key_id, server_url=server_url))
+
+    # -- devices --------------------------------------------------------------------------
+
+    def lock_device(self, application_id: str, device_id: str) -> Device:
+        return self._run(EventType.DEVICE_LOCK, lambda u: self._kb.registrations.lock(
+            u, application_id, device_id))
+
+    def unlock_device(self, application_id: str, device_id: str) -> Device:
+        return self._run(EventType.DEVICE_UNLOCK, lambda u: self._kb.registrations.unlock(
+            u, application_id, device_id))
+
+    def deactivate_device(self, application_id: str, device_id: str) -> Device:
+        return self._run(EventType.DEVICE_DEACTIVATE, lambda u: self._kb.registrations
+                         .deactivate(u, application_id, device_id))
+
+    # -- the database ---------------------------------------------------------------------
+
+    def prune(self, retention: Retention | None = None, *,
+              batch: int = DELETE_BATCH) -> Pruned:
+        retention = retention or Retention()
+        pruned = prune(self._kb.db, self._kb.clock, retention, batch=batch)
+
+        def record(unit: Unit) -> None:
+            unit.emit(EventType.DB_PRUNE, payload={**asdict(retention), **asdict(pruned)})
+
+        self._run(EventType.DB_PRUNE, record)
+        return pruned
+
+    def events(self, *, application_id: str | None = None, limit: int = 100
+               ) -> list[EventRecord]:
+        with self._kb.db.read() as conn:
+            return events.latest(conn, application_id=application_id, limit=limit)
+
+    def noise(self, *, since_ms: int) -> list[NoiseRecord]:
+        self._kb.noise.flush()
+        with self._kb.db.read() as conn:
+            return noise.since(conn, since_ms)

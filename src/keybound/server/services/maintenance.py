@@ -1,0 +1,61 @@
+"""Housekeeping a running server does by itself, off the request path: forgetting expired
+replay marks (docs/channel.md §6), erasing post-operation contexts whose operation expired,
+and storing the anonymous-noise counts.
+
+At most once per ``interval`` per process, in a background thread, started when a request
+finds it due (:meth:`Maintenance.poke`, called by the device API after each request): a
+minute of expired marks is a long DELETE, and the request that happens to trigger it (on the
+event loop, docs/channel.md §11.1) must not wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Final
+
+from keybound.server.clock import Clock, now_ms
+from keybound.server.events.noise import NoiseCounter
+from keybound.server.repositories.replay import purge_seen_requests
+from keybound.server.services.retention import erase_expired_post_contexts
+from keybound.storage.db import Database
+
+log = logging.getLogger("keybound.server")
+
+INTERVAL_SECONDS: Final = 60.0
+
+
+class Maintenance:
+    def __init__(self, db: Database, clock: Clock, noise: NoiseCounter, *,
+                 interval: float = INTERVAL_SECONDS) -> None:
+        self._db = db
+        self._clock = clock
+        self._noise = noise
+        self._interval = interval
+        self._last = clock()
+        self._lock = threading.Lock()
+        self.running: threading.Thread | None = None  # the last run (tests join it)
+
+    def poke(self) -> None:
+        now = self._clock()
+        if now - self._last < self._interval or not self._lock.acquire(blocking=False):
+            return
+        self._last = now
+        self.running = threading.Thread(target=self._run, args=(now_ms(self._clock),),
+                                        name="keybound-maintenance", daemon=True)
+        self.running.start()
+
+    def join(self, timeout: float = 30.0) -> None:
+        """Wait for a run in progress (before the database is closed)."""
+        if self.running is not None:
+            self.running.join(timeout)
+
+    def _run(self, at_ms: int) -> None:
+        try:
+            purge_seen_requests(self._db, at_ms)
+            erase_expired_post_contexts(self._db, at_ms)
+            self._noise.flush()
+        except Exception:  # pragma: no cover - tried again at the next interval
+            log.exception("maintenance failed")
+        finally:
+            self._lock.release()

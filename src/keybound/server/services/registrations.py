@@ -1,0 +1,134 @@
+"""Registrations (devices): views for the relying party, lock / unlock / deactivate, and the
+device's own signed deactivation (docs/protocol.md §3.1.6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keybound.errors import CeremonyError, ErrorCode, InvalidState, NotFound
+from keybound.protocol import (
+    NO_CONTEXT_HASH,
+    DeactivateRequest,
+    DeactivateResponse,
+    DeviceState,
+    LockReason,
+    Platform,
+    Purpose,
+    transcript,
+)
+from keybound.rpapi import Device, DeviceList
+from keybound.server.clock import ms_to_dt
+from keybound.server.core.ceremony import prove_possession
+from keybound.server.events.model import Actor, EventType
+from keybound.server.records import RegistrationRecord
+from keybound.server.repositories import operations as ops
+from keybound.server.repositories import registrations as regs
+from keybound.server.repositories import users
+from keybound.server.unit import Unit
+
+
+def device_view(row: RegistrationRecord) -> Device:
+    return Device(
+        device_id=row.id,
+        user_id=row.user_id,
+        state=DeviceState(row.state),
+        lock_reason=LockReason(row.lock_reason) if row.lock_reason else None,
+        hardware_key=row.hw_public_key is not None,
+        hardware_key_algorithm=row.hw_algorithm,
+        pin_enabled=row.pin_key is not None,
+        platform=Platform(row.platform),
+        os_version=row.os_version,
+        model=row.model,
+        created_at=ms_to_dt(row.created_at),
+        activated_at=ms_to_dt(row.activated_at),
+        last_authenticated_at=(
+            ms_to_dt(row.last_authenticated_at) if row.last_authenticated_at else None),
+    )
+
+
+class Registrations:
+    def get(self, unit: Unit, application_id: str, device_id: str) -> Device:
+        unit.about(device_id=device_id)
+        with unit.read() as conn:
+            row = regs.get_of_application(conn, application_id, device_id)
+        if row is None:
+            raise NotFound("no such device")
+        return device_view(row)
+
+    def list_for_user(self, unit: Unit, application_id: str, user_id: str) -> DeviceList:
+        with unit.read() as conn:
+            if users.get(conn, application_id, user_id) is None:
+                raise NotFound("no such user")
+            rows = regs.of_user(conn, application_id, user_id)
+        return DeviceList(devices=[device_view(r) for r in rows])
+
+    def _transition(self, unit: Unit, application_id: str, device_id: str, *,
+                    event: EventType, allowed_from: tuple[DeviceState, ...],
+                    values: dict[str, Any], refuse_reason: LockReason | None = None,
+                    unchanged_in: tuple[DeviceState, ...] = ()) -> Device:
+        """Move a device between states (repositories.registrations.transition); a device
+        already in ``unchanged_in`` is returned as it is."""
+        unit.about(device_id=device_id)
+        conn = unit.write()
+        row = regs.get_of_application(conn, application_id, device_id)
+        if row is None:
+            raise NotFound("no such device")
+        if DeviceState(row.state) in unchanged_in:
+            return device_view(row)
+        if not regs.transition(conn, device_id, allowed_from=allowed_from,
+                               refuse_reason=refuse_reason, values=values, now=unit.now):
+            current = regs.get(conn, device_id)
+            assert current is not None
+            if refuse_reason is not None and current.lock_reason == refuse_reason.value:
+                raise InvalidState("a device locked for a cloned software key must be "
+                                   "reactivated")
+            raise InvalidState(f"device is {current.state.lower()}")
+        if values.get("state") == DeviceState.DEACTIVATED.value:
+            ops.fail_pending_of_device(conn, device_id, ErrorCode.DEVICE_INACTIVE.value, unit.now)
+        unit.emit(event)
+        changed = regs.get(conn, device_id)
+        assert changed is not None
+        return device_view(changed)
+
+    def lock(self, unit: Unit, application_id: str, device_id: str) -> Device:
+        """Lock an active device. Locking a locked device changes nothing: in particular it
+        never replaces a SOFTWARE_KEY_CLONED reason, which only a reactivation clears."""
+        reason = LockReason.OPERATOR if unit.actor is Actor.OPERATOR else LockReason.RELYING_PARTY
+        return self._transition(
+            unit, application_id, device_id, event=EventType.DEVICE_LOCK,
+            allowed_from=(DeviceState.ACTIVE,), unchanged_in=(DeviceState.LOCKED,),
+            values={"state": DeviceState.LOCKED.value, "lock_reason": reason.value})
+
+    def unlock(self, unit: Unit, application_id: str, device_id: str) -> Device:
+        return self._transition(
+            unit, application_id, device_id, event=EventType.DEVICE_UNLOCK,
+            allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED),
+            values={"state": DeviceState.ACTIVE.value, "lock_reason": None, "failures": 0},
+            refuse_reason=LockReason.SOFTWARE_KEY_CLONED)
+
+    def deactivate(self, unit: Unit, application_id: str, device_id: str) -> Device:
+        return self._transition(
+            unit, application_id, device_id, event=EventType.DEVICE_DEACTIVATE,
+            allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED, DeviceState.DEACTIVATED),
+            values={"state": DeviceState.DEACTIVATED.value, "pin_key": None})
+
+    def device_deactivate(self, unit: Unit, request: DeactivateRequest) -> DeactivateResponse:
+        """The device deactivates itself, signing with its current software key (§3.1.6)."""
+        unit.about(application_id=request.application_id, device_id=request.device_id)
+        with unit.read() as conn:
+            row = regs.get_of_application(conn, request.application_id, request.device_id)
+        if row is None or row.sw_key_id != request.software_key_id:
+            raise CeremonyError("authentication failed")
+        prove_possession(row.sw_public_key, transcript(
+            Purpose.DEACTIVATION, application_id=request.application_id,
+            device_id=request.device_id, operation_id="", challenge=b"",
+            context_digest=NO_CONTEXT_HASH, software_public_key=row.sw_public_key),
+            request.software_signature)
+        unit.identify()
+        if row.state != DeviceState.DEACTIVATED:
+            self._transition(
+                unit, request.application_id, request.device_id,
+                event=EventType.DEVICE_DEACTIVATE,
+                allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED, DeviceState.DEACTIVATED),
+                values={"state": DeviceState.DEACTIVATED.value, "pin_key": None})
+        return DeactivateResponse(device_id=row.id, state=DeviceState.DEACTIVATED)

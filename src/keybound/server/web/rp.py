@@ -1,0 +1,234 @@
+"""The relying-party API (FastAPI): thin handlers -- parse, call one service in a unit of work,
+serialise -- behind a bearer API key (docs/protocol.md §3.2)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keybound import __version__
+from keybound.errors import ErrorCode, KeyboundError, Unauthorized
+from keybound.rpapi import (
+    ActivationCodeResponse,
+    CreateOperationRequest,
+    CreateUserRequest,
+    Device,
+    DeviceList,
+    Operation,
+    User,
+)
+from keybound.server.events.model import Actor, EventType, Outcome
+from keybound.server.services import Keybound
+from keybound.server.services.applications import authenticate_api_key
+from keybound.server.unit import Unit, perform
+from keybound.server.web.asgi import blocking
+from keybound.server.web.problems import invalid_params, problem, problem_response, refusal
+
+T = TypeVar("T")
+_bearer = HTTPBearer(auto_error=False)
+
+
+def create_rp_app(kb: Keybound) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # a worker shutting down keeps its last counts and lets its housekeeping finish
+        await blocking(kb.db, kb.maintenance.join)
+        await blocking(kb.db, kb.noise.flush)
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="keybound",
+        version=__version__,
+        summary="Device authentication with hardware-protected keys",
+        description="Device API (`/device/v1`, sealed: docs/channel.md), relying-party API "
+        "(`/rp/v1`, bearer API key). Errors are RFC 9457 problem+json with a stable `code`; "
+        "see docs/protocol.md.",
+        openapi_url="/openapi.json",
+        docs_url=None,  # its page loads assets from a CDN: blank offline
+        redoc_url=None,
+        redirect_slashes=False,  # no redirect built from the Host header
+    )
+    app.state.kb = kb
+    _error_handlers(app, kb)
+    _routes(app, kb)
+
+    @app.get("/healthz", tags=["meta"], operation_id="health")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app
+
+
+def _cause(request: Request) -> str:
+    route = request.scope.get("route")
+    return f"rp {getattr(route, 'name', None) or 'unrouted'}"
+
+
+def _error_handlers(app: FastAPI, kb: Keybound) -> None:
+    def refused(request: Request, code: ErrorCode) -> None:
+        """Refusals outside a unit of work (no valid API key, no route): anonymous noise;
+        with a valid key, the relying party's refused request is an event."""
+        application_id = getattr(request.state, "application_id", None)
+        if application_id is None:
+            kb.noise.count(f"{_cause(request)}:{code.value}", int(kb.clock() * 1000))
+            return
+        unit = Unit(kb.db, kb.clock, actor=Actor.RELYING_PARTY, action=_action(request),
+                    application_id=application_id, identified=True)
+        unit.emit(unit.action, outcome=Outcome.REJECTED, code=code.value)
+        perform(unit, lambda u: None, noise=kb.noise, cause=_cause(request))
+
+    @app.exception_handler(KeyboundError)
+    async def _keybound_error(request: Request, exc: KeyboundError) -> Response:
+        if isinstance(exc, Unauthorized):  # the one refusal raised before any unit
+            await blocking(kb.db, functools.partial(refused, request, exc.code))
+        status, body = refusal(exc)
+        return problem_response(status, body, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        await blocking(kb.db, functools.partial(refused, request, ErrorCode.MALFORMED_REQUEST))
+        return problem(ErrorCode.MALFORMED_REQUEST, "request does not match the schema",
+                       invalidParams=invalid_params(exc.errors(), skip=1))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
+            exc.status_code, ErrorCode.MALFORMED_REQUEST)
+        await blocking(kb.db, functools.partial(refused, request, code))
+        return problem(code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover
+        return problem(ErrorCode.INTERNAL, "")
+
+
+def _action(request: Request) -> EventType:
+    route = request.scope.get("route")
+    action = getattr(getattr(route, "endpoint", None), "action", None)
+    return action if isinstance(action, EventType) else EventType.OPERATION_READ
+
+
+async def _application(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The application id the bearer API key belongs to."""
+    if credentials is None:
+        raise Unauthorized("an API key is required (Authorization: Bearer kb_...)")
+    kb: Keybound = request.app.state.kb
+    application_id = await blocking(kb.db, functools.partial(
+        authenticate_api_key, kb.db, credentials.credentials))
+    request.state.application_id = application_id
+    return application_id
+
+
+App = Annotated[str, Depends(_application)]
+
+
+class _Performer:
+    """Runs a handler's one service call in a unit of work, as the relying party."""
+
+    def __init__(self, kb: Keybound) -> None:
+        self.kb = kb
+
+    async def __call__(self, action: EventType, application_id: str,
+                       call: Callable[[Unit], T]) -> T:
+        unit = Unit(self.kb.db, self.kb.clock, actor=Actor.RELYING_PARTY, action=action,
+                    application_id=application_id, identified=True)
+        return await blocking(self.kb.db, functools.partial(
+            perform, unit, call, noise=self.kb.noise, cause=f"rp {action.value}"))
+
+
+def _action_of(action: EventType) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def mark(handler: Callable[..., Any]) -> Callable[..., Any]:
+        handler.action = action  # type: ignore[attr-defined]  # read by _action
+        return handler
+
+    return mark
+
+
+def _routes(app: FastAPI, kb: Keybound) -> None:
+    tags: list[str | Any] = ["relying party"]
+    ok: dict[str, Any] = {"response_model_exclude_none": True, "tags": tags}
+    run = _Performer(kb)
+
+    @app.post("/rp/v1/users", status_code=201, operation_id="createUser", **ok)
+    @_action_of(EventType.USER_CREATE)
+    async def create_user(app_id: App, body: CreateUserRequest | None = None) -> User:
+        request = body or CreateUserRequest()
+        return await run(EventType.USER_CREATE, app_id,
+                         lambda u: kb.operations.create_user(u, app_id, request))
+
+    @app.get("/rp/v1/users/{user_id}", operation_id="getUser", **ok)
+    @_action_of(EventType.USER_READ)
+    async def get_user(app_id: App, user_id: str) -> User:
+        return await run(EventType.USER_READ, app_id,
+                         lambda u: kb.operations.get_user(u, app_id, user_id))
+
+    @app.post("/rp/v1/users/{user_id}/activation-codes", status_code=201,
+              operation_id="createActivationCode", **ok)
+    @_action_of(EventType.ACTIVATION_CODE_ISSUED)
+    async def create_activation_code(app_id: App, user_id: str) -> ActivationCodeResponse:
+        return await run(EventType.ACTIVATION_CODE_ISSUED, app_id,
+                         lambda u: kb.operations.create_activation(u, app_id, user_id))
+
+    @app.get("/rp/v1/users/{user_id}/devices", operation_id="listUserDevices", **ok)
+    @_action_of(EventType.DEVICE_READ)
+    async def list_devices(app_id: App, user_id: str) -> DeviceList:
+        return await run(EventType.DEVICE_READ, app_id,
+                         lambda u: kb.registrations.list_for_user(u, app_id, user_id))
+
+    @app.get("/rp/v1/devices/{device_id}", operation_id="getDevice", **ok)
+    @_action_of(EventType.DEVICE_READ)
+    async def get_device(app_id: App, device_id: str) -> Device:
+        return await run(EventType.DEVICE_READ, app_id,
+                         lambda u: kb.registrations.get(u, app_id, device_id))
+
+    @app.post("/rp/v1/devices/{device_id}/reactivation", status_code=201,
+              operation_id="createReactivationCode", **ok)
+    @_action_of(EventType.REACTIVATION_CODE_ISSUED)
+    async def create_reactivation(app_id: App, device_id: str) -> ActivationCodeResponse:
+        return await run(EventType.REACTIVATION_CODE_ISSUED, app_id,
+                         lambda u: kb.operations.create_reactivation(u, app_id, device_id))
+
+    @app.post("/rp/v1/devices/{device_id}/operations", status_code=201,
+              operation_id="createOperation", **ok)
+    @_action_of(EventType.AUTHENTICATION_CREATE)
+    async def create_operation(app_id: App, device_id: str,
+                               body: CreateOperationRequest | None = None) -> Operation:
+        request = body or CreateOperationRequest()
+        return await run(EventType.AUTHENTICATION_CREATE, app_id, lambda u: kb.operations
+                         .create_authentication(u, app_id, device_id, request))
+
+    @app.post("/rp/v1/devices/{device_id}/lock", operation_id="lockDevice", **ok)
+    @_action_of(EventType.DEVICE_LOCK)
+    async def lock(app_id: App, device_id: str) -> Device:
+        return await run(EventType.DEVICE_LOCK, app_id,
+                         lambda u: kb.registrations.lock(u, app_id, device_id))
+
+    @app.post("/rp/v1/devices/{device_id}/unlock", operation_id="unlockDevice", **ok)
+    @_action_of(EventType.DEVICE_UNLOCK)
+    async def unlock(app_id: App, device_id: str) -> Device:
+        return await run(EventType.DEVICE_UNLOCK, app_id,
+                         lambda u: kb.registrations.unlock(u, app_id, device_id))
+
+    @app.post("/rp/v1/devices/{device_id}/deactivate", operation_id="deactivateDevice", **ok)
+    @_action_of(EventType.DEVICE_DEACTIVATE)
+    async def deactivate_device(app_id: App, device_id: str) -> Device:
+        return await run(EventType.DEVICE_DEACTIVATE, app_id,
+                         lambda u: kb.registrations.deactivate(u, app_id, device_id))
+
+    @app.get("/rp/v1/operations/{operation_id}", operation_id="getOperation", **ok)
+    @_action_of(EventType.OPERATION_READ)
+    async def get_operation(app_id: App, operation_id: str) -> Operation:
+        return await run(EventType.OPERATION_READ, app_id,
+                         lambda u: kb.operations.get(u, app_id, operation_id))
