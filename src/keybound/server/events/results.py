@@ -40,7 +40,7 @@ from keybound.protocol import (
     b64u_encode,
     context_hash,
 )
-from keybound.storage.db import Clock, wall_clock
+from keybound.server.clock import Clock, wall_clock
 
 #: The JWS ``typ`` (RFC 8725 §3.11): a result cannot pass for another kind of JWT, or back.
 RESULT_TYPE: Final = "keybound-result+jwt"

@@ -35,6 +35,7 @@ from joserfc import jws
 from joserfc.jwk import ECKey
 
 from keybound.errors import ConfigurationInvalid
+from keybound.server.clock import Clock, wall_clock
 from keybound.server.notify.base import (
     DEFAULT_RETRY_SECONDS,
     Outcome,
@@ -43,7 +44,6 @@ from keybound.server.notify.base import (
     retry_delay,
     token_well_formed,
 )
-from keybound.storage.db import Clock, wall_clock
 
 #: APNs refuses provider tokens older than this.
 PROVIDER_TOKEN_MAX_AGE_SECONDS: Final = 3600

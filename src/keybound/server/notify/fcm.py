@@ -33,6 +33,7 @@ from joserfc import jws
 from joserfc.jwk import RSAKey
 
 from keybound.errors import ConfigurationInvalid
+from keybound.server.clock import Clock, wall_clock
 from keybound.server.notify.base import (
     DEFAULT_RETRY_SECONDS,
     Outcome,
@@ -41,7 +42,6 @@ from keybound.server.notify.base import (
     retry_delay,
     token_well_formed,
 )
-from keybound.storage.db import Clock, wall_clock
 
 DEFAULT_API_BASE_URL: Final = "https://fcm.googleapis.com"
 FCM_SCOPE: Final = "https://www.googleapis.com/auth/firebase.messaging"

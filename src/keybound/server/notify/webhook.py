@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import httpx
 
 from keybound.errors import ConfigurationInvalid
+from keybound.server.clock import Clock, wall_clock
 from keybound.server.notify.base import (
     DEFAULT_RETRY_SECONDS,
     EVENT_TYPE,
@@ -31,7 +32,6 @@ from keybound.server.notify.base import (
     retry_delay,
     token_well_formed,
 )
-from keybound.storage.db import Clock, wall_clock
 
 HeadersFor = Callable[[bytes], Mapping[str, str]]
 _RETRYABLE = frozenset({408, 425, 429})
