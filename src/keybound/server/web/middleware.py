@@ -9,14 +9,12 @@ from keybound.channel import SEALED_MEDIA_TYPE
 from keybound.errors import ErrorCode
 from keybound.protocol import MAX_BODY_BYTES
 from keybound.server.web.asgi import Scope, content_type, route_path
+from keybound.server.web.limits import SEALED_OVERHEAD_BYTES
 from keybound.server.web.problems import problem
 
 log = logging.getLogger("keybound.server")
 
 _SEALED: Final = SEALED_MEDIA_TYPE.encode("ascii")
-#: Room for the secure channel's framing around a device request (docs/channel.md §3.1:
-#: 132 bytes for the X25519 suites, 1220 for the hybrid suite, plus a long key id).
-SEALED_OVERHEAD_BYTES: Final = 4096
 
 
 class BodyLimit:
