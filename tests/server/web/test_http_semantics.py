@@ -1,12 +1,11 @@
 """HTTP semantics of the application itself, beyond the edge (issue 14, defect 7), tested
 through a real server on 127.0.0.1 so that the tests hold whatever the pipeline looks like
-inside. Those marked ``app_level`` are what the pipeline still gets wrong: strict xfails, so
-that a fix makes the run fail until its marker goes."""
+inside: 405 with Allow, no redirect built from the Host header, UTF-8 JSON only, no body
+where a call takes none, 413 from the application's own body limit."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -22,10 +21,6 @@ from tests.helpers import RawDevice, SealingClient
 pytestmark = pytest.mark.server
 
 PROBLEM_JSON = "application/problem+json"
-
-
-def app_level(reason: str) -> Any:
-    return pytest.mark.xfail(strict=True, reason=f"app level, for the pipeline: {reason}")
 
 
 @pytest.fixture
@@ -59,8 +54,6 @@ def test_a_trailing_slash_is_not_redirected_to_the_host_header(rp: httpx.Client)
     problem(answer, 404, "not_found")
 
 
-@app_level("docs/protocol.md §1.1: bodies MUST be UTF-8 JSON; the JSON decoder detects "
-           "UTF-16/32 and accepts them")
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
 def test_a_json_body_that_is_not_utf8_is_refused(rp: httpx.Client, encoding: str) -> None:
     body = '{"externalRef": "alice"}'.encode(encoding)
@@ -71,8 +64,6 @@ def test_a_json_body_that_is_not_utf8_is_refused(rp: httpx.Client, encoding: str
     assert rp.post("/rp/v1/users", json={"externalRef": "alice"}).status_code == 201
 
 
-@app_level("docs/protocol.md §1.1/§3.2: these calls take no body (Content-Length: 0); a body "
-           "is ignored today instead of refused")
 @pytest.mark.parametrize("call", ["activation-codes", "lock", "unlock", "deactivate",
                                   "reactivation"])
 def test_a_body_on_a_call_that_takes_none_is_refused(kb: Keybound, rp: httpx.Client,
@@ -94,9 +85,6 @@ def test_a_body_on_a_call_that_takes_none_is_refused(kb: Keybound, rp: httpx.Cli
     assert rp.get(f"/rp/v1/users/{user}/devices").json() == devices_before  # nothing changed
 
 
-@app_level("the body limit raises inside FastAPI's body parsing, which turns it into 400 "
-           "'There was an error parsing the body'; unreachable behind the edge's own limit "
-           "(the same number), so the edge's limit is raised here to reach it")
 def test_the_application_body_limit_answers_413(kb: Keybound) -> None:
     kb.admin.create_application("bank")
     token = kb.admin.create_api_key("bank").token
