@@ -13,7 +13,7 @@ import re
 import struct
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -146,6 +146,15 @@ class RiskAttribute(StrEnum):
     DEVICE_OS_VERSION = "deviceOsVersion"
 
 
+class AttestationFormat(StrEnum):
+    """Key attestation formats: the ``format`` of an activation's ``attestation`` object (the
+    names of keybound.attestation's verifiers)."""
+
+    ANDROID_KEY = "android-key"
+    APPLE_APP_ATTEST = "apple-appattest"
+    TPM = "tpm"
+
+
 class Purpose(StrEnum):
     """The domain-separating purpose of a signed transcript (§4)."""
 
@@ -239,6 +248,23 @@ PinProof = Annotated[
     WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
 ]
 
+#: Bytes as base64url without padding (§1.2), any length: each field adds its bounds.
+B64 = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url"}),
+]
+# Bounds of attestation evidence: keybound.attestation's parsing limits (docs/attestation.md).
+MAX_ATTESTATION_CERTIFICATE_BYTES = 16 * 1024
+MAX_ATTESTATION_CHAIN = 10
+MAX_TPM_STRUCTURE_BYTES = 4096
+MAX_APP_ATTEST_OBJECT_BYTES = 64 * 1024
+AttestationCertificate = Annotated[
+    B64, Field(min_length=1, max_length=MAX_ATTESTATION_CERTIFICATE_BYTES)
+]
+TpmStructure = Annotated[B64, Field(min_length=1, max_length=MAX_TPM_STRUCTURE_BYTES)]
+
 ApplicationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 Uuid = Annotated[
     str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -293,9 +319,60 @@ class DeviceProfile(Message):
     model: Annotated[str | None, Field(max_length=100)] = None
 
 
+class TpmAttestationKey(Message):
+    """Sent at activation start by a device whose hardware key store is a TPM that can
+    attest: its EK certificate and the public area of a fresh attestation key (AK)."""
+
+    ek_certificate: AttestationCertificate  # DER X.509 of the EK
+    ak_public: TpmStructure  # TPMT_PUBLIC of the AK, marshalled
+
+
+class TpmCredential(Reply):
+    """TPM2_MakeCredential for the start's EK and AK: only that TPM can open it, only for
+    that AK (TPM2_ActivateCredential)."""
+
+    credential_blob: TpmStructure  # TPM2B_ID_OBJECT
+    encrypted_secret: TpmStructure  # TPM2B_ENCRYPTED_SECRET
+
+
+class AndroidKeyAttestation(Message):
+    """Android key attestation: the hardware key's certificate chain, leaf first."""
+
+    format: Literal[AttestationFormat.ANDROID_KEY] = AttestationFormat.ANDROID_KEY
+    certificate_chain: Annotated[
+        list[AttestationCertificate], Field(min_length=1, max_length=MAX_ATTESTATION_CHAIN)
+    ]
+
+
+class TpmAttestation(Message):
+    """TPM2_Certify of the hardware key by the AK the start proved, over the activation
+    challenge, and the secret TPM2_ActivateCredential returned for the start's credential."""
+
+    format: Literal[AttestationFormat.TPM] = AttestationFormat.TPM
+    certify_info: TpmStructure  # TPMS_ATTEST
+    signature: TpmStructure  # TPMT_SIGNATURE
+    public_area: TpmStructure  # TPMT_PUBLIC of the hardware key
+    activated_secret: Annotated[B64, Field(min_length=32, max_length=32)]
+
+
+class AppleAppAttestation(Message):
+    """Apple App Attest: the App Attest key is the hardware key."""
+
+    format: Literal[AttestationFormat.APPLE_APP_ATTEST] = AttestationFormat.APPLE_APP_ATTEST
+    key_id: Annotated[B64, Field(min_length=32, max_length=32)]
+    attestation_object: Annotated[B64, Field(min_length=1, max_length=MAX_APP_ATTEST_OBJECT_BYTES)]
+
+
+#: The evidence an activation finish may carry; ``format`` picks the verifier.
+Attestation = Annotated[
+    AndroidKeyAttestation | TpmAttestation | AppleAppAttestation, Field(discriminator="format")
+]
+
+
 class ActivationStartRequest(Message):
     application_id: ApplicationId
     activation_code: ActivationCode
+    tpm: TpmAttestationKey | None = None
 
 
 class ActivationStartResponse(Reply):
@@ -305,6 +382,7 @@ class ActivationStartResponse(Reply):
     expires_at: datetime
     allowed_auth_methods: list[AuthMethod]
     hardware_key_required: bool
+    tpm_credential: TpmCredential | None = None
 
 
 class ActivationFinishRequest(Message):
@@ -318,6 +396,7 @@ class ActivationFinishRequest(Message):
     hw_key_client_status: HwKeyClientStatus
     pin_key: PinKey | None = None
     device_profile: DeviceProfile
+    attestation: Attestation | None = None
 
 
 class ActivationFinishResponse(Reply):
