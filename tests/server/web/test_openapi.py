@@ -153,10 +153,11 @@ def test_create_user_and_operation_take_a_missing_body_as_empty(rp: RelyingParty
 
 # -- schemathesis ---------------------------------------------------------------------------
 
-#: what every answer must satisfy: no server error, a documented status and content type, a
-#: body that matches the documented schema
+#: what every answer must satisfy: no server error, a documented status, content type and
+#: headers, a body that matches the documented schema
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
-          checks.content_type_conformance, checks.response_schema_conformance]
+          checks.content_type_conformance, checks.response_headers_conformance,
+          checks.response_schema_conformance]
 #: bounded: a fixed number of examples per operation and mode, derandomized (deterministic)
 EXAMPLES = 6
 BOUNDED = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,

@@ -192,7 +192,12 @@ def _rp_responses(operation: dict[str, Any], method: str) -> dict[str, Any]:
         door += (C.MALFORMED_REQUEST,)
     success = {status: answer for status, answer in operation["responses"].items()
                if status.startswith("2")}
-    return {**success, **_error_responses(door + REFUSALS[operation_id], device=False)}
+    responses = {**success, **_error_responses(door + REFUSALS[operation_id], device=False)}
+    if "401" in responses:
+        responses["401"]["headers"] = {"WWW-Authenticate": {
+            "description": "The scheme the API key goes in.", "required": True,
+            "schema": {"type": "string", "const": "Bearer"}}}
+    return responses
 
 
 def _walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -265,6 +270,9 @@ def document(app: FastAPI) -> None:
             for method, operation in operations.items():
                 operation["responses"] = _rp_responses(operation, method)
         schema["paths"] = {**_device_paths(schemas), **schema.get("paths", {})}
+        schema["info"]["description"] += (
+            " Any other path is 404 `not_found`; another method than an operation's is 405 "
+            "`method_not_allowed` with `Allow`.")
         schema["tags"] = [
             {"name": "device", "description": "The device API (docs/protocol.md §3.1), "
              "sealed (docs/channel.md)."},
