@@ -306,7 +306,7 @@ def test_an_inner_body_over_the_limit_is_a_sealed_413(kb, sealed_http, rp) -> No
     before it is opened."""
     inner = b'{"applicationId":"' + rp.app_id.encode() + b'","x":"'
     inner += b"a" * (p.MAX_BODY_BYTES - len(inner)) + b'"}'
-    assert p.MAX_BODY_BYTES < len(inner)
+    assert len(inner) > p.MAX_BODY_BYTES
     wire, opener = channel.seal_request(rp.pin, "POST", p.DevicePaths.PENDING_OPERATIONS,
                                         inner, now=int(time.time()))
     outer = sealed_http.post(p.DevicePaths.PENDING_OPERATIONS, content=wire, headers=SEALED)
