@@ -53,9 +53,9 @@ STATUS: Final[dict[ErrorCode, int]] = {
 
 #: what each code means, as the Problem schema documents it (docs/protocol.md §8)
 MEANING: Final[dict[ErrorCode, str]] = {
-    ErrorCode.MALFORMED_REQUEST: "the request does not match the schema (invalidParams names "
-    "the fields), its framing or encoding is malformed, a body was sent to a call that takes "
-    "none, a public key is not canonical, or the next software key is not new",
+    ErrorCode.MALFORMED_REQUEST: "the request is malformed: its framing or encoding, a body "
+    "off the schema (invalidParams names the fields) or on a call that takes none, or a "
+    "value the call refuses (docs/protocol.md §3, §8)",
     ErrorCode.CONFIGURATION_INVALID: "an invalid application setting",
     ErrorCode.UNSUPPORTED_ALGORITHM: "a public key that is not ECDSA P-256",
     ErrorCode.PIN_REQUIRED: "DEVICE:PIN without pinProof, or an application that only allows "
