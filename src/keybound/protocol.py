@@ -13,7 +13,8 @@ import re
 import struct
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,6 +24,7 @@ from pydantic import (
     PlainSerializer,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -244,6 +246,17 @@ Uuid = Annotated[
     str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ]
 ActivationCode = Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9]+$")]
+#: names the activation a typed code belongs to (§3.2.5); not a secret
+ActivationHint = Annotated[str, Field(min_length=4, max_length=16, pattern=r"^[A-Za-z0-9]+$")]
+#: the activation link's secret (§3.2.5): 32 bytes
+ActivationToken = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "minLength": 43,
+                    "maxLength": 43, "pattern": "^[A-Za-z0-9_-]{43}$"}),
+]
 
 MAX_PRE_CONTEXT_BYTES = 4096
 MAX_POST_CONTEXT_BYTES = 65536
@@ -294,8 +307,30 @@ class DeviceProfile(Message):
 
 
 class ActivationStartRequest(Message):
+    """Either the activation link's token, or the typed code with its hint (§3.1.1)."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["activationToken"]},
+        {"required": ["activationCode", "activationHint"]}]})
+
     application_id: ApplicationId
-    activation_code: ActivationCode
+    activation_token: Annotated[ActivationToken | None, Field(
+        description="the secret of the activation link or QR code (§3.2.5)",
+        examples=["q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"])] = None
+    activation_code: Annotated[ActivationCode | None, Field(
+        description="the typed fallback code; needs activationHint", examples=["483920"])] = None
+    activation_hint: Annotated[ActivationHint | None, Field(
+        description="names the activation the typed code belongs to", examples=["7KQ2MX"])] = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        typed = (self.activation_code, self.activation_hint)
+        if self.activation_token is not None and typed == (None, None):
+            return self
+        if self.activation_token is None and None not in typed:
+            return self
+        raise ValueError("send activationToken (from the activation link) alone, or "
+                         "activationCode together with its activationHint")
 
 
 class ActivationStartResponse(Reply):
@@ -402,6 +437,31 @@ class DeactivateRequest(Message):
 class DeactivateResponse(Reply):
     device_id: Uuid
     state: DeviceState
+
+
+# ------------------------------------------------------------------ activation link (§3.2.5)
+
+ACTIVATION_LINK_PREFIX = "keybound://activate"
+
+
+def activation_link(application_id: str, token: bytes) -> str:
+    """The link (or QR payload) that carries an activation's token (§3.2.5)."""
+    query = urlencode({"app": application_id, "token": b64u_encode(token)})
+    return f"{ACTIVATION_LINK_PREFIX}?{query}"
+
+
+def read_activation_link(link: str) -> tuple[str | None, bytes]:
+    """(application id if the link names one, token) from an activation link -- ours, or a
+    relying party's own https link with the same ``token`` (and ``app``) parameters;
+    ValueError if it carries no valid token."""
+    query = parse_qs(urlsplit(link.strip()).query)
+    tokens, apps = query.get("token", []), query.get("app", [])
+    if len(tokens) != 1 or len(apps) > 1:
+        raise ValueError("an activation link carries exactly one token parameter")
+    token = b64u_decode(tokens[0])
+    if len(token) != 32:
+        raise ValueError("an activation token is 32 bytes")
+    return (apps[0] if apps else None), token
 
 
 # --------------------------------------------------------------------------- signed bytes (§4)

@@ -35,10 +35,31 @@ class User(Message):
 
 
 class ActivationCodeResponse(Message):
+    """A new (re)activation and what the user starts it with (docs/protocol.md §3.2.5): the
+    link (show it as a QR code, or open it on the phone), and the typed fallback -- hint and
+    code together. Secrets are shown once; the server keeps only keyed hashes."""
+
     operation_id: str
     user_id: str
     device_id: str
-    activation_code: str
+    activation_link: Annotated[str, Field(
+        description="keybound://activate?app=...&token=...: show as a QR code or a link; "
+        "usable until expiresAt however often the typed code is mistyped",
+        examples=["keybound://activate?app=bank.example&"
+                  "token=q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"])]
+    activation_token: Annotated[str, Field(
+        description="the link's secret (32 bytes, base64url), for a relying party that "
+        "builds its own link; the device sends it as activationToken",
+        examples=["q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"])]
+    activation_code: Annotated[str, Field(
+        description="the typed fallback code, valid only with activationHint",
+        examples=["483920"])]
+    activation_hint: Annotated[str, Field(
+        description="names this activation for the typed code (not a secret); show it "
+        "with the code, e.g. 7KQ2MX-483920", examples=["7KQ2MX"])]
+    activation_code_attempts: Annotated[int, Field(
+        description="typed attempts the code allows; then it is burnt (the link still "
+        "works)", examples=[5])]
     expires_at: datetime
     type: OperationType
 
