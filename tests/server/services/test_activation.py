@@ -330,12 +330,24 @@ def test_start_needs_the_token_alone_or_the_code_with_its_hint(rp: RelyingParty,
     assert problem_code(response) == "malformed_request"
 
 
-def test_guessing_burns_the_typed_code_and_the_link_still_activates(rp: RelyingParty,
-                                                                     kb: Keybound) -> None:
+def issue(rp: RelyingParty, kind: str) -> dict[str, Any]:
+    """A new activation, or a reactivation of a device activated for the purpose."""
+    if kind == "ACTIVATION":
+        return rp.activation_code()
+    device = activated(rp)
+    issued: dict[str, Any] = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation",
+                                     expect=201)
+    return issued
+
+
+@pytest.mark.parametrize("kind", ["ACTIVATION", "REACTIVATION"])
+def test_guessing_burns_the_typed_code_and_the_link_still_activates(
+        rp: RelyingParty, kb: Keybound, kind: str) -> None:
     """The attack, one code: an attacker who knows the victim's hint sends wrong codes; after
     the budget even the right code is refused, every refusal reads the same, and the victim
-    still activates through the link."""
-    victim, bystander = rp.activation_code(), rp.activation_code()
+    still (re)activates through the link."""
+    victim, bystander = issue(rp, kind), issue(rp, kind)
+    assert victim["type"] == kind
     attacker = {"applicationId": rp.app_id, "activationHint": victim["activationHint"]}
     wrong = wrong_code(victim["activationCode"])
     unknown_hint = rp.http.post(p.DevicePaths.ACTIVATION_START, json={

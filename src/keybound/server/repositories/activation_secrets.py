@@ -10,16 +10,28 @@ start consumes the row by deleting it (so two starts cannot both win)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Connection, delete, update
+from sqlalchemy import Connection, bindparam, delete, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keybound.server.records import CodeAttempt
 from keybound.storage import tables as t
+from keybound.storage.prepared import Prepared
 
 S = t.activation_secrets
+
+#: the two statements every guess runs (storage.prepared: a flood of guesses should cost the
+#: server as little as the refusal itself)
+_TAKE_BY_TOKEN: Final = Prepared(delete(S).where(
+    S.c.application_id == bindparam("app"), S.c.token_hash == bindparam("token_hash"),
+    S.c.expires_at > bindparam("now")).returning(S.c.operation_id))
+_COUNT_ATTEMPT: Final = Prepared(update(S).where(
+    S.c.application_id == bindparam("app"), S.c.hint == bindparam("hint_"),
+    S.c.attempts_left > 0, S.c.expires_at > bindparam("now"),
+).values(attempts_left=S.c.attempts_left - 1).returning(
+    S.c.operation_id, S.c.code_hash, S.c.attempts_left), row=CodeAttempt)
 
 
 def insert_unless_hint_taken(conn: Connection, *, operation_id: str, application_id: str,
@@ -41,21 +53,16 @@ def take_by_token(conn: Connection, application_id: str, token_hash: bytes,
                   now: int) -> str | None:
     """§3.1.1: the activation the token belongs to, consumed (its row deleted) by this one
     statement; None if unknown, expired or taken already."""
-    row = conn.execute(delete(S).where(
-        S.c.application_id == application_id, S.c.token_hash == token_hash,
-        S.c.expires_at > now).returning(S.c.operation_id)).first()
-    return None if row is None else str(row.operation_id)
+    operation_id = _TAKE_BY_TOKEN.scalar(conn, {"app": application_id,
+                                                "token_hash": token_hash, "now": now})
+    return None if operation_id is None else str(operation_id)
 
 
 def count_attempt(conn: Connection, application_id: str, hint: str,
                   now: int) -> CodeAttempt | None:
     """§3.1.1: spend one attempt of the typed code the hint names, before the attempt is
     compared; None if no live typed code has that hint (unknown, burnt, used, expired)."""
-    row = conn.execute(update(S).where(
-        S.c.application_id == application_id, S.c.hint == hint, S.c.attempts_left > 0,
-        S.c.expires_at > now).values(attempts_left=S.c.attempts_left - 1).returning(
-        S.c.operation_id, S.c.code_hash, S.c.attempts_left)).first()
-    return None if row is None else CodeAttempt(*row)
+    return _COUNT_ATTEMPT.first(conn, {"app": application_id, "hint_": hint, "now": now})
 
 
 def take_by_code(conn: Connection, operation_id: str, code_hash: bytes) -> str | None:

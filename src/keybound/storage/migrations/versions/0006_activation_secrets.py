@@ -16,7 +16,7 @@ hashes mean nothing to the older code).
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-10 09:00:00
+Create Date: 2026-12-03 15:00:00
 """
 
 from __future__ import annotations
