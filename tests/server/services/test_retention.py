@@ -76,6 +76,22 @@ def test_an_expired_unused_activation_code_is_pruned(rp: RelyingParty, kb: Keybo
     assert rp.call("GET", f"/rp/v1/operations/{code['operationId']}")["code"] == "not_found"
 
 
+def test_the_server_forgets_expired_activation_secrets_by_itself(
+        rp: RelyingParty, kb: Keybound, clock: Any) -> None:
+    """Tokens and typed codes that can start nothing any more are erased by the running
+    server's housekeeping, and give their hints back; a live one stays."""
+    expired = rp.activation_code()
+    clock.advance(901)  # the default lifetime, 900 s
+    live = rp.activation_code()
+    kb.maintenance.poke()
+    assert kb.maintenance.running is not None
+    kb.maintenance.running.join(timeout=30)
+    with kb.db.read() as conn:
+        kept = set(conn.execute(select(t.activation_secrets.c.operation_id)).scalars())
+    assert kept == {live["operationId"]}
+    assert rp.operation(expired["operationId"])["state"] == "EXPIRED"
+
+
 def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock: Any,
                                           monkeypatch: Any) -> None:
     """Each batch is its own write transaction, so a running server's requests get the

@@ -368,7 +368,7 @@ def test_sdk_refuses_a_server_that_cannot_open_its_requests(kb, sealed_http, rp,
     pin = kb.admin.e2e_pin(key.key_id, server_url=PIN_SERVER_URL)
     device = open_device(tmp_path / "dev", pin=pin.to_string(), profile=preset("linux"),
                          client=sealed_http)
-    device.activate(rp.activation_code())
+    device.activate(rp.activation_code()["activationLink"])
     kb.admin.retire_e2e_key(key.key_id)
     with pytest.raises(ClientError) as info:
         device.authenticate()
@@ -398,7 +398,7 @@ def test_a_response_moved_to_another_request_fails_in_the_sdk(kb, sealed_http, r
     assert rp.pin is not None
     device = open_device(tmp_path / "dev", pin=rp.pin, profile=preset("android-14"),
                          hardware=EmulatedSecureElement(tmp_path / "dev" / "se"), client=client)
-    device.activate(rp.activation_code())
+    device.activate(rp.activation_code()["activationLink"])
     device.authenticate()
     client.swap = True  # the finish gets the start's reply (same path kind, other request)
     with pytest.raises(ClientError) as info:
@@ -416,7 +416,7 @@ def test_pin_file_and_string_build_the_same_device(kb, sealed_http, rp, tmp_path
     device = open_device(tmp_path / "dev", pin=pin_file, profile=preset("linux"),
                          client=sealed_http)
     assert device.application_id == rp.app_id
-    device.activate(rp.activation_code())
+    device.activate(rp.activation_code()["activationLink"])
     again = open_device(tmp_path / "dev", pin=rp.pin.to_string(),  # type: ignore[union-attr]
                         client=sealed_http)
     assert again.authenticate().auth_method is p.AuthMethod.DEVICE
