@@ -310,8 +310,10 @@ class ActivationStartRequest(Message):
     """Either the activation link's token, or the typed code with its hint (§3.1.1)."""
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["activationToken"]},
-        {"required": ["activationCode", "activationHint"]}]})
+        {"required": ["activationToken"], "not": {"anyOf": [
+            {"required": ["activationCode"]}, {"required": ["activationHint"]}]}},
+        {"required": ["activationCode", "activationHint"],
+         "not": {"required": ["activationToken"]}}]})
 
     application_id: ApplicationId
     activation_token: Annotated[ActivationToken | None, Field(
