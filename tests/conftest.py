@@ -43,6 +43,7 @@ def clock() -> FakeClock:
 #: Test modules whose every database test also runs on a real PostgreSQL server.
 POSTGRES_MODULES = {
     "tests.server.services.test_activation", "tests.server.services.test_authentication",
+    "tests.server.services.test_activation_guessing",
     "tests.server.services.test_concurrency", "tests.server.services.test_e2ekeys",
     "tests.server.services.test_retention", "tests.server.web.test_rp",
     "tests.server.web.test_device", "tests.server.test_unit", "tests.storage.test_prepared",

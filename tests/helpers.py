@@ -124,9 +124,11 @@ class RawDevice:
 
     # -- activation ----------------------------------------------------------------------
 
-    def start_activation(self, code: str) -> p.ActivationStartResponse:
-        r = self.post(p.DevicePaths.ACTIVATION_START,
-                      p.ActivationStartRequest(application_id=self.app_id, activation_code=code))
+    def start_activation(self, issued: dict[str, Any], *,
+                         typed: bool = False) -> p.ActivationStartResponse:
+        """Start with what the relying party issued: the link's token, or (``typed``) the
+        fallback code with its hint."""
+        r = self.post(p.DevicePaths.ACTIVATION_START, start_body(self.app_id, issued, typed=typed))
         assert r.status_code == 200, r.text
         start = p.ActivationStartResponse.model_validate(r.json())
         self.device_id = start.device_id
@@ -157,8 +159,8 @@ class RawDevice:
             device_profile=profile or p.DeviceProfile(platform=p.Platform.ANDROID,
                                                       os_version="14"))
 
-    def activate(self, code: str, **kwargs: Any) -> Any:
-        start = self.start_activation(code)
+    def activate(self, issued: dict[str, Any], *, typed: bool = False, **kwargs: Any) -> Any:
+        start = self.start_activation(issued, typed=typed)
         return self.post(p.DevicePaths.ACTIVATION_FINISH, self.activation_request(start, **kwargs))
 
     # -- authentication -------------------------------------------------------------------
@@ -213,6 +215,16 @@ class RawDevice:
     def authenticate(self, operation_id: str | None = None, **kwargs: Any) -> Any:
         start = self.start_auth(operation_id)
         return self.finish_auth(*self.auth_request(start, **kwargs))
+
+
+def start_body(application_id: str, issued: dict[str, Any], *,
+               typed: bool = False) -> dict[str, Any]:
+    """An activation start's body (§3.1.1) from an ActivationCodeResponse: its token (as
+    the activation link carries it), or the typed code and its hint."""
+    if typed:
+        return {"applicationId": application_id, "activationCode": issued["activationCode"],
+                "activationHint": issued["activationHint"]}
+    return {"applicationId": application_id, "activationToken": issued["activationToken"]}
 
 
 def problem_code(response: Any) -> str:

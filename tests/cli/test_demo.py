@@ -39,3 +39,4 @@ def test_demo_prints_the_decisions() -> None:
     for strategy in ("SUPPORTED", "RISK_PARAMS", "REQUIRED"):
         assert row(strategy, "Linux, TPM 2.0 (swtpm)", "authenticate") == ["OK", "VALID", "PASS"]
     assert "released 'receipt #4711'" in out
+    assert "activated by typing the fallback" in out  # the table's devices scanned the link

@@ -39,7 +39,13 @@ class App:
     pin_file: Path
 
     def code(self) -> str:
-        return str(self.rp.activation_code()["activationCode"])
+        """What the user scans: the activation link."""
+        return str(self.rp.activation_code()["activationLink"])
+
+    def typed(self) -> tuple[str, str]:
+        """What the user types instead: the code, and its hint."""
+        issued = self.rp.activation_code()
+        return str(issued["activationCode"]), str(issued["activationHint"])
 
     def risk(self, operation_id: str) -> dict[str, Any]:
         return cast(dict[str, Any], self.rp.operation(operation_id)["riskData"])
@@ -166,7 +172,8 @@ def test_tpm_device_lifecycle(tmp_path: Path, server: Server, swtpm: SwtpmBed) -
     assert not (state / CONFIG_FILE).exists()
     fails(device(state, "status"), "client_not_activated")
     # the directory can hold a new device again
-    again = ok(device(state, "activate", app.code(), "--keystore", "tpm",
+    code, hint = app.typed()  # typed this time, the hint given apart
+    again = ok(device(state, "activate", code, "--hint", hint, "--keystore", "tpm",
                       "--tcti", swtpm.tcti, "--channel-pin-file", str(app.pin_file)))
     assert again["deviceId"] != device_id and again["hardwareKeyRegistered"] is True
 
@@ -249,9 +256,10 @@ def test_wrong_and_retired_channel_pin(tmp_path: Path, server: Server) -> None:
     other_app = server.app("shop")
     refused = device(state, "activate", app.code(), "--channel-pin-file", str(other_app.pin_file))
     assert "'bank'" in fails(refused, "client_configuration")
-    code = app.rp.call("POST", f"/rp/v1/devices/{activated['deviceId']}/reactivation",
-                       expect=201)["activationCode"]
-    reactivated = ok(device(state, "activate", code, "--channel-pin-file", str(rotated)))
+    issued = app.rp.call("POST", f"/rp/v1/devices/{activated['deviceId']}/reactivation",
+                         expect=201)
+    typed = f"{issued['activationHint']}-{issued['activationCode']}"  # as the user types it
+    reactivated = ok(device(state, "activate", typed, "--channel-pin-file", str(rotated)))
     assert reactivated["reactivated"] is True
     assert reactivated["deviceId"] == activated["deviceId"]
     assert ok(device(state, "authenticate"))["authMethod"] == "DEVICE"

@@ -130,13 +130,13 @@ def _activate(args: argparse.Namespace) -> dict[str, Any]:
                                transport=_transport(config), profile=preset(config.profile),
                                hardware=_keystore(config, directory))
         config.save(directory)
-        result = device.activate(args.code, pin=_pin(args))
+        result = device.activate(args.code, hint=args.hint, pin=_pin(args))
     else:
         if _server_given(args):
             config = _with_new_channel_pin(config, args)
         device = Device.load(directory, transport=_transport(config),
                              hardware=_keystore(config, directory))
-        result = device.activate(args.code, pin=_pin(args))
+        result = device.activate(args.code, hint=args.hint, pin=_pin(args))
         config.save(directory)  # a new channel pin is kept once the server accepted it
     return {"deviceId": result.device_id, "operationId": result.operation_id,
             "hardwareKeyRegistered": result.hardware_key_registered,
@@ -312,12 +312,16 @@ def register(sub: Any) -> None:
     actions = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
 
     activate = actions.add_parser(
-        "activate", help="activate (or reactivate) with a code",
+        "activate", help="activate (or reactivate) with an activation link or typed code",
         description="Set this device up from the flags and activate it; on a device that is "
         "already activated, reactivate it (reactivation code) with its stored configuration, "
         "taking a new --channel-pin(-file) of the same application if given. A device that "
         "was never activated is set up anew when a channel pin or server is given again.")
-    activate.add_argument("code", help="activation code from the relying party")
+    activate.add_argument("code", metavar="ACTIVATION",
+                          help="from the relying party: the activation link (or its token), "
+                          "or the typed code with its hint as HINT-CODE (e.g. 7KQ2MX-483920)")
+    activate.add_argument("--hint", help="the activation hint, when ACTIVATION is the typed "
+                          "code alone")
     pin = activate.add_mutually_exclusive_group()
     pin.add_argument("--channel-pin", help="the server's E2E key pin string "
                      "(`keybound e2e-key pin`): application, server URL and key")

@@ -9,7 +9,7 @@ Every request goes through the secure channel, sealed to the server E2E key the 
         "~/.keybound/device", pin=PIN,  # the pin string (or file) from `keybound e2e-key`
         profile=preset("linux"), hardware=open_keystore("tpm", "~/.keybound/device"),
     )
-    device.activate("ABCD1234", pin="2468")
+    device.activate(LINK, pin="2468")  # the activation link, or "HINT-CODE" as typed
     result = device.authenticate(pin="2468")
 """
 

@@ -43,6 +43,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from keybound import protocol
 from keybound.client import pin as pins
+from keybound.client.activation import read_activation
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
 from keybound.client.keystores.base import (
     ActivationCredential,
@@ -259,13 +260,18 @@ class Device:
 
     # ------------------------------------------------------------------ activation
 
-    def activate(self, activation_code: str, *, pin: str | None = None) -> ActivationResult:
-        """(Re)activate with a code from the relying party; with ``pin``, set up DEVICE:PIN.
+    def activate(
+        self, activation: str, *, hint: str | None = None, pin: str | None = None
+    ) -> ActivationResult:
+        """(Re)activate with what the relying party issued (docs/protocol.md §3.2.5): the
+        activation link or its token, or the typed code with its hint (``HINT-CODE``, or the
+        code and ``hint=``); with ``pin``, set up DEVICE:PIN.
 
-        On an activated device only a reactivation code for the same device id is accepted
+        On an activated device only a reactivation for the same device id is accepted
         (INVALID_STATE otherwise); success replaces every old key. Raises ClientError with
         the server's code when refused.
         """
+        given = read_activation(activation, hint=hint, application_id=self.application_id)
         pin_salt: bytes | None = None
         pin_key: bytes | None = None
         if pin is not None:
@@ -277,7 +283,9 @@ class Device:
             _request(
                 protocol.ActivationStartRequest,
                 application_id=self.application_id,
-                activation_code=activation_code,
+                activation_token=given.token,
+                activation_code=given.code,
+                activation_hint=given.hint,
                 tpm=_tpm_wire(attestation_key),
             ),
             protocol.ActivationStartResponse,

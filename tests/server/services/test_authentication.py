@@ -27,7 +27,7 @@ PASS = {
 
 def activated(rp: RelyingParty, *, hardware: bool = True, **kwargs: Any) -> RawDevice:
     device = RawDevice(rp.http, rp.app_id, hw=crypto.generate_p256() if hardware else None)
-    response = device.activate(rp.activation_code()["activationCode"], **kwargs)
+    response = device.activate(rp.activation_code(), **kwargs)
     assert response.status_code == 200, response.text
     return device
 
@@ -126,7 +126,7 @@ def test_challenge_from_another_ceremony_is_refused(rp: RelyingParty, kb: Keybou
     # sign over the first challenge but present it as the second operation
     forged = first.model_copy(update={"operation_id": second.operation_id})
     request, _ = device.auth_request(forged)
-    code = rp.activation_code()["activationCode"]
+    code = rp.activation_code()
     other = RawDevice(rp.http, rp.app_id)
     act = other.activation_request(other.start_activation(code))
     before = snapshot(kb)
