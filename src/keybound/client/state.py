@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 from keybound.client.files import file_error, remove_private, write_private
 from keybound.client.keystores.base import KeyHandle
 from keybound.client.keystores.software import SoftwareKey
+from keybound.client.lock import state_lock
 from keybound.client.pin import SALT_BYTES
 from keybound.client.profiles import DeviceProfile
 from keybound.errors import ClientError, ErrorCode
@@ -83,6 +86,14 @@ class StateStore:
 
     def exists(self) -> bool:
         return self.path.exists()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory's ceremony lock (:mod:`keybound.client.lock`): read, change
+        and save the state inside one ``with store.lock():`` so that no other thread or
+        process of this device reads or writes it in between."""
+        with state_lock(self.directory).held():
+            yield
 
     def load(self) -> ClientState:
         """Raises ClientError(CLIENT_CONFIGURATION) when the file is missing or corrupted."""
