@@ -14,6 +14,7 @@ Every request goes through the secure channel, sealed to the server E2E key the 
     result = device.authenticate(pin="2468")
 """
 
+from keybound.client.config import DEFAULT_STATE_DIR
 from keybound.client.device import (
     ActivationResult,
     Approve,
@@ -22,7 +23,6 @@ from keybound.client.device import (
     OperationDeclined,
     PendingOperation,
 )
-from keybound.client.config import DEFAULT_STATE_DIR
 from keybound.client.factory import open_device
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
 from keybound.client.profiles import PROFILES, DeviceProfile, preset

@@ -610,7 +610,8 @@ class Device:
             hw_key_client_status=signed.status,
             pin_proof=None if pin_key is None else pins.proof(pin_key, signed.message),
         )
-        finish = self._send_authentication(candidate.registration, following, request)
+        finish = self._send_authentication(registration.software_keys[candidate.key], following,
+                                           request)
         return AuthenticationResult(
             operation_id=finish.operation_id,
             auth_method=finish.auth_method,
@@ -692,23 +693,20 @@ class Device:
 
     def _send_authentication(
         self,
-        index: int,
+        signer: str,
         following: SoftwareKey,
         request: protocol.AuthenticationFinishRequest,
     ) -> protocol.AuthenticationFinishResponse:
-        """Persist the next key as a candidate, send, then promote or discard it."""
-        registration = self._state.registrations[index]
-        pending = replace(
-            registration, software_keys=(*registration.software_keys, following.to_pem())
-        )
-        self._replace_registration(index, pending)
+        """Persist the next key as a candidate beside the signing key, send, then promote or
+        discard it."""
+        pending = self._add_software_key(signer, following.to_pem())
         try:
             finish = self._post(
                 DevicePaths.AUTHENTICATION_FINISH, request, protocol.AuthenticationFinishResponse
             )
         except ClientError as exc:
             if not outcome_unknown(exc):
-                self._drop_software_key(registration.device_id, following.to_pem())
+                self._drop_software_key(following.to_pem())
             raise
         if finish.state is not OperationState.COMPLETED:
             # A 2xx that is not a completion is no protocol answer: keep the candidate.
@@ -831,14 +829,29 @@ class Device:
         registrations[index] = registration
         self._save(replace(self._state, registrations=tuple(registrations)))
 
-    def _drop_software_key(self, device_id: str, pem: str) -> None:
-        """Forget a next key the server definitely refused, from the state as saved (not
-        from this object's copy, which a writer outside the lock may have outdated)."""
+    # The candidate key is added to and dropped from the state as saved, not from this
+    # object's copy, which a writer that ignores the lock (an older SDK) may have outdated:
+    # its rotation is kept, and then seen (authenticate's retry).
+
+    def _add_software_key(self, signer: str, pem: str) -> Registration:
+        """Save ``pem`` as the newest candidate of the registration that holds ``signer``.
+        Raises SOFTWARE_KEY_SUPERSEDED, sending nothing, when none does any more: another
+        ceremony rotated the signer away (and signing with it could look like a copy)."""
+        self._reload()
+        for index, registration in enumerate(self._state.registrations):
+            if signer in registration.software_keys:
+                pending = replace(registration, software_keys=(*registration.software_keys, pem))
+                self._replace_registration(index, pending)
+                return pending
+        raise ClientError("another ceremony of this device rotated its software key meanwhile",
+                          code=ErrorCode.SOFTWARE_KEY_SUPERSEDED)
+
+    def _drop_software_key(self, pem: str) -> None:
+        """Forget a candidate key the server definitely refused."""
         self._reload()
         registrations = tuple(
             replace(r, software_keys=tuple(k for k in r.software_keys if k != pem))
-            if r.device_id == device_id and pem in r.software_keys and len(r.software_keys) > 1
-            else r
+            if pem in r.software_keys and len(r.software_keys) > 1 else r
             for r in self._state.registrations
         )
         self._save(replace(self._state, registrations=registrations))
