@@ -159,7 +159,7 @@ def _in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
     def run(index: int) -> None:
         try:
             results[index] = work(index)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+        except Exception as exc:  # reported by the assertion below
             results[index] = exc
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]

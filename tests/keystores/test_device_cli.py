@@ -12,6 +12,7 @@ from tests.keystores.conftest import SoftHsmBed, SwtpmBed
 from tests.live import TOKEN_PIN_ENV, Server, device, fails, ok
 
 from keybound.cli.device import CONFIG_FILE, PIN_ENV
+from keybound.client import open_device, open_keystore, preset
 from keybound.client.keystores import TPM_TCTI_ENV
 
 pytestmark = pytest.mark.server
@@ -100,6 +101,36 @@ def test_device_pin(tmp_path: Path, server: Server, swtpm: SwtpmBed) -> None:
     assert prompted["authMethod"] == "DEVICE:PIN"
     fails(device(state, "authenticate", "--with-pin"), "client_configuration")  # no PIN at all
     assert not any("2468" in p.read_text(errors="replace") for p in state_files(state))
+
+
+# -- one state directory for the command and the SDK (issue 14) -----------------------------
+
+@pytest.mark.swtpm
+def test_a_tpm_device_moves_between_the_command_and_open_device(
+        tmp_path: Path, server: Server, swtpm: SwtpmBed) -> None:
+    """The key store's options travel in device-config.json: a TPM named by --tcti is the
+    one open_device reopens, and a TPM store open_device was given is the command's."""
+    tcti = swtpm.tcti
+    app = server.app(hwKeyValidationStrategy="REQUIRED")
+    by_command = tmp_path / "command"
+    ok(device(by_command, "activate", app.code(), "--keystore", "tpm", "--tcti", tcti,
+              "--channel-pin-file", str(app.pin_file), unset=(TPM_TCTI_ENV,)))
+    opened = open_device(by_command)
+    try:
+        assert opened.hardware is not None and opened.hardware.options() == {"tcti": tcti}
+        assert opened.authenticate().hw_key_client_status.value == "OK"
+    finally:
+        opened._transport.close()  # type: ignore[attr-defined]
+    by_sdk = tmp_path / "sdk"
+    made = open_device(by_sdk, channel_pin=app.pin_file, profile=preset("linux"),
+                       hardware=open_keystore("tpm", by_sdk, {"tcti": tcti}))
+    try:
+        assert made.activate(app.code()).hardware_key_registered
+    finally:
+        made._transport.close()  # type: ignore[attr-defined]
+    status = ok(device(by_sdk, "status", unset=(TPM_TCTI_ENV,)))
+    assert (status["keystore"], status["hardwareKey"]) == (f"tpm ({tcti})", True)
+    assert ok(device(by_sdk, "authenticate", unset=(TPM_TCTI_ENV,)))["hwKeyClientStatus"] == "OK"
 
 
 # -- PKCS#11 ----------------------------------------------------------------------------------

@@ -40,8 +40,9 @@ from keybound.client.config import (
 )
 from keybound.client.files import remove_private
 from keybound.client.keystores import TPM_TCTI_ENV, KeyStore, detect_keystore
+from keybound.client.sealed import parse_pin
 from keybound.client.state import StateStore
-from keybound.errors import ClientError, ErrorCode, KeyboundError
+from keybound.errors import ClientError, ErrorCode, KeyboundError, KeyStoreError
 
 __all__ = ["CONFIG_FILE", "DEFAULT_STATE_DIR", "PIN_ENV", "DeviceConfig", "cmd_device",
            "register"]
@@ -124,7 +125,11 @@ def _activate(args: argparse.Namespace) -> dict[str, Any]:
 def _setup(args: argparse.Namespace) -> tuple[DeviceConfig, KeyStore | None]:
     """A new device's configuration from the flags, and its key store, which must work."""
     config = _new_config(args)
-    return config, config.open_keystore(args.state_dir, require_usable=True)
+    try:
+        return config, config.open_keystore(args.state_dir, require_usable=True)
+    except KeyStoreError as exc:
+        raise KeyStoreError(f"--keystore {config.keystore}: {exc.detail} (--keystore auto "
+                            "falls back to software keys instead)", code=exc.code) from None
 
 
 def _server_given(args: argparse.Namespace) -> bool:
@@ -204,7 +209,7 @@ def _read_channel_pin(args: argparse.Namespace) -> str | None:
     if args.channel_pin_file:
         return load_pin(Path(args.channel_pin_file)).to_string()
     if args.channel_pin:
-        return ChannelPin.from_string(str(args.channel_pin).strip()).to_string()
+        return parse_pin(str(args.channel_pin), "the --channel-pin value").to_string()
     return None
 
 

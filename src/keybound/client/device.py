@@ -159,7 +159,10 @@ class _Candidate:
 
 
 class Device:
-    """A keybound device. Build one with :meth:`create` (new) or :meth:`load` (existing)."""
+    """A keybound device. Build one with :meth:`create` (new) or :meth:`load` (existing).
+
+    Its properties (``activated``, ``device_id``, ...) describe the state as of this object's
+    last ceremony or load; each ceremony re-reads the state as saved."""
 
     def __init__(
         self,

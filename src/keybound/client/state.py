@@ -3,7 +3,10 @@
 ``<state_dir>/device.json`` (0600, directory 0700) holds the application id, the device
 profile and the device's registrations. It is replaced atomically (temp file, fsync,
 ``os.replace``, fsync of the directory), so a crash leaves the old or the new state, never a
-torn one.
+torn one. Reading, changing and saving it is done under the directory's ceremony lock
+(:meth:`StateStore.lock`, :mod:`keybound.client.lock`), so that two users of one directory
+never save over each other's keys. Beside it: ``device-config.json``
+(:mod:`keybound.client.config`) and ``device.lock``.
 
 The file contains the **software** private keys as unencrypted PEM PKCS#8: software keys are
 software, protected here only by file permissions (the protocol expects them to be copyable:
