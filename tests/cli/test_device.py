@@ -154,6 +154,24 @@ def test_the_command_uses_a_device_open_device_made(tmp_path: Path,
     assert app.rp.device(device_id)["state"] == "DEACTIVATED"
 
 
+def test_a_new_channel_pin_given_to_open_device_is_the_commands_too(
+        tmp_path: Path, live_server: Server) -> None:
+    """E2E key rotation: the app ships the new key's pin and opens the device with it; once
+    the old key is retired, ``keybound device`` must talk through the new one too."""
+    app = live_server.app()
+    state = tmp_path / "device"
+    ok(device(state, "activate", app.code(), "--keystore", "none", "--channel-pin-file",
+              str(app.pin_file)))
+    rotated = live_server.pin_file(app.kb.admin.create_e2e_key("bank").key_id)
+    opened = open_device(state, channel_pin=rotated)
+    try:
+        opened.authenticate()
+    finally:
+        _close(opened)
+    app.kb.admin.retire_e2e_key(app.key_id)
+    assert ok(device(state, "authenticate"))["authMethod"] == "DEVICE"
+
+
 def test_open_device_without_a_pin_anywhere_says_what_it_needs(tmp_path: Path) -> None:
     with pytest.raises(ClientError) as info:
         open_device(tmp_path / "empty", profile=preset("linux"))

@@ -99,7 +99,9 @@ def _activate(args: argparse.Namespace) -> dict[str, Any]:
         activated = store.exists() and store.load().current is not None
         if activated and config is None:
             raise ClientError(f"{directory} holds an activated device without its "
-                              f"{CONFIG_FILE}", code=ErrorCode.CLIENT_CONFIGURATION)
+                              f"{CONFIG_FILE}: open it once with keybound.client.open_device("
+                              "state_dir, channel_pin=...), which writes one",
+                              code=ErrorCode.CLIENT_CONFIGURATION)
         if config is None or (not activated and _server_given(args)):
             config, hardware = setup or _setup(args)
             store.wipe()  # an unfinished set-up (never activated) holds no keys

@@ -6,6 +6,7 @@ The directory is the one ``keybound device`` uses too, in the same format
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ def open_device(state_dir: Path | str = DEFAULT_STATE_DIR, *,
     Loaded if the directory holds a device, else created for the pin's application
     (``profile`` is then required). ``channel_pin`` may be left out when the directory's
     ``device-config.json`` has one, and ``hardware`` when it names the key store (both are
-    written there on creation, by this function or by ``keybound device activate``).
+    written there on creation, by this function or by ``keybound device activate``; a
+    ``channel_pin`` of the same application that differs from the stored one replaces it).
 
     Raises CLIENT_CONFIGURATION if the stored device belongs to another application than the
     pin, or when no pin is given or configured.
@@ -52,6 +54,9 @@ def open_device(state_dir: Path | str = DEFAULT_STATE_DIR, *,
                 DeviceConfig(application_id=pin.application_id, server_url=pin.server_url,
                              channel_pin=pin.to_string(), profile=_preset_name(device.profile),
                              **keystore_config(device.hardware)).save(directory)
+            elif config.channel_pin != pin.to_string():  # the app ships a new pin (rotation)
+                replace(config, channel_pin=pin.to_string(),
+                        server_url=pin.server_url).save(directory)
         except BaseException:
             transport.close()  # the HTTP client it opened itself; a caller's ``client`` stays open
             raise
