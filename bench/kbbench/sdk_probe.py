@@ -36,7 +36,7 @@ def main() -> int:
     user = rp.post("/rp/v1/users", json={}).json()["userId"]
     code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationLink"]
     with tempfile.TemporaryDirectory(prefix="kb-sdk-probe-") as tmp:
-        device = open_device(tmp, pin=pin, profile=preset("linux"),
+        device = open_device(tmp, channel_pin=pin, profile=preset("linux"),
                              hardware=open_keystore("emulated", tmp))
         t = time.perf_counter()
         act = device.activate(code)

@@ -88,3 +88,12 @@ def test_options_may_follow_the_command(tmp_path: Path) -> None:
                             check=True)
     assert listed.stdout.split() == ["bank"]
     assert (tmp_path / "after.db").exists()
+
+
+def test_an_invalid_setting_value_lists_the_valid_ones(tmp_path: Path) -> None:
+    done = run(tmp_path, "app", "create", "x", "hwKeyValidationStrategy=FOO")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "keybound: configuration_invalid: invalid value for hwKeyValidationStrategy: 'FOO'; "
+        "expected one of SUPPORTED, RISK_PARAMS, REQUIRED (REQUIRED_IF_SUPPORTED = SUPPORTED)")
+    assert "Traceback" not in done.stderr

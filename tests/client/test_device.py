@@ -234,6 +234,29 @@ def test_backend_initiated(tmp_path, rp, transport, element) -> None:
     assert device.pending() == []
 
 
+def test_approve_takes_a_bool(tmp_path, rp, transport, element) -> None:
+    """Issue 14: ``authenticate(operation_id=..., approve=True)`` raised TypeError ('bool'
+    object is not callable). True approves, False declines (at the server too), anything
+    else that cannot decide is the caller's error, refused before a request is sent."""
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    pre = {"content": "Pay 10 EUR to ACME", "mimeType": "text/plain"}
+    approved = rp.start_operation(device.device_id, preOperationContext=pre)["operationId"]
+    result = device.authenticate(operation_id=approved, approve=True)
+    assert result.operation_id == approved
+    assert rp.operation(approved)["state"] == "COMPLETED"
+    declined = rp.start_operation(device.device_id, preOperationContext=pre)["operationId"]
+    with pytest.raises(OperationDeclined):
+        device.authenticate(operation_id=declined, approve=False)
+    assert rp.operation(declined)["result"] == {"failureCode": "declined"}
+    sent = len(transport.paths)
+    with pytest.raises(ClientError) as info:
+        device.authenticate(approve="yes")  # type: ignore[arg-type]
+    assert info.value.code is ErrorCode.CLIENT_CONFIGURATION
+    assert len(transport.paths) == sent
+    assert device.authenticate(approve=True).auth_method.value == "DEVICE"
+
+
 def test_lost_finish_answer_after_server_rotated(tmp_path, rp, transport, element) -> None:
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))

@@ -72,10 +72,10 @@ def tpm_store(bed: SwtpmBed, directory: Path) -> KeyStore:
 
 
 def pkcs11_store(bed: SoftHsmBed, directory: Path, *, label: str | None = None,
-                 pin: str | None = None) -> KeyStore:
+                 pin: str | None = None, require_usable: bool = True) -> KeyStore:
     return open_keystore("pkcs11", directory, {
         "module": bed.module, "token_label": label or bed.main.label,
-        "user_pin": pin or bed.main.user_pin})
+        "user_pin": pin or bed.main.user_pin}, require_usable=require_usable)
 
 
 Sealed = Callable[[RelyingParty], SealedTransport]
@@ -229,7 +229,7 @@ def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, sealed
     pkcs11.lib(softhsm.module).reinitialize()
     reloaded = Device.load(tmp_path / "b" / "device", transport=sealed(rp),
                            hardware=pkcs11_store(softhsm, tmp_path / "b", label="removable",
-                                                 pin="2222"))
+                                                 pin="2222", require_usable=False))
     decision, risk = outcome(rp, reloaded.authenticate)
     assert risk["hwKeyClientStatus"] in ("KEY_UNAVAILABLE", "SIGNING_FAILED")
     assert risk["hwKeyServerResult"] == "MISSING"

@@ -390,7 +390,7 @@ def test_a_fault_around_the_channel_is_the_internal_problem_and_leaks_nothing(
 def test_sdk_refuses_a_server_that_cannot_open_its_requests(kb, sealed_http, rp, tmp_path):
     key = kb.admin.create_e2e_key(rp.app_id)
     pin = kb.admin.e2e_pin(key.key_id, server_url=PIN_SERVER_URL)
-    device = open_device(tmp_path / "dev", pin=pin.to_string(), profile=preset("linux"),
+    device = open_device(tmp_path / "dev", channel_pin=pin.to_string(), profile=preset("linux"),
                          client=sealed_http)
     device.activate(rp.activation_code()["activationLink"])
     kb.admin.retire_e2e_key(key.key_id)
@@ -420,7 +420,7 @@ class SwappingClient:
 def test_a_response_moved_to_another_request_fails_in_the_sdk(kb, sealed_http, rp, tmp_path):
     client = SwappingClient(sealed_http)
     assert rp.pin is not None
-    device = open_device(tmp_path / "dev", pin=rp.pin, profile=preset("android-14"),
+    device = open_device(tmp_path / "dev", channel_pin=rp.pin, profile=preset("android-14"),
                          hardware=EmulatedSecureElement(tmp_path / "dev" / "se"), client=client)
     device.activate(rp.activation_code()["activationLink"])
     device.authenticate()
@@ -437,12 +437,12 @@ def test_a_response_moved_to_another_request_fails_in_the_sdk(kb, sealed_http, r
 def test_pin_file_and_string_build_the_same_device(kb, sealed_http, rp, tmp_path) -> None:
     pin_file = tmp_path / "app.pin"
     pin_file.write_text(rp.pin.to_string() + "\n")  # type: ignore[union-attr]
-    device = open_device(tmp_path / "dev", pin=pin_file, profile=preset("linux"),
+    device = open_device(tmp_path / "dev", channel_pin=pin_file, profile=preset("linux"),
                          client=sealed_http)
     assert device.application_id == rp.app_id
     device.activate(rp.activation_code()["activationLink"])
-    again = open_device(tmp_path / "dev", pin=rp.pin.to_string(),  # type: ignore[union-attr]
-                        client=sealed_http)
+    assert rp.pin is not None
+    again = open_device(tmp_path / "dev", channel_pin=rp.pin.to_string(), client=sealed_http)
     assert again.authenticate().auth_method is p.AuthMethod.DEVICE
     transport = SealedTransport.from_pin_string(rp.pin.to_string())  # type: ignore[union-attr]
     assert transport.pin == rp.pin
@@ -600,7 +600,7 @@ def test_rotation_under_continuous_traffic_fails_no_request(tmp_path: Path) -> N
             code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationLink"]
             pin = kb.admin.e2e_pin(key_id, server_url=server.url)
             clients.append(httpx.Client(base_url=server.url, timeout=30))
-            dev = open_device(tmp_path / name, pin=pin, profile=preset("linux"),
+            dev = open_device(tmp_path / name, channel_pin=pin, profile=preset("linux"),
                               client=clients[-1])
             dev.activate(code)
             return dev
