@@ -104,6 +104,8 @@ class OperationType(StrEnum):
     ACTIVATION = "ACTIVATION"
     REACTIVATION = "REACTIVATION"
     AUTHENTICATION = "AUTHENTICATION"
+    #: a backend-initiated authentication that signs data the relying party sent (§3.2.5)
+    SIGNATURE = "SIGNATURE"
 
 
 class Initiator(StrEnum):
@@ -153,6 +155,7 @@ class Purpose(StrEnum):
     AUTHENTICATION = "authentication"
     DEACTIVATION = "deactivation"
     DECLINE = "decline"
+    SIGNATURE = "signature"
 
 
 # --------------------------------------------------------------------------- paths (§3)
@@ -246,6 +249,7 @@ Uuid = Annotated[
 ActivationCode = Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9]+$")]
 
 MAX_PRE_CONTEXT_BYTES = 4096
+MAX_DATA_TO_SIGN_BYTES = 16384
 MAX_POST_CONTEXT_BYTES = 65536
 MAX_BODY_BYTES = 160 * 1024
 
@@ -338,6 +342,10 @@ class AuthenticationStartResponse(Reply):
     expires_at: datetime
     pre_operation_context: OperationContext | None = None
     allowed_auth_methods: list[AuthMethod]
+    #: SIGNATURE for a signature operation (§3.2.5); absent: an authentication
+    operation_type: OperationType | None = None
+    #: a signature operation's data: shown to the user, its hash signed (§4.1.1)
+    data_to_sign: OperationContext | None = None
 
 
 class AuthenticationFinishRequest(Message):
@@ -386,6 +394,8 @@ class PendingOperation(Reply):
     expires_at: datetime
     pre_operation_context: OperationContext | None = None
     required_auth_method: AuthMethod | None = None
+    operation_type: OperationType | None = None  # as in AuthenticationStartResponse
+    data_to_sign: OperationContext | None = None
 
 
 class PendingOperationsResponse(Reply):
