@@ -49,6 +49,14 @@ class CreateOperationRequest(Message):
     required_auth_method: AuthMethod | None = None
 
 
+class CreateSignatureRequest(Message):
+    """A signature operation (docs/protocol.md §3.2.5): the device shows ``dataToSign`` and
+    its keys sign a transcript that binds its hash; the result's JWS carries that hash."""
+
+    data_to_sign: OperationContext
+    required_auth_method: AuthMethod | None = None
+
+
 class OperationResult(Message):
     auth_method: AuthMethod | None = None
     auth_level: AuthLevel | None = None
@@ -67,6 +75,8 @@ class Operation(Message):
     completed_at: datetime | None = None
     result: OperationResult | None = None
     risk_data: dict[str, Any] = Field(default_factory=dict)
+    #: the signed result (docs/signed-results.md), once the operation has ended
+    result_jws: str | None = None
 
 
 class Device(Message):

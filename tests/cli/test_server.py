@@ -54,6 +54,7 @@ def test_api_keys(tmp_path: Path) -> None:
     assert run(tmp_path, "api-key", "revoke", key_id).returncode == 2
     events = [json.loads(line) for line in run(tmp_path, "audit").stdout.splitlines()]
     assert [(e["type"], e["outcome"]) for e in events] == [
+        ("signing_key.create", "SUCCESS"),  # the first result-signing key, at the first start
         ("application.create", "SUCCESS"), ("api_key.create", "SUCCESS"),
         ("api_key.revoke", "SUCCESS"), ("api_key.revoke", "REJECTED")]  # the operator's refusal
     assert all(token.split("_", 2)[2] not in json.dumps(e) for e in events)
@@ -62,7 +63,7 @@ def test_api_keys(tmp_path: Path) -> None:
 def test_help_lists_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "keybound.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for command in ("serve", "demo", "app", "api-key", "device", "audit", "db"):
+    for command in ("serve", "demo", "app", "api-key", "signing-key", "device", "audit", "db"):
         assert command in out
 
 

@@ -27,6 +27,7 @@ class OperationRecord(NamedTuple):
     result: str | None
     created_at: int
     completed_at: int | None
+    result_jws: str | None
 
 
 class CodeRecord(NamedTuple):
@@ -40,6 +41,7 @@ class PendingRecord(NamedTuple):
     expires_at: int
     pre_context: str | None
     required_auth_method: str | None
+    type: str
 
 
 class BackendPendingRecord(NamedTuple):
@@ -49,6 +51,7 @@ class BackendPendingRecord(NamedTuple):
     challenge_expires_at: int | None
     pre_context: str | None
     required_auth_method: str | None
+    type: str
 
 
 class ChallengeRecord(NamedTuple):
@@ -131,6 +134,28 @@ class EventRecord(NamedTuple):
     payload: str | None
     created_at: int
     delivery: str | None
+    chain_prev: bytes | None
+    chain_hash: bytes | None
+
+
+class CheckpointRecord(NamedTuple):
+    id: int
+    kind: str
+    seq: int
+    chain_hash: bytes
+    jws: str
+    created_at: int
+
+
+class ResultKeyRecord(NamedTuple):
+    kid: str
+    algorithm: str
+    public_jwk: str
+    wrapped_private_key: bytes | None
+    state: str
+    created_at: int
+    retired_at: int | None
+    expires_at: int | None
 
 
 class NoiseRecord(NamedTuple):
