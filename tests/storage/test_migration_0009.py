@@ -1,0 +1,68 @@
+"""Revision 0009 (issue 16): signed results and the audit chain. Entries written before it
+keep no chain values and are reported as older than the chain; the first entry after it
+starts the chain from the genesis value. Down and up again keep every row. On SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect, text
+
+from keybound.server.events.chain import GENESIS
+from keybound.server.services import Keybound
+from keybound.storage.db import Database
+from keybound.storage.migrations import alembic_config, upgrade
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url_at_0005(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").fresh_database()
+        db = Database(url)
+        command.downgrade(alembic_config(db.engine), "0005")
+    else:
+        url = f"sqlite:///{tmp_path / 'kb.db'}"
+        db = Database(url)
+        upgrade(db.engine, "0005")
+    with db.engine.begin() as conn:
+        for n in range(3):
+            conn.execute(text(
+                "INSERT INTO events (id, type, actor, outcome, created_at) "
+                "VALUES (:id, 'application.create', 'OPERATOR', 'SUCCESS', :at)"),
+                {"id": f"00000000-0000-4000-8000-00000000000{n}", "at": 1000 + n})
+    db.dispose()
+    return url
+
+
+def test_entries_older_than_the_chain_stay_and_the_chain_starts_after_them(
+        url_at_0005: str, tmp_path: Path) -> None:
+    kb = Keybound.open(url_at_0005, master_key_file=tmp_path / "master.key")  # migrates
+    try:
+        with kb.db.read() as conn:
+            rows = conn.execute(text(
+                "SELECT seq, chain_prev, chain_hash FROM events ORDER BY seq")).all()
+        assert [r.chain_hash for r in rows[:3]] == [None] * 3  # as they were
+        assert rows[3].chain_prev == GENESIS  # the first signing key's creation
+        kb.admin.create_application("bank")
+        verified = kb.admin.audit_verify()
+        assert (verified.legacy, verified.entries) == (3, len(rows) - 3 + 1)
+    finally:
+        kb.close()
+
+
+def test_downgrade_and_upgrade_keep_every_row(url_at_0005: str) -> None:
+    db = Database(url_at_0005)
+    upgrade(db.engine, "0009")
+    command.downgrade(alembic_config(db.engine), "0005")
+    names = set(inspect(db.engine).get_table_names())
+    assert "result_keys" not in names and "audit_checkpoints" not in names
+    assert "chain_hash" not in {c["name"] for c in inspect(db.engine).get_columns("events")}
+    assert "result_jws" not in {c["name"] for c in inspect(db.engine).get_columns("operations")}
+    upgrade(db.engine, "0009")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM events")).scalar() == 3
+    db.dispose()
