@@ -88,3 +88,49 @@ def test_options_may_follow_the_command(tmp_path: Path) -> None:
                             check=True)
     assert listed.stdout.split() == ["bank"]
     assert (tmp_path / "after.db").exists()
+
+
+def test_signing_keys(tmp_path: Path) -> None:
+    listed = run(tmp_path, "signing-key", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "issuer: http://127.0.0.1:8000" in listed.stdout
+    (first,) = [line.split()[0] for line in listed.stdout.splitlines()[2:]]
+    assert run(tmp_path, "signing-key", "retire", first).returncode == 2  # the last ACTIVE
+    created = run(tmp_path, "signing-key", "create", "--algorithm", "Ed25519")
+    assert created.returncode == 0, created.stderr
+    second = created.stdout.split()[0]
+    retired = run(tmp_path, "signing-key", "retire", first, "--publish-days", "30")
+    assert retired.returncode == 0 and "stays in the JWKS until" in retired.stdout
+    rows = {line.split()[0]: line for line in
+            run(tmp_path, "signing-key", "list").stdout.splitlines()[2:]}
+    assert "RETIRED" in rows[first] and "ACTIVE" in rows[second] and "Ed25519" in rows[second]
+    assert run(tmp_path, "signing-key", "issuer", "https://kb.example").stdout.strip() == \
+        "https://kb.example"
+    assert run(tmp_path, "signing-key", "issuer").stdout.strip() == "https://kb.example"
+    assert run(tmp_path, "signing-key", "issuer", "not a url").returncode == 2
+
+
+def test_audit_export_and_verify(tmp_path: Path) -> None:
+    assert run(tmp_path, "app", "create", "bank").returncode == 0
+    assert run(tmp_path, "api-key", "create", "bank").returncode == 0
+    verified = run(tmp_path, "audit", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "intact" in verified.stdout
+    export = tmp_path / "audit.jsonl"
+    assert run(tmp_path, "audit", "export", str(export)).returncode == 0
+    assert run(tmp_path, "audit", "export", str(export)).returncode != 0  # never overwritten
+    checked = run(tmp_path, "audit", "verify", "--export", str(export))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "--jwks" in checked.stderr  # it says which keys it trusted
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(json.loads(export.read_text().splitlines()[0])["jwks"]))
+    assert run(tmp_path, "audit", "verify", "--export", str(export), "--jwks",
+               str(jwks)).returncode == 0
+    lines = export.read_text().splitlines(keepends=True)
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(line.replace('"application.create"', '"application.update"')
+                              for line in lines))
+    refused = run(tmp_path, "audit", "verify", "--export", str(edited), "--jwks", str(jwks))
+    assert refused.returncode == 1
+    assert "edited" in refused.stdout and "entry seq" in refused.stdout
+    assert run(tmp_path, "audit", "checkpoint").returncode == 0
