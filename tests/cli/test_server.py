@@ -134,3 +134,8 @@ def test_audit_export_and_verify(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "edited" in refused.stdout and "entry seq" in refused.stdout
     assert run(tmp_path, "audit", "checkpoint").returncode == 0
+    # the database still holds what the kept export recorded; a doctored copy does not
+    assert run(tmp_path, "audit", "verify", "--kept", str(export), "--jwks",
+               str(jwks)).returncode == 0
+    assert run(tmp_path, "audit", "verify", "--export", str(export), "--kept",
+               str(export), "--jwks", str(jwks)).returncode == 0

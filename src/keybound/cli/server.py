@@ -102,6 +102,8 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     if args.audit_command == "verify" and args.export:
         return _verify_export(args)
+    if args.audit_command == "verify" and args.kept:
+        return _verify_database_against(args)
     admin = _open(args).admin
     if args.audit_command == "noise":
         since = int((time.time() - args.hours * 3600) * 1000)
@@ -143,27 +145,58 @@ def _export(admin: Any, file: str) -> int:
     return 0
 
 
+def _kept(args: argparse.Namespace, jwks: Any) -> list[Any]:
+    """The entries of the earlier export given with --kept, itself verified first."""
+    from keybound.server.services.audit import lines_of, verify_export
+
+    if not args.kept:
+        return []
+    with open(args.kept, encoding="utf-8") as handle:
+        parsed, _ = verify_export(lines_of(handle), jwks=jwks)
+    return parsed.entries
+
+
+def _trusted_keys(args: argparse.Namespace) -> Any:
+    if args.jwks:
+        with open(args.jwks, encoding="utf-8") as handle:
+            return json.load(handle)
+    print("warning: checking the checkpoints against the keys the export carries; pass "
+          "--jwks with the server's published JWKS you keep, to trust only those",
+          file=sys.stderr)
+    return None
+
+
 def _verify_export(args: argparse.Namespace) -> int:
     from keybound.server.events.chain import AuditChainInvalid
     from keybound.server.services.audit import ExportInvalid, lines_of, verify_export
 
-    jwks = None
-    if args.jwks:
-        with open(args.jwks, encoding="utf-8") as handle:
-            jwks = json.load(handle)
-    else:
-        print("warning: checking the checkpoints against the keys the export carries; pass "
-              "--jwks with the server's published JWKS you keep, to trust only those",
-              file=sys.stderr)
+    jwks = _trusted_keys(args)
     try:
+        kept = _kept(args, jwks)
         with open(args.export, encoding="utf-8") as handle:
-            parsed, verified = verify_export(lines_of(handle), jwks=jwks)
+            parsed, verified = verify_export(lines_of(handle), jwks=jwks, kept=kept)
     except ExportInvalid as exc:
         print(f"keybound: {exc.detail}", file=sys.stderr)
         return 1
     except AuditChainInvalid as exc:
         return _findings(exc)
     print(f"export of {parsed.issuer}, taken at {parsed.exported_at} ms")
+    _print_verified(verified)
+    return 0
+
+
+def _verify_database_against(args: argparse.Namespace) -> int:
+    from keybound.server.events.chain import AuditChainInvalid
+    from keybound.server.services.audit import ExportInvalid
+
+    admin = _open(args).admin
+    try:
+        verified = admin.audit_verify(kept=_kept(args, _trusted_keys(args)))
+    except ExportInvalid as exc:
+        print(f"keybound: {exc.detail}", file=sys.stderr)
+        return 1
+    except AuditChainInvalid as exc:
+        return _findings(exc)
     _print_verified(verified)
     return 0
 
@@ -356,8 +389,11 @@ def register(sub: Any) -> None:
     verify.add_argument("--export", metavar="FILE",
                         help="check this export instead of the database")
     verify.add_argument("--jwks", metavar="FILE",
-                        help="with --export: trust only these keys (the server's JWKS, "
+                        help="trust only these keys for an export (the server's JWKS, "
                         "fetched from /.well-known/jwks.json and kept)")
+    verify.add_argument("--kept", metavar="FILE",
+                        help="an earlier export kept since: the trail must still hold every "
+                        "entry it recorded, unchanged (or have pruned it)")
     with_database_option(audit)
     audit.set_defaults(func=cmd_audit, audit_command="events")
 

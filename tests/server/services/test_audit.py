@@ -410,6 +410,38 @@ def test_an_export_forged_with_its_own_keys_fails_against_the_servers(
     assert {f.kind for f in info.value.findings} == {FindingKind.CHECKPOINT_INVALID}
 
 
+def test_a_kept_export_finds_a_history_rewritten_and_signed_anew(rp: RelyingParty,
+                                                                 kb: Keybound) -> None:
+    """Someone holding the master key can rewrite the chain and sign a new checkpoint over
+    it: the database then verifies. An export the auditor kept from before does not agree."""
+    trail(rp)
+    kept = entries_of(export(kb))
+    trail(rp, 1)
+    rows = entries(kb)
+    victim = next(r for r in rows if r.outcome == "REJECTED")
+    prev = next(r.chain_hash for r in reversed(rows) if r.seq < victim.seq)
+    with kb.db.write() as conn:
+        for row in rows:
+            if row.seq < victim.seq:
+                continue
+            values = columns(row)
+            if row.seq == victim.seq:
+                values.update(outcome="SUCCESS", code=None)
+            new = entry_hash(prev, **values)
+            conn.execute(update(E).where(E.c.seq == row.seq).values(
+                **values, chain_prev=prev, chain_hash=new))
+            prev = new
+        conn.execute(delete(t.audit_checkpoints))
+    kb.admin.audit_checkpoint()  # signed with the server's own key
+    kb.admin.audit_verify()  # the database alone cannot tell
+    with pytest.raises(AuditChainInvalid) as info:
+        kb.admin.audit_verify(kept=kept)
+    assert [(f.kind, f.seq) for f in info.value.findings] == [(FindingKind.DIVERGED,
+                                                              victim.seq)]
+    with pytest.raises(AuditChainInvalid):  # nor does a new export
+        verify_export(export(kb), jwks=rp.jwks(), kept=kept)
+
+
 def test_export_files_are_never_overwritten(rp: RelyingParty, kb: Keybound,
                                             tmp_path: Any) -> None:
     from keybound.cli.server import _export

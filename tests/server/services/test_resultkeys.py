@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -227,16 +229,27 @@ def test_eddsa_keys_sign_as_ed25519(rp: RelyingParty, kb: Keybound) -> None:
     device = activated(rp)
     start = device.start_auth()
     assert device.finish_auth(*device.auth_request(start)).status_code == 200
-    token = rp.operation(start.operation_id)["resultJws"]
-    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    header, _ = jwcrypto_claims(rp.operation(start.operation_id)["resultJws"], rp.jwks())
     assert (header["alg"], header["kid"]) == ("Ed25519", key.kid)
-    # jwcrypto names the algorithm EdDSA (RFC 8037), not RFC 9864's Ed25519: its import of
-    # the published key checks the signature over the JWS signing input
-    keyset = jc_jwk.JWKSet.from_json(json.dumps(rp.jwks()))
-    signing_input = token.rsplit(".", 1)[0].encode()
-    signature = base64.urlsafe_b64decode(token.rsplit(".", 1)[1] + "==")
-    public = keyset.get_key(key.kid).get_op_key("verify")
-    public.verify(signature, signing_input)  # raises if it does not verify
+
+
+def test_the_readme_snippet_verifies_a_result(rp: RelyingParty, kb: Keybound) -> None:
+    """The relying party's few lines in the README, run as they are printed there (the JWKS
+    fetched from this server instead of kb.example)."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text("utf-8")
+    section = readme[readme.index("### Signed results"):]
+    snippet = section[section.index("```python") + len("```python"):section.index("```\n", 10)]
+    kb.admin.set_issuer("https://kb.example")
+    device = activated(rp)
+    start = device.start_auth()
+    assert device.finish_auth(*device.auth_request(start)).status_code == 200
+    fetch = types.SimpleNamespace(get=lambda url: rp.http.get(url.replace(
+        "https://kb.example", "")))
+    scope: dict[str, Any] = {"operation": rp.operation(start.operation_id),
+                             "operation_id": start.operation_id}
+    exec(snippet.replace("import json, httpx", "import json"),
+         {**scope, "httpx": fetch}, scope)
+    assert scope["claims"]["operationId"] == start.operation_id
 
 
 def test_the_jwks_is_public_and_holds_no_private_key(rp: RelyingParty, kb: Keybound) -> None:

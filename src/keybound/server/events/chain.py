@@ -154,6 +154,7 @@ class FindingKind(StrEnum):
     UNCHAINED = "unchained"  # no chain values, after the chain began
     CHECKPOINT_INVALID = "checkpoint_invalid"  # its signature, or its stored copy, is wrong
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"  # the chain does not reach the signed hash
+    DIVERGED = "diverged"  # differs from (or lost) what an export kept from before records
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,10 +210,11 @@ class _Link(NamedTuple):
 
 
 def verify_chain(entries: Iterable[Entry], checkpoints: Iterable[CheckpointRecord],
-                 jwks: Mapping[str, Any]) -> VerifiedChain:
+                 jwks: Mapping[str, Any], *, kept: Iterable[Entry] = ()) -> VerifiedChain:
     """Check every entry and checkpoint; raise :class:`AuditChainInvalid` with every finding,
     else say how much is anchored by a signature. ``jwks``: the result-signing keys' public
-    keys (docs/audit.md: which to trust)."""
+    keys (docs/audit.md: which to trust). ``kept``: the entries of an earlier export an
+    auditor kept, which the trail must still hold (or have pruned)."""
     findings: list[Finding] = []
     checked = _checkpoints(checkpoints, jwks, findings)
     prune = max((c for c in checked if c.kind is CheckpointKind.PRUNE),
@@ -237,6 +239,7 @@ def verify_chain(entries: Iterable[Entry], checkpoints: Iterable[CheckpointRecor
                     for seq in unchained if first is not None and seq > first)
     findings.extend(_links(links, prune))
     signed_up_to = _anchors(checked, links, prune, findings)
+    findings.extend(_diverged(kept, links, prune))
     if findings:
         raise AuditChainInvalid(sorted(findings, key=lambda f: (f.seq or 0, f.kind.value)))
     return VerifiedChain(
@@ -339,6 +342,25 @@ def _anchors(checked: list[_Checked], links: list[_Link], prune: _Checked | None
     if prune is not None and signed_up_to is None:
         signed_up_to = prune.seq
     return signed_up_to
+
+
+def _diverged(kept: Iterable[Entry], links: list[_Link],
+              prune: _Checked | None) -> list[Finding]:
+    """What an earlier export recorded must still be there, with the same hash: a chain
+    rewritten and signed anew (by someone holding the signing key) diverges from it. The
+    first divergence is reported: everything after it follows from it."""
+    by_seq = {link.seq: link.hash for link in links}
+    for entry in sorted(kept, key=lambda e: e.seq):
+        if entry.chain_hash is None:
+            continue
+        current = by_seq.get(entry.seq)
+        if current is None and prune is not None and entry.seq <= prune.seq:
+            continue  # pruned since
+        if current != entry.chain_hash:
+            return [Finding(kind=FindingKind.DIVERGED, seq=entry.seq,
+                            detail="the kept export recorded another entry here" if current
+                            else "the kept export's entry is missing")]
+    return []
 
 
 __all__ = ["CHECKPOINT_TYPE", "GENESIS", "AuditChainInvalid", "CheckpointKind", "Entry",

@@ -3,14 +3,14 @@ one unit of work, audited as the operator's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from keybound.channel import DEFAULT_SUITE, ChannelPin, ChannelSuite
 from keybound.rpapi import Device
 from keybound.server.core.appconfig import AppConfig
-from keybound.server.events.chain import CheckpointKind, VerifiedChain
+from keybound.server.events.chain import CheckpointKind, Entry, VerifiedChain
 from keybound.server.events.model import Actor, EventType
 from keybound.server.events.results import ResultAlgorithm
 from keybound.server.records import CheckpointRecord, EventRecord, NoiseRecord
@@ -118,8 +118,8 @@ class Admin:
         """Sign the chain's head now (housekeeping: no event, which would move the head)."""
         return self._kb.audit.checkpoint(CheckpointKind.PERIODIC)
 
-    def audit_verify(self) -> VerifiedChain:
-        return self._kb.audit.verify()
+    def audit_verify(self, *, kept: Iterable[Entry] = ()) -> VerifiedChain:
+        return self._kb.audit.verify(kept=kept)
 
     def audit_export(self, out: IO[str]) -> Exported:
         exported = self._kb.audit.export(out)

@@ -117,12 +117,13 @@ class AuditTrail:
         with self._db.read() as conn:
             return {"keys": [json.loads(row.public_jwk) for row in keys.all_keys(conn)]}
 
-    def verify(self) -> VerifiedChain:
-        """The database's trail; raises AuditChainInvalid."""
+    def verify(self, *, kept: Iterable[Entry] = ()) -> VerifiedChain:
+        """The database's trail (which must still hold the entries of an earlier export
+        ``kept``); raises AuditChainInvalid."""
         with self._db.read() as conn:
             checkpoints = cps.all_checkpoints(conn)
             return verify_chain((Entry.of(record) for record in ev.in_order(conn)),
-                                checkpoints, self.all_keys_jwks())
+                                checkpoints, self.all_keys_jwks(), kept=kept)
 
     def export(self, out: IO[str]) -> Exported:
         """Write the trail to ``out`` (JSON lines, docs/audit.md), its head signed first so
@@ -208,13 +209,14 @@ def _parse(text: str, number: int) -> dict[str, Any]:
     return value
 
 
-def verify_export(lines: Iterable[str], *, jwks: dict[str, Any] | None = None
-                  ) -> tuple[ParsedExport, VerifiedChain]:
+def verify_export(lines: Iterable[str], *, jwks: dict[str, Any] | None = None,
+                  kept: Iterable[Entry] = ()) -> tuple[ParsedExport, VerifiedChain]:
     """Verify an export: against ``jwks`` (the keys the auditor trusts, e.g. fetched from
-    the server's JWKS URL and kept) or, without it, the keys the export carries."""
+    the server's JWKS URL and kept) or, without it, the keys the export carries; it must
+    still hold the entries of an earlier export ``kept``."""
     parsed = read_export(lines)
     return parsed, verify_chain(parsed.entries, parsed.checkpoints,
-                                jwks if jwks is not None else parsed.jwks)
+                                jwks if jwks is not None else parsed.jwks, kept=kept)
 
 
 def lines_of(handle: IO[str]) -> Iterator[str]:
