@@ -1,7 +1,6 @@
 """Revision 0009 (issue 16): signed results and the audit chain. Entries written before it
-keep no chain values and are reported as older than the chain; the first entry after it
-starts the chain from the genesis value. Down and up again keep every row. On SQLite and
-PostgreSQL."""
+are sealed into the chain like new ones, oldest first, when the server first opens the
+database. Down and up again keep every row. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -38,18 +37,20 @@ def url_at_0005(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return url
 
 
-def test_entries_older_than_the_chain_stay_and_the_chain_starts_after_them(
-        url_at_0005: str, tmp_path: Path) -> None:
+def test_entries_older_than_the_chain_are_sealed_into_it(url_at_0005: str,
+                                                        tmp_path: Path) -> None:
     kb = Keybound.open(url_at_0005, master_key_file=tmp_path / "master.key")  # migrates
     try:
         with kb.db.read() as conn:
-            rows = conn.execute(text(
-                "SELECT seq, chain_prev, chain_hash FROM events ORDER BY seq")).all()
-        assert [r.chain_hash for r in rows[:3]] == [None] * 3  # as they were
-        assert rows[3].chain_prev == GENESIS  # the first signing key's creation
+            rows = conn.execute(text("SELECT seq, type, chain_seq, chain_prev FROM events "
+                                     "ORDER BY chain_seq")).all()
+        assert rows[0].chain_prev == GENESIS
+        assert [r.chain_seq for r in rows] == list(range(1, len(rows) + 1))
+        older = [r.seq for r in rows if r.type == "application.create"]
+        assert older == sorted(older) and len(older) == 3  # sealed oldest first
         kb.admin.create_application("bank")
         verified = kb.admin.audit_verify()
-        assert (verified.legacy, verified.entries) == (3, len(rows) - 3 + 1)
+        assert (verified.unsealed, verified.entries) == (0, len(rows) + 1)
     finally:
         kb.close()
 
@@ -59,7 +60,7 @@ def test_downgrade_and_upgrade_keep_every_row(url_at_0005: str) -> None:
     upgrade(db.engine, "0009")
     command.downgrade(alembic_config(db.engine), "0005")
     names = set(inspect(db.engine).get_table_names())
-    assert "result_keys" not in names and "audit_checkpoints" not in names
+    assert not {"result_keys", "audit_checkpoints", "audit_head"} & names
     assert "chain_hash" not in {c["name"] for c in inspect(db.engine).get_columns("events")}
     assert "result_jws" not in {c["name"] for c in inspect(db.engine).get_columns("operations")}
     upgrade(db.engine, "0009")

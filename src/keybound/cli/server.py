@@ -112,7 +112,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 0
     if args.audit_command == "checkpoint":
         made = admin.audit_checkpoint()
-        print(f"signed checkpoint of entry seq {made.seq}" if made else
+        print(f"signed checkpoint of chain position {made.chain_seq}" if made else
               "the chain's head is signed already")
         return 0
     if args.audit_command == "export":
@@ -141,7 +141,7 @@ def _export(admin: Any, file: str) -> int:
         with open(file, "x", encoding="utf-8") as out:  # never overwrite an earlier export
             exported = admin.audit_export(out)
     print(f"exported {exported.entries} entries and {exported.checkpoints} checkpoints "
-          f"(up to seq {exported.last_seq})", file=sys.stderr)
+          f"(up to chain position {exported.last})", file=sys.stderr)
     return 0
 
 
@@ -209,14 +209,14 @@ def _findings(exc: Any) -> int:
 
 
 def _print_verified(verified: Any) -> None:
-    print(f"intact: {verified.entries} chained entries (seq {verified.first_seq} to "
-          f"{verified.last_seq}), {verified.checkpoints} valid checkpoints")
+    print(f"intact: {verified.entries} chained entries (chain positions {verified.first} to "
+          f"{verified.last}), {verified.checkpoints} valid checkpoints")
     if verified.pruned_up_to is not None:
-        print(f"  entries up to seq {verified.pruned_up_to} were pruned (signed checkpoint)")
-    if verified.legacy:
-        print(f"  {verified.legacy} entries predate the chain and are not covered")
-    print(f"  signed up to seq {verified.signed_up_to}; {verified.unsigned} newer entries "
-          "are chained but not yet signed")
+        print(f"  positions up to {verified.pruned_up_to} were pruned (signed checkpoint)")
+    if verified.unsealed:
+        print(f"  {verified.unsealed} entries written since are not sealed into the chain yet")
+    print(f"  signed up to position {verified.signed_up_to}; {verified.unsigned} newer "
+          "entries are chained but not yet signed")
 
 
 def cmd_signing_key(args: argparse.Namespace) -> int:

@@ -134,14 +134,20 @@ class EventRecord(NamedTuple):
     payload: str | None
     created_at: int
     delivery: str | None
+    chain_seq: int | None
     chain_prev: bytes | None
     chain_hash: bytes | None
+
+
+class ChainHead(NamedTuple):
+    chain_seq: int
+    chain_hash: bytes
 
 
 class CheckpointRecord(NamedTuple):
     id: int
     kind: str
-    seq: int
+    chain_seq: int
     chain_hash: bytes
     jws: str
     created_at: int

@@ -147,10 +147,25 @@ events = Table(
     Column("payload", Text, nullable=True),  # JSON
     Column("created_at", BigInteger, nullable=False),
     Column("delivery", String(16), nullable=True),  # NULL: the audit trail only
-    # the audit chain (docs/audit.md): the previous entry's chain_hash, and SHA-256 over it
-    # and this entry's immutable columns; NULL only on entries older than the chain
+    # the audit chain (docs/audit.md): the entry's position in the chain, the previous
+    # entry's chain_hash, and SHA-256 over it and this entry's immutable columns; NULL until
+    # the entry is sealed into the chain (at once on SQLite, just after commit on PostgreSQL)
+    Column("chain_seq", BigInteger, nullable=True),
     Column("chain_prev", LargeBinary(32), nullable=True),
     Column("chain_hash", LargeBinary(32), nullable=True),
+    # the entries waiting to be sealed (none for long): what the sealer reads
+    Index("ix_events_unsealed", "seq", sqlite_where=text("chain_hash IS NULL"),
+          postgresql_where=text("chain_hash IS NULL")),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    # one row: the newest sealed entry's position and hash; its row lock (PostgreSQL) lets
+    # one sealer at a time extend the chain
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("chain_seq", BigInteger, nullable=False),
+    Column("chain_hash", LargeBinary(32), nullable=False),
 )
 
 audit_checkpoints = Table(
@@ -159,11 +174,11 @@ audit_checkpoints = Table(
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
            autoincrement=True),
     Column("kind", String(16), nullable=False),  # PERIODIC, PRUNE (server.events.chain)
-    Column("seq", BigInteger, nullable=False),  # the entry it signs (as in the JWS)
+    Column("chain_seq", BigInteger, nullable=False),  # the entry it signs (as in the JWS)
     Column("chain_hash", LargeBinary(32), nullable=False),  # that entry's hash (as in the JWS)
     Column("jws", Text, nullable=False),  # compact JWS by a result-signing key
     Column("created_at", BigInteger, nullable=False),
-    Index("ix_audit_checkpoints_seq", "seq"),
+    Index("ix_audit_checkpoints_chain_seq", "chain_seq"),
 )
 
 result_keys = Table(

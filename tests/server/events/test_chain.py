@@ -45,9 +45,14 @@ def chain(n: int) -> list[Entry]:
     for i in range(1, n + 1):
         values = row(i)
         digest = entry_hash(prev, **values)
-        entries.append(Entry(seq=i, chain_prev=prev, chain_hash=digest, **values))
+        entries.append(Entry(seq=i, chain_seq=i, chain_prev=prev, chain_hash=digest,
+                             **values))
         prev = digest
     return entries
+
+
+def moved(entry: Entry, position: int) -> Entry:
+    return Entry(**{**entry.__dict__, "chain_seq": position, "seq": position})
 
 
 def test_the_hash_is_the_documented_one() -> None:
@@ -60,31 +65,33 @@ def test_the_hash_is_the_documented_one() -> None:
         entry_hash(GENESIS, **row(1, subject="a", code="bc"))
 
 
-def test_an_intact_chain_and_one_with_older_entries_before_it() -> None:
-    legacy = [Entry(seq=i, chain_prev=None, chain_hash=None, **row(i)) for i in (1, 2)]
-    entries = [Entry(**{**e.__dict__, "seq": e.seq + 2}) for e in chain(4)]
-    verified = verify_chain([*legacy, *entries], [], {"keys": []})
-    assert (verified.legacy, verified.entries, verified.first_seq) == (2, 4, 3)
+def test_an_intact_chain_with_entries_not_sealed_yet() -> None:
+    pending = [Entry(seq=i, chain_seq=None, chain_prev=None, chain_hash=None, **row(i))
+               for i in (7, 8)]
+    verified = verify_chain([*chain(4), *pending], [], {"keys": []})
+    assert (verified.entries, verified.unsealed, verified.first, verified.last) == (4, 2, 1, 4)
 
 
 def diagnose(entries: list[Entry]) -> list[tuple[FindingKind, int | None]]:
     with pytest.raises(AuditChainInvalid) as info:
         verify_chain(entries, [], {"keys": []})
-    return [(f.kind, f.seq) for f in info.value.findings]
+    return [(f.kind, f.position) for f in info.value.findings]
 
 
 def test_diagnoses_on_hand_made_chains() -> None:
     entries = chain(6)
-    # two adjacent entries swapped in storage
-    swapped = [*entries[:2], Entry(**{**entries[3].__dict__, "seq": 3}),
-               Entry(**{**entries[2].__dict__, "seq": 4}), *entries[4:]]
+    # two adjacent entries swapped
+    swapped = [*entries[:2], moved(entries[3], 3), moved(entries[2], 4), *entries[4:]]
     assert diagnose(swapped) == [(FindingKind.REORDERED, 3)]
     # the same entry stored twice: the copy forks the chain
-    assert diagnose([*entries[:3], Entry(**{**entries[2].__dict__, "seq": 10}),
-                     *[Entry(**{**e.__dict__, "seq": e.seq + 10}) for e in entries[3:]]]) == \
+    assert diagnose([*entries[:3], moved(entries[2], 10),
+                     *[moved(e, e.chain_seq + 10) for e in entries[3:] if e.chain_seq]]) == \
         [(FindingKind.INSERTED, 10)]
     # an entry edited and re-hashed, without rewriting the ones after it
     edited = dict(entries[2].__dict__, outcome="FAILURE")
     edited["chain_hash"] = entry_hash(edited["chain_prev"], **{k: edited[k] for k in (
         *COLUMNS, "created_at")})
     assert diagnose([*entries[:2], Entry(**edited), *entries[3:]]) == [(FindingKind.REMOVED, 4)]
+    # a hash without its position
+    assert diagnose([*entries[:5], Entry(**{**entries[5].__dict__, "chain_seq": None})]) == \
+        [(FindingKind.UNCHAINED, None)]

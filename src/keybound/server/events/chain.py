@@ -2,15 +2,16 @@
 signed checkpoints anchor the chain, so an edited, removed, reordered or inserted entry is
 found, and where.
 
-Each entry stores ``chain_prev`` (the previous entry's ``chain_hash``; :data:`GENESIS` for
-the first) and ``chain_hash = SHA-256(LP(label) || chain_prev || entry)`` over the entry's
-immutable columns as stored (:func:`entry_hash`). The chain is global, in the order of
-``seq``. A checkpoint is a compact JWS by a result-signing key (``typ``
-:data:`CHECKPOINT_TYPE`) over one entry's ``seq`` and ``chainHash``: periodic ones bound how
-much of the chain's newest end can be rewritten unseen; a PRUNE checkpoint is where
-retention deleted the entries up to its ``seq``, and anchors the entry after them.
+Sealing gives each entry a position in the chain (``chain_seq``: 1, 2, 3, ...), the previous
+entry's hash (``chain_prev``; :data:`GENESIS` for the first) and its own,
+``chain_hash = SHA-256(LP(label) || chain_prev || entry)`` over the entry's immutable columns
+as stored (:func:`entry_hash`). One chain for the whole database. A checkpoint is a compact
+JWS by a result-signing key (``typ`` :data:`CHECKPOINT_TYPE`) over one position and its
+``chainHash``: periodic ones bound how much of the chain's newest end can be rewritten
+unseen; a PRUNE checkpoint is where retention deleted the positions up to it, and anchors
+the entry after them.
 
-Pure: no SQL, no I/O. :func:`verify_chain` takes the entries in ``seq`` order.
+Pure: no SQL, no I/O.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ GENESIS: Final = bytes(32)
 LABEL: Final = b"keybound-audit-v1"
 #: the JWS ``typ`` of a checkpoint: never mistaken for a signed result, or the reverse
 CHECKPOINT_TYPE: Final = "keybound-audit-checkpoint+jwt"
-_CHECKPOINT_CLAIMS: Final = ("iss", "iat", "kind", "seq", "chainHash")
+_CHECKPOINT_CLAIMS: Final = ("iss", "iat", "kind", "chainSeq", "chainHash")
 
 
 class CheckpointKind(StrEnum):
     PERIODIC = "PERIODIC"
-    PRUNE = "PRUNE"  # the entries up to its seq were deleted by retention
+    PRUNE = "PRUNE"  # the positions up to its own were deleted by retention
 
 
 def _opt(value: str | None) -> bytes:
@@ -54,8 +55,9 @@ def entry_hash(prev: bytes, *, id: str, type: str, application_id: str | None,
                subject: str | None, operation_id: str | None, actor: str, outcome: str,
                code: str | None, payload: str | None, created_at: int) -> bytes:
     """``chain_hash`` of an entry: its immutable columns, as stored (``payload`` is the JSON
-    text, hashed as it is, never re-encoded), after the previous entry's hash. ``seq`` is
-    the chain's order, not part of an entry; ``delivery`` changes as the outbox delivers."""
+    text, hashed as it is, never re-encoded), after the previous entry's hash. ``seq`` and
+    the position are not part of an entry (the links order the chain); ``delivery``
+    changes as the outbox delivers."""
     return hashlib.sha256(b"".join((
         struct.pack(">I", len(LABEL)), LABEL, prev,
         _opt(id), _opt(type), _opt(application_id), _opt(subject), _opt(operation_id),
@@ -78,6 +80,7 @@ class Entry:
     code: str | None
     payload: str | None
     created_at: int
+    chain_seq: int | None
     chain_prev: bytes | None
     chain_hash: bytes | None
 
@@ -87,8 +90,8 @@ class Entry:
                    application_id=record.application_id, subject=record.subject,
                    operation_id=record.operation_id, actor=record.actor,
                    outcome=record.outcome, code=record.code, payload=record.payload,
-                   created_at=record.created_at, chain_prev=record.chain_prev,
-                   chain_hash=record.chain_hash)
+                   created_at=record.created_at, chain_seq=record.chain_seq,
+                   chain_prev=record.chain_prev, chain_hash=record.chain_hash)
 
     def computed_hash(self) -> bytes | None:
         if self.chain_prev is None:
@@ -105,7 +108,7 @@ class Entry:
                 "applicationId": self.application_id, "subject": self.subject,
                 "operationId": self.operation_id, "actor": self.actor,
                 "outcome": self.outcome, "code": self.code, "payload": self.payload,
-                "createdAt": self.created_at,
+                "createdAt": self.created_at, "chainSeq": self.chain_seq,
                 "chainPrev": None if self.chain_prev is None else b64u_encode(self.chain_prev),
                 "chainHash": None if self.chain_hash is None else b64u_encode(self.chain_hash)}
 
@@ -115,28 +118,31 @@ class Entry:
             value = data[name]
             return None if value is None else b64u_decode(value)
 
+        position = data["chainSeq"]
         return cls(seq=int(data["seq"]), id=data["id"], type=data["type"],
                    application_id=data["applicationId"], subject=data["subject"],
                    operation_id=data["operationId"], actor=data["actor"],
                    outcome=data["outcome"], code=data["code"], payload=data["payload"],
-                   created_at=int(data["createdAt"]), chain_prev=raw("chainPrev"),
-                   chain_hash=raw("chainHash"))
+                   created_at=int(data["createdAt"]),
+                   chain_seq=None if position is None else int(position),
+                   chain_prev=raw("chainPrev"), chain_hash=raw("chainHash"))
 
 
-def checkpoint_claims(*, issuer: str, issued_at: int, kind: CheckpointKind, seq: int,
+def checkpoint_claims(*, issuer: str, issued_at: int, kind: CheckpointKind, chain_seq: int,
                       chain_hash: bytes) -> dict[str, Any]:
-    return {"iss": issuer, "iat": issued_at, "kind": kind.value, "seq": seq,
+    return {"iss": issuer, "iat": issued_at, "kind": kind.value, "chainSeq": chain_seq,
             "chainHash": b64u_encode(chain_hash)}
 
 
 def checkpoint_to_json(record: CheckpointRecord) -> dict[str, Any]:
-    return {"id": record.id, "kind": record.kind, "seq": record.seq,
+    return {"id": record.id, "kind": record.kind, "chainSeq": record.chain_seq,
             "chainHash": b64u_encode(record.chain_hash), "jws": record.jws,
             "createdAt": record.created_at}
 
 
 def checkpoint_from_json(data: Mapping[str, Any]) -> CheckpointRecord:
-    return CheckpointRecord(id=int(data["id"]), kind=str(data["kind"]), seq=int(data["seq"]),
+    return CheckpointRecord(id=int(data["id"]), kind=str(data["kind"]),
+                            chain_seq=int(data["chainSeq"]),
                             chain_hash=b64u_decode(data["chainHash"]), jws=str(data["jws"]),
                             created_at=int(data["createdAt"]))
 
@@ -145,13 +151,13 @@ def checkpoint_from_json(data: Mapping[str, Any]) -> CheckpointRecord:
 
 
 class FindingKind(StrEnum):
-    """What :func:`verify_chain` found, at an entry (``seq``) or a checkpoint."""
+    """What :func:`verify_chain` found, at an entry or a checkpoint."""
 
     EDITED = "edited"  # the entry's columns do not match its own hash
     REMOVED = "removed"  # the entry this one follows is missing
     INSERTED = "inserted"  # the entry is not part of the chain (it forks it)
-    REORDERED = "reordered"  # the entry is stored before the entry it follows
-    UNCHAINED = "unchained"  # no chain values, after the chain began
+    REORDERED = "reordered"  # the entry is placed before the entry it follows
+    UNCHAINED = "unchained"  # a hash without its position or predecessor
     CHECKPOINT_INVALID = "checkpoint_invalid"  # its signature, or its stored copy, is wrong
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"  # the chain does not reach the signed hash
     DIVERGED = "diverged"  # differs from (or lost) what an export kept from before records
@@ -160,18 +166,21 @@ class FindingKind(StrEnum):
 @dataclass(frozen=True, kw_only=True)
 class Finding:
     kind: FindingKind
-    seq: int | None  # the entry's, or the checkpoint's
+    seq: int | None  # the entry's seq (None: a checkpoint's finding about a missing entry)
+    position: int | None  # the chain position it concerns
     detail: str
     checkpoint_id: int | None = None
 
     def __str__(self) -> str:
-        where = (f"checkpoint {self.checkpoint_id} (seq {self.seq})"
-                 if self.checkpoint_id is not None else f"entry seq {self.seq}")
+        where = (f"entry seq {self.seq}" if self.seq is not None
+                 else f"chain position {self.position}")
+        if self.checkpoint_id is not None:
+            where = f"checkpoint {self.checkpoint_id} ({where})"
         return f"{where}: {self.kind.value}: {self.detail}"
 
 
 class AuditChainInvalid(KeyboundError):
-    """The audit trail was altered; ``findings`` says what and where, in ``seq`` order."""
+    """The audit trail was altered; ``findings`` says what and where, in chain order."""
 
     code = ErrorCode.AUDIT_CHAIN_INVALID
 
@@ -183,19 +192,19 @@ class AuditChainInvalid(KeyboundError):
 
 @dataclass(frozen=True, kw_only=True)
 class VerifiedChain:
-    entries: int  # chained entries, each checked
-    legacy: int  # entries from before the chain existed (no chain values)
-    first_seq: int | None
-    last_seq: int | None
+    entries: int  # sealed entries, each checked
+    unsealed: int  # entries written, not yet sealed into the chain (moments old)
+    first: int | None  # the first and last chain positions present
+    last: int | None
     checkpoints: int  # valid checkpoints
-    signed_up_to: int | None  # seq of the newest checkpoint the chain matches
-    pruned_up_to: int | None  # seq of the newest PRUNE checkpoint
-    unsigned: int  # chained entries after signed_up_to: anchored by no signature yet
+    signed_up_to: int | None  # the newest position a checkpoint anchors
+    pruned_up_to: int | None  # the position of the newest PRUNE checkpoint
+    unsigned: int  # sealed entries after signed_up_to: anchored by no signature yet
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Checked:
-    seq: int
+    position: int
     kind: CheckpointKind
     chain_hash: bytes
 
@@ -204,6 +213,7 @@ class _Link(NamedTuple):
     """An entry's place in the chain: all :func:`verify_chain` keeps of it once its columns
     are checked, so a long trail is held as hashes only."""
 
+    position: int
     seq: int
     prev: bytes
     hash: bytes
@@ -218,35 +228,37 @@ def verify_chain(entries: Iterable[Entry], checkpoints: Iterable[CheckpointRecor
     findings: list[Finding] = []
     checked = _checkpoints(checkpoints, jwks, findings)
     prune = max((c for c in checked if c.kind is CheckpointKind.PRUNE),
-                key=lambda c: c.seq, default=None)
+                key=lambda c: c.position, default=None)
     links: list[_Link] = []
-    unchained: list[int] = []
+    unsealed = 0
     for entry in entries:
-        if entry.chain_hash is None or entry.chain_prev is None:
-            unchained.append(entry.seq)
+        if entry.chain_hash is None:
+            unsealed += 1  # written, not sealed yet: the sealer takes it next
+            continue
+        if entry.chain_seq is None or entry.chain_prev is None:
+            findings.append(Finding(kind=FindingKind.UNCHAINED, seq=entry.seq, position=None,
+                                    detail="a hash without its chain position or predecessor"))
             continue
         # an entry's columns must give its own hash (docs/audit.md: edited)
         if entry.computed_hash() != entry.chain_hash:
             findings.append(Finding(kind=FindingKind.EDITED, seq=entry.seq,
+                                    position=entry.chain_seq,
                                     detail="its columns do not match its hash"))
-        links.append(_Link(entry.seq, entry.chain_prev, entry.chain_hash))
+        links.append(_Link(entry.chain_seq, entry.seq, entry.chain_prev, entry.chain_hash))
     links.sort()
-    first = links[0].seq if links else None
-    # entries older than the chain have no chain values; after it began, none may lack them
-    legacy = sum(1 for seq in unchained if first is None or seq < first)
-    findings.extend(Finding(kind=FindingKind.UNCHAINED, seq=seq,
-                            detail="no chain values after the chain began")
-                    for seq in unchained if first is not None and seq > first)
     findings.extend(_links(links, prune))
     signed_up_to = _anchors(checked, links, prune, findings)
     findings.extend(_diverged(kept, links, prune))
     if findings:
-        raise AuditChainInvalid(sorted(findings, key=lambda f: (f.seq or 0, f.kind.value)))
+        raise AuditChainInvalid(sorted(findings, key=lambda f: (
+            f.position if f.position is not None else -1, f.kind.value)))
     return VerifiedChain(
-        entries=len(links), legacy=legacy, first_seq=first,
-        last_seq=links[-1].seq if links else None, checkpoints=len(checked),
-        signed_up_to=signed_up_to, pruned_up_to=prune.seq if prune else None,
-        unsigned=sum(1 for link in links if signed_up_to is None or link.seq > signed_up_to))
+        entries=len(links), unsealed=unsealed,
+        first=links[0].position if links else None,
+        last=links[-1].position if links else None, checkpoints=len(checked),
+        signed_up_to=signed_up_to, pruned_up_to=prune.position if prune else None,
+        unsigned=sum(1 for link in links
+                     if signed_up_to is None or link.position > signed_up_to))
 
 
 def _checkpoints(checkpoints: Iterable[CheckpointRecord], jwks: Mapping[str, Any],
@@ -254,8 +266,9 @@ def _checkpoints(checkpoints: Iterable[CheckpointRecord], jwks: Mapping[str, Any
     checked: list[_Checked] = []
     for record in checkpoints:
         def invalid(detail: str, record: CheckpointRecord = record) -> None:
-            findings.append(Finding(kind=FindingKind.CHECKPOINT_INVALID, seq=record.seq,
-                                    checkpoint_id=record.id, detail=detail))
+            findings.append(Finding(kind=FindingKind.CHECKPOINT_INVALID, seq=None,
+                                    position=record.chain_seq, checkpoint_id=record.id,
+                                    detail=detail))
 
         try:
             signed = verify_compact(record.jws, jwks, expected_type=CHECKPOINT_TYPE)
@@ -271,17 +284,17 @@ def _checkpoints(checkpoints: Iterable[CheckpointRecord], jwks: Mapping[str, Any
             invalid("its payload lacks checkpoint claims")
             continue
         try:
-            kind, seq = CheckpointKind(claims["kind"]), claims["seq"]
+            kind, position = CheckpointKind(claims["kind"]), claims["chainSeq"]
             chain_hash = b64u_decode(claims["chainHash"])
         except (ValueError, TypeError):
             invalid("its claims are malformed")
             continue
         # the stored copy (what the server reads to prune and index) is the signed one
-        if type(seq) is not int or (seq, chain_hash, kind.value) != (
-                record.seq, record.chain_hash, record.kind):
-            invalid("its stored seq, hash or kind differ from what it signs")
+        if type(position) is not int or (position, chain_hash, kind.value) != (
+                record.chain_seq, record.chain_hash, record.kind):
+            invalid("its stored position, hash or kind differ from what it signs")
             continue
-        checked.append(_Checked(seq=seq, kind=kind, chain_hash=chain_hash))
+        checked.append(_Checked(position=position, kind=kind, chain_hash=chain_hash))
     return checked
 
 
@@ -291,29 +304,33 @@ def _links(links: list[_Link], prune: _Checked | None) -> list[Finding]:
     position: dict[bytes, int] = {}
     children: dict[bytes, list[_Link]] = defaultdict(list)
     for link in links:
-        position.setdefault(link.hash, link.seq)
+        position.setdefault(link.hash, link.position)
         children[link.prev].append(link)
-    last = links[-1].seq if links else None
+    last = links[-1].position if links else None
     for link in links:
         parent = position.get(link.prev)
         if parent is None:
             if link.prev == GENESIS:
                 continue
-            if prune is not None and (link.seq <= prune.seq or link.prev == prune.chain_hash):
-                continue  # follows entries retention deleted (docs/audit.md: pruning)
+            if prune is not None and (link.position <= prune.position
+                                      or link.prev == prune.chain_hash):
+                continue  # follows entries retention deleted (docs/audit.md: retention)
             findings.append(Finding(kind=FindingKind.REMOVED, seq=link.seq,
+                                    position=link.position,
                                     detail="the entry it follows is missing (removed, or "
                                     "rewritten with another hash)"))
-        elif parent > link.seq:
+        elif parent > link.position:
             findings.append(Finding(kind=FindingKind.REORDERED, seq=link.seq,
-                                    detail=f"stored before entry seq {parent}, which it "
-                                    "follows"))
+                                    position=link.position,
+                                    detail=f"placed before chain position {parent}, which "
+                                    "it follows"))
     for siblings in children.values():
         if len(siblings) < 2:
             continue  # one chain: every entry names a different previous entry
-        continuing = [s for s in siblings if s.hash in children or s.seq == last]
+        continuing = [s for s in siblings if s.hash in children or s.position == last]
         keep = continuing[0] if continuing else siblings[0]
         findings.extend(Finding(kind=FindingKind.INSERTED, seq=sibling.seq,
+                                position=sibling.position,
                                 detail=f"forks the chain: entry seq {keep.seq} follows the "
                                 "same entry")
                         for sibling in siblings if sibling is not keep)
@@ -322,25 +339,27 @@ def _links(links: list[_Link], prune: _Checked | None) -> list[Finding]:
 
 def _anchors(checked: list[_Checked], links: list[_Link], prune: _Checked | None,
              findings: list[Finding]) -> int | None:
-    """Every checkpoint must find its signed hash on its entry; the newest that does is how
-    far the chain is anchored by a signature."""
-    by_seq = {link.seq: link for link in links}
+    """Every checkpoint must find its signed hash at its position; the newest that does is
+    how far the chain is anchored by a signature."""
+    by_position = {link.position: link for link in links}
     signed_up_to: int | None = None
     for checkpoint in checked:
-        entry = by_seq.get(checkpoint.seq)
+        entry = by_position.get(checkpoint.position)
         if entry is None:
-            if prune is not None and checkpoint.seq <= prune.seq:
+            if prune is not None and checkpoint.position <= prune.position:
                 continue  # its entry was pruned (the PRUNE checkpoint anchors what follows)
-            findings.append(Finding(kind=FindingKind.CHECKPOINT_MISMATCH, seq=checkpoint.seq,
+            findings.append(Finding(kind=FindingKind.CHECKPOINT_MISMATCH, seq=None,
+                                    position=checkpoint.position,
                                     detail="the entry it signs is missing"))
             continue
         if entry.hash != checkpoint.chain_hash:
-            findings.append(Finding(kind=FindingKind.CHECKPOINT_MISMATCH, seq=checkpoint.seq,
+            findings.append(Finding(kind=FindingKind.CHECKPOINT_MISMATCH, seq=entry.seq,
+                                    position=checkpoint.position,
                                     detail="the chain was rewritten up to this entry"))
             continue
-        signed_up_to = max(signed_up_to or checkpoint.seq, checkpoint.seq)
+        signed_up_to = max(signed_up_to or checkpoint.position, checkpoint.position)
     if prune is not None and signed_up_to is None:
-        signed_up_to = prune.seq
+        signed_up_to = prune.position
     return signed_up_to
 
 
@@ -349,15 +368,16 @@ def _diverged(kept: Iterable[Entry], links: list[_Link],
     """What an earlier export recorded must still be there, with the same hash: a chain
     rewritten and signed anew (by someone holding the signing key) diverges from it. The
     first divergence is reported: everything after it follows from it."""
-    by_seq = {link.seq: link.hash for link in links}
-    for entry in sorted(kept, key=lambda e: e.seq):
-        if entry.chain_hash is None:
-            continue
-        current = by_seq.get(entry.seq)
-        if current is None and prune is not None and entry.seq <= prune.seq:
+    by_position = {link.position: link.hash for link in links}
+    recorded = sorted((e for e in kept if e.chain_seq is not None and e.chain_hash),
+                      key=lambda e: e.chain_seq or 0)
+    for entry in recorded:
+        assert entry.chain_seq is not None
+        current = by_position.get(entry.chain_seq)
+        if current is None and prune is not None and entry.chain_seq <= prune.position:
             continue  # pruned since
         if current != entry.chain_hash:
-            return [Finding(kind=FindingKind.DIVERGED, seq=entry.seq,
+            return [Finding(kind=FindingKind.DIVERGED, seq=entry.seq, position=entry.chain_seq,
                             detail="the kept export recorded another entry here" if current
                             else "the kept export's entry is missing")]
     return []

@@ -64,6 +64,7 @@ class Keybound:
     def close(self) -> None:
         """Finish what runs in the background, store the last counts, close the database."""
         self.maintenance.join()
+        self.audit.stop_sealer()
         self.noise.flush()
         self.db.dispose()
 
@@ -82,6 +83,7 @@ class Keybound:
                 settings.put_new(conn, settings.MASTER_KEY_FINGERPRINT, master_key.fingerprint)
         kb = cls(db, clock, master_key=master_key)
         kb.results.ensure(kb.noise)  # the first result-signing key, before any request
+        kb.audit.seal()  # entries older than the chain, or left unsealed by a stopped server
         return kb
 
 

@@ -3,9 +3,10 @@
 - ``operations.result_jws``: the operation's signed result (docs/signed-results.md).
 - ``result_keys``: the server's result-signing keys, private halves wrapped under the master
   key; they also sign the audit checkpoints.
-- ``events.chain_prev`` / ``events.chain_hash``: the audit chain (docs/audit.md). Entries
-  written before this revision keep NULL: they precede the chain, whose first entry links to
-  the genesis value (32 zero bytes).
+- ``events.chain_seq`` / ``chain_prev`` / ``chain_hash``: the audit chain (docs/audit.md),
+  with an index of the entries not sealed yet, and ``audit_head``, the chain's newest
+  position and hash, starting at the genesis value (32 zero bytes). Entries written before
+  this revision are sealed into the chain like new ones, oldest first, by the first seal.
 - ``audit_checkpoints``: signed checkpoints of the chain (periodic, and where retention
   pruned a prefix).
 
@@ -34,19 +35,32 @@ def _id_type() -> sa.types.TypeEngine[int]:
 
 def upgrade() -> None:
     op.add_column("operations", sa.Column("result_jws", sa.Text(), nullable=True))
+    op.add_column("events", sa.Column("chain_seq", sa.BigInteger(), nullable=True))
     op.add_column("events", sa.Column("chain_prev", sa.LargeBinary(length=32), nullable=True))
     op.add_column("events", sa.Column("chain_hash", sa.LargeBinary(length=32), nullable=True))
+    op.create_index("ix_events_unsealed", "events", ["seq"], unique=False,
+                    sqlite_where=sa.text("chain_hash IS NULL"),
+                    postgresql_where=sa.text("chain_hash IS NULL"))
+    head = op.create_table(
+        "audit_head",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("chain_seq", sa.BigInteger(), nullable=False),
+        sa.Column("chain_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
+    )
+    op.bulk_insert(head, [{"id": 1, "chain_seq": 0, "chain_hash": bytes(32)}])  # genesis
     op.create_table(
         "audit_checkpoints",
         sa.Column("id", _id_type(), autoincrement=True, nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("chain_seq", sa.BigInteger(), nullable=False),
         sa.Column("chain_hash", sa.LargeBinary(length=32), nullable=False),
         sa.Column("jws", sa.Text(), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_checkpoints")),
     )
-    op.create_index("ix_audit_checkpoints_seq", "audit_checkpoints", ["seq"], unique=False)
+    op.create_index("ix_audit_checkpoints_chain_seq", "audit_checkpoints", ["chain_seq"],
+                    unique=False)
     op.create_table(
         "result_keys",
         sa.Column("kid", sa.String(length=64), nullable=False),
@@ -63,10 +77,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("result_keys")
-    op.drop_index("ix_audit_checkpoints_seq", table_name="audit_checkpoints")
+    op.drop_index("ix_audit_checkpoints_chain_seq", table_name="audit_checkpoints")
     op.drop_table("audit_checkpoints")
+    op.drop_table("audit_head")
+    op.drop_index("ix_events_unsealed", table_name="events")
     _drop_column("events", "chain_hash")
     _drop_column("events", "chain_prev")
+    _drop_column("events", "chain_seq")
     _drop_column("operations", "result_jws")
 
 
