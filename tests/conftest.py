@@ -49,6 +49,8 @@ POSTGRES_MODULES = {
     "tests.server.services.test_concurrency", "tests.server.services.test_e2ekeys",
     "tests.server.services.test_retention", "tests.server.web.test_rp",
     "tests.server.web.test_device", "tests.server.test_unit", "tests.storage.test_prepared",
+    "tests.server.services.test_resultkeys", "tests.server.services.test_signature",
+    "tests.server.services.test_audit",
 }
 ALLOW_SKIP_POSTGRES = "KEYBOUND_ALLOW_SKIP_POSTGRES"
 

@@ -107,6 +107,19 @@ class RelyingParty:
             "POST", f"/rp/v1/devices/{device_id}/operations", body, expect=201)
         return result
 
+    def start_signature(self, device_id: str, content: str, mime_type: str = "text/plain",
+                        **body: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            "POST", f"/rp/v1/devices/{device_id}/signatures",
+            {"dataToSign": {"content": content, "mimeType": mime_type}, **body}, expect=201)
+        return result
+
+    def jwks(self) -> dict[str, Any]:
+        """The published result-signing keys: unauthenticated, as any verifier fetches them."""
+        response = self.http.get("/.well-known/jwks.json")
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
 
 @dataclass
 class RawDevice:
@@ -178,13 +191,22 @@ class RawDevice:
                      pin_key: bytes | None = None,
                      signer: ec.EllipticCurvePrivateKey | None = None,
                      next_key: ec.EllipticCurvePrivateKey | None = None,
+                     purpose: p.Purpose | None = None,
+                     shown: p.OperationContext | str | None = "as started",
                      ) -> tuple[p.AuthenticationFinishRequest, ec.EllipticCurvePrivateKey]:
+        """The finish of ``start``: by default signed as the start says (a signature
+        operation's purpose and data, §4.1.1); ``purpose``/``shown`` sign something else."""
         signer = signer or self.sw
         next_key = next_key or crypto.generate_p256()
+        signature = start.operation_type is p.OperationType.SIGNATURE
+        if purpose is None:
+            purpose = p.Purpose.SIGNATURE if signature else p.Purpose.AUTHENTICATION
+        if isinstance(shown, str):
+            shown = start.data_to_sign if signature else start.pre_operation_context
         tbs = p.transcript(
-            p.Purpose.AUTHENTICATION, application_id=self.app_id, device_id=self.device_id,
+            purpose, application_id=self.app_id, device_id=self.device_id,
             operation_id=start.operation_id, challenge=start.challenge,
-            context_digest=p.context_hash(start.pre_operation_context),
+            context_digest=p.context_hash(shown),
             software_public_key=crypto.public_der(next_key), auth_method=method.value,
             hw_key_client_status=status.value)
         hw_sig = None

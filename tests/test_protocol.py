@@ -42,7 +42,14 @@ REQUEST_MODEL: dict[str, type[p.Message]] = {
     "authentication-without-context": p.AuthenticationFinishRequest,
     "deactivation": p.DeactivateRequest,
     "decline": p.DeclineRequest,
+    "signature": p.AuthenticationFinishRequest,
 }
+
+
+def shown(inputs: dict[str, Any]) -> p.OperationContext | None:
+    """Field 7's input: the pre-operation context, or a signature's data to sign (§4.1.1)."""
+    context = inputs["dataToSign"] if "dataToSign" in inputs else inputs["preOperationContext"]
+    return None if context is None else p.OperationContext.model_validate(context)
 
 
 def ids(cases: list[dict[str, Any]]) -> list[str]:
@@ -52,15 +59,13 @@ def ids(cases: list[dict[str, Any]]) -> list[str]:
 def library_transcript(case: dict[str, Any]) -> bytes:
     """Rebuild the signed bytes of a vector with keybound.protocol alone."""
     inputs = case["inputs"]
-    context = inputs["preOperationContext"]
     return p.transcript(
         p.Purpose(case["purpose"]),
         application_id=inputs["applicationId"],
         device_id=inputs["deviceId"],
         operation_id=inputs["operationId"],
         challenge=bytes.fromhex(inputs["challengeHex"]),
-        context_digest=p.context_hash(
-            None if context is None else p.OperationContext.model_validate(context)),
+        context_digest=p.context_hash(shown(inputs)),
         software_public_key=bytes.fromhex(inputs["softwarePublicKeyHex"]),
         hardware_public_key=bytes.fromhex(inputs["hardwarePublicKeyHex"]),
         auth_method=inputs["authMethod"],
@@ -93,6 +98,7 @@ def test_vector_file_covers_the_required_cases() -> None:
     assert pin_case["inputs"]["authMethod"] == "DEVICE:PIN"
     assert pin_case["inputs"]["preOperationContext"] is not None
     assert BY_NAME["authentication-without-context"]["inputs"]["preOperationContext"] is None
+    assert BY_NAME["signature"]["inputs"]["dataToSign"] is not None
     assert VECTORS["contextHashes"] and VECTORS["keyIds"] and VECTORS["pinKeyDerivation"]
 
 
@@ -132,10 +138,7 @@ def test_transcript_bytes(case: dict[str, Any]) -> None:
     tbs = library_transcript(case)
     assert tbs.hex() == case["tbsHex"]
     assert hashlib.sha256(tbs).hexdigest() == case["tbsSha256Hex"]
-    assert p.context_hash(None if case["inputs"]["preOperationContext"] is None else
-                          p.OperationContext.model_validate(
-                              case["inputs"]["preOperationContext"])).hex() == \
-        case["inputs"]["contextHashHex"]
+    assert p.context_hash(shown(case["inputs"])).hex() == case["inputs"]["contextHashHex"]
     # the per-field breakdown is the same bytes, in the documented order
     assert [f["name"] for f in case["fields"]] == VECTORS["constants"]["fieldOrder"]
     assert "".join(f["encodedHex"] for f in case["fields"]) == case["tbsHex"]
@@ -151,13 +154,13 @@ def test_empty_fields_per_purpose(case: dict[str, Any]) -> None:
     purpose = case["purpose"]
     if purpose == "deactivation":
         assert empty == {5, 6, 9, 10, 11}
-    elif purpose == "authentication":
+    elif purpose in ("authentication", "signature"):
         assert empty == {9}  # the hardware key is never in an authentication transcript
     else:
         assert 10 in empty  # activation signs no auth method
         assert (9 in empty) == (case["inputs"]["hwKeyClientStatus"] != "OK")
     assert len(fields[6]) == 32
-    if case["inputs"]["preOperationContext"] is None:
+    if shown(case["inputs"]) is None:
         assert fields[6] == p.NO_CONTEXT_HASH
 
 

@@ -125,6 +125,8 @@ class OperationType(StrEnum):
     ACTIVATION = "ACTIVATION"
     REACTIVATION = "REACTIVATION"
     AUTHENTICATION = "AUTHENTICATION"
+    #: a backend-initiated authentication that signs data the relying party sent (§3.2.5)
+    SIGNATURE = "SIGNATURE"
 
 
 class Initiator(StrEnum):
@@ -194,6 +196,7 @@ class Purpose(StrEnum):
     AUTHENTICATION = "authentication"
     DEACTIVATION = "deactivation"
     DECLINE = "decline"
+    SIGNATURE = "signature"
 
 
 # --------------------------------------------------------------------------- paths (§3)
@@ -350,6 +353,7 @@ ActivationToken = Annotated[
 ]
 
 MAX_PRE_CONTEXT_BYTES = 4096
+MAX_DATA_TO_SIGN_BYTES = 16384
 MAX_POST_CONTEXT_BYTES = 65536
 MAX_BODY_BYTES = 160 * 1024
 
@@ -650,6 +654,13 @@ class AuthenticationStartResponse(Reply):
     allowed_auth_methods: Annotated[list[AuthMethod], Field(
         description="The application's methods, or only the operation's required one.",
         examples=[["DEVICE:PIN"]])]
+    operation_type: Annotated[OperationType | None, Field(
+        description="``SIGNATURE`` for a signature operation (§3.2.6); absent: an "
+        "authentication.", examples=[None, "SIGNATURE"])] = None
+    data_to_sign: Annotated[OperationContext | None, Field(
+        description="A signature operation's data: shown to the user, its hash signed "
+        "(§4.1.1).", examples=[None, {"content": "I agree to contract 4711",
+                                       "mimeType": "text/plain"}])] = None
 
 
 class AuthenticationFinishRequest(Message):
@@ -756,6 +767,13 @@ class PendingOperation(Reply):
     required_auth_method: Annotated[AuthMethod | None, Field(
         description="The only method the operation accepts, if the relying party set one.",
         examples=["DEVICE:PIN"])] = None
+    operation_type: Annotated[OperationType | None, Field(
+        description="``SIGNATURE`` for a signature operation (§3.2.6); absent: an "
+        "authentication.", examples=[None, "SIGNATURE"])] = None
+    data_to_sign: Annotated[OperationContext | None, Field(
+        description="A signature operation's data, to show the user.",
+        examples=[None, {"content": "I agree to contract 4711",
+                         "mimeType": "text/plain"}])] = None
 
 
 class PendingOperationsResponse(Reply):

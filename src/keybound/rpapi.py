@@ -96,6 +96,19 @@ class CreateOperationRequest(Message):
         "application.", examples=["DEVICE:PIN"])] = None
 
 
+class CreateSignatureRequest(Message):
+    """A signature operation (docs/protocol.md §3.2.6): the device shows ``dataToSign`` and
+    its keys sign a transcript that binds its hash; the result's JWS carries that hash."""
+
+    data_to_sign: Annotated[OperationContext, Field(
+        description="What the user is asked to sign, shown on the device (content up to "
+        "16 384 bytes of UTF-8); the result's dataHash binds it.",
+        examples=[{"content": "I agree to contract 4711", "mimeType": "text/plain"}])]
+    required_auth_method: Annotated[AuthMethod | None, Field(
+        description="The only method the device may use; it must be allowed by the "
+        "application.", examples=["DEVICE:PIN"])] = None
+
+
 class OperationResult(Message):
     auth_method: Annotated[AuthMethod | None, Field(
         description="The method used (a completed authentication) or attempted (one that "
@@ -154,6 +167,10 @@ class Operation(Message):
                                "profile."},
             "deviceOsVersion": {"type": "string", "description": "OS version of the device "
                                 "profile."}}})]
+    result_jws: Annotated[str | None, Field(
+        description="The signed result (compact JWS, docs/signed-results.md), once the "
+        "operation has ended; verify it against /.well-known/jwks.json.",
+        examples=[None])] = None
 
 
 class Device(Message):

@@ -54,6 +54,7 @@ def test_api_keys(tmp_path: Path) -> None:
     assert run(tmp_path, "api-key", "revoke", key_id).returncode == 2
     events = [json.loads(line) for line in run(tmp_path, "audit").stdout.splitlines()]
     assert [(e["type"], e["outcome"]) for e in events] == [
+        ("signing_key.create", "SUCCESS"),  # the first result-signing key, at the first start
         ("application.create", "SUCCESS"), ("api_key.create", "SUCCESS"),
         ("api_key.revoke", "SUCCESS"), ("api_key.revoke", "REJECTED")]  # the operator's refusal
     assert all(token.split("_", 2)[2] not in json.dumps(e) for e in events)
@@ -62,7 +63,7 @@ def test_api_keys(tmp_path: Path) -> None:
 def test_help_lists_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "keybound.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for command in ("serve", "demo", "app", "api-key", "device", "audit", "db"):
+    for command in ("serve", "demo", "app", "api-key", "signing-key", "device", "audit", "db"):
         assert command in out
 
 
@@ -97,3 +98,54 @@ def test_an_invalid_setting_value_lists_the_valid_ones(tmp_path: Path) -> None:
         "keybound: configuration_invalid: invalid value for hwKeyValidationStrategy: 'FOO'; "
         "expected one of SUPPORTED, RISK_PARAMS, REQUIRED (REQUIRED_IF_SUPPORTED = SUPPORTED)")
     assert "Traceback" not in done.stderr
+
+
+def test_signing_keys(tmp_path: Path) -> None:
+    listed = run(tmp_path, "signing-key", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "issuer: http://127.0.0.1:8000" in listed.stdout
+    (first,) = [line.split()[0] for line in listed.stdout.splitlines()[2:]]
+    assert run(tmp_path, "signing-key", "retire", first).returncode == 2  # the last ACTIVE
+    created = run(tmp_path, "signing-key", "create", "--algorithm", "Ed25519")
+    assert created.returncode == 0, created.stderr
+    second = created.stdout.split()[0]
+    retired = run(tmp_path, "signing-key", "retire", first, "--publish-days", "30")
+    assert retired.returncode == 0 and "stays in the JWKS until" in retired.stdout
+    rows = {line.split()[0]: line for line in
+            run(tmp_path, "signing-key", "list").stdout.splitlines()[2:]}
+    assert "RETIRED" in rows[first] and "ACTIVE" in rows[second] and "Ed25519" in rows[second]
+    assert run(tmp_path, "signing-key", "issuer", "https://kb.example").stdout.strip() == \
+        "https://kb.example"
+    assert run(tmp_path, "signing-key", "issuer").stdout.strip() == "https://kb.example"
+    assert run(tmp_path, "signing-key", "issuer", "not a url").returncode == 2
+
+
+def test_audit_export_and_verify(tmp_path: Path) -> None:
+    assert run(tmp_path, "app", "create", "bank").returncode == 0
+    assert run(tmp_path, "api-key", "create", "bank").returncode == 0
+    verified = run(tmp_path, "audit", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "intact" in verified.stdout
+    export = tmp_path / "audit.jsonl"
+    assert run(tmp_path, "audit", "export", str(export)).returncode == 0
+    assert run(tmp_path, "audit", "export", str(export)).returncode != 0  # never overwritten
+    checked = run(tmp_path, "audit", "verify", "--export", str(export))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "--jwks" in checked.stderr  # it says which keys it trusted
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(json.loads(export.read_text().splitlines()[0])["jwks"]))
+    assert run(tmp_path, "audit", "verify", "--export", str(export), "--jwks",
+               str(jwks)).returncode == 0
+    lines = export.read_text().splitlines(keepends=True)
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(line.replace('"application.create"', '"application.update"')
+                              for line in lines))
+    refused = run(tmp_path, "audit", "verify", "--export", str(edited), "--jwks", str(jwks))
+    assert refused.returncode == 1
+    assert "edited" in refused.stdout and "entry seq" in refused.stdout
+    assert run(tmp_path, "audit", "checkpoint").returncode == 0
+    # the database still holds what the kept export recorded; a doctored copy does not
+    assert run(tmp_path, "audit", "verify", "--kept", str(export), "--jwks",
+               str(jwks)).returncode == 0
+    assert run(tmp_path, "audit", "verify", "--export", str(export), "--kept",
+               str(export), "--jwks", str(jwks)).returncode == 0

@@ -257,6 +257,57 @@ def test_approve_takes_a_bool(tmp_path, rp, transport, element) -> None:
     assert device.authenticate(approve=True).auth_method.value == "DEVICE"
 
 
+def test_sign_shows_the_data_and_the_result_carries_its_hash(tmp_path, rp, transport,
+                                                             element) -> None:
+    """Device.sign end to end (docs/protocol.md §3.2.6): the data is in pending() and shown
+    to approve; the signed result's dataHash is the hash of exactly that data."""
+    import base64
+    import hashlib
+
+    from keybound.protocol import OperationType
+    from keybound.server.events.results import verify_result
+    from keybound.server.services.resultkeys import DEFAULT_ISSUER
+
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    data = OperationContext(content="Sign contract #4711", mime_type="text/plain")
+    op = rp.start_signature(device.device_id, data.content)["operationId"]
+    (pending,) = device.pending()
+    assert (pending.operation_type, pending.data_to_sign) == (OperationType.SIGNATURE, data)
+    assert pending.pre_operation_context is None
+    # authenticate() never answers a signature: an app approving logins unseen signs nothing
+    with pytest.raises(ClientError) as info:
+        device.authenticate(operation_id=op)
+    assert info.value.code is ErrorCode.INVALID_STATE
+    # nor does sign() answer an authentication
+    auth = rp.start_operation(device.device_id)["operationId"]
+    with pytest.raises(ClientError) as info:
+        device.sign(auth, approve=lambda c: True)
+    assert info.value.code is ErrorCode.INVALID_STATE
+    # data other than what the app showed is refused before anything is signed
+    with pytest.raises(ClientError) as info:
+        device.sign(op, approve=lambda c: True, expected_data=OperationContext(
+            content="Sign contract #4712", mime_type="text/plain"))
+    assert info.value.code is ErrorCode.INVALID_STATE
+    assert rp.operation(op)["state"] == "PENDING"
+    seen: list[Any] = []
+    result = device.sign(op, approve=lambda c: seen.append(c) or True, expected_data=data)
+    assert seen == [data] and result.signed_data == data
+    token = rp.operation(op)["resultJws"]
+    claims = verify_result(token, rp.jwks(), expected_issuer=DEFAULT_ISSUER,
+                           expected_operation_id=op).claims
+    encoded = b"".join(len(v).to_bytes(4, "big") + v for v in (b"text/plain",
+                                                             data.content.encode()))
+    assert claims["dataHash"] == base64.urlsafe_b64encode(
+        hashlib.sha256(encoded).digest()).rstrip(b"=").decode()
+    assert claims["hwKeyServerResult"] == "VALID"  # the hardware key signed it too
+    # a declined signature fails at once, as a declined authentication does
+    op = rp.start_signature(device.device_id, "Sign contract #4713")["operationId"]
+    with pytest.raises(OperationDeclined):
+        device.sign(op, approve=lambda c: False)
+    assert rp.operation(op)["result"] == {"failureCode": "declined"}
+
+
 def test_lost_finish_answer_after_server_rotated(tmp_path, rp, transport, element) -> None:
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))

@@ -73,6 +73,20 @@ def test_tpm_device_lifecycle(tmp_path: Path, server: Server, swtpm: SwtpmBed) -
     assert operation["state"] == "COMPLETED"
     assert operation["riskData"]["hwKeyServerResult"] == "VALID"
 
+    # a signature: the data is listed and shown; the TPM key signs its hash (§3.2.5)
+    data = {"content": "I agree to contract #4711", "mimeType": "text/plain"}
+    op_id = app.rp.start_signature(device_id, data["content"])["operationId"]
+    (listed,) = ok(device(state, "pending"))["operations"]
+    assert (listed["operationType"], listed["dataToSign"]) == ("SIGNATURE", data)
+    fails(device(state, "authenticate", "--operation-id", op_id, "--yes"), "invalid_state")
+    signed = device(state, "sign", op_id, stdin="y\n")
+    assert "contract #4711" in signed.stderr  # the question showed the data
+    assert ok(signed)["signedData"] == data
+    operation = app.rp.operation(op_id)
+    assert (operation["state"], operation["type"]) == ("COMPLETED", "SIGNATURE")
+    assert operation["riskData"]["hwKeyServerResult"] == "VALID"
+    assert operation["resultJws"].count(".") == 2
+
     # deactivate: the server says DEACTIVATED, the local configuration is gone
     assert ok(device(state, "deactivate")) == {"deviceId": device_id, "state": "DEACTIVATED"}
     assert app.rp.device(device_id)["state"] == "DEACTIVATED"

@@ -14,13 +14,10 @@ from typing import Any
 
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from keybound.storage.db import Database
 from keybound.storage.migrations import alembic_config, upgrade
-from keybound.storage.tables import metadata
 
 MASTER = bytes(range(32))
 HOUR = 3_600_000
@@ -83,8 +80,7 @@ def test_0006_invalidates_old_codes_keeps_the_rest_and_goes_back(db_at_0005: Dat
     inspector = inspect(db.engine)
     assert "code_hash" not in {c["name"] for c in inspector.get_columns("operations")}
     assert "ix_operations_code" not in {i["name"] for i in inspector.get_indexes("operations")}
-    with db.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    with db.engine.connect() as conn:  # (the head matching tables.py: tests/storage/test_db.py)
         assert conn.execute(text("SELECT count(*) FROM activation_secrets")).scalar() == 0
 
     # an activation issued under 0006, not started, then a downgrade

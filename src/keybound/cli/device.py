@@ -232,18 +232,21 @@ def _store_options(args: argparse.Namespace, keystore: str) -> dict[str, Any]:
     return {}
 
 
-def _authenticate(args: argparse.Namespace) -> dict[str, Any]:
-    device, _ = _device(args.state_dir)
-
+def _approver(args: argparse.Namespace, question: str) -> Any:
     def approve(context: Any) -> bool:
         if context is None or args.yes:
             return True
-        print(f"approve? {context.content!r} [{context.mime_type}] (y/N) ", end="",
+        print(f"{question} {context.content!r} [{context.mime_type}] (y/N) ", end="",
               file=sys.stderr, flush=True)
         return sys.stdin.readline().strip().lower() in ("y", "yes")
 
+    return approve
+
+
+def _authenticate(args: argparse.Namespace) -> dict[str, Any]:
+    device, _ = _device(args.state_dir)
     result = device.authenticate(operation_id=args.operation_id, pin=_pin(args),
-                                 approve=approve)
+                                 approve=_approver(args, "approve?"))
     post = result.post_operation_context
     return {"operationId": result.operation_id, "authMethod": result.auth_method.value,
             "authLevel": result.auth_level.value,
@@ -251,12 +254,25 @@ def _authenticate(args: argparse.Namespace) -> dict[str, Any]:
             **({"postOperationContext": post.to_wire()} if post else {})}
 
 
+def _sign(args: argparse.Namespace) -> dict[str, Any]:
+    device, _ = _device(args.state_dir)
+    result = device.sign(args.operation_id, pin=_pin(args),
+                         approve=_approver(args, "sign this?"))
+    signed = result.signed_data
+    return {"operationId": result.operation_id, "authMethod": result.auth_method.value,
+            "authLevel": result.auth_level.value,
+            "hwKeyClientStatus": result.hw_key_client_status.value,
+            **({"signedData": signed.to_wire()} if signed else {})}
+
+
 def _pending(args: argparse.Namespace) -> dict[str, Any]:
     device, _ = _device(args.state_dir)
     return {"operations": [
-        {"operationId": op.operation_id, "expiresAt": op.expires_at.isoformat(),
+        {"operationId": op.operation_id, "operationType": op.operation_type.value,
+         "expiresAt": op.expires_at.isoformat(),
          **({"preOperationContext": op.pre_operation_context.to_wire()}
             if op.pre_operation_context else {}),
+         **({"dataToSign": op.data_to_sign.to_wire()} if op.data_to_sign else {}),
          **({"requiredAuthMethod": op.required_auth_method.value}
             if op.required_auth_method else {})}
         for op in device.pending()]}
@@ -291,8 +307,8 @@ def _deactivate(args: argparse.Namespace) -> dict[str, Any]:
     return {"deviceId": device_id, "state": "DEACTIVATED"}
 
 
-ACTIONS = {"activate": _activate, "authenticate": _authenticate, "pending": _pending,
-           "status": _status, "deactivate": _deactivate}
+ACTIONS = {"activate": _activate, "authenticate": _authenticate, "sign": _sign,
+           "pending": _pending, "status": _status, "deactivate": _deactivate}
 
 
 def cmd_device(args: argparse.Namespace) -> int:
@@ -363,6 +379,13 @@ def register(sub: Any) -> None:
     auth.add_argument("--with-pin", action="store_true",
                       help=f"use DEVICE:PIN (PIN from ${PIN_ENV} or a prompt)")
     auth.add_argument("--yes", action="store_true", help="approve without asking")
+
+    sign = _with_device_options(actions.add_parser(
+        "sign", help="answer a signature operation: show its data, and sign it if approved"))
+    sign.add_argument("operation_id", help="the signature operation (see `pending`)")
+    sign.add_argument("--with-pin", action="store_true",
+                      help=f"use DEVICE:PIN (PIN from ${PIN_ENV} or a prompt)")
+    sign.add_argument("--yes", action="store_true", help="sign without asking")
 
     _with_device_options(actions.add_parser(
         "pending", help="list backend-initiated operations waiting for us"))

@@ -37,6 +37,11 @@ If the server still answers ``software_key_superseded`` (a ceremony outside the 
 the key after this one's challenge), the device reloads its state and, if that brought a
 newer key, tries once more with it; it never retries with the refused key, which the server
 would take for a copy.
+
+Signature operations (docs/protocol.md §3.2.6) are answered with :meth:`Device.sign` only:
+it shows the data to the ``approve`` callback (mandatory) and signs a transcript that binds
+its hash; :meth:`Device.authenticate` refuses them, so an app that approves authentications
+without asking never signs data unseen.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from keybound.protocol import (
     Message,
     OperationContext,
     OperationState,
+    OperationType,
     Platform,
     Purpose,
 )
@@ -129,6 +135,8 @@ class AuthenticationResult:
     auth_level: AuthLevel
     post_operation_context: OperationContext | None
     hw_key_client_status: HwKeyClientStatus
+    #: a signature operation's data, as shown and signed (None for an authentication)
+    signed_data: OperationContext | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +147,9 @@ class PendingOperation:
     expires_at: datetime
     pre_operation_context: OperationContext | None
     required_auth_method: AuthMethod | None
+    #: SIGNATURE: answer with :meth:`Device.sign`, which shows ``data_to_sign``
+    operation_type: OperationType = OperationType.AUTHENTICATION
+    data_to_sign: OperationContext | None = None
 
 
 class OperationDeclined(ClientError):
@@ -517,15 +528,38 @@ class Device:
         Raises ClientError with the server's code when refused (``pin_invalid`` for a wrong
         PIN: only the server can tell).
         """
+        return self._answer(operation_id, pin, _Approval(approve), _Expected(
+            kind=OperationType.AUTHENTICATION, data=None))
+
+    def sign(
+        self,
+        operation_id: str,
+        *,
+        approve: Approve,
+        pin: str | None = None,
+        expected_data: OperationContext | None = None,
+    ) -> AuthenticationResult:
+        """Answer the signature operation ``operation_id`` (docs/protocol.md §3.2.6): the
+        data to sign is shown to ``approve``, and the device's keys sign a transcript that
+        binds its hash, which the result's JWS carries to the relying party.
+
+        ``expected_data``: what the app already showed (say, from :meth:`pending`); other
+        data from the server is refused before anything is signed (``invalid_state``).
+        Returning False from ``approve`` declines it (:class:`OperationDeclined`).
+        """
+        return self._answer(operation_id, pin, _Approval(approve), _Expected(
+            kind=OperationType.SIGNATURE, data=expected_data))
+
+    def _answer(self, operation_id: str | None, pin: str | None, approval: _Approval,
+                expected: _Expected) -> AuthenticationResult:
         method = AuthMethod.DEVICE_PIN if pin is not None else AuthMethod.DEVICE
-        approval = _Approval(approve)
 
         def attempt() -> AuthenticationResult:
             self._require_activated()
             return _newest_accepted(
                 self._candidates(),
                 lambda candidate: self._authenticate_with(candidate, operation_id, method, pin,
-                                                          approval),
+                                                          approval, expected),
                 "authentication")
 
         with self._ceremony():
@@ -544,7 +578,8 @@ class Device:
                 log.info("the software key was rotated meanwhile; trying the current one")
                 return attempt()
 
-    def _decline(self, device_id: str, start: protocol.AuthenticationStartResponse) -> None:
+    def _decline(self, device_id: str, start: protocol.AuthenticationStartResponse,
+                 shown: OperationContext | None) -> None:
         """Decline a backend-initiated operation at the server (§3.1.7), signing with each
         candidate key of ``device_id``, newest first, as finish does; the challenge stays
         the same while it is valid, so no new start (and no new question) is needed.
@@ -559,8 +594,7 @@ class Device:
         message = protocol.transcript(
             Purpose.DECLINE, application_id=self.application_id, device_id=device_id,
             operation_id=start.operation_id, challenge=start.challenge,
-            context_digest=protocol.context_hash(start.pre_operation_context),
-            software_public_key=b"")
+            context_digest=protocol.context_hash(shown), software_public_key=b"")
 
         def send(key: SoftwareKey) -> None:
             self._post(
@@ -586,6 +620,7 @@ class Device:
         method: AuthMethod,
         pin: str | None,
         approval: _Approval,
+        expected: _Expected,
     ) -> AuthenticationResult:
         registration = self._state.registrations[candidate.registration]
         current = SoftwareKey.from_pem(registration.software_keys[candidate.key])
@@ -600,15 +635,17 @@ class Device:
             ),
             protocol.AuthenticationStartResponse,
         )
+        shown = expected.check(start)
         _check_method(method, start.allowed_auth_methods)
         try:
-            approval.check(start.pre_operation_context)
+            approval.check(shown)
         except OperationDeclined:
             if operation_id is not None:  # tell the relying party now (§3.1.7)
-                self._decline(registration.device_id, start)
+                self._decline(registration.device_id, start, shown)
             raise
         following = SoftwareKey.generate()
-        signed = self._sign_authentication(start, registration, following, method)
+        signed = self._sign_authentication(start, registration, following, method,
+                                           expected.kind, shown)
         request = protocol.AuthenticationFinishRequest(
             application_id=self.application_id,
             device_id=registration.device_id,
@@ -629,6 +666,7 @@ class Device:
             auth_level=finish.auth_level,
             post_operation_context=finish.post_operation_context,
             hw_key_client_status=signed.status,
+            signed_data=shown if expected.kind is OperationType.SIGNATURE else None,
         )
 
     def _sign_authentication(
@@ -637,12 +675,16 @@ class Device:
         registration: Registration,
         following: SoftwareKey,
         method: AuthMethod,
+        kind: OperationType,
+        shown: OperationContext | None,
     ) -> _HardwareSigned:
-        """The transcript and the hardware part of an authentication. The status is in the
-        transcript, so a failed hardware signature means a new transcript without one."""
+        """The transcript and the hardware part of an authentication (or signature). The
+        status is in the transcript, so a failed hardware signature means a new transcript
+        without one."""
 
         def transcript(status: HwKeyClientStatus) -> bytes:
-            return self._authentication_transcript(start, registration, following, method, status)
+            return self._authentication_transcript(start, registration, following, method,
+                                                   status, kind, shown)
 
         handle = registration.hardware_key
         if handle is None:
@@ -663,14 +705,17 @@ class Device:
         following: SoftwareKey,
         method: AuthMethod,
         status: HwKeyClientStatus,
+        kind: OperationType,
+        shown: OperationContext | None,
     ) -> bytes:
+        # §4.1.1: a signature signs the hash of the data shown, under its own purpose
         return protocol.transcript(
-            Purpose.AUTHENTICATION,
+            Purpose.SIGNATURE if kind is OperationType.SIGNATURE else Purpose.AUTHENTICATION,
             application_id=self.application_id,
             device_id=registration.device_id,
             operation_id=start.operation_id,
             challenge=start.challenge,
-            context_digest=protocol.context_hash(start.pre_operation_context),
+            context_digest=protocol.context_hash(shown),
             software_public_key=following.public_key,
             hardware_public_key=b"",
             auth_method=method.value,
@@ -732,7 +777,7 @@ class Device:
 
     def pending(self) -> list[PendingOperation]:
         """Backend-initiated operations waiting for this device (answer one with
-        ``authenticate(operation_id=...)``)."""
+        ``authenticate(operation_id=...)``, or a signature operation with ``sign``)."""
         current = self._store.load().current  # as saved; no lock: nothing is written
         if current is None:
             raise ClientError("the device is not activated", code=ErrorCode.CLIENT_NOT_ACTIVATED)
@@ -749,6 +794,8 @@ class Device:
                 expires_at=op.expires_at,
                 pre_operation_context=op.pre_operation_context,
                 required_auth_method=op.required_auth_method,
+                operation_type=op.operation_type or OperationType.AUTHENTICATION,
+                data_to_sign=op.data_to_sign,
             )
             for op in response.operations
         ]
@@ -922,8 +969,35 @@ class _HardwareSigned:
     status: HwKeyClientStatus
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Expected:
+    """What the caller answers: an authentication, or a signature (of this data, if
+    given). Checked against the start's answer before anything is signed."""
+
+    kind: OperationType
+    data: OperationContext | None
+
+    def check(self, start: protocol.AuthenticationStartResponse) -> OperationContext | None:
+        """What the user is shown: the pre-operation context, or the data to sign."""
+        kind = start.operation_type or OperationType.AUTHENTICATION
+        if kind is not self.kind:
+            raise ClientError(
+                f"operation {start.operation_id} is a {kind.value.lower()} operation: answer "
+                f"it with {'sign' if kind is OperationType.SIGNATURE else 'authenticate'}",
+                code=ErrorCode.INVALID_STATE)
+        if kind is not OperationType.SIGNATURE:
+            return start.pre_operation_context
+        if start.data_to_sign is None:
+            raise ClientError("a signature operation without data to sign",
+                              code=ErrorCode.CLIENT_TRANSPORT)
+        if self.data is not None and start.data_to_sign != self.data:
+            raise ClientError("the server sent other data to sign than the app showed",
+                              code=ErrorCode.INVALID_STATE)
+        return start.data_to_sign
+
+
 class _Approval:
-    """Asks the ``approve`` callback once per distinct pre-operation context and remembers
+    """Asks the ``approve`` callback once per distinct context (or data to sign) and remembers
     the answer, declines included: a retry with an older key does not ask again, and a
     decline stays a decline."""
 

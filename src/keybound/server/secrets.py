@@ -1,6 +1,6 @@
 """Secrets at rest: the master key file, and the one format every secret the database holds
-is wrapped in (E2E private keys, PIN keys, post-operation contexts) or keyed under
-(activation tokens and codes).
+is wrapped in (E2E private keys, PIN keys, post-operation contexts, result-signing keys) or
+keyed under (activation tokens and codes).
 
 A copy of the database alone -- a backup, a replica, a stolen disk image -- must yield none of
 them. Each is wrapped under a key derived from the server's master key, which lives in a file
@@ -65,6 +65,7 @@ class Purpose(StrEnum):
     POST_CONTEXT = "post-operation-context"  # bound to the operation id
     ACTIVATION_CODE = "activation-code"  # keyed hash, bound to the operation id
     ACTIVATION_TOKEN = "activation-token"  # noqa: S105 - keyed hash, bound to the app id
+    RESULT_SIGNING_KEY = "result-signing-key"  # PKCS#8, bound to kid and algorithm
 
 
 class SecretUnusable(KeyStorageError):

@@ -119,6 +119,9 @@ operations = Table(
     Column("result", Text, nullable=True),  # JSON: authMethod, authLevel, failureCode, risk
     Column("created_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger, nullable=True),
+    # the signed result (docs/signed-results.md): made by the statement that ends the
+    # operation, or on the first read of one that expired; never replaced once set
+    Column("result_jws", Text, nullable=True),
     Index("ix_operations_device_state", "device_id", "state"),
 )
 
@@ -158,6 +161,52 @@ events = Table(
     Column("payload", Text, nullable=True),  # JSON
     Column("created_at", BigInteger, nullable=False),
     Column("delivery", String(16), nullable=True),  # NULL: the audit trail only
+    # the audit chain (docs/audit.md): the entry's position in the chain, the previous
+    # entry's chain_hash, and SHA-256 over it and this entry's immutable columns; NULL until
+    # the entry is sealed into the chain (at once on SQLite, just after commit on PostgreSQL)
+    Column("chain_seq", BigInteger, nullable=True),
+    Column("chain_prev", LargeBinary(32), nullable=True),
+    Column("chain_hash", LargeBinary(32), nullable=True),
+    # the entries waiting to be sealed (none for long): what the sealer reads
+    Index("ix_events_unsealed", "seq", sqlite_where=text("chain_hash IS NULL"),
+          postgresql_where=text("chain_hash IS NULL")),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    # one row: the newest sealed entry's position and hash; its row lock (PostgreSQL) lets
+    # one sealer at a time extend the chain
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("chain_seq", BigInteger, nullable=False),
+    Column("chain_hash", LargeBinary(32), nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("kind", String(16), nullable=False),  # PERIODIC, PRUNE (server.events.chain)
+    Column("chain_seq", BigInteger, nullable=False),  # the entry it signs (as in the JWS)
+    Column("chain_hash", LargeBinary(32), nullable=False),  # that entry's hash (as in the JWS)
+    Column("jws", Text, nullable=False),  # compact JWS by a result-signing key
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_audit_checkpoints_chain_seq", "chain_seq"),
+)
+
+result_keys = Table(
+    "result_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),  # RFC 7638 thumbprint of the public key
+    Column("algorithm", String(16), nullable=False),  # events.results.ResultAlgorithm
+    Column("public_jwk", Text, nullable=False),  # JSON, as published in the JWKS
+    # PKCS#8 wrapped under the master key (server.secrets); NULL once the key is retired
+    Column("wrapped_private_key", LargeBinary, nullable=True),
+    Column("state", String(16), nullable=False),  # ACTIVE, RETIRED
+    Column("created_at", BigInteger, nullable=False),
+    Column("retired_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),  # end of publication; NULL: for good
 )
 
 noise = Table(

@@ -33,8 +33,9 @@ def activated(rp: RelyingParty, *, hardware: bool = True, **kwargs: Any) -> RawD
 
 
 #: what a refused request may still write: its event (or anonymous count), and its replay
-#: mark, so that it cannot be replayed either
-RECORDS = {"events", "noise", "seen_requests"}
+#: mark, so that it cannot be replayed either; and the audit chain's checkpoints, which the
+#: server's housekeeping signs meanwhile
+RECORDS = {"events", "noise", "seen_requests", "audit_checkpoints", "audit_head"}
 
 
 def snapshot(kb: Keybound) -> dict[str, Any]:

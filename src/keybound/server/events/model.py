@@ -37,12 +37,14 @@ class EventType(StrEnum):
     AUTHENTICATION_DECLINE = "authentication.decline"
     AUTHENTICATION_PENDING = "authentication.pending"
     CLONE_DETECTED = "authentication.clone_detected"
+    SIGNATURE_FINISH = "signature.finish"
     # relying party
     USER_CREATE = "user.create"
     USER_READ = "user.read"
     ACTIVATION_CODE_ISSUED = "activation.code_issued"
     REACTIVATION_CODE_ISSUED = "reactivation.code_issued"
     AUTHENTICATION_CREATE = "authentication.create"
+    SIGNATURE_CREATE = "signature.create"
     OPERATION_READ = "operation.read"
     DEVICE_READ = "device.read"
     DEVICE_LOCK = "device.lock"
@@ -58,6 +60,10 @@ class EventType(StrEnum):
     E2E_KEY_RETIRE = "e2e_key.retire"
     E2E_KEY_EXPORT_PIN = "e2e_key.export_pin"
     DB_PRUNE = "db.prune"
+    SIGNING_KEY_CREATE = "signing_key.create"
+    SIGNING_KEY_RETIRE = "signing_key.retire"
+    SIGNING_KEY_ISSUER = "signing_key.issuer"
+    AUDIT_EXPORT = "audit.export"
     ADMIN_READ = "admin.read"  # a refused read only: reads are not audited
 
 

@@ -20,6 +20,9 @@ from keybound.storage import tables as t
 from keybound.storage.prepared import Prepared
 
 OPS = t.operations
+#: what a device answers after a start: an authentication or a signature (§3.2.5)
+_ANSWERED = or_(OPS.c.type == OperationType.AUTHENTICATION.value,
+                OPS.c.type == OperationType.SIGNATURE.value)
 
 
 _SELECT: Final = Prepared(select(OPS).where(OPS.c.id == bindparam("id")), row=OperationRecord)
@@ -28,14 +31,16 @@ _SELECT_OF_APP: Final = Prepared(select(OPS).where(
     row=OperationRecord)
 _INSERT: Final = Prepared(insert(OPS))
 #: §4.3: the one statement that consumes a challenge (it is on every finish); a
-#: post-operation context is erased with it, released or not
+#: post-operation context is erased with it, released or not. It stores the signed result,
+#: and an operation already given one (signed EXPIRED on a read) is never ended again.
 _CONSUME: Final = Prepared(
     update(OPS)
     .where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
            OPS.c.challenge == bindparam("challenge_"),
-           OPS.c.challenge_expires_at > bindparam("now"))
+           OPS.c.challenge_expires_at > bindparam("now"), OPS.c.result_jws.is_(None))
     .values(state=bindparam("new_state"), completed_at=bindparam("now"),
-            result=bindparam("result_"), wrapped_post_context=None))
+            result=bindparam("result_"), wrapped_post_context=None,
+            result_jws=bindparam("jws")))
 #: §3.1.1: the start that consumed an activation's secret gives it its challenge
 _START_ACTIVATION: Final = Prepared(
     update(OPS)
@@ -46,18 +51,18 @@ _START_ACTIVATION: Final = Prepared(
     .returning(OPS.c.device_id))
 #: backend-initiated: the device's pending list, its start, and a challenge refresh (§3.1.3)
 _SELECT_PENDING: Final = Prepared(select(
-    OPS.c.id, OPS.c.expires_at, OPS.c.pre_context, OPS.c.required_auth_method).where(
+    OPS.c.id, OPS.c.expires_at, OPS.c.pre_context, OPS.c.required_auth_method,
+    OPS.c.type).where(
     OPS.c.device_id == bindparam("device_id"),
     OPS.c.application_id == bindparam("application_id"),
     OPS.c.state == OperationState.PENDING.value, OPS.c.initiator == Initiator.BACKEND.value,
-    OPS.c.type == OperationType.AUTHENTICATION.value,
-    OPS.c.expires_at > bindparam("now")).order_by(OPS.c.created_at), row=PendingRecord)
+    _ANSWERED, OPS.c.expires_at > bindparam("now")).order_by(OPS.c.created_at),
+    row=PendingRecord)
 _SELECT_BACKEND_PENDING: Final = Prepared(select(
     OPS.c.config, OPS.c.expires_at, OPS.c.challenge, OPS.c.challenge_expires_at,
-    OPS.c.pre_context, OPS.c.required_auth_method).where(
+    OPS.c.pre_context, OPS.c.required_auth_method, OPS.c.type).where(
     OPS.c.id == bindparam("id"), OPS.c.device_id == bindparam("device_id"),
-    OPS.c.application_id == bindparam("application_id"),
-    OPS.c.type == OperationType.AUTHENTICATION.value,
+    OPS.c.application_id == bindparam("application_id"), _ANSWERED,
     OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > bindparam("now")),
     row=BackendPendingRecord)
 _REFRESH_CHALLENGE: Final = Prepared(
@@ -84,21 +89,34 @@ def insert_operation(conn: Connection, **columns: Any) -> None:
 
 
 def consume(conn: Connection, op: OperationRecord, *, passed: bool, result: dict[str, Any],
-            now: int) -> bool:
-    """§4.3: end the operation with one conditional statement; False if another request
-    consumed its challenge first (or it expired meanwhile)."""
+            now: int, result_jws: str) -> bool:
+    """§4.3: end the operation with one conditional statement, storing its signed result;
+    False if another request consumed its challenge first (or it expired meanwhile)."""
     return _CONSUME.rowcount(conn, {
         "op_id": op.id, "challenge_": op.challenge, "now": now,
         "new_state": (OperationState.COMPLETED if passed else OperationState.FAILED).value,
-        "result_": json.dumps(result)}) == 1
+        "result_": json.dumps(result), "jws": result_jws}) == 1
 
 
-def fail(conn: Connection, operation_id: str, result: dict[str, Any], now: int) -> bool:
-    """End a PENDING operation as FAILED whatever its challenge; False if it had ended."""
+def fail(conn: Connection, operation_id: str, result: dict[str, Any], now: int, *,
+         result_jws: str) -> bool:
+    """End a PENDING operation as FAILED whatever its challenge, with its signed result;
+    False if it had ended (or was signed as expired)."""
     return conn.execute(update(OPS).where(
-        OPS.c.id == operation_id, OPS.c.state == OperationState.PENDING.value).values(
+        OPS.c.id == operation_id, OPS.c.state == OperationState.PENDING.value,
+        OPS.c.result_jws.is_(None)).values(
         state=OperationState.FAILED.value, completed_at=now, result=json.dumps(result),
-        wrapped_post_context=None)).rowcount == 1
+        wrapped_post_context=None, challenge=None, result_jws=result_jws)).rowcount == 1
+
+
+def store_result_jws(conn: Connection, operation_id: str, result_jws: str, now: int) -> bool:
+    """The signed result of an operation that ended without one: it expired (EXPIRED is
+    derived on read) or ended before results were signed. False if another request stored
+    one first, or the operation is still pending."""
+    return conn.execute(update(OPS).where(
+        OPS.c.id == operation_id, OPS.c.result_jws.is_(None),
+        (OPS.c.state != OperationState.PENDING.value) | (OPS.c.expires_at <= now)).values(
+        result_jws=result_jws)).rowcount == 1
 
 
 def note_overlap(conn: Connection, operation_id: str, note: dict[str, Any]) -> None:
@@ -109,16 +127,14 @@ def note_overlap(conn: Connection, operation_id: str, note: dict[str, Any]) -> N
                  .values(result=json.dumps(note)))
 
 
-def fail_pending_of_device(conn: Connection, device_id: str, code: str, now: int) -> None:
-    """A device that can no longer answer has its pending operations failed, not left
-    hanging (reactivations not yet started stay: a reactivation is how it comes back)."""
-    conn.execute(
-        update(OPS)
-        .where(OPS.c.device_id == device_id, OPS.c.state == OperationState.PENDING.value,
-               or_(OPS.c.type == OperationType.AUTHENTICATION.value,
-                   OPS.c.challenge.is_not(None)))
-        .values(state=OperationState.FAILED.value, challenge=None, completed_at=now,
-                result=json.dumps({"failureCode": code}), wrapped_post_context=None))
+def pending_of_device_to_fail(conn: Connection, device_id: str) -> list[OperationRecord]:
+    """A device that can no longer answer has its pending operations failed (each with its
+    signed result: services), not left hanging; reactivations not yet started stay (a
+    reactivation is how it comes back)."""
+    return [OperationRecord(*row) for row in conn.execute(select(OPS).where(
+        OPS.c.device_id == device_id, OPS.c.state == OperationState.PENDING.value,
+        or_(_ANSWERED, OPS.c.challenge.is_not(None)),
+        OPS.c.result_jws.is_(None)).order_by(OPS.c.created_at))]
 
 
 # -- activation -----------------------------------------------------------------------------

@@ -21,11 +21,13 @@ from keybound.server.secrets import MasterKey, SecretBox, master_key_path
 from keybound.server.services.activation import Activation
 from keybound.server.services.admin import Admin
 from keybound.server.services.applications import Applications
+from keybound.server.services.audit import AuditTrail
 from keybound.server.services.authentication import Authentication
 from keybound.server.services.e2ekeys import E2EKeys
 from keybound.server.services.maintenance import Maintenance
 from keybound.server.services.operations import Operations
 from keybound.server.services.registrations import Registrations
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.storage.db import DEFAULT_DATA_DIR, Database
 
 
@@ -48,18 +50,21 @@ class Keybound:
         self.master_key = master_key
         self.box = SecretBox(master_key)
         self.noise = NoiseCounter(db)
-        self.maintenance = Maintenance(db, clock, self.noise)
+        self.results = ResultKeys(db, self.box, clock)
+        self.audit = AuditTrail(db, clock, self.results)
+        self.maintenance = Maintenance(db, clock, self.noise, checkpoint=self.audit.checkpoint)
         self.applications = Applications()
-        self.operations = Operations(self.box)
-        self.registrations = Registrations()
-        self.activation = Activation(self.box)
-        self.authentication = Authentication(self.box)
+        self.operations = Operations(self.box, self.results)
+        self.registrations = Registrations(self.results)
+        self.activation = Activation(self.box, self.results)
+        self.authentication = Authentication(self.box, self.results)
         self.e2e_keys = E2EKeys(db, self.box)
         self.admin = Admin(self)
 
     def close(self) -> None:
         """Finish what runs in the background, store the last counts, close the database."""
         self.maintenance.join()
+        self.audit.stop_sealer()
         self.noise.flush()
         self.db.dispose()
 
@@ -76,7 +81,10 @@ class Keybound:
         with db.write() as conn:
             if settings.get(conn, settings.MASTER_KEY_FINGERPRINT) is None:
                 settings.put_new(conn, settings.MASTER_KEY_FINGERPRINT, master_key.fingerprint)
-        return cls(db, clock, master_key=master_key)
+        kb = cls(db, clock, master_key=master_key)
+        kb.results.ensure(kb.noise)  # the first result-signing key, before any request
+        kb.audit.seal()  # entries older than the chain, or left unsealed by a stopped server
+        return kb
 
 
 def check_master_key(db: Database, master_key: MasterKey) -> None:

@@ -17,6 +17,7 @@ from keybound.protocol import (
     AuthMethod,
     DeviceState,
     HwKeyValidationStrategy,
+    OperationState,
     OperationType,
 )
 from keybound.server.clock import ms_to_dt
@@ -34,6 +35,7 @@ from keybound.server.repositories import activation_secrets as secrets_
 from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose, SecretBox
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
 if TYPE_CHECKING:
@@ -45,8 +47,9 @@ CODE_REFUSED: Final = "unknown, used, burnt or expired activation code or link"
 
 
 class Activation:
-    def __init__(self, box: SecretBox) -> None:
+    def __init__(self, box: SecretBox, results: ResultKeys) -> None:
         self.box = box
+        self.results = results
 
     # -- start (§3.1.1) -------------------------------------------------------------------
 
@@ -119,9 +122,14 @@ class Activation:
             op = ops.get(conn, request.operation_id)
         verified = verify_activation(request, operation=op, now=unit.now)
         unit.identify()
+        signed = self.results.operation_result(
+            verified.operation, state=(OperationState.FAILED if verified.failure
+                                       else OperationState.COMPLETED),
+            result=verified.result, completed_at=unit.now, now=unit.now)
         conn = unit.write()
         if not ops.consume(conn, verified.operation, passed=verified.failure is None,
-                           result=verified.result, now=unit.now):  # §4.3
+                           result=verified.result, now=unit.now,
+                           result_jws=signed):  # §4.3
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         if verified.failure is None:
             self._store_registration(unit, request, verified)

@@ -4,7 +4,7 @@ the pending list serve backend-initiated operations (docs/protocol.md §3.1.3-5,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from keybound.crypto import key_id
 from keybound.errors import CeremonyError, CeremonyFailed, ErrorCode
@@ -54,6 +54,8 @@ from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose as SecretPurpose
 from keybound.server.secrets import SecretBox
+from keybound.server.services.operations import fail_pending_of_device
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
 if TYPE_CHECKING:
@@ -61,8 +63,9 @@ if TYPE_CHECKING:
 
 
 class Authentication:
-    def __init__(self, box: SecretBox) -> None:
+    def __init__(self, box: SecretBox, results: ResultKeys) -> None:
         self.box = box
+        self.results = results
 
     # -- start (§3.1.3) -------------------------------------------------------------------
 
@@ -123,7 +126,7 @@ class Authentication:
             methods = [AuthMethod(row.required_auth_method)]
         return AuthenticationStartResponse(
             operation_id=op_id, challenge=challenge, expires_at=ms_to_dt(expires),
-            pre_operation_context=load_context(row.pre_context), allowed_auth_methods=methods)
+            allowed_auth_methods=methods, **_shown(row.type, row.pre_context))
 
     # -- pending backend-initiated operations (§3.1.5) ------------------------------------
 
@@ -136,9 +139,9 @@ class Authentication:
         return PendingOperationsResponse(operations=[
             PendingOperation(
                 operation_id=r.id, expires_at=ms_to_dt(r.expires_at),
-                pre_operation_context=load_context(r.pre_context),
                 required_auth_method=(AuthMethod(r.required_auth_method)
-                                      if r.required_auth_method else None))
+                                      if r.required_auth_method else None),
+                **_shown(r.type, r.pre_context))
             for r in rows])
 
     # -- decline (§3.1.7) -----------------------------------------------------------------
@@ -165,8 +168,12 @@ class Authentication:
         prove_possession(reg.sw_public_key, tbs, request.software_signature)
         unit.identify()
         require_pending(op, unit.now)
-        if not ops.consume(unit.write(), op, passed=False,
-                           result={"failureCode": ErrorCode.DECLINED.value}, now=unit.now):
+        result = {"failureCode": ErrorCode.DECLINED.value}
+        signed = self.results.operation_result(op, state=OperationState.FAILED, result=result,
+                                               completed_at=unit.now, now=unit.now,
+                                               user_id=reg.user_id)
+        if not ops.consume(unit.write(), op, passed=False, result=result, now=unit.now,
+                           result_jws=signed):
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         unit.emit(EventType.AUTHENTICATION_DECLINE, code=ErrorCode.DECLINED.value)
         return DeclineResponse(operation_id=op.id, state=OperationState.FAILED)
@@ -197,9 +204,16 @@ class Authentication:
             unit.identify()
             self._superseded(unit, used)
         unit.identify()
+        # signed before the write transaction opens: the unit's writer lock is not held
+        # while the result is signed (docs/signed-results.md: cost)
+        signed = self.results.operation_result(
+            verified.operation, state=(OperationState.FAILED if verified.failure
+                                       else OperationState.COMPLETED),
+            result=verified.result, completed_at=unit.now, now=unit.now,
+            user_id=verified.registration.user_id)
         conn = unit.write()
         if not ops.consume(conn, verified.operation, passed=verified.failure is None,
-                           result=verified.result, now=unit.now):
+                           result=verified.result, now=unit.now, result_jws=signed):
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         if verified.failure is None:
             self._rotate(unit, verified)
@@ -207,7 +221,9 @@ class Authentication:
             config = AppConfig.from_stored(verified.operation.config)
             regs.count_failure(conn, verified.registration.id,
                                allowed=config.amount_failures_allowed, now=unit.now)
-        unit.emit(EventType.AUTHENTICATION_FINISH,
+        unit.emit(EventType.SIGNATURE_FINISH
+                  if verified.operation.type == OperationType.SIGNATURE.value
+                  else EventType.AUTHENTICATION_FINISH,
                   outcome=Outcome.FAILURE if verified.failure else Outcome.SUCCESS,
                   code=verified.failure.value if verified.failure else None,
                   payload=verified.result)
@@ -246,8 +262,7 @@ class Authentication:
         raise CeremonyError("software key rotated by another ceremony of this device; retry",
                             code=ErrorCode.SOFTWARE_KEY_SUPERSEDED)
 
-    @staticmethod
-    def _superseded(unit: Unit, used: SupersededKeyUsed) -> NoReturn:
+    def _superseded(self, unit: Unit, used: SupersededKeyUsed) -> NoReturn:
         """§4.5: a copy locks the registration, whatever else is wrong with the request; an
         overlap of the device's own ceremonies is noted on the operation and refused as
         retryable. Raises either way."""
@@ -264,11 +279,14 @@ class Authentication:
                                  "device after this challenge was issued; retry with the "
                                  "current key", code=ErrorCode.SOFTWARE_KEY_SUPERSEDED,
                                  operation_id=op.id)
-        if not ops.fail(conn, op.id, clone_result(), unit.now):  # finished meanwhile: a
-            raise CeremonyError("challenge already used",   # replay of it is no copy
-                                code=ErrorCode.CHALLENGE_USED)
+        signed = self.results.operation_result(
+            op, state=OperationState.FAILED, result=clone_result(), completed_at=unit.now,
+            now=unit.now, user_id=reg.user_id)
+        if not ops.fail(conn, op.id, clone_result(), unit.now,  # finished meanwhile: a
+                        result_jws=signed):                    # replay of it is no copy
+            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         regs.lock_cloned(conn, reg.id, unit.now)
-        ops.fail_pending_of_device(conn, reg.id, ErrorCode.SOFTWARE_KEY_CLONED.value, unit.now)
+        fail_pending_of_device(unit, self.results, reg.id, ErrorCode.SOFTWARE_KEY_CLONED)
         unit.emit(EventType.CLONE_DETECTED, outcome=Outcome.FAILURE,
                   code=ErrorCode.SOFTWARE_KEY_CLONED.value, payload=details)
         raise CeremonyFailed("superseded software key used: registration locked",
@@ -287,6 +305,15 @@ def _signer(conn: Connection, request: AuthenticationFinishRequest,
         return None
     return Signer(key_id=request.software_key_id, public_key=old.public_key,
                   superseded_at=old.superseded_at)
+
+
+def _shown(operation_type: str, stored: str | None) -> dict[str, Any]:
+    """What the device is shown of a pending operation (§3.1.3, §3.1.5): a signature
+    operation's data to sign, or an authentication's pre-operation context."""
+    if operation_type == OperationType.SIGNATURE.value:
+        return {"operation_type": OperationType.SIGNATURE,
+                "data_to_sign": load_context(stored)}
+    return {"pre_operation_context": load_context(stored)}
 
 
 def _decoy(config: AppConfig, now: int,

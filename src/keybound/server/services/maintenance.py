@@ -1,6 +1,7 @@
 """Housekeeping a running server does by itself, off the request path: forgetting expired
 replay marks (docs/channel.md §6), erasing post-operation contexts whose operation expired
-and the secrets of activations that expired unused, and storing the anonymous-noise counts.
+and the secrets of activations that expired unused, storing the anonymous-noise counts, and
+signing a checkpoint of the audit chain when it has grown (docs/audit.md).
 
 At most once per ``interval`` per process, in a background thread, started when a request
 finds it due (:meth:`Maintenance.poke`, called by the device API after each request): a
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Final
 
 from keybound.server.clock import Clock, now_ms
@@ -30,10 +32,12 @@ INTERVAL_SECONDS: Final = 60.0
 
 class Maintenance:
     def __init__(self, db: Database, clock: Clock, noise: NoiseCounter, *,
+                 checkpoint: Callable[[], object] = lambda: None,
                  interval: float = INTERVAL_SECONDS) -> None:
         self._db = db
         self._clock = clock
         self._noise = noise
+        self._checkpoint = checkpoint
         self._interval = interval
         self._last = clock()
         self._lock = threading.Lock()
@@ -59,6 +63,7 @@ class Maintenance:
             erase_expired_post_contexts(self._db, at_ms)
             erase_expired_activation_secrets(self._db, at_ms)
             self._noise.flush()
+            self._checkpoint()
         except Exception:  # pragma: no cover - tried again at the next interval
             log.exception("maintenance failed")
         finally:

@@ -1,5 +1,6 @@
 """Operations as the relying party sees them: users, activation codes, reactivations,
-backend-initiated authentications, and their state (docs/protocol.md §3.2).
+backend-initiated authentications and signatures, their state and signed result
+(docs/protocol.md §3.2, docs/signed-results.md).
 
 Every lookup is scoped to the caller's application: another application's object is
 reported exactly like one that does not exist.
@@ -14,9 +15,12 @@ from sqlalchemy.exc import IntegrityError
 
 from keybound.errors import ErrorCode, InvalidState, KeyboundError, MalformedRequest, NotFound
 from keybound.protocol import (
+    MAX_DATA_TO_SIGN_BYTES,
     MAX_PRE_CONTEXT_BYTES,
+    AuthMethod,
     DeviceState,
     Initiator,
+    OperationContext,
     OperationState,
     OperationType,
     activation_link,
@@ -25,6 +29,7 @@ from keybound.protocol import (
 from keybound.rpapi import (
     ActivationCodeResponse,
     CreateOperationRequest,
+    CreateSignatureRequest,
     CreateUserRequest,
     Operation,
     OperationResult,
@@ -47,6 +52,7 @@ from keybound.server.repositories import applications as apps
 from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose, SecretBox
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
 if TYPE_CHECKING:
@@ -64,7 +70,8 @@ def effective_state(row: OperationRecord, now: int) -> OperationState:
     return state
 
 
-def operation_view(row: OperationRecord, now: int) -> Operation:
+def operation_view(row: OperationRecord, now: int, *,
+                   result_jws: str | None = None) -> Operation:
     config = AppConfig.from_stored(row.config)
     stored = json.loads(row.result) if row.result and row.state != OperationState.PENDING else {}
     risk = stored.get("risk", {})
@@ -79,7 +86,21 @@ def operation_view(row: OperationRecord, now: int) -> Operation:
         state=effective_state(row, now), user_id=row.user_id, device_id=row.device_id,
         created_at=ms_to_dt(row.created_at), expires_at=ms_to_dt(row.expires_at),
         completed_at=ms_to_dt(row.completed_at) if row.completed_at else None,
-        result=result, risk_data={k: v for k, v in risk.items() if k in enabled})
+        result=result, risk_data={k: v for k, v in risk.items() if k in enabled},
+        result_jws=result_jws or row.result_jws)
+
+
+def fail_pending_of_device(unit: Unit, results: ResultKeys, device_id: str,
+                           code: ErrorCode) -> None:
+    """A device that can no longer answer (deactivated, locked as a copy) has its pending
+    operations failed with ``code``, each with its signed result, in the unit's
+    transaction."""
+    conn = unit.write()
+    result = {"failureCode": code.value}
+    for op in ops.pending_of_device_to_fail(conn, device_id):
+        ops.fail(conn, op.id, result, unit.now, result_jws=results.operation_result(
+            op, state=OperationState.FAILED, result=result, completed_at=unit.now,
+            now=unit.now))
 
 
 def _config(conn: Connection, application_id: str) -> AppConfig:
@@ -90,8 +111,9 @@ def _config(conn: Connection, application_id: str) -> AppConfig:
 
 
 class Operations:
-    def __init__(self, box: SecretBox) -> None:
+    def __init__(self, box: SecretBox, results: ResultKeys) -> None:
         self.box = box
+        self.results = results
 
     # -- users ----------------------------------------------------------------------------
 
@@ -185,11 +207,32 @@ class Operations:
 
     def create_authentication(self, unit: Unit, application_id: str, device_id: str,
                               request: CreateOperationRequest) -> Operation:
-        unit.about(device_id=device_id)
         pre = request.pre_operation_context
         if pre is not None and len(pre.content.encode()) > MAX_PRE_CONTEXT_BYTES:
             raise MalformedRequest(
                 f"preOperationContext content exceeds {MAX_PRE_CONTEXT_BYTES} bytes")
+        return self._create_backend(unit, application_id, device_id,
+                                    OperationType.AUTHENTICATION, shown=pre,
+                                    post=request.post_operation_context,
+                                    method=request.required_auth_method,
+                                    event=EventType.AUTHENTICATION_CREATE)
+
+    def create_signature(self, unit: Unit, application_id: str, device_id: str,
+                         request: CreateSignatureRequest) -> Operation:
+        """A signature operation (§3.2.5): like a backend-initiated authentication whose
+        pre-operation context is the data to sign, kept where a context is."""
+        data = request.data_to_sign
+        if len(data.content.encode()) > MAX_DATA_TO_SIGN_BYTES:
+            raise MalformedRequest(f"dataToSign content exceeds {MAX_DATA_TO_SIGN_BYTES} bytes")
+        return self._create_backend(unit, application_id, device_id, OperationType.SIGNATURE,
+                                    shown=data, post=None, method=request.required_auth_method,
+                                    event=EventType.SIGNATURE_CREATE)
+
+    def _create_backend(self, unit: Unit, application_id: str, device_id: str,
+                        kind: OperationType, *, shown: OperationContext | None,
+                        post: OperationContext | None, method: AuthMethod | None,
+                        event: EventType) -> Operation:
+        unit.about(device_id=device_id)
         op_id = new_id()
         conn = unit.write()
         config = _config(conn, application_id)
@@ -198,30 +241,44 @@ class Operations:
             raise NotFound("no such device")
         if reg.state != DeviceState.ACTIVE:
             raise InvalidState(f"device is {reg.state.lower()}")
-        method = request.required_auth_method
         if method is not None and method not in config.allowed_auth_methods:
             raise MalformedRequest(f"auth method {method} is not allowed for this application")
-        post = request.post_operation_context
         ops.insert_operation(
-            conn, id=op_id, application_id=application_id,
-            type=OperationType.AUTHENTICATION.value, initiator=Initiator.BACKEND.value,
-            state=OperationState.PENDING.value, user_id=reg.user_id, device_id=device_id,
+            conn, id=op_id, application_id=application_id, type=kind.value,
+            initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
+            user_id=reg.user_id, device_id=device_id,
             expires_at=unit.now + config.operation_lifetime_seconds * 1000,
-            pre_context=dump_context(pre),
+            pre_context=dump_context(shown),
             wrapped_post_context=None if post is None else self.box.wrap(
                 Purpose.POST_CONTEXT, post.model_dump_json(by_alias=True).encode(),
                 binding=op_id.encode()),
             required_auth_method=method.value if method else None,
             config=json.dumps(config.to_json()), created_at=unit.now)
-        unit.emit(EventType.AUTHENTICATION_CREATE, operation_id=op_id)
+        unit.emit(event, operation_id=op_id)
         row = ops.get(conn, op_id)
         assert row is not None
         return operation_view(row, unit.now)
 
     def get(self, unit: Unit, application_id: str, operation_id: str) -> Operation:
+        """The operation, with its signed result once it has ended: one that ended without
+        one (it expired: EXPIRED is derived on read; or it ended before results were
+        signed) is signed now and keeps that result."""
         unit.about(operation_id=operation_id)
         with unit.read() as conn:
             row = ops.get_of_application(conn, application_id, operation_id)
         if row is None:
             raise NotFound("no such operation")
-        return operation_view(row, unit.now)
+        state = effective_state(row, unit.now)
+        if state is OperationState.PENDING or row.result_jws is not None:
+            return operation_view(row, unit.now)
+        ended = row.state != OperationState.PENDING.value  # else: expired, never answered
+        signed = self.results.operation_result(
+            row, state=state, result=json.loads(row.result) if ended and row.result else None,
+            completed_at=row.completed_at if ended else None, now=unit.now)
+        conn = unit.write()
+        if not ops.store_result_jws(conn, row.id, signed, unit.now):
+            current = ops.get(conn, row.id)  # another read (or a late finish) stored one
+            assert current is not None
+            return operation_view(current, unit.now)
+        return operation_view(row, unit.now, result_jws=signed)
+

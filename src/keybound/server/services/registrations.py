@@ -22,9 +22,10 @@ from keybound.server.clock import ms_to_dt
 from keybound.server.core.ceremony import prove_possession
 from keybound.server.events.model import Actor, EventType
 from keybound.server.records import RegistrationRecord
-from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
 from keybound.server.repositories import users
+from keybound.server.services.operations import fail_pending_of_device
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
 
@@ -48,6 +49,9 @@ def device_view(row: RegistrationRecord) -> Device:
 
 
 class Registrations:
+    def __init__(self, results: ResultKeys) -> None:
+        self.results = results
+
     def get(self, unit: Unit, application_id: str, device_id: str) -> Device:
         unit.about(device_id=device_id)
         with unit.read() as conn:
@@ -85,7 +89,7 @@ class Registrations:
                                    "reactivated")
             raise InvalidState(f"device is {current.state.lower()}")
         if values.get("state") == DeviceState.DEACTIVATED.value:
-            ops.fail_pending_of_device(conn, device_id, ErrorCode.DEVICE_INACTIVE.value, unit.now)
+            fail_pending_of_device(unit, self.results, device_id, ErrorCode.DEVICE_INACTIVE)
         unit.emit(event)
         changed = regs.get(conn, device_id)
         assert changed is not None
