@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -149,3 +152,32 @@ def test_audit_export_and_verify(tmp_path: Path) -> None:
                str(jwks)).returncode == 0
     assert run(tmp_path, "audit", "verify", "--export", str(export), "--kept",
                str(export), "--jwks", str(jwks)).returncode == 0
+
+
+def test_a_database_url_keybound_cannot_use_is_a_clear_error(tmp_path: Path) -> None:
+    """Issue 14, defect 8: `keybound --database-url foo://bar serve` printed a raw
+    SQLAlchemy traceback."""
+    for url, says in [("foo://bar", "unsupported database 'foo'"),
+                      ("not a url", "not a URL"),
+                      ("postgresql+asyncpg://kb@127.0.0.1/kb", "unsupported PostgreSQL driver")]:
+        for command in (["serve"], ["app", "list"], ["db", "upgrade"]):
+            done = subprocess.run([sys.executable, "-m", "keybound.cli", "--database-url", url,
+                                   *command], capture_output=True, text=True, timeout=60,
+                                  check=False)
+            assert done.returncode == 2, (url, command, done.stderr)
+            assert "configuration_invalid" in done.stderr and says in done.stderr
+            assert "Traceback" not in done.stderr
+
+
+@pytest.mark.postgres
+def test_db_upgrade_does_not_print_the_database_password(postgres: Any) -> None:
+    """Issue 14, defect 8: `keybound db upgrade` printed the URL with its password. (The test
+    server trusts local connections, so any password is accepted.)"""
+    secret = "s3cret-pw"
+    url = postgres.fresh_database().replace("://keybound@", f"://keybound:{secret}@", 1)
+    assert secret in url
+    done = subprocess.run([sys.executable, "-m", "keybound.cli", "--database-url", url, "db",
+                           "upgrade"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "newest schema revision" in done.stdout
+    assert secret not in done.stdout + done.stderr and "***" in done.stdout
