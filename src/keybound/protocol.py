@@ -13,7 +13,7 @@ import re
 import struct
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -36,6 +36,9 @@ class Algorithm(StrEnum):
     key, never from a request."""
 
     ES256 = "ES256"  # ECDSA P-256 with SHA-256, DER-encoded signature
+    #: the hardware key is an Apple App Attest key: its proofs are App Attest assertions
+    #: (CBOR) over the transcript (§4.6), with a counter that must increase
+    APPLE_APP_ATTEST = "APPLE_APP_ATTEST"
 
 
 class HwKeyValidationStrategy(StrEnum):
@@ -69,6 +72,14 @@ class HwKeyServerResult(StrEnum):
     INVALID = "INVALID"
     MISSING = "MISSING"
     NO_KEY_REGISTERED = "NO_KEY_REGISTERED"
+
+
+class AttestationMode(StrEnum):
+    """Per platform and application: what the server makes of key attestation (§6.5)."""
+
+    DISABLED = "DISABLED"  # evidence ignored (reported NOT_CHECKED)
+    OPTIONAL = "OPTIONAL"  # verified and reported; the strategy decides (§6.1)
+    REQUIRED = "REQUIRED"  # an activation without a verified attestation is refused
 
 
 class AuthMethod(StrEnum):
@@ -144,6 +155,16 @@ class RiskAttribute(StrEnum):
     SOFTWARE_KEY_OVERLAP = "softwareKeyOverlap"
     DEVICE_PLATFORM = "devicePlatform"
     DEVICE_OS_VERSION = "deviceOsVersion"
+    #: key attestation (§6.5): VERIFIED, NOT_PROVIDED, NOT_CHECKED or FAILED_<reason>
+    HW_KEY_ATTESTATION = "hwKeyAttestation"
+    #: where a verified attestation says the key lives (TRUSTED_ENVIRONMENT, STRONG_BOX, ...)
+    HW_KEY_SECURITY_LEVEL = "hwKeySecurityLevel"
+    #: Android: how the device got its attestation key (FACTORY, REMOTE, UNKNOWN)
+    HW_KEY_PROVISIONING_METHOD = "hwKeyProvisioningMethod"
+    #: Android: age in seconds of the revocation status list the chain was checked against
+    HW_KEY_REVOCATION_LIST_AGE = "hwKeyRevocationListAge"
+    #: an App Attest assertion whose counter did not increase (§4.6)
+    HW_KEY_CLONE_SUSPECTED = "hwKeyCloneSuspected"
 
 
 class Purpose(StrEnum):
@@ -239,6 +260,44 @@ PinProof = Annotated[
     WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
 ]
 
+# Hardware proofs: DER ECDSA (ES256), or an App Attest assertion (CBOR, §4.6)
+HardwareSignature = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=8, max_length=512),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 683}),
+]
+# Attestation evidence (§3.1.1, §3.1.2, §6.5), bounded as the verifiers bound them
+CertificateDer = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=1, max_length=16384),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 21846}),
+]
+TpmStructure = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=1, max_length=4096),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 5462}),
+]
+TpmSecret = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
+]
+AttestationObject = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=1, max_length=65536),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 87382}),
+]
+
 ApplicationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 Uuid = Annotated[
     str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -293,9 +352,76 @@ class DeviceProfile(Message):
     model: Annotated[str | None, Field(max_length=100)] = None
 
 
+class TpmKeys(Message):
+    """A TPM's offer to prove an attestation key by credential activation (§3.1.1, §6.5.3)."""
+
+    ek_certificate: Annotated[CertificateDer, Field(
+        description="DER X.509 certificate of the TPM's endorsement key (EK), issued by its "
+        "manufacturer; verified against the server's configured TPM anchors")]
+    ak_public: Annotated[TpmStructure, Field(
+        description="TPMT_PUBLIC of the attestation key (AK), marshalled: a restricted, "
+        "TPM-resident signing key")]
+
+
+class TpmCredential(Reply):
+    """TPM2_MakeCredential's output for the offered EK and AK (§3.1.1): the device's TPM
+    recovers the secret with TPM2_ActivateCredential and returns it at finish."""
+
+    credential_blob: Annotated[TpmStructure, Field(
+        description="TPM2B_ID_OBJECT's buffer (integrity HMAC and encrypted identity)")]
+    encrypted_secret: Annotated[TpmStructure, Field(
+        description="TPM2B_ENCRYPTED_SECRET's buffer (the seed, encrypted to the EK)")]
+
+
+class AndroidKeyAttestation(Message):
+    """Android Key Attestation (§6.5.1): the hardware key's certificate chain."""
+
+    format: Literal["android-key"]
+    certificate_chain: Annotated[list[CertificateDer], Field(
+        min_length=1, max_length=10,
+        description="KeyStore.getCertificateChain(), DER, leaf first; the leaf's key is "
+        "hardwarePublicKey and its attestationChallenge the activation challenge")]
+
+
+class TpmAttestation(Message):
+    """TPM2_Certify of the hardware key by the AK the start's credential proved (§6.5.3)."""
+
+    format: Literal["tpm"]
+    certify_info: Annotated[TpmStructure, Field(
+        description="TPMS_ATTEST from TPM2_Certify, qualifyingData = the activation "
+        "challenge")]
+    signature: Annotated[TpmStructure, Field(
+        description="TPMT_SIGNATURE by the AK over certifyInfo")]
+    public_area: Annotated[TpmStructure, Field(
+        description="TPMT_PUBLIC of the hardware key (the key of hardwarePublicKey)")]
+    activated_secret: Annotated[TpmSecret, Field(
+        description="what TPM2_ActivateCredential returned for the start's tpmCredential")]
+
+
+class AppleAppAttestation(Message):
+    """Apple App Attest (§6.5.2): the App Attest key is the hardware key."""
+
+    format: Literal["apple-appattest"]
+    key_id: Annotated[KeyId, Field(
+        description="the App Attest key identifier (SHA-256 of its public point)")]
+    attestation_object: Annotated[AttestationObject, Field(
+        description="attestKey's CBOR attestation object, over SHA-256 of the activation "
+        "client data (§6.5.2)")]
+
+
+#: Key attestation evidence at activation finish; ``format`` picks the verifier (§6.5)
+Attestation = Annotated[
+    AndroidKeyAttestation | TpmAttestation | AppleAppAttestation,
+    Field(discriminator="format"),
+]
+
+
 class ActivationStartRequest(Message):
     application_id: ApplicationId
     activation_code: ActivationCode
+    tpm: Annotated[TpmKeys | None, Field(
+        description="a TPM that can attest offers its EK and AK for credential activation "
+        "(§6.5.3)")] = None
 
 
 class ActivationStartResponse(Reply):
@@ -305,6 +431,9 @@ class ActivationStartResponse(Reply):
     expires_at: datetime
     allowed_auth_methods: list[AuthMethod]
     hardware_key_required: bool
+    tpm_credential: Annotated[TpmCredential | None, Field(
+        description="present when the request offered a TPM, the application checks TPM "
+        "attestation and the EK certificate verified (§6.5.3)")] = None
 
 
 class ActivationFinishRequest(Message):
@@ -314,10 +443,12 @@ class ActivationFinishRequest(Message):
     software_public_key: PublicKeyDer
     software_signature: SignatureDer
     hardware_public_key: PublicKeyDer | None = None
-    hardware_signature: SignatureDer | None = None
+    hardware_signature: HardwareSignature | None = None
     hw_key_client_status: HwKeyClientStatus
     pin_key: PinKey | None = None
     device_profile: DeviceProfile
+    attestation: Annotated[Attestation | None, Field(
+        description="the platform's attestation of the hardware key (§6.5)")] = None
 
 
 class ActivationFinishResponse(Reply):
@@ -348,7 +479,7 @@ class AuthenticationFinishRequest(Message):
     software_key_id: KeyId
     next_software_public_key: PublicKeyDer
     software_signature: SignatureDer
-    hardware_signature: SignatureDer | None = None
+    hardware_signature: HardwareSignature | None = None
     hw_key_client_status: HwKeyClientStatus
     pin_proof: PinProof | None = None
 
@@ -460,3 +591,15 @@ def transcript(
 def pin_proof_message(signed_transcript: bytes) -> bytes:
     """The bytes the PIN key MACs: LP(label) || LP(transcript) (§5)."""
     return _lp(PIN_PROOF_LABEL) + _lp(signed_transcript)
+
+
+APP_ATTEST_ACTIVATION_LABEL = b"keybound/appattest/v1/activation"
+
+
+def app_attest_client_data(*, application_id: str, device_id: str, operation_id: str,
+                           challenge: bytes) -> bytes:
+    """The client data an App Attest attestation covers (§6.5.2): its SHA-256 is the
+    ``clientDataHash`` passed to ``attestKey``. (An assertion's client data is the
+    transcript it proves, §4.6.)"""
+    return b"".join(_lp(f) for f in (APP_ATTEST_ACTIVATION_LABEL, application_id.encode(),
+                                       device_id.encode(), operation_id.encode(), challenge))

@@ -36,6 +36,7 @@ STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.DEVICE_INACTIVE: 403,
     ErrorCode.SOFTWARE_KEY_CLONED: 403,
     ErrorCode.ATTESTATION_INVALID: 403,
+    ErrorCode.ATTESTATION_REQUIRED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.CHALLENGE_USED: 409,
@@ -58,6 +59,7 @@ PROBLEM_SCHEMA: Final[dict[str, Any]] = {
         "code": {"type": "string", "enum": sorted(
             {code.value for code in STATUS} | {ErrorCode.INTERNAL.value})},
         "operationId": {"type": "string"},
+        "reason": {"type": "string"},
         "invalidParams": {"type": "array", "items": {
             "type": "object", "properties": {"name": {"type": "string"},
                                              "reason": {"type": "string"}}}},
@@ -79,6 +81,8 @@ def refusal(exc: KeyboundError) -> tuple[int, bytes]:
     if exc.code not in STATUS:
         log.error("unexpected %s: %s", exc.code.value, exc.detail)
     extra = {"operationId": exc.fields["operation_id"]} if "operation_id" in exc.fields else {}
+    if "reason" in exc.fields:  # which attestation check refused (docs/protocol.md §6.5)
+        extra["reason"] = exc.fields["reason"]
     return problem_body(exc.code, exc.detail, **extra)
 
 
