@@ -64,6 +64,9 @@ class Purpose(StrEnum):
     PIN_KEY = "pin-key"  # bound to the registration id
     POST_CONTEXT = "post-operation-context"  # bound to the operation id
     ACTIVATION_CODE = "activation-code"  # keyed hash, bound to the application id
+    #: the TPM credential activation's secret, AK and EK (docs/protocol.md §6.5.3), bound to
+    #: the operation id
+    TPM_CREDENTIAL = "tpm-credential"
 
 
 class SecretUnusable(KeyStorageError):

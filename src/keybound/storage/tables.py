@@ -83,6 +83,11 @@ registrations = Table(
     Column("activated_at", BigInteger, nullable=False),
     Column("last_authenticated_at", BigInteger, nullable=True),
     Column("updated_at", BigInteger, nullable=False),
+    # key attestation (docs/protocol.md §6.5): hwKeyAttestation as decided at activation, the
+    # security level it vouched for, and an App Attest key's assertion counter (§4.6)
+    Column("hw_attestation", String(64), nullable=True),
+    Column("hw_security_level", String(32), nullable=True),
+    Column("hw_counter", BigInteger, nullable=True),
     Index("ix_registrations_user", "application_id", "user_id"),
 )
 
@@ -120,6 +125,9 @@ operations = Table(
     Column("result", Text, nullable=True),  # JSON: authMethod, authLevel, failureCode, risk
     Column("created_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger, nullable=True),
+    # server.secrets (TPM_CREDENTIAL): the activation's credential secret, AK and EK, kept
+    # from start to finish (docs/protocol.md §6.5.3); erased when the finish consumes it
+    Column("wrapped_tpm_credential", LargeBinary, nullable=True),
     Index("ix_operations_device_state", "device_id", "state"),
     # only operations with an activation code (an authentication adds no entry)
     Index("ix_operations_code", "application_id", "code_hash", unique=True,

@@ -158,6 +158,18 @@ def consume_code(conn: Connection, operation_id: str, code_hash: bytes, challeng
     return None if row is None else str(row.device_id)
 
 
+def keep_tpm_credential(conn: Connection, operation_id: str, wrapped: bytes) -> None:
+    """§6.5.3: the start's TPM credential state (wrapped), for this operation's finish."""
+    conn.execute(update(OPS).where(OPS.c.id == operation_id)
+                 .values(wrapped_tpm_credential=wrapped))
+
+
+def erase_tpm_credential(conn: Connection, operation_id: str) -> None:
+    """The finish used it (or the operation ended): the secret is single use."""
+    conn.execute(update(OPS).where(OPS.c.id == operation_id)
+                 .values(wrapped_tpm_credential=None))
+
+
 def free_expired_code(conn: Connection, application_id: str, code_hash: bytes,
                       now: int) -> None:
     """An expired, never-used code gives its slot back (its operation stays PENDING in
