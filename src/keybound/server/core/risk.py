@@ -6,9 +6,13 @@ sees is filtered by the application's ``enabledRiskData`` snapshot. Decisions ne
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from keybound.protocol import HwKeyClientStatus, HwKeyServerResult, RiskAttribute
+
+#: hwKeyAttestation of a registration with nothing recorded (§6.5)
+NOT_PROVIDED = {RiskAttribute.HW_KEY_ATTESTATION.value: "NOT_PROVIDED"}
 
 
 def risk_data(
@@ -18,7 +22,11 @@ def risk_data(
     platform: str,
     os_version: str,
     overlap: bool = False,
+    attestation: Mapping[str, Any] = NOT_PROVIDED,
+    hw_key_clone_suspected: bool = False,
 ) -> dict[str, Any]:
+    """``attestation``: hwKeyAttestation and the details a verified attestation gave
+    (server.core.attestation.AttestationOutcome.risk)."""
     return {
         RiskAttribute.HW_KEY_CLIENT_STATUS.value: client_status.value,
         RiskAttribute.HW_KEY_SERVER_RESULT.value: server_result.value,
@@ -28,4 +36,6 @@ def risk_data(
         RiskAttribute.SOFTWARE_KEY_OVERLAP.value: overlap,
         RiskAttribute.DEVICE_PLATFORM.value: platform,
         RiskAttribute.DEVICE_OS_VERSION.value: os_version,
+        **attestation,
+        RiskAttribute.HW_KEY_CLONE_SUSPECTED.value: hw_key_clone_suspected,
     }
