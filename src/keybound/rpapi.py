@@ -76,6 +76,10 @@ class Device(Message):
     lock_reason: LockReason | None = None
     hardware_key: bool
     hardware_key_algorithm: str | None = None
+    #: hwKeyAttestation as the activation decided it, and the security level a verified
+    #: attestation vouched for (docs/protocol.md §6.5)
+    hardware_key_attestation: str | None = None
+    hardware_key_security_level: str | None = None
     pin_enabled: bool
     platform: Platform
     os_version: str
