@@ -108,6 +108,12 @@ class RelyingParty:
         return result
 
 
+#: builds a finish's attestation evidence once the start's answer is known (docs/protocol.md
+#: §6.5): what a device's platform would produce for this activation
+Attester = Callable[[p.ActivationStartResponse], p.AndroidKeyAttestation | p.TpmAttestation
+                    | p.AppleAppAttestation | None]
+
+
 @dataclass
 class RawDevice:
     http: SealingClient
@@ -117,16 +123,25 @@ class RawDevice:
     device_id: str = ""
     pin_key: bytes | None = None
     history: list[ec.EllipticCurvePrivateKey] = field(default_factory=list)
+    #: the hardware key's proof over a transcript: ES256 by ``hw`` unless set (an App Attest
+    #: key proves by assertions, §4.6)
+    hw_prover: Callable[[bytes], bytes] | None = None
 
     def post(self, path: str, message: p.Message | dict[str, Any]) -> Any:
         body = message.to_wire() if isinstance(message, p.Message) else message
         return self.http.post(path, json=body)
 
+    def hw_proof(self, tbs: bytes) -> bytes:
+        assert self.hw is not None
+        return self.hw_prover(tbs) if self.hw_prover else crypto.sign_p256(self.hw, tbs)
+
     # -- activation ----------------------------------------------------------------------
 
-    def start_activation(self, code: str) -> p.ActivationStartResponse:
+    def start_activation(self, code: str, *,
+                         tpm: p.TpmKeys | None = None) -> p.ActivationStartResponse:
         r = self.post(p.DevicePaths.ACTIVATION_START,
-                      p.ActivationStartRequest(application_id=self.app_id, activation_code=code))
+                      p.ActivationStartRequest(application_id=self.app_id, activation_code=code,
+                                               tpm=tpm))
         assert r.status_code == 200, r.text
         start = p.ActivationStartResponse.model_validate(r.json())
         self.device_id = start.device_id
@@ -136,7 +151,8 @@ class RawDevice:
                            status: p.HwKeyClientStatus | None = None,
                            send_hw: bool = True, corrupt_hw: bool = False,
                            pin_key: bytes | None = None,
-                           profile: p.DeviceProfile | None = None) -> p.ActivationFinishRequest:
+                           profile: p.DeviceProfile | None = None,
+                           attest: Attester | None = None) -> p.ActivationFinishRequest:
         hw_pub = crypto.public_der(self.hw) if (self.hw is not None and send_hw) else None
         if status is None:
             status = p.HwKeyClientStatus.OK if hw_pub else p.HwKeyClientStatus.NOT_SUPPORTED
@@ -147,7 +163,7 @@ class RawDevice:
             hardware_public_key=hw_pub or b"", hw_key_client_status=status.value)
         hw_sig = None
         if hw_pub is not None and self.hw is not None:
-            hw_sig = crypto.sign_p256(self.hw, tbs + b"x" if corrupt_hw else tbs)
+            hw_sig = self.hw_proof(tbs + b"x" if corrupt_hw else tbs)
         self.pin_key = pin_key
         return p.ActivationFinishRequest(
             application_id=self.app_id, operation_id=start.operation_id,
@@ -155,10 +171,11 @@ class RawDevice:
             software_signature=crypto.sign_p256(self.sw, tbs), hardware_public_key=hw_pub,
             hardware_signature=hw_sig, hw_key_client_status=status, pin_key=pin_key,
             device_profile=profile or p.DeviceProfile(platform=p.Platform.ANDROID,
-                                                      os_version="14"))
+                                                      os_version="14"),
+            attestation=attest(start) if attest is not None else None)
 
-    def activate(self, code: str, **kwargs: Any) -> Any:
-        start = self.start_activation(code)
+    def activate(self, code: str, *, tpm: p.TpmKeys | None = None, **kwargs: Any) -> Any:
+        start = self.start_activation(code, tpm=tpm)
         return self.post(p.DevicePaths.ACTIVATION_FINISH, self.activation_request(start, **kwargs))
 
     # -- authentication -------------------------------------------------------------------
@@ -187,7 +204,7 @@ class RawDevice:
             hw_key_client_status=status.value)
         hw_sig = None
         if self.hw is not None and hw_mode != "omit":
-            hw_sig = crypto.sign_p256(self.hw, tbs if hw_mode == "sign" else tbs + b"!")
+            hw_sig = self.hw_proof(tbs if hw_mode == "sign" else tbs + b"!")
         proof = None
         if method is p.AuthMethod.DEVICE_PIN:
             key = pin_key if pin_key is not None else self.pin_key
