@@ -46,6 +46,7 @@ POSTGRES_MODULES = {
     "tests.server.services.test_concurrency", "tests.server.services.test_e2ekeys",
     "tests.server.services.test_retention", "tests.server.web.test_rp",
     "tests.server.web.test_device", "tests.server.test_unit", "tests.storage.test_prepared",
+    "tests.server.services.test_attestation",
 }
 ALLOW_SKIP_POSTGRES = "KEYBOUND_ALLOW_SKIP_POSTGRES"
 

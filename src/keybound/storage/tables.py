@@ -34,7 +34,7 @@ applications = Table(
     "applications",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("config", Text, nullable=False),  # AppConfig.to_json()
+    Column("config", Text, nullable=False),  # AppConfig.to_stored()
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
 )

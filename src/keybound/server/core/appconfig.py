@@ -154,6 +154,15 @@ class AppConfig:
             "attestationAppleEnvironment": self.attestation_apple_environment.value,
         }
 
+    def to_stored(self) -> str:
+        """The JSON text stored on the application and snapshotted on every operation:
+        ``to_json`` without the attestation settings that are at their documented defaults
+        (§7), which reading fills in as for configurations from before them. Every
+        authentication writes and reads its snapshot, so it stays small."""
+        defaults = _attestation_defaults()
+        return json.dumps({name: value for name, value in self.to_json().items()
+                           if name not in defaults or defaults[name] != value})
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AppConfig:
         return cls().updated(data)
@@ -236,6 +245,12 @@ def _optional_text(pattern: re.Pattern[str]) -> Any:
         return value
 
     return parse
+
+
+@lru_cache(maxsize=1)
+def _attestation_defaults() -> dict[str, Any]:
+    return {name: value for name, value in AppConfig().to_json().items()
+            if name.startswith("attestation")}
 
 
 @lru_cache(maxsize=1024)

@@ -157,23 +157,29 @@ class HardwareProof:
     clone_suspected: bool = False  # an App Attest assertion's counter did not increase
 
 
+_NO_KEY = HardwareProof(server_result=HwKeyServerResult.NO_KEY_REGISTERED)
+_MISSING = HardwareProof(server_result=HwKeyServerResult.MISSING)
+_INVALID = HardwareProof(server_result=HwKeyServerResult.INVALID)
+_VALID = HardwareProof(server_result=HwKeyServerResult.VALID)
+
+
 def hardware_result(tbs: bytes, reg: RegistrationRecord, signature: bytes | None,
                     config: AppConfig) -> HardwareProof:
     """§6.1 at authentication: against the stored hardware key, if any, in the kind of proof
     the stored key makes (the algorithm comes from the stored key, never from the request):
     an ES256 signature, or an App Attest assertion whose counter must increase (§4.6)."""
     if reg.hw_public_key is None or reg.hw_algorithm is None:
-        return HardwareProof(server_result=HwKeyServerResult.NO_KEY_REGISTERED)
+        return _NO_KEY
     if signature is None:
-        return HardwareProof(server_result=HwKeyServerResult.MISSING)
+        return _MISSING
     if reg.hw_algorithm == Algorithm.APPLE_APP_ATTEST.value:
         return _assertion_result(tbs, reg, signature, config)
     try:
         verify_signature(public_key=reg.hw_public_key, algorithm=Algorithm(reg.hw_algorithm),
                          message=tbs, signature=signature)
     except InvalidSignature:
-        return HardwareProof(server_result=HwKeyServerResult.INVALID)
-    return HardwareProof(server_result=HwKeyServerResult.VALID)
+        return _INVALID
+    return _VALID
 
 
 def _assertion_result(tbs: bytes, reg: RegistrationRecord, assertion: bytes,

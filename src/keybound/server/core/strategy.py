@@ -77,17 +77,22 @@ DECISIONS: dict[tuple[Column, Finding], ErrorCode | None] = {
 }
 
 
+_COLUMN_OF: dict[S, Column] = {strategy: Column(strategy.value) for strategy in S}
+_FINDING_OF: dict[R, Finding] = {result: Finding(result.value) for result in R
+                                 if result is not R.VALID}
+
+
 def column(strategy: S, *, attestation_required: bool = False) -> Column:
     """The column in force: the platform's attestation mode REQUIRED (at activation) is
     stricter than every strategy, so it replaces the strategy's column."""
-    return Column.ATTESTATION_REQUIRED if attestation_required else Column(strategy.value)
+    return Column.ATTESTATION_REQUIRED if attestation_required else _COLUMN_OF[strategy]
 
 
 def finding(server_result: R, attestation: str | None) -> Finding:
     """The row for a hardware result and the key's ``hwKeyAttestation`` (None: nothing
     recorded, as for registrations from before attestation)."""
     if server_result is not R.VALID:
-        return Finding(server_result.value)
+        return _FINDING_OF[server_result]
     if attestation == "VERIFIED":
         return Finding.VALID_ATTESTED
     if attestation is not None and attestation.startswith("FAILED_"):

@@ -150,7 +150,7 @@ class Operations:
                     conn, id=op_id, application_id=application_id, type=kind.value,
                     initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
                     user_id=user_id, device_id=device_id, code_hash=code_hash,
-                    expires_at=expires, config=json.dumps(config.to_json()),
+                    expires_at=expires, config=config.to_stored(),
                     created_at=unit.now):
                 break
         else:  # every draw collided with a pending code
@@ -193,7 +193,7 @@ class Operations:
                 Purpose.POST_CONTEXT, post.model_dump_json(by_alias=True).encode(),
                 binding=op_id.encode()),
             required_auth_method=method.value if method else None,
-            config=json.dumps(config.to_json()), created_at=unit.now)
+            config=config.to_stored(), created_at=unit.now)
         unit.emit(EventType.AUTHENTICATION_CREATE, operation_id=op_id)
         row = ops.get(conn, op_id)
         assert row is not None
