@@ -124,16 +124,30 @@ class RawDevice:
     pin_key: bytes | None = None
     history: list[ec.EllipticCurvePrivateKey] = field(default_factory=list)
     #: the hardware key's proof over a transcript: ES256 by ``hw`` unless set (an App Attest
-    #: key proves by assertions, §4.6)
+    #: key proves by assertions, §4.6; a TPM-resident key signs in the TPM)
     hw_prover: Callable[[bytes], bytes] | None = None
+    #: the hardware key's SPKI when ``hw`` is not a software key object (a key in a TPM)
+    hw_spki: bytes | None = None
 
     def post(self, path: str, message: p.Message | dict[str, Any]) -> Any:
         body = message.to_wire() if isinstance(message, p.Message) else message
         return self.http.post(path, json=body)
 
-    def hw_proof(self, tbs: bytes) -> bytes:
+    @property
+    def has_hw(self) -> bool:
+        return self.hw is not None or self.hw_spki is not None
+
+    def hw_public(self) -> bytes:
+        if self.hw_spki is not None:
+            return self.hw_spki
         assert self.hw is not None
-        return self.hw_prover(tbs) if self.hw_prover else crypto.sign_p256(self.hw, tbs)
+        return crypto.public_der(self.hw)
+
+    def hw_proof(self, tbs: bytes) -> bytes:
+        if self.hw_prover is not None:
+            return self.hw_prover(tbs)
+        assert self.hw is not None
+        return crypto.sign_p256(self.hw, tbs)
 
     # -- activation ----------------------------------------------------------------------
 
@@ -153,7 +167,7 @@ class RawDevice:
                            pin_key: bytes | None = None,
                            profile: p.DeviceProfile | None = None,
                            attest: Attester | None = None) -> p.ActivationFinishRequest:
-        hw_pub = crypto.public_der(self.hw) if (self.hw is not None and send_hw) else None
+        hw_pub = self.hw_public() if (self.has_hw and send_hw) else None
         if status is None:
             status = p.HwKeyClientStatus.OK if hw_pub else p.HwKeyClientStatus.NOT_SUPPORTED
         tbs = p.transcript(
@@ -162,7 +176,7 @@ class RawDevice:
             context_digest=p.NO_CONTEXT_HASH, software_public_key=crypto.public_der(self.sw),
             hardware_public_key=hw_pub or b"", hw_key_client_status=status.value)
         hw_sig = None
-        if hw_pub is not None and self.hw is not None:
+        if hw_pub is not None:
             hw_sig = self.hw_proof(tbs + b"x" if corrupt_hw else tbs)
         self.pin_key = pin_key
         return p.ActivationFinishRequest(
@@ -203,7 +217,7 @@ class RawDevice:
             software_public_key=crypto.public_der(next_key), auth_method=method.value,
             hw_key_client_status=status.value)
         hw_sig = None
-        if self.hw is not None and hw_mode != "omit":
+        if self.has_hw and hw_mode != "omit":
             hw_sig = self.hw_proof(tbs if hw_mode == "sign" else tbs + b"!")
         proof = None
         if method is p.AuthMethod.DEVICE_PIN:
