@@ -152,7 +152,7 @@ class RawDevice:
     # -- activation ----------------------------------------------------------------------
 
     def start_activation(self, code: str, *,
-                         tpm: p.TpmKeys | None = None) -> p.ActivationStartResponse:
+                         tpm: p.TpmAttestationKey | None = None) -> p.ActivationStartResponse:
         r = self.post(p.DevicePaths.ACTIVATION_START,
                       p.ActivationStartRequest(application_id=self.app_id, activation_code=code,
                                                tpm=tpm))
@@ -188,7 +188,7 @@ class RawDevice:
                                                       os_version="14"),
             attestation=attest(start) if attest is not None else None)
 
-    def activate(self, code: str, *, tpm: p.TpmKeys | None = None, **kwargs: Any) -> Any:
+    def activate(self, code: str, *, tpm: p.TpmAttestationKey | None = None, **kwargs: Any) -> Any:
         start = self.start_activation(code, tpm=tpm)
         return self.post(p.DevicePaths.ACTIVATION_FINISH, self.activation_request(start, **kwargs))
 

@@ -1,127 +1,96 @@
-"""The attestation bytes of the protocol against their test vectors (docs/protocol.md §4.6,
-§6.5, Appendix A.2-A.4): tests/vectors/protocol/attestation.json is made by an independent
-implementation (make_attestation_vectors.py); here the library has to reproduce or accept
-every value, and the docs have to carry the inline ones."""
+"""The attestation fields of the activation messages, exactly as the wire contract
+(issue 15) names them: ``tpm`` at start, ``tpmCredential`` in its answer, ``attestation`` at
+finish with ``format`` choosing the kind; bytes as base64url without padding."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import importlib.util
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.decrepit.ciphers.modes import CFB
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from pydantic import TypeAdapter, ValidationError
 
 from keybound import protocol as p
-from keybound.attestation import AttestationFailed, Reason, make_credential
-from keybound.attestation.tpm_credential import kdfa, kdfe
-from keybound.attestation.tpm_structures import object_name, parse_public
-from keybound.server.core.appconfig import AppConfig
-from keybound.server.core.attestation import check_assertion
 
-ROOT = Path(__file__).resolve().parents[1]
-VECTORS = ROOT / "tests" / "vectors" / "protocol"
-DATA: dict[str, Any] = json.loads((VECTORS / "attestation.json").read_text())
-TRANSCRIPTS = {t["name"]: t for t in json.loads(
-    (VECTORS / "transcripts.json").read_text())["transcripts"]}
-APP = AppConfig().updated({"attestationAppleTeamId": "TEAM123456",
-                           "attestationAppleBundleId": "com.example.bank"})
+UUID = "00000000-0000-4000-8000-000000000001"
+ATTESTATION: TypeAdapter[Any] = TypeAdapter(p.Attestation)
 
 
-def test_generator_reproduces_the_file_byte_for_byte() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "make_attestation_vectors", VECTORS / "make_attestation_vectors.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.render(module.build(DATA)) == (VECTORS / "attestation.json").read_text()
+def b64(data: bytes) -> str:
+    return p.b64u_encode(data)
 
 
-def test_app_attest_activation_client_data() -> None:
-    vector = DATA["appAttestClientData"]
-    inputs = vector["inputs"]
-    data = p.app_attest_client_data(
-        application_id=inputs["applicationId"], device_id=inputs["deviceId"],
-        operation_id=inputs["operationId"], challenge=bytes.fromhex(inputs["challengeHex"]))
-    assert data.hex() == vector["clientDataHex"]
-    assert hashlib.sha256(data).hexdigest() == vector["clientDataHashHex"]
+def finish(**fields: Any) -> p.ActivationFinishRequest:
+    return p.ActivationFinishRequest(
+        application_id="bank", operation_id=UUID, device_id=UUID,
+        software_public_key=bytes(91), software_signature=bytes(70),
+        hw_key_client_status=p.HwKeyClientStatus.OK,
+        device_profile=p.DeviceProfile(platform=p.Platform.LINUX, os_version="6"), **fields)
 
 
-def test_app_attest_assertion_over_the_transcript() -> None:
-    vector = DATA["appAttestAssertion"]
-    tbs = bytes.fromhex(TRANSCRIPTS[vector["transcript"]]["tbsHex"])
-    assert hashlib.sha256(tbs).hexdigest() == vector["clientDataHashHex"]
-    assertion = p.b64u_decode(vector["hardwareSignature"])
-    assert assertion.hex() == vector["assertionHex"]
-    public = bytes.fromhex(vector["publicKeySpkiHex"])
-    counter = check_assertion(assertion, transcript=tbs, public_key=public,
-                              previous_counter=vector["previousCounter"], config=APP)
-    assert counter == vector["counter"]
-    for previous in (vector["counter"], vector["counter"] + 1):  # replayed, then lower
-        with pytest.raises(AttestationFailed) as refused:
-            check_assertion(assertion, transcript=tbs, public_key=public,
-                            previous_counter=previous, config=APP)
-        assert refused.value.reason is Reason.COUNTER_NOT_INCREASING
-    with pytest.raises(AttestationFailed) as other:  # another transcript
-        check_assertion(assertion, transcript=tbs + b"x", public_key=public,
-                        previous_counter=0, config=APP)
-    assert other.value.reason is Reason.SIGNATURE_INVALID
-    # it travels as hardwareSignature of an authentication finish
-    body = {**TRANSCRIPTS[vector["transcript"]]["request"],
-            "hardwareSignature": vector["hardwareSignature"]}
-    assert p.AuthenticationFinishRequest.model_validate(body).hardware_signature == assertion
+def test_start_request_with_tpm() -> None:
+    request = p.ActivationStartRequest(
+        application_id="bank", activation_code="ABCD1234",
+        tpm=p.TpmAttestationKey(ek_certificate=b"\x30\x82cert", ak_public=b"\x00\x23ak"))
+    assert request.to_wire() == {
+        "applicationId": "bank", "activationCode": "ABCD1234",
+        "tpm": {"ekCertificate": b64(b"\x30\x82cert"), "akPublic": b64(b"\x00\x23ak")}}
+    assert p.ActivationStartRequest.model_validate(request.to_wire()) == request
+    plain = p.ActivationStartRequest(application_id="bank", activation_code="ABCD1234")
+    assert "tpm" not in plain.to_wire()
 
 
-def _activate(vector: dict[str, Any], blob: bytes, encrypted: bytes) -> bytes:
-    """TPM2_ActivateCredential in software with the vector's EK private key."""
-    ek = ec.derive_private_key(int(vector["ekPrivateKeyHex"], 16), ec.SECP256R1())
-    x, y = encrypted[2:34], encrypted[36:68]
-    ephemeral = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
-                                              ec.SECP256R1()).public_key()
-    shared = ek.exchange(ec.ECDH(), ephemeral)
-    ek_x = ek.public_key().public_numbers().x.to_bytes(32, "big")
-    seed = kdfe(hashes.SHA256, shared, b"IDENTITY", x, ek_x, 256)
-    name = bytes.fromhex(vector["akNameHex"])
-    outer, encrypted_identity = blob[2:34], blob[34:]
-    integrity = kdfa(hashes.SHA256, seed, b"INTEGRITY", b"", b"", 256)
-    assert hmac.compare_digest(outer, hmac.new(integrity, encrypted_identity + name,
-                                               "sha256").digest())
-    decryptor = Cipher(algorithms.AES(kdfa(hashes.SHA256, seed, b"STORAGE", name, b"", 128)),
-                       CFB(bytes(16))).decryptor()
-    identity = decryptor.update(encrypted_identity) + decryptor.finalize()
-    return identity[2:2 + int.from_bytes(identity[:2], "big")]
+def test_start_response_with_and_without_a_credential() -> None:
+    base = {"operationId": UUID, "deviceId": UUID, "challenge": b64(bytes(32)),
+            "expiresAt": "2030-01-01T00:00:00Z", "allowedAuthMethods": ["DEVICE"],
+            "hardwareKeyRequired": False}
+    assert p.ActivationStartResponse.model_validate(base).tpm_credential is None
+    answer = p.ActivationStartResponse.model_validate({**base, "tpmCredential": {
+        "credentialBlob": b64(b"blob"), "encryptedSecret": b64(b"seed")}})
+    assert answer.tpm_credential == p.TpmCredential(credential_blob=b"blob",
+                                                    encrypted_secret=b"seed")
 
 
-def test_tpm_credential() -> None:
-    vector = DATA["tpmCredential"]
-    ak_public = bytes.fromhex(vector["akPublicHex"])
-    name = object_name(parse_public(ak_public).name_alg, ak_public)
-    assert name.hex() == vector["akNameHex"]
-    blob, encrypted = (bytes.fromhex(vector["credentialBlobHex"]),
-                       bytes.fromhex(vector["encryptedSecretHex"]))
-    assert _activate(vector, blob, encrypted).hex() == vector["secretHex"]
-    wire = p.TpmCredential.model_validate(vector["tpmCredential"])
-    assert (wire.credential_blob, wire.encrypted_secret) == (blob, encrypted)
-    # the library's MakeCredential (its own ephemeral key) protects the same secret alike
-    ek = ec.derive_private_key(int(vector["ekPrivateKeyHex"], 16), ec.SECP256R1())
-    made = make_credential(ek.public_key(), name, bytes.fromhex(vector["secretHex"]))
-    assert _activate(vector, made.credential_blob, made.encrypted_secret).hex() == \
-        vector["secretHex"]
+@pytest.mark.parametrize(("evidence", "wire"), [
+    (p.AndroidKeyAttestation(certificate_chain=[b"leaf", b"ca"]),
+     {"format": "android-key", "certificateChain": [b64(b"leaf"), b64(b"ca")]}),
+    (p.TpmAttestation(certify_info=b"info", signature=b"sig", public_area=b"pub",
+                      activated_secret=bytes(range(32))),
+     {"format": "tpm", "certifyInfo": b64(b"info"), "signature": b64(b"sig"),
+      "publicArea": b64(b"pub"), "activatedSecret": b64(bytes(range(32)))}),
+    (p.AppleAppAttestation(key_id=bytes(32), attestation_object=b"cbor"),
+     {"format": "apple-appattest", "keyId": b64(bytes(32)), "attestationObject": b64(b"cbor")}),
+])
+def test_finish_attestation_formats(evidence: Any, wire: dict[str, Any]) -> None:
+    request = finish(attestation=evidence)
+    assert request.to_wire()["attestation"] == wire
+    # the server side reads it back as the same kind, chosen by "format"
+    assert p.ActivationFinishRequest.model_validate(request.to_wire()).attestation == evidence
+    assert type(ATTESTATION.validate_python(wire)) is type(evidence)
+    assert "attestation" not in finish().to_wire()
 
 
-def test_docs_carry_the_inline_vectors() -> None:
-    doc = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
-    assert "tests/vectors/protocol/attestation.json" in doc
-    packed = "".join(doc.split())  # the docs wrap long values over lines
-    for value in (DATA["appAttestClientData"]["clientDataHex"],
-                  DATA["appAttestClientData"]["clientDataHashHex"],
-                  DATA["appAttestAssertion"]["hardwareSignature"],
-                  DATA["appAttestAssertion"]["signatureHex"],
-                  DATA["tpmCredential"]["tpmCredential"]["credentialBlob"]):
-        assert value in packed
+@pytest.mark.parametrize("wire", [
+    {"format": "none"},
+    {"format": "packed", "certificateChain": [b64(b"x")]},
+    {"certificateChain": [b64(b"x")]},
+    {"format": "android-key", "certificateChain": []},
+    {"format": "android-key", "certificateChain": [b64(b"x")] * (p.MAX_ATTESTATION_CHAIN + 1)},
+    {"format": "android-key", "certificateChain": ["padded=="]},
+    {"format": "android-key", "certificateChain": [b64(b"x")], "extra": 1},
+    {"format": "tpm", "certifyInfo": b64(b"i"), "signature": b64(b"s"), "publicArea": b64(b"p"),
+     "activatedSecret": b64(bytes(31))},
+    {"format": "tpm", "certifyInfo": b64(bytes(p.MAX_TPM_STRUCTURE_BYTES + 1)),
+     "signature": b64(b"s"), "publicArea": b64(b"p"), "activatedSecret": b64(bytes(32))},
+    {"format": "apple-appattest", "keyId": b64(bytes(31)), "attestationObject": b64(b"c")},
+])
+def test_malformed_attestation_is_refused(wire: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        ATTESTATION.validate_python(wire)
+
+
+def test_certificate_size_bound() -> None:
+    too_big = bytes(p.MAX_ATTESTATION_CERTIFICATE_BYTES + 1)
+    with pytest.raises(ValidationError):
+        p.TpmAttestationKey(ek_certificate=too_big, ak_public=b"ak")
+    with pytest.raises(ValidationError):
+        p.AndroidKeyAttestation(certificate_chain=[too_big])

@@ -167,6 +167,15 @@ class RiskAttribute(StrEnum):
     HW_KEY_CLONE_SUSPECTED = "hwKeyCloneSuspected"
 
 
+class AttestationFormat(StrEnum):
+    """Key attestation formats: the ``format`` of an activation's ``attestation`` object (the
+    names of keybound.attestation's verifiers)."""
+
+    ANDROID_KEY = "android-key"
+    APPLE_APP_ATTEST = "apple-appattest"
+    TPM = "tpm"
+
+
 class Purpose(StrEnum):
     """The domain-separating purpose of a signed transcript (§4)."""
 
@@ -260,6 +269,22 @@ PinProof = Annotated[
     WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
 ]
 
+#: Bytes as base64url without padding (§1.2), any length: each field adds its bounds.
+B64 = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64url"}),
+]
+# Bounds of attestation evidence: keybound.attestation's parsing limits (docs/attestation.md).
+MAX_ATTESTATION_CERTIFICATE_BYTES = 16 * 1024
+MAX_ATTESTATION_CHAIN = 10
+MAX_TPM_STRUCTURE_BYTES = 4096
+MAX_APP_ATTEST_OBJECT_BYTES = 64 * 1024
+AttestationCertificate = Annotated[
+    B64, Field(min_length=1, max_length=MAX_ATTESTATION_CERTIFICATE_BYTES)
+]
+TpmStructure = Annotated[B64, Field(min_length=1, max_length=MAX_TPM_STRUCTURE_BYTES)]
 # Hardware proofs: DER ECDSA (ES256), or an App Attest assertion (CBOR, §4.6)
 HardwareSignature = Annotated[
     bytes,
@@ -267,35 +292,6 @@ HardwareSignature = Annotated[
     Field(min_length=8, max_length=512),
     PlainSerializer(b64u_encode, return_type=str),
     WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 683}),
-]
-# Attestation evidence (§3.1.1, §3.1.2, §6.5), bounded as the verifiers bound them
-CertificateDer = Annotated[
-    bytes,
-    BeforeValidator(_decode_b64),
-    Field(min_length=1, max_length=16384),
-    PlainSerializer(b64u_encode, return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 21846}),
-]
-TpmStructure = Annotated[
-    bytes,
-    BeforeValidator(_decode_b64),
-    Field(min_length=1, max_length=4096),
-    PlainSerializer(b64u_encode, return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 5462}),
-]
-TpmSecret = Annotated[
-    bytes,
-    BeforeValidator(_decode_b64),
-    Field(min_length=32, max_length=32),
-    PlainSerializer(b64u_encode, return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 43}),
-]
-AttestationObject = Annotated[
-    bytes,
-    BeforeValidator(_decode_b64),
-    Field(min_length=1, max_length=65536),
-    PlainSerializer(b64u_encode, return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 87382}),
 ]
 
 ApplicationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
@@ -352,10 +348,12 @@ class DeviceProfile(Message):
     model: Annotated[str | None, Field(max_length=100)] = None
 
 
-class TpmKeys(Message):
-    """A TPM's offer to prove an attestation key by credential activation (§3.1.1, §6.5.3)."""
+class TpmAttestationKey(Message):
+    """Sent at activation start by a device whose hardware key store is a TPM that can
+    attest: its EK certificate and the public area of a fresh attestation key (AK), for
+    credential activation (§3.1.1, §6.5.3)."""
 
-    ek_certificate: Annotated[CertificateDer, Field(
+    ek_certificate: Annotated[AttestationCertificate, Field(
         description="DER X.509 certificate of the TPM's endorsement key (EK), issued by its "
         "manufacturer; verified against the server's configured TPM anchors")]
     ak_public: Annotated[TpmStructure, Field(
@@ -364,8 +362,8 @@ class TpmKeys(Message):
 
 
 class TpmCredential(Reply):
-    """TPM2_MakeCredential's output for the offered EK and AK (§3.1.1): the device's TPM
-    recovers the secret with TPM2_ActivateCredential and returns it at finish."""
+    """TPM2_MakeCredential for the start's EK and AK: only that TPM can open it, only for
+    that AK (TPM2_ActivateCredential; §6.5.3)."""
 
     credential_blob: Annotated[TpmStructure, Field(
         description="TPM2B_ID_OBJECT's buffer (integrity HMAC and encrypted identity)")]
@@ -374,19 +372,21 @@ class TpmCredential(Reply):
 
 
 class AndroidKeyAttestation(Message):
-    """Android Key Attestation (§6.5.1): the hardware key's certificate chain."""
+    """Android key attestation: the hardware key's certificate chain, leaf first (§6.5.1)."""
 
-    format: Literal["android-key"]
-    certificate_chain: Annotated[list[CertificateDer], Field(
-        min_length=1, max_length=10,
+    format: Literal[AttestationFormat.ANDROID_KEY] = AttestationFormat.ANDROID_KEY
+    certificate_chain: Annotated[list[AttestationCertificate], Field(
+        min_length=1, max_length=MAX_ATTESTATION_CHAIN,
         description="KeyStore.getCertificateChain(), DER, leaf first; the leaf's key is "
         "hardwarePublicKey and its attestationChallenge the activation challenge")]
 
 
 class TpmAttestation(Message):
-    """TPM2_Certify of the hardware key by the AK the start's credential proved (§6.5.3)."""
+    """TPM2_Certify of the hardware key by the AK the start proved, over the activation
+    challenge, and the secret TPM2_ActivateCredential returned for the start's credential
+    (§6.5.3)."""
 
-    format: Literal["tpm"]
+    format: Literal[AttestationFormat.TPM] = AttestationFormat.TPM
     certify_info: Annotated[TpmStructure, Field(
         description="TPMS_ATTEST from TPM2_Certify, qualifyingData = the activation "
         "challenge")]
@@ -394,32 +394,34 @@ class TpmAttestation(Message):
         description="TPMT_SIGNATURE by the AK over certifyInfo")]
     public_area: Annotated[TpmStructure, Field(
         description="TPMT_PUBLIC of the hardware key (the key of hardwarePublicKey)")]
-    activated_secret: Annotated[TpmSecret, Field(
+    activated_secret: Annotated[B64, Field(
+        min_length=32, max_length=32,
         description="what TPM2_ActivateCredential returned for the start's tpmCredential")]
 
 
 class AppleAppAttestation(Message):
-    """Apple App Attest (§6.5.2): the App Attest key is the hardware key."""
+    """Apple App Attest: the App Attest key is the hardware key (§6.5.2)."""
 
-    format: Literal["apple-appattest"]
-    key_id: Annotated[KeyId, Field(
+    format: Literal[AttestationFormat.APPLE_APP_ATTEST] = AttestationFormat.APPLE_APP_ATTEST
+    key_id: Annotated[B64, Field(
+        min_length=32, max_length=32,
         description="the App Attest key identifier (SHA-256 of its public point)")]
-    attestation_object: Annotated[AttestationObject, Field(
+    attestation_object: Annotated[B64, Field(
+        min_length=1, max_length=MAX_APP_ATTEST_OBJECT_BYTES,
         description="attestKey's CBOR attestation object, over SHA-256 of the activation "
         "client data (§6.5.2)")]
 
 
-#: Key attestation evidence at activation finish; ``format`` picks the verifier (§6.5)
+#: The evidence an activation finish may carry; ``format`` picks the verifier (§6.5).
 Attestation = Annotated[
-    AndroidKeyAttestation | TpmAttestation | AppleAppAttestation,
-    Field(discriminator="format"),
+    AndroidKeyAttestation | TpmAttestation | AppleAppAttestation, Field(discriminator="format")
 ]
 
 
 class ActivationStartRequest(Message):
     application_id: ApplicationId
     activation_code: ActivationCode
-    tpm: Annotated[TpmKeys | None, Field(
+    tpm: Annotated[TpmAttestationKey | None, Field(
         description="a TPM that can attest offers its EK and AK for credential activation "
         "(§6.5.3)")] = None
 

@@ -126,7 +126,7 @@ def test_tpm_start_keeps_why_it_refused() -> None:
     tpm = SoftwareTpm()
     credential, state = start_tpm_credential(tpm.keys(), trust=TrustStore(), now=NOW)
     assert credential is None and state.failure is Reason.CHAIN_UNTRUSTED
-    garbage = p.TpmKeys(ek_certificate=b"\x30\x03\x02\x01\x01", ak_public=b"\x00")
+    garbage = p.TpmAttestationKey(ek_certificate=b"\x30\x03\x02\x01\x01", ak_public=b"\x00")
     credential, state = start_tpm_credential(garbage, trust=TrustStore(), now=NOW)
     assert credential is None and state.failure is Reason.MALFORMED
 

@@ -125,8 +125,8 @@ class SoftwareTpm:
     def ak_public(self) -> bytes:
         return factory.tpmt_public_ecc(self.ak.public_key(), attributes=factory.TPM_AK)
 
-    def keys(self) -> p.TpmKeys:
-        return p.TpmKeys(ek_certificate=self.ek_certificate, ak_public=self.ak_public)
+    def keys(self) -> p.TpmAttestationKey:
+        return p.TpmAttestationKey(ek_certificate=self.ek_certificate, ak_public=self.ak_public)
 
     def activate(self, credential: p.TpmCredential) -> bytes:
         """TPM2_ActivateCredential [TPM 2.0 Part 1 §24]: the seed by RSA-OAEP with the EK,

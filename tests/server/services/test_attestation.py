@@ -83,7 +83,8 @@ def app(make_rp: Any, **settings: Any) -> RelyingParty:
 
 
 def activate(rp: RelyingParty, device: RawDevice, *, platform: p.Platform = Platform.ANDROID,
-             tpm: p.TpmKeys | None = None, **kwargs: Any) -> tuple[p.ActivationStartResponse, Any]:
+             tpm: p.TpmAttestationKey | None = None,
+             **kwargs: Any) -> tuple[p.ActivationStartResponse, Any]:
     start = device.start_activation(rp.activation_code()["activationCode"], tpm=tpm)
     request = device.activation_request(
         start, profile=p.DeviceProfile(platform=platform, os_version="14"), **kwargs)
@@ -381,8 +382,9 @@ def test_tpm_ak_that_is_not_restricted(make_rp: Any, tpm: SoftwareTpm) -> None:
     """An AK that could sign anything could sign a forged TPMS_ATTEST: no credential."""
     rp = app(make_rp, attestationTpmMode="OPTIONAL")
     device = RawDevice(rp.http, rp.app_id)
-    loose = p.TpmKeys(ek_certificate=tpm.ek_certificate, ak_public=factory.tpmt_public_ecc(
-        tpm.ak.public_key(), attributes=factory.TPM_SIGN_ONLY))
+    loose = p.TpmAttestationKey(
+        ek_certificate=tpm.ek_certificate,
+        ak_public=factory.tpmt_public_ecc(tpm.ak.public_key(), attributes=factory.TPM_SIGN_ONLY))
     hw = device.hw
     assert hw is not None
     start, finish = activate(rp, device, platform=Platform.LINUX, tpm=loose,

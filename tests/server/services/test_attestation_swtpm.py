@@ -90,7 +90,7 @@ def test_swtpm_activation_authentication_and_a_wrong_secret(
         device = RawDevice(rp.http, rp.app_id, hw=None,
                            hw_spki=parse_public(key_public).spki(),
                            hw_prover=_tpm_signer(ectx, key))
-        offer = p.TpmKeys(ek_certificate=ek_certificate, ak_public=ak_public)
+        offer = p.TpmAttestationKey(ek_certificate=ek_certificate, ak_public=ak_public)
 
         def attest(start: p.ActivationStartResponse, *, secret: bytes | None = None
                    ) -> p.TpmAttestation:

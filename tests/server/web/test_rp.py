@@ -71,10 +71,11 @@ def test_other_applications_objects_look_like_missing_ones(make_rp: Any) -> None
                              ("POST", "/rp/v1/devices/{}/operations")]:
         real_id = {"devices": device.device_id, "operations": op, "users": user}[
             template.split("/")[3]]
+        body = {} if template.endswith("operations") else None  # the others take no body
         other = eve_rp.http.request(method, template.format(real_id), headers=eve_rp.headers,
-                                    json={} if method == "POST" else None)
+                                    json=body)
         absent = eve_rp.http.request(method, template.format(missing), headers=eve_rp.headers,
-                                     json={} if method == "POST" else None)
+                                     json=body)
         assert other.status_code == absent.status_code == 404, template
         assert other.json() == absent.json(), template
     assert alice_rp.device(device.device_id)["state"] == "ACTIVE"

@@ -58,8 +58,8 @@ from keybound.protocol import (
     Platform,
     RiskAttribute,
     TpmAttestation,
+    TpmAttestationKey,
     TpmCredential,
-    TpmKeys,
     app_attest_client_data,
 )
 from keybound.server.core.appconfig import AppConfig, AppleEnvironment
@@ -193,7 +193,7 @@ class TpmCredentialState:
                 chain=tuple(_unb64(c) for c in ek["chain"]), anchor_key_sha256=ek["anchor"]))
 
 
-def start_tpm_credential(keys: TpmKeys, *, trust: TrustStore, now: dt.datetime
+def start_tpm_credential(keys: TpmAttestationKey, *, trust: TrustStore, now: dt.datetime
                          ) -> tuple[TpmCredential | None, TpmCredentialState]:
     """§6.5.3 at start: verify the EK certificate against the configured TPM anchors, check
     the AK is a restricted TPM-resident signing key, and make a credential for a fresh

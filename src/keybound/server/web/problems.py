@@ -39,6 +39,7 @@ STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.ATTESTATION_REQUIRED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.CHALLENGE_USED: 409,
     ErrorCode.CHALLENGE_EXPIRED: 409,
     ErrorCode.INVALID_STATE: 409,
@@ -47,6 +48,8 @@ STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.SECURE_CHANNEL_REQUIRED: 415,
+    ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE: 431,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
 }
 
 #: RFC 9457 problem document, as every error is answered (docs/protocol.md §8)

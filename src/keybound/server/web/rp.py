@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,6 +38,40 @@ T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False)
 
 
+class Utf8Json(Request):
+    """A request whose JSON body is UTF-8 or refused (docs/protocol.md §1.1): the standard
+    decoder would take UTF-16 and UTF-32 too, guessing from the bytes."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise json.JSONDecodeError("the body is not UTF-8", "", 0) from None
+            self._json = json.loads(text)
+        return self._json
+
+
+class KeyboundRoute(APIRoute):
+    """Every relying-party route: JSON bodies strictly UTF-8, and a body on a call that takes
+    none refused (malformed_request) rather than ignored."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+        takes_body = self.body_field is not None
+
+        async def route(request: Request) -> Response:
+            request = Utf8Json(request.scope, request.receive)
+            if not takes_body and await request.body():
+                raise RequestValidationError([{
+                    "type": "no_body", "loc": ("body",), "msg": "this call takes no body"}])
+            response: Response = await handler(request)
+            return response
+
+        return route
+
+
 def create_rp_app(kb: Keybound) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +93,7 @@ def create_rp_app(kb: Keybound) -> FastAPI:
         redoc_url=None,
         redirect_slashes=False,  # no redirect built from the Host header
     )
+    app.router.route_class = KeyboundRoute
     app.state.kb = kb
     _error_handlers(app, kb)
     _routes(app, kb)
