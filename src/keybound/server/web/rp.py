@@ -7,13 +7,14 @@ import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keybound import __version__
@@ -35,6 +36,14 @@ from keybound.server.web.asgi import blocking
 from keybound.server.web.problems import invalid_params, problem, problem_response, refusal
 
 T = TypeVar("T")
+
+
+class Health(BaseModel):
+    """The answer of the liveness check."""
+
+    status: Annotated[Literal["ok"], Field(description="Always `ok`.", examples=["ok"])]
+    version: Annotated[str, Field(description="The keybound version serving.",
+                                  examples=[__version__])]
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -99,8 +108,8 @@ def create_rp_app(kb: Keybound) -> FastAPI:
     _routes(app, kb)
 
     @app.get("/healthz", tags=["meta"], operation_id="health")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    async def healthz() -> Health:
+        return Health(status="ok", version=__version__)
 
     return app
 
@@ -169,6 +178,13 @@ async def _application(
 
 
 App = Annotated[str, Depends(_application)]
+# Path ids are not format-checked: an id of another shape is simply not found (§3.2)
+UserId = Annotated[str, Path(description="A user of the API key's application.",
+                             examples=["1e2ca41a-793f-4479-9856-6623db5768a0"])]
+DeviceId = Annotated[str, Path(description="A device of the API key's application.",
+                               examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
+OperationId = Annotated[str, Path(description="An operation of the API key's application.",
+                                  examples=["c0ffee00-0000-4000-8000-0000000000a1"])]
 
 
 class _Performer:
@@ -207,40 +223,40 @@ def _routes(app: FastAPI, kb: Keybound) -> None:
 
     @app.get("/rp/v1/users/{user_id}", operation_id="getUser", **ok)
     @_action_of(EventType.USER_READ)
-    async def get_user(app_id: App, user_id: str) -> User:
+    async def get_user(app_id: App, user_id: UserId) -> User:
         return await run(EventType.USER_READ, app_id,
                          lambda u: kb.operations.get_user(u, app_id, user_id))
 
     @app.post("/rp/v1/users/{user_id}/activation-codes", status_code=201,
               operation_id="createActivationCode", **ok)
     @_action_of(EventType.ACTIVATION_CODE_ISSUED)
-    async def create_activation_code(app_id: App, user_id: str) -> ActivationCodeResponse:
+    async def create_activation_code(app_id: App, user_id: UserId) -> ActivationCodeResponse:
         return await run(EventType.ACTIVATION_CODE_ISSUED, app_id,
                          lambda u: kb.operations.create_activation(u, app_id, user_id))
 
     @app.get("/rp/v1/users/{user_id}/devices", operation_id="listUserDevices", **ok)
     @_action_of(EventType.DEVICE_READ)
-    async def list_devices(app_id: App, user_id: str) -> DeviceList:
+    async def list_devices(app_id: App, user_id: UserId) -> DeviceList:
         return await run(EventType.DEVICE_READ, app_id,
                          lambda u: kb.registrations.list_for_user(u, app_id, user_id))
 
     @app.get("/rp/v1/devices/{device_id}", operation_id="getDevice", **ok)
     @_action_of(EventType.DEVICE_READ)
-    async def get_device(app_id: App, device_id: str) -> Device:
+    async def get_device(app_id: App, device_id: DeviceId) -> Device:
         return await run(EventType.DEVICE_READ, app_id,
                          lambda u: kb.registrations.get(u, app_id, device_id))
 
     @app.post("/rp/v1/devices/{device_id}/reactivation", status_code=201,
               operation_id="createReactivationCode", **ok)
     @_action_of(EventType.REACTIVATION_CODE_ISSUED)
-    async def create_reactivation(app_id: App, device_id: str) -> ActivationCodeResponse:
+    async def create_reactivation(app_id: App, device_id: DeviceId) -> ActivationCodeResponse:
         return await run(EventType.REACTIVATION_CODE_ISSUED, app_id,
                          lambda u: kb.operations.create_reactivation(u, app_id, device_id))
 
     @app.post("/rp/v1/devices/{device_id}/operations", status_code=201,
               operation_id="createOperation", **ok)
     @_action_of(EventType.AUTHENTICATION_CREATE)
-    async def create_operation(app_id: App, device_id: str,
+    async def create_operation(app_id: App, device_id: DeviceId,
                                body: CreateOperationRequest | None = None) -> Operation:
         request = body or CreateOperationRequest()
         return await run(EventType.AUTHENTICATION_CREATE, app_id, lambda u: kb.operations
@@ -248,24 +264,24 @@ def _routes(app: FastAPI, kb: Keybound) -> None:
 
     @app.post("/rp/v1/devices/{device_id}/lock", operation_id="lockDevice", **ok)
     @_action_of(EventType.DEVICE_LOCK)
-    async def lock(app_id: App, device_id: str) -> Device:
+    async def lock(app_id: App, device_id: DeviceId) -> Device:
         return await run(EventType.DEVICE_LOCK, app_id,
                          lambda u: kb.registrations.lock(u, app_id, device_id))
 
     @app.post("/rp/v1/devices/{device_id}/unlock", operation_id="unlockDevice", **ok)
     @_action_of(EventType.DEVICE_UNLOCK)
-    async def unlock(app_id: App, device_id: str) -> Device:
+    async def unlock(app_id: App, device_id: DeviceId) -> Device:
         return await run(EventType.DEVICE_UNLOCK, app_id,
                          lambda u: kb.registrations.unlock(u, app_id, device_id))
 
     @app.post("/rp/v1/devices/{device_id}/deactivate", operation_id="deactivateDevice", **ok)
     @_action_of(EventType.DEVICE_DEACTIVATE)
-    async def deactivate_device(app_id: App, device_id: str) -> Device:
+    async def deactivate_device(app_id: App, device_id: DeviceId) -> Device:
         return await run(EventType.DEVICE_DEACTIVATE, app_id,
                          lambda u: kb.registrations.deactivate(u, app_id, device_id))
 
     @app.get("/rp/v1/operations/{operation_id}", operation_id="getOperation", **ok)
     @_action_of(EventType.OPERATION_READ)
-    async def get_operation(app_id: App, operation_id: str) -> Operation:
+    async def get_operation(app_id: App, operation_id: OperationId) -> Operation:
         return await run(EventType.OPERATION_READ, app_id,
                          lambda u: kb.operations.get(u, app_id, operation_id))
