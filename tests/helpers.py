@@ -151,11 +151,14 @@ class RawDevice:
 
     # -- activation ----------------------------------------------------------------------
 
-    def start_activation(self, code: str, *,
+    def start_activation(self, issued: dict[str, Any], *, typed: bool = False,
                          tpm: p.TpmAttestationKey | None = None) -> p.ActivationStartResponse:
-        r = self.post(p.DevicePaths.ACTIVATION_START,
-                      p.ActivationStartRequest(application_id=self.app_id, activation_code=code,
-                                               tpm=tpm))
+        """Start with what the relying party issued: the link's token, or (``typed``) the
+        fallback code with its hint; a TPM that can attest offers ``tpm`` (§6.5.3)."""
+        body = start_body(self.app_id, issued, typed=typed)
+        if tpm is not None:
+            body["tpm"] = tpm.to_wire()
+        r = self.post(p.DevicePaths.ACTIVATION_START, body)
         assert r.status_code == 200, r.text
         start = p.ActivationStartResponse.model_validate(r.json())
         self.device_id = start.device_id
@@ -188,8 +191,9 @@ class RawDevice:
                                                       os_version="14"),
             attestation=attest(start) if attest is not None else None)
 
-    def activate(self, code: str, *, tpm: p.TpmAttestationKey | None = None, **kwargs: Any) -> Any:
-        start = self.start_activation(code, tpm=tpm)
+    def activate(self, issued: dict[str, Any], *, typed: bool = False,
+                 tpm: p.TpmAttestationKey | None = None, **kwargs: Any) -> Any:
+        start = self.start_activation(issued, typed=typed, tpm=tpm)
         return self.post(p.DevicePaths.ACTIVATION_FINISH, self.activation_request(start, **kwargs))
 
     # -- authentication -------------------------------------------------------------------
@@ -244,6 +248,16 @@ class RawDevice:
     def authenticate(self, operation_id: str | None = None, **kwargs: Any) -> Any:
         start = self.start_auth(operation_id)
         return self.finish_auth(*self.auth_request(start, **kwargs))
+
+
+def start_body(application_id: str, issued: dict[str, Any], *,
+               typed: bool = False) -> dict[str, Any]:
+    """An activation start's body (§3.1.1) from an ActivationCodeResponse: its token (as
+    the activation link carries it), or the typed code and its hint."""
+    if typed:
+        return {"applicationId": application_id, "activationCode": issued["activationCode"],
+                "activationHint": issued["activationHint"]}
+    return {"applicationId": application_id, "activationToken": issued["activationToken"]}
 
 
 def problem_code(response: Any) -> str:

@@ -13,7 +13,8 @@ import re
 import struct
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,6 +24,7 @@ from pydantic import (
     PlainSerializer,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -318,29 +320,46 @@ PinProof = Annotated[
     WithJsonSchema(b64_json_schema(32, 32)),
 ]
 
-#: Bytes as base64url without padding (§1.2), any length: each field adds its bounds.
-B64 = Annotated[
-    bytes,
-    BeforeValidator(_decode_b64),
-    PlainSerializer(b64u_encode, return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64url"}),
-]
 # Bounds of attestation evidence: keybound.attestation's parsing limits (docs/attestation.md).
 MAX_ATTESTATION_CERTIFICATE_BYTES = 16 * 1024
 MAX_ATTESTATION_CHAIN = 10
 MAX_TPM_STRUCTURE_BYTES = 4096
 MAX_APP_ATTEST_OBJECT_BYTES = 64 * 1024
 AttestationCertificate = Annotated[
-    B64, Field(min_length=1, max_length=MAX_ATTESTATION_CERTIFICATE_BYTES)
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=1, max_length=MAX_ATTESTATION_CERTIFICATE_BYTES),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema(b64_json_schema(1, MAX_ATTESTATION_CERTIFICATE_BYTES)),
 ]
-TpmStructure = Annotated[B64, Field(min_length=1, max_length=MAX_TPM_STRUCTURE_BYTES)]
+TpmStructure = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=1, max_length=MAX_TPM_STRUCTURE_BYTES),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema(b64_json_schema(1, MAX_TPM_STRUCTURE_BYTES)),
+]
+Bytes32 = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema(b64_json_schema(32, 32)),
+]
+AppAttestObject = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=1, max_length=MAX_APP_ATTEST_OBJECT_BYTES),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema(b64_json_schema(1, MAX_APP_ATTEST_OBJECT_BYTES)),
+]
 # Hardware proofs: DER ECDSA (ES256), or an App Attest assertion (CBOR, §4.6)
 HardwareSignature = Annotated[
     bytes,
     BeforeValidator(_decode_b64),
     Field(min_length=8, max_length=512),
     PlainSerializer(b64u_encode, return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64url", "maxLength": 683}),
+    WithJsonSchema(b64_json_schema(8, 512)),
 ]
 
 ApplicationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
@@ -348,6 +367,16 @@ Uuid = Annotated[
     str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ]
 ActivationCode = Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9]+$")]
+#: names the activation a typed code belongs to (§3.2.5); not a secret
+ActivationHint = Annotated[str, Field(min_length=4, max_length=16, pattern=r"^[A-Za-z0-9]+$")]
+#: the activation link's secret (§3.2.5): 32 bytes
+ActivationToken = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema(b64_json_schema(32, 32)),
+]
 
 MAX_PRE_CONTEXT_BYTES = 4096
 MAX_POST_CONTEXT_BYTES = 65536
@@ -471,8 +500,7 @@ class TpmAttestation(Message):
     public_area: Annotated[TpmStructure, Field(
         description="TPMT_PUBLIC of the hardware key, marshalled.",
         examples=["osSu0c91fNmlCXNKJn_8exFmtV9Mj5w-"])]
-    activated_secret: Annotated[B64, Field(
-        min_length=32, max_length=32,
+    activated_secret: Annotated[Bytes32, Field(
         description="What TPM2_ActivateCredential returned for the start's credential.",
         examples=["ECtRuXZaVqPomffPDuOOUlH5xQOzV7MwpJGD63sVVgQ"])]
 
@@ -483,12 +511,10 @@ class AppleAppAttestation(Message):
     format: Annotated[Literal[AttestationFormat.APPLE_APP_ATTEST], Field(
         description="The verifier: Apple App Attest.", examples=["apple-appattest"])
     ] = AttestationFormat.APPLE_APP_ATTEST
-    key_id: Annotated[B64, Field(
-        min_length=32, max_length=32,
+    key_id: Annotated[Bytes32, Field(
         description="The App Attest key id (SHA-256 of its public key).",
         examples=["y-Imh0fJyAcsf5km8iiPJwY33FW7nRTTNoNh1eR9Jb4"])]
-    attestation_object: Annotated[B64, Field(
-        min_length=1, max_length=MAX_APP_ATTEST_OBJECT_BYTES,
+    attestation_object: Annotated[AppAttestObject, Field(
         description="The attestation object (CBOR) DCAppAttestService returned.",
         examples=["v2DkNJys5rzg1VLo14NCjbZtDWSb2eQwo2J-LuFKyDkhswc5HQN_qi25QYzEPD46"])]
 
@@ -500,16 +526,50 @@ Attestation = Annotated[
 
 
 class ActivationStartRequest(Message):
+    """Either the activation link's token, or the typed code with its hint (§3.1.1)."""
+
+    # one of the two forms; a field given as null counts as absent, so a form's fields must
+    # be strings
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["activationToken"], "properties": {"activationToken": {"type": "string"}},
+         "not": {"anyOf": [
+             {"required": ["activationCode"], "properties": {"activationCode": {
+                 "type": "string"}}},
+             {"required": ["activationHint"], "properties": {"activationHint": {
+                 "type": "string"}}}]}},
+        {"required": ["activationCode", "activationHint"],
+         "properties": {"activationCode": {"type": "string"},
+                        "activationHint": {"type": "string"}},
+         "not": {"required": ["activationToken"], "properties": {"activationToken": {
+             "type": "string"}}}}]})
+
     application_id: Annotated[ApplicationId, Field(
         description="The application, as configured by the operator; a sealed request's must "
         "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    activation_code: Annotated[ActivationCode, Field(
-        description="The activation code the relying party gave the user, as typed "
-        "(compared upper-cased).", examples=["482913"])]
+    activation_token: Annotated[ActivationToken | None, Field(
+        description="the secret of the activation link or QR code (§3.2.5)",
+        examples=["q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"])] = None
+    # the example is the link's form; the typed form is the second example of each field
+    activation_code: Annotated[ActivationCode | None, Field(
+        description="the typed fallback code; needs activationHint",
+        examples=[None, "483920"])] = None
+    activation_hint: Annotated[ActivationHint | None, Field(
+        description="names the activation the typed code belongs to",
+        examples=[None, "7KQ2MX"])] = None
     tpm: Annotated[TpmAttestationKey | None, Field(
         description="A TPM that can attest: its EK certificate and a fresh attestation key, "
         "for the credential activation round trip (docs/protocol.md, attestation).",
         examples=[None])] = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        typed = (self.activation_code, self.activation_hint)
+        if self.activation_token is not None and typed == (None, None):
+            return self
+        if self.activation_token is None and None not in typed:
+            return self
+        raise ValueError("send activationToken (from the activation link) alone, or "
+                         "activationCode together with its activationHint")
 
 
 class ActivationStartResponse(Reply):
@@ -764,6 +824,31 @@ class DeactivateResponse(Reply):
         description="The deactivated device.", examples=["7b9d2e4f-1c3a-4b5d-8f6e-9a0b1c2d3e4f"])]
     state: Annotated[DeviceState, Field(
         description="Always ``DEACTIVATED``.", examples=["DEACTIVATED"])]
+
+
+# ------------------------------------------------------------------ activation link (§3.2.5)
+
+ACTIVATION_LINK_PREFIX = "keybound://activate"
+
+
+def activation_link(application_id: str, token: bytes) -> str:
+    """The link (or QR payload) that carries an activation's token (§3.2.5)."""
+    query = urlencode({"app": application_id, "token": b64u_encode(token)})
+    return f"{ACTIVATION_LINK_PREFIX}?{query}"
+
+
+def read_activation_link(link: str) -> tuple[str | None, bytes]:
+    """(application id if the link names one, token) from an activation link -- ours, or a
+    relying party's own https link with the same ``token`` (and ``app``) parameters;
+    ValueError if it carries no valid token."""
+    query = parse_qs(urlsplit(link.strip()).query)
+    tokens, apps = query.get("token", []), query.get("app", [])
+    if len(tokens) != 1 or len(apps) > 1:
+        raise ValueError("an activation link carries exactly one token parameter")
+    token = b64u_decode(tokens[0])
+    if len(token) != 32:
+        raise ValueError("an activation token is 32 bytes")
+    return (apps[0] if apps else None), token
 
 
 # --------------------------------------------------------------------------- signed bytes (§4)

@@ -52,3 +52,4 @@ def test_demo_prints_the_decisions() -> None:
         "NOT_SUPPORTED", "NO_KEY_REGISTERED", "NOT_PROVIDED", "FAIL (attestation_required)"]
     assert row(required, tpm, "authenticate") == ["OK", "VALID", "VERIFIED", "PASS"]
     assert "released 'receipt #4711'" in out
+    assert "activated by typing the fallback" in out  # the table's devices scanned the link

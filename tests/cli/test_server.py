@@ -71,7 +71,8 @@ def test_db_prune(tmp_path: Path) -> None:
     done = run(tmp_path, "db", "prune", "--operations-days", "30")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"operations": 0, "supersededKeys": 0, "seenRequests": 0,
-                                       "events": 0, "noise": 0, "postContexts": 0}
+                                       "events": 0, "noise": 0, "postContexts": 0,
+                                       "activationSecrets": 0}
     assert run(tmp_path, "db", "prune", "--operations-days", "0").returncode == 2
     assert run(tmp_path, "db", "prune", "--events-days", "0").returncode == 0  # keep for ever
 
@@ -87,3 +88,12 @@ def test_options_may_follow_the_command(tmp_path: Path) -> None:
                             check=True)
     assert listed.stdout.split() == ["bank"]
     assert (tmp_path / "after.db").exists()
+
+
+def test_an_invalid_setting_value_lists_the_valid_ones(tmp_path: Path) -> None:
+    done = run(tmp_path, "app", "create", "x", "hwKeyValidationStrategy=FOO")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "keybound: configuration_invalid: invalid value for hwKeyValidationStrategy: 'FOO'; "
+        "expected one of SUPPORTED, RISK_PARAMS, REQUIRED (REQUIRED_IF_SUPPORTED = SUPPORTED)")
+    assert "Traceback" not in done.stderr

@@ -83,7 +83,7 @@ def test_sdk_tpm_device_attests_to_the_server(
     rp = make_rp(attestationTpmMode=mode, enabledRiskData=ALL_RISK)
     store = open_keystore("tpm", tmp_path / "device", {"tcti": manufactured_swtpm.tcti})
     device, transport = _device(tmp_path, rp, http, store, "linux")
-    result = device.activate(str(rp.activation_code()["activationCode"]))
+    result = device.activate(str(rp.activation_code()["activationLink"]))
     assert result.hardware_key_registered and result.attestation_format is AttestationFormat.TPM
     assert transport.last(DevicePaths.ACTIVATION_START,
                           protocol.ActivationStartResponse).tpm_credential is not None
@@ -103,7 +103,7 @@ def test_sdk_tpm_device_with_an_untrusted_manufacturer(
     store = open_keystore("tpm", tmp_path / "device", {"tcti": manufactured_swtpm.tcti})
     device, transport = _device(tmp_path, rp, http, store, "linux")
     with pytest.raises(ClientError) as refused:
-        device.activate(str(rp.activation_code()["activationCode"]))
+        device.activate(str(rp.activation_code()["activationLink"]))
     assert refused.value.code.value == "attestation_required"
     assert transport.last(DevicePaths.ACTIVATION_START,
                           protocol.ActivationStartResponse).tpm_credential is None
@@ -123,7 +123,7 @@ def test_emulated_android_device_verifies_once_its_root_is_added(
     rp = _android_app(make_rp, "REQUIRED")
     element = EmulatedSecureElement(tmp_path / "device" / "emulated-se")
     device, transport = _device(tmp_path, rp, http, element, "android-14")
-    result = device.activate(str(rp.activation_code()["activationCode"]))
+    result = device.activate(str(rp.activation_code()["activationLink"]))
     assert result.attestation_format is AttestationFormat.ANDROID_KEY
     risk = _risk(rp, transport)
     assert (risk["hwKeyAttestation"], risk["hwKeySecurityLevel"],
@@ -138,7 +138,7 @@ def test_emulated_android_device_without_its_root(tmp_path: Path, http: Any,
     element = EmulatedSecureElement(tmp_path / "device" / "emulated-se")
     device, _ = _device(tmp_path, rp, http, element, "android-14")
     with pytest.raises(ClientError) as refused:
-        device.activate(str(rp.activation_code()["activationCode"]))
+        device.activate(str(rp.activation_code()["activationLink"]))
     assert refused.value.code.value == "attestation_invalid"
 
 
@@ -151,5 +151,5 @@ def test_pkcs11_device_where_tpm_attestation_is_required(
         "user_pin": softhsm.main.user_pin})
     device, _ = _device(tmp_path, rp, http, store, "linux")
     with pytest.raises(ClientError) as refused:
-        device.activate(str(rp.activation_code()["activationCode"]))
+        device.activate(str(rp.activation_code()["activationLink"]))
     assert refused.value.code.value == "attestation_required"

@@ -18,14 +18,14 @@ NEW = {"registrations": {"hw_attestation", "hw_security_level", "hw_counter"},
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_at_0005(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+def db_at_0006(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "postgres":
         server = request.getfixturevalue("postgres")
         db = Database(server.fresh_database())
-        command.downgrade(alembic_config(db.engine), "0005")
+        command.downgrade(alembic_config(db.engine), "0006")
     else:
         db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
-        upgrade(db.engine, "0005")
+        upgrade(db.engine, "0006")
     yield db
     db.dispose()
 
@@ -34,8 +34,8 @@ def columns(db: Database, table: str) -> set[str]:
     return {column["name"] for column in inspect(db.engine).get_columns(table)}
 
 
-def test_0007_adds_the_columns_keeps_the_rows_and_goes_back(db_at_0005: Database) -> None:
-    db = db_at_0005
+def test_0007_adds_the_columns_keeps_the_rows_and_goes_back(db_at_0006: Database) -> None:
+    db = db_at_0006
     with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO applications VALUES ('app', '{}', 0, 0)"))
         conn.execute(text("INSERT INTO users (id, application_id, created_at) "
@@ -63,7 +63,7 @@ def test_0007_adds_the_columns_keeps_the_rows_and_goes_back(db_at_0005: Database
         conn.execute(text("UPDATE operations SET wrapped_tpm_credential = :w"), {"w": b"\x02w"})
         assert conn.execute(text("SELECT hw_counter FROM registrations")).scalar_one() \
             == 2 ** 32  # BIGINT: App Attest counters are u32, with room
-    command.downgrade(alembic_config(db.engine), "0005")
+    command.downgrade(alembic_config(db.engine), "0006")
     assert not NEW["registrations"] & columns(db, "registrations")
     assert not NEW["operations"] & columns(db, "operations")
     with db.engine.connect() as conn:

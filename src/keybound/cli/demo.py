@@ -53,11 +53,14 @@ class _RelyingParty:
         self.http = closing.enter_context(httpx.Client(
             base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {token}"}))
 
-    def activation_code(self) -> str:
+    def activation(self) -> dict[str, Any]:
+        """A new user's activation: its link (what a phone scans) and its typed fallback."""
         user = self.http.post("/rp/v1/users", json={}).json()["userId"]
-        code: str = self.http.post(f"/rp/v1/users/{user}/activation-codes").json()[
-            "activationCode"]
-        return code
+        issued: dict[str, Any] = self.http.post(f"/rp/v1/users/{user}/activation-codes").json()
+        return issued
+
+    def activation_link(self) -> str:
+        return str(self.activation()["activationLink"])
 
     def risk(self, operation_id: str | None) -> dict[str, Any]:
         if operation_id is None:
@@ -115,13 +118,11 @@ def _tpm_store(work: Path) -> Iterator[_Tpm]:
 def _open_tpm(state_dir: Path, tcti: str, ek_ca: Path | None) -> _Tpm:
     from keybound.client.keystores import open_keystore
 
-    try:
+    try:  # opened by name, so it must work now (else KEYSTORE_UNAVAILABLE)
         store = open_keystore("tpm", state_dir, {"tcti": tcti})
     except KeyboundError as exc:
         return _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device "
                     "skipped")
-    if not store.available():
-        return _Tpm(store=None, note="swtpm not reachable: TPM device skipped")
     note = ("TPM 2.0 (a private swtpm, EK certificates from swtpm's local CA)" if ek_ca
             else "TPM 2.0 (a private swtpm, no EK certificate: it cannot attest)")
     return _Tpm(store=store, note=note, ek_ca=ek_ca)
@@ -192,7 +193,7 @@ def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy
     scenario = _Scenario(rp, strategy.value, rows)
 
     def activate(device: Device) -> Callable[[], str | None]:
-        return lambda: device.activate(rp.activation_code()).operation_id
+        return lambda: device.activate(rp.activation_link()).operation_id
 
     def authenticate(device: Device) -> Callable[[], str | None]:
         return lambda: device.authenticate().operation_id
@@ -253,7 +254,7 @@ def _run_attestation_required(kb: Keybound, base_url: str, work: Path, tpm: KeyS
 
 
 def _activation(device: Device, rp: _RelyingParty) -> Callable[[], str | None]:
-    return lambda: device.activate(rp.activation_code()).operation_id
+    return lambda: device.activate(rp.activation_link()).operation_id
 
 
 def _authentication(device: Device) -> Callable[[], str | None]:
@@ -270,13 +271,17 @@ def _backend_flow(kb: Keybound, base_url: str, work: Path,
     phone = Device.create(work / "pin-phone", application_id=app_id, transport=transport,
                           profile=preset("ios-17"),
                           hardware=EmulatedSecureElement(work / "pin-phone" / "emulated-se"))
-    phone.activate(rp.activation_code(), pin="2468")
+    # this user types the fallback instead of scanning: the hint and the code, as shown
+    issued = rp.activation()
+    typed = f"{issued['activationHint']}-{issued['activationCode']}"
+    phone.activate(typed, pin="2468")
     op = rp.start_operation(
         phone.device_id or "",
         preOperationContext={"content": "Pay 120.00 EUR to ACME Corp", "mimeType": "text/plain"},
         postOperationContext={"content": "receipt #4711", "mimeType": "text/plain"},
         requiredAuthMethod="DEVICE:PIN")
-    lines = [f"relying party started operation {op['operationId']} ({op['state']})"]
+    lines = [f"device activated by typing the fallback {typed} (hint-code), PIN set",
+             f"relying party started operation {op['operationId']} ({op['state']})"]
     pending = phone.pending()
     shown = pending[0].pre_operation_context
     lines.append(f"device polled: {len(pending)} pending, shows "

@@ -166,7 +166,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(json.dumps({"operations": pruned.operations,
                           "supersededKeys": pruned.superseded_keys,
                           "seenRequests": pruned.seen_requests, "events": pruned.events,
-                          "noise": pruned.noise, "postContexts": pruned.post_contexts}))
+                          "noise": pruned.noise, "postContexts": pruned.post_contexts,
+                          "activationSecrets": pruned.activation_secrets}))
         return 0
     print(f"database at {kb.db.display_url} is at the newest schema revision")
     return 0

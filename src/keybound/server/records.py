@@ -15,7 +15,6 @@ class OperationRecord(NamedTuple):
     state: str
     user_id: str | None
     device_id: str | None
-    code_hash: bytes | None
     challenge: bytes | None
     challenge_expires_at: int | None
     challenge_issued_at: int | None
@@ -30,10 +29,12 @@ class OperationRecord(NamedTuple):
     wrapped_tpm_credential: bytes | None
 
 
-class CodeRecord(NamedTuple):
-    id: str
-    config: str
-    expires_at: int
+class CodeAttempt(NamedTuple):
+    """A typed attempt, counted: what to compare it with and what budget remains."""
+
+    operation_id: str
+    code_hash: bytes
+    attempts_left: int
 
 
 class PendingRecord(NamedTuple):

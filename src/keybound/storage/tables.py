@@ -111,7 +111,6 @@ operations = Table(
     Column("state", String(16), nullable=False),
     Column("user_id", String(36), nullable=True),
     Column("device_id", String(36), nullable=True),
-    Column("code_hash", LargeBinary(32), nullable=True),  # activation code, until consumed
     Column("challenge", LargeBinary(32), nullable=True),
     Column("challenge_expires_at", BigInteger, nullable=True),
     # when the current challenge was issued: a key superseded after it was current (§4.5)
@@ -129,10 +128,25 @@ operations = Table(
     # from start to finish (docs/protocol.md §6.5.3); erased when the finish consumes it
     Column("wrapped_tpm_credential", LargeBinary, nullable=True),
     Index("ix_operations_device_state", "device_id", "state"),
-    # only operations with an activation code (an authentication adds no entry)
-    Index("ix_operations_code", "application_id", "code_hash", unique=True,
-          sqlite_where=text("code_hash IS NOT NULL"),
-          postgresql_where=text("code_hash IS NOT NULL")),
+)
+
+activation_secrets = Table(
+    "activation_secrets",
+    metadata,
+    # what a pending (re)activation can be started with, until its start deletes the row
+    # (docs/protocol.md §3.2.5); an authentication has none, so it writes nothing here
+    Column("operation_id", String(36), ForeignKey("operations.id"), primary_key=True),
+    Column("application_id", String(64), nullable=False),
+    # server.secrets keyed hashes: a copy of the database alone tests no guess
+    Column("token_hash", LargeBinary(32), nullable=False),  # the activation link's secret
+    Column("hint", String(16), nullable=True),  # names the typed code; NULL once burnt
+    Column("code_hash", LargeBinary(32), nullable=True),  # the typed code; NULL once burnt
+    Column("attempts_left", Integer, nullable=False),  # typed attempts before the burn
+    Column("expires_at", BigInteger, nullable=False),  # the operation's expiry
+    Index("ix_activation_secrets_token", "application_id", "token_hash", unique=True),
+    Index("ix_activation_secrets_hint", "application_id", "hint", unique=True,
+          sqlite_where=text("hint IS NOT NULL"), postgresql_where=text("hint IS NOT NULL")),
+    Index("ix_activation_secrets_expires_at", "expires_at"),
 )
 
 events = Table(

@@ -85,7 +85,7 @@ def app(make_rp: Any, **settings: Any) -> RelyingParty:
 def activate(rp: RelyingParty, device: RawDevice, *, platform: p.Platform = Platform.ANDROID,
              tpm: p.TpmAttestationKey | None = None,
              **kwargs: Any) -> tuple[p.ActivationStartResponse, Any]:
-    start = device.start_activation(rp.activation_code()["activationCode"], tpm=tpm)
+    start = device.start_activation(rp.activation_code(), tpm=tpm)
     request = device.activation_request(
         start, profile=p.DeviceProfile(platform=platform, os_version="14"), **kwargs)
     return start, device.post(p.DevicePaths.ACTIVATION_FINISH, request)
@@ -283,7 +283,7 @@ def test_unknown_formats_are_malformed_requests(make_rp: Any) -> None:
     verifier, and bounds are the schema's."""
     rp = app(make_rp, attestationAndroidMode="REQUIRED")
     device = RawDevice(rp.http, rp.app_id)
-    start = device.start_activation(rp.activation_code()["activationCode"])
+    start = device.start_activation(rp.activation_code())
     body = device.activation_request(start).to_wire()
     for evidence in ({"format": "none"}, {"format": "packed", "certificateChain": ["AA"]},
                      {"format": "android-key", "certificateChain": []},
@@ -331,7 +331,7 @@ def _kept_credential(kb: Keybound, operation_id: str) -> bytes | None:
 def test_tpm_credential_is_kept_wrapped(make_rp: Any, kb: Keybound, tpm: SoftwareTpm) -> None:
     rp = app(make_rp, attestationTpmMode="OPTIONAL")
     device = RawDevice(rp.http, rp.app_id)
-    start = device.start_activation(rp.activation_code()["activationCode"], tpm=tpm.keys())
+    start = device.start_activation(rp.activation_code(), tpm=tpm.keys())
     assert start.tpm_credential is not None
     secret = tpm.activate(start.tpm_credential)
     kept = _kept_credential(kb, start.operation_id)
@@ -343,7 +343,7 @@ def test_tpm_mode_disabled_makes_no_credential(make_rp: Any, kb: Keybound,
                                                tpm: SoftwareTpm) -> None:
     rp = app(make_rp)
     device = RawDevice(rp.http, rp.app_id)
-    start = device.start_activation(rp.activation_code()["activationCode"], tpm=tpm.keys())
+    start = device.start_activation(rp.activation_code(), tpm=tpm.keys())
     assert start.tpm_credential is None
     assert _kept_credential(kb, start.operation_id) is None
 

@@ -104,7 +104,7 @@ def test_swtpm_activation_authentication_and_a_wrong_secret(
                                     activated_secret=secret or recovered)
 
         # a secret that is not what the TPM recovered is refused
-        start = device.start_activation(rp.activation_code()["activationCode"], tpm=offer)
+        start = device.start_activation(rp.activation_code(), tpm=offer)
         wrong = device.activation_request(
             start, profile=p.DeviceProfile(platform=p.Platform.LINUX, os_version="6.8"),
             attest=lambda s: attest(s, secret=b"\x00" * 32))
@@ -112,7 +112,7 @@ def test_swtpm_activation_authentication_and_a_wrong_secret(
         assert problem_code(refused) == "attestation_invalid"
         assert refused.json()["reason"] == "TPM_CREDENTIAL_MISMATCH"
 
-        start = device.start_activation(rp.activation_code()["activationCode"], tpm=offer)
+        start = device.start_activation(rp.activation_code(), tpm=offer)
         finish = device.post(p.DevicePaths.ACTIVATION_FINISH, device.activation_request(
             start, profile=p.DeviceProfile(platform=p.Platform.LINUX, os_version="6.8"),
             attest=attest))

@@ -96,7 +96,8 @@ class AppConfig:
         for name, (wire, low, high) in _INT_BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigurationInvalid(f"{wire} must be an integer in [{low}, {high}]")
+                raise ConfigurationInvalid(f"{wire} must be an integer in [{low}, {high}]",
+                                           setting=wire)
         if not self.allowed_auth_methods:
             raise ConfigurationInvalid("allowedAuthMethods must name at least one method")
         self._check_attestation()
@@ -179,12 +180,30 @@ class AppConfig:
         for wire, value in changes.items():
             name, parse = _PARSERS.get(wire, (None, None))
             if name is None or parse is None:
-                raise ConfigurationInvalid(f"unknown setting {wire!r}", setting=wire)
+                raise ConfigurationInvalid(
+                    f"unknown setting {wire!r}; the settings are {', '.join(_PARSERS)}",
+                    setting=wire)
             try:
                 kwargs[name] = parse(value)
             except (ValueError, TypeError) as exc:
-                raise ConfigurationInvalid(f"invalid value for {wire}: {value!r}") from exc
+                raise ConfigurationInvalid(
+                    f"invalid value for {wire}: {value!r}; expected {expected_value(wire)}",
+                    setting=wire) from exc
         return dataclasses.replace(self, **kwargs)
+
+
+def expected_value(wire: str) -> str:
+    """What the setting ``wire`` takes, for an error message that says how to fix it."""
+    if wire in _EXPECTED:
+        return _EXPECTED[wire]
+    if wire in _INT_NAMES:
+        _, low, high = _INT_BOUNDS[_INT_NAMES[wire]]
+        return f"an integer from {low} to {high}"
+    enum, many = _ENUMS[wire]
+    values = ", ".join(member.value for member in enum)
+    if enum is HwKeyValidationStrategy:
+        values += " (REQUIRED_IF_SUPPORTED = SUPPORTED)"
+    return f"a comma-separated list of {values}" if many else f"one of {values}"
 
 
 def _enum_list(enum: Any) -> Any:
@@ -257,6 +276,34 @@ def _attestation_defaults() -> dict[str, Any]:
 def _from_stored(text: str) -> AppConfig:
     return AppConfig.from_json(json.loads(text))
 
+
+_INT_NAMES = {wire: name for name, (wire, _, _) in _INT_BOUNDS.items()}
+#: wire name -> (its enum, whether it takes a list)
+_ENUMS: dict[str, tuple[Any, bool]] = {
+    "hwKeyValidationStrategy": (HwKeyValidationStrategy, False),
+    "enabledRiskData": (RiskAttribute, True),
+    "activationCodeType": (ActivationCodeType, False),
+    "allowedAuthMethods": (AuthMethod, True),
+    "attestationAndroidMode": (AttestationMode, False),
+    "attestationIosMode": (AttestationMode, False),
+    "attestationTpmMode": (AttestationMode, False),
+    "attestationAndroidMinSecurityLevel": (AndroidSecurityLevel, False),
+    "attestationAppleEnvironment": (AppleEnvironment, False),
+}
+#: wire name -> what it takes, for the key attestation settings that are neither
+_EXPECTED: dict[str, str] = {
+    "attestationAndroidRequireVerifiedBoot": "true or false",
+    "attestationAndroidRequireLockedBootloader": "true or false",
+    "attestationAndroidRequireRkp": "true or false",
+    "attestationAndroidMinPatchLevel": "null or a month YYYYMM from 200801 to 209912",
+    "attestationAndroidMaxRevocationListAgeSeconds": "null or an integer from 60 to 2592000",
+    "attestationAndroidPackageNames": f"a comma-separated list of at most {_MAX_LIST} package "
+    "names (com.example.app)",
+    "attestationAndroidSigningDigests": f"a comma-separated list of at most {_MAX_LIST} "
+    "SHA-256 digests in hex",
+    "attestationAppleTeamId": "null or a team id of 10 characters A-Z and 0-9",
+    "attestationAppleBundleId": "null or a bundle id (com.example.app)",
+}
 
 _PARSERS: dict[str, tuple[str, Any]] = {
     "hwKeyValidationStrategy": ("hw_key_validation_strategy", HwKeyValidationStrategy.parse),

@@ -29,6 +29,9 @@ class EventType(StrEnum):
     # device ceremonies
     ACTIVATION_START = "activation.start"
     ACTIVATION_FINISH = "activation.finish"
+    #: a wrong typed activation code, counted against its budget (payload: attemptsLeft,
+    #: burnt); the answer is the same as for an unknown one
+    ACTIVATION_CODE_FAILED = "activation.code_failed"
     AUTHENTICATION_START = "authentication.start"
     AUTHENTICATION_FINISH = "authentication.finish"
     AUTHENTICATION_DECLINE = "authentication.decline"

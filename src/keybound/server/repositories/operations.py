@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from keybound.protocol import Initiator, OperationState, OperationType
 from keybound.server.records import (
     BackendPendingRecord,
     ChallengeRecord,
-    CodeRecord,
     OperationRecord,
     PendingRecord,
 )
@@ -39,21 +36,14 @@ _CONSUME: Final = Prepared(
            OPS.c.challenge_expires_at > bindparam("now"))
     .values(state=bindparam("new_state"), completed_at=bindparam("now"),
             result=bindparam("result_"), wrapped_post_context=None))
-#: §3.1.1: a code is found, then consumed by one conditional statement
-_SELECT_CODE: Final = Prepared(select(OPS.c.id, OPS.c.config, OPS.c.expires_at).where(
-    OPS.c.application_id == bindparam("application_id"), OPS.c.code_hash == bindparam("code"),
-    OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > bindparam("now")),
-    row=CodeRecord)
-_CONSUME_CODE: Final = Prepared(
+#: §3.1.1: the start that consumed an activation's secret gives it its challenge
+_START_ACTIVATION: Final = Prepared(
     update(OPS)
-    .where(OPS.c.id == bindparam("op_id"), OPS.c.code_hash == bindparam("code"),
-           OPS.c.state == OperationState.PENDING.value)
-    .values(code_hash=None, challenge=bindparam("challenge_"),
-            challenge_expires_at=bindparam("expires"), challenge_issued_at=bindparam("now"))
+    .where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
+           OPS.c.challenge.is_(None), OPS.c.expires_at > bindparam("now"))
+    .values(challenge=bindparam("challenge_"), challenge_expires_at=bindparam("expires"),
+            challenge_issued_at=bindparam("now"))
     .returning(OPS.c.device_id))
-_FREE_EXPIRED_CODE: Final = Prepared(update(OPS).where(
-    OPS.c.application_id == bindparam("app"), OPS.c.code_hash == bindparam("code"),
-    OPS.c.expires_at <= bindparam("now")).values(code_hash=None))
 #: backend-initiated: the device's pending list, its start, and a challenge refresh (§3.1.3)
 _SELECT_PENDING: Final = Prepared(select(
     OPS.c.id, OPS.c.expires_at, OPS.c.pre_context, OPS.c.required_auth_method).where(
@@ -93,15 +83,6 @@ def insert_operation(conn: Connection, **columns: Any) -> None:
     _INSERT.rowcount(conn, columns)
 
 
-def insert_unless_code_taken(conn: Connection, **columns: Any) -> bool:
-    """A new operation with an activation code; False (nothing inserted) when the code is
-    pending for another operation of the application already (ix_operations_code)."""
-    insert_: Any = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    inserted = conn.execute(insert_(OPS).values(**columns).on_conflict_do_nothing()
-                            .returning(OPS.c.id)).first()
-    return inserted is not None
-
-
 def consume(conn: Connection, op: OperationRecord, *, passed: bool, result: dict[str, Any],
             now: int) -> bool:
     """§4.3: end the operation with one conditional statement; False if another request
@@ -130,31 +111,25 @@ def note_overlap(conn: Connection, operation_id: str, note: dict[str, Any]) -> N
 
 def fail_pending_of_device(conn: Connection, device_id: str, code: str, now: int) -> None:
     """A device that can no longer answer has its pending operations failed, not left
-    hanging (activation codes for it stay: a reactivation is how it comes back)."""
+    hanging (reactivations not yet started stay: a reactivation is how it comes back)."""
     conn.execute(
         update(OPS)
         .where(OPS.c.device_id == device_id, OPS.c.state == OperationState.PENDING.value,
-               OPS.c.code_hash.is_(None))
+               or_(OPS.c.type == OperationType.AUTHENTICATION.value,
+                   OPS.c.challenge.is_not(None)))
         .values(state=OperationState.FAILED.value, challenge=None, completed_at=now,
                 result=json.dumps({"failureCode": code}), wrapped_post_context=None))
 
 
-# -- activation codes -----------------------------------------------------------------------
+# -- activation -----------------------------------------------------------------------------
 
 
-def find_code(conn: Connection, application_id: str, code_hash: bytes,
-              now: int) -> CodeRecord | None:
-    return _SELECT_CODE.first(conn, {"application_id": application_id, "code": code_hash,
-                                     "now": now})
-
-
-def consume_code(conn: Connection, operation_id: str, code_hash: bytes, challenge: bytes,
-                 challenge_expires_at: int, now: int) -> str | None:
-    """§3.1.1: the code becomes the activation's challenge; the device id, or None if another
-    request consumed it first."""
-    row = _CONSUME_CODE.first(conn, {"op_id": operation_id, "code": code_hash,
-                                     "challenge_": challenge, "expires": challenge_expires_at,
-                                     "now": now})
+def start_activation(conn: Connection, operation_id: str, challenge: bytes,
+                     challenge_expires_at: int, now: int) -> str | None:
+    """§3.1.1: the activation whose secret this request consumed gets its challenge; its
+    device id, or None if it is no longer pending."""
+    row = _START_ACTIVATION.first(conn, {"op_id": operation_id, "challenge_": challenge,
+                                         "expires": challenge_expires_at, "now": now})
     return None if row is None else str(row.device_id)
 
 
@@ -168,13 +143,6 @@ def erase_tpm_credential(conn: Connection, operation_id: str) -> None:
     """The finish used it (or the operation ended): the secret is single use."""
     conn.execute(update(OPS).where(OPS.c.id == operation_id)
                  .values(wrapped_tpm_credential=None))
-
-
-def free_expired_code(conn: Connection, application_id: str, code_hash: bytes,
-                      now: int) -> None:
-    """An expired, never-used code gives its slot back (its operation stays PENDING in
-    storage: EXPIRED is derived on read, and prune removes it)."""
-    _FREE_EXPIRED_CODE.rowcount(conn, {"app": application_id, "code": code_hash, "now": now})
 
 
 # -- backend-initiated authentication -------------------------------------------------------

@@ -1,6 +1,6 @@
 """Housekeeping a running server does by itself, off the request path: forgetting expired
-replay marks (docs/channel.md §6), erasing post-operation contexts whose operation expired,
-and storing the anonymous-noise counts.
+replay marks (docs/channel.md §6), erasing post-operation contexts whose operation expired
+and the secrets of activations that expired unused, and storing the anonymous-noise counts.
 
 At most once per ``interval`` per process, in a background thread, started when a request
 finds it due (:meth:`Maintenance.poke`, called by the device API after each request): a
@@ -17,7 +17,10 @@ from typing import Final
 from keybound.server.clock import Clock, now_ms
 from keybound.server.events.noise import NoiseCounter
 from keybound.server.repositories.replay import purge_seen_requests
-from keybound.server.services.retention import erase_expired_post_contexts
+from keybound.server.services.retention import (
+    erase_expired_activation_secrets,
+    erase_expired_post_contexts,
+)
 from keybound.storage.db import Database
 
 log = logging.getLogger("keybound.server")
@@ -54,6 +57,7 @@ class Maintenance:
         try:
             purge_seen_requests(self._db, at_ms)
             erase_expired_post_contexts(self._db, at_ms)
+            erase_expired_activation_secrets(self._db, at_ms)
             self._noise.flush()
         except Exception:  # pragma: no cover - tried again at the next interval
             log.exception("maintenance failed")

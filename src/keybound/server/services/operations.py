@@ -19,6 +19,8 @@ from keybound.protocol import (
     Initiator,
     OperationState,
     OperationType,
+    activation_link,
+    b64u_encode,
 )
 from keybound.rpapi import (
     ActivationCodeResponse,
@@ -31,21 +33,27 @@ from keybound.rpapi import (
 from keybound.server.clock import ms_to_dt
 from keybound.server.core.appconfig import AppConfig
 from keybound.server.core.ceremony import dump_context, new_id
-from keybound.server.core.codes import activation_code_hash, new_activation_code
+from keybound.server.core.codes import (
+    code_attempts,
+    new_activation_code,
+    new_activation_hint,
+    new_activation_token,
+    normalize_activation_code,
+)
 from keybound.server.events.model import EventType
 from keybound.server.records import OperationRecord, UserRecord
+from keybound.server.repositories import activation_secrets, users
 from keybound.server.repositories import applications as apps
 from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
-from keybound.server.repositories import users
 from keybound.server.secrets import Purpose, SecretBox
 from keybound.server.unit import Unit
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-#: draws of a new activation code before giving up (a collision with a pending one)
-CODE_ATTEMPTS = 20
+#: draws of a new activation hint before giving up (a collision with a pending one)
+HINT_ATTEMPTS = 20
 
 
 def effective_state(row: OperationRecord, now: int) -> OperationState:
@@ -137,30 +145,41 @@ class Operations:
 
     def _issue_code(self, unit: Unit, application_id: str, user_id: str, device_id: str,
                     kind: OperationType) -> ActivationCodeResponse:
+        """§3.2.5: the operation, and its secrets -- a token for the link, a typed code
+        with a hint -- stored only as keyed hashes."""
         conn = unit.write()
         config = _config(conn, application_id)
         expires = unit.now + config.activation_code_lifetime_seconds * 1000
         op_id = new_id()
-        for _ in range(CODE_ATTEMPTS):
-            code = new_activation_code(config.activation_code_type,
-                                       config.activation_code_length)
-            code_hash = activation_code_hash(application_id, code)
-            ops.free_expired_code(conn, application_id, code_hash, unit.now)
-            if ops.insert_unless_code_taken(
-                    conn, id=op_id, application_id=application_id, type=kind.value,
-                    initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
-                    user_id=user_id, device_id=device_id, code_hash=code_hash,
-                    expires_at=expires, config=config.to_stored(),
-                    created_at=unit.now):
+        ops.insert_operation(
+            conn, id=op_id, application_id=application_id, type=kind.value,
+            initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
+            user_id=user_id, device_id=device_id, expires_at=expires,
+            config=config.to_stored(), created_at=unit.now)
+        token = new_activation_token()
+        code = new_activation_code(config.activation_code_type, config.activation_code_length)
+        attempts = code_attempts(config.activation_code_type, config.activation_code_length)
+        for _ in range(HINT_ATTEMPTS):
+            hint = new_activation_hint()
+            if activation_secrets.insert_unless_hint_taken(
+                    conn, operation_id=op_id, application_id=application_id,
+                    token_hash=self.box.keyed_hash(Purpose.ACTIVATION_TOKEN, token,
+                                                   binding=application_id.encode()),
+                    hint=hint, code_hash=self.box.keyed_hash(
+                        Purpose.ACTIVATION_CODE, normalize_activation_code(code).encode(),
+                        binding=op_id.encode()),
+                    attempts=attempts, expires_at=expires, now=unit.now):
                 break
-        else:  # every draw collided with a pending code
-            raise InvalidState("could not draw a unique activation code; lengthen the code")
+        else:  # every draw collided with a pending activation's hint
+            raise InvalidState("could not draw a unique activation hint; try again")
         unit.emit(EventType.ACTIVATION_CODE_ISSUED if kind is OperationType.ACTIVATION
                   else EventType.REACTIVATION_CODE_ISSUED, subject=device_id,
-                  operation_id=op_id)
+                  operation_id=op_id, payload={"activationHint": hint})
         return ActivationCodeResponse(
-            operation_id=op_id, user_id=user_id, device_id=device_id, activation_code=code,
-            expires_at=ms_to_dt(expires), type=kind)
+            operation_id=op_id, user_id=user_id, device_id=device_id,
+            activation_link=activation_link(application_id, token),
+            activation_token=b64u_encode(token), activation_code=code, activation_hint=hint,
+            activation_code_attempts=attempts, expires_at=ms_to_dt(expires), type=kind)
 
     # -- backend-initiated authentication -------------------------------------------------
 

@@ -44,6 +44,7 @@ class Pruned:
     events: int
     noise: int
     post_contexts: int
+    activation_secrets: int
 
 
 def erase_expired_post_contexts(db: Database, now: int) -> int:
@@ -57,6 +58,14 @@ def erase_expired_post_contexts(db: Database, now: int) -> int:
     return erased
 
 
+def erase_expired_activation_secrets(db: Database, now: int, *,
+                                     batch: int = DELETE_BATCH) -> int:
+    """The link tokens and typed codes of activations that expired unused (docs/protocol.md
+    §3.2.5): they can start nothing any more, and give their hints back."""
+    a = t.activation_secrets
+    return delete_in_batches(db, a, (a.c.operation_id,), a.c.expires_at <= now, batch=batch)
+
+
 def prune(db: Database, clock: Clock, retention: Retention = Retention(), *,
           batch: int = DELETE_BATCH) -> Pruned:
     """Delete what retention allows, ``batch`` rows per transaction."""
@@ -66,6 +75,8 @@ def prune(db: Database, clock: Clock, retention: Retention = Retention(), *,
         return now - days * DAY_MS
 
     o, s, e, n = t.operations, t.superseded_keys, t.events, t.noise
+    # before their operations, which they refer to
+    secrets_erased = erase_expired_activation_secrets(db, now, batch=batch)
     ops_before = before(retention.operations_days)
     operations = delete_in_batches(db, o, (o.c.id,), (
         ((o.c.state != OperationState.PENDING.value) & (o.c.completed_at < ops_before))
@@ -80,4 +91,5 @@ def prune(db: Database, clock: Clock, retention: Retention = Retention(), *,
     noise = delete_in_batches(db, n, (n.c.window_start, n.c.cause),
                               n.c.window_start < before(retention.noise_days), batch=batch)
     return Pruned(operations=operations, superseded_keys=superseded, seen_requests=seen,
-                  events=events, noise=noise, post_contexts=erase_expired_post_contexts(db, now))
+                  events=events, noise=noise, post_contexts=erase_expired_post_contexts(db, now),
+                  activation_secrets=secrets_erased)

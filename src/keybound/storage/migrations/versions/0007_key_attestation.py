@@ -14,7 +14,7 @@ Rows from before stay valid: NULL reads as "no attestation recorded" (NOT_PROVID
 secret is re-wrapped, so this revision needs no master key.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-10 09:00:00
 """
 
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
