@@ -51,6 +51,7 @@ POSTGRES_MODULES = {
     "tests.server.web.test_device", "tests.server.test_unit", "tests.storage.test_prepared",
     "tests.server.services.test_resultkeys", "tests.server.services.test_signature",
     "tests.server.services.test_audit",
+    "tests.server.services.test_attestation",
 }
 ALLOW_SKIP_POSTGRES = "KEYBOUND_ALLOW_SKIP_POSTGRES"
 

@@ -121,6 +121,12 @@ class RelyingParty:
         return response.json()  # type: ignore[no-any-return]
 
 
+#: builds a finish's attestation evidence once the start's answer is known (docs/protocol.md
+#: §6.5): what a device's platform would produce for this activation
+Attester = Callable[[p.ActivationStartResponse], p.AndroidKeyAttestation | p.TpmAttestation
+                    | p.AppleAppAttestation | None]
+
+
 @dataclass
 class RawDevice:
     http: SealingClient
@@ -130,18 +136,42 @@ class RawDevice:
     device_id: str = ""
     pin_key: bytes | None = None
     history: list[ec.EllipticCurvePrivateKey] = field(default_factory=list)
+    #: the hardware key's proof over a transcript: ES256 by ``hw`` unless set (an App Attest
+    #: key proves by assertions, §4.6; a TPM-resident key signs in the TPM)
+    hw_prover: Callable[[bytes], bytes] | None = None
+    #: the hardware key's SPKI when ``hw`` is not a software key object (a key in a TPM)
+    hw_spki: bytes | None = None
 
     def post(self, path: str, message: p.Message | dict[str, Any]) -> Any:
         body = message.to_wire() if isinstance(message, p.Message) else message
         return self.http.post(path, json=body)
 
+    @property
+    def has_hw(self) -> bool:
+        return self.hw is not None or self.hw_spki is not None
+
+    def hw_public(self) -> bytes:
+        if self.hw_spki is not None:
+            return self.hw_spki
+        assert self.hw is not None
+        return crypto.public_der(self.hw)
+
+    def hw_proof(self, tbs: bytes) -> bytes:
+        if self.hw_prover is not None:
+            return self.hw_prover(tbs)
+        assert self.hw is not None
+        return crypto.sign_p256(self.hw, tbs)
+
     # -- activation ----------------------------------------------------------------------
 
-    def start_activation(self, issued: dict[str, Any], *,
-                         typed: bool = False) -> p.ActivationStartResponse:
+    def start_activation(self, issued: dict[str, Any], *, typed: bool = False,
+                         tpm: p.TpmAttestationKey | None = None) -> p.ActivationStartResponse:
         """Start with what the relying party issued: the link's token, or (``typed``) the
-        fallback code with its hint."""
-        r = self.post(p.DevicePaths.ACTIVATION_START, start_body(self.app_id, issued, typed=typed))
+        fallback code with its hint; a TPM that can attest offers ``tpm`` (§6.5.3)."""
+        body = start_body(self.app_id, issued, typed=typed)
+        if tpm is not None:
+            body["tpm"] = tpm.to_wire()
+        r = self.post(p.DevicePaths.ACTIVATION_START, body)
         assert r.status_code == 200, r.text
         start = p.ActivationStartResponse.model_validate(r.json())
         self.device_id = start.device_id
@@ -151,8 +181,9 @@ class RawDevice:
                            status: p.HwKeyClientStatus | None = None,
                            send_hw: bool = True, corrupt_hw: bool = False,
                            pin_key: bytes | None = None,
-                           profile: p.DeviceProfile | None = None) -> p.ActivationFinishRequest:
-        hw_pub = crypto.public_der(self.hw) if (self.hw is not None and send_hw) else None
+                           profile: p.DeviceProfile | None = None,
+                           attest: Attester | None = None) -> p.ActivationFinishRequest:
+        hw_pub = self.hw_public() if (self.has_hw and send_hw) else None
         if status is None:
             status = p.HwKeyClientStatus.OK if hw_pub else p.HwKeyClientStatus.NOT_SUPPORTED
         tbs = p.transcript(
@@ -161,8 +192,8 @@ class RawDevice:
             context_digest=p.NO_CONTEXT_HASH, software_public_key=crypto.public_der(self.sw),
             hardware_public_key=hw_pub or b"", hw_key_client_status=status.value)
         hw_sig = None
-        if hw_pub is not None and self.hw is not None:
-            hw_sig = crypto.sign_p256(self.hw, tbs + b"x" if corrupt_hw else tbs)
+        if hw_pub is not None:
+            hw_sig = self.hw_proof(tbs + b"x" if corrupt_hw else tbs)
         self.pin_key = pin_key
         return p.ActivationFinishRequest(
             application_id=self.app_id, operation_id=start.operation_id,
@@ -170,10 +201,12 @@ class RawDevice:
             software_signature=crypto.sign_p256(self.sw, tbs), hardware_public_key=hw_pub,
             hardware_signature=hw_sig, hw_key_client_status=status, pin_key=pin_key,
             device_profile=profile or p.DeviceProfile(platform=p.Platform.ANDROID,
-                                                      os_version="14"))
+                                                      os_version="14"),
+            attestation=attest(start) if attest is not None else None)
 
-    def activate(self, issued: dict[str, Any], *, typed: bool = False, **kwargs: Any) -> Any:
-        start = self.start_activation(issued, typed=typed)
+    def activate(self, issued: dict[str, Any], *, typed: bool = False,
+                 tpm: p.TpmAttestationKey | None = None, **kwargs: Any) -> Any:
+        start = self.start_activation(issued, typed=typed, tpm=tpm)
         return self.post(p.DevicePaths.ACTIVATION_FINISH, self.activation_request(start, **kwargs))
 
     # -- authentication -------------------------------------------------------------------
@@ -210,8 +243,8 @@ class RawDevice:
             software_public_key=crypto.public_der(next_key), auth_method=method.value,
             hw_key_client_status=status.value)
         hw_sig = None
-        if self.hw is not None and hw_mode != "omit":
-            hw_sig = crypto.sign_p256(self.hw, tbs if hw_mode == "sign" else tbs + b"!")
+        if self.has_hw and hw_mode != "omit":
+            hw_sig = self.hw_proof(tbs if hw_mode == "sign" else tbs + b"!")
         proof = None
         if method is p.AuthMethod.DEVICE_PIN:
             key = pin_key if pin_key is not None else self.pin_key

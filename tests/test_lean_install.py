@@ -58,6 +58,25 @@ def test_a_server_command_names_the_extra_it_needs() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_the_attestation_commands_parse_lean_and_name_the_extra_they_need() -> None:
+    result = run_without_server("""
+        sys.modules["cbor2"] = None
+        sys.modules["pyasn1"] = None
+        from keybound.cli import main
+        try:
+            main(["attestation", "--help"])
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        loaded = sorted(name for name in sys.modules if name.startswith("keybound.attestation"))
+        assert not loaded, loaded
+        sys.exit(main(["attestation", "check", "manifest.json"]))
+    """)
+    assert result.returncode == 2, result.stderr
+    assert "check" in result.stdout and "anchors" in result.stdout
+    assert "pip install 'keybound[server]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_postgresql_url_without_psycopg_names_the_postgres_extra() -> None:
     # SQLAlchemy installed, psycopg not: what the README's PostgreSQL line met before the extra
     result = subprocess.run(

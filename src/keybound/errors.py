@@ -45,6 +45,8 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
     # Key attestation (issue 15): the failure's ``reason`` field says which check refused it
     ATTESTATION_INVALID = "attestation_invalid"
+    #: the platform's attestation mode is REQUIRED and the activation brought none (§6.5)
+    ATTESTATION_REQUIRED = "attestation_required"
     # State
     INVALID_STATE = "invalid_state"
     CONFLICT = "conflict"

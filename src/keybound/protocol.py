@@ -38,6 +38,9 @@ class Algorithm(StrEnum):
     key, never from a request."""
 
     ES256 = "ES256"  # ECDSA P-256 with SHA-256, DER-encoded signature
+    #: the hardware key is an Apple App Attest key: its proofs are App Attest assertions
+    #: (CBOR) over the transcript (§4.6), with a counter that must increase
+    APPLE_APP_ATTEST = "APPLE_APP_ATTEST"
 
 
 class HwKeyValidationStrategy(StrEnum):
@@ -75,6 +78,14 @@ class HwKeyServerResult(StrEnum):
     INVALID = "INVALID"
     MISSING = "MISSING"
     NO_KEY_REGISTERED = "NO_KEY_REGISTERED"
+
+
+class AttestationMode(StrEnum):
+    """Per platform and application: what the server makes of key attestation (§6.5)."""
+
+    DISABLED = "DISABLED"  # evidence ignored (reported NOT_CHECKED)
+    OPTIONAL = "OPTIONAL"  # verified and reported; the strategy decides (§6.1)
+    REQUIRED = "REQUIRED"  # an activation without a verified attestation is refused
 
 
 class AuthMethod(StrEnum):
@@ -178,6 +189,16 @@ class RiskAttribute(StrEnum):
     SOFTWARE_KEY_OVERLAP = "softwareKeyOverlap"
     DEVICE_PLATFORM = "devicePlatform"
     DEVICE_OS_VERSION = "deviceOsVersion"
+    #: key attestation (§6.5): VERIFIED, NOT_PROVIDED, NOT_CHECKED or FAILED_<reason>
+    HW_KEY_ATTESTATION = "hwKeyAttestation"
+    #: where a verified attestation says the key lives (TRUSTED_ENVIRONMENT, STRONG_BOX, ...)
+    HW_KEY_SECURITY_LEVEL = "hwKeySecurityLevel"
+    #: Android: how the device got its attestation key (FACTORY, REMOTE, UNKNOWN)
+    HW_KEY_PROVISIONING_METHOD = "hwKeyProvisioningMethod"
+    #: Android: age in seconds of the revocation status list the chain was checked against
+    HW_KEY_REVOCATION_LIST_AGE = "hwKeyRevocationListAge"
+    #: an App Attest assertion whose counter did not increase (§4.6)
+    HW_KEY_CLONE_SUSPECTED = "hwKeyCloneSuspected"
 
 
 class AttestationFormat(StrEnum):
@@ -335,6 +356,14 @@ AppAttestObject = Annotated[
     PlainSerializer(b64u_encode, return_type=str),
     WithJsonSchema(b64_json_schema(1, MAX_APP_ATTEST_OBJECT_BYTES)),
 ]
+# Hardware proofs: DER ECDSA (ES256), or an App Attest assertion (CBOR, §4.6)
+HardwareSignature = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=8, max_length=512),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema(b64_json_schema(8, 512)),
+]
 
 ApplicationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 Uuid = Annotated[
@@ -418,7 +447,8 @@ class DeviceProfile(Message):
 
 class TpmAttestationKey(Message):
     """Sent at activation start by a device whose hardware key store is a TPM that can
-    attest: its EK certificate and the public area of a fresh attestation key (AK)."""
+    attest: its EK certificate and the public area of a fresh attestation key (AK), for
+    credential activation (§3.1.1, §6.5.3)."""
 
     ek_certificate: Annotated[AttestationCertificate, Field(
         description="The EK certificate (DER X.509), as the TPM's manufacturer provisioned it "
@@ -432,7 +462,7 @@ class TpmAttestationKey(Message):
 
 class TpmCredential(Reply):
     """TPM2_MakeCredential for the start's EK and AK: only that TPM can open it, only for
-    that AK (TPM2_ActivateCredential)."""
+    that AK (TPM2_ActivateCredential; §6.5.3)."""
 
     credential_blob: Annotated[TpmStructure, Field(
         description="TPM2B_ID_OBJECT: the credential, for TPM2_ActivateCredential.",
@@ -443,7 +473,7 @@ class TpmCredential(Reply):
 
 
 class AndroidKeyAttestation(Message):
-    """Android key attestation: the hardware key's certificate chain, leaf first."""
+    """Android key attestation: the hardware key's certificate chain, leaf first (§6.5.1)."""
 
     format: Annotated[Literal[AttestationFormat.ANDROID_KEY], Field(
         description="The verifier: Android key attestation.", examples=["android-key"])
@@ -459,7 +489,8 @@ class AndroidKeyAttestation(Message):
 
 class TpmAttestation(Message):
     """TPM2_Certify of the hardware key by the AK the start proved, over the activation
-    challenge, and the secret TPM2_ActivateCredential returned for the start's credential."""
+    challenge, and the secret TPM2_ActivateCredential returned for the start's credential
+    (§6.5.3)."""
 
     format: Annotated[Literal[AttestationFormat.TPM], Field(
         description="The verifier: TPM 2.0 (TPM2_Certify).", examples=["tpm"])
@@ -479,7 +510,7 @@ class TpmAttestation(Message):
 
 
 class AppleAppAttestation(Message):
-    """Apple App Attest: the App Attest key is the hardware key."""
+    """Apple App Attest: the App Attest key is the hardware key (§6.5.2)."""
 
     format: Annotated[Literal[AttestationFormat.APPLE_APP_ATTEST], Field(
         description="The verifier: Apple App Attest.", examples=["apple-appattest"])
@@ -492,7 +523,7 @@ class AppleAppAttestation(Message):
         examples=["v2DkNJys5rzg1VLo14NCjbZtDWSb2eQwo2J-LuFKyDkhswc5HQN_qi25QYzEPD46"])]
 
 
-#: The evidence an activation finish may carry; ``format`` picks the verifier.
+#: The evidence an activation finish may carry; ``format`` picks the verifier (§6.5).
 Attestation = Annotated[
     AndroidKeyAttestation | TpmAttestation | AppleAppAttestation, Field(discriminator="format")
 ]
@@ -595,8 +626,9 @@ class ActivationFinishRequest(Message):
         "(P-256 SPKI DER); transcript field 9.",
         examples=["MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9Z7N0rDcLtXTGeK19MLnnIN9oK3URYdl2gZWds6xEHxl"
                   "xIt2iJB_XWCzwW_VMv3lamysu8oZs36m2qfYuvHOZQ"])] = None
-    hardware_signature: Annotated[SignatureDer | None, Field(
-        description="ECDSA-SHA256 (DER) by the hardware key over the same transcript.",
+    hardware_signature: Annotated[HardwareSignature | None, Field(
+        description="ECDSA-SHA256 (DER) by the hardware key over the same transcript; for an "
+        "App Attest hardware key, an App Attest assertion (CBOR) over it (§4.6).",
         examples=["MEQCIGFZEv8WCZGJqrcfKu73z7I8C7aIL3RR7FW9Cptu-5vIAiBCmjQWWEE0-pP9j0nhNfy28xuLtxD"
                   "ZinC9sn4xaX-F9Q"])] = None
     hw_key_client_status: Annotated[HwKeyClientStatus, Field(
@@ -688,8 +720,9 @@ class AuthenticationFinishRequest(Message):
         "transcript (§4.1).",
         examples=["MEUCIQD7qybks2f6OP8krG1P-chBe2sID_twZMObUxdvjy1nAQIgL2ZjVBJIr7QvPvy7nZG5oBcm-_Z"
                   "_vHEu904M2WeLIkA"])]
-    hardware_signature: Annotated[SignatureDer | None, Field(
-        description="ECDSA-SHA256 (DER) by the hardware key over the same transcript.",
+    hardware_signature: Annotated[HardwareSignature | None, Field(
+        description="ECDSA-SHA256 (DER) by the hardware key over the same transcript; for an "
+        "App Attest hardware key, an App Attest assertion (CBOR) over it (§4.6).",
         examples=["MEUCIGs5z6K40zUeVl0qznB_i-kVb4n3cnQmVw_S1gUrJrq4AiEA7bb2ENJStY1R4pXuCwe4hA-lg1e"
                   "sD8yFN8iefU-OIBk"])] = None
     hw_key_client_status: Annotated[HwKeyClientStatus, Field(
@@ -892,3 +925,15 @@ def transcript(
 def pin_proof_message(signed_transcript: bytes) -> bytes:
     """The bytes the PIN key MACs: LP(label) || LP(transcript) (§5)."""
     return _lp(PIN_PROOF_LABEL) + _lp(signed_transcript)
+
+
+APP_ATTEST_ACTIVATION_LABEL = b"keybound/appattest/v1/activation"
+
+
+def app_attest_client_data(*, application_id: str, device_id: str, operation_id: str,
+                           challenge: bytes) -> bytes:
+    """The client data an App Attest attestation covers (§6.5.2): its SHA-256 is the
+    ``clientDataHash`` passed to ``attestKey``. (An assertion's client data is the
+    transcript it proves, §4.6.)"""
+    return b"".join(_lp(f) for f in (APP_ATTEST_ACTIVATION_LABEL, application_id.encode(),
+                                       device_id.encode(), operation_id.encode(), challenge))

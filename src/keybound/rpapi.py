@@ -187,6 +187,14 @@ class Device(Message):
     hardware_key_algorithm: Annotated[Algorithm | None, Field(
         description="The hardware key's algorithm, when there is one.",
         examples=["ES256"])] = None
+    hardware_key_attestation: Annotated[str | None, Field(
+        description="hwKeyAttestation as the (re)activation decided it: VERIFIED, "
+        "NOT_PROVIDED, NOT_CHECKED or FAILED_<reason> (docs/protocol.md §6.5); absent without "
+        "a hardware key.", examples=["VERIFIED"])] = None
+    hardware_key_security_level: Annotated[str | None, Field(
+        description="Where a verified attestation says the hardware key lives "
+        "(TRUSTED_ENVIRONMENT, STRONG_BOX, SECURE_ENCLAVE, TPM).",
+        examples=["TRUSTED_ENVIRONMENT"])] = None
     pin_enabled: Annotated[bool, Field(
         description="Whether ``DEVICE:PIN`` is registered.", examples=[True])]
     platform: Annotated[Platform, Field(

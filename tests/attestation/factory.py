@@ -306,8 +306,10 @@ def app_attest_object(
     aaguid: bytes = b"appattestdevelop",
     credential_id: bytes | None = None,
     cose_key: dict[int, object] | None = None,
+    valid_at: dt.datetime = NOW,
 ) -> tuple[bytes, bytes]:
-    """An attestation object shaped like Apple's, signed by a test CA; (object, keyId)."""
+    """An attestation object shaped like Apple's, signed by a test CA; (object, keyId).
+    credCert is valid from a day before ``valid_at`` to two days after it."""
     import cbor2
 
     point = key.public_key().public_bytes(
@@ -336,8 +338,8 @@ def app_attest_object(
         key_cert_sign=False,
         digital_signature=True,
         extensions=[(extension, False)],
-        not_before=NOW - dt.timedelta(days=1),
-        not_after=NOW + dt.timedelta(days=2),
+        not_before=valid_at - dt.timedelta(days=1),
+        not_after=valid_at + dt.timedelta(days=2),
     )
     statement = {"x5c": [cred_cert.der, intermediate.der], "receipt": b"receipt"}
     return cbor2.dumps(

@@ -1,8 +1,9 @@
 """The Device sends what its hardware key store attests, per the attestation wire contract:
 ``attestation`` at finish when the store produced evidence (here the emulated, Android-format
 secure element), nothing when it cannot, and it keeps activating against a server that
-ignores the fields (this branch's server reads none of them yet). Through the real server app
-and the secure channel; the recorded requests are checked with keybound's verifier."""
+ignores the fields (an application whose attestation modes are DISABLED, the default).
+Through the real server app and the secure channel; the recorded requests are checked with
+keybound's verifier."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_android_device_sends_its_attestation_chain(tmp_path: Path, rp: RelyingP
         expected_challenge=start.challenge, expected_public_key=finish.hardware_public_key,
         now=dt.datetime.now(dt.UTC))
     assert verified.challenge == start.challenge
-    # the server ignores the evidence today: the device works as before
+    # the application's Android mode is DISABLED: the device works as before
     auth = device.authenticate()
     assert auth.hw_key_client_status is HwKeyClientStatus.OK
 

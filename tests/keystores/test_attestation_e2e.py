@@ -3,13 +3,14 @@ real server app and the secure channel:
 
 - a TPM that can attest (swtpm manufactured with EK certificates) presents ``tpm`` at start;
   with the server's ``tpmCredential`` it sends the ``tpm`` evidence at finish, which keybound's
-  verifiers accept; without one (this branch's server ignores the fields) it sends none and
-  activates as before;
+  verifiers accept; without one (a server whose attestationTpmMode is DISABLED, the default,
+  ignores the fields) it sends none and activates as before;
 - a TPM without EK certificate and a PKCS#11 token send nothing (``NOT_PROVIDED``).
 
-Until the server makes credentials itself, ``CredentialServer`` plays the server's part of
-activation start on top of the real server's answer, exactly as the contract specifies it
-(verify the EK certificate, check the AK, make_credential with a fresh secret kept aside)."""
+Here ``CredentialServer`` plays the server's part of activation start on top of the real
+server's answer, exactly as the contract specifies it (verify the EK certificate, check the
+AK, make_credential with a fresh secret kept aside), to look at what the device sends; the
+server's own credential activation with the SDK's devices is test_attestation_server.py."""
 
 from __future__ import annotations
 

@@ -77,6 +77,10 @@ class Reason(StrEnum):
     TPM_NAME_MISMATCH = "TPM_NAME_MISMATCH"
     AK_CERTIFICATE_INVALID = "AK_CERTIFICATE_INVALID"  # AK certificate profile violated
     AAGUID_MISMATCH = "AAGUID_MISMATCH"
+    # The server's ceremony checks around the verifiers (keybound.server.core.attestation)
+    FORMAT_MISMATCH = "FORMAT_MISMATCH"  # evidence of a format the device's platform has not
+    TPM_NOT_ACTIVATED = "TPM_NOT_ACTIVATED"  # TPM evidence without a credential at start
+    TPM_CREDENTIAL_MISMATCH = "TPM_CREDENTIAL_MISMATCH"  # activatedSecret is not the secret
     # The safety net: a bug, never an expected outcome (the fuzz tests assert its absence)
     INTERNAL_ERROR = "INTERNAL_ERROR"
 

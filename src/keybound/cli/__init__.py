@@ -11,14 +11,17 @@ import sys
 from collections.abc import Sequence
 
 from keybound import __version__
-from keybound.cli import device, server
+from keybound.cli import attestation, device, server
 from keybound.cli.common import DATABASE_URL_HELP
 from keybound.errors import KeyboundError
 
 #: `pip install keybound` is the device SDK and CLI: the server's commands import these (from
 #: the [server] and [postgres] extras) only when they run
 EXTRA_OF = {"fastapi": "server", "starlette": "server", "uvicorn": "server",
-            "sqlalchemy": "server", "alembic": "server", "psycopg": "postgres"}
+            "sqlalchemy": "server", "alembic": "server", "psycopg": "postgres",
+            # keybound.attestation: App Attest / WebAuthn CBOR, Android's KeyDescription
+            "cbor2": "server", "pyasn1": "server", "pyasn1_modules": "server",
+            "yaml": "server"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every strategy, print the decisions")
     demo.set_defaults(func=cmd_demo)
     device.register(sub)
+    attestation.register(sub)
     return parser
 
 

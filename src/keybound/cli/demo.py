@@ -1,6 +1,8 @@
 """``keybound demo``: a real server on a temporary SQLite database, real HTTP on 127.0.0.1,
 SDK devices with an emulated secure element (and a TPM 2.0 one when swtpm and tpm2-pytss are
-installed), authenticating under each hardware-key validation strategy."""
+installed), authenticating under each hardware-key validation strategy, with the outcome of
+their key attestation (the demo trusts the emulated element's TEST root, and swtpm's local CA
+when swtpm_setup can manufacture the TPM, as an operator adds anchors)."""
 
 from __future__ import annotations
 
@@ -18,14 +20,30 @@ import httpx
 
 from keybound.client import Device, SealedTransport, preset
 from keybound.client.keystores import KeyStore
-from keybound.client.keystores.emulated import EmulatedSecureElement
+from keybound.client.keystores.emulated import (
+    ATTESTATION_ROOT,
+    DEMO_PACKAGE_NAME,
+    DEMO_SIGNING_DIGEST,
+    EmulatedSecureElement,
+)
 from keybound.errors import ClientError, KeyboundError
-from keybound.protocol import HwKeyValidationStrategy, OperationContext, b64u_encode, context_hash
+from keybound.protocol import (
+    AttestationMode,
+    HwKeyValidationStrategy,
+    OperationContext,
+    RiskAttribute,
+    b64u_encode,
+    context_hash,
+)
+from keybound.server.attestation_trust import AttestationTrust
 from keybound.server.core.appconfig import AppConfig
 from keybound.server.events.results import VerifiedResult, verify_result
 from keybound.server.services import Keybound
 from keybound.server.services.resultkeys import DEFAULT_ISSUER
 from keybound.server.web.runner import BackgroundServer
+
+#: the column of the last scenario: every strategy's table, with attestation REQUIRED
+ATTESTATION_REQUIRED = "attestation REQUIRED"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +53,7 @@ class Row:
     step: str
     client_status: str
     server_result: str
+    attestation: str
     decision: str
 
 
@@ -86,11 +105,13 @@ class _RelyingParty:
 class _Tpm:
     store: KeyStore | None
     note: str  # what the demo says about the TPM device
+    ek_ca: Path | None = None  # the CA of its EK certificates, when it has them
 
 
 @contextlib.contextmanager
 def _tpm_store(work: Path) -> Iterator[_Tpm]:
-    """A TPM-backed key store on a private swtpm, when swtpm and tpm2-pytss exist."""
+    """A TPM-backed key store on a private swtpm, when swtpm and tpm2-pytss exist; with EK
+    certificates from swtpm's local CA when swtpm_setup can manufacture it."""
     if shutil.which("swtpm") is None:
         yield _Tpm(store=None, note="swtpm not installed: TPM device skipped")
         return
@@ -98,20 +119,25 @@ def _tpm_store(work: Path) -> Iterator[_Tpm]:
         yield _Tpm(store=None, note="tpm2-pytss not installed (pip install -e '.[tpm]'): "
                    "TPM device skipped")
         return
-    from keybound.client.keystores._testbeds import TestbedError, start_swtpm
+    from keybound.client.keystores._testbeds import TestbedError, manufacture_swtpm, start_swtpm
 
+    ek_ca: Path | None = None
+    # EK certificates are what lets a TPM attest (docs/attestation.md §8); without swtpm-tools
+    # or certtool the TPM has none, and does not attest
+    with contextlib.suppress(TestbedError, OSError):
+        ek_ca = manufacture_swtpm(work / "swtpm", ca_dir=work / "swtpm-ca").issuer_certificate
     try:
         tpm = start_swtpm(work / "swtpm")
     except (TestbedError, OSError) as exc:  # a missing or broken swtpm is no demo failure
         yield _Tpm(store=None, note=f"{exc}: TPM device skipped")
         return
     try:
-        yield _open_tpm(work / "tpm-device", tpm.tcti)
+        yield _open_tpm(work / "tpm-device", tpm.tcti, ek_ca)
     finally:
         tpm.stop()
 
 
-def _open_tpm(state_dir: Path, tcti: str) -> _Tpm:
+def _open_tpm(state_dir: Path, tcti: str, ek_ca: Path | None) -> _Tpm:
     from keybound.client.keystores import open_keystore
 
     try:  # opened by name, so it must work now (else KEYSTORE_UNAVAILABLE)
@@ -119,7 +145,21 @@ def _open_tpm(state_dir: Path, tcti: str) -> _Tpm:
     except KeyboundError as exc:
         return _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device "
                     "skipped")
-    return _Tpm(store=store, note="TPM 2.0 (a private swtpm)")
+    note = ("TPM 2.0 (a private swtpm, EK certificates from swtpm's local CA)" if ek_ca
+            else "TPM 2.0 (a private swtpm, no EK certificate: it cannot attest)")
+    return _Tpm(store=store, note=note, ek_ca=ek_ca)
+
+
+def _trust(work: Path, ek_ca: Path | None) -> AttestationTrust:
+    """What an operator would configure: the shipped anchors, plus the emulated element's
+    TEST root and swtpm's local CA (test material, trusted here only)."""
+    (work / "trust" / "android").mkdir(parents=True)
+    (work / "trust" / "android" / "emulated-test-root.pem").write_bytes(
+        ATTESTATION_ROOT.read_bytes())
+    if ek_ca is not None:
+        (work / "trust" / "tpm").mkdir()
+        (work / "trust" / "tpm" / "swtpm-localca.pem").write_bytes(ek_ca.read_bytes())
+    return AttestationTrust.configured(trust_dir=work / "trust")
 
 
 def _sealed_transport(kb: Keybound, app_id: str, base_url: str,
@@ -150,14 +190,26 @@ class _Scenario:
         self.rows.append(Row(strategy=self.strategy, device=device, step=step,
                              client_status=risk.get("hwKeyClientStatus", "-"),
                              server_result=risk.get("hwKeyServerResult", "-"),
+                             attestation=risk.get("hwKeyAttestation", "-"),
                              decision=decision))
+
+
+def _config(strategy: HwKeyValidationStrategy, mode: AttestationMode) -> AppConfig:
+    """The strategy, and key attestation for Android (the demo app's identity) and TPMs."""
+    return AppConfig(
+        hw_key_validation_strategy=strategy,
+        enabled_risk_data=(RiskAttribute.HW_KEY_CLIENT_STATUS, RiskAttribute.HW_KEY_SERVER_RESULT,
+                           RiskAttribute.HW_KEY_ATTESTATION),
+        attestation_android_mode=mode, attestation_tpm_mode=mode,
+        attestation_android_package_names=(DEMO_PACKAGE_NAME,),
+        attestation_android_signing_digests=(DEMO_SIGNING_DIGEST.hex(),))
 
 
 def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy,
                   work: Path, tpm: KeyStore | None, rows: list[Row],
                   closing: contextlib.ExitStack) -> None:
     app_id = f"demo-{strategy.value.lower().replace('_', '-')}"
-    kb.admin.create_application(app_id, AppConfig(hw_key_validation_strategy=strategy))
+    kb.admin.create_application(app_id, _config(strategy, AttestationMode.OPTIONAL))
     rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo").token, closing)
     transport = _sealed_transport(kb, app_id, base_url, closing)
     scenario = _Scenario(rp, strategy.value, rows)
@@ -195,6 +247,40 @@ def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy
         scenario.record(name, "activate", activate(kiosk))
         if kiosk.activated:
             scenario.record(name, "authenticate", authenticate(kiosk))
+
+
+def _run_attestation_required(kb: Keybound, base_url: str, work: Path, tpm: KeyStore | None,
+                              rows: list[Row], closing: contextlib.ExitStack) -> None:
+    """Android and TPM attestation REQUIRED (strategy SUPPORTED): only attested hardware
+    keys activate (docs/protocol.md §6.1, last column)."""
+    app_id = "demo-attestation-required"
+    kb.admin.create_application(app_id, _config(HwKeyValidationStrategy.SUPPORTED,
+                                                AttestationMode.REQUIRED))
+    rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo").token, closing)
+    transport = _sealed_transport(kb, app_id, base_url, closing)
+    scenario = _Scenario(rp, ATTESTATION_REQUIRED, rows)
+    devices: list[tuple[str, str, KeyStore | None]] = [
+        ("Android 14, secure element", "android-14",
+         EmulatedSecureElement(work / app_id / "phone" / "emulated-se")),
+        ("Android 14, bootloader unlocked", "android-14",
+         EmulatedSecureElement(work / app_id / "rooted" / "emulated-se", device_locked=False)),
+        ("Android 5, software keys only", "android-5", None)]
+    if tpm is not None:
+        devices.append(("Linux, TPM 2.0 (swtpm)", "linux", tpm))
+    for number, (name, profile, store) in enumerate(devices):
+        device = Device.create(work / app_id / f"device-{number}", application_id=app_id,
+                               transport=transport, profile=preset(profile), hardware=store)
+        scenario.record(name, "activate", _activation(device, rp))
+        if device.activated:
+            scenario.record(name, "authenticate", _authentication(device))
+
+
+def _activation(device: Device, rp: _RelyingParty) -> Callable[[], str | None]:
+    return lambda: device.activate(rp.activation_link()).operation_id
+
+
+def _authentication(device: Device) -> Callable[[], str | None]:
+    return lambda: device.authenticate().operation_id
 
 
 def _backend_flow(kb: Keybound, base_url: str, work: Path,
@@ -257,9 +343,9 @@ def _evidence(result: VerifiedResult, hash_claim: str, copy: OperationContext) -
 
 def _table(rows: list[Row]) -> str:
     headers = ("strategy", "device", "step", "hwKeyClientStatus", "hwKeyServerResult",
-               "decision")
+               "hwKeyAttestation", "decision")
     cells = [headers] + [(r.strategy, r.device, r.step, r.client_status, r.server_result,
-                          r.decision) for r in rows]
+                          r.attestation, r.decision) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     line = "+".join("-" * (w + 2) for w in widths)
     out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), line]
@@ -279,23 +365,34 @@ def run_demo() -> int:
     logging.getLogger("keybound.client").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="keybound-demo-") as tmp:
         work = Path(tmp)
-        kb = Keybound.open(f"sqlite:///{work / 'keybound.db'}")
         rows: list[Row] = []
-        with BackgroundServer(kb) as server, _tpm_store(work) as tpm_bed, \
-                contextlib.ExitStack() as closing:  # HTTP clients close before the server
-            print(f"keybound demo: server {server.url}, database {kb.db.url}")
-            print("secure channel: every device request is HPKE-sealed to its application's "
-                  "pinned E2E key (X25519_SHA256_AES128GCM); the server refuses plaintext")
-            print(f"secure hardware: emulated secure element; {tpm_bed.note}")
-            tpm = tpm_bed.store
-            print()
-            for strategy in HwKeyValidationStrategy:
-                _run_strategy(kb, server.url, strategy, work, tpm, rows, closing)
-            print(_table(rows))
-            print()
-            print("Backend-initiated authentication with pre/post-operation context, and a "
-                  "signature, each with its signed result:")
-            for line in _backend_flow(kb, server.url, work, closing):
-                print(f"  {line}")
-        kb.close()
+        with _tpm_store(work) as tpm_bed:
+            kb = Keybound.open(f"sqlite:///{work / 'keybound.db'}",
+                               attestation=_trust(work, tpm_bed.ek_ca))
+            with BackgroundServer(kb) as server, contextlib.ExitStack() as closing:
+                # (HTTP clients close before the server)
+                _run(kb, server.url, work, tpm_bed, rows, closing)
+            kb.close()
     return 0
+
+
+def _run(kb: Keybound, url: str, work: Path, tpm_bed: _Tpm, rows: list[Row],
+         closing: contextlib.ExitStack) -> None:
+    print(f"keybound demo: server {url}, database {kb.db.url}")
+    print("secure channel: every device request is HPKE-sealed to its application's "
+          "pinned E2E key (X25519_SHA256_AES128GCM); the server refuses plaintext")
+    print(f"secure hardware: emulated secure element; {tpm_bed.note}")
+    print("key attestation: OPTIONAL for Android and TPMs under each strategy, REQUIRED in the "
+          "last block; trusted: the shipped roots, the emulated element's TEST root"
+          + (" and swtpm's local CA" if tpm_bed.ek_ca else ""))
+    tpm = tpm_bed.store
+    print()
+    for strategy in HwKeyValidationStrategy:
+        _run_strategy(kb, url, strategy, work, tpm, rows, closing)
+    _run_attestation_required(kb, url, work, tpm, rows, closing)
+    print(_table(rows))
+    print()
+    print("Backend-initiated authentication with pre/post-operation context, and a "
+          "signature, each with its signed result:")
+    for line in _backend_flow(kb, url, work, closing):
+        print(f"  {line}")

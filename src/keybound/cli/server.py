@@ -57,8 +57,14 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from keybound.server.attestation_trust import ENV_REVOCATION_LIST, ENV_TRUST_DIR
     from keybound.server.web.runner import allow_plaintext_from_env, serve
 
+    # through the environment, so every worker process configures the same trust
+    if args.attestation_trust_dir:
+        os.environ[ENV_TRUST_DIR] = args.attestation_trust_dir
+    if args.attestation_revocation_list:
+        os.environ[ENV_REVOCATION_LIST] = args.attestation_revocation_list
     limits = EdgeLimits(
         max_header_bytes=args.max_header_bytes, max_header_fields=args.max_header_fields,
         header_timeout=args.header_timeout, body_timeout=args.body_timeout,
@@ -380,6 +386,14 @@ def register(sub: Any) -> None:
     serve.add_argument("--allow-plaintext", action="store_true",
                        help="DEVELOPMENT ONLY: also accept device requests without the secure "
                        "channel (or set KEYBOUND_ALLOW_PLAINTEXT=1); logged loudly")
+    serve.add_argument("--attestation-trust-dir", metavar="DIR",
+                       help="key attestation anchors added and removed (android/, apple/, "
+                       "tpm/ with *.pem; <format>/removed-keys.txt); or set "
+                       "KEYBOUND_ATTESTATION_TRUST_DIR. Default: the shipped anchors")
+    serve.add_argument("--attestation-revocation-list", metavar="FILE_OR_URL",
+                       help="Android attestation revocation status list: a file or an https "
+                       "URL, reloaded hourly (KEYBOUND_ATTESTATION_REVOCATION_REFRESH_SECONDS);"
+                       " or set KEYBOUND_ATTESTATION_REVOCATION_LIST")
     _add_edge_limits(serve)
     serve.set_defaults(func=cmd_serve)
 

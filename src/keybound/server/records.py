@@ -27,6 +27,7 @@ class OperationRecord(NamedTuple):
     created_at: int
     completed_at: int | None
     result_jws: str | None
+    wrapped_tpm_credential: bytes | None
 
 
 class CodeAttempt(NamedTuple):
@@ -81,6 +82,9 @@ class RegistrationRecord(NamedTuple):
     activated_at: int
     last_authenticated_at: int | None
     updated_at: int
+    hw_attestation: str | None
+    hw_security_level: str | None
+    hw_counter: int | None
 
 
 class SupersededKey(NamedTuple):

@@ -66,6 +66,9 @@ class Purpose(StrEnum):
     ACTIVATION_CODE = "activation-code"  # keyed hash, bound to the operation id
     ACTIVATION_TOKEN = "activation-token"  # noqa: S105 - keyed hash, bound to the app id
     RESULT_SIGNING_KEY = "result-signing-key"  # PKCS#8, bound to kid and algorithm
+    #: the TPM credential activation's secret, AK and EK (docs/protocol.md §6.5.3), bound to
+    #: the operation id
+    TPM_CREDENTIAL = "tpm-credential"
 
 
 class SecretUnusable(KeyStorageError):

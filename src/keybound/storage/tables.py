@@ -34,7 +34,7 @@ applications = Table(
     "applications",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("config", Text, nullable=False),  # AppConfig.to_json()
+    Column("config", Text, nullable=False),  # AppConfig.to_stored()
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
 )
@@ -83,6 +83,11 @@ registrations = Table(
     Column("activated_at", BigInteger, nullable=False),
     Column("last_authenticated_at", BigInteger, nullable=True),
     Column("updated_at", BigInteger, nullable=False),
+    # key attestation (docs/protocol.md §6.5): hwKeyAttestation as decided at activation, the
+    # security level it vouched for, and an App Attest key's assertion counter (§4.6)
+    Column("hw_attestation", String(64), nullable=True),
+    Column("hw_security_level", String(32), nullable=True),
+    Column("hw_counter", BigInteger, nullable=True),
     Index("ix_registrations_user", "application_id", "user_id"),
 )
 
@@ -122,6 +127,9 @@ operations = Table(
     # the signed result (docs/signed-results.md): made by the statement that ends the
     # operation, or on the first read of one that expired; never replaced once set
     Column("result_jws", Text, nullable=True),
+    # server.secrets (TPM_CREDENTIAL): the activation's credential secret, AK and EK, kept
+    # from start to finish (docs/protocol.md §6.5.3); erased when the finish consumes it
+    Column("wrapped_tpm_credential", LargeBinary, nullable=True),
     Index("ix_operations_device_state", "device_id", "state"),
 )
 

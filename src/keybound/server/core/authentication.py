@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from keybound.attestation import AttestationFailed, Reason
 from keybound.crypto import key_id, parse_public_key, verify_pin_proof, verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature, MalformedRequest
 from keybound.protocol import (
@@ -19,11 +20,13 @@ from keybound.protocol import (
     DeviceState,
     HwKeyServerResult,
     OperationState,
+    RiskAttribute,
     context_hash,
     pin_proof_message,
     transcript,
 )
 from keybound.server.core.appconfig import AppConfig
+from keybound.server.core.attestation import check_assertion
 from keybound.server.core.ceremony import (
     FINISH_PURPOSE,
     bound,
@@ -31,8 +34,8 @@ from keybound.server.core.ceremony import (
     prove_possession,
     require_pending,
 )
-from keybound.server.core.risk import risk_data
-from keybound.server.core.strategy import HW_FAILURE_CODE, decide
+from keybound.server.core.risk import NOT_PROVIDED, risk_data
+from keybound.server.core.strategy import decide, finding
 from keybound.server.records import OperationRecord, RegistrationRecord
 
 #: the note a pending operation keeps after an overlapping finish (§4.5)
@@ -57,6 +60,7 @@ class VerifiedAuthentication:
     signer: Signer
     next_key: bytes
     server_result: HwKeyServerResult
+    hardware_counter: int | None  # an App Attest key's new counter, stored on success (§4.6)
     failure: ErrorCode | None  # pin_invalid, or the strategy's refusal
     result: dict[str, Any]  # the operation's stored result (§3.2.1)
 
@@ -132,37 +136,82 @@ def verify_authentication(request: AuthenticationFinishRequest, *,
                                 code=ErrorCode.PIN_REQUIRED)
         pin_ok = verify_pin_proof(pin_key=pin_key(reg.pin_key), message=pin_proof_message(tbs),
                                   proof=request.pin_proof)
-    # step 5: the hardware key, judged by the strategy snapshot (§6)
-    server_result = hardware_result(tbs, reg, request.hardware_signature)
+    # step 5: the hardware key, judged by the strategy snapshot and the key's recorded
+    # attestation (§6.1, §6.5)
+    proof = hardware_result(tbs, reg, request.hardware_signature, config)
     failure = (ErrorCode.PIN_INVALID if not pin_ok
-               else None if decide(config.hw_key_validation_strategy, server_result)
-               else HW_FAILURE_CODE[server_result])
+               else decide(config.hw_key_validation_strategy,
+                           finding(proof.server_result, reg.hw_attestation)))
     noted = json.loads(op.result) if op.result else {}
-    risk = risk_data(client_status=request.hw_key_client_status, server_result=server_result,
-                     platform=reg.platform, os_version=reg.os_version,
-                     overlap=bool(noted.get("softwareKeyOverlap")))
+    risk = risk_data(client_status=request.hw_key_client_status,
+                     server_result=proof.server_result, platform=reg.platform,
+                     os_version=reg.os_version, overlap=bool(noted.get("softwareKeyOverlap")),
+                     attestation=recorded_attestation(reg),
+                     hw_key_clone_suspected=proof.clone_suspected)
     result = {"authMethod": method.value,
               "authLevel": None if failure else AUTH_LEVEL[method].value,
               "failureCode": failure.value if failure else None, "risk": risk}
     return VerifiedAuthentication(operation=op, registration=reg, signer=signer,
-                                  next_key=next_key, server_result=server_result,
-                                  failure=failure, result=result)
+                                  next_key=next_key, server_result=proof.server_result,
+                                  hardware_counter=proof.counter, failure=failure,
+                                  result=result)
 
 
-def hardware_result(tbs: bytes, reg: RegistrationRecord,
-                    signature: bytes | None) -> HwKeyServerResult:
-    """§6.1 at authentication: against the stored hardware key, if any."""
+@dataclass(frozen=True, kw_only=True)
+class HardwareProof:
+    server_result: HwKeyServerResult
+    counter: int | None = None  # an App Attest assertion's counter, when it verified
+    clone_suspected: bool = False  # an App Attest assertion's counter did not increase
+
+
+_NO_KEY = HardwareProof(server_result=HwKeyServerResult.NO_KEY_REGISTERED)
+_MISSING = HardwareProof(server_result=HwKeyServerResult.MISSING)
+_INVALID = HardwareProof(server_result=HwKeyServerResult.INVALID)
+_VALID = HardwareProof(server_result=HwKeyServerResult.VALID)
+
+
+def hardware_result(tbs: bytes, reg: RegistrationRecord, signature: bytes | None,
+                    config: AppConfig) -> HardwareProof:
+    """§6.1 at authentication: against the stored hardware key, if any, in the kind of proof
+    the stored key makes (the algorithm comes from the stored key, never from the request):
+    an ES256 signature, or an App Attest assertion whose counter must increase (§4.6)."""
     if reg.hw_public_key is None or reg.hw_algorithm is None:
-        return HwKeyServerResult.NO_KEY_REGISTERED
+        return _NO_KEY
     if signature is None:
-        return HwKeyServerResult.MISSING
+        return _MISSING
+    if reg.hw_algorithm == Algorithm.APPLE_APP_ATTEST.value:
+        return _assertion_result(tbs, reg, signature, config)
     try:
-        # the algorithm comes from the stored key, never from the request
         verify_signature(public_key=reg.hw_public_key, algorithm=Algorithm(reg.hw_algorithm),
                          message=tbs, signature=signature)
     except InvalidSignature:
-        return HwKeyServerResult.INVALID
-    return HwKeyServerResult.VALID
+        return _INVALID
+    return _VALID
+
+
+def _assertion_result(tbs: bytes, reg: RegistrationRecord, assertion: bytes,
+                      config: AppConfig) -> HardwareProof:
+    """§4.6: a counter that does not increase over a fresh, single-use challenge is no
+    replay; the key cannot leave the Secure Enclave, so it is reported (a clone signal) and
+    judged as an invalid proof, not a lock."""
+    assert reg.hw_public_key is not None
+    try:
+        counter = check_assertion(assertion, transcript=tbs, public_key=reg.hw_public_key,
+                                  previous_counter=reg.hw_counter or 0, config=config)
+    except AttestationFailed as refused:
+        return HardwareProof(server_result=HwKeyServerResult.INVALID,
+                             clone_suspected=refused.reason is Reason.COUNTER_NOT_INCREASING)
+    return HardwareProof(server_result=HwKeyServerResult.VALID, counter=counter)
+
+
+def recorded_attestation(reg: RegistrationRecord) -> dict[str, Any]:
+    """The registration's hwKeyAttestation (§6.5), as its activation decided it."""
+    if reg.hw_attestation is None:
+        return NOT_PROVIDED
+    recorded: dict[str, Any] = {RiskAttribute.HW_KEY_ATTESTATION.value: reg.hw_attestation}
+    if reg.hw_security_level is not None:
+        recorded[RiskAttribute.HW_KEY_SECURITY_LEVEL.value] = reg.hw_security_level
+    return recorded
 
 
 def clone_result() -> dict[str, Any]:

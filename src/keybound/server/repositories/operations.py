@@ -149,6 +149,18 @@ def start_activation(conn: Connection, operation_id: str, challenge: bytes,
     return None if row is None else str(row.device_id)
 
 
+def keep_tpm_credential(conn: Connection, operation_id: str, wrapped: bytes) -> None:
+    """§6.5.3: the start's TPM credential state (wrapped), for this operation's finish."""
+    conn.execute(update(OPS).where(OPS.c.id == operation_id)
+                 .values(wrapped_tpm_credential=wrapped))
+
+
+def erase_tpm_credential(conn: Connection, operation_id: str) -> None:
+    """The finish used it (or the operation ended): the secret is single use."""
+    conn.execute(update(OPS).where(OPS.c.id == operation_id)
+                 .values(wrapped_tpm_credential=None))
+
+
 # -- backend-initiated authentication -------------------------------------------------------
 
 

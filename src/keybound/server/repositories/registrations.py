@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from keybound.protocol import DeviceState, LockReason
 from keybound.server.records import RegistrationRecord, SupersededKey
@@ -33,6 +43,16 @@ _ROTATE: Final = Prepared(
            R.c.state == DeviceState.ACTIVE.value)
     .values(sw_public_key=bindparam("next_key"), sw_key_id=bindparam("next_key_id"),
             failures=0, last_authenticated_at=bindparam("now"), updated_at=bindparam("now")))
+#: §4.6: the same for an App Attest hardware key, whose assertion counter is stored in the
+#: same conditional statement, and only if it is above the stored one
+_ROTATE_COUNTED: Final = Prepared(
+    update(R)
+    .where(R.c.id == bindparam("reg_id"), R.c.sw_key_id == bindparam("signer_key_id"),
+           R.c.state == DeviceState.ACTIVE.value,
+           func.coalesce(R.c.hw_counter, 0) < bindparam("counter"))
+    .values(sw_public_key=bindparam("next_key"), sw_key_id=bindparam("next_key_id"),
+            failures=0, last_authenticated_at=bindparam("now"), updated_at=bindparam("now"),
+            hw_counter=bindparam("counter")))
 
 
 def get(conn: Connection, device_id: str) -> RegistrationRecord | None:
@@ -78,12 +98,17 @@ def replace_credentials(conn: Connection, device_id: str, credentials: dict[str,
 
 
 def rotate(conn: Connection, reg: RegistrationRecord, *, signer_key_id: bytes,
-           signer_key: bytes, next_key: bytes, next_key_id: bytes, now: int) -> bool:
+           signer_key: bytes, next_key: bytes, next_key_id: bytes, now: int,
+           hardware_counter: int | None = None) -> bool:
     """§4.5: the next software key replaces the signer, which is remembered as superseded;
-    False if the signer is no longer the current key of an active registration."""
-    rotated = _ROTATE.rowcount(conn, {
-        "reg_id": reg.id, "signer_key_id": signer_key_id, "next_key": next_key,
-        "next_key_id": next_key_id, "now": now}) == 1
+    False if the signer is no longer the current key of an active registration. With
+    ``hardware_counter`` (§4.6) also False if the stored counter is not below it."""
+    params = {"reg_id": reg.id, "signer_key_id": signer_key_id, "next_key": next_key,
+              "next_key_id": next_key_id, "now": now}
+    if hardware_counter is None:
+        rotated = _ROTATE.rowcount(conn, params) == 1
+    else:
+        rotated = _ROTATE_COUNTED.rowcount(conn, {**params, "counter": hardware_counter}) == 1
     if rotated:
         _INSERT_SUPERSEDED.rowcount(conn, {
             "registration_id": reg.id, "key_id": signer_key_id, "public_key": signer_key,

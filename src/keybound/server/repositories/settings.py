@@ -23,4 +23,5 @@ def secrets_present(conn: Connection) -> bool:
     """Whether any secret is wrapped under the master key yet."""
     return any(conn.execute(select(column).where(column.is_not(None)).limit(1)).first()
                for column in (t.e2e_keys.c.wrapped_private_key, t.registrations.c.pin_key,
-                              t.operations.c.wrapped_post_context))
+                              t.operations.c.wrapped_post_context,
+                              t.operations.c.wrapped_tpm_credential))

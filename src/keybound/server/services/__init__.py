@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
 from keybound.errors import ConfigurationInvalid
+from keybound.server.attestation_trust import AttestationTrust
 from keybound.server.clock import Clock, wall_clock
 from keybound.server.events.noise import NoiseCounter
 from keybound.server.repositories import settings
@@ -44,10 +45,12 @@ def default_master_key_path(database_url: str,
 
 class Keybound:
     def __init__(self, db: Database, clock: Clock = wall_clock, *,
-                 master_key: MasterKey) -> None:
+                 master_key: MasterKey, attestation: AttestationTrust | None = None) -> None:
         self.db = db
         self.clock = clock
         self.master_key = master_key
+        #: what key attestation is verified against (docs/protocol.md §6.5.4)
+        self.attestation = attestation or AttestationTrust.builtin()
         self.box = SecretBox(master_key)
         self.noise = NoiseCounter(db)
         self.results = ResultKeys(db, self.box, clock)
@@ -56,7 +59,7 @@ class Keybound:
         self.applications = Applications()
         self.operations = Operations(self.box, self.results)
         self.registrations = Registrations(self.results)
-        self.activation = Activation(self.box, self.results)
+        self.activation = Activation(self.box, self.results, self.attestation)
         self.authentication = Authentication(self.box, self.results)
         self.e2e_keys = E2EKeys(db, self.box)
         self.admin = Admin(self)
@@ -70,10 +73,13 @@ class Keybound:
 
     @classmethod
     def open(cls, url: str | None = None, clock: Clock = wall_clock, *,
-             master_key_file: Path | None = None) -> Keybound:
+             master_key_file: Path | None = None,
+             attestation: AttestationTrust | None = None) -> Keybound:
         """Open (and migrate) the database at ``url`` -- the embedded SQLite file if None --
         with the master key that wraps its secrets (``master_key_file``, else
-        ``$KEYBOUND_MASTER_KEY_FILE``, else beside the database; created on first run)."""
+        ``$KEYBOUND_MASTER_KEY_FILE``, else beside the database; created on first run), and
+        the attestation trust (``attestation``, else as the environment configures it)."""
+        attestation = attestation or AttestationTrust.from_environment()  # before any change
         db = Database(url)
         master_key = MasterKey(master_key_file or default_master_key_path(db.url))
         check_master_key(db, master_key)
@@ -81,7 +87,7 @@ class Keybound:
         with db.write() as conn:
             if settings.get(conn, settings.MASTER_KEY_FINGERPRINT) is None:
                 settings.put_new(conn, settings.MASTER_KEY_FINGERPRINT, master_key.fingerprint)
-        kb = cls(db, clock, master_key=master_key)
+        kb = cls(db, clock, master_key=master_key, attestation=attestation)
         kb.results.ensure(kb.noise)  # the first result-signing key, before any request
         kb.audit.seal()  # entries older than the chain, or left unsealed by a stopped server
         return kb

@@ -1,6 +1,7 @@
 """Activation and reactivation: start consumes the activation's secret (the link's token, or
-the typed code within its attempt budget), finish consumes the challenge and registers the
-device's keys (docs/protocol.md §3.1.1-2, §3.2.5, §4, §6)."""
+the typed code within its attempt budget) and makes a TPM's credential, finish consumes the
+challenge, judges the key attestation and registers the device's keys (docs/protocol.md
+§3.1.1-2, §3.2.5, §4, §6)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ from keybound.protocol import (
     ActivationFinishResponse,
     ActivationStartRequest,
     ActivationStartResponse,
-    Algorithm,
+    AttestationMode,
     AuthMethod,
     DeviceState,
     HwKeyValidationStrategy,
     OperationState,
     OperationType,
+    TpmCredential,
 )
+from keybound.server.attestation_trust import AttestationTrust
 from keybound.server.clock import ms_to_dt
 from keybound.server.core.activation import VerifiedActivation, verify_activation
 from keybound.server.core.appconfig import AppConfig
+from keybound.server.core.attestation import Status, TpmCredentialState, start_tpm_credential
 from keybound.server.core.ceremony import new_challenge
 from keybound.server.core.codes import (
     Attempt,
@@ -31,6 +35,7 @@ from keybound.server.core.codes import (
     normalize_activation_hint,
 )
 from keybound.server.events.model import EventType, Outcome
+from keybound.server.records import OperationRecord
 from keybound.server.repositories import activation_secrets as secrets_
 from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
@@ -47,9 +52,10 @@ CODE_REFUSED: Final = "unknown, used, burnt or expired activation code or link"
 
 
 class Activation:
-    def __init__(self, box: SecretBox, results: ResultKeys) -> None:
+    def __init__(self, box: SecretBox, results: ResultKeys, trust: AttestationTrust) -> None:
         self.box = box
         self.results = results
+        self.trust = trust
 
     # -- start (§3.1.1) -------------------------------------------------------------------
 
@@ -77,13 +83,28 @@ class Activation:
             raise CeremonyError(CODE_REFUSED, code=ErrorCode.ACTIVATION_CODE_INVALID)
         unit.about(device_id=device_id, operation_id=op.id)
         unit.identify()  # the holder of a valid secret
+        credential = self._tpm_credential(unit, request, config, op.id)
         unit.emit(EventType.ACTIVATION_START, payload={"form": form})
         return ActivationStartResponse(
             operation_id=op.id, device_id=device_id, challenge=challenge,
             expires_at=ms_to_dt(challenge_expires),
             allowed_auth_methods=list(config.allowed_auth_methods),
             hardware_key_required=(
-                config.hw_key_validation_strategy is HwKeyValidationStrategy.REQUIRED))
+                config.hw_key_validation_strategy is HwKeyValidationStrategy.REQUIRED),
+            tpm_credential=credential)
+
+    def _tpm_credential(self, unit: Unit, request: ActivationStartRequest, config: AppConfig,
+                        operation_id: str) -> TpmCredential | None:
+        """§6.5.3: credential activation for an offered TPM, where the application checks
+        TPM attestation. The state (secret, AK, EK, or why they were refused) is kept
+        wrapped on the operation; the start itself never fails because of it."""
+        if request.tpm is None or config.attestation_tpm_mode is AttestationMode.DISABLED:
+            return None
+        credential, state = start_tpm_credential(request.tpm, trust=self.trust.tpm,
+                                                 now=ms_to_dt(unit.now))
+        ops.keep_tpm_credential(unit.write(), operation_id, self.box.wrap(
+            Purpose.TPM_CREDENTIAL, state.to_bytes(), binding=operation_id.encode()))
+        return credential
 
     def _typed_code(self, unit: Unit, conn: Connection,
                     request: ActivationStartRequest) -> str | None:
@@ -120,7 +141,9 @@ class Activation:
                    operation_id=request.operation_id)
         with unit.read() as conn:
             op = ops.get(conn, request.operation_id)
-        verified = verify_activation(request, operation=op, now=unit.now)
+        verified = verify_activation(request, operation=op, now=unit.now,
+                                     trust=self.trust.material(ms_to_dt(unit.now)),
+                                     tpm_state=lambda: self._tpm_state(op))
         unit.identify()
         signed = self.results.operation_result(
             verified.operation, state=(OperationState.FAILED if verified.failure
@@ -131,6 +154,8 @@ class Activation:
                            result=verified.result, now=unit.now,
                            result_jws=signed):  # §4.3
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+        if verified.operation.wrapped_tpm_credential is not None:  # single use
+            ops.erase_tpm_credential(conn, verified.operation.id)
         if verified.failure is None:
             self._store_registration(unit, request, verified)
         unit.emit(EventType.ACTIVATION_FINISH,
@@ -138,11 +163,21 @@ class Activation:
                   code=verified.failure.value if verified.failure else None,
                   payload=verified.risk)
         if verified.failure is not None:
-            raise CeremonyFailed("hardware key validation failed", code=verified.failure,
-                                 operation_id=verified.operation.id)
+            reason = verified.attestation.reason
+            raise CeremonyFailed(
+                "hardware key validation failed", code=verified.failure,
+                operation_id=verified.operation.id,
+                **({"reason": reason.value} if reason is not None
+                   and verified.failure is ErrorCode.ATTESTATION_INVALID else {}))
         return ActivationFinishResponse(device_id=request.device_id,
                                         hardware_key_registered=verified.hardware_key is not None,
                                         auth_methods=verified.auth_methods)
+
+    def _tpm_state(self, op: OperationRecord | None) -> TpmCredentialState | None:
+        if op is None or op.wrapped_tpm_credential is None:
+            return None
+        return TpmCredentialState.from_bytes(self.box.unwrap(
+            Purpose.TPM_CREDENTIAL, op.wrapped_tpm_credential, binding=op.id.encode()))
 
     def _store_registration(self, unit: Unit, request: ActivationFinishRequest,
                             verified: VerifiedActivation) -> None:
@@ -159,7 +194,16 @@ class Activation:
             "sw_public_key": verified.software_key,
             "sw_key_id": key_id(verified.software_key),
             "hw_public_key": verified.hardware_key,
-            "hw_algorithm": Algorithm.ES256.value if verified.hardware_key else None,
+            "hw_algorithm": (verified.hardware_algorithm.value
+                             if verified.hardware_algorithm else None),
+            # what the attestation decided about the stored key (§6.5), read by every
+            # authentication; nothing when no key is stored
+            "hw_attestation": verified.attestation.value if verified.hardware_key else None,
+            "hw_security_level": (verified.attestation.security_level.value
+                                  if verified.hardware_key
+                                  and verified.attestation.status is Status.VERIFIED
+                                  and verified.attestation.security_level else None),
+            "hw_counter": verified.hardware_counter if verified.hardware_key else None,
             "activation_hw_status": request.hw_key_client_status.value,
             "pin_key": (self.box.wrap(Purpose.PIN_KEY, request.pin_key,
                                       binding=op.device_id.encode())

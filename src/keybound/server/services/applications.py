@@ -8,7 +8,6 @@ application.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ class Applications:
         conn = unit.write()
         if apps.config_text(conn, application_id) is not None:
             raise InvalidState(f"application {application_id!r} already exists")
-        apps.insert_application(conn, application_id, json.dumps(config.to_json()), unit.now)
+        apps.insert_application(conn, application_id, config.to_stored(), unit.now)
         unit.emit(EventType.APPLICATION_CREATE, payload=config.to_json())
         return config
 
@@ -83,7 +82,7 @@ class Applications:
         if raw is None:
             raise NotFound(f"no application {application_id!r}")
         new = AppConfig.from_stored(raw).updated(changes)
-        apps.update_config(conn, application_id, json.dumps(new.to_json()), unit.now)
+        apps.update_config(conn, application_id, new.to_stored(), unit.now)
         unit.emit(EventType.APPLICATION_UPDATE, payload=changes)
         return new
 

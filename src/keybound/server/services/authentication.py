@@ -247,11 +247,13 @@ class Authentication:
 
     @staticmethod
     def _rotate(unit: Unit, verified: VerifiedAuthentication) -> None:
-        """Replace the software key; the old one is remembered to detect copies (§4.5)."""
+        """Replace the software key; the old one is remembered to detect copies (§4.5). An
+        App Attest key's new counter is stored by the same conditional statement (§4.6)."""
         conn, reg = unit.write(), verified.registration
         if regs.rotate(conn, reg, signer_key_id=verified.signer.key_id,
                        signer_key=verified.signer.public_key, next_key=verified.next_key,
-                       next_key_id=key_id(verified.next_key), now=unit.now):
+                       next_key_id=key_id(verified.next_key), now=unit.now,
+                       hardware_counter=verified.hardware_counter):
             return
         # locked or deactivated meanwhile, or another finish rotated first
         state = regs.state_of(conn, reg.application_id, reg.id)

@@ -177,7 +177,7 @@ class Operations:
             conn, id=op_id, application_id=application_id, type=kind.value,
             initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
             user_id=user_id, device_id=device_id, expires_at=expires,
-            config=json.dumps(config.to_json()), created_at=unit.now)
+            config=config.to_stored(), created_at=unit.now)
         token = new_activation_token()
         code = new_activation_code(config.activation_code_type, config.activation_code_length)
         attempts = code_attempts(config.activation_code_type, config.activation_code_length)
@@ -253,7 +253,7 @@ class Operations:
                 Purpose.POST_CONTEXT, post.model_dump_json(by_alias=True).encode(),
                 binding=op_id.encode()),
             required_auth_method=method.value if method else None,
-            config=json.dumps(config.to_json()), created_at=unit.now)
+            config=config.to_stored(), created_at=unit.now)
         unit.emit(event, operation_id=op_id)
         row = ops.get(conn, op_id)
         assert row is not None

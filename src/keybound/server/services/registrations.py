@@ -37,6 +37,8 @@ def device_view(row: RegistrationRecord) -> Device:
         lock_reason=LockReason(row.lock_reason) if row.lock_reason else None,
         hardware_key=row.hw_public_key is not None,
         hardware_key_algorithm=Algorithm(row.hw_algorithm) if row.hw_algorithm else None,
+        hardware_key_attestation=row.hw_attestation,
+        hardware_key_security_level=row.hw_security_level,
         pin_enabled=row.pin_key is not None,
         platform=Platform(row.platform),
         os_version=row.os_version,

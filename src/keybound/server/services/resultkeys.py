@@ -38,6 +38,7 @@ from keybound.protocol import (
 from keybound.server.clock import Clock, now_ms
 from keybound.server.core.appconfig import AppConfig
 from keybound.server.core.ceremony import load_context
+from keybound.server.core.risk import ATTESTATION_ATTRIBUTES
 from keybound.server.events.model import Actor, EventType
 from keybound.server.events.noise import NoiseCounter
 from keybound.server.events.results import (
@@ -290,6 +291,7 @@ def operation_claims(op: OperationRecord, *, issuer: str, now: int, state: Opera
     signature = op.type == OperationType.SIGNATURE.value
     method, level, hw = stored.get("authMethod"), stored.get("authLevel"), \
         risk.get("hwKeyServerResult")
+    attestation = {name: value for name, value in risk.items() if name in ATTESTATION_ATTRIBUTES}
     return claims_for(
         issuer=issuer, issued_at=now // 1000, application_id=op.application_id,
         operation_id=op.id, kind=OperationType(op.type), initiator=Initiator(op.initiator),
@@ -302,7 +304,7 @@ def operation_claims(op: OperationRecord, *, issuer: str, now: int, state: Opera
         signed_data=shown if signature else None,
         risk_data={name: value for name, value in risk.items() if name in enabled},
         hw_key_server_result=HwKeyServerResult(hw) if hw else None,
-        attestation=stored.get("attestation"))
+        attestation=attestation or None)
 
 
 __all__ = ["DEFAULT_ISSUER", "ResultKeyInfo", "ResultKeys", "check_issuer", "operation_claims",

@@ -46,13 +46,15 @@ REFUSALS: Final[dict[str, tuple[ErrorCode, ...]]] = {
     "activationStart": (C.ACTIVATION_CODE_INVALID,),
     "activationFinish": (C.AUTHENTICATION_FAILED, C.UNSUPPORTED_ALGORITHM, C.CHALLENGE_USED,
                          C.CHALLENGE_EXPIRED, C.PIN_REQUIRED, C.HARDWARE_KEY_INVALID,
-                         C.HARDWARE_KEY_REQUIRED, C.DEVICE_INACTIVE),
+                         C.HARDWARE_KEY_REQUIRED, C.ATTESTATION_INVALID,
+                         C.ATTESTATION_REQUIRED, C.DEVICE_INACTIVE),
     "authenticationStart": (),  # decoys, never a refusal (§3.1.3)
     "authenticationFinish": (C.AUTHENTICATION_FAILED, C.CHALLENGE_USED, C.SOFTWARE_KEY_CLONED,
                              C.CHALLENGE_EXPIRED, C.DEVICE_LOCKED, C.DEVICE_INACTIVE,
                              C.UNSUPPORTED_ALGORITHM, C.AUTH_METHOD_NOT_ALLOWED,
                              C.PIN_REQUIRED, C.PIN_INVALID, C.HARDWARE_KEY_INVALID,
-                             C.HARDWARE_KEY_REQUIRED, C.SOFTWARE_KEY_SUPERSEDED),
+                             C.HARDWARE_KEY_REQUIRED, C.ATTESTATION_INVALID,
+                             C.SOFTWARE_KEY_SUPERSEDED),
     "authenticationDecline": (C.AUTHENTICATION_FAILED, C.CHALLENGE_USED, C.CHALLENGE_EXPIRED),
     "operationsPending": (),  # an unknown device gets an empty list (§3.1.5)
     "deactivate": (C.AUTHENTICATION_FAILED,),

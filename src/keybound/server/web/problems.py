@@ -36,6 +36,7 @@ STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.DEVICE_INACTIVE: 403,
     ErrorCode.SOFTWARE_KEY_CLONED: 403,
     ErrorCode.ATTESTATION_INVALID: 403,
+    ErrorCode.ATTESTATION_REQUIRED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.REQUEST_TIMEOUT: 408,
@@ -80,7 +81,10 @@ MEANING: Final[dict[ErrorCode, str]] = {
     ErrorCode.DEVICE_INACTIVE: "the registration is DEACTIVATED",
     ErrorCode.SOFTWARE_KEY_CLONED: "signed by a software key superseded before the challenge "
     "was issued: a copy; the device is now locked (§4.5)",
-    ErrorCode.ATTESTATION_INVALID: "the hardware key's attestation was refused",
+    ErrorCode.ATTESTATION_INVALID: "the hardware key's attestation was refused where it "
+    "counts; ``reason`` says which check (§6.1, §6.5)",
+    ErrorCode.ATTESTATION_REQUIRED: "the platform's attestation mode is REQUIRED and the "
+    "activation brought no attested hardware key (§6.5)",
     ErrorCode.NOT_FOUND: "no such path, or no such user, device or operation in this "
     "application",
     ErrorCode.METHOD_NOT_ALLOWED: "another method than the path takes (Allow names it)",
@@ -127,9 +131,13 @@ PROBLEM_SCHEMA: Final[dict[str, Any]] = {
                             f"{MEANING.get(code, '')}"}
                            for code in sorted(set(STATUS) | {ErrorCode.INTERNAL})]},
         "operationId": {"type": "string", "description": "The operation a finish made "
-                        "terminal (hardware_key_invalid, hardware_key_required, pin_invalid, "
+                        "terminal (hardware_key_invalid, hardware_key_required, "
+                        "attestation_invalid, attestation_required, pin_invalid, "
                         "software_key_cloned).",
                         "examples": ["c0ffee00-0000-4000-8000-0000000000a1"]},
+        "reason": {"type": "string", "description": "With attestation_invalid at activation: "
+                   "the refused check's stable reason (docs/protocol.md §6.5).",
+                   "examples": ["CHALLENGE_MISMATCH"]},
         "invalidParams": {"type": "array", "maxItems": 20,
                           "description": "With a schema malformed_request: the fields that "
                           "do not match, as dotted paths (`(body)`: the body as a whole).",
@@ -157,6 +165,8 @@ def refusal(exc: KeyboundError) -> tuple[int, bytes]:
     if exc.code not in STATUS:
         log.error("unexpected %s: %s", exc.code.value, exc.detail)
     extra = {"operationId": exc.fields["operation_id"]} if "operation_id" in exc.fields else {}
+    if "reason" in exc.fields:  # which attestation check refused (docs/protocol.md §6.5)
+        extra["reason"] = exc.fields["reason"]
     return problem_body(exc.code, exc.detail, **extra)
 
 

@@ -49,6 +49,8 @@ def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
     print(f"keybound: database {kb.db.display_url}")
     print(f"keybound: master key file {kb.master_key.path} "
           f"(fingerprint {kb.master_key.fingerprint})")
+    for line in kb.attestation.summary():
+        print(f"keybound: attestation trust {line}")
     if allow_plaintext:  # create_app logs it too, in every worker
         print(f"keybound: {PLAINTEXT_WARNING}", file=sys.stderr, flush=True)
     print(f"keybound: listening on http://{host}:{port}  (OpenAPI at /openapi.json)",

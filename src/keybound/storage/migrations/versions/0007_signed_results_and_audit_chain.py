@@ -13,7 +13,7 @@
 A signature operation (operations.type ``SIGNATURE``) needs no schema change: its data to
 sign is kept where a pre-operation context is.
 
-Revision ID: 0009
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-03 15:00:00
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None

@@ -1,4 +1,4 @@
-"""Revision 0009 (issue 16): signed results and the audit chain. Entries written before it
+"""Revision 0007 (issue 16): signed results and the audit chain. Entries written before it
 are sealed into the chain like new ones, oldest first, when the server first opens the
 database. Down and up again keep every row. On SQLite and PostgreSQL."""
 
@@ -18,7 +18,7 @@ from keybound.storage.migrations import alembic_config, upgrade
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url_before_0009(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+def url_before_0007(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "postgres":
         url = request.getfixturevalue("postgres").fresh_database()
         db = Database(url)
@@ -37,9 +37,9 @@ def url_before_0009(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return url
 
 
-def test_entries_older_than_the_chain_are_sealed_into_it(url_before_0009: str,
+def test_entries_older_than_the_chain_are_sealed_into_it(url_before_0007: str,
                                                         tmp_path: Path) -> None:
-    kb = Keybound.open(url_before_0009, master_key_file=tmp_path / "master.key")  # migrates
+    kb = Keybound.open(url_before_0007, master_key_file=tmp_path / "master.key")  # migrates
     try:
         with kb.db.read() as conn:
             rows = conn.execute(text("SELECT seq, type, chain_seq, chain_prev FROM events "
@@ -55,15 +55,15 @@ def test_entries_older_than_the_chain_are_sealed_into_it(url_before_0009: str,
         kb.close()
 
 
-def test_downgrade_and_upgrade_keep_every_row(url_before_0009: str) -> None:
-    db = Database(url_before_0009)
-    upgrade(db.engine, "0009")
+def test_downgrade_and_upgrade_keep_every_row(url_before_0007: str) -> None:
+    db = Database(url_before_0007)
+    upgrade(db.engine, "0007")
     command.downgrade(alembic_config(db.engine), "0006")
     names = set(inspect(db.engine).get_table_names())
     assert not {"result_keys", "audit_checkpoints", "audit_head"} & names
     assert "chain_hash" not in {c["name"] for c in inspect(db.engine).get_columns("events")}
     assert "result_jws" not in {c["name"] for c in inspect(db.engine).get_columns("operations")}
-    upgrade(db.engine, "0009")
+    upgrade(db.engine, "0007")
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM events")).scalar() == 3
     db.dispose()
