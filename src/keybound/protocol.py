@@ -153,6 +153,15 @@ class Purpose(StrEnum):
     AUTHENTICATION = "authentication"
     DEACTIVATION = "deactivation"
     DECLINE = "decline"
+    PUSH_TOKEN = "push-token"
+
+
+class PushProvider(StrEnum):
+    """Where a device's wake-up notifications go (§3.1.8, docs/notifications.md)."""
+
+    WEBHOOK = "webhook"  # the relying party's own push service
+    FCM = "fcm"  # Firebase Cloud Messaging
+    APNS = "apns"  # Apple Push Notification service
 
 
 # --------------------------------------------------------------------------- paths (§3)
@@ -166,6 +175,7 @@ class DevicePaths:
     AUTHENTICATION_DECLINE = "/device/v1/authentication/decline"
     PENDING_OPERATIONS = "/device/v1/operations/pending"
     DEACTIVATE = "/device/v1/deactivate"
+    PUSH_TOKEN = "/device/v1/push-token"
 
 
 # --------------------------------------------------------------------------- encodings (§1)
@@ -307,6 +317,14 @@ class ActivationStartResponse(Reply):
     hardware_key_required: bool
 
 
+class PushToken(Message):
+    """A device's push token and the service it belongs to (§3.1.8); opaque to keybound,
+    checked for its provider's shape by the server."""
+
+    provider: PushProvider
+    token: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$")]
+
+
 class ActivationFinishRequest(Message):
     application_id: ApplicationId
     operation_id: Uuid
@@ -318,6 +336,7 @@ class ActivationFinishRequest(Message):
     hw_key_client_status: HwKeyClientStatus
     pin_key: PinKey | None = None
     device_profile: DeviceProfile
+    push_token: PushToken | None = None  # §3.1.2: not signed; the channel protects it
 
 
 class ActivationFinishResponse(Reply):
@@ -404,6 +423,21 @@ class DeactivateResponse(Reply):
     state: DeviceState
 
 
+class PushTokenRequest(Message):
+    """Register, replace (``pushToken``) or remove (null) the device's push token (§3.1.8)."""
+
+    application_id: ApplicationId
+    device_id: Uuid
+    software_key_id: KeyId
+    push_token: PushToken | None = None
+    software_signature: SignatureDer
+
+
+class PushTokenResponse(Reply):
+    device_id: Uuid
+    push_provider: PushProvider | None = None  # None: no push token registered
+
+
 # --------------------------------------------------------------------------- signed bytes (§4)
 
 SIGNATURE_LABEL = b"keybound-signature-v1"
@@ -423,6 +457,14 @@ def context_hash(context: OperationContext | None) -> bytes:
     return hashlib.sha256(
         _lp(context.mime_type.encode()) + _lp(context.content.encode())
     ).digest()
+
+
+def push_token_hash(token: PushToken | None) -> bytes:
+    """SHA-256 over LP(provider) || LP(token), both UTF-8; SHA-256 of the empty string when
+    the token is removed (§3.1.8)."""
+    if token is None:
+        return NO_CONTEXT_HASH
+    return hashlib.sha256(_lp(token.provider.value.encode()) + _lp(token.token.encode())).digest()
 
 
 def transcript(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -75,6 +75,10 @@ _REFRESH_CHALLENGE: Final = Prepared(
                       OPS.c.challenge.is_not_distinct_from(bindparam("current")))
     .values(challenge=bindparam("fresh"), challenge_expires_at=bindparam("fresh_expires"),
             challenge_issued_at=bindparam("now")))
+#: the predicate of ix_operations_backend_expiry, as text: SQLite uses a partial index only
+#: for a query whose WHERE repeats its terms, literals and all
+_BACKEND_PENDING: Final = text("operations.state = 'PENDING' AND "
+                               "operations.initiator = 'BACKEND'")
 _SELECT_CHALLENGE: Final = Prepared(select(OPS.c.challenge, OPS.c.challenge_expires_at).where(
     OPS.c.id == bindparam("id")), row=ChallengeRecord)
 
@@ -128,15 +132,39 @@ def note_overlap(conn: Connection, operation_id: str, note: dict[str, Any]) -> N
                  .values(result=json.dumps(note)))
 
 
-def fail_pending_of_device(conn: Connection, device_id: str, code: str, now: int) -> None:
+def fail_pending_of_device(conn: Connection, device_id: str, code: str,
+                           now: int) -> list[str]:
     """A device that can no longer answer has its pending operations failed, not left
-    hanging (activation codes for it stay: a reactivation is how it comes back)."""
-    conn.execute(
+    hanging (activation codes for it stay: a reactivation is how it comes back); the ids of
+    those it failed."""
+    rows = conn.execute(
         update(OPS)
         .where(OPS.c.device_id == device_id, OPS.c.state == OperationState.PENDING.value,
                OPS.c.code_hash.is_(None))
         .values(state=OperationState.FAILED.value, challenge=None, completed_at=now,
-                result=json.dumps({"failureCode": code}), wrapped_post_context=None))
+                result=json.dumps({"failureCode": code}), wrapped_post_context=None)
+        .returning(OPS.c.id))
+    return sorted(str(row.id) for row in rows)
+
+
+def backend_expired(conn: Connection, now: int, limit: int) -> list[str]:
+    """Pending operations the relying party started whose expiry has passed, oldest expiry
+    first (ix_operations_backend_expiry)."""
+    rows = conn.execute(select(OPS.c.id).where(
+        _BACKEND_PENDING, OPS.c.expires_at <= now).order_by(OPS.c.expires_at).limit(limit))
+    return [str(row.id) for row in rows]
+
+
+def expire(conn: Connection, operation_id: str, now: int) -> tuple[str, str | None] | None:
+    """End a pending operation past its expiry as EXPIRED, once (§3.2.3): its unused code,
+    challenge and post-operation context go with it. Its (application id, device id), or
+    None if it ended meanwhile."""
+    row = conn.execute(update(OPS).where(
+        OPS.c.id == operation_id, OPS.c.state == OperationState.PENDING.value,
+        OPS.c.expires_at <= now).values(
+        state=OperationState.EXPIRED.value, code_hash=None, challenge=None,
+        wrapped_post_context=None).returning(OPS.c.application_id, OPS.c.device_id)).first()
+    return None if row is None else (str(row.application_id), row.device_id)
 
 
 # -- activation codes -----------------------------------------------------------------------

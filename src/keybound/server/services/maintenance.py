@@ -1,6 +1,7 @@
 """Housekeeping a running server does by itself, off the request path: forgetting expired
 replay marks (docs/channel.md §6), erasing post-operation contexts whose operation expired,
-and storing the anonymous-noise counts.
+ending the relying party's pending operations whose expiry passed (one ``operation.expired``
+event each, docs/events.md), and storing the anonymous-noise counts.
 
 At most once per ``interval`` per process, in a background thread, started when a request
 finds it due (:meth:`Maintenance.poke`, called by the device API after each request): a
@@ -15,14 +16,50 @@ import threading
 from typing import Final
 
 from keybound.server.clock import Clock, now_ms
+from keybound.server.events.model import Actor, EventType
 from keybound.server.events.noise import NoiseCounter
+from keybound.server.repositories import operations as ops
 from keybound.server.repositories.replay import purge_seen_requests
 from keybound.server.services.retention import erase_expired_post_contexts
+from keybound.server.unit import Unit, perform
 from keybound.storage.db import Database
 
 log = logging.getLogger("keybound.server")
 
 INTERVAL_SECONDS: Final = 60.0
+#: operations ended as EXPIRED per transaction
+EXPIRE_BATCH: Final = 500
+
+
+def expire_operations(db: Database, clock: Clock, noise: NoiseCounter, *,
+                      batch: int = EXPIRE_BATCH) -> int:
+    """End every pending operation the relying party started (a backend-initiated
+    authentication, an activation code) whose expiry has passed: EXPIRED is stored, with one
+    ``operation.expired`` event in the same transaction; the conditional update makes it once
+    per operation, whichever process runs it. How many it ended."""
+    total = 0
+    while True:
+        unit = Unit(db, clock, actor=Actor.SYSTEM, action=EventType.OPERATION_EXPIRED,
+                    identified=True)
+        found, ended = perform(unit, lambda u: _expire_batch(u, batch), noise=noise,
+                               cause="maintenance expiry")
+        total += ended
+        if found < batch:
+            return total
+
+
+def _expire_batch(unit: Unit, batch: int) -> tuple[int, int]:
+    conn = unit.write()
+    ids = ops.backend_expired(conn, unit.now, batch)
+    ended = 0
+    for operation_id in ids:
+        owner = ops.expire(conn, operation_id, unit.now)
+        if owner is not None:
+            application_id, device_id = owner
+            unit.emit(EventType.OPERATION_EXPIRED, application_id=application_id,
+                      subject=device_id, operation_id=operation_id)
+            ended += 1
+    return len(ids), ended
 
 
 class Maintenance:
@@ -54,6 +91,7 @@ class Maintenance:
         try:
             purge_seen_requests(self._db, at_ms)
             erase_expired_post_contexts(self._db, at_ms)
+            expire_operations(self._db, self._clock, self._noise)
             self._noise.flush()
         except Exception:  # pragma: no cover - tried again at the next interval
             log.exception("maintenance failed")

@@ -8,6 +8,7 @@ reported exactly like one that does not exist.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
@@ -33,9 +34,11 @@ from keybound.server.core.appconfig import AppConfig
 from keybound.server.core.ceremony import dump_context, new_id
 from keybound.server.core.codes import activation_code_hash, new_activation_code
 from keybound.server.events.model import EventType
+from keybound.server.events.public import device_data, timestamp
 from keybound.server.records import OperationRecord, UserRecord
 from keybound.server.repositories import applications as apps
 from keybound.server.repositories import operations as ops
+from keybound.server.repositories import push
 from keybound.server.repositories import registrations as regs
 from keybound.server.repositories import users
 from keybound.server.secrets import Purpose, SecretBox
@@ -58,7 +61,8 @@ def effective_state(row: OperationRecord, now: int) -> OperationState:
 
 def operation_view(row: OperationRecord, now: int) -> Operation:
     config = AppConfig.from_stored(row.config)
-    stored = json.loads(row.result) if row.result and row.state != OperationState.PENDING else {}
+    ended = row.state in (OperationState.COMPLETED, OperationState.FAILED)
+    stored = json.loads(row.result) if row.result and ended else {}
     risk = stored.get("risk", {})
     enabled = {r.value for r in config.enabled_risk_data}
     result = None
@@ -81,9 +85,14 @@ def _config(conn: Connection, application_id: str) -> AppConfig:
     return AppConfig.from_stored(raw)
 
 
+def _nothing() -> None:
+    pass
+
+
 class Operations:
-    def __init__(self, box: SecretBox) -> None:
+    def __init__(self, box: SecretBox, *, wake: Callable[[], None] = _nothing) -> None:
         self.box = box
+        self.wake = wake  # tells this process's sender a notification is waiting
 
     # -- users ----------------------------------------------------------------------------
 
@@ -183,18 +192,28 @@ class Operations:
         if method is not None and method not in config.allowed_auth_methods:
             raise MalformedRequest(f"auth method {method} is not allowed for this application")
         post = request.post_operation_context
+        expires_at = unit.now + config.operation_lifetime_seconds * 1000
         ops.insert_operation(
             conn, id=op_id, application_id=application_id,
             type=OperationType.AUTHENTICATION.value, initiator=Initiator.BACKEND.value,
             state=OperationState.PENDING.value, user_id=reg.user_id, device_id=device_id,
-            expires_at=unit.now + config.operation_lifetime_seconds * 1000,
-            pre_context=dump_context(pre),
+            expires_at=expires_at, pre_context=dump_context(pre),
             wrapped_post_context=None if post is None else self.box.wrap(
                 Purpose.POST_CONTEXT, post.model_dump_json(by_alias=True).encode(),
                 binding=op_id.encode()),
             required_auth_method=method.value if method else None,
             config=json.dumps(config.to_json()), created_at=unit.now)
-        unit.emit(EventType.AUTHENTICATION_CREATE, operation_id=op_id)
+        unit.emit(EventType.DEVICE_OPERATION_PENDING, operation_id=op_id, payload=device_data(
+            device_id=device_id, user_id=reg.user_id, state=reg.state, operationId=op_id,
+            expiresAt=timestamp(expires_at)))
+        # the device is woken through its push token after commit, if the application has
+        # a provider for it (docs/notifications.md); a failed wake-up never fails this
+        token = push.token_of(conn, device_id)
+        if token is not None and token.provider in {
+                p.kind for p in push.providers_of(conn, application_id)}:
+            push.queue(conn, application_id=application_id, device_id=device_id,
+                       operation_id=op_id, expires_at=expires_at, now=unit.now)
+            unit.after_commit(self.wake)
         row = ops.get(conn, op_id)
         assert row is not None
         return operation_view(row, unit.now)
