@@ -153,7 +153,7 @@ class Purpose(StrEnum):
     AUTHENTICATION = "authentication"
     DEACTIVATION = "deactivation"
     DECLINE = "decline"
-    PUSH_TOKEN = "push-token"
+    PUSH_TOKEN = "push-token"  # noqa: S105 - a purpose, not a secret
 
 
 class PushProvider(StrEnum):
@@ -175,7 +175,7 @@ class DevicePaths:
     AUTHENTICATION_DECLINE = "/device/v1/authentication/decline"
     PENDING_OPERATIONS = "/device/v1/operations/pending"
     DEACTIVATE = "/device/v1/deactivate"
-    PUSH_TOKEN = "/device/v1/push-token"
+    PUSH_TOKEN = "/device/v1/push-token"  # noqa: S105 - a path
 
 
 # --------------------------------------------------------------------------- encodings (§1)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from keybound.cli import webhook
 from keybound.cli.common import with_database_option
 from keybound.storage import ENV_DATABASE_URL
 
@@ -55,11 +56,12 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from keybound.server.web.runner import allow_plaintext_from_env, serve
+    from keybound.server.web.runner import allow_plaintext_from_env, deliver_from_env, serve
 
     serve(database_url=database_url(args), host=args.host, port=args.port,
           workers=args.workers, log_level=args.log_level,
-          allow_plaintext=args.allow_plaintext or allow_plaintext_from_env())
+          allow_plaintext=args.allow_plaintext or allow_plaintext_from_env(),
+          deliver=not args.no_deliver and deliver_from_env())
     return 0
 
 
@@ -190,6 +192,10 @@ def register(sub: Any) -> None:
     serve.add_argument("--allow-plaintext", action="store_true",
                        help="DEVELOPMENT ONLY: also accept device requests without the secure "
                        "channel (or set KEYBOUND_ALLOW_PLAINTEXT=1); logged loudly")
+    serve.add_argument("--no-deliver", action="store_true",
+                       help="do not send webhooks and device notifications from these "
+                       "processes (run `keybound webhook deliver` instead; or set "
+                       "KEYBOUND_DELIVER=0)")
     serve.set_defaults(func=cmd_serve)
 
     app = sub.add_parser("app", help="create, show, update application configurations")
@@ -222,6 +228,7 @@ def register(sub: Any) -> None:
     key.set_defaults(func=cmd_api_key)
 
     _e2e_key_parser(sub)
+    webhook.register(sub)
 
     audit = sub.add_parser("audit", help="the audit trail and the counts of anonymous "
                            "refusals")

@@ -239,8 +239,17 @@ class Device:
 
     # ------------------------------------------------------------------ activation
 
-    def activate(self, activation_code: str, *, pin: str | None = None) -> ActivationResult:
-        """(Re)activate with a code from the relying party; with ``pin``, set up DEVICE:PIN.
+    def activate(
+        self,
+        activation_code: str,
+        *,
+        pin: str | None = None,
+        push_token: protocol.PushToken | None = None,
+    ) -> ActivationResult:
+        """(Re)activate with a code from the relying party; with ``pin``, set up DEVICE:PIN;
+        with ``push_token``, the server wakes the app through it when a backend-initiated
+        operation waits (docs/protocol.md §3.1.8; a reactivation without one removes the
+        old one).
 
         On an activated device only a reactivation code for the same device id is accepted
         (INVALID_STATE otherwise); success replaces every old key. Raises ClientError with
@@ -262,6 +271,8 @@ class Device:
         )
         reactivation = self._check_activation_target(start.device_id)
         registration, request = self._activation_finish(start, pin_salt, pin_key)
+        if push_token is not None:
+            request = request.model_copy(update={"push_token": push_token})
         finish = self._send_activation(registration, request)
         if finish.device_id != start.device_id:
             raise ClientError("server activated another device id", code=ErrorCode.CLIENT_TRANSPORT)
@@ -659,6 +670,40 @@ class Device:
                 software_signature=key.sign(message),
             ),
             protocol.DeactivateResponse,
+        )
+
+    def update_push_token(self, push_token: protocol.PushToken | None) -> None:
+        """Register a new push token (the platform rotated it, or the user allowed
+        notifications), or remove it with None; signed by the current software key
+        (docs/protocol.md §3.1.8). Raises ClientError when the server refuses."""
+        self._require_activated()
+        _newest_accepted(self._candidates(),
+                         lambda candidate: self._push_token_with(candidate, push_token),
+                         "push token update")
+
+    def _push_token_with(self, candidate: _Candidate,
+                         push_token: protocol.PushToken | None) -> None:
+        registration = self._state.registrations[candidate.registration]
+        key = SoftwareKey.from_pem(registration.software_keys[candidate.key])
+        message = protocol.transcript(
+            Purpose.PUSH_TOKEN,
+            application_id=self.application_id,
+            device_id=registration.device_id,
+            operation_id="",
+            challenge=b"",
+            context_digest=protocol.push_token_hash(push_token),
+            software_public_key=key.public_key,
+        )
+        self._post(
+            DevicePaths.PUSH_TOKEN,
+            protocol.PushTokenRequest(
+                application_id=self.application_id,
+                device_id=registration.device_id,
+                software_key_id=key.key_id,
+                push_token=push_token,
+                software_signature=key.sign(message),
+            ),
+            protocol.PushTokenResponse,
         )
 
     def forget(self) -> None:

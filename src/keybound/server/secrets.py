@@ -64,7 +64,8 @@ class Purpose(StrEnum):
     PIN_KEY = "pin-key"  # bound to the registration id
     POST_CONTEXT = "post-operation-context"  # bound to the operation id
     ACTIVATION_CODE = "activation-code"  # keyed hash, bound to the application id
-    WEBHOOK_SECRET = "webhook-secret"  # whsec_/whsk_, bound to secret id and endpoint id
+    # whsec_/whsk_, bound to endpoint id and secret id
+    WEBHOOK_SECRET = "webhook-secret"  # noqa: S105 - a purpose, not a secret
     PUSH_CREDENTIALS = "push-credentials"  # bound to application id and provider kind
 
 

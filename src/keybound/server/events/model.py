@@ -68,13 +68,13 @@ class EventType(StrEnum):
     DEVICE_CLONE_SUSPECTED = "device.clone_suspected"
     DEVICE_OPERATION_PENDING = "device.operation_pending"
     # the outbox, push tokens and notifications (audit only)
-    PUSH_TOKEN_UPDATE = "device.push_token_update"
+    PUSH_TOKEN_UPDATE = "device.push_token_update"  # noqa: S105 - event names
     EVENTS_READ = "events.read"
     WEBHOOK_ENDPOINT_CREATE = "webhook.endpoint_create"
     WEBHOOK_ENDPOINT_UPDATE = "webhook.endpoint_update"
     WEBHOOK_ENDPOINT_DELETE = "webhook.endpoint_delete"
-    WEBHOOK_SECRET_CREATE = "webhook.secret_create"
-    WEBHOOK_SECRET_REVOKE = "webhook.secret_revoke"
+    WEBHOOK_SECRET_CREATE = "webhook.secret_create"  # noqa: S105
+    WEBHOOK_SECRET_REVOKE = "webhook.secret_revoke"  # noqa: S105
     WEBHOOK_REDELIVER = "webhook.redeliver"
     PUSH_PROVIDER_SET = "push.provider_set"
     PUSH_PROVIDER_REMOVE = "push.provider_remove"

@@ -15,10 +15,14 @@ outbox reads the rows and calls these.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
+from pydantic import TypeAdapter
+
 from keybound.protocol import OperationState
+from keybound.rpapi import EventEnvelope, EventName
+from keybound.server.clock import ms_to_dt
 from keybound.server.events.model import EventType
 from keybound.server.records import EventRecord
 
@@ -30,10 +34,13 @@ OPERATION_EVENTS: Final = {
 }
 
 
+_DATETIME: Final = TypeAdapter(datetime)
+
+
 def timestamp(ms: int) -> str:
-    """RFC 3339 UTC with milliseconds, as every keybound timestamp on the wire."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """A stored time as every keybound timestamp is written on the wire (pydantic's)."""
+    text: str = _DATETIME.dump_python(ms_to_dt(ms), mode="json")
+    return text
 
 
 def device_data(*, device_id: str, user_id: str, state: str, lock_reason: str | None = None,
@@ -62,14 +69,16 @@ def event_data(record: EventRecord, operation: dict[str, Any] | None) -> dict[st
     return {**base, **stored}
 
 
-def envelope(record: EventRecord, operation: dict[str, Any] | None) -> dict[str, Any]:
-    return {"id": record.id, "seq": record.seq, "type": record.type,
-            "timestamp": timestamp(record.created_at), "data": event_data(record, operation)}
+def envelope(record: EventRecord, operation: dict[str, Any] | None) -> EventEnvelope:
+    return EventEnvelope(id=record.id, seq=record.seq, type=EventName(record.type),
+                         timestamp=ms_to_dt(record.created_at),
+                         data=event_data(record, operation))
 
 
-def body(envelope_: dict[str, Any]) -> bytes:
-    """The bytes sent (and signed): compact JSON, the same for every attempt."""
-    return json.dumps(envelope_, separators=(",", ":"), ensure_ascii=False).encode()
+def body(event: EventEnvelope) -> bytes:
+    """The bytes sent (and signed): the envelope's JSON, the same for every attempt and the
+    same as polling returns."""
+    return event.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 __all__ = ["OPERATION_EVENTS", "body", "device_data", "envelope", "event_data", "timestamp"]

@@ -219,3 +219,10 @@ def refresh_challenge(conn: Connection, operation_id: str, *, current: bytes | N
     if replaced == 1:
         return ChallengeRecord(fresh, fresh_expires_at)
     return _SELECT_CHALLENGE.one(conn, {"id": operation_id})
+
+
+def by_ids(conn: Connection, operation_ids: list[str]) -> dict[str, OperationRecord]:
+    if not operation_ids:
+        return {}
+    rows = conn.execute(select(OPS).where(OPS.c.id.in_(operation_ids)))
+    return {str(row.id): OperationRecord(*row) for row in rows}

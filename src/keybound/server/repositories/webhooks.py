@@ -216,6 +216,16 @@ def claim(conn: Connection, ids: Sequence[int], *, now: int, lease_until: int) -
     return {int(row.id) for row in rows}
 
 
+def renew(conn: Connection, ids: Sequence[int], *, held_until: int, lease_until: int) -> set[int]:
+    """Extend leases this sender still holds (unchanged since it set them); the ids renewed."""
+    if not ids:
+        return set()
+    rows = conn.execute(update(D).where(D.c.id.in_(list(ids)), D.c.leased_until == held_until,
+                                        _PENDING)
+                        .values(leased_until=lease_until).returning(D.c.id))
+    return {int(row.id) for row in rows}
+
+
 def release(conn: Connection, ids: Sequence[int], lease_until: int) -> None:
     if ids:
         conn.execute(update(D).where(D.c.id.in_(list(ids)), D.c.leased_until == lease_until)
@@ -260,9 +270,33 @@ def attempts_of(conn: Connection, endpoint_id: str, *, after: int,
     return [AttemptRecord(*row) for row in rows]
 
 
-__all__ = ["PENDING", "add_deliveries", "attempts_of", "claim", "deliveries_of",
-           "delete_endpoint", "disable_gone", "due", "endpoint", "endpoint_of", "endpoints_of",
-           "events_by_seq", "first_waiting", "insert_endpoint", "insert_secret", "log_attempts",
-           "release", "requeue", "revoke_secret", "secrets_of", "sendable_endpoints",
-           "set_subscriptions", "store_breaker", "store_outcome", "subscribers",
-           "subscriptions", "update_endpoint"]
+__all__ = [
+    "PENDING",
+    "add_deliveries",
+    "attempts_of",
+    "claim",
+    "delete_endpoint",
+    "deliveries_of",
+    "disable_gone",
+    "due",
+    "endpoint",
+    "endpoint_of",
+    "endpoints_of",
+    "events_by_seq",
+    "first_waiting",
+    "insert_endpoint",
+    "insert_secret",
+    "log_attempts",
+    "release",
+    "renew",
+    "requeue",
+    "revoke_secret",
+    "secrets_of",
+    "sendable_endpoints",
+    "set_subscriptions",
+    "store_breaker",
+    "store_outcome",
+    "subscribers",
+    "subscriptions",
+    "update_endpoint",
+]

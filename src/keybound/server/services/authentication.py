@@ -4,7 +4,7 @@ the pending list serve backend-initiated operations (docs/protocol.md §3.1.3-5,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from keybound.crypto import key_id
 from keybound.errors import CeremonyError, CeremonyFailed, ErrorCode
@@ -260,7 +260,7 @@ class Authentication:
         overlap of the device's own ceremonies is noted on the operation and refused as
         retryable. Raises either way."""
         op, reg, conn = used.operation, used.registration, unit.write()
-        details = {"supersededKeyId": used.signer.key_id.hex(),
+        details: dict[str, Any] = {"supersededKeyId": used.signer.key_id.hex(),
                    "supersededAt": used.signer.superseded_at,
                    "challengeIssuedAt": op.challenge_issued_at or op.created_at}
         if not used.copy:

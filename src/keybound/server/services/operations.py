@@ -38,9 +38,8 @@ from keybound.server.events.public import device_data, timestamp
 from keybound.server.records import OperationRecord, UserRecord
 from keybound.server.repositories import applications as apps
 from keybound.server.repositories import operations as ops
-from keybound.server.repositories import push
+from keybound.server.repositories import push, users
 from keybound.server.repositories import registrations as regs
-from keybound.server.repositories import users
 from keybound.server.secrets import Purpose, SecretBox
 from keybound.server.unit import Unit
 

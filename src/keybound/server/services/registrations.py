@@ -27,10 +27,9 @@ from keybound.server.events.model import PUBLIC_TYPES, Actor, EventType, Outcome
 from keybound.server.events.public import device_data
 from keybound.server.notify.base import ProviderKind, PushTarget
 from keybound.server.records import RegistrationRecord
-from keybound.server.repositories import push
 from keybound.server.repositories import operations as ops
+from keybound.server.repositories import push, users
 from keybound.server.repositories import registrations as regs
-from keybound.server.repositories import users
 from keybound.server.unit import Unit
 
 

@@ -18,6 +18,8 @@ Create Date: 2026-12-08 10:00:00
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -32,7 +34,7 @@ def _id_type() -> sa.types.TypeEngine[int]:
     return sa.Integer() if op.get_bind().dialect.name == "sqlite" else sa.BigInteger()
 
 
-def _where(condition: str) -> dict[str, sa.TextClause]:
+def _where(condition: str) -> dict[str, Any]:
     return {"sqlite_where": sa.text(condition), "postgresql_where": sa.text(condition)}
 
 
