@@ -202,3 +202,13 @@ def _last_seq(db: Database) -> int:
         value = conn.execute(text(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_seq_seq")).scalar()
     return int(value or 0)
+
+
+def test_an_operators_change_is_heard_by_the_application(rp: RelyingParty,
+                                                         kb: Keybound) -> None:
+    device = activated(rp)
+    kb.admin.lock_device(rp.app_id, device.device_id)
+    kb.admin.deactivate_device(rp.app_id, device.device_id)
+    events = public(rp, "device.locked", "device.deactivated")
+    assert [(e["type"], e["data"].get("lockReason")) for e in events] == [
+        ("device.locked", "OPERATOR"), ("device.deactivated", "OPERATOR")]

@@ -77,7 +77,8 @@ class Registrations:
         already in ``unchanged_in`` is returned as it is. ``event`` is the public event of
         the change; a repeat of a change already made (a device deactivated again) is
         recorded as ``repeated``, which the relying party does not hear of."""
-        unit.about(device_id=device_id)
+        # the operator's unit starts without an application: its events need one
+        unit.about(application_id=application_id, device_id=device_id)
         conn = unit.write()
         row = regs.get_of_application(conn, application_id, device_id)
         if row is None:
