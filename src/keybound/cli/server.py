@@ -152,11 +152,13 @@ def cmd_db(args: argparse.Namespace) -> int:
         pruned = kb.admin.prune(Retention(
             operations_days=args.operations_days,
             superseded_keys_days=args.superseded_keys_days,
-            events_days=args.events_days, noise_days=args.noise_days))
+            events_days=args.events_days, noise_days=args.noise_days,
+            webhook_log_days=args.webhook_log_days))
         print(json.dumps({"operations": pruned.operations,
                           "supersededKeys": pruned.superseded_keys,
                           "seenRequests": pruned.seen_requests, "events": pruned.events,
-                          "noise": pruned.noise, "postContexts": pruned.post_contexts}))
+                          "noise": pruned.noise, "postContexts": pruned.post_contexts,
+                          "webhookLog": pruned.webhook_log}))
         return 0
     print(f"database at {kb.db.display_url} is at the newest schema revision")
     return 0
@@ -261,6 +263,9 @@ def register(sub: Any) -> None:
                     help="keep the audit trail this many days (default 400; 0: for ever)")
     db.add_argument("--noise-days", type=_positive, default=30,
                     help="keep counts of anonymous refusals this many days (default 30)")
+    db.add_argument("--webhook-log-days", type=_positive, default=30,
+                    help="keep finished webhook deliveries, the delivery log and finished "
+                    "device notifications this many days (default 30)")
     db.set_defaults(func=cmd_db)
 
 

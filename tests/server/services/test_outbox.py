@@ -344,3 +344,19 @@ def test_only_subscribed_types_are_marked_and_sent(
             t.events.c.application_id == rp.app_id, t.events.c.type.in_(
                 ["device.activated", "device.locked"]))).all())
     assert marks == {"device.activated": None, "device.locked": "FANNED"}
+
+
+def test_retention_prunes_the_finished_log_and_keeps_what_is_pending(
+        rp: RelyingParty, kb: Keybound, clock: FakeClock, receiver: Receiver,
+        other_receiver: Receiver) -> None:
+    from keybound.server.services.retention import Retention
+
+    subscribe(kb, rp.app_id, receiver, types=(EventName.DEVICE_ACTIVATED,))
+    subscribe(kb, rp.app_id, other_receiver, types=(EventName.DEVICE_ACTIVATED,))
+    other_receiver.default = Reply(status=500)
+    activated(rp)
+    deliver(kb, clock, until=lambda: len(other_receiver.received) >= 2)
+    clock.advance(31 * 86400)
+    pruned = kb.admin.prune(Retention(webhook_log_days=30))
+    assert pruned.webhook_log == 1 + 1 + 2  # one delivered, its attempt, two failed attempts
+    assert [d.state for d in deliveries(kb)] == ["pending"]

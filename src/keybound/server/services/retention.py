@@ -34,6 +34,8 @@ class Retention:
     events_days: int = 400
     #: counts of anonymous refusals (server.events.noise)
     noise_days: int = 30
+    #: finished webhook deliveries, the delivery log and finished wake-ups
+    webhook_log_days: int = 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +46,7 @@ class Pruned:
     events: int
     noise: int
     post_contexts: int
+    webhook_log: int = 0
 
 
 def erase_expired_post_contexts(db: Database, now: int) -> int:
@@ -79,5 +82,14 @@ def prune(db: Database, clock: Clock, retention: Retention = Retention(), *,
         db, e, (e.c.seq,), e.c.created_at < before(retention.events_days), batch=batch)
     noise = delete_in_batches(db, n, (n.c.window_start, n.c.cause),
                               n.c.window_start < before(retention.noise_days), batch=batch)
+    log_before = before(retention.webhook_log_days)
+    d, a, w = t.webhook_deliveries, t.webhook_attempts, t.push_notifications
+    webhook_log = (
+        delete_in_batches(db, a, (a.c.id,), a.c.attempted_at < log_before, batch=batch)
+        + delete_in_batches(db, d, (d.c.id,), (d.c.state != "pending")
+                            & (d.c.created_at < log_before), batch=batch)
+        + delete_in_batches(db, w, (w.c.id,), (w.c.state != "pending")
+                            & (w.c.created_at < log_before), batch=batch))
     return Pruned(operations=operations, superseded_keys=superseded, seen_requests=seen,
-                  events=events, noise=noise, post_contexts=erase_expired_post_contexts(db, now))
+                  events=events, noise=noise, post_contexts=erase_expired_post_contexts(db, now),
+                  webhook_log=webhook_log)
