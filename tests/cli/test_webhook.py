@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from keybound.server.core.ceremony import new_id
+from keybound.server.records import UserRecord
 from keybound.server.repositories import registrations as regs
 from keybound.server.repositories import users
-from keybound.server.records import UserRecord
 from keybound.server.services import Keybound
 from keybound.server.web.runner import free_port
 from keybound.storage import tables as t
