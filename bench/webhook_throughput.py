@@ -109,7 +109,7 @@ async def deliver_all(kb: Any, expected: int, timeout: float) -> tuple[float, fl
 
     stop = asyncio.Event()
     began, cpu = time.perf_counter(), time.process_time()
-    sender = asyncio.create_task(Outbox(kb, settings=OutboxSettings(idle_wait=0.02)).run(stop))
+    sender = asyncio.create_task(Outbox(kb, settings=OutboxSettings()).run(stop))
     deadline = began + timeout
     while delivered(kb) < expected:
         if time.perf_counter() > deadline:

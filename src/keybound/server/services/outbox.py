@@ -199,6 +199,7 @@ class Outbox:
         once, an idle one by a wait for a wake-up or ``idle_wait``."""
         async with self:
             while not stop.is_set():
+                self.wakeup.clear()  # a nudge during the round below is kept for the wait
                 try:
                     worked = await self.step()
                 except Exception:  # the database away, say: try again next round
@@ -207,7 +208,6 @@ class Outbox:
                 if worked:
                     await asyncio.sleep(0)
                     continue
-                self.wakeup.clear()
                 waits = [asyncio.ensure_future(self.wakeup.wait()),
                          asyncio.ensure_future(stop.wait())]
                 await asyncio.wait(waits, timeout=self.settings.idle_wait,
@@ -373,8 +373,10 @@ class Outbox:
     async def _on_outcome(self, outcome: Outcome) -> None:
         self._unstored.append(outcome)
         self._leases.pop(int(outcome.delivery_id), None)
-        self._in_hand[outcome.endpoint_id] = max(0, self._in_hand.get(outcome.endpoint_id, 1)
-                                                 - 1)
+        left = max(0, self._in_hand.get(outcome.endpoint_id, 1) - 1)
+        self._in_hand[outcome.endpoint_id] = left
+        if left * 2 == self.settings.per_endpoint:
+            self.wakeup.set()  # room for another claim: no need to wait out the idle round
         if len(self._unstored) >= self.settings.store_batch:
             await self.flush(final=False)
 
