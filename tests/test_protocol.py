@@ -42,6 +42,7 @@ REQUEST_MODEL: dict[str, type[p.Message]] = {
     "authentication-without-context": p.AuthenticationFinishRequest,
     "deactivation": p.DeactivateRequest,
     "decline": p.DeclineRequest,
+    "push-token": p.PushTokenRequest,
 }
 
 
@@ -52,20 +53,28 @@ def ids(cases: list[dict[str, Any]]) -> list[str]:
 def library_transcript(case: dict[str, Any]) -> bytes:
     """Rebuild the signed bytes of a vector with keybound.protocol alone."""
     inputs = case["inputs"]
-    context = inputs["preOperationContext"]
     return p.transcript(
         p.Purpose(case["purpose"]),
         application_id=inputs["applicationId"],
         device_id=inputs["deviceId"],
         operation_id=inputs["operationId"],
         challenge=bytes.fromhex(inputs["challengeHex"]),
-        context_digest=p.context_hash(
-            None if context is None else p.OperationContext.model_validate(context)),
+        context_digest=field7(case),
         software_public_key=bytes.fromhex(inputs["softwarePublicKeyHex"]),
         hardware_public_key=bytes.fromhex(inputs["hardwarePublicKeyHex"]),
         auth_method=inputs["authMethod"],
         hw_key_client_status=inputs["hwKeyClientStatus"],
     )
+
+
+def field7(case: dict[str, Any]) -> bytes:
+    """The library's field 7: the push token's hash (§3.1.8) or the context hash (§4.1.2)."""
+    inputs = case["inputs"]
+    if case["purpose"] == p.Purpose.PUSH_TOKEN.value:
+        token = inputs["pushToken"]
+        return p.push_token_hash(None if token is None else p.PushToken.model_validate(token))
+    context = inputs["preOperationContext"]
+    return p.context_hash(None if context is None else p.OperationContext.model_validate(context))
 
 
 def split_fields(tbs: bytes) -> list[bytes]:
@@ -132,10 +141,7 @@ def test_transcript_bytes(case: dict[str, Any]) -> None:
     tbs = library_transcript(case)
     assert tbs.hex() == case["tbsHex"]
     assert hashlib.sha256(tbs).hexdigest() == case["tbsSha256Hex"]
-    assert p.context_hash(None if case["inputs"]["preOperationContext"] is None else
-                          p.OperationContext.model_validate(
-                              case["inputs"]["preOperationContext"])).hex() == \
-        case["inputs"]["contextHashHex"]
+    assert field7(case).hex() == case["inputs"]["contextHashHex"]
     # the per-field breakdown is the same bytes, in the documented order
     assert [f["name"] for f in case["fields"]] == VECTORS["constants"]["fieldOrder"]
     assert "".join(f["encodedHex"] for f in case["fields"]) == case["tbsHex"]
@@ -149,7 +155,7 @@ def test_empty_fields_per_purpose(case: dict[str, Any]) -> None:
     fields = split_fields(bytes.fromhex(case["tbsHex"]))
     empty = {i + 1 for i, f in enumerate(fields) if not f}
     purpose = case["purpose"]
-    if purpose == "deactivation":
+    if purpose in ("deactivation", "push-token"):
         assert empty == {5, 6, 9, 10, 11}
     elif purpose == "authentication":
         assert empty == {9}  # the hardware key is never in an authentication transcript
@@ -157,7 +163,7 @@ def test_empty_fields_per_purpose(case: dict[str, Any]) -> None:
         assert 10 in empty  # activation signs no auth method
         assert (9 in empty) == (case["inputs"]["hwKeyClientStatus"] != "OK")
     assert len(fields[6]) == 32
-    if case["inputs"]["preOperationContext"] is None:
+    if case["inputs"]["preOperationContext"] is None and purpose != "push-token":
         assert fields[6] == p.NO_CONTEXT_HASH
 
 

@@ -36,10 +36,12 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Final
+
+import httpx
 
 from keybound.errors import ConfigurationInvalid
 from keybound.server.clock import Clock
@@ -59,6 +61,7 @@ from keybound.server.events.schedule import (
     RetryPolicy,
     select_due,
 )
+from keybound.server.events.signing import SigningSecret
 from keybound.server.records import (
     DeliveryRecord,
     NotificationRecord,
@@ -162,7 +165,7 @@ class Outbox:
         self._unstored: list[Outcome] = []
         self._store_lock = asyncio.Lock()
         self._dispatcher: Dispatcher | None = None
-        self._client_close: Callable[[], object] | None = None
+        self._client: httpx.AsyncClient | None = None
         self._notifying: set[asyncio.Task[None]] = set()
         self._notify_slots = asyncio.Semaphore(self.settings.notify_concurrency)
         self.wakeup = asyncio.Event()
@@ -172,7 +175,7 @@ class Outbox:
     async def __aenter__(self) -> Outbox:
         client = create_client(policy=self.kb.webhooks.policy, resolver=self.kb.webhooks.resolver,
                                timeouts=self.settings.timeouts, ssl_context=self.ssl_context)
-        self._client_close = client.aclose
+        self._client = client
         sender = WebhookSender(client=client, timeouts=self.settings.timeouts,
                                wall_clock=self.wall_clock)
         self._dispatcher = Dispatcher(
@@ -191,8 +194,8 @@ class Outbox:
             task.cancel()
         await asyncio.gather(*self._notifying, return_exceptions=True)
         await self.flush()
-        if self._client_close is not None:
-            await self._client_close()  # type: ignore[misc]
+        if self._client is not None:
+            await self._client.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Rounds until ``stop`` is set; a round that did something is followed by another at
@@ -344,10 +347,10 @@ class Outbox:
 
     @staticmethod
     def _pending(row: DeliveryRecord, endpoint: WebhookEndpointRecord,
-                 secrets: tuple[object, ...]) -> PendingDelivery:
+                 secrets: tuple[SigningSecret, ...]) -> PendingDelivery:
         return PendingDelivery(
             delivery_id=str(row.id), event_id=row.event_id, endpoint_id=endpoint.id,
-            url=endpoint.url, secrets=secrets, payload=b"",  # type: ignore[arg-type]
+            url=endpoint.url, secrets=secrets, payload=b"",  # the body is built once claimed
             subject=row.subject, sequence=row.event_seq, attempts=row.attempts,
             first_attempt_at=row.first_attempt_at / 1000 if row.first_attempt_at else None,
             next_attempt_at=row.next_attempt_at / 1000)
