@@ -27,16 +27,18 @@ APP = "bench"
 class KeyboundServer:
     def __init__(self, workdir: Path, *, workers: int = 1, port: int | None = None,
                  app: str = APP, db_url: str = "", backend: str = "sqlite",
-                 database: Any = None) -> None:
+                 database: Any = None, serve_args: tuple[str, ...] = ()) -> None:
         """``db_url``: the database (default: ``workdir/keybound.db``, SQLite). ``database``:
         the database server's handle when it runs in its own processes (``pids()`` and
-        ``cpu_seconds()``, e.g. :class:`kbbench.pg.BenchPostgres`), for its CPU time."""
+        ``cpu_seconds()``, e.g. :class:`kbbench.pg.BenchPostgres`), for its CPU time.
+        ``serve_args``: more ``keybound serve`` options (e.g. the edge limits)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_url = db_url or f"sqlite:///{self.workdir / 'keybound.db'}"
         self.backend = backend
         self.database = database
         self.workers = workers
+        self.serve_args = serve_args
         self.port = port or free_port()
         self.app = app
         self.url = f"http://127.0.0.1:{self.port}"
@@ -74,7 +76,7 @@ class KeyboundServer:
         assert self.proc is None
         cmd = [sys.executable, "-m", "keybound.cli", "--database-url", self.db_url, "serve",
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
-               "--log-level", "warning"]
+               "--log-level", "warning", *self.serve_args]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -20,6 +20,10 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    # HTTP edge (server/web/edge.py): refused before any handler runs
+    REQUEST_TIMEOUT = "request_timeout"
+    REQUEST_HEADER_FIELDS_TOO_LARGE = "request_header_fields_too_large"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     # Relying-party / admin authentication
     UNAUTHORIZED = "unauthorized"
     # Device ceremonies

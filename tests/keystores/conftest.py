@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
@@ -22,8 +22,10 @@ from keybound.client.keystores._testbeds import (
     SOFTHSM2_MODULE,
     SoftHsmToken,
     Swtpm,
+    SwtpmLocalCa,
     TestbedError,
     init_softhsm_token,
+    manufacture_swtpm,
     start_swtpm,
 )
 from keybound.client.keystores.base import KeyHandle
@@ -95,6 +97,50 @@ def swtpm(swtpm_available: None, tmp_path_factory: pytest.TempPathFactory) -> It
         bed = SwtpmBed(tpm=start_swtpm(workdir / "state-0"), workdir=workdir)
     except TestbedError as exc:
         pytest.fail(f"swtpm did not start: {exc}", pytrace=False)
+    try:
+        yield bed
+    finally:
+        bed.tpm.stop()
+
+
+@dataclass
+class ManufacturedSwtpm(SwtpmBed):
+    """A swtpm provisioned by ``swtpm_setup --create-ek-cert``: EK certificates from ``ca``."""
+
+    ca: SwtpmLocalCa = field(kw_only=True)
+
+
+@pytest.fixture(scope="session")
+def manufactured_swtpm_image(
+    swtpm_available: None, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, SwtpmLocalCa]:
+    """One TPM state manufactured per session (``swtpm_setup --create-ek-cert`` with a
+    session-wide local CA, as one manufacturer has one CA); tests run copies of it."""
+    for tool, package in (("swtpm_setup", "swtpm-tools"), ("swtpm_localca", "swtpm-tools"),
+                          ("certtool", "gnutls-bin")):
+        _require_tool(tool, package)
+    workdir = tmp_path_factory.mktemp("swtpm-factory")
+    try:
+        ca = manufacture_swtpm(workdir / "image", ca_dir=workdir / "localca")
+    except TestbedError as exc:
+        pytest.fail(f"swtpm_setup failed: {exc}", pytrace=False)
+    return workdir / "image", ca
+
+
+@pytest.fixture
+def manufactured_swtpm(
+    manufactured_swtpm_image: tuple[Path, SwtpmLocalCa],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ManufacturedSwtpm]:
+    """A private swtpm running a copy of the session's manufactured TPM (EK certificates in
+    NV from the session's local CA)."""
+    image, ca = manufactured_swtpm_image
+    workdir = tmp_path_factory.mktemp("swtpm-manufactured")
+    shutil.copytree(image, workdir / "state-0")
+    try:
+        bed = ManufacturedSwtpm(tpm=start_swtpm(workdir / "state-0"), workdir=workdir, ca=ca)
+    except TestbedError as exc:
+        pytest.fail(f"manufactured swtpm did not start: {exc}", pytrace=False)
     try:
         yield bed
     finally:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from keybound.cli import webhook
 from keybound.cli.common import with_database_option
+from keybound.server.web.limits import EdgeLimits
 from keybound.storage import ENV_DATABASE_URL
 
 if TYPE_CHECKING:
@@ -58,9 +59,14 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from keybound.server.web.runner import allow_plaintext_from_env, deliver_from_env, serve
 
+    limits = EdgeLimits(
+        max_header_bytes=args.max_header_bytes, max_header_fields=args.max_header_fields,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout, send_timeout=args.send_timeout,
+        max_connections=args.max_connections)
     serve(database_url=database_url(args), host=args.host, port=args.port,
           workers=args.workers, log_level=args.log_level,
-          allow_plaintext=args.allow_plaintext or allow_plaintext_from_env(),
+          allow_plaintext=args.allow_plaintext or allow_plaintext_from_env(), limits=limits,
           deliver=not args.no_deliver and deliver_from_env())
     return 0
 
@@ -181,6 +187,51 @@ def _days(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds (e.g. 10 or 2.5), got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _add_edge_limits(serve: argparse.ArgumentParser) -> None:
+    """The HTTP edge's limits (keybound.server.web.limits; docs/deployment.md)."""
+    default = EdgeLimits()
+    edge = serve.add_argument_group(
+        "HTTP edge limits", "enforced by every server process on its own connections, before "
+        "any handler runs; see docs/deployment.md for what a reverse proxy should add")
+    edge.add_argument("--max-header-bytes", type=_positive, default=default.max_header_bytes,
+                      metavar="BYTES", help="request line and header fields together; larger "
+                      f"heads get 431 (default {default.max_header_bytes})")
+    edge.add_argument("--max-header-fields", type=_positive,
+                      default=default.max_header_fields, metavar="N",
+                      help=f"header fields per request; more get 431 (default "
+                      f"{default.max_header_fields})")
+    edge.add_argument("--header-timeout", type=_seconds, default=default.header_timeout,
+                      metavar="SECONDS", help="a request head must arrive within this time of "
+                      "its first byte (of the connection opening, for the first request), "
+                      f"else 408 and the connection is closed (default {default.header_timeout:g})")
+    edge.add_argument("--body-timeout", type=_seconds, default=default.body_timeout,
+                      metavar="SECONDS", help="the whole request body must arrive within this "
+                      "time of the head, else 408 and the connection is closed (default "
+                      f"{default.body_timeout:g})")
+    edge.add_argument("--keep-alive-timeout", type=_seconds,
+                      default=default.keep_alive_timeout, metavar="SECONDS",
+                      help="an idle connection is closed after this time (default "
+                      f"{default.keep_alive_timeout:g})")
+    edge.add_argument("--send-timeout", type=_seconds, default=default.send_timeout,
+                      metavar="SECONDS", help="a client that leaves answers unread (or "
+                      "unacknowledged) this long is disconnected (Linux; default "
+                      f"{default.send_timeout:g})")
+    edge.add_argument("--max-connections", type=_positive, default=default.max_connections,
+                      metavar="N", help="open connections per server process; beyond it a new "
+                      f"connection gets 503 and is closed (default {default.max_connections})")
+
+
 def register(sub: Any) -> None:
     """Add the server's commands to the top-level parser's subcommands."""
     serve = with_database_option(sub.add_parser(
@@ -198,6 +249,7 @@ def register(sub: Any) -> None:
                        help="do not send webhooks and device notifications from these "
                        "processes (run `keybound webhook deliver` instead; or set "
                        "KEYBOUND_DELIVER=0)")
+    _add_edge_limits(serve)
     serve.set_defaults(func=cmd_serve)
 
     app = sub.add_parser("app", help="create, show, update application configurations")

@@ -15,6 +15,14 @@ Key safety: the device never drops a key the server may consider current.
   ``authentication_failed`` it starts afresh with the next older one. Newest first means a
   superseded key is never used, so the server's clone detection is never tripped.
 
+Key attestation: when the hardware key store can prove where its keys live, activation
+carries the proof. A TPM that can attest sends its EK certificate and a fresh attestation key
+at start (``tpm``) and, with the server's credential, the TPM2_Certify evidence at finish; the
+emulated (Android-format) secure element sends its certificate chain at finish
+(``attestation``). A store that cannot attest, or fails to, sends nothing: the server records
+``NOT_PROVIDED`` and its policy decides, and a server that ignores the fields activates the
+device as before.
+
 Declining: when an ``approve`` callback returns False, :meth:`Device.authenticate` raises
 :class:`OperationDeclined` (code ``invalid_state``) without finishing; a backend-initiated
 operation is declined at the server (signed), so the relying party sees it fail at once.
@@ -29,13 +37,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 from pydantic import TypeAdapter, ValidationError
 
 from keybound import protocol
 from keybound.client import pin as pins
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
+from keybound.client.keystores.base import (
+    ActivationCredential,
+    AndroidKeyChain,
+    AttestationKey,
+    KeyEvidence,
+    TpmCertification,
+)
 from keybound.client.keystores.software import SoftwareKey
 from keybound.client.profiles import DeviceProfile
 from keybound.client.state import ClientState, Registration, StateStore
@@ -49,6 +64,7 @@ from keybound.errors import (
     SigningFailed,
 )
 from keybound.protocol import (
+    AttestationFormat,
     AuthLevel,
     AuthMethod,
     DevicePaths,
@@ -56,6 +72,7 @@ from keybound.protocol import (
     Message,
     OperationContext,
     OperationState,
+    Platform,
     Purpose,
 )
 
@@ -85,6 +102,9 @@ class ActivationResult:
     hardware_key_registered: bool
     hw_key_client_status: HwKeyClientStatus
     auth_methods: tuple[AuthMethod, ...]
+    #: The attestation evidence the finish carried, None when it carried none (whether the
+    #: server verified or required it is the relying party's to read, as risk data).
+    attestation_format: AttestationFormat | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,17 +280,19 @@ class Device:
         if pin is not None:
             pin_salt = pins.new_salt()
             pin_key = pins.derive_pin_key(pin, pin_salt)
+        attestation_key = self._attestation_key()
         start = self._post(
             DevicePaths.ACTIVATION_START,
             _request(
                 protocol.ActivationStartRequest,
                 application_id=self.application_id,
                 activation_code=activation_code,
+                tpm=_tpm_wire(attestation_key),
             ),
             protocol.ActivationStartResponse,
         )
         reactivation = self._check_activation_target(start.device_id)
-        registration, request = self._activation_finish(start, pin_salt, pin_key)
+        registration, request = self._activation_finish(start, pin_salt, pin_key, attestation_key)
         if push_token is not None:
             request = request.model_copy(update={"push_token": push_token})
         finish = self._send_activation(registration, request)
@@ -284,6 +306,7 @@ class Device:
             hardware_key_registered=confirmed.hardware_key is not None,
             hw_key_client_status=registration.activation_hw_status,
             auth_methods=confirmed.auth_methods,
+            attestation_format=None if request.attestation is None else request.attestation.format,
         )
 
     def _check_activation_target(self, device_id: str) -> bool:
@@ -304,6 +327,7 @@ class Device:
         start: protocol.ActivationStartResponse,
         pin_salt: bytes | None,
         pin_key: bytes | None,
+        attestation_key: AttestationKey | None,
     ) -> tuple[Registration, protocol.ActivationFinishRequest]:
         software = SoftwareKey.generate()
         handle, status = self._generate_hardware_key(start.device_id)
@@ -327,6 +351,9 @@ class Device:
                 )
                 message = self._activation_transcript(start, software, registration)
         hardware_key = registration.hardware_key
+        attestation = (
+            None if hardware_key is None else self._attest(hardware_key, start, attestation_key)
+        )
         request = protocol.ActivationFinishRequest(
             application_id=self.application_id,
             operation_id=start.operation_id,
@@ -338,6 +365,7 @@ class Device:
             hw_key_client_status=registration.activation_hw_status,
             pin_key=pin_key,
             device_profile=self.profile.to_protocol(),
+            attestation=attestation,
         )
         return registration, request
 
@@ -375,6 +403,53 @@ class Device:
             log.warning("hardware key generation failed: %s", exc.code.value)
             return None, HwKeyClientStatus.GENERATION_FAILED
         return handle, HwKeyClientStatus.OK
+
+    def _attestation_key(self) -> AttestationKey | None:
+        """What the store presents at start to attest the key it is about to make (a TPM's
+        EK certificate and a fresh AK); None if no hardware key will be made or the store
+        needs or has none."""
+        store = self._hardware
+        if store is None or self.profile.expects_secure_hardware() is False:
+            return None
+        try:
+            key = store.attestation_key() if store.configured() else None
+            _tpm_wire(key)  # what does not fit the protocol is not offered
+        except KeyStoreError as exc:
+            log.warning("hardware key attestation unavailable: %s", exc.detail)
+            return None
+        except ValidationError:
+            log.warning("the TPM's attestation key exceeds the protocol's limits; not sent")
+            return None
+        return key
+
+    def _attest(
+        self,
+        handle: KeyHandle,
+        start: protocol.ActivationStartResponse,
+        attestation_key: AttestationKey | None,
+    ) -> protocol.AndroidKeyAttestation | protocol.TpmAttestation | None:
+        """The store's evidence for the new hardware key, bound to the activation challenge,
+        in wire form; None when there is none. Attestation never fails an activation."""
+        store = self._hardware
+        if store is None:
+            return None
+        credential = start.tpm_credential
+        try:
+            evidence = store.attest(
+                handle,
+                challenge=start.challenge,
+                attestation_key=attestation_key,
+                credential=None if credential is None else ActivationCredential(
+                    credential_blob=credential.credential_blob,
+                    encrypted_secret=credential.encrypted_secret,
+                ),
+            )
+            return None if evidence is None else _attestation_wire(evidence, self.profile)
+        except KeyStoreError as exc:
+            log.warning("hardware key attestation failed: %s", exc.detail)
+        except ValidationError:
+            log.warning("hardware key attestation exceeds the protocol's limits; not sent")
+        return None
 
     def _sign_new_hardware_key(self, handle: KeyHandle, message: bytes) -> bytes | None:
         """Proof of possession for a fresh hardware key; None (key deleted) if it cannot
@@ -840,6 +915,33 @@ def _request(model: type[M], **fields: Any) -> M:
         raise ClientError(
             f"invalid {where}: {error['msg']}", code=ErrorCode.CLIENT_CONFIGURATION
         ) from None
+
+
+def _tpm_wire(key: AttestationKey | None) -> protocol.TpmAttestationKey | None:
+    if key is None:
+        return None
+    return protocol.TpmAttestationKey(ek_certificate=key.ek_certificate, ak_public=key.ak_public)
+
+
+def _attestation_wire(
+    evidence: KeyEvidence, profile: DeviceProfile
+) -> protocol.AndroidKeyAttestation | protocol.TpmAttestation | None:
+    """The finish's ``attestation`` object for ``evidence`` (ValidationError if it does not
+    fit the protocol's bounds)."""
+    if isinstance(evidence, AndroidKeyChain):
+        # Only an Android device has Android key attestation: the emulated element also
+        # stands in for iOS's Secure Enclave, which attests nothing of the kind.
+        if profile.platform is not Platform.ANDROID:
+            return None
+        return protocol.AndroidKeyAttestation(certificate_chain=list(evidence.certificate_chain))
+    if isinstance(evidence, TpmCertification):
+        return protocol.TpmAttestation(
+            certify_info=evidence.certify_info,
+            signature=evidence.signature,
+            public_area=evidence.public_area,
+            activated_secret=evidence.activated_secret,
+        )
+    assert_never(evidence)
 
 
 def _pin_key(registration: Registration, pin: str | None) -> bytes | None:

@@ -28,7 +28,7 @@ def _postgresql_driver(url: str) -> str:
     path runs statements on its cursor: storage/prepared.py). A bare ``postgresql://`` URL,
     which SQLAlchemy would give to psycopg2, gets it; any other driver is refused."""
     parsed = make_url(url)
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    backend = parsed.get_backend_name()
     if backend != "postgresql":
         raise ConfigurationInvalid(f"unsupported database {backend!r}: use SQLite "
                                    "(sqlite:///path/keybound.db) or PostgreSQL "
@@ -36,6 +36,7 @@ def _postgresql_driver(url: str) -> str:
     if parsed.drivername == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(
             hide_password=False)
+    driver = parsed.drivername.partition("+")[2]
     if driver != "psycopg":
         raise ConfigurationInvalid(f"unsupported PostgreSQL driver {driver!r}: use "
                                    "postgresql+psycopg://...")

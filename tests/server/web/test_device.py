@@ -299,6 +299,30 @@ def test_replay_is_refused(kb, sealed_http, rp) -> None:
                                     headers=SEALED)) == reference
 
 
+def test_an_inner_body_over_the_limit_is_a_sealed_413(kb, sealed_http, rp) -> None:
+    """docs/channel.md §4.4: the body limit applies to the inner body too. A sealed request
+    within the sealed limit whose inner body is over MAX_BODY_BYTES opens, and its 413 is
+    sealed like any inner answer; only a sealed body over its own limit is refused unsealed,
+    before it is opened."""
+    inner = b'{"applicationId":"' + rp.app_id.encode() + b'","x":"'
+    inner += b"a" * (p.MAX_BODY_BYTES - len(inner)) + b'"}'
+    assert len(inner) > p.MAX_BODY_BYTES
+    wire, opener = channel.seal_request(rp.pin, "POST", p.DevicePaths.PENDING_OPERATIONS,
+                                        inner, now=int(time.time()))
+    outer = sealed_http.post(p.DevicePaths.PENDING_OPERATIONS, content=wire, headers=SEALED)
+    assert outer.status_code == 200
+    assert outer.headers["content-type"] == SEALED_MEDIA_TYPE
+    opened = opener.open(outer.content)
+    assert opened.status == 413
+    assert json.loads(opened.body)["code"] == "payload_too_large"
+    # a sealed body over the sealed limit never reaches the channel
+    huge = channel.seal_request(rp.pin, "POST", p.DevicePaths.PENDING_OPERATIONS,
+                                b"a" * (p.MAX_BODY_BYTES + 8192), now=int(time.time()))[0]
+    unsealed = sealed_http.post(p.DevicePaths.PENDING_OPERATIONS, content=huge, headers=SEALED)
+    assert unsealed.status_code == 413
+    assert problem_code(unsealed) == "payload_too_large"
+
+
 def test_requests_outside_the_time_window_are_refused(kb, sealed_http, rp, clock) -> None:
     device = sealed_device(rp, sealed_http)
     request = {"applicationId": rp.app_id, "deviceId": device.device_id}

@@ -7,6 +7,11 @@ the key stores themselves.
 - :func:`start_swtpm` runs ``swtpm socket --tpm2`` on a free 127.0.0.1 port pair with its
   state in a directory of the caller's choosing, and :meth:`Swtpm.stop` ends exactly that
   process (by its PID).
+- :func:`manufacture_swtpm` provisions a TPM state the way a manufacturer does, with swtpm's
+  own tooling: ``swtpm_setup --create-ek-cert`` creates the endorsement keys and has
+  ``swtpm_localca`` issue their certificates from a local CA (kept in a directory of the
+  caller's choosing), which it writes into the TPM's NV indices; :func:`start_swtpm` then
+  runs that TPM.
 - :func:`init_softhsm_token` writes a ``softhsm2.conf`` into a directory, initialises a fresh
   token there with ``softhsm2-util`` and returns what a process needs to use it
   (``SOFTHSM2_CONF`` must be set *before* the PKCS#11 module is first initialised).
@@ -162,6 +167,86 @@ def _wait_for_swtpm(tpm: Swtpm, timeout: float) -> str:
 def _close_pipe(process: subprocess.Popen[bytes]) -> None:
     if process.stderr is not None:
         process.stderr.close()
+
+
+# ------------------------------------------------------------- swtpm manufacturing (EK certs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwtpmLocalCa:
+    """The local CA ``swtpm_localca`` keeps in ``directory``: a self-signed root and the
+    intermediate ("issuer") that signs EK certificates. What a server trusts for these TPMs
+    is either, as a configured anchor (EK certificates name the intermediate as issuer)."""
+
+    directory: Path
+
+    @property
+    def root_certificate(self) -> Path:
+        return self.directory / "swtpm-localca-rootca-cert.pem"
+
+    @property
+    def issuer_certificate(self) -> Path:
+        return self.directory / "issuercert.pem"
+
+
+def manufacture_swtpm(state_dir: Path, *, ca_dir: Path, timeout: float = 60.0) -> SwtpmLocalCa:
+    """Provision a new TPM 2.0 state in ``state_dir`` with EK certificates from the local CA
+    in ``ca_dir`` (created with its root on first use, shared by later calls).
+
+    Runs ``swtpm_setup --tpm2 --create-ek-cert --lock-nvram`` with configuration files
+    written into ``ca_dir`` (nothing is read from /etc or the home directory, nothing
+    written outside the two directories): an RSA 2048 EK (TCG template L-1, certificate in
+    NV index 0x01c00002) and an ECC P-384 EK (template H-3, NV index 0x01c00016), each
+    with a certificate signed by the CA's intermediate, write-locked as a manufacturer
+    leaves them. Run :func:`start_swtpm` on ``state_dir`` afterwards.
+    """
+    setup = require_tool("swtpm_setup")
+    localca = require_tool("swtpm_localca")
+    require_tool("certtool")  # swtpm_localca creates its CA keys with GnuTLS's certtool
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    config = _write_localca_config(ca_dir, localca)
+    scratch = ca_dir / "tmp"
+    scratch.mkdir(exist_ok=True)
+    argv = [
+        setup, "--tpm2", "--tpmstate", str(state_dir), "--create-ek-cert", "--lock-nvram",
+        "--pcr-banks", "sha256", "--config", str(config),
+        "--logfile", str(ca_dir / "swtpm_setup.log"),
+    ]  # fmt: skip
+    # TMPDIR: swtpm_setup's certificate scratch directory; XDG_CONFIG_HOME: no user config.
+    env = {**os.environ, "TMPDIR": str(scratch), "XDG_CONFIG_HOME": str(ca_dir)}
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            argv, env=env, capture_output=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise TestbedError(f"swtpm_setup did not finish in {timeout}s") from exc
+    if done.returncode != 0:
+        log = (ca_dir / "swtpm_setup.log").read_text(errors="replace").strip()
+        raise TestbedError(f"swtpm_setup failed ({done.returncode}): {log}")
+    return SwtpmLocalCa(directory=ca_dir)
+
+
+def _write_localca_config(ca_dir: Path, localca: str) -> Path:
+    """swtpm_setup.conf (which tool issues certificates) and swtpm-localca.conf (where the CA
+    keeps its keys, issuer certificate and serial counter), all inside ``ca_dir``."""
+    (ca_dir / "swtpm-localca.conf").write_text(
+        f"statedir = {ca_dir}\n"
+        f"signingkey = {ca_dir / 'signkey.pem'}\n"
+        f"issuercert = {ca_dir / 'issuercert.pem'}\n"
+        f"certserial = {ca_dir / 'certserial'}\n",
+        encoding="utf-8",
+    )
+    # Options for swtpm_cert; the platform ones matter only for platform certificates.
+    (ca_dir / "swtpm-localca.options").write_text("", encoding="utf-8")
+    config = ca_dir / "swtpm_setup.conf"
+    config.write_text(
+        f"create_certs_tool = {localca}\n"
+        f"create_certs_tool_config = {ca_dir / 'swtpm-localca.conf'}\n"
+        f"create_certs_tool_options = {ca_dir / 'swtpm-localca.options'}\n",
+        encoding="utf-8",
+    )
+    return config
 
 
 # ------------------------------------------------------------------------------- SoftHSM2

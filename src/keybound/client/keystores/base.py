@@ -9,6 +9,14 @@ Failures map onto ``hwKeyClientStatus`` (docs/protocol.md §6):
 - :class:`~keybound.errors.KeyUnavailable`      -> ``KEY_UNAVAILABLE``
 - :class:`~keybound.errors.SigningFailed`       -> ``SIGNING_FAILED``
 and ``available()`` False -> ``NOT_SUPPORTED``.
+
+Key attestation (docs/attestation.md): a store whose hardware can prove where a key lives
+overrides :meth:`KeyStore.attestation_key` (TPM: the EK certificate and a fresh attestation
+key, sent at activation start) and :meth:`KeyStore.attest` (the evidence for a hardware key,
+bound to the activation challenge, sent at finish). The defaults say "cannot attest": the
+device then sends no evidence and the server records ``NOT_PROVIDED``. A store that cannot
+attest this time raises :class:`~keybound.errors.KeyStoreError`; the device logs it and
+activates without evidence, since attestation never decides whether a key may be used.
 """
 
 from __future__ import annotations
@@ -31,6 +39,48 @@ class KeyHandle:
     store: str
     public_key: bytes
     ref: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttestationKey:
+    """What a TPM presents at activation start: its EK certificate (DER, from the TPM's NV)
+    and the public area (marshalled TPMT_PUBLIC) of a fresh attestation key. ``ref`` is the
+    store's own reference to that key (wrapped blobs), opaque to the SDK."""
+
+    ek_certificate: bytes
+    ak_public: bytes
+    ref: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivationCredential:
+    """The server's answer to an :class:`AttestationKey`: TPM2_MakeCredential's output,
+    which only the TPM holding the EK can open, and only for that attestation key."""
+
+    credential_blob: bytes  # TPM2B_ID_OBJECT's buffer
+    encrypted_secret: bytes  # TPM2B_ENCRYPTED_SECRET's buffer
+
+
+@dataclass(frozen=True, kw_only=True)
+class AndroidKeyChain:
+    """Android key attestation: the certificate chain, DER, leaf (the hardware key) first."""
+
+    certificate_chain: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TpmCertification:
+    """TPM2_Certify of the hardware key by the attestation key, over the activation
+    challenge, plus the secret TPM2_ActivateCredential returned for that attestation key."""
+
+    certify_info: bytes  # TPMS_ATTEST
+    signature: bytes  # TPMT_SIGNATURE
+    public_area: bytes  # TPMT_PUBLIC of the hardware key
+    activated_secret: bytes
+
+
+#: Evidence a store produces for a hardware key.
+KeyEvidence = AndroidKeyChain | TpmCertification
 
 
 class KeyStore(ABC):
@@ -65,6 +115,26 @@ class KeyStore(ABC):
 
     def describe(self) -> str:
         return self.kind
+
+    def attestation_key(self) -> AttestationKey | None:
+        """The attestation key to present at activation start, or None when this store
+        needs none (or cannot attest at all). Raise KeyStoreError when it should have one
+        but cannot make it now."""
+        return None
+
+    def attest(
+        self,
+        handle: KeyHandle,
+        *,
+        challenge: bytes,
+        attestation_key: AttestationKey | None = None,
+        credential: ActivationCredential | None = None,
+    ) -> KeyEvidence | None:
+        """Evidence that ``handle``'s key was generated in this hardware, bound to
+        ``challenge`` (the activation challenge); None when this store cannot attest (or
+        the server sent no ``credential`` for its ``attestation_key``). Raise KeyStoreError
+        when attesting fails."""
+        return None
 
 
 KeyStoreFactory = Callable[[Path, Mapping[str, Any]], KeyStore]

@@ -8,25 +8,42 @@ element's own directory ``<state_dir>/emulated-se/`` (files 0600, directory 0700
     emulated-se/element.key          32-byte element-internal wrapping key
     emulated-se/keys/<key id>.key    nonce(12) || AES-GCM(PKCS#8 DER), AAD = key id
 
-Fault injection (attributes, or factory options of the same names)::
+Key attestation, as an Android TEE (``emulated_attestation``): :meth:`attest` returns the
+Android-format chain of a key, leaf (KeyDescription with the activation challenge, security
+level TRUSTED_ENVIRONMENT, origin GENERATED, purpose SIGN, the app's package name and signing
+digest, verified boot and locked bootloader, patch levels), the element's attestation key
+(an intermediate CA it provisions on first use, kept wrapped in
+``emulated-se/attestation-ca.{key,pem}``) and the TEST root that ships with the package
+(``ATTESTATION_ROOT``). A server trusts that root only when its operator adds it as an Android
+anchor. Attesting needs pyasn1 (imported only then); without it the element does not attest.
+
+Fault injection and device state (attributes, or factory options of the same names)::
 
     present = False             available() is False; sign raises KeyUnavailable
     fail_generation = True      generate raises KeyGenerationFailed
     fail_signing = True         sign raises SigningFailed
     corrupt_signatures = True   sign returns a well-formed signature over other bytes
     lose_keys()                 wipe the element (TEE reset): later signs raise KeyUnavailable
+    attestation = False         attest returns None (a device without key attestation)
+    device_locked = False       the attested bootloader is unlocked
+    verified_boot = False       the attested verified boot state is UNVERIFIED
+    package_name = "..."        the attested app (default DEMO_PACKAGE_NAME)
+    signing_digest = "hex"      SHA-256 of its signing certificate (default DEMO_SIGNING_DIGEST)
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import re
 import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from cryptography.exceptions import InvalidTag
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -34,6 +51,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from keybound import crypto
 from keybound.client.files import write_private
 from keybound.client.keystores.base import (
+    ActivationCredential,
+    AndroidKeyChain,
+    AttestationKey,
+    KeyEvidence,
     KeyHandle,
     KeyStore,
     check_options,
@@ -42,15 +63,27 @@ from keybound.client.keystores.base import (
 )
 from keybound.errors import (
     KeyGenerationFailed,
+    KeyStoreError,
     KeyUnavailable,
     SigningFailed,
 )
 
+if TYPE_CHECKING:
+    from keybound.client.keystores import emulated_attestation
+
 ELEMENT_DIR = "emulated-se"
+#: The TEST attestation root that ships with the package (and its key, next to it).
+ATTESTATION_ROOT = Path(__file__).with_name("emulated_attestation_root.pem")
+#: The app the element attests by default (what a demo server's Android policy allows).
+DEMO_PACKAGE_NAME = "org.keybound.demo"
+DEMO_SIGNING_DIGEST = hashlib.sha256(b"keybound demo app signing certificate").digest()
 _KEY_ID = re.compile(r"^[0-9a-f]{32}$")
 _NONCE_BYTES = 12
 _CORRUPTION_PREFIX = b"keybound-emulated-se-corrupted"
-_OPTIONS = ("present", "fail_generation", "fail_signing", "corrupt_signatures")
+_CA_ID = "attestation-ca"  # AAD of the wrapped attestation CA key
+_FLAGS = ("present", "fail_generation", "fail_signing", "corrupt_signatures", "attestation",
+          "device_locked", "verified_boot")  # fmt: skip
+_STRINGS = ("package_name", "signing_digest")
 
 
 class EmulatedSecureElement(KeyStore):
@@ -66,12 +99,22 @@ class EmulatedSecureElement(KeyStore):
         fail_generation: bool = False,
         fail_signing: bool = False,
         corrupt_signatures: bool = False,
+        attestation: bool = True,
+        device_locked: bool = True,
+        verified_boot: bool = True,
+        package_name: str = DEMO_PACKAGE_NAME,
+        signing_digest: bytes = DEMO_SIGNING_DIGEST,
     ) -> None:
         self.directory = Path(directory)
         self.present = present
         self.fail_generation = fail_generation
         self.fail_signing = fail_signing
         self.corrupt_signatures = corrupt_signatures
+        self.attestation = attestation
+        self.device_locked = device_locked
+        self.verified_boot = verified_boot
+        self.package_name = package_name
+        self.signing_digest = signing_digest
 
     # ------------------------------------------------------------------ KeyStore
 
@@ -111,6 +154,44 @@ class EmulatedSecureElement(KeyStore):
 
     def describe(self) -> str:
         return f"emulated secure element at {self.directory} (NOT secure hardware)"
+
+    def attest(
+        self,
+        handle: KeyHandle,
+        *,
+        challenge: bytes,
+        attestation_key: AttestationKey | None = None,
+        credential: ActivationCredential | None = None,
+    ) -> KeyEvidence | None:
+        """The key's Android attestation chain (leaf, the element's attestation CA, the test
+        root), the leaf bound to ``challenge``; None when ``attestation`` is off."""
+        if not self.attestation:
+            return None
+        if not self.present:
+            raise KeyUnavailable("emulated secure element is not present")
+        private_key = self._load(handle)  # only a key inside the element is attested
+        try:
+            from keybound.client.keystores import emulated_attestation as android
+        except ImportError as exc:
+            raise KeyStoreError(
+                f"the emulated secure element attests with pyasn1, which is missing: {exc}"
+            ) from exc
+        root = android.TestRoot.load()
+        ca_key, ca_certificate = self._attestation_ca(android, root)
+        device = android.DeviceState(
+            package_name=self.package_name,
+            signing_digest=self.signing_digest,
+            verified_boot=self.verified_boot,
+            device_locked=self.device_locked,
+        )
+        leaf = android.issue_leaf(
+            ca_key, ca_certificate, private_key.public_key(), challenge=challenge,
+            device=device, created=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+        chain = (leaf, ca_certificate, root.certificate)
+        return AndroidKeyChain(
+            certificate_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
+        )
 
     # ------------------------------------------------------------------ faults
 
@@ -153,6 +234,40 @@ class EmulatedSecureElement(KeyStore):
             raise KeyUnavailable("key in the emulated secure element does not match the handle")
         return private_key
 
+    def _attestation_ca(
+        self, android: Any, root: emulated_attestation.TestRoot
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """The element's attestation key and its certificate under ``root``, provisioned
+        on first use (and again after :meth:`lose_keys` or when the root changed)."""
+        key_path, cert_path = (self.directory / f"{_CA_ID}.{ext}" for ext in ("key", "pem"))
+        try:
+            sealed = key_path.read_bytes()
+            der = AESGCM(self._wrapping_key()).decrypt(
+                sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _CA_ID.encode()
+            )
+            key = serialization.load_der_private_key(der, password=None)
+            certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            certificate.verify_directly_issued_by(root.certificate)
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return key, certificate
+        except (OSError, ValueError, TypeError, InvalidTag, InvalidSignature):
+            pass  # not provisioned yet, or for another root: provision anew
+        key = crypto.generate_p256()
+        certificate = android.issue_intermediate(
+            root, key.public_key(), serial=secrets.token_hex(16)
+        )
+        der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        write_private(
+            key_path, nonce + AESGCM(self._wrapping_key()).encrypt(nonce, der, _CA_ID.encode())
+        )
+        write_private(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+        return key, certificate
+
     def _wrapping_key(self) -> bytes:
         path = self.directory / "element.key"
         if not path.exists():
@@ -168,10 +283,23 @@ def _key_id(handle: KeyHandle) -> str | None:
 
 @register(EmulatedSecureElement.kind)
 def _factory(state_dir: Path, options: Mapping[str, Any]) -> KeyStore:
-    check_options(EmulatedSecureElement.kind, options, _OPTIONS)
+    kind = EmulatedSecureElement.kind
+    check_options(kind, options, _FLAGS + _STRINGS)
     flags: dict[str, bool] = {}
-    for name, value in options.items():
+    for name in _FLAGS:
+        value = options.get(name)
+        if value is None:
+            continue
         if not isinstance(value, bool):
-            raise option_error(EmulatedSecureElement.kind, f"option {name!r} must be true or false")
+            raise option_error(kind, f"option {name!r} must be true or false")
         flags[name] = value
-    return EmulatedSecureElement(Path(state_dir) / ELEMENT_DIR, **flags)
+    package_name = options.get("package_name", DEMO_PACKAGE_NAME)
+    if not isinstance(package_name, str) or not package_name:
+        raise option_error(kind, "option 'package_name' must be a non-empty string")
+    digest = options.get("signing_digest", DEMO_SIGNING_DIGEST.hex())
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        raise option_error(kind, "option 'signing_digest' must be 64 hex digits (SHA-256)")
+    return EmulatedSecureElement(
+        Path(state_dir) / ELEMENT_DIR, package_name=package_name,
+        signing_digest=bytes.fromhex(digest), **flags,
+    )  # fmt: skip

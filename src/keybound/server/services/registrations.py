@@ -8,6 +8,7 @@ from typing import Any
 from keybound.errors import CeremonyError, ErrorCode, InvalidState, NotFound
 from keybound.protocol import (
     NO_CONTEXT_HASH,
+    Algorithm,
     DeactivateRequest,
     DeactivateResponse,
     DeviceState,
@@ -40,7 +41,7 @@ def device_view(row: RegistrationRecord) -> Device:
         state=DeviceState(row.state),
         lock_reason=LockReason(row.lock_reason) if row.lock_reason else None,
         hardware_key=row.hw_public_key is not None,
-        hardware_key_algorithm=row.hw_algorithm,
+        hardware_key_algorithm=Algorithm(row.hw_algorithm) if row.hw_algorithm else None,
         pin_enabled=row.pin_key is not None,
         platform=Platform(row.platform),
         os_version=row.os_version,

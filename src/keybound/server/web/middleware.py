@@ -9,14 +9,12 @@ from keybound.channel import SEALED_MEDIA_TYPE
 from keybound.errors import ErrorCode
 from keybound.protocol import MAX_BODY_BYTES
 from keybound.server.web.asgi import Scope, content_type, route_path
+from keybound.server.web.limits import SEALED_OVERHEAD_BYTES
 from keybound.server.web.problems import problem
 
 log = logging.getLogger("keybound.server")
 
 _SEALED: Final = SEALED_MEDIA_TYPE.encode("ascii")
-#: Room for the secure channel's framing around a device request (docs/channel.md §3.1:
-#: 132 bytes for the X25519 suites, 1220 for the hybrid suite, plus a long key id).
-SEALED_OVERHEAD_BYTES: Final = 4096
 
 
 class BodyLimit:
@@ -46,25 +44,33 @@ class BodyLimit:
                           "request bodies must be application/json (device API: "
                           f"{SEALED_MEDIA_TYPE})")(scope, receive, send)
             return
-        received = 0
-
-        async def limited_receive() -> Any:
-            nonlocal received
+        # read here, whole: a body over the limit is this layer's 413, not an error raised
+        # inside a framework's body parsing (which would turn it into a 400)
+        chunks, received = [], 0
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
+            if message["type"] != "http.request":
+                return  # the client left: nothing to answer
+            chunk = message.get("body", b"")
+            received += len(chunk)
             if received > limit:
-                raise _TooLarge
-            return message
+                await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")(
+                    scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")(
-                scope, receive, send)
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: only a disconnect can come
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 class LastResort:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keybound import __version__
@@ -49,7 +52,49 @@ from keybound.server.web.asgi import blocking
 from keybound.server.web.problems import invalid_params, problem, problem_response, refusal
 
 T = TypeVar("T")
+
+
+class Health(BaseModel):
+    """The answer of the liveness check."""
+
+    status: Annotated[Literal["ok"], Field(description="Always `ok`.", examples=["ok"])]
+    version: Annotated[str, Field(description="The keybound version serving.",
+                                  examples=[__version__])]
 _bearer = HTTPBearer(auto_error=False)
+
+
+class Utf8Json(Request):
+    """A request whose JSON body is UTF-8 or refused (docs/protocol.md §1.1): the standard
+    decoder would take UTF-16 and UTF-32 too, guessing from the bytes."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise json.JSONDecodeError("the body is not UTF-8", "", 0) from None
+            self._json = json.loads(text)
+        return self._json
+
+
+class KeyboundRoute(APIRoute):
+    """Every relying-party route: JSON bodies strictly UTF-8, and a body on a call that takes
+    none refused (malformed_request) rather than ignored."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+        takes_body = self.body_field is not None
+
+        async def route(request: Request) -> Response:
+            request = Utf8Json(request.scope, request.receive)
+            if not takes_body and await request.body():
+                raise RequestValidationError([{
+                    "type": "no_body", "loc": ("body",), "msg": "this call takes no body"}])
+            response: Response = await handler(request)
+            return response
+
+        return route
 
 
 def create_rp_app(kb: Keybound, *, deliver: OutboxSettings | None = None) -> FastAPI:
@@ -85,14 +130,15 @@ def create_rp_app(kb: Keybound, *, deliver: OutboxSettings | None = None) -> Fas
         redoc_url=None,
         redirect_slashes=False,  # no redirect built from the Host header
     )
+    app.router.route_class = KeyboundRoute
     app.state.kb = kb
     _error_handlers(app, kb)
     _routes(app, kb)
     _event_routes(app, kb)
 
     @app.get("/healthz", tags=["meta"], operation_id="health")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    async def healthz() -> Health:
+        return Health(status="ok", version=__version__)
 
     return app
 
@@ -161,6 +207,13 @@ async def _application(
 
 
 App = Annotated[str, Depends(_application)]
+# Path ids are not format-checked: an id of another shape is simply not found (§3.2)
+UserId = Annotated[str, Path(description="A user of the API key's application.",
+                             examples=["1e2ca41a-793f-4479-9856-6623db5768a0"])]
+DeviceId = Annotated[str, Path(description="A device of the API key's application.",
+                               examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
+OperationId = Annotated[str, Path(description="An operation of the API key's application.",
+                                  examples=["c0ffee00-0000-4000-8000-0000000000a1"])]
 
 
 class _Performer:
@@ -199,40 +252,40 @@ def _routes(app: FastAPI, kb: Keybound) -> None:
 
     @app.get("/rp/v1/users/{user_id}", operation_id="getUser", **ok)
     @_action_of(EventType.USER_READ)
-    async def get_user(app_id: App, user_id: str) -> User:
+    async def get_user(app_id: App, user_id: UserId) -> User:
         return await run(EventType.USER_READ, app_id,
                          lambda u: kb.operations.get_user(u, app_id, user_id))
 
     @app.post("/rp/v1/users/{user_id}/activation-codes", status_code=201,
               operation_id="createActivationCode", **ok)
     @_action_of(EventType.ACTIVATION_CODE_ISSUED)
-    async def create_activation_code(app_id: App, user_id: str) -> ActivationCodeResponse:
+    async def create_activation_code(app_id: App, user_id: UserId) -> ActivationCodeResponse:
         return await run(EventType.ACTIVATION_CODE_ISSUED, app_id,
                          lambda u: kb.operations.create_activation(u, app_id, user_id))
 
     @app.get("/rp/v1/users/{user_id}/devices", operation_id="listUserDevices", **ok)
     @_action_of(EventType.DEVICE_READ)
-    async def list_devices(app_id: App, user_id: str) -> DeviceList:
+    async def list_devices(app_id: App, user_id: UserId) -> DeviceList:
         return await run(EventType.DEVICE_READ, app_id,
                          lambda u: kb.registrations.list_for_user(u, app_id, user_id))
 
     @app.get("/rp/v1/devices/{device_id}", operation_id="getDevice", **ok)
     @_action_of(EventType.DEVICE_READ)
-    async def get_device(app_id: App, device_id: str) -> Device:
+    async def get_device(app_id: App, device_id: DeviceId) -> Device:
         return await run(EventType.DEVICE_READ, app_id,
                          lambda u: kb.registrations.get(u, app_id, device_id))
 
     @app.post("/rp/v1/devices/{device_id}/reactivation", status_code=201,
               operation_id="createReactivationCode", **ok)
     @_action_of(EventType.REACTIVATION_CODE_ISSUED)
-    async def create_reactivation(app_id: App, device_id: str) -> ActivationCodeResponse:
+    async def create_reactivation(app_id: App, device_id: DeviceId) -> ActivationCodeResponse:
         return await run(EventType.REACTIVATION_CODE_ISSUED, app_id,
                          lambda u: kb.operations.create_reactivation(u, app_id, device_id))
 
     @app.post("/rp/v1/devices/{device_id}/operations", status_code=201,
               operation_id="createOperation", **ok)
     @_action_of(EventType.AUTHENTICATION_CREATE)
-    async def create_operation(app_id: App, device_id: str,
+    async def create_operation(app_id: App, device_id: DeviceId,
                                body: CreateOperationRequest | None = None) -> Operation:
         request = body or CreateOperationRequest()
         return await run(EventType.AUTHENTICATION_CREATE, app_id, lambda u: kb.operations
@@ -240,31 +293,40 @@ def _routes(app: FastAPI, kb: Keybound) -> None:
 
     @app.post("/rp/v1/devices/{device_id}/lock", operation_id="lockDevice", **ok)
     @_action_of(EventType.DEVICE_LOCK)
-    async def lock(app_id: App, device_id: str) -> Device:
+    async def lock(app_id: App, device_id: DeviceId) -> Device:
         return await run(EventType.DEVICE_LOCK, app_id,
                          lambda u: kb.registrations.lock(u, app_id, device_id))
 
     @app.post("/rp/v1/devices/{device_id}/unlock", operation_id="unlockDevice", **ok)
     @_action_of(EventType.DEVICE_UNLOCK)
-    async def unlock(app_id: App, device_id: str) -> Device:
+    async def unlock(app_id: App, device_id: DeviceId) -> Device:
         return await run(EventType.DEVICE_UNLOCK, app_id,
                          lambda u: kb.registrations.unlock(u, app_id, device_id))
 
     @app.post("/rp/v1/devices/{device_id}/deactivate", operation_id="deactivateDevice", **ok)
     @_action_of(EventType.DEVICE_DEACTIVATE)
-    async def deactivate_device(app_id: App, device_id: str) -> Device:
+    async def deactivate_device(app_id: App, device_id: DeviceId) -> Device:
         return await run(EventType.DEVICE_DEACTIVATE, app_id,
                          lambda u: kb.registrations.deactivate(u, app_id, device_id))
 
     @app.get("/rp/v1/operations/{operation_id}", operation_id="getOperation", **ok)
     @_action_of(EventType.OPERATION_READ)
-    async def get_operation(app_id: App, operation_id: str) -> Operation:
+    async def get_operation(app_id: App, operation_id: OperationId) -> Operation:
         return await run(EventType.OPERATION_READ, app_id,
                          lambda u: kb.operations.get(u, app_id, operation_id))
 
 
 #: answers that carry a secret are never stored by a cache on the way
 _NO_STORE = {"cache-control": "no-store"}
+EndpointId = Annotated[str, Path(description="A webhook endpoint of the API key's application.",
+                                 examples=["0b7d3c52-9a1e-4f6b-8c2d-3e4f5a6b7c8d"])]
+SecretId = Annotated[str, Path(description="An active secret of the endpoint.",
+                               examples=["6a1f2e3d-4c5b-4a69-8788-99aabbccddee"])]
+After = Annotated[int, Query(ge=0, le=2**63 - 1, description="The cursor: what the last "
+                             "answer's ``nextCursor`` said (0: from the start).",
+                             examples=[0])]
+Limit = Annotated[int, Query(ge=1, le=500, description="At most this many in the answer.",
+                             examples=[100])]
 
 
 def _event_routes(app: FastAPI, kb: Keybound) -> None:
@@ -277,9 +339,10 @@ def _event_routes(app: FastAPI, kb: Keybound) -> None:
 
     @app.get("/rp/v1/events", operation_id="listEvents", **ok)
     @_action_of(EventType.EVENTS_READ)
-    async def list_events(app_id: App, after: Annotated[int, Query(ge=0)] = 0,
-                          limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                          type: Annotated[list[EventName] | None, Query()] = None) -> EventList:
+    async def list_events(app_id: App, after: After = 0, limit: Limit = 100,
+                          type: Annotated[list[EventName] | None, Query(
+                              description="Only these types (repeat the parameter).",
+                              examples=[["operation.completed"]])] = None) -> EventList:
         return await run(EventType.EVENTS_READ, app_id, lambda u: hooks.events(
             u, app_id, after=after, limit=limit, types=type or ()))
 
@@ -300,21 +363,21 @@ def _event_routes(app: FastAPI, kb: Keybound) -> None:
 
     @app.get(endpoint_path, operation_id="getWebhookEndpoint", **ok)
     @_action_of(EventType.ADMIN_READ)
-    async def get_endpoint(app_id: App, endpoint_id: str) -> WebhookEndpoint:
+    async def get_endpoint(app_id: App, endpoint_id: EndpointId) -> WebhookEndpoint:
         return await run(EventType.ADMIN_READ, app_id,
                          lambda u: hooks.get_endpoint(u, app_id, endpoint_id))
 
     @app.patch(endpoint_path, operation_id="updateWebhookEndpoint", **ok)
     @_action_of(EventType.WEBHOOK_ENDPOINT_UPDATE)
-    async def update_endpoint(app_id: App, endpoint_id: str,
+    async def update_endpoint(app_id: App, endpoint_id: EndpointId,
                               body: UpdateWebhookEndpointRequest) -> WebhookEndpoint:
         return await run(EventType.WEBHOOK_ENDPOINT_UPDATE, app_id,
                          lambda u: hooks.update_endpoint(u, app_id, endpoint_id, body))
 
     @app.delete(endpoint_path, status_code=204, operation_id="deleteWebhookEndpoint",
-                tags=tags)
+                tags=tags, response_class=Response)
     @_action_of(EventType.WEBHOOK_ENDPOINT_DELETE)
-    async def delete_endpoint(app_id: App, endpoint_id: str) -> Response:
+    async def delete_endpoint(app_id: App, endpoint_id: EndpointId) -> Response:
         await run(EventType.WEBHOOK_ENDPOINT_DELETE, app_id,
                   lambda u: hooks.delete_endpoint(u, app_id, endpoint_id))
         return Response(status_code=204)
@@ -322,7 +385,7 @@ def _event_routes(app: FastAPI, kb: Keybound) -> None:
     @app.post(endpoint_path + "/secrets", status_code=201,
               operation_id="createWebhookSecret", **ok)
     @_action_of(EventType.WEBHOOK_SECRET_CREATE)
-    async def create_secret(app_id: App, endpoint_id: str, response: Response,
+    async def create_secret(app_id: App, endpoint_id: EndpointId, response: Response,
                             body: CreateWebhookSecretRequest | None = None) -> NewWebhookSecret:
         response.headers.update(_NO_STORE)
         scheme = (body or CreateWebhookSecretRequest()).scheme
@@ -332,33 +395,32 @@ def _event_routes(app: FastAPI, kb: Keybound) -> None:
     @app.delete(endpoint_path + "/secrets/{secret_id}", operation_id="revokeWebhookSecret",
                 **ok)
     @_action_of(EventType.WEBHOOK_SECRET_REVOKE)
-    async def revoke_secret(app_id: App, endpoint_id: str, secret_id: str) -> WebhookEndpoint:
+    async def revoke_secret(app_id: App, endpoint_id: EndpointId,
+                            secret_id: SecretId) -> WebhookEndpoint:
         return await run(EventType.WEBHOOK_SECRET_REVOKE, app_id,
                          lambda u: hooks.revoke_secret(u, app_id, endpoint_id, secret_id))
 
     @app.get(endpoint_path + "/deliveries", operation_id="listWebhookDeliveries", **ok)
     @_action_of(EventType.ADMIN_READ)
-    async def list_deliveries(app_id: App, endpoint_id: str,
-                              state: DeliveryState | None = None,
-                              after: Annotated[int, Query(ge=0)] = 0,
-                              limit: Annotated[int, Query(ge=1, le=500)] = 100
-                              ) -> WebhookDeliveryList:
+    async def list_deliveries(app_id: App, endpoint_id: EndpointId,
+                              state: Annotated[DeliveryState | None, Query(
+                                  description="Only deliveries in this state.",
+                                  examples=["pending"])] = None,
+                              after: After = 0, limit: Limit = 100) -> WebhookDeliveryList:
         return await run(EventType.ADMIN_READ, app_id, lambda u: hooks.deliveries(
             u, app_id, endpoint_id, state=state, after=after, limit=limit))
 
     @app.get(endpoint_path + "/attempts", operation_id="listWebhookAttempts", **ok)
     @_action_of(EventType.ADMIN_READ)
-    async def list_attempts(app_id: App, endpoint_id: str,
-                            after: Annotated[int, Query(ge=0)] = 0,
-                            limit: Annotated[int, Query(ge=1, le=500)] = 100
-                            ) -> WebhookAttemptList:
+    async def list_attempts(app_id: App, endpoint_id: EndpointId, after: After = 0,
+                            limit: Limit = 100) -> WebhookAttemptList:
         return await run(EventType.ADMIN_READ, app_id, lambda u: hooks.attempts(
             u, app_id, endpoint_id, after=after, limit=limit))
 
     @app.post(endpoint_path + "/redeliver", status_code=202,
               operation_id="redeliverWebhookEvents", **ok)
     @_action_of(EventType.WEBHOOK_REDELIVER)
-    async def redeliver(app_id: App, endpoint_id: str,
+    async def redeliver(app_id: App, endpoint_id: EndpointId,
                         body: RedeliverRequest) -> RedeliverResponse:
         return await run(EventType.WEBHOOK_REDELIVER, app_id,
                          lambda u: hooks.redeliver(u, app_id, endpoint_id, body))

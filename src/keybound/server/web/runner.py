@@ -4,6 +4,7 @@ background server for the demo and tests."""
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import sys
 import threading
@@ -16,6 +17,8 @@ from keybound.server.clock import Clock, wall_clock
 from keybound.server.services import Keybound
 from keybound.server.services.outbox import settings_from_env
 from keybound.server.web.app import KeyboundApp, create_app
+from keybound.server.web.edge import server_options
+from keybound.server.web.limits import EdgeLimits
 from keybound.storage.db import ENV_DATABASE_URL
 
 ENV_ALLOW_PLAINTEXT = "KEYBOUND_ALLOW_PLAINTEXT"
@@ -48,10 +51,12 @@ def app_from_env() -> KeyboundApp:
 
 def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
           log_level: str = "info", allow_plaintext: bool = False,
-          deliver: bool = True) -> None:
+          limits: EdgeLimits | None = None, deliver: bool = True) -> None:
     """``deliver``: every server process also sends webhooks and device notifications."""
+    limits = limits or EdgeLimits()
     settings = settings_from_env()  # refuse a bad setting before anything starts
     kb = Keybound.open(database_url)  # migrate once, before any worker starts
+    _room_for_connections(limits)
     print(f"keybound: database {kb.db.display_url}")
     print(f"keybound: master key file {kb.master_key.path} "
           f"(fingerprint {kb.master_key.fingerprint})")
@@ -63,7 +68,8 @@ def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
         try:
             uvicorn.run(create_app(kb, allow_plaintext=allow_plaintext,
                                    deliver=settings if deliver else None),
-                        host=host, port=port, log_level=log_level, access_log=False)
+                        host=host, port=port, log_level=log_level, access_log=False,
+                        **server_options(limits))
         finally:
             kb.close()
         return
@@ -72,7 +78,23 @@ def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
     os.environ[ENV_ALLOW_PLAINTEXT] = "1" if allow_plaintext else "0"
     os.environ[ENV_DELIVER] = "1" if deliver else "0"
     uvicorn.run("keybound.server.web.runner:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level, access_log=False)
+                workers=workers, log_level=log_level, access_log=False, **server_options(limits))
+
+
+def _room_for_connections(limits: EdgeLimits) -> None:
+    """Raise this process's open-file limit (the workers inherit it) to fit
+    ``max_connections``: past the limit, accept() fails and new connections wait, which would
+    let a flood of connections stall the server before the edge's cap refuses them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = limits.max_connections + 256  # the database, the listening socket, pipes, logs
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < needed:
+        print(f"keybound: WARNING: the open-file limit ({raised}) is below --max-connections "
+              f"({limits.max_connections}) + 256; raise it (ulimit -n) or lower "
+              "--max-connections", file=sys.stderr, flush=True)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -83,16 +105,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class BackgroundServer:
-    """A real uvicorn server on 127.0.0.1 in a thread of this process; stops on exit."""
+    """A real uvicorn server on 127.0.0.1 in a thread of this process, behind the same HTTP
+    edge as ``keybound serve``; stops on exit."""
 
     def __init__(self, kb: Keybound, *, port: int | None = None, clock: Clock = wall_clock,
-                 allow_plaintext: bool = False, **uvicorn_options: Any) -> None:
+                 allow_plaintext: bool = False, limits: EdgeLimits | None = None,
+                 **uvicorn_options: Any) -> None:
         self.kb = kb
         self.port = port or free_port()
+        options = {**server_options(limits or EdgeLimits()), **uvicorn_options}
         config = uvicorn.Config(create_app(kb, allow_plaintext=allow_plaintext),
                                 host="127.0.0.1", port=self.port,
                                 log_level="warning", access_log=False, lifespan="off",
-                                **uvicorn_options)
+                                **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="keybound-server",
                                        daemon=True)
