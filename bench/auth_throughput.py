@@ -81,9 +81,10 @@ class LeanDevice:
     hw: ec.EllipticCurvePrivateKey = field(default_factory=crypto.generate_p256)
     device_id: str = ""
 
-    def activate(self, code: str) -> None:
+    def activate(self, token: str) -> None:
         start = self.wire.post(p.DevicePaths.ACTIVATION_START, p.ActivationStartRequest(
-            application_id=APP, activation_code=code), p.ActivationStartResponse)
+            application_id=APP, activation_token=p.b64u_decode(token)),
+            p.ActivationStartResponse)
         self.device_id = start.device_id
         status = p.HwKeyClientStatus.OK
         tbs = p.transcript(
@@ -175,9 +176,9 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path) -> Result:
         devices = []
         for _ in range(args.threads):
             user = rp.post("/rp/v1/users", json={}).json()["userId"]
-            code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationCode"]
+            token = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationToken"]
             device = LeanDevice(Wire(url, pin))
-            device.activate(code)
+            device.activate(token)
             for _ in range(20):  # warm up: connections, caches, the keyring
                 device.authenticate()
             devices.append(device)

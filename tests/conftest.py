@@ -20,6 +20,8 @@ from keybound.server.events.ssrf import EndpointPolicy
 from keybound.server.services import Keybound
 from keybound.server.web.app import create_app
 from tests.helpers import RelyingParty, SealingClient
+from tests.live import Server
+from tests.live import live_server as _live_server
 from tests.pgserver import PostgresServer, PostgresUnavailable, start_postgres
 
 
@@ -44,11 +46,14 @@ def clock() -> FakeClock:
 #: Test modules whose every database test also runs on a real PostgreSQL server.
 POSTGRES_MODULES = {
     "tests.server.services.test_activation", "tests.server.services.test_authentication",
+    "tests.server.services.test_activation_guessing",
     "tests.server.services.test_concurrency", "tests.server.services.test_e2ekeys",
     "tests.server.services.test_retention", "tests.server.web.test_rp",
     "tests.server.web.test_device", "tests.server.test_unit", "tests.storage.test_prepared",
     "tests.server.services.test_events", "tests.server.services.test_outbox",
     "tests.server.web.test_webhooks",
+    "tests.server.services.test_resultkeys", "tests.server.services.test_signature",
+    "tests.server.services.test_audit",
 }
 ALLOW_SKIP_POSTGRES = "KEYBOUND_ALLOW_SKIP_POSTGRES"
 
@@ -142,3 +147,10 @@ def make_rp(kb: Keybound, http: SealingClient):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def rp(make_rp) -> RelyingParty:  # type: ignore[no-untyped-def]
     return make_rp()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[Server]:
+    """A real keybound server on 127.0.0.1 with its own SQLite file (tests/live.py)."""
+    with _live_server(tmp_path) as server:
+        yield server

@@ -107,6 +107,19 @@ class RelyingParty:
             "POST", f"/rp/v1/devices/{device_id}/operations", body, expect=201)
         return result
 
+    def start_signature(self, device_id: str, content: str, mime_type: str = "text/plain",
+                        **body: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            "POST", f"/rp/v1/devices/{device_id}/signatures",
+            {"dataToSign": {"content": content, "mimeType": mime_type}, **body}, expect=201)
+        return result
+
+    def jwks(self) -> dict[str, Any]:
+        """The published result-signing keys: unauthenticated, as any verifier fetches them."""
+        response = self.http.get("/.well-known/jwks.json")
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
 
 @dataclass
 class RawDevice:
@@ -124,9 +137,11 @@ class RawDevice:
 
     # -- activation ----------------------------------------------------------------------
 
-    def start_activation(self, code: str) -> p.ActivationStartResponse:
-        r = self.post(p.DevicePaths.ACTIVATION_START,
-                      p.ActivationStartRequest(application_id=self.app_id, activation_code=code))
+    def start_activation(self, issued: dict[str, Any], *,
+                         typed: bool = False) -> p.ActivationStartResponse:
+        """Start with what the relying party issued: the link's token, or (``typed``) the
+        fallback code with its hint."""
+        r = self.post(p.DevicePaths.ACTIVATION_START, start_body(self.app_id, issued, typed=typed))
         assert r.status_code == 200, r.text
         start = p.ActivationStartResponse.model_validate(r.json())
         self.device_id = start.device_id
@@ -157,8 +172,8 @@ class RawDevice:
             device_profile=profile or p.DeviceProfile(platform=p.Platform.ANDROID,
                                                       os_version="14"))
 
-    def activate(self, code: str, **kwargs: Any) -> Any:
-        start = self.start_activation(code)
+    def activate(self, issued: dict[str, Any], *, typed: bool = False, **kwargs: Any) -> Any:
+        start = self.start_activation(issued, typed=typed)
         return self.post(p.DevicePaths.ACTIVATION_FINISH, self.activation_request(start, **kwargs))
 
     # -- authentication -------------------------------------------------------------------
@@ -176,13 +191,22 @@ class RawDevice:
                      pin_key: bytes | None = None,
                      signer: ec.EllipticCurvePrivateKey | None = None,
                      next_key: ec.EllipticCurvePrivateKey | None = None,
+                     purpose: p.Purpose | None = None,
+                     shown: p.OperationContext | str | None = "as started",
                      ) -> tuple[p.AuthenticationFinishRequest, ec.EllipticCurvePrivateKey]:
+        """The finish of ``start``: by default signed as the start says (a signature
+        operation's purpose and data, §4.1.1); ``purpose``/``shown`` sign something else."""
         signer = signer or self.sw
         next_key = next_key or crypto.generate_p256()
+        signature = start.operation_type is p.OperationType.SIGNATURE
+        if purpose is None:
+            purpose = p.Purpose.SIGNATURE if signature else p.Purpose.AUTHENTICATION
+        if isinstance(shown, str):
+            shown = start.data_to_sign if signature else start.pre_operation_context
         tbs = p.transcript(
-            p.Purpose.AUTHENTICATION, application_id=self.app_id, device_id=self.device_id,
+            purpose, application_id=self.app_id, device_id=self.device_id,
             operation_id=start.operation_id, challenge=start.challenge,
-            context_digest=p.context_hash(start.pre_operation_context),
+            context_digest=p.context_hash(shown),
             software_public_key=crypto.public_der(next_key), auth_method=method.value,
             hw_key_client_status=status.value)
         hw_sig = None
@@ -213,6 +237,16 @@ class RawDevice:
     def authenticate(self, operation_id: str | None = None, **kwargs: Any) -> Any:
         start = self.start_auth(operation_id)
         return self.finish_auth(*self.auth_request(start, **kwargs))
+
+
+def start_body(application_id: str, issued: dict[str, Any], *,
+               typed: bool = False) -> dict[str, Any]:
+    """An activation start's body (§3.1.1) from an ActivationCodeResponse: its token (as
+    the activation link carries it), or the typed code and its hint."""
+    if typed:
+        return {"applicationId": application_id, "activationCode": issued["activationCode"],
+                "activationHint": issued["activationHint"]}
+    return {"applicationId": application_id, "activationToken": issued["activationToken"]}
 
 
 def problem_code(response: Any) -> str:

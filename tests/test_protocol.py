@@ -43,7 +43,14 @@ REQUEST_MODEL: dict[str, type[p.Message]] = {
     "deactivation": p.DeactivateRequest,
     "decline": p.DeclineRequest,
     "push-token": p.PushTokenRequest,
+    "signature": p.AuthenticationFinishRequest,
 }
+
+
+def shown(inputs: dict[str, Any]) -> p.OperationContext | None:
+    """Field 7's input: the pre-operation context, or a signature's data to sign (§4.1.1)."""
+    context = inputs["dataToSign"] if "dataToSign" in inputs else inputs["preOperationContext"]
+    return None if context is None else p.OperationContext.model_validate(context)
 
 
 def ids(cases: list[dict[str, Any]]) -> list[str]:
@@ -68,13 +75,13 @@ def library_transcript(case: dict[str, Any]) -> bytes:
 
 
 def field7(case: dict[str, Any]) -> bytes:
-    """The library's field 7: the push token's hash (§3.1.8) or the context hash (§4.1.2)."""
+    """The library's field 7: the push token's hash (§3.1.8), or the hash of the context
+    shown (§4.1.2): the pre-operation context, or a signature's data to sign."""
     inputs = case["inputs"]
     if case["purpose"] == p.Purpose.PUSH_TOKEN.value:
         token = inputs["pushToken"]
         return p.push_token_hash(None if token is None else p.PushToken.model_validate(token))
-    context = inputs["preOperationContext"]
-    return p.context_hash(None if context is None else p.OperationContext.model_validate(context))
+    return p.context_hash(shown(inputs))
 
 
 def split_fields(tbs: bytes) -> list[bytes]:
@@ -102,6 +109,7 @@ def test_vector_file_covers_the_required_cases() -> None:
     assert pin_case["inputs"]["authMethod"] == "DEVICE:PIN"
     assert pin_case["inputs"]["preOperationContext"] is not None
     assert BY_NAME["authentication-without-context"]["inputs"]["preOperationContext"] is None
+    assert BY_NAME["signature"]["inputs"]["dataToSign"] is not None
     assert VECTORS["contextHashes"] and VECTORS["keyIds"] and VECTORS["pinKeyDerivation"]
 
 
@@ -157,13 +165,13 @@ def test_empty_fields_per_purpose(case: dict[str, Any]) -> None:
     purpose = case["purpose"]
     if purpose in ("deactivation", "push-token"):
         assert empty == {5, 6, 9, 10, 11}
-    elif purpose == "authentication":
+    elif purpose in ("authentication", "signature"):
         assert empty == {9}  # the hardware key is never in an authentication transcript
     else:
         assert 10 in empty  # activation signs no auth method
         assert (9 in empty) == (case["inputs"]["hwKeyClientStatus"] != "OK")
     assert len(fields[6]) == 32
-    if case["inputs"]["preOperationContext"] is None and purpose != "push-token":
+    if shown(case["inputs"]) is None and purpose != "push-token":
         assert fields[6] == p.NO_CONTEXT_HASH
 
 

@@ -29,13 +29,14 @@ def finish(**fields: Any) -> p.ActivationFinishRequest:
 
 def test_start_request_with_tpm() -> None:
     request = p.ActivationStartRequest(
-        application_id="bank", activation_code="ABCD1234",
+        application_id="bank", activation_code="483920", activation_hint="7KQ2MX",
         tpm=p.TpmAttestationKey(ek_certificate=b"\x30\x82cert", ak_public=b"\x00\x23ak"))
     assert request.to_wire() == {
-        "applicationId": "bank", "activationCode": "ABCD1234",
+        "applicationId": "bank", "activationCode": "483920", "activationHint": "7KQ2MX",
         "tpm": {"ekCertificate": b64(b"\x30\x82cert"), "akPublic": b64(b"\x00\x23ak")}}
     assert p.ActivationStartRequest.model_validate(request.to_wire()) == request
-    plain = p.ActivationStartRequest(application_id="bank", activation_code="ABCD1234")
+    plain = p.ActivationStartRequest(application_id="bank", activation_code="483920",
+                                     activation_hint="7KQ2MX")
     assert "tpm" not in plain.to_wire()
 
 

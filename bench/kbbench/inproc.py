@@ -35,23 +35,23 @@ def fresh_keybound(prefix: str) -> Iterator[tuple[Keybound, ChannelPin]]:
 
 async def activated_devices(kb: Keybound, pin: ChannelPin, conn: Any,
                             n: int) -> list[LeanDevice]:
-    """``n`` lean devices, each activated through ``conn`` (a user and an activation code
-    made by the service directly, as the relying party's API would)."""
+    """``n`` lean devices, each activated through ``conn`` (a user and an activation made by
+    the service directly, as the relying party's API would; the device uses its link)."""
     fleet = []
     for _ in range(n):
         device = LeanDevice(conn, pin)
-        code = _activation_code(kb)
-        await device.activation_finish(await device.activation_start(code))
+        token = _activation_token(kb)
+        await device.activation_finish(await device.activation_start(token))
         fleet.append(device)
     return fleet
 
 
-def _activation_code(kb: Keybound) -> str:
+def _activation_token(kb: Keybound) -> str:
     user = _as_rp(kb, EventType.USER_CREATE,
                   lambda u: kb.operations.create_user(u, APP, CreateUserRequest()))
     issued = _as_rp(kb, EventType.ACTIVATION_CODE_ISSUED,
                     lambda u: kb.operations.create_activation(u, APP, user.user_id))
-    return str(issued.activation_code)
+    return str(issued.activation_token)
 
 
 def _as_rp(kb: Keybound, action: EventType, call: Any) -> Any:

@@ -79,7 +79,7 @@ class VirtualClient:
         code = await self.rp.call("rp_code", "POST",
                                   f"/rp/v1/users/{user['userId']}/activation-codes", expect=201)
         t2 = time.perf_counter()
-        start = await self.dev.activation_start(code["activationCode"])
+        start = await self.dev.activation_start(code["activationToken"])
         t3 = time.perf_counter()
         await self.dev.activation_finish(start)
         t4 = time.perf_counter()

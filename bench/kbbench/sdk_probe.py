@@ -34,9 +34,9 @@ def main() -> int:
     imported = kib("VmRSS")
     rp = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     user = rp.post("/rp/v1/users", json={}).json()["userId"]
-    code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationCode"]
+    code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationLink"]
     with tempfile.TemporaryDirectory(prefix="kb-sdk-probe-") as tmp:
-        device = open_device(tmp, pin=pin, profile=preset("linux"),
+        device = open_device(tmp, channel_pin=pin, profile=preset("linux"),
                              hardware=open_keystore("emulated", tmp))
         t = time.perf_counter()
         act = device.activate(code)

@@ -144,9 +144,10 @@ class LeanDevice:
         return out
 
     # -- activation (§3.1.1-2) ------------------------------------------------------------
-    async def activation_start(self, code: str) -> dict[str, Any]:
+    async def activation_start(self, token: str) -> dict[str, Any]:
+        """With the activation link's token (§3.2.5), as a phone that scanned it."""
         return await self.post("act_start", p.DevicePaths.ACTIVATION_START,
-                               {"applicationId": self.app, "activationCode": code})
+                               {"applicationId": self.app, "activationToken": token})
 
     async def activation_finish(self, start: dict[str, Any]) -> None:
         t = time.perf_counter()

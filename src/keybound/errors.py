@@ -67,6 +67,8 @@ class ErrorCode(StrEnum):
     SIGNING_FAILED = "signing_failed"
     # Relying-party side (never produced by the server): a signed result did not verify
     RESULT_INVALID = "result_invalid"
+    # Operator side (keybound audit verify; never an HTTP answer): the audit trail was altered
+    AUDIT_CHAIN_INVALID = "audit_chain_invalid"
     INTERNAL = "internal_error"
 
 

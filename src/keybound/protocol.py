@@ -13,7 +13,8 @@ import re
 import struct
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,6 +24,7 @@ from pydantic import (
     PlainSerializer,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -123,6 +125,8 @@ class OperationType(StrEnum):
     ACTIVATION = "ACTIVATION"
     REACTIVATION = "REACTIVATION"
     AUTHENTICATION = "AUTHENTICATION"
+    #: a backend-initiated authentication that signs data the relying party sent (§3.2.5)
+    SIGNATURE = "SIGNATURE"
 
 
 class Initiator(StrEnum):
@@ -192,6 +196,7 @@ class Purpose(StrEnum):
     AUTHENTICATION = "authentication"
     DEACTIVATION = "deactivation"
     DECLINE = "decline"
+    SIGNATURE = "signature"
     PUSH_TOKEN = "push-token"  # noqa: S105 - a purpose, not a secret
 
 
@@ -307,13 +312,6 @@ PinProof = Annotated[
     WithJsonSchema(b64_json_schema(32, 32)),
 ]
 
-#: Bytes as base64url without padding (§1.2), any length: each field adds its bounds.
-B64 = Annotated[
-    bytes,
-    BeforeValidator(_decode_b64),
-    PlainSerializer(b64u_encode, return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64url"}),
-]
 # Bounds of attestation evidence: keybound.attestation's parsing limits (docs/attestation.md).
 MAX_ATTESTATION_CERTIFICATE_BYTES = 16 * 1024
 MAX_ATTESTATION_CHAIN = 10
@@ -321,22 +319,29 @@ MAX_TPM_STRUCTURE_BYTES = 4096
 MAX_APP_ATTEST_OBJECT_BYTES = 64 * 1024
 # each with its exact schema: the document allows no value the server refuses (an empty one)
 AttestationCertificate = Annotated[
-    bytes, BeforeValidator(_decode_b64),
+    bytes,
+    BeforeValidator(_decode_b64),
     Field(min_length=1, max_length=MAX_ATTESTATION_CERTIFICATE_BYTES),
     PlainSerializer(b64u_encode, return_type=str),
     WithJsonSchema(b64_json_schema(1, MAX_ATTESTATION_CERTIFICATE_BYTES)),
 ]
 TpmStructure = Annotated[
-    bytes, BeforeValidator(_decode_b64), Field(min_length=1, max_length=MAX_TPM_STRUCTURE_BYTES),
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=1, max_length=MAX_TPM_STRUCTURE_BYTES),
     PlainSerializer(b64u_encode, return_type=str),
     WithJsonSchema(b64_json_schema(1, MAX_TPM_STRUCTURE_BYTES)),
 ]
 Bytes32 = Annotated[
-    bytes, BeforeValidator(_decode_b64), Field(min_length=32, max_length=32),
-    PlainSerializer(b64u_encode, return_type=str), WithJsonSchema(b64_json_schema(32, 32)),
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema(b64_json_schema(32, 32)),
 ]
 AppAttestObject = Annotated[
-    bytes, BeforeValidator(_decode_b64),
+    bytes,
+    BeforeValidator(_decode_b64),
     Field(min_length=1, max_length=MAX_APP_ATTEST_OBJECT_BYTES),
     PlainSerializer(b64u_encode, return_type=str),
     WithJsonSchema(b64_json_schema(1, MAX_APP_ATTEST_OBJECT_BYTES)),
@@ -347,8 +352,19 @@ Uuid = Annotated[
     str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ]
 ActivationCode = Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9]+$")]
+#: names the activation a typed code belongs to (§3.2.5); not a secret
+ActivationHint = Annotated[str, Field(min_length=4, max_length=16, pattern=r"^[A-Za-z0-9]+$")]
+#: the activation link's secret (§3.2.5): 32 bytes
+ActivationToken = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    Field(min_length=32, max_length=32),
+    PlainSerializer(b64u_encode, return_type=str),
+    WithJsonSchema(b64_json_schema(32, 32)),
+]
 
 MAX_PRE_CONTEXT_BYTES = 4096
+MAX_DATA_TO_SIGN_BYTES = 16384
 MAX_POST_CONTEXT_BYTES = 65536
 MAX_BODY_BYTES = 160 * 1024
 
@@ -508,16 +524,50 @@ Attestation = Annotated[
 
 
 class ActivationStartRequest(Message):
+    """Either the activation link's token, or the typed code with its hint (§3.1.1)."""
+
+    # one of the two forms; a field given as null counts as absent, so a form's fields must
+    # be strings
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["activationToken"], "properties": {"activationToken": {"type": "string"}},
+         "not": {"anyOf": [
+             {"required": ["activationCode"], "properties": {"activationCode": {
+                 "type": "string"}}},
+             {"required": ["activationHint"], "properties": {"activationHint": {
+                 "type": "string"}}}]}},
+        {"required": ["activationCode", "activationHint"],
+         "properties": {"activationCode": {"type": "string"},
+                        "activationHint": {"type": "string"}},
+         "not": {"required": ["activationToken"], "properties": {"activationToken": {
+             "type": "string"}}}}]})
+
     application_id: Annotated[ApplicationId, Field(
         description="The application, as configured by the operator; a sealed request's must "
         "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    activation_code: Annotated[ActivationCode, Field(
-        description="The activation code the relying party gave the user, as typed "
-        "(compared upper-cased).", examples=["482913"])]
+    activation_token: Annotated[ActivationToken | None, Field(
+        description="the secret of the activation link or QR code (§3.2.5)",
+        examples=["q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"])] = None
+    # the example is the link's form; the typed form is the second example of each field
+    activation_code: Annotated[ActivationCode | None, Field(
+        description="the typed fallback code; needs activationHint",
+        examples=[None, "483920"])] = None
+    activation_hint: Annotated[ActivationHint | None, Field(
+        description="names the activation the typed code belongs to",
+        examples=[None, "7KQ2MX"])] = None
     tpm: Annotated[TpmAttestationKey | None, Field(
         description="A TPM that can attest: its EK certificate and a fresh attestation key, "
         "for the credential activation round trip (docs/protocol.md, attestation).",
         examples=[None])] = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        typed = (self.activation_code, self.activation_hint)
+        if self.activation_token is not None and typed == (None, None):
+            return self
+        if self.activation_token is None and None not in typed:
+            return self
+        raise ValueError("send activationToken (from the activation link) alone, or "
+                         "activationCode together with its activationHint")
 
 
 class ActivationStartResponse(Reply):
@@ -646,6 +696,13 @@ class AuthenticationStartResponse(Reply):
     allowed_auth_methods: Annotated[list[AuthMethod], Field(
         description="The application's methods, or only the operation's required one.",
         examples=[["DEVICE:PIN"]])]
+    operation_type: Annotated[OperationType | None, Field(
+        description="``SIGNATURE`` for a signature operation (§3.2.6); absent: an "
+        "authentication.", examples=[None, "SIGNATURE"])] = None
+    data_to_sign: Annotated[OperationContext | None, Field(
+        description="A signature operation's data: shown to the user, its hash signed "
+        "(§4.1.1).", examples=[None, {"content": "I agree to contract 4711",
+                                       "mimeType": "text/plain"}])] = None
 
 
 class AuthenticationFinishRequest(Message):
@@ -752,6 +809,13 @@ class PendingOperation(Reply):
     required_auth_method: Annotated[AuthMethod | None, Field(
         description="The only method the operation accepts, if the relying party set one.",
         examples=["DEVICE:PIN"])] = None
+    operation_type: Annotated[OperationType | None, Field(
+        description="``SIGNATURE`` for a signature operation (§3.2.6); absent: an "
+        "authentication.", examples=[None, "SIGNATURE"])] = None
+    data_to_sign: Annotated[OperationContext | None, Field(
+        description="A signature operation's data, to show the user.",
+        examples=[None, {"content": "I agree to contract 4711",
+                         "mimeType": "text/plain"}])] = None
 
 
 class PendingOperationsResponse(Reply):
@@ -818,6 +882,31 @@ class PushTokenResponse(Reply):
     push_provider: Annotated[PushProvider | None, Field(
         description="The provider of the push token now registered; absent: none is.",
         examples=["fcm"])] = None
+
+
+# ------------------------------------------------------------------ activation link (§3.2.5)
+
+ACTIVATION_LINK_PREFIX = "keybound://activate"
+
+
+def activation_link(application_id: str, token: bytes) -> str:
+    """The link (or QR payload) that carries an activation's token (§3.2.5)."""
+    query = urlencode({"app": application_id, "token": b64u_encode(token)})
+    return f"{ACTIVATION_LINK_PREFIX}?{query}"
+
+
+def read_activation_link(link: str) -> tuple[str | None, bytes]:
+    """(application id if the link names one, token) from an activation link -- ours, or a
+    relying party's own https link with the same ``token`` (and ``app``) parameters;
+    ValueError if it carries no valid token."""
+    query = parse_qs(urlsplit(link.strip()).query)
+    tokens, apps = query.get("token", []), query.get("app", [])
+    if len(tokens) != 1 or len(apps) > 1:
+        raise ValueError("an activation link carries exactly one token parameter")
+    token = b64u_decode(tokens[0])
+    if len(token) != 32:
+        raise ValueError("an activation token is 32 bytes")
+    return (apps[0] if apps else None), token
 
 
 # --------------------------------------------------------------------------- signed bytes (§4)

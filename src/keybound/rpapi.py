@@ -45,8 +45,12 @@ class User(Message):
 
 
 class ActivationCodeResponse(Message):
+    """A new (re)activation and what the user starts it with (docs/protocol.md §3.2.5): the
+    link (show it as a QR code, or open it on the phone), and the typed fallback -- hint and
+    code together. Secrets are shown once; the server keeps only keyed hashes."""
+
     operation_id: Annotated[Uuid, Field(
-        description="The (re)activation operation the code starts.",
+        description="The (re)activation operation.",
         examples=["c0ffee00-0000-4000-8000-00000000000a"])]
     user_id: Annotated[Uuid, Field(
         description="The user the device will belong to.",
@@ -54,12 +58,27 @@ class ActivationCodeResponse(Message):
     device_id: Annotated[Uuid, Field(
         description="The device id the activation will create (a reactivation: the "
         "existing one).", examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
+    activation_link: Annotated[str, Field(
+        description="keybound://activate?app=...&token=...: show as a QR code or a link; "
+        "usable until expiresAt however often the typed code is mistyped",
+        examples=["keybound://activate?app=bank.example&"
+                  "token=q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"])]
+    activation_token: Annotated[str, Field(
+        description="the link's secret (32 bytes, base64url), for a relying party that "
+        "builds its own link; the device sends it as activationToken",
+        examples=["q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"])]
     activation_code: Annotated[str, Field(
-        description="The code for the user to enter on the device; shown once, the server "
-        "keeps only a keyed hash.", examples=["482913"])]
+        description="the typed fallback code, valid only with activationHint",
+        examples=["483920"])]
+    activation_hint: Annotated[str, Field(
+        description="names this activation for the typed code (not a secret); show it "
+        "with the code, e.g. 7KQ2MX-483920", examples=["7KQ2MX"])]
+    activation_code_attempts: Annotated[int, Field(
+        description="typed attempts the code allows; then it is burnt (the link still "
+        "works)", examples=[5])]
     expires_at: Annotated[datetime, Field(
-        description="When the code expires: now + activationCodeLifetimeSeconds (UTC).",
-        examples=["2025-06-02T10:15:00.250000Z"])]
+        description="When the link and the code expire: now + activationCodeLifetimeSeconds "
+        "(UTC).", examples=["2025-06-02T10:15:00.250000Z"])]
     type: Annotated[OperationType, Field(
         description="``ACTIVATION`` or ``REACTIVATION``.", examples=["ACTIVATION"])]
 
@@ -73,6 +92,19 @@ class CreateOperationRequest(Message):
         description="Released to the device only when it authenticates successfully; stored "
         "encrypted and deleted once released or expired.",
         examples=[{"content": "ok", "mimeType": "text/plain"}])] = None
+    required_auth_method: Annotated[AuthMethod | None, Field(
+        description="The only method the device may use; it must be allowed by the "
+        "application.", examples=["DEVICE:PIN"])] = None
+
+
+class CreateSignatureRequest(Message):
+    """A signature operation (docs/protocol.md §3.2.6): the device shows ``dataToSign`` and
+    its keys sign a transcript that binds its hash; the result's JWS carries that hash."""
+
+    data_to_sign: Annotated[OperationContext, Field(
+        description="What the user is asked to sign, shown on the device (content up to "
+        "16 384 bytes of UTF-8); the result's dataHash binds it.",
+        examples=[{"content": "I agree to contract 4711", "mimeType": "text/plain"}])]
     required_auth_method: Annotated[AuthMethod | None, Field(
         description="The only method the device may use; it must be allowed by the "
         "application.", examples=["DEVICE:PIN"])] = None
@@ -136,6 +168,10 @@ class Operation(Message):
                                "profile."},
             "deviceOsVersion": {"type": "string", "description": "OS version of the device "
                                 "profile."}}})]
+    result_jws: Annotated[str | None, Field(
+        description="The signed result (compact JWS, docs/signed-results.md), once the "
+        "operation has ended; verify it against /.well-known/jwks.json.",
+        examples=[None])] = None
 
 
 class Device(Message):

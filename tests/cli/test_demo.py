@@ -39,3 +39,9 @@ def test_demo_prints_the_decisions() -> None:
     for strategy in ("SUPPORTED", "RISK_PARAMS", "REQUIRED"):
         assert row(strategy, "Linux, TPM 2.0 (swtpm)", "authenticate") == ["OK", "VALID", "PASS"]
     assert "released 'receipt #4711'" in out
+    assert "activated by typing the fallback" in out  # the table's devices scanned the link
+    # the relying party verifies each signed result against the JWKS URL, and its hash claim
+    # against its own copy of what the user saw
+    assert "signed result verified (ES256" in out
+    assert "preOperationContextHash matches" in out and "dataHash matches" in out
+    assert "DOES NOT MATCH" not in out

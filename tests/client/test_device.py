@@ -85,7 +85,8 @@ def unsent_finish(tmp_path: Path, rp: RelyingParty, transport: LossyTransport,
 
 
 def code(rp: RelyingParty) -> str:
-    return str(rp.activation_code()["activationCode"])
+    """The activation link, as the user scans it."""
+    return str(rp.activation_code()["activationLink"])
 
 
 def risk(rp: RelyingParty, op_id: str) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def test_not_activated_with_hw_key(tmp_path, rp, transport, element) -> None:
     assert auth.hw_key_client_status is HwKeyClientStatus.NOT_ACTIVATED_WITH_HW_KEY
     # reactivation is the way to a hardware key
     reactivation = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation", expect=201)
-    result = device.activate(reactivation["activationCode"])
+    result = device.activate(reactivation["activationLink"])
     assert result.reactivated and result.hardware_key_registered
     assert device.authenticate().hw_key_client_status is HwKeyClientStatus.OK
 
@@ -233,6 +234,80 @@ def test_backend_initiated(tmp_path, rp, transport, element) -> None:
     assert device.pending() == []
 
 
+def test_approve_takes_a_bool(tmp_path, rp, transport, element) -> None:
+    """Issue 14: ``authenticate(operation_id=..., approve=True)`` raised TypeError ('bool'
+    object is not callable). True approves, False declines (at the server too), anything
+    else that cannot decide is the caller's error, refused before a request is sent."""
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    pre = {"content": "Pay 10 EUR to ACME", "mimeType": "text/plain"}
+    approved = rp.start_operation(device.device_id, preOperationContext=pre)["operationId"]
+    result = device.authenticate(operation_id=approved, approve=True)
+    assert result.operation_id == approved
+    assert rp.operation(approved)["state"] == "COMPLETED"
+    declined = rp.start_operation(device.device_id, preOperationContext=pre)["operationId"]
+    with pytest.raises(OperationDeclined):
+        device.authenticate(operation_id=declined, approve=False)
+    assert rp.operation(declined)["result"] == {"failureCode": "declined"}
+    sent = len(transport.paths)
+    with pytest.raises(ClientError) as info:
+        device.authenticate(approve="yes")  # type: ignore[arg-type]
+    assert info.value.code is ErrorCode.CLIENT_CONFIGURATION
+    assert len(transport.paths) == sent
+    assert device.authenticate(approve=True).auth_method.value == "DEVICE"
+
+
+def test_sign_shows_the_data_and_the_result_carries_its_hash(tmp_path, rp, transport,
+                                                             element) -> None:
+    """Device.sign end to end (docs/protocol.md §3.2.6): the data is in pending() and shown
+    to approve; the signed result's dataHash is the hash of exactly that data."""
+    import base64
+    import hashlib
+
+    from keybound.protocol import OperationType
+    from keybound.server.events.results import verify_result
+    from keybound.server.services.resultkeys import DEFAULT_ISSUER
+
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp))
+    data = OperationContext(content="Sign contract #4711", mime_type="text/plain")
+    op = rp.start_signature(device.device_id, data.content)["operationId"]
+    (pending,) = device.pending()
+    assert (pending.operation_type, pending.data_to_sign) == (OperationType.SIGNATURE, data)
+    assert pending.pre_operation_context is None
+    # authenticate() never answers a signature: an app approving logins unseen signs nothing
+    with pytest.raises(ClientError) as info:
+        device.authenticate(operation_id=op)
+    assert info.value.code is ErrorCode.INVALID_STATE
+    # nor does sign() answer an authentication
+    auth = rp.start_operation(device.device_id)["operationId"]
+    with pytest.raises(ClientError) as info:
+        device.sign(auth, approve=lambda c: True)
+    assert info.value.code is ErrorCode.INVALID_STATE
+    # data other than what the app showed is refused before anything is signed
+    with pytest.raises(ClientError) as info:
+        device.sign(op, approve=lambda c: True, expected_data=OperationContext(
+            content="Sign contract #4712", mime_type="text/plain"))
+    assert info.value.code is ErrorCode.INVALID_STATE
+    assert rp.operation(op)["state"] == "PENDING"
+    seen: list[Any] = []
+    result = device.sign(op, approve=lambda c: seen.append(c) or True, expected_data=data)
+    assert seen == [data] and result.signed_data == data
+    token = rp.operation(op)["resultJws"]
+    claims = verify_result(token, rp.jwks(), expected_issuer=DEFAULT_ISSUER,
+                           expected_operation_id=op).claims
+    encoded = b"".join(len(v).to_bytes(4, "big") + v for v in (b"text/plain",
+                                                             data.content.encode()))
+    assert claims["dataHash"] == base64.urlsafe_b64encode(
+        hashlib.sha256(encoded).digest()).rstrip(b"=").decode()
+    assert claims["hwKeyServerResult"] == "VALID"  # the hardware key signed it too
+    # a declined signature fails at once, as a declined authentication does
+    op = rp.start_signature(device.device_id, "Sign contract #4713")["operationId"]
+    with pytest.raises(OperationDeclined):
+        device.sign(op, approve=lambda c: False)
+    assert rp.operation(op)["result"] == {"failureCode": "declined"}
+
+
 def test_lost_finish_answer_after_server_rotated(tmp_path, rp, transport, element) -> None:
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))
@@ -292,7 +367,7 @@ def test_lost_reactivation_answer(tmp_path, rp, transport, element) -> None:
     reactivation = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation", expect=201)
     transport.lose.add(DevicePaths.ACTIVATION_FINISH)
     with pytest.raises(ClientError):
-        device.activate(reactivation["activationCode"])
+        device.activate(reactivation["activationCode"], hint=reactivation["activationHint"])
     assert len(list((element.directory / "keys").iterdir())) == 2
     assert device.authenticate().hw_key_client_status is HwKeyClientStatus.OK
     # the old registration's hardware key is deleted after the new one is confirmed
@@ -304,9 +379,38 @@ def test_lost_reactivation_answer(tmp_path, rp, transport, element) -> None:
 def test_refused_activation_keeps_nothing(tmp_path, rp, transport, element) -> None:
     device = new_device(tmp_path, rp, transport, element)
     with pytest.raises(ClientError) as info:
-        device.activate("00000000")
+        device.activate("7KQ2MX-00000000")
     assert info.value.code is ErrorCode.ACTIVATION_CODE_INVALID
     assert not device.activated
+
+
+@pytest.mark.parametrize("form", ["link", "token", "typed", "typed with a space", "hint="])
+def test_every_form_the_user_holds_activates(tmp_path, rp, transport, element,
+                                             form: str) -> None:
+    issued = rp.activation_code()
+    device = new_device(tmp_path, rp, transport, element)
+    typed_hint = issued["activationHint"].lower()
+    given = {"link": (issued["activationLink"], None),
+             "token": (issued["activationToken"], None),
+             "typed": (f"{typed_hint}-{issued['activationCode']}", None),
+             "typed with a space": (f" {typed_hint} {issued['activationCode']} ", None),
+             "hint=": (issued["activationCode"], typed_hint)}[form]
+    assert device.activate(given[0], hint=given[1]).device_id == issued["deviceId"]
+
+
+@pytest.mark.parametrize(("given", "code"), [
+    ("483920", ErrorCode.MALFORMED_REQUEST),  # a typed code without its hint
+    ("keybound://activate?app=x&token=short", ErrorCode.MALFORMED_REQUEST),
+    ("keybound://activate?app=another&token=q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U",
+     ErrorCode.CLIENT_CONFIGURATION),
+])
+def test_what_cannot_be_an_activation_is_refused_before_sending(
+        tmp_path, rp, transport, element, given: str, code: ErrorCode) -> None:
+    device = new_device(tmp_path, rp, transport, element)
+    with pytest.raises(ClientError) as info:
+        device.activate(given)
+    assert info.value.code is code
+    assert not device.activated and transport.paths == []
 
 
 def test_new_code_on_activated_device_is_refused(tmp_path, rp, transport, element) -> None:

@@ -63,7 +63,7 @@ def transport(http: Any, rp: RelyingParty) -> RecordingTransport:
 
 
 def activation_code(rp: RelyingParty) -> str:
-    return str(rp.activation_code()["activationCode"])
+    return str(rp.activation_code()["activationLink"])
 
 
 def device_with(tmp_path: Path, rp: RelyingParty, transport: RecordingTransport,
@@ -149,7 +149,7 @@ def test_reactivation_attests_the_new_key(tmp_path: Path, rp: RelyingParty,
     device.activate(activation_code(rp))
     first = transport.last(DevicePaths.ACTIVATION_FINISH, protocol.ActivationFinishRequest)
     code = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation",
-                   expect=201)["activationCode"]
+                   expect=201)["activationLink"]
     assert device.activate(code).attestation_format is AttestationFormat.ANDROID_KEY
     second = transport.last(DevicePaths.ACTIVATION_FINISH, protocol.ActivationFinishRequest)
     assert isinstance(first.attestation, protocol.AndroidKeyAttestation)

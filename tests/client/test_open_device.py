@@ -28,12 +28,12 @@ def _open_clients() -> list[httpx.Client]:
 
 def test_pin_for_another_application_changes_nothing(tmp_path: Path) -> None:
     state_dir = tmp_path / "dev"
-    device = open_device(state_dir, pin=_pin("bank"), profile=preset("linux"))
+    device = open_device(state_dir, channel_pin=_pin("bank"), profile=preset("linux"))
     device._transport.close()
     before = (state_dir / "device.json").read_bytes()
     open_before = {id(c) for c in _open_clients()}
     with pytest.raises(ClientError) as info:
-        open_device(state_dir, pin=_pin("shop"), profile=preset("android-14"))
+        open_device(state_dir, channel_pin=_pin("shop"), profile=preset("android-14"))
     assert info.value.code is ErrorCode.CLIENT_CONFIGURATION
     assert "'bank'" in info.value.detail and "'shop'" in info.value.detail
     # the refusal came before anything was written: the stored profile is still linux
@@ -41,6 +41,6 @@ def test_pin_for_another_application_changes_nothing(tmp_path: Path) -> None:
     assert StateStore(state_dir).load().profile == preset("linux")
     # and no client was left open (the traceback in ``info`` would keep one alive)
     assert [c for c in _open_clients() if id(c) not in open_before] == []
-    reopened = open_device(state_dir, pin=_pin("bank"))
+    reopened = open_device(state_dir, channel_pin=_pin("bank"))
     assert reopened.profile == preset("linux")
     reopened._transport.close()

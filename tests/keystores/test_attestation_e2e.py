@@ -92,7 +92,7 @@ def _tpm(bed: SwtpmBed, tmp_path: Path) -> KeyStore:
 
 
 def _code(rp: RelyingParty) -> str:
-    return str(rp.activation_code()["activationCode"])
+    return str(rp.activation_code()["activationLink"])
 
 
 def _trust(bed: ManufacturedSwtpm) -> TrustStore:

@@ -5,109 +5,22 @@ secure channel) with real secure hardware (a private swtpm, a SoftHSM2 token).""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
-import httpx
 import pytest
-from tests.helpers import RelyingParty
 from tests.keystores.conftest import SoftHsmBed, SwtpmBed
+from tests.live import TOKEN_PIN_ENV, Server, device, fails, ok
 
 from keybound.cli.device import CONFIG_FILE, PIN_ENV
+from keybound.client import open_device, open_keystore, preset
 from keybound.client.keystores import TPM_TCTI_ENV
-from keybound.server.core.appconfig import AppConfig
-from keybound.server.services import Keybound
-from keybound.server.web.runner import BackgroundServer
 
 pytestmark = pytest.mark.server
 
-TOKEN_PIN_ENV = "KB_TEST_TOKEN_PIN"
-
-
-@dataclass
-class App:
-    """An application on the running server: its relying party and its pin file."""
-
-    kb: Keybound
-    rp: RelyingParty
-    key_id: str
-    pin_file: Path
-
-    def code(self) -> str:
-        return str(self.rp.activation_code()["activationCode"])
-
-    def risk(self, operation_id: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self.rp.operation(operation_id)["riskData"])
-
-
-@dataclass
-class Server:
-    kb: Keybound
-    url: str
-    directory: Path
-    clients: list[httpx.Client]
-
-    def app(self, name: str = "bank", **settings: object) -> App:
-        self.kb.admin.create_application(name, AppConfig().updated(settings))
-        token = self.kb.admin.create_api_key(name).token
-        key = self.kb.admin.create_e2e_key(name)
-        return App(kb=self.kb, rp=self.rp(name, token), key_id=key.key_id,
-                   pin_file=self.pin_file(key.key_id))
-
-    def rp(self, name: str, token: str) -> RelyingParty:
-        client = httpx.Client(base_url=self.url, timeout=30)
-        self.clients.append(client)
-        return RelyingParty(cast(Any, client), name, token)
-
-    def pin_file(self, key_id: str) -> Path:
-        """The pin string an app ships, exported for this server's URL, in a file."""
-        path = self.directory / f"{key_id}.pin"
-        path.write_text(self.kb.admin.e2e_pin(key_id, server_url=self.url).to_string() + "\n",
-                        encoding="utf-8")
-        return path
-
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    kb = Keybound.open(f"sqlite:///{tmp_path / 'keybound.db'}")
-    clients: list[httpx.Client] = []
-    try:
-        with BackgroundServer(kb) as running:  # allow_plaintext off
-            yield Server(kb=kb, url=running.url, directory=tmp_path, clients=clients)
-    finally:
-        for client in clients:
-            client.close()
-        kb.close()
-
-
-def device(state_dir: Path, *args: str, env: dict[str, str] | None = None,
-           stdin: str = "", unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """``keybound device --state-dir STATE_DIR ARGS...`` in a fresh process, detached from any
-    terminal (so a PIN prompt reads stdin) and without an inherited device PIN (nor the
-    variables in ``unset``)."""
-    base = {k: v for k, v in os.environ.items() if k not in (PIN_ENV, TOKEN_PIN_ENV, *unset)}
-    return subprocess.run(
-        [sys.executable, "-m", "keybound.cli", "device", "--state-dir", str(state_dir), *args],
-        input=stdin, capture_output=True, text=True, timeout=60, check=False,
-        env={**base, **(env or {})}, start_new_session=True)
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert done.returncode == 0, done.stderr
-    return cast(dict[str, Any], json.loads(done.stdout))
-
-
-def fails(done: subprocess.CompletedProcess[str], code: str) -> str:
-    """Exit 2 with ``code`` on stderr, nothing on stdout, and no traceback."""
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert f"keybound device: {code}: " in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr and done.stdout == ""
-    return done.stderr
+def server(live_server: Server) -> Server:
+    return live_server
 
 
 def state_files(state_dir: Path) -> list[Path]:
@@ -160,13 +73,28 @@ def test_tpm_device_lifecycle(tmp_path: Path, server: Server, swtpm: SwtpmBed) -
     assert operation["state"] == "COMPLETED"
     assert operation["riskData"]["hwKeyServerResult"] == "VALID"
 
+    # a signature: the data is listed and shown; the TPM key signs its hash (§3.2.5)
+    data = {"content": "I agree to contract #4711", "mimeType": "text/plain"}
+    op_id = app.rp.start_signature(device_id, data["content"])["operationId"]
+    (listed,) = ok(device(state, "pending"))["operations"]
+    assert (listed["operationType"], listed["dataToSign"]) == ("SIGNATURE", data)
+    fails(device(state, "authenticate", "--operation-id", op_id, "--yes"), "invalid_state")
+    signed = device(state, "sign", op_id, stdin="y\n")
+    assert "contract #4711" in signed.stderr  # the question showed the data
+    assert ok(signed)["signedData"] == data
+    operation = app.rp.operation(op_id)
+    assert (operation["state"], operation["type"]) == ("COMPLETED", "SIGNATURE")
+    assert operation["riskData"]["hwKeyServerResult"] == "VALID"
+    assert operation["resultJws"].count(".") == 2
+
     # deactivate: the server says DEACTIVATED, the local configuration is gone
     assert ok(device(state, "deactivate")) == {"deviceId": device_id, "state": "DEACTIVATED"}
     assert app.rp.device(device_id)["state"] == "DEACTIVATED"
     assert not (state / CONFIG_FILE).exists()
     fails(device(state, "status"), "client_not_activated")
     # the directory can hold a new device again
-    again = ok(device(state, "activate", app.code(), "--keystore", "tpm",
+    code, hint = app.typed()  # typed this time, the hint given apart
+    again = ok(device(state, "activate", code, "--hint", hint, "--keystore", "tpm",
                       "--tcti", swtpm.tcti, "--channel-pin-file", str(app.pin_file)))
     assert again["deviceId"] != device_id and again["hardwareKeyRegistered"] is True
 
@@ -188,6 +116,36 @@ def test_device_pin(tmp_path: Path, server: Server, swtpm: SwtpmBed) -> None:
     assert prompted["authMethod"] == "DEVICE:PIN"
     fails(device(state, "authenticate", "--with-pin"), "client_configuration")  # no PIN at all
     assert not any("2468" in p.read_text(errors="replace") for p in state_files(state))
+
+
+# -- one state directory for the command and the SDK (issue 14) -----------------------------
+
+@pytest.mark.swtpm
+def test_a_tpm_device_moves_between_the_command_and_open_device(
+        tmp_path: Path, server: Server, swtpm: SwtpmBed) -> None:
+    """The key store's options travel in device-config.json: a TPM named by --tcti is the
+    one open_device reopens, and a TPM store open_device was given is the command's."""
+    tcti = swtpm.tcti
+    app = server.app(hwKeyValidationStrategy="REQUIRED")
+    by_command = tmp_path / "command"
+    ok(device(by_command, "activate", app.code(), "--keystore", "tpm", "--tcti", tcti,
+              "--channel-pin-file", str(app.pin_file), unset=(TPM_TCTI_ENV,)))
+    opened = open_device(by_command)
+    try:
+        assert opened.hardware is not None and opened.hardware.options() == {"tcti": tcti}
+        assert opened.authenticate().hw_key_client_status.value == "OK"
+    finally:
+        opened._transport.close()  # type: ignore[attr-defined]
+    by_sdk = tmp_path / "sdk"
+    made = open_device(by_sdk, channel_pin=app.pin_file, profile=preset("linux"),
+                       hardware=open_keystore("tpm", by_sdk, {"tcti": tcti}))
+    try:
+        assert made.activate(app.code()).hardware_key_registered
+    finally:
+        made._transport.close()  # type: ignore[attr-defined]
+    status = ok(device(by_sdk, "status", unset=(TPM_TCTI_ENV,)))
+    assert (status["keystore"], status["hardwareKey"]) == (f"tpm ({tcti})", True)
+    assert ok(device(by_sdk, "authenticate", unset=(TPM_TCTI_ENV,)))["hwKeyClientStatus"] == "OK"
 
 
 # -- PKCS#11 ----------------------------------------------------------------------------------
@@ -249,9 +207,10 @@ def test_wrong_and_retired_channel_pin(tmp_path: Path, server: Server) -> None:
     other_app = server.app("shop")
     refused = device(state, "activate", app.code(), "--channel-pin-file", str(other_app.pin_file))
     assert "'bank'" in fails(refused, "client_configuration")
-    code = app.rp.call("POST", f"/rp/v1/devices/{activated['deviceId']}/reactivation",
-                       expect=201)["activationCode"]
-    reactivated = ok(device(state, "activate", code, "--channel-pin-file", str(rotated)))
+    issued = app.rp.call("POST", f"/rp/v1/devices/{activated['deviceId']}/reactivation",
+                         expect=201)
+    typed = f"{issued['activationHint']}-{issued['activationCode']}"  # as the user types it
+    reactivated = ok(device(state, "activate", typed, "--channel-pin-file", str(rotated)))
     assert reactivated["reactivated"] is True
     assert reactivated["deviceId"] == activated["deviceId"]
     assert ok(device(state, "authenticate"))["authMethod"] == "DEVICE"

@@ -72,10 +72,10 @@ def tpm_store(bed: SwtpmBed, directory: Path) -> KeyStore:
 
 
 def pkcs11_store(bed: SoftHsmBed, directory: Path, *, label: str | None = None,
-                 pin: str | None = None) -> KeyStore:
+                 pin: str | None = None, require_usable: bool = True) -> KeyStore:
     return open_keystore("pkcs11", directory, {
         "module": bed.module, "token_label": label or bed.main.label,
-        "user_pin": pin or bed.main.user_pin})
+        "user_pin": pin or bed.main.user_pin}, require_usable=require_usable)
 
 
 Sealed = Callable[[RelyingParty], SealedTransport]
@@ -121,7 +121,7 @@ def test_tpm_device_end_to_end(tmp_path: Path, make_rp: Any, sealed: Sealed, swt
                                strategy: str) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     device = make_device(tmp_path, rp, sealed, tpm_store(swtpm, tmp_path / "device"))
-    activation = device.activate(rp.activation_code()["activationCode"])
+    activation = device.activate(rp.activation_code()["activationLink"])
     assert activation.hardware_key_registered
     for _ in range(2):
         decision, risk = outcome(rp, device.authenticate)
@@ -140,7 +140,7 @@ def test_pkcs11_device_end_to_end(tmp_path: Path, make_rp: Any, sealed: Sealed,
                                   softhsm: SoftHsmBed, strategy: str) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     device = make_device(tmp_path, rp, sealed, pkcs11_store(softhsm, tmp_path / "device"))
-    assert device.activate(rp.activation_code()["activationCode"]).hardware_key_registered
+    assert device.activate(rp.activation_code()["activationLink"]).hardware_key_registered
     decision, risk = outcome(rp, device.authenticate)
     assert (decision, risk) == ("PASS", {"hwKeyClientStatus": "OK",
                                          "hwKeyServerResult": "VALID"})
@@ -156,7 +156,7 @@ def test_tpm_unreachable_at_activation(tmp_path: Path, make_rp: Any, sealed: Sea
     store = tpm_store(swtpm, tmp_path / "device")
     swtpm.tpm.stop()
     device = make_device(tmp_path, rp, sealed, store)
-    code = rp.activation_code()["activationCode"]
+    code = rp.activation_code()["activationLink"]
     decision, risk = outcome(rp, lambda: device.activate(code))
     assert risk == {"hwKeyClientStatus": "GENERATION_FAILED",
                     "hwKeyServerResult": "NO_KEY_REGISTERED"}
@@ -176,7 +176,7 @@ def test_tpm_faults_after_activation(tmp_path: Path, make_rp: Any, sealed: Seale
     rp = make_rp(hwKeyValidationStrategy=strategy)
     store = Corrupting(tpm_store(swtpm, tmp_path / "device"))
     device = make_device(tmp_path, rp, sealed, store)
-    device.activate(rp.activation_code()["activationCode"])
+    device.activate(rp.activation_code()["activationLink"])
     if fault == "fresh_tpm":
         swtpm.restart(fresh=True)  # TPM cleared / replaced: the wrapped blob no longer loads
     elif fault == "tpm_down":
@@ -197,7 +197,7 @@ def test_pkcs11_key_deleted_behind_the_sdks_back(tmp_path: Path, make_rp: Any,
     rp = make_rp(hwKeyValidationStrategy=strategy)
     store = pkcs11_store(softhsm, tmp_path / "device")
     device = make_device(tmp_path, rp, sealed, store)
-    device.activate(rp.activation_code()["activationCode"])
+    device.activate(rp.activation_code()["activationLink"])
     _destroy_all_keys(softhsm)
     decision, risk = outcome(rp, device.authenticate)
     assert risk == {"hwKeyClientStatus": "KEY_UNAVAILABLE", "hwKeyServerResult": "MISSING"}
@@ -214,7 +214,7 @@ def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, sealed
     # wrong token PIN at activation: generation fails, reported truthfully
     wrong = pkcs11_store(softhsm, tmp_path / "a", label=PIN_TOKEN, pin="0000")
     device = make_device(tmp_path / "a", rp, sealed, wrong)
-    code = rp.activation_code()["activationCode"]
+    code = rp.activation_code()["activationLink"]
     decision, risk = outcome(rp, lambda: device.activate(code))
     assert risk["hwKeyClientStatus"] == "GENERATION_FAILED"
     expect(strategy, "NO_KEY_REGISTERED", decision)
@@ -223,13 +223,13 @@ def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, sealed
     pkcs11.lib(softhsm.module).reinitialize()  # the module rescans its slots
     token_store = pkcs11_store(softhsm, tmp_path / "b", label="removable", pin="2222")
     second = make_device(tmp_path / "b", rp, sealed, token_store)
-    assert second.activate(rp.activation_code()["activationCode"]).hardware_key_registered
+    assert second.activate(rp.activation_code()["activationLink"]).hardware_key_registered
     subprocess.run(["softhsm2-util", "--delete-token", "--token", "removable"],
                    env={**os.environ, **removable.env}, check=True, capture_output=True)
     pkcs11.lib(softhsm.module).reinitialize()
     reloaded = Device.load(tmp_path / "b" / "device", transport=sealed(rp),
                            hardware=pkcs11_store(softhsm, tmp_path / "b", label="removable",
-                                                 pin="2222"))
+                                                 pin="2222", require_usable=False))
     decision, risk = outcome(rp, reloaded.authenticate)
     assert risk["hwKeyClientStatus"] in ("KEY_UNAVAILABLE", "SIGNING_FAILED")
     assert risk["hwKeyServerResult"] == "MISSING"
@@ -245,7 +245,7 @@ def test_state_directory_holds_no_hardware_private_key(tmp_path: Path, make_rp: 
     nothing is readable by other users. (The rotating software key is a software key.)"""
     rp = make_rp()
     device = make_device(tmp_path, rp, sealed, tpm_store(swtpm, tmp_path / "device"))
-    device.activate(rp.activation_code()["activationCode"])
+    device.activate(rp.activation_code()["activationLink"])
     with kb.db.read() as conn:
         hw_public = conn.execute(select(t.registrations.c.hw_public_key).where(
             t.registrations.c.id == device.device_id)).scalar_one()

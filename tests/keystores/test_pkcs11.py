@@ -19,6 +19,7 @@ from keybound.errors import (
     ErrorCode,
     InvalidSignature,
     KeyGenerationFailed,
+    KeyStoreError,
     KeyUnavailable,
     SigningFailed,
 )
@@ -40,8 +41,18 @@ def _options(token: SoftHsmToken, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _store(token: SoftHsmToken, state_dir: Path, **changes: Any) -> KeyStore:
-    return open_keystore("pkcs11", state_dir, _options(token, **changes))
+def _store(token: SoftHsmToken, state_dir: Path, *, require_usable: bool = True,
+           **changes: Any) -> KeyStore:
+    return open_keystore("pkcs11", state_dir, _options(token, **changes),
+                         require_usable=require_usable)
+
+
+def _refused(token: SoftHsmToken, state_dir: Path, **changes: Any) -> str:
+    """A store that cannot be used now is refused when opened by name (keystore_unavailable)."""
+    with pytest.raises(KeyStoreError) as refused:
+        _store(token, state_dir, **changes)
+    assert refused.value.code is ErrorCode.KEYSTORE_UNAVAILABLE
+    return refused.value.detail
 
 
 def _verify(handle: KeyHandle, signature: bytes, message: bytes = MESSAGE) -> None:
@@ -197,7 +208,8 @@ def test_wrong_pin(softhsm: SoftHsmBed, tmp_path: Path) -> None:
 @pytest.mark.softhsm
 def test_missing_token(store: KeyStore, softhsm: SoftHsmBed, tmp_path: Path) -> None:
     handle = store.generate("device-1")
-    missing = _store(softhsm.main, tmp_path, token_label="no-such-token")
+    assert "'no-such-token'" in _refused(softhsm.main, tmp_path, token_label="no-such-token")
+    missing = _store(softhsm.main, tmp_path, token_label="no-such-token", require_usable=False)
     assert not missing.available()
     with pytest.raises(KeyGenerationFailed, match=r"'no-such-token'.*no such token"):
         missing.generate("device-1")
@@ -208,7 +220,9 @@ def test_missing_token(store: KeyStore, softhsm: SoftHsmBed, tmp_path: Path) -> 
 
 @pytest.mark.softhsm
 def test_missing_slot(softhsm: SoftHsmBed, tmp_path: Path) -> None:
-    store = _store(softhsm.main, tmp_path, token_label=None, slot=987654)
+    assert "slot 987654" in _refused(softhsm.main, tmp_path, token_label=None, slot=987654)
+    store = _store(softhsm.main, tmp_path, token_label=None, slot=987654,
+                   require_usable=False)
     assert not store.available()
     with pytest.raises(KeyGenerationFailed, match="slot 987654"):
         store.generate("device-1")
@@ -217,7 +231,8 @@ def test_missing_slot(softhsm: SoftHsmBed, tmp_path: Path) -> None:
 @pytest.mark.softhsm
 def test_missing_module(softhsm: SoftHsmBed, tmp_path: Path) -> None:
     module = str(tmp_path / "libno-such-pkcs11.so")
-    store = _store(softhsm.main, tmp_path, module=module)
+    assert module in _refused(softhsm.main, tmp_path, module=module)
+    store = _store(softhsm.main, tmp_path, module=module, require_usable=False)
     assert not store.available()
     with pytest.raises(KeyGenerationFailed) as generation:
         store.generate("device-1")

@@ -21,6 +21,7 @@ from keybound.errors import (
     ErrorCode,
     InvalidSignature,
     KeyGenerationFailed,
+    KeyStoreError,
     KeyUnavailable,
     SigningFailed,
 )
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 MESSAGE = b"keybound tpm test transcript"
 
 
-def _store(tcti: str, state_dir: Path) -> KeyStore:
-    return open_keystore("tpm", state_dir, {"tcti": tcti})
+def _store(tcti: str, state_dir: Path, *, require_usable: bool = True) -> KeyStore:
+    return open_keystore("tpm", state_dir, {"tcti": tcti}, require_usable=require_usable)
 
 
 def _verify(handle: KeyHandle, signature: bytes, message: bytes = MESSAGE) -> None:
@@ -142,7 +143,12 @@ _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 @pytest.mark.swtpm
 def test_unreachable_tpm(swtpm: SwtpmBed, store: KeyStore, tmp_path: Path) -> None:
     handle = store.generate("device-1")
-    nowhere = _store(f"swtpm:host=127.0.0.1,port={free_port_pair()}", tmp_path)
+    tcti = f"swtpm:host=127.0.0.1,port={free_port_pair()}"
+    with pytest.raises(KeyStoreError) as refused:  # asked for by name: must work now
+        _store(tcti, tmp_path)
+    assert refused.value.code is ErrorCode.KEYSTORE_UNAVAILABLE
+    assert f"the TPM 2.0 at {tcti} cannot be used" in refused.value.detail
+    nowhere = _store(tcti, tmp_path, require_usable=False)  # reopened for existing keys
     assert not nowhere.available()
     with pytest.raises(KeyGenerationFailed) as generation:
         nowhere.generate("device-1")
@@ -221,7 +227,8 @@ def _open_fds() -> int:
 def test_connections_are_closed(store: KeyStore, tmp_path: Path) -> None:
     handle = store.generate("device-1")
     broken = _replace_ref(handle, private=_flip_last_byte(handle.ref["private"]))
-    nowhere = _store(f"swtpm:host=127.0.0.1,port={free_port_pair()}", tmp_path)
+    nowhere = _store(f"swtpm:host=127.0.0.1,port={free_port_pair()}", tmp_path,
+                     require_usable=False)
     before = _open_fds()
     for _ in range(20):
         store.sign(handle, MESSAGE)
@@ -254,6 +261,21 @@ def test_no_tpm_configured(tmp_path: Path) -> None:
     assert not store.available()
     with pytest.raises(KeyGenerationFailed, match="no TPM"):
         store.generate("device-1")
+
+
+def test_a_tpm_asked_for_on_a_machine_without_one_is_an_error(tmp_path: Path) -> None:
+    """Issue 14: ``open_keystore("tpm", ...)`` without a TPM used to give a store that let
+    the device activate with software keys. Asked for by name, it must fail, saying why."""
+    store = tpm.TpmKeyStore(tcti=None)  # what open_keystore builds when nothing names a TPM
+    with pytest.raises(KeyStoreError) as refused:
+        store.check_usable()
+    assert refused.value.code is ErrorCode.KEYSTORE_UNAVAILABLE
+    assert "no TPM 2.0 on this machine" in refused.value.detail
+    if not tpm.DEFAULT_DEVICE.exists():
+        with pytest.raises(KeyStoreError, match=r"no TPM 2\.0 on this machine"):
+            open_keystore("tpm", tmp_path)
+        with pytest.raises(KeyStoreError, match=r"no TPM 2\.0 on this machine"):
+            open_keystore("tpm", tmp_path, {})
 
 
 @pytest.mark.parametrize(

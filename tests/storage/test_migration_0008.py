@@ -56,7 +56,7 @@ def test_0008_up_and_down_keeps_the_rows_it_finds(db: Database) -> None:
         conn.execute(text(
             "INSERT INTO webhook_endpoints VALUES ('ep', 'bank', 'https://x.example/h', '', "
             "0, 0, NULL, NULL, 0, NULL)"))
-    command.downgrade(alembic_config(db.engine), "0005")
+    command.downgrade(alembic_config(db.engine), "0009")
     assert not NEW_TABLES & set(inspect(db.engine).get_table_names())
     assert "ix_events_delivery_pending" not in _indexes(db, "events")
     with db.engine.connect() as conn:

@@ -20,9 +20,11 @@ from keybound.client import Device, SealedTransport, preset
 from keybound.client.keystores import KeyStore
 from keybound.client.keystores.emulated import EmulatedSecureElement
 from keybound.errors import ClientError, KeyboundError
-from keybound.protocol import HwKeyValidationStrategy
+from keybound.protocol import HwKeyValidationStrategy, OperationContext, b64u_encode, context_hash
 from keybound.server.core.appconfig import AppConfig
+from keybound.server.events.results import VerifiedResult, verify_result
 from keybound.server.services import Keybound
+from keybound.server.services.resultkeys import DEFAULT_ISSUER
 from keybound.server.web.runner import BackgroundServer
 
 
@@ -41,11 +43,14 @@ class _RelyingParty:
         self.http = closing.enter_context(httpx.Client(
             base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {token}"}))
 
-    def activation_code(self) -> str:
+    def activation(self) -> dict[str, Any]:
+        """A new user's activation: its link (what a phone scans) and its typed fallback."""
         user = self.http.post("/rp/v1/users", json={}).json()["userId"]
-        code: str = self.http.post(f"/rp/v1/users/{user}/activation-codes").json()[
-            "activationCode"]
-        return code
+        issued: dict[str, Any] = self.http.post(f"/rp/v1/users/{user}/activation-codes").json()
+        return issued
+
+    def activation_link(self) -> str:
+        return str(self.activation()["activationLink"])
 
     def risk(self, operation_id: str | None) -> dict[str, Any]:
         if operation_id is None:
@@ -62,6 +67,19 @@ class _RelyingParty:
     def operation(self, operation_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.http.get(f"/rp/v1/operations/{operation_id}").json()
         return result
+
+    def start_signature(self, device_id: str, data: OperationContext) -> dict[str, Any]:
+        result: dict[str, Any] = self.http.post(f"/rp/v1/devices/{device_id}/signatures",
+                                                json={"dataToSign": data.to_wire()}).json()
+        return result
+
+    def verified_result(self, operation_id: str) -> VerifiedResult:
+        """What a relying party keeps as evidence: the result's JWS, verified offline against
+        the server's published keys (fetched here from the JWKS URL, unauthenticated)."""
+        token = self.operation(operation_id)["resultJws"]
+        jwks = self.http.get("/.well-known/jwks.json").json()
+        return verify_result(token, jwks, expected_issuer=DEFAULT_ISSUER,
+                             expected_operation_id=operation_id)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,13 +114,11 @@ def _tpm_store(work: Path) -> Iterator[_Tpm]:
 def _open_tpm(state_dir: Path, tcti: str) -> _Tpm:
     from keybound.client.keystores import open_keystore
 
-    try:
+    try:  # opened by name, so it must work now (else KEYSTORE_UNAVAILABLE)
         store = open_keystore("tpm", state_dir, {"tcti": tcti})
     except KeyboundError as exc:
         return _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device "
                     "skipped")
-    if not store.available():
-        return _Tpm(store=None, note="swtpm not reachable: TPM device skipped")
     return _Tpm(store=store, note="TPM 2.0 (a private swtpm)")
 
 
@@ -147,7 +163,7 @@ def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy
     scenario = _Scenario(rp, strategy.value, rows)
 
     def activate(device: Device) -> Callable[[], str | None]:
-        return lambda: device.activate(rp.activation_code()).operation_id
+        return lambda: device.activate(rp.activation_link()).operation_id
 
     def authenticate(device: Device) -> Callable[[], str | None]:
         return lambda: device.authenticate().operation_id
@@ -183,7 +199,8 @@ def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy
 
 def _backend_flow(kb: Keybound, base_url: str, work: Path,
                   closing: contextlib.ExitStack) -> list[str]:
-    """A relying party asks the user's phone to approve a payment, with a PIN."""
+    """A relying party asks the user's phone to approve a payment, with a PIN, then to sign
+    a contract; it verifies each signed result against the published keys."""
     app_id = "demo-supported"
     rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo-rp").token,
                        closing)
@@ -191,13 +208,17 @@ def _backend_flow(kb: Keybound, base_url: str, work: Path,
     phone = Device.create(work / "pin-phone", application_id=app_id, transport=transport,
                           profile=preset("ios-17"),
                           hardware=EmulatedSecureElement(work / "pin-phone" / "emulated-se"))
-    phone.activate(rp.activation_code(), pin="2468")
+    # this user types the fallback instead of scanning: the hint and the code, as shown
+    issued = rp.activation()
+    typed = f"{issued['activationHint']}-{issued['activationCode']}"
+    phone.activate(typed, pin="2468")
     op = rp.start_operation(
         phone.device_id or "",
         preOperationContext={"content": "Pay 120.00 EUR to ACME Corp", "mimeType": "text/plain"},
         postOperationContext={"content": "receipt #4711", "mimeType": "text/plain"},
         requiredAuthMethod="DEVICE:PIN")
-    lines = [f"relying party started operation {op['operationId']} ({op['state']})"]
+    lines = [f"device activated by typing the fallback {typed} (hint-code), PIN set",
+             f"relying party started operation {op['operationId']} ({op['state']})"]
     pending = phone.pending()
     shown = pending[0].pre_operation_context
     lines.append(f"device polled: {len(pending)} pending, shows "
@@ -209,7 +230,29 @@ def _backend_flow(kb: Keybound, base_url: str, work: Path,
     final = rp.operation(op["operationId"])
     lines.append(f"relying party reads: {final['state']}, {final['result']}, "
                  f"{final['riskData']}")
+    payment = OperationContext(content="Pay 120.00 EUR to ACME Corp", mime_type="text/plain")
+    lines.extend(_evidence(rp.verified_result(op["operationId"]), "preOperationContextHash",
+                           payment))
+    contract = OperationContext(content="I agree to loan contract #4711: 10 000 EUR, 5 years",
+                                mime_type="text/plain")
+    signature = rp.start_signature(phone.device_id or "", contract)
+    signed = phone.sign(signature["operationId"], pin="2468", approve=lambda shown: True,
+                        expected_data=contract)
+    lines.append(f"relying party asked for a signature; device showed and signed "
+                 f"{signed.signed_data.content if signed.signed_data else ''!r}")
+    lines.extend(_evidence(rp.verified_result(signature["operationId"]), "dataHash", contract))
     return lines
+
+
+def _evidence(result: VerifiedResult, hash_claim: str, copy: OperationContext) -> list[str]:
+    """The verified claims, and the hash claim checked against the relying party's copy."""
+    claims = result.claims
+    matches = claims[hash_claim] == b64u_encode(context_hash(copy))
+    return [f"  signed result verified ({result.algorithm.value}, kid {result.kid[:12]}...): "
+            f"{claims['operationType']} {claims['state']}, {claims.get('authMethod')} / "
+            f"{claims.get('authLevel')}, riskData {claims['riskData']}",
+            f"  {hash_claim} {'matches' if matches else 'DOES NOT MATCH'} the relying party's "
+            f"copy of {copy.content!r}"]
 
 
 def _table(rows: list[Row]) -> str:
@@ -250,7 +293,8 @@ def run_demo() -> int:
                 _run_strategy(kb, server.url, strategy, work, tpm, rows, closing)
             print(_table(rows))
             print()
-            print("Backend-initiated authentication with pre/post-operation context:")
+            print("Backend-initiated authentication with pre/post-operation context, and a "
+                  "signature, each with its signed result:")
             for line in _backend_flow(kb, server.url, work, closing):
                 print(f"  {line}")
         kb.close()

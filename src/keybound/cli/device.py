@@ -1,9 +1,13 @@
 """``keybound device ...``: make this machine a keybound device from the shell.
 
-The device keeps two files in its state directory: ``device-config.json`` (how to reach the
-server and which key store to use; no secrets — a token PIN is read from an environment
-variable named in the config) and the SDK's own state. Hardware keys live in the TPM or on
-the PKCS#11 token; of them the state directory holds only wrapped blobs and public keys.
+The state directory is the SDK's, in the SDK's format (:mod:`keybound.client.config`):
+``device-config.json`` (how to reach the server and which key store to use; no secrets -- a
+token PIN is read from an environment variable named in the config), the SDK's own state
+``device.json`` and its ceremony lock. A device set up here opens with
+``keybound.client.open_device(state_dir)``, and one the SDK made works here. Hardware keys
+live in the TPM or on the PKCS#11 token; of them the state directory holds only wrapped blobs
+and public keys. Commands on one directory take turns (the SDK's lock), so two at once never
+trip the device's clone detection.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import getpass
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,66 +25,30 @@ import httpx
 
 from keybound.channel import ChannelPin
 from keybound.client import (
+    PROFILES,
     Device,
     SealedTransport,
     Transport,
     load_pin,
-    open_keystore,
     preset,
 )
-from keybound.client.files import file_error, remove_private, write_private
+from keybound.client.config import (
+    CONFIG_FILE,
+    DEFAULT_STATE_DIR,
+    DEFAULT_TOKEN_PIN_ENV,
+    DeviceConfig,
+)
+from keybound.client.files import remove_private
 from keybound.client.keystores import TPM_TCTI_ENV, KeyStore, detect_keystore
+from keybound.client.sealed import parse_pin
 from keybound.client.state import StateStore
-from keybound.errors import ClientError, ErrorCode, KeyboundError
+from keybound.errors import ClientError, ErrorCode, KeyboundError, KeyStoreError
 
-CONFIG_FILE = "device-config.json"
+__all__ = ["CONFIG_FILE", "DEFAULT_STATE_DIR", "PIN_ENV", "DeviceConfig", "cmd_device",
+           "register"]
+
 PIN_ENV = "KEYBOUND_DEVICE_PIN"
-DEFAULT_STATE_DIR = Path.home() / ".keybound" / "device"
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-DEFAULT_TOKEN_PIN_ENV = "KEYBOUND_TOKEN_PIN"  # noqa: S105 - a variable name, not a PIN
-
-
-@dataclass(kw_only=True)
-class DeviceConfig:
-    application_id: str
-    server_url: str
-    channel_pin: str | None = None
-    profile: str = "linux"
-    keystore: str = "none"  # none | tpm | pkcs11 | emulated
-    keystore_options: dict[str, Any] = field(default_factory=dict)
-    token_pin_env: str | None = None  # PKCS#11: the env var holding the token user PIN
-
-    def save(self, directory: Path) -> None:
-        """Raises ClientError(CLIENT_CONFIGURATION) naming the file when it cannot be written."""
-        write_private(directory / CONFIG_FILE,
-                      (json.dumps(asdict(self), indent=2) + "\n").encode("utf-8"))
-
-    @classmethod
-    def load(cls, directory: Path) -> DeviceConfig:
-        path = directory / CONFIG_FILE
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise ClientError(f"no device in {directory}: run `keybound device activate` first",
-                              code=ErrorCode.CLIENT_NOT_ACTIVATED) from None
-        except OSError as exc:  # a directory in its place, a file as the state dir, ...
-            raise file_error("read", path, exc) from exc
-        except (ValueError, TypeError) as exc:
-            raise ClientError(f"{path} is not a valid device configuration",
-                              code=ErrorCode.CLIENT_CONFIGURATION) from exc
-
-
-def _keystore(config: DeviceConfig, directory: Path) -> KeyStore | None:
-    if config.keystore == "none":
-        return None
-    options = dict(config.keystore_options)
-    if config.keystore == "pkcs11" and config.token_pin_env:
-        pin = os.environ.get(config.token_pin_env)
-        if pin is None:
-            raise ClientError(f"set {config.token_pin_env} to the token's user PIN",
-                              code=ErrorCode.CLIENT_CONFIGURATION)
-        options["user_pin"] = pin
-    return open_keystore(config.keystore, directory, options)
 
 
 def _transport(config: DeviceConfig) -> Transport:
@@ -90,9 +58,14 @@ def _transport(config: DeviceConfig) -> Transport:
 
 
 def _device(directory: Path) -> tuple[Device, DeviceConfig]:
+    """The configured device, its key store reopened for the keys it has: a store that
+    cannot be opened now is reported to the server as an unavailable hardware key."""
     config = DeviceConfig.load(directory)
-    return Device.load(directory, transport=_transport(config),
-                       hardware=_keystore(config, directory)), config
+    if not StateStore(directory).exists():
+        raise ClientError(f"{directory} has a {CONFIG_FILE} but no device: run `keybound "
+                          "device activate` again", code=ErrorCode.CLIENT_NOT_ACTIVATED)
+    hardware = config.open_keystore(directory, require_usable=False)
+    return Device.load(directory, transport=_transport(config), hardware=hardware), config
 
 
 def _pin(args: argparse.Namespace) -> str | None:
@@ -117,32 +90,48 @@ def _activate(args: argparse.Namespace) -> dict[str, Any]:
     else (re)activate the stored device with its stored configuration, taking a new channel
     pin of the same application if one is given (E2E key rotation)."""
     directory: Path = args.state_dir
-    config = DeviceConfig.load(directory) if (directory / CONFIG_FILE).exists() else None
     store = StateStore(directory)
-    activated = store.exists() and store.load().current is not None
-    if activated and config is None:
-        raise ClientError(f"{directory} holds an activated device without its {CONFIG_FILE}",
-                          code=ErrorCode.CLIENT_CONFIGURATION)
-    if config is None or (not activated and _server_given(args)):
-        config = _new_config(args)
-        store.wipe()  # an unfinished set-up (never activated) holds no keys
-        device = Device.create(directory, application_id=config.application_id,
-                               transport=_transport(config), profile=preset(config.profile),
-                               hardware=_keystore(config, directory))
-        config.save(directory)
-        result = device.activate(args.code, pin=_pin(args))
-    else:
-        if _server_given(args):
-            config = _with_new_channel_pin(config, args)
-        device = Device.load(directory, transport=_transport(config),
-                             hardware=_keystore(config, directory))
-        result = device.activate(args.code, pin=_pin(args))
+    setup = None
+    if not (directory / CONFIG_FILE).exists():  # bad flags, or a key store that does not
+        setup = _setup(args)                     # work, are refused before anything is written
+    with store.lock():  # another command on this directory waits until this one is done
+        config = DeviceConfig.find(directory)
+        activated = store.exists() and store.load().current is not None
+        if activated and config is None:
+            raise ClientError(f"{directory} holds an activated device without its "
+                              f"{CONFIG_FILE}: open it once with keybound.client.open_device("
+                              "state_dir, channel_pin=...), which writes one",
+                              code=ErrorCode.CLIENT_CONFIGURATION)
+        if config is None or (not activated and _server_given(args)):
+            config, hardware = setup or _setup(args)
+            store.wipe()  # an unfinished set-up (never activated) holds no keys
+            device = Device.create(directory, application_id=config.application_id,
+                                   transport=_transport(config),
+                                   profile=preset(config.profile or "linux"), hardware=hardware)
+            config.save(directory)
+        else:
+            if _server_given(args):
+                config = _with_new_channel_pin(config, args)
+            # a reactivation makes a new hardware key: its store must work
+            device = Device.load(directory, transport=_transport(config),
+                                 hardware=config.open_keystore(directory, require_usable=True))
+        result = device.activate(args.code, hint=args.hint, pin=_pin(args))
         config.save(directory)  # a new channel pin is kept once the server accepted it
     return {"deviceId": result.device_id, "operationId": result.operation_id,
             "hardwareKeyRegistered": result.hardware_key_registered,
             "hwKeyClientStatus": result.hw_key_client_status.value,
             "authMethods": [m.value for m in result.auth_methods],
             "reactivated": result.reactivated}
+
+
+def _setup(args: argparse.Namespace) -> tuple[DeviceConfig, KeyStore | None]:
+    """A new device's configuration from the flags, and its key store, which must work."""
+    config = _new_config(args)
+    try:
+        return config, config.open_keystore(args.state_dir, require_usable=True)
+    except KeyStoreError as exc:
+        raise KeyStoreError(f"--keystore {config.keystore}: {exc.detail} (--keystore auto "
+                            "falls back to software keys instead)", code=exc.code) from None
 
 
 def _server_given(args: argparse.Namespace) -> bool:
@@ -183,6 +172,10 @@ def _new_config(args: argparse.Namespace) -> DeviceConfig:
     if keystore == "auto":  # what this machine has: a TPM 2.0, or software keys only
         found = detect_keystore(args.state_dir)
         keystore, options = (found.kind, dict(found.options)) if found else ("none", {})
+        if found is None:
+            print("keybound device: --keystore auto found no usable TPM 2.0: this device "
+                  "uses software keys only (name a store with --keystore tpm --tcti ... or "
+                  "--keystore pkcs11 to use secure hardware)", file=sys.stderr)
     else:
         options = _store_options(args, keystore)
     return DeviceConfig(
@@ -218,7 +211,7 @@ def _read_channel_pin(args: argparse.Namespace) -> str | None:
     if args.channel_pin_file:
         return load_pin(Path(args.channel_pin_file)).to_string()
     if args.channel_pin:
-        return ChannelPin.from_string(str(args.channel_pin).strip()).to_string()
+        return parse_pin(str(args.channel_pin), "the --channel-pin value").to_string()
     return None
 
 
@@ -239,18 +232,21 @@ def _store_options(args: argparse.Namespace, keystore: str) -> dict[str, Any]:
     return {}
 
 
-def _authenticate(args: argparse.Namespace) -> dict[str, Any]:
-    device, _ = _device(args.state_dir)
-
+def _approver(args: argparse.Namespace, question: str) -> Any:
     def approve(context: Any) -> bool:
         if context is None or args.yes:
             return True
-        print(f"approve? {context.content!r} [{context.mime_type}] (y/N) ", end="",
+        print(f"{question} {context.content!r} [{context.mime_type}] (y/N) ", end="",
               file=sys.stderr, flush=True)
         return sys.stdin.readline().strip().lower() in ("y", "yes")
 
+    return approve
+
+
+def _authenticate(args: argparse.Namespace) -> dict[str, Any]:
+    device, _ = _device(args.state_dir)
     result = device.authenticate(operation_id=args.operation_id, pin=_pin(args),
-                                 approve=approve)
+                                 approve=_approver(args, "approve?"))
     post = result.post_operation_context
     return {"operationId": result.operation_id, "authMethod": result.auth_method.value,
             "authLevel": result.auth_level.value,
@@ -258,12 +254,25 @@ def _authenticate(args: argparse.Namespace) -> dict[str, Any]:
             **({"postOperationContext": post.to_wire()} if post else {})}
 
 
+def _sign(args: argparse.Namespace) -> dict[str, Any]:
+    device, _ = _device(args.state_dir)
+    result = device.sign(args.operation_id, pin=_pin(args),
+                         approve=_approver(args, "sign this?"))
+    signed = result.signed_data
+    return {"operationId": result.operation_id, "authMethod": result.auth_method.value,
+            "authLevel": result.auth_level.value,
+            "hwKeyClientStatus": result.hw_key_client_status.value,
+            **({"signedData": signed.to_wire()} if signed else {})}
+
+
 def _pending(args: argparse.Namespace) -> dict[str, Any]:
     device, _ = _device(args.state_dir)
     return {"operations": [
-        {"operationId": op.operation_id, "expiresAt": op.expires_at.isoformat(),
+        {"operationId": op.operation_id, "operationType": op.operation_type.value,
+         "expiresAt": op.expires_at.isoformat(),
          **({"preOperationContext": op.pre_operation_context.to_wire()}
             if op.pre_operation_context else {}),
+         **({"dataToSign": op.data_to_sign.to_wire()} if op.data_to_sign else {}),
          **({"requiredAuthMethod": op.required_auth_method.value}
             if op.required_auth_method else {})}
         for op in device.pending()]}
@@ -278,15 +287,23 @@ def _status(args: argparse.Namespace) -> dict[str, Any]:
             "hardwareKey": device.has_hardware_key,
             "keystore": store.describe() if store else "none",
             "keystoreAvailable": bool(store and store.available()),
-            "profile": config.profile}
+            "profile": config.profile or _profile_name(device)}
+
+
+def _profile_name(device: Device) -> str:
+    profile = device.profile
+    return next((name for name, known in PROFILES.items() if known == profile),
+                f"{profile.platform.value} {profile.os_version}")
 
 
 def _deactivate(args: argparse.Namespace) -> dict[str, Any]:
-    device, _ = _device(args.state_dir)
-    device_id = device.device_id
-    device.deactivate()  # keys deleted (hardware too); then the local files go
-    remove_private(args.state_dir / CONFIG_FILE)
-    StateStore(args.state_dir).wipe()
+    store = StateStore(args.state_dir)
+    with store.lock():
+        device, _ = _device(args.state_dir)
+        device_id = device.device_id
+        device.deactivate()  # keys deleted (hardware too); then the local files go
+        remove_private(args.state_dir / CONFIG_FILE)
+        store.wipe()
     return {"deviceId": device_id, "state": "DEACTIVATED"}
 
 
@@ -311,11 +328,13 @@ def _push_token(args: argparse.Namespace) -> dict[str, Any]:
             "pushProvider": token.provider.value if token else None}
 
 
-ACTIONS = {"activate": _activate, "authenticate": _authenticate, "pending": _pending,
-           "status": _status, "deactivate": _deactivate, "push-token": _push_token}
+ACTIONS = {"activate": _activate, "authenticate": _authenticate, "sign": _sign,
+           "pending": _pending, "status": _status, "deactivate": _deactivate,
+           "push-token": _push_token}
 
 
 def cmd_device(args: argparse.Namespace) -> int:
+    args.state_dir = Path(args.state_dir).expanduser()
     try:
         result = ACTIONS[args.device_command](args)
     except KeyboundError as exc:
@@ -328,17 +347,20 @@ def cmd_device(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``device`` to the top-level parser's subcommands."""
     device = sub.add_parser("device", help="act as a keybound device (TPM, PKCS#11 or software)")
-    device.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help=f"where the device keeps its state (default {DEFAULT_STATE_DIR})")
+    _with_device_options(device, default=DEFAULT_STATE_DIR)
     actions = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
 
-    activate = actions.add_parser(
-        "activate", help="activate (or reactivate) with a code",
+    activate = _with_device_options(actions.add_parser(
+        "activate", help="activate (or reactivate) with an activation link or typed code",
         description="Set this device up from the flags and activate it; on a device that is "
         "already activated, reactivate it (reactivation code) with its stored configuration, "
         "taking a new --channel-pin(-file) of the same application if given. A device that "
-        "was never activated is set up anew when a channel pin or server is given again.")
-    activate.add_argument("code", help="activation code from the relying party")
+        "was never activated is set up anew when a channel pin or server is given again."))
+    activate.add_argument("code", metavar="ACTIVATION",
+                          help="from the relying party: the activation link (or its token), "
+                          "or the typed code with its hint as HINT-CODE (e.g. 7KQ2MX-483920)")
+    activate.add_argument("--hint", help="the activation hint, when ACTIVATION is the typed "
+                          "code alone")
     pin = activate.add_mutually_exclusive_group()
     pin.add_argument("--channel-pin", help="the server's E2E key pin string "
                      "(`keybound e2e-key pin`): application, server URL and key")
@@ -373,19 +395,41 @@ def register(sub: Any) -> None:
     activate.add_argument("--with-pin", action="store_true",
                           help=f"set up DEVICE:PIN (PIN from ${PIN_ENV} or a prompt)")
 
-    auth = actions.add_parser("authenticate", help="authenticate (device- or backend-initiated)")
+    auth = _with_device_options(actions.add_parser(
+        "authenticate", help="authenticate (device- or backend-initiated)"))
     auth.add_argument("--operation-id", help="answer this backend-initiated operation")
     auth.add_argument("--with-pin", action="store_true",
                       help=f"use DEVICE:PIN (PIN from ${PIN_ENV} or a prompt)")
     auth.add_argument("--yes", action="store_true", help="approve without asking")
 
-    actions.add_parser("pending", help="list backend-initiated operations waiting for us")
-    actions.add_parser("status", help="show this device's state and key store")
-    actions.add_parser("deactivate", help="deactivate at the server, delete the keys and "
-                       "the local state")
-    push = actions.add_parser("push-token", help="register the push token the server wakes "
-                              "this device through (docs/notifications.md), or --remove it")
+    sign = _with_device_options(actions.add_parser(
+        "sign", help="answer a signature operation: show its data, and sign it if approved"))
+    sign.add_argument("operation_id", help="the signature operation (see `pending`)")
+    sign.add_argument("--with-pin", action="store_true",
+                      help=f"use DEVICE:PIN (PIN from ${PIN_ENV} or a prompt)")
+    sign.add_argument("--yes", action="store_true", help="sign without asking")
+
+    _with_device_options(actions.add_parser(
+        "pending", help="list backend-initiated operations waiting for us"))
+    _with_device_options(actions.add_parser(
+        "status", help="show this device's state and key store"))
+    _with_device_options(actions.add_parser(
+        "deactivate", help="deactivate at the server, delete the keys and the local state"))
+    push = _with_device_options(actions.add_parser(
+        "push-token", help="register the push token the server wakes this device through "
+        "(docs/notifications.md), or --remove it"))
     push.add_argument("provider", nargs="?", choices=["fcm", "apns", "webhook"])
     push.add_argument("token", nargs="?")
     push.add_argument("--remove", action="store_true")
     device.set_defaults(func=cmd_device)
+
+
+def _with_device_options(parser: argparse.ArgumentParser,
+                         default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
+    """``--state-dir`` before the action (``keybound device --state-dir X status``) or after
+    it (``keybound device status --state-dir X``): SUPPRESS after it, so a value given before
+    is not overwritten by the action's default."""
+    parser.add_argument("--state-dir", type=Path, default=default,
+                        help=f"where the device keeps its state (default {DEFAULT_STATE_DIR}, "
+                        "as the SDK's open_device); before or after the action")
+    return parser

@@ -1,4 +1,5 @@
-"""The server's commands: ``serve``, ``app``, ``api-key``, ``e2e-key``, ``audit``, ``db``.
+"""The server's commands: ``serve``, ``app``, ``api-key``, ``e2e-key``, ``signing-key``,
+``audit``, ``db``.
 
 They need the server's dependencies (``pip install 'keybound[server]'``); the parser is
 built without them, and a command says what to install when they are missing.
@@ -107,14 +108,151 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.audit_command == "verify" and args.export:
+        return _verify_export(args)
+    if args.audit_command == "verify" and args.kept:
+        return _verify_database_against(args)
     admin = _open(args).admin
     if args.audit_command == "noise":
         since = int((time.time() - args.hours * 3600) * 1000)
         for record in admin.noise(since_ms=since):
             print(json.dumps(record._asdict(), sort_keys=True))
         return 0
+    if args.audit_command == "checkpoint":
+        made = admin.audit_checkpoint()
+        print(f"signed checkpoint of chain position {made.chain_seq}" if made else
+              "the chain's head is signed already")
+        return 0
+    if args.audit_command == "export":
+        return _export(admin, args.file)
+    if args.audit_command == "verify":
+        from keybound.server.events.chain import AuditChainInvalid
+
+        try:
+            verified = admin.audit_verify()
+        except AuditChainInvalid as exc:
+            return _findings(exc)
+        _print_verified(verified)
+        return 0
+    from keybound.protocol import b64u_encode
+
     for event in reversed(admin.events(application_id=args.application_id, limit=args.limit)):
-        print(json.dumps(event._asdict(), sort_keys=True))
+        print(json.dumps({name: b64u_encode(value) if isinstance(value, bytes) else value
+                          for name, value in event._asdict().items()}, sort_keys=True))
+    return 0
+
+
+def _export(admin: Any, file: str) -> int:
+    if file == "-":
+        exported = admin.audit_export(sys.stdout)
+    else:
+        with open(file, "x", encoding="utf-8") as out:  # never overwrite an earlier export
+            exported = admin.audit_export(out)
+    print(f"exported {exported.entries} entries and {exported.checkpoints} checkpoints "
+          f"(up to chain position {exported.last})", file=sys.stderr)
+    return 0
+
+
+def _kept(args: argparse.Namespace, jwks: Any) -> list[Any]:
+    """The entries of the earlier export given with --kept, itself verified first."""
+    from keybound.server.services.audit import lines_of, verify_export
+
+    if not args.kept:
+        return []
+    with open(args.kept, encoding="utf-8") as handle:
+        parsed, _ = verify_export(lines_of(handle), jwks=jwks)
+    return parsed.entries
+
+
+def _trusted_keys(args: argparse.Namespace) -> Any:
+    if args.jwks:
+        with open(args.jwks, encoding="utf-8") as handle:
+            return json.load(handle)
+    print("warning: checking the checkpoints against the keys the export carries; pass "
+          "--jwks with the server's published JWKS you keep, to trust only those",
+          file=sys.stderr)
+    return None
+
+
+def _verify_export(args: argparse.Namespace) -> int:
+    from keybound.server.events.chain import AuditChainInvalid
+    from keybound.server.services.audit import ExportInvalid, lines_of, verify_export
+
+    jwks = _trusted_keys(args)
+    try:
+        kept = _kept(args, jwks)
+        with open(args.export, encoding="utf-8") as handle:
+            parsed, verified = verify_export(lines_of(handle), jwks=jwks, kept=kept)
+    except ExportInvalid as exc:
+        print(f"keybound: {exc.detail}", file=sys.stderr)
+        return 1
+    except AuditChainInvalid as exc:
+        return _findings(exc)
+    print(f"export of {parsed.issuer}, taken at {parsed.exported_at} ms")
+    _print_verified(verified)
+    return 0
+
+
+def _verify_database_against(args: argparse.Namespace) -> int:
+    from keybound.server.events.chain import AuditChainInvalid
+    from keybound.server.services.audit import ExportInvalid
+
+    admin = _open(args).admin
+    try:
+        verified = admin.audit_verify(kept=_kept(args, _trusted_keys(args)))
+    except ExportInvalid as exc:
+        print(f"keybound: {exc.detail}", file=sys.stderr)
+        return 1
+    except AuditChainInvalid as exc:
+        return _findings(exc)
+    _print_verified(verified)
+    return 0
+
+
+def _findings(exc: Any) -> int:
+    print(f"the audit trail was altered: {len(exc.findings)} finding(s)")
+    for finding in exc.findings:
+        print(f"  {finding}")
+    return 1
+
+
+def _print_verified(verified: Any) -> None:
+    print(f"intact: {verified.entries} chained entries (chain positions {verified.first} to "
+          f"{verified.last}), {verified.checkpoints} valid checkpoints")
+    if verified.pruned_up_to is not None:
+        print(f"  positions up to {verified.pruned_up_to} were pruned (signed checkpoint)")
+    if verified.unsealed:
+        print(f"  {verified.unsealed} entries written since are not sealed into the chain yet")
+    print(f"  signed up to position {verified.signed_up_to}; {verified.unsigned} newer "
+          "entries are chained but not yet signed")
+
+
+def cmd_signing_key(args: argparse.Namespace) -> int:
+    from keybound.server.clock import ms_to_dt
+    from keybound.server.events.results import ResultAlgorithm
+
+    kb = _open(args)
+    admin = kb.admin
+    if args.signing_command == "create":
+        info = admin.create_signing_key(ResultAlgorithm(args.algorithm))
+        print(f"{info.kid}  ({info.algorithm.value}, ACTIVE: it signs from now on)")
+    elif args.signing_command == "retire":
+        info = admin.retire_signing_key(args.kid, publish_days=args.publish_days)
+        until = "for good" if info.expires_at is None else \
+            f"until {ms_to_dt(info.expires_at).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        print(f"{info.kid} is RETIRED; it stays in the JWKS {until}")
+    elif args.signing_command == "issuer":
+        print(admin.set_issuer(args.url) if args.url else kb.results.issuer())
+    else:
+        print(f"issuer: {kb.results.issuer()}")
+        print(f"{'kid':43}  {'alg':7}  {'state':7}  {'created':20}  {'retired':20}  published")
+        for key in admin.signing_keys():
+            created, retired = (ms_to_dt(t).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
+                                for t in (key.created_at, key.retired_at))
+            until = "for good" if key.expires_at is None else \
+                f"until {ms_to_dt(key.expires_at).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+            print(f"{key.kid:43}  {key.algorithm.value:7}  {key.state.value:7}  "
+                  f"{created:20}  {retired:20}  {until}")
     return 0
 
 
@@ -164,7 +302,8 @@ def cmd_db(args: argparse.Namespace) -> int:
                           "supersededKeys": pruned.superseded_keys,
                           "seenRequests": pruned.seen_requests, "events": pruned.events,
                           "noise": pruned.noise, "postContexts": pruned.post_contexts,
-                          "webhookLog": pruned.webhook_log}))
+                          "webhookLog": pruned.webhook_log,
+                          "activationSecrets": pruned.activation_secrets}))
         return 0
     print(f"database at {kb.db.display_url} is at the newest schema revision")
     return 0
@@ -297,8 +436,51 @@ def register(sub: Any) -> None:
         parser.add_argument("--application-id", help="only this application's events")
         parser.add_argument("--limit", type=_positive, default=50,
                             help="how many events (default 50)")
+    checkpoint = with_database_option(audit_sub.add_parser(
+        "checkpoint", help="sign the audit chain's head now (the server does so by itself "
+        "at most once a minute while it grows)"))
+    checkpoint.set_defaults(audit_command="checkpoint")
+    export = with_database_option(audit_sub.add_parser(
+        "export", help="write the whole audit trail, chained and signed, to a file an "
+        "auditor keeps (JSON lines; docs/audit.md)"))
+    export.add_argument("file", help="the file to create (never overwritten), or - for "
+                        "standard output")
+    verify = with_database_option(audit_sub.add_parser(
+        "verify", help="check the database's audit trail, or an export: any edited, removed, "
+        "reordered or inserted entry is found and named; exit 1 if so"))
+    verify.add_argument("--export", metavar="FILE",
+                        help="check this export instead of the database")
+    verify.add_argument("--jwks", metavar="FILE",
+                        help="trust only these keys for an export (the server's JWKS, "
+                        "fetched from /.well-known/jwks.json and kept)")
+    verify.add_argument("--kept", metavar="FILE",
+                        help="an earlier export kept since: the trail must still hold every "
+                        "entry it recorded, unchanged (or have pruned it)")
     with_database_option(audit)
     audit.set_defaults(func=cmd_audit, audit_command="events")
+
+    signing = sub.add_parser(
+        "signing-key", help="the keys that sign operation results and audit checkpoints "
+        "(published at /.well-known/jwks.json); private keys stay wrapped under the master key")
+    signing_sub = signing.add_subparsers(dest="signing_command", required=True,
+                                         metavar="ACTION")
+    sc = with_database_option(signing_sub.add_parser(
+        "create", help="a new key; being the newest ACTIVE key, it signs from now on"))
+    sc.add_argument("--algorithm", default="ES256", choices=["ES256", "Ed25519"],
+                    help="ES256 (default) or Ed25519 (EdDSA)")
+    with_database_option(signing_sub.add_parser(
+        "list", help="the keys (never a private key) and the issuer"))
+    sr = with_database_option(signing_sub.add_parser(
+        "retire", help="a key signs nothing more and its private key is erased; it stays "
+        "published, so what it signed keeps verifying"))
+    sr.add_argument("kid")
+    sr.add_argument("--publish-days", type=_days, default=None,
+                    help="end its publication after this many days (default: never; "
+                    "results it signed stop verifying once it is gone)")
+    si = with_database_option(signing_sub.add_parser(
+        "issuer", help="show, or set, the iss of results and checkpoints: the server's URL"))
+    si.add_argument("url", nargs="?", help="e.g. https://kb.example")
+    signing.set_defaults(func=cmd_signing_key)
 
     db = with_database_option(sub.add_parser(
         "db", help="upgrade the schema, or prune what retention allows"))

@@ -6,13 +6,16 @@ Every request goes through the secure channel, sealed to the server E2E key the 
     from keybound.client import open_device, open_keystore, preset
 
     device = open_device(
-        "~/.keybound/device", pin=PIN,  # the pin string (or file) from `keybound e2e-key`
+        "~/.keybound/device",  # the default; `keybound device` uses the same directory
+        channel_pin="bank.pin",  # the server's E2E key pin (string or file): the channel
         profile=preset("linux"), hardware=open_keystore("tpm", "~/.keybound/device"),
     )
-    device.activate("ABCD1234", pin="2468")
+    device.activate(LINK, pin="2468")  # the activation link, or "HINT-CODE" as typed; pin:
+                                       # the user's PIN (DEVICE:PIN)
     result = device.authenticate(pin="2468")
 """
 
+from keybound.client.config import DEFAULT_STATE_DIR
 from keybound.client.device import (
     ActivationResult,
     Approve,
@@ -28,6 +31,7 @@ from keybound.client.sealed import SealedTransport, load_pin
 from keybound.client.transport import Transport, outcome_unknown
 
 __all__ = [
+    "DEFAULT_STATE_DIR",
     "PROFILES",
     "ActivationResult",
     "Approve",

@@ -23,17 +23,32 @@ emulated (Android-format) secure element sends its certificate chain at finish
 ``NOT_PROVIDED`` and its policy decides, and a server that ignores the fields activates the
 device as before.
 
-Declining: when an ``approve`` callback returns False, :meth:`Device.authenticate` raises
-:class:`OperationDeclined` (code ``invalid_state``) without finishing; a backend-initiated
-operation is declined at the server (signed), so the relying party sees it fail at once.
+Declining: when ``approve`` is False or a callback that returns False,
+:meth:`Device.authenticate` raises :class:`OperationDeclined` (code ``invalid_state``) without
+finishing; a backend-initiated operation is declined at the server (signed), so the relying
+party sees it fail at once.
 
-A Device is not thread-safe; use one Device per state directory at a time.
+One ceremony at a time per state directory: activate, authenticate, deactivate and forget
+hold the directory's lock (:mod:`keybound.client.lock`) from before they read the state until
+after they saved the outcome, and read the state as saved, not as this object last saw it. So
+any number of Device objects, threads and processes may use one directory: their ceremonies
+take turns, and none signs with a key another one has rotated away (docs/protocol.md §4.5).
+If the server still answers ``software_key_superseded`` (a ceremony outside the lock rotated
+the key after this one's challenge), the device reloads its state and, if that brought a
+newer key, tries once more with it; it never retries with the refused key, which the server
+would take for a copy.
+
+Signature operations (docs/protocol.md §3.2.6) are answered with :meth:`Device.sign` only:
+it shows the data to the ``approve`` callback (mandatory) and signs a transcript that binds
+its hash; :meth:`Device.authenticate` refuses them, so an app that approves authentications
+without asking never signs data unseen.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +58,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from keybound import protocol
 from keybound.client import pin as pins
+from keybound.client.activation import Activation, read_activation
 from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
 from keybound.client.keystores.base import (
     ActivationCredential,
@@ -72,6 +88,7 @@ from keybound.protocol import (
     Message,
     OperationContext,
     OperationState,
+    OperationType,
     Platform,
     Purpose,
 )
@@ -83,7 +100,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: Called with the pre-operation context (what the user is asked to approve); return True
-#: to approve. None approves everything.
+#: to approve. ``authenticate(approve=...)`` also takes a plain True or False, and None
+#: (approve everything).
 Approve = Callable[[OperationContext | None], bool]
 
 _APPLICATION_ID: TypeAdapter[str] = TypeAdapter(protocol.ApplicationId)
@@ -117,6 +135,8 @@ class AuthenticationResult:
     auth_level: AuthLevel
     post_operation_context: OperationContext | None
     hw_key_client_status: HwKeyClientStatus
+    #: a signature operation's data, as shown and signed (None for an authentication)
+    signed_data: OperationContext | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +147,9 @@ class PendingOperation:
     expires_at: datetime
     pre_operation_context: OperationContext | None
     required_auth_method: AuthMethod | None
+    #: SIGNATURE: answer with :meth:`Device.sign`, which shows ``data_to_sign``
+    operation_type: OperationType = OperationType.AUTHENTICATION
+    data_to_sign: OperationContext | None = None
 
 
 class OperationDeclined(ClientError):
@@ -148,7 +171,10 @@ class _Candidate:
 
 
 class Device:
-    """A keybound device. Build one with :meth:`create` (new) or :meth:`load` (existing)."""
+    """A keybound device. Build one with :meth:`create` (new) or :meth:`load` (existing).
+
+    Its properties (``activated``, ``device_id``, ...) describe the state as of this object's
+    last ceremony or load; each ceremony re-reads the state as saved."""
 
     def __init__(
         self,
@@ -179,11 +205,6 @@ class Device:
         Raises CLIENT_CONFIGURATION if ``state_dir`` already holds a device.
         """
         store = StateStore(state_dir)
-        if store.exists():
-            raise ClientError(
-                f"{store.directory} already holds a device; use Device.load",
-                code=ErrorCode.CLIENT_CONFIGURATION,
-            )
         try:
             _APPLICATION_ID.validate_python(application_id)
         except ValidationError:
@@ -191,7 +212,13 @@ class Device:
                 f"invalid application id {application_id!r}", code=ErrorCode.CLIENT_CONFIGURATION
             ) from None
         state = ClientState(application_id=application_id, profile=profile)
-        store.save(state)
+        with store.lock():  # two creators: one creates, the other is refused
+            if store.exists():
+                raise ClientError(
+                    f"{store.directory} already holds a device; use Device.load",
+                    code=ErrorCode.CLIENT_CONFIGURATION,
+                )
+            store.save(state)
         return cls(store=store, state=state, transport=transport, hardware=hardware)
 
     @classmethod
@@ -210,10 +237,11 @@ class Device:
         A new ``profile`` (say, after an OS update) replaces the stored one.
         """
         store = StateStore(state_dir)
-        state = store.load()
-        if profile is not None and profile != state.profile:
-            state = replace(state, profile=profile)
-            store.save(state)
+        with store.lock():
+            state = store.load()
+            if profile is not None and profile != state.profile:
+                state = replace(state, profile=profile)
+                store.save(state)
         handle = _newest_handle(state)
         if hardware is None and handle is not None:
             hardware = _reopen(handle.store, store.directory)
@@ -260,21 +288,25 @@ class Device:
     # ------------------------------------------------------------------ activation
 
     def activate(
-        self,
-        activation_code: str,
-        *,
-        pin: str | None = None,
+        self, activation: str, *, hint: str | None = None, pin: str | None = None,
         push_token: protocol.PushToken | None = None,
     ) -> ActivationResult:
-        """(Re)activate with a code from the relying party; with ``pin``, set up DEVICE:PIN;
-        with ``push_token``, the server wakes the app through it when a backend-initiated
-        operation waits (docs/protocol.md §3.1.8; a reactivation without one removes the
-        old one).
+        """(Re)activate with what the relying party issued (docs/protocol.md §3.2.5): the
+        activation link or its token, or the typed code with its hint (``HINT-CODE``, or the
+        code and ``hint=``); with ``pin``, set up DEVICE:PIN; with ``push_token``, the server
+        wakes the app through it when a backend-initiated operation waits (docs/protocol.md
+        §3.1.8; a reactivation without one removes the old one).
 
-        On an activated device only a reactivation code for the same device id is accepted
+        On an activated device only a reactivation for the same device id is accepted
         (INVALID_STATE otherwise); success replaces every old key. Raises ClientError with
         the server's code when refused.
         """
+        given = read_activation(activation, hint=hint, application_id=self.application_id)
+        with self._ceremony():
+            return self._activate(given, pin, push_token)
+
+    def _activate(self, given: Activation, pin: str | None,
+                  push_token: protocol.PushToken | None) -> ActivationResult:
         pin_salt: bytes | None = None
         pin_key: bytes | None = None
         if pin is not None:
@@ -286,7 +318,9 @@ class Device:
             _request(
                 protocol.ActivationStartRequest,
                 application_id=self.application_id,
-                activation_code=activation_code,
+                activation_token=given.token,
+                activation_code=given.code,
+                activation_hint=given.hint,
                 tpm=_tpm_wire(attestation_key),
             ),
             protocol.ActivationStartResponse,
@@ -490,25 +524,68 @@ class Device:
         *,
         operation_id: str | None = None,
         pin: str | None = None,
-        approve: Approve | None = None,
+        approve: Approve | bool | None = None,
     ) -> AuthenticationResult:
         """Authenticate: device-initiated, or answering the backend-initiated
         ``operation_id``. With ``pin`` the auth method is DEVICE:PIN, else DEVICE.
 
-        ``approve`` is shown the pre-operation context; returning False raises
-        :class:`OperationDeclined`. Raises ClientError with the server's code when refused
-        (``pin_invalid`` for a wrong PIN: only the server can tell).
+        ``approve``: True (or None) approves, False declines, a callable is shown the
+        pre-operation context and decides; a decline raises :class:`OperationDeclined`.
+        Raises ClientError with the server's code when refused (``pin_invalid`` for a wrong
+        PIN: only the server can tell).
         """
-        self._require_activated()
-        method = AuthMethod.DEVICE_PIN if pin is not None else AuthMethod.DEVICE
-        approval = _Approval(approve)
-        return _newest_accepted(
-            self._candidates(),
-            lambda candidate: self._authenticate_with(candidate, operation_id, method, pin,
-                                                      approval),
-            "authentication")
+        return self._answer(operation_id, pin, _Approval(approve), _Expected(
+            kind=OperationType.AUTHENTICATION, data=None))
 
-    def _decline(self, device_id: str, start: protocol.AuthenticationStartResponse) -> None:
+    def sign(
+        self,
+        operation_id: str,
+        *,
+        approve: Approve,
+        pin: str | None = None,
+        expected_data: OperationContext | None = None,
+    ) -> AuthenticationResult:
+        """Answer the signature operation ``operation_id`` (docs/protocol.md §3.2.6): the
+        data to sign is shown to ``approve``, and the device's keys sign a transcript that
+        binds its hash, which the result's JWS carries to the relying party.
+
+        ``expected_data``: what the app already showed (say, from :meth:`pending`); other
+        data from the server is refused before anything is signed (``invalid_state``).
+        Returning False from ``approve`` declines it (:class:`OperationDeclined`).
+        """
+        return self._answer(operation_id, pin, _Approval(approve), _Expected(
+            kind=OperationType.SIGNATURE, data=expected_data))
+
+    def _answer(self, operation_id: str | None, pin: str | None, approval: _Approval,
+                expected: _Expected) -> AuthenticationResult:
+        method = AuthMethod.DEVICE_PIN if pin is not None else AuthMethod.DEVICE
+
+        def attempt() -> AuthenticationResult:
+            self._require_activated()
+            return _newest_accepted(
+                self._candidates(),
+                lambda candidate: self._authenticate_with(candidate, operation_id, method, pin,
+                                                          approval, expected),
+                "authentication")
+
+        with self._ceremony():
+            known = self._software_keys()
+            try:
+                return attempt()
+            except ClientError as exc:
+                if exc.code is not ErrorCode.SOFTWARE_KEY_SUPERSEDED:
+                    raise
+                self._reload()
+                if not self._software_keys() - known:
+                    # Rotated by a holder of these keys that did not save here (a copy of
+                    # this directory): the old key again would be a copy (§4.5).
+                    log.warning("the software key was rotated outside this state directory")
+                    raise
+                log.info("the software key was rotated meanwhile; trying the current one")
+                return attempt()
+
+    def _decline(self, device_id: str, start: protocol.AuthenticationStartResponse,
+                 shown: OperationContext | None) -> None:
         """Decline a backend-initiated operation at the server (§3.1.7), signing with each
         candidate key of ``device_id``, newest first, as finish does; the challenge stays
         the same while it is valid, so no new start (and no new question) is needed.
@@ -523,8 +600,7 @@ class Device:
         message = protocol.transcript(
             Purpose.DECLINE, application_id=self.application_id, device_id=device_id,
             operation_id=start.operation_id, challenge=start.challenge,
-            context_digest=protocol.context_hash(start.pre_operation_context),
-            software_public_key=b"")
+            context_digest=protocol.context_hash(shown), software_public_key=b"")
 
         def send(key: SoftwareKey) -> None:
             self._post(
@@ -550,6 +626,7 @@ class Device:
         method: AuthMethod,
         pin: str | None,
         approval: _Approval,
+        expected: _Expected,
     ) -> AuthenticationResult:
         registration = self._state.registrations[candidate.registration]
         current = SoftwareKey.from_pem(registration.software_keys[candidate.key])
@@ -564,15 +641,17 @@ class Device:
             ),
             protocol.AuthenticationStartResponse,
         )
+        shown = expected.check(start)
         _check_method(method, start.allowed_auth_methods)
         try:
-            approval.check(start.pre_operation_context)
+            approval.check(shown)
         except OperationDeclined:
             if operation_id is not None:  # tell the relying party now (§3.1.7)
-                self._decline(registration.device_id, start)
+                self._decline(registration.device_id, start, shown)
             raise
         following = SoftwareKey.generate()
-        signed = self._sign_authentication(start, registration, following, method)
+        signed = self._sign_authentication(start, registration, following, method,
+                                           expected.kind, shown)
         request = protocol.AuthenticationFinishRequest(
             application_id=self.application_id,
             device_id=registration.device_id,
@@ -585,13 +664,15 @@ class Device:
             hw_key_client_status=signed.status,
             pin_proof=None if pin_key is None else pins.proof(pin_key, signed.message),
         )
-        finish = self._send_authentication(candidate.registration, following, request)
+        finish = self._send_authentication(registration.software_keys[candidate.key], following,
+                                           request)
         return AuthenticationResult(
             operation_id=finish.operation_id,
             auth_method=finish.auth_method,
             auth_level=finish.auth_level,
             post_operation_context=finish.post_operation_context,
             hw_key_client_status=signed.status,
+            signed_data=shown if expected.kind is OperationType.SIGNATURE else None,
         )
 
     def _sign_authentication(
@@ -600,12 +681,16 @@ class Device:
         registration: Registration,
         following: SoftwareKey,
         method: AuthMethod,
+        kind: OperationType,
+        shown: OperationContext | None,
     ) -> _HardwareSigned:
-        """The transcript and the hardware part of an authentication. The status is in the
-        transcript, so a failed hardware signature means a new transcript without one."""
+        """The transcript and the hardware part of an authentication (or signature). The
+        status is in the transcript, so a failed hardware signature means a new transcript
+        without one."""
 
         def transcript(status: HwKeyClientStatus) -> bytes:
-            return self._authentication_transcript(start, registration, following, method, status)
+            return self._authentication_transcript(start, registration, following, method,
+                                                   status, kind, shown)
 
         handle = registration.hardware_key
         if handle is None:
@@ -626,14 +711,17 @@ class Device:
         following: SoftwareKey,
         method: AuthMethod,
         status: HwKeyClientStatus,
+        kind: OperationType,
+        shown: OperationContext | None,
     ) -> bytes:
+        # §4.1.1: a signature signs the hash of the data shown, under its own purpose
         return protocol.transcript(
-            Purpose.AUTHENTICATION,
+            Purpose.SIGNATURE if kind is OperationType.SIGNATURE else Purpose.AUTHENTICATION,
             application_id=self.application_id,
             device_id=registration.device_id,
             operation_id=start.operation_id,
             challenge=start.challenge,
-            context_digest=protocol.context_hash(start.pre_operation_context),
+            context_digest=protocol.context_hash(shown),
             software_public_key=following.public_key,
             hardware_public_key=b"",
             auth_method=method.value,
@@ -667,23 +755,20 @@ class Device:
 
     def _send_authentication(
         self,
-        index: int,
+        signer: str,
         following: SoftwareKey,
         request: protocol.AuthenticationFinishRequest,
     ) -> protocol.AuthenticationFinishResponse:
-        """Persist the next key as a candidate, send, then promote or discard it."""
-        registration = self._state.registrations[index]
-        pending = replace(
-            registration, software_keys=(*registration.software_keys, following.to_pem())
-        )
-        self._replace_registration(index, pending)
+        """Persist the next key as a candidate beside the signing key, send, then promote or
+        discard it."""
+        pending = self._add_software_key(signer, following.to_pem())
         try:
             finish = self._post(
                 DevicePaths.AUTHENTICATION_FINISH, request, protocol.AuthenticationFinishResponse
             )
         except ClientError as exc:
             if not outcome_unknown(exc):
-                self._replace_registration(index, registration)
+                self._drop_software_key(following.to_pem())
             raise
         if finish.state is not OperationState.COMPLETED:
             # A 2xx that is not a completion is no protocol answer: keep the candidate.
@@ -698,8 +783,10 @@ class Device:
 
     def pending(self) -> list[PendingOperation]:
         """Backend-initiated operations waiting for this device (answer one with
-        ``authenticate(operation_id=...)``)."""
-        current = self._require_activated()
+        ``authenticate(operation_id=...)``, or a signature operation with ``sign``)."""
+        current = self._store.load().current  # as saved; no lock: nothing is written
+        if current is None:
+            raise ClientError("the device is not activated", code=ErrorCode.CLIENT_NOT_ACTIVATED)
         response = self._post(
             DevicePaths.PENDING_OPERATIONS,
             protocol.PendingOperationsRequest(
@@ -713,6 +800,8 @@ class Device:
                 expires_at=op.expires_at,
                 pre_operation_context=op.pre_operation_context,
                 required_auth_method=op.required_auth_method,
+                operation_type=op.operation_type or OperationType.AUTHENTICATION,
+                data_to_sign=op.data_to_sign,
             )
             for op in response.operations
         ]
@@ -720,9 +809,10 @@ class Device:
     def deactivate(self) -> None:
         """Deactivate this device on the server, then :meth:`forget` it locally. Raises
         ClientError (state kept) when the server refuses or cannot be reached."""
-        self._require_activated()
-        _newest_accepted(self._candidates(), self._deactivate_with, "deactivation")
-        self.forget()
+        with self._ceremony():
+            self._require_activated()
+            _newest_accepted(self._candidates(), self._deactivate_with, "deactivation")
+            self.forget()
 
     def _deactivate_with(self, candidate: _Candidate) -> None:
         registration = self._state.registrations[candidate.registration]
@@ -751,10 +841,11 @@ class Device:
         """Register a new push token (the platform rotated it, or the user allowed
         notifications), or remove it with None; signed by the current software key
         (docs/protocol.md §3.1.8). Raises ClientError when the server refuses."""
-        self._require_activated()
-        _newest_accepted(self._candidates(),
-                         lambda candidate: self._push_token_with(candidate, push_token),
-                         "push token update")
+        with self._ceremony():  # signed by the key the state as saved says is current
+            self._require_activated()
+            _newest_accepted(self._candidates(),
+                             lambda candidate: self._push_token_with(candidate, push_token),
+                             "push token update")
 
     def _push_token_with(self, candidate: _Candidate,
                          push_token: protocol.PushToken | None) -> None:
@@ -785,12 +876,34 @@ class Device:
         """Drop every credential locally without telling the server (e.g. after the relying
         party deactivated the device): hardware keys are deleted, software keys and the PIN
         salt removed from the state file. The device can then be activated anew."""
-        for registration in self._state.registrations:
-            if registration.hardware_key is not None:
-                self._delete_hardware_key(registration.hardware_key)
-        self._save(replace(self._state, registrations=()))
+        with self._ceremony():
+            for registration in self._state.registrations:
+                if registration.hardware_key is not None:
+                    self._delete_hardware_key(registration.hardware_key)
+            self._save(replace(self._state, registrations=()))
 
     # ------------------------------------------------------------------ state bookkeeping
+
+    @contextmanager
+    def _ceremony(self) -> Iterator[None]:
+        """Hold the state directory's lock, working on the state as saved: another Device,
+        thread or process may have changed it since this object last looked."""
+        with self._store.lock():
+            self._reload()
+            yield
+
+    def _reload(self) -> None:
+        state = self._store.load()
+        if state.application_id != self._state.application_id:
+            raise ClientError(
+                f"{self._store.directory} now holds a device of application "
+                f"{state.application_id!r}, not {self._state.application_id!r}",
+                code=ErrorCode.CLIENT_CONFIGURATION,
+            )
+        self._state = state
+
+    def _software_keys(self) -> set[str]:
+        return {key for r in self._state.registrations for key in r.software_keys}
 
     def _require_activated(self) -> Registration:
         current = self._state.current
@@ -814,6 +927,33 @@ class Device:
         registrations = list(self._state.registrations)
         registrations[index] = registration
         self._save(replace(self._state, registrations=tuple(registrations)))
+
+    # The candidate key is added to and dropped from the state as saved, not from this
+    # object's copy, which a writer that ignores the lock (an older SDK) may have outdated:
+    # its rotation is kept, and then seen (authenticate's retry).
+
+    def _add_software_key(self, signer: str, pem: str) -> Registration:
+        """Save ``pem`` as the newest candidate of the registration that holds ``signer``.
+        Raises SOFTWARE_KEY_SUPERSEDED, sending nothing, when none does any more: another
+        ceremony rotated the signer away (and signing with it could look like a copy)."""
+        self._reload()
+        for index, registration in enumerate(self._state.registrations):
+            if signer in registration.software_keys:
+                pending = replace(registration, software_keys=(*registration.software_keys, pem))
+                self._replace_registration(index, pending)
+                return pending
+        raise ClientError("another ceremony of this device rotated its software key meanwhile",
+                          code=ErrorCode.SOFTWARE_KEY_SUPERSEDED)
+
+    def _drop_software_key(self, pem: str) -> None:
+        """Forget a candidate key the server definitely refused."""
+        self._reload()
+        registrations = tuple(
+            replace(r, software_keys=tuple(k for k in r.software_keys if k != pem))
+            if pem in r.software_keys and len(r.software_keys) > 1 else r
+            for r in self._state.registrations
+        )
+        self._save(replace(self._state, registrations=registrations))
 
     def _discard_registration(self, registration: Registration) -> None:
         """Drop a (re)activation the server definitely refused, and its hardware key."""
@@ -870,18 +1010,52 @@ class _HardwareSigned:
     status: HwKeyClientStatus
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Expected:
+    """What the caller answers: an authentication, or a signature (of this data, if
+    given). Checked against the start's answer before anything is signed."""
+
+    kind: OperationType
+    data: OperationContext | None
+
+    def check(self, start: protocol.AuthenticationStartResponse) -> OperationContext | None:
+        """What the user is shown: the pre-operation context, or the data to sign."""
+        kind = start.operation_type or OperationType.AUTHENTICATION
+        if kind is not self.kind:
+            raise ClientError(
+                f"operation {start.operation_id} is a {kind.value.lower()} operation: answer "
+                f"it with {'sign' if kind is OperationType.SIGNATURE else 'authenticate'}",
+                code=ErrorCode.INVALID_STATE)
+        if kind is not OperationType.SIGNATURE:
+            return start.pre_operation_context
+        if start.data_to_sign is None:
+            raise ClientError("a signature operation without data to sign",
+                              code=ErrorCode.CLIENT_TRANSPORT)
+        if self.data is not None and start.data_to_sign != self.data:
+            raise ClientError("the server sent other data to sign than the app showed",
+                              code=ErrorCode.INVALID_STATE)
+        return start.data_to_sign
+
+
 class _Approval:
-    """Asks the ``approve`` callback once per distinct pre-operation context and remembers
+    """Asks the ``approve`` callback once per distinct context (or data to sign) and remembers
     the answer, declines included: a retry with an older key does not ask again, and a
     decline stays a decline."""
 
-    def __init__(self, approve: Approve | None) -> None:
+    def __init__(self, approve: Approve | bool | None) -> None:
+        if approve is not None and not isinstance(approve, bool) and not callable(approve):
+            raise ClientError("approve must be True, False or a callable",
+                              code=ErrorCode.CLIENT_CONFIGURATION)
         self._approve = approve
         self._decisions: dict[bytes, bool] = {}
 
     def check(self, context: OperationContext | None) -> None:
         if self._approve is None:
             return
+        if isinstance(self._approve, bool):
+            if self._approve:
+                return
+            raise OperationDeclined("the operation was declined on the device")
         digest = protocol.context_hash(context)
         decision = self._decisions.get(digest)
         if decision is None:
@@ -971,7 +1145,7 @@ def _newest_handle(state: ClientState) -> KeyHandle | None:
 
 def _reopen(kind: str, directory: Path) -> KeyStore | None:
     try:
-        return open_keystore(kind, directory, {})
+        return open_keystore(kind, directory, {}, require_usable=False)
     except KeyboundError as exc:
         log.warning("cannot reopen key store %r: %s", kind, exc.code.value)
         return None

@@ -5,7 +5,7 @@ An app ships one pin string (``keybound e2e-key create`` / ``pin`` prints it; do
 
     from keybound.client import open_device, preset  # keybound.client.factory
 
-    device = open_device("~/.keybound/device", pin=PIN_STRING, profile=preset("linux"))
+    device = open_device("~/.keybound/device", channel_pin=PIN_STRING, profile=preset("linux"))
     device.activate("ABCD1234")
 
 :class:`SealedTransport` overrides :meth:`Transport.exchange`: it seals the JSON request
@@ -34,6 +34,7 @@ from keybound.channel import (
     SEALED_MEDIA_TYPE,
     ChannelPin,
     DecryptionFailed,
+    InvalidPin,
     seal_request,
 )
 from keybound.client.transport import (
@@ -114,14 +115,32 @@ def _problem_code(raw: RawResponse) -> str | None:
     return code if isinstance(code, str) else None
 
 
+#: what a channel pin looks like, for messages about something that is not one
+PIN_EXPECTED = ("a channel pin is the one-line JSON string that `keybound e2e-key create APP` "
+                "or `keybound e2e-key pin KEY_ID --server-url URL` prints: "
+                '{"v":1,"applicationId":...,"serverUrl":...,"keyId":...,"suite":...,'
+                '"publicKey":...}')
+
+
 def load_pin(source: str | Path) -> ChannelPin:
     """A pin from its string (JSON) or from a file holding it. Raises InvalidPin, or
-    ClientError(client_configuration) for a file that cannot be read."""
+    ClientError(client_configuration) for a file that cannot be read; both say what a pin
+    looks like."""
     if isinstance(source, str) and source.lstrip().startswith("{"):
-        return ChannelPin.from_string(source.strip())
+        return parse_pin(source, "the channel pin string")
     try:
         text = Path(source).expanduser().read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ClientError(f"cannot read the channel pin file {source}: {exc}",
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
+        raise ClientError(f"cannot read the channel pin file {source} ({reason}): give a pin "
+                          f"string or the path of a file holding one; {PIN_EXPECTED}",
                           code=ErrorCode.CLIENT_CONFIGURATION) from None
-    return ChannelPin.from_string(text.strip())
+    return parse_pin(text, f"{source}")
+
+
+def parse_pin(text: str, what: str) -> ChannelPin:
+    """``text`` as a pin; InvalidPin naming ``what`` it came from and what a pin is."""
+    try:
+        return ChannelPin.from_string(text.strip())
+    except InvalidPin as exc:
+        raise InvalidPin(f"{what} is not a channel pin ({exc.detail}); {PIN_EXPECTED}") from None

@@ -3,7 +3,10 @@
 ``<state_dir>/device.json`` (0600, directory 0700) holds the application id, the device
 profile and the device's registrations. It is replaced atomically (temp file, fsync,
 ``os.replace``, fsync of the directory), so a crash leaves the old or the new state, never a
-torn one.
+torn one. Reading, changing and saving it is done under the directory's ceremony lock
+(:meth:`StateStore.lock`, :mod:`keybound.client.lock`), so that two users of one directory
+never save over each other's keys. Beside it: ``device-config.json``
+(:mod:`keybound.client.config`) and ``device.lock``.
 
 The file contains the **software** private keys as unencrypted PEM PKCS#8: software keys are
 software, protected here only by file permissions (the protocol expects them to be copyable:
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ from typing import Any
 from keybound.client.files import file_error, remove_private, write_private
 from keybound.client.keystores.base import KeyHandle
 from keybound.client.keystores.software import SoftwareKey
+from keybound.client.lock import state_lock
 from keybound.client.pin import SALT_BYTES
 from keybound.client.profiles import DeviceProfile
 from keybound.errors import ClientError, ErrorCode
@@ -83,6 +89,14 @@ class StateStore:
 
     def exists(self) -> bool:
         return self.path.exists()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory's ceremony lock (:mod:`keybound.client.lock`): read, change
+        and save the state inside one ``with store.lock():`` so that no other thread or
+        process of this device reads or writes it in between."""
+        with state_lock(self.directory).held():
+            yield
 
     def load(self) -> ClientState:
         """Raises ClientError(CLIENT_CONFIGURATION) when the file is missing or corrupted."""

@@ -15,7 +15,6 @@ class OperationRecord(NamedTuple):
     state: str
     user_id: str | None
     device_id: str | None
-    code_hash: bytes | None
     challenge: bytes | None
     challenge_expires_at: int | None
     challenge_issued_at: int | None
@@ -27,12 +26,15 @@ class OperationRecord(NamedTuple):
     result: str | None
     created_at: int
     completed_at: int | None
+    result_jws: str | None
 
 
-class CodeRecord(NamedTuple):
-    id: str
-    config: str
-    expires_at: int
+class CodeAttempt(NamedTuple):
+    """A typed attempt, counted: what to compare it with and what budget remains."""
+
+    operation_id: str
+    code_hash: bytes
+    attempts_left: int
 
 
 class PendingRecord(NamedTuple):
@@ -40,6 +42,7 @@ class PendingRecord(NamedTuple):
     expires_at: int
     pre_context: str | None
     required_auth_method: str | None
+    type: str
 
 
 class BackendPendingRecord(NamedTuple):
@@ -49,6 +52,7 @@ class BackendPendingRecord(NamedTuple):
     challenge_expires_at: int | None
     pre_context: str | None
     required_auth_method: str | None
+    type: str
 
 
 class ChallengeRecord(NamedTuple):
@@ -131,6 +135,34 @@ class EventRecord(NamedTuple):
     payload: str | None
     created_at: int
     delivery: str | None
+    chain_seq: int | None
+    chain_prev: bytes | None
+    chain_hash: bytes | None
+
+
+class ChainHead(NamedTuple):
+    chain_seq: int
+    chain_hash: bytes
+
+
+class CheckpointRecord(NamedTuple):
+    id: int
+    kind: str
+    chain_seq: int
+    chain_hash: bytes
+    jws: str
+    created_at: int
+
+
+class ResultKeyRecord(NamedTuple):
+    kid: str
+    algorithm: str
+    public_jwk: str
+    wrapped_private_key: bytes | None
+    state: str
+    created_at: int
+    retired_at: int | None
+    expires_at: int | None
 
 
 class NoiseRecord(NamedTuple):

@@ -1,6 +1,6 @@
 """Secrets at rest: the master key file, and the one format every secret the database holds
-is wrapped in (E2E private keys, PIN keys, post-operation contexts) or keyed under
-(activation codes).
+is wrapped in (E2E private keys, PIN keys, post-operation contexts, result-signing keys) or
+keyed under (activation tokens and codes).
 
 A copy of the database alone -- a backup, a replica, a stolen disk image -- must yield none of
 them. Each is wrapped under a key derived from the server's master key, which lives in a file
@@ -63,7 +63,9 @@ class Purpose(StrEnum):
     E2E_PRIVATE_KEY = "e2e-private-key"  # bound to key id, suite and public key
     PIN_KEY = "pin-key"  # bound to the registration id
     POST_CONTEXT = "post-operation-context"  # bound to the operation id
-    ACTIVATION_CODE = "activation-code"  # keyed hash, bound to the application id
+    ACTIVATION_CODE = "activation-code"  # keyed hash, bound to the operation id
+    ACTIVATION_TOKEN = "activation-token"  # noqa: S105 - keyed hash, bound to the app id
+    RESULT_SIGNING_KEY = "result-signing-key"  # PKCS#8, bound to kid and algorithm
     # whsec_/whsk_, bound to endpoint id and secret id
     WEBHOOK_SECRET = "webhook-secret"  # noqa: S105 - a purpose, not a secret
     PUSH_CREDENTIALS = "push-credentials"  # bound to application id and provider kind
@@ -123,8 +125,8 @@ class MasterKey:
 
 
 class SecretBox:
-    """Wraps and unwraps secrets at rest, and keys short secrets that are looked up rather
-    than read back (activation codes), all under the master key."""
+    """Wraps and unwraps secrets at rest, and keys secrets that are compared or looked up
+    rather than read back (activation tokens and codes), all under the master key."""
 
     def __init__(self, master_key: MasterKey) -> None:
         self.master_key = master_key

@@ -106,7 +106,6 @@ operations = Table(
     Column("state", String(16), nullable=False),
     Column("user_id", String(36), nullable=True),
     Column("device_id", String(36), nullable=True),
-    Column("code_hash", LargeBinary(32), nullable=True),  # activation code, until consumed
     Column("challenge", LargeBinary(32), nullable=True),
     Column("challenge_expires_at", BigInteger, nullable=True),
     # when the current challenge was issued: a key superseded after it was current (§4.5)
@@ -120,16 +119,34 @@ operations = Table(
     Column("result", Text, nullable=True),  # JSON: authMethod, authLevel, failureCode, risk
     Column("created_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger, nullable=True),
+    # the signed result (docs/signed-results.md): made by the statement that ends the
+    # operation, or on the first read of one that expired; never replaced once set
+    Column("result_jws", Text, nullable=True),
     Index("ix_operations_device_state", "device_id", "state"),
     # pending operations the relying party started, by expiry: maintenance ends them as
     # EXPIRED with an operation.expired event (device-initiated ones never enter it)
     Index("ix_operations_backend_expiry", "expires_at",
           sqlite_where=text("state = 'PENDING' AND initiator = 'BACKEND'"),
           postgresql_where=text("state = 'PENDING' AND initiator = 'BACKEND'")),
-    # only operations with an activation code (an authentication adds no entry)
-    Index("ix_operations_code", "application_id", "code_hash", unique=True,
-          sqlite_where=text("code_hash IS NOT NULL"),
-          postgresql_where=text("code_hash IS NOT NULL")),
+)
+
+activation_secrets = Table(
+    "activation_secrets",
+    metadata,
+    # what a pending (re)activation can be started with, until its start deletes the row
+    # (docs/protocol.md §3.2.5); an authentication has none, so it writes nothing here
+    Column("operation_id", String(36), ForeignKey("operations.id"), primary_key=True),
+    Column("application_id", String(64), nullable=False),
+    # server.secrets keyed hashes: a copy of the database alone tests no guess
+    Column("token_hash", LargeBinary(32), nullable=False),  # the activation link's secret
+    Column("hint", String(16), nullable=True),  # names the typed code; NULL once burnt
+    Column("code_hash", LargeBinary(32), nullable=True),  # the typed code; NULL once burnt
+    Column("attempts_left", Integer, nullable=False),  # typed attempts before the burn
+    Column("expires_at", BigInteger, nullable=False),  # the operation's expiry
+    Index("ix_activation_secrets_token", "application_id", "token_hash", unique=True),
+    Index("ix_activation_secrets_hint", "application_id", "hint", unique=True,
+          sqlite_where=text("hint IS NOT NULL"), postgresql_where=text("hint IS NOT NULL")),
+    Index("ix_activation_secrets_expires_at", "expires_at"),
 )
 
 events = Table(
@@ -153,6 +170,52 @@ events = Table(
     Index("ix_events_delivery_pending", "seq",
           sqlite_where=text("delivery = 'PENDING'"),
           postgresql_where=text("delivery = 'PENDING'")),
+    # the audit chain (docs/audit.md): the entry's position in the chain, the previous
+    # entry's chain_hash, and SHA-256 over it and this entry's immutable columns; NULL until
+    # the entry is sealed into the chain (at once on SQLite, just after commit on PostgreSQL)
+    Column("chain_seq", BigInteger, nullable=True),
+    Column("chain_prev", LargeBinary(32), nullable=True),
+    Column("chain_hash", LargeBinary(32), nullable=True),
+    # the entries waiting to be sealed (none for long): what the sealer reads
+    Index("ix_events_unsealed", "seq", sqlite_where=text("chain_hash IS NULL"),
+          postgresql_where=text("chain_hash IS NULL")),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    # one row: the newest sealed entry's position and hash; its row lock (PostgreSQL) lets
+    # one sealer at a time extend the chain
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("chain_seq", BigInteger, nullable=False),
+    Column("chain_hash", LargeBinary(32), nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("kind", String(16), nullable=False),  # PERIODIC, PRUNE (server.events.chain)
+    Column("chain_seq", BigInteger, nullable=False),  # the entry it signs (as in the JWS)
+    Column("chain_hash", LargeBinary(32), nullable=False),  # that entry's hash (as in the JWS)
+    Column("jws", Text, nullable=False),  # compact JWS by a result-signing key
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_audit_checkpoints_chain_seq", "chain_seq"),
+)
+
+result_keys = Table(
+    "result_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),  # RFC 7638 thumbprint of the public key
+    Column("algorithm", String(16), nullable=False),  # events.results.ResultAlgorithm
+    Column("public_jwk", Text, nullable=False),  # JSON, as published in the JWKS
+    # PKCS#8 wrapped under the master key (server.secrets); NULL once the key is retired
+    Column("wrapped_private_key", LargeBinary, nullable=True),
+    Column("state", String(16), nullable=False),  # ACTIVE, RETIRED
+    Column("created_at", BigInteger, nullable=False),
+    Column("retired_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),  # end of publication; NULL: for good
 )
 
 noise = Table(

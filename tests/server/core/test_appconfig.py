@@ -39,3 +39,23 @@ def test_invalid_settings_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigurationInvalid) as info:
         AppConfig().updated(changes)
     assert info.value.code is ErrorCode.CONFIGURATION_INVALID
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"hwKeyValidationStrategy": "FOO"},
+     "expected one of SUPPORTED, RISK_PARAMS, REQUIRED (REQUIRED_IF_SUPPORTED = SUPPORTED)"),
+    ({"activationCodeType": "hex"}, "expected one of NUMERIC, ALPHA, ALPHANUMERIC"),
+    ({"allowedAuthMethods": "PIN"}, "expected a comma-separated list of DEVICE, DEVICE:PIN"),
+    ({"enabledRiskData": "ip"}, "expected a comma-separated list of hwKeyClientStatus, "
+                                "hwKeyServerResult, softwareKeyCloneSuspected"),
+    ({"challengeLifetimeSeconds": "two"}, "expected an integer from 10 to 3600"),
+    ({"noSuchSetting": 1}, "the settings are hwKeyValidationStrategy, enabledRiskData"),
+])
+def test_a_refusal_says_what_the_setting_takes(changes: dict[str, object],
+                                               expected: str) -> None:
+    """Issue 14: an operator who mistypes a value is told the valid ones, not only that the
+    value is invalid."""
+    with pytest.raises(ConfigurationInvalid) as info:
+        AppConfig().updated(changes)
+    assert expected in info.value.detail
+    assert info.value.fields["setting"] == next(iter(changes))

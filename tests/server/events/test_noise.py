@@ -40,8 +40,8 @@ def test_a_flood_of_anonymous_requests_writes_no_row_per_request(rp: RelyingPart
             "Authorization": f"Bearer kb_{'A' * 16}_{secrets.token_urlsafe(32)}"})  # wrong key
         rp.http.raw.post(p.DevicePaths.AUTHENTICATION_START, content=os.urandom(200),
                          headers={"content-type": SEALED_MEDIA_TYPE})  # sealed junk
-        rp.http.post(p.DevicePaths.ACTIVATION_START, json={  # a wrong code, sealed properly
-            "applicationId": rp.app_id, "activationCode": f"{i:06d}"})
+        rp.http.post(p.DevicePaths.ACTIVATION_START, json={  # a guessed link token, sealed
+            "applicationId": rp.app_id, "activationToken": secrets.token_urlsafe(32)})
         rp.http.post(p.DevicePaths.AUTHENTICATION_FINISH, json=forged.to_wire())  # forged
     kb.noise.flush()
     assert rows(kb, t.events) == events_before  # not one audit row for the flood

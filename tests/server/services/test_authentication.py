@@ -27,14 +27,15 @@ PASS = {
 
 def activated(rp: RelyingParty, *, hardware: bool = True, **kwargs: Any) -> RawDevice:
     device = RawDevice(rp.http, rp.app_id, hw=crypto.generate_p256() if hardware else None)
-    response = device.activate(rp.activation_code()["activationCode"], **kwargs)
+    response = device.activate(rp.activation_code(), **kwargs)
     assert response.status_code == 200, response.text
     return device
 
 
 #: what a refused request may still write: its event (or anonymous count), and its replay
-#: mark, so that it cannot be replayed either
-RECORDS = {"events", "noise", "seen_requests"}
+#: mark, so that it cannot be replayed either; and the audit chain's checkpoints, which the
+#: server's housekeeping signs meanwhile
+RECORDS = {"events", "noise", "seen_requests", "audit_checkpoints", "audit_head"}
 
 
 def snapshot(kb: Keybound) -> dict[str, Any]:
@@ -126,7 +127,7 @@ def test_challenge_from_another_ceremony_is_refused(rp: RelyingParty, kb: Keybou
     # sign over the first challenge but present it as the second operation
     forged = first.model_copy(update={"operation_id": second.operation_id})
     request, _ = device.auth_request(forged)
-    code = rp.activation_code()["activationCode"]
+    code = rp.activation_code()
     other = RawDevice(rp.http, rp.app_id)
     act = other.activation_request(other.start_activation(code))
     before = snapshot(kb)
@@ -213,6 +214,47 @@ def test_copied_software_key_is_detected_and_locks(rp: RelyingParty, kb: Keyboun
     assert problem_code(device.authenticate()) == "device_locked"
     assert problem_code(rp.http.post(f"/rp/v1/devices/{device.device_id}/unlock",
                                      headers=rp.headers)) == "invalid_state"
+
+
+def test_overlapping_ceremonies_of_the_genuine_device_are_refused_not_locked(
+        make_rp: Any, kb: Keybound, clock: Any) -> None:
+    """§4.5 "Copy or overlap": two holders of the same genuine keys (two processes of one
+    device) race: both get a challenge, one finishes and rotates, the other finishes with
+    the key that was current when its challenge was issued. That is an overlap: 409
+    software_key_superseded, nothing locked or counted, the operation stays pending and can
+    be finished with the current key (reported as softwareKeyOverlap). The same old key used
+    for a ceremony that began after the rotation is a copy, and still locks."""
+    rp = make_rp(enabledRiskData="hwKeyClientStatus,hwKeyServerResult,softwareKeyOverlap")
+    first = activated(rp)
+    second = RawDevice(rp.http, rp.app_id, sw=first.sw, hw=first.hw, device_id=first.device_id)
+    start_first, start_second = first.start_auth(), second.start_auth()
+    clock.advance(1)  # the rotation comes after both challenges (same millisecond = a copy)
+    assert first.finish_auth(*first.auth_request(start_first)).status_code == 200
+    late, _ = second.auth_request(start_second)
+    before = snapshot(kb)
+    refused = second.post(p.DevicePaths.AUTHENTICATION_FINISH, late)
+    assert (refused.status_code, problem_code(refused)) == (409, "software_key_superseded")
+    info = rp.device(first.device_id)
+    assert (info["state"], info.get("lockReason")) == ("ACTIVE", None)
+    with kb.db.read() as conn:
+        failures = conn.execute(select(t.registrations.c.failures)).scalars().all()
+        audited = conn.execute(select(t.events.c.type, t.events.c.outcome).where(
+            t.events.c.code == "software_key_superseded")).all()
+    assert failures == [0]
+    assert [tuple(row) for row in audited] == [("authentication.finish", "REJECTED")]
+    changed = {name for name, rows in snapshot(kb).items() if rows != before[name]}
+    assert changed == {"operations"}  # the overlap note on the pending operation, only
+    assert rp.operation(start_second.operation_id)["state"] == "PENDING"
+    # the retry: the same pending operation, signed with the current key
+    retried = first.finish_auth(*first.auth_request(start_second))
+    assert retried.status_code == 200, retried.text
+    assert rp.operation(start_second.operation_id)["riskData"]["softwareKeyOverlap"] is True
+    # a ceremony that begins after the rotation, signed with the old key: a copy
+    clock.advance(1)
+    copied = second.authenticate()
+    assert (copied.status_code, problem_code(copied)) == (403, "software_key_cloned")
+    info = rp.device(first.device_id)
+    assert (info["state"], info["lockReason"]) == ("LOCKED", "SOFTWARE_KEY_CLONED")
 
 
 def test_next_key_must_be_new(rp: RelyingParty) -> None:

@@ -20,7 +20,7 @@ from keybound.channel import SEALED_MEDIA_TYPE, ChannelPin, seal_request
 from keybound.server.services import Keybound
 from keybound.server.web.app import create_app
 from keybound.server.web.runner import BackgroundServer
-from tests.helpers import RawDevice, RelyingParty, SealedReply, SealingClient
+from tests.helpers import RawDevice, RelyingParty, SealedReply, SealingClient, start_body
 
 pytestmark = pytest.mark.server
 
@@ -69,7 +69,7 @@ def test_fifty_concurrent_finishes_exactly_one_wins(server: BackgroundServer) ->
         local.pins["race"] = pin
         rp = RelyingParty(local, "race", token)
         device = RawDevice(local, "race")
-        assert device.activate(rp.activation_code()["activationCode"]).status_code == 200
+        assert device.activate(rp.activation_code()).status_code == 200
         for round_no in range(ROUNDS):
             start = device.start_auth()
             # 50 distinct, individually valid finishes for the same challenge
@@ -95,8 +95,8 @@ def test_concurrent_activation_code_use(server: BackgroundServer) -> None:
         local.pins["race2"] = pin
         rp = RelyingParty(local, "race2", token)
         for _ in range(5):
-            code = rp.activation_code()["activationCode"]
-            body = {"applicationId": "race2", "activationCode": code}
+            code = rp.activation_code()  # its link and its typed code, at once
+            bodies = [start_body("race2", code, typed=i % 2 == 1) for i in range(CONCURRENT)]
             responses = asyncio.run(_race(server.url, p.DevicePaths.ACTIVATION_START,
-                                          [body] * CONCURRENT, pin))
+                                          bodies, pin))
             assert Counter(r.status_code for r in responses) == {200: 1, 401: CONCURRENT - 1}

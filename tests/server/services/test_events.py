@@ -19,11 +19,12 @@ from keybound.storage import tables as t
 from keybound.storage.db import Database
 from tests.conftest import FakeClock
 from tests.helpers import RawDevice, RelyingParty, problem_code
+from tests.server.services.test_resultkeys import jwcrypto_claims
 
 
 def activated(rp: RelyingParty, **kwargs: Any) -> RawDevice:
     device = RawDevice(rp.http, rp.app_id)
-    assert device.activate(rp.activation_code()["activationCode"], **kwargs).status_code == 200
+    assert device.activate(rp.activation_code(), **kwargs).status_code == 200
     return device
 
 
@@ -57,6 +58,9 @@ def test_operation_events_carry_the_operation_as_the_relying_party_reads_it(
     completed = public(rp, "operation.completed")[-1]
     assert completed["data"] == {"applicationId": rp.app_id,
                                  **rp.operation(started["operationId"])}
+    # with the operation's signed result, verifiable by the receiver (docs/events.md §3)
+    _, claims = jwcrypto_claims(completed["data"]["resultJws"], rp.jwks())
+    assert (claims["operationId"], claims["state"]) == (started["operationId"], "COMPLETED")
     # risk as the application shows it: only the enabled attribute
     assert completed["data"]["riskData"] == {"hwKeyServerResult": "VALID"}
     assert "only-for-the-device" not in json.dumps(public(rp))
@@ -117,12 +121,13 @@ def test_decline_and_reactivation(rp: RelyingParty) -> None:
         software_key_id=crypto.key_id(crypto.public_der(device.sw)),
         software_signature=crypto.sign_p256(device.sw, tbs)))
     assert declined.status_code == 200
-    code = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation",
-                   expect=201)["activationCode"]
-    assert device.activate(code).status_code == 200
+    issued = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation", expect=201)
+    assert device.activate(issued).status_code == 200
     events = public(rp)
     assert events[3]["type"] == "operation.failed"
     assert events[3]["data"]["result"] == {"failureCode": "declined"}
+    _, claims = jwcrypto_claims(events[3]["data"]["resultJws"], rp.jwks())
+    assert (claims["state"], claims["failureCode"]) == ("FAILED", "declined")
     assert events[-1]["type"] == "device.activated"
     assert events[-1]["data"]["reactivation"] is True
 
@@ -131,32 +136,45 @@ def test_expired_operations_end_once_each(rp: RelyingParty, kb: Keybound,
                                           clock: FakeClock) -> None:
     device = activated(rp)
     backend = rp.start_operation(device.device_id)
+    signature = rp.start_signature(device.device_id, "I agree to contract #4711")
     code = rp.activation_code()  # an activation code nobody uses
     device.start_auth()  # device-initiated, never finished: the relying party never saw it
     clock.advance(24 * 3600)
+    # read before maintenance ran: EXPIRED derived, and signed by the read
+    read_first = rp.operation(signature["operationId"])["resultJws"]
     results: list[int] = []
 
     def run() -> None:
-        results.append(expire_operations(kb.db, kb.clock, kb.noise))
+        results.append(expire_operations(kb.db, kb.clock, kb.noise, kb.results))
 
     runners = [threading.Thread(target=run) for _ in range(3)]
     for runner in runners:
         runner.start()
     for runner in runners:
         runner.join()
-    assert sum(results) == 2  # three maintenance runs at once, each operation once
-    assert expire_operations(kb.db, kb.clock, kb.noise) == 0
+    assert sum(results) == 3  # three maintenance runs at once, each operation once
+    assert expire_operations(kb.db, kb.clock, kb.noise, kb.results) == 0
     expired = public(rp, "operation.expired")
-    assert sorted(e["data"]["operationId"] for e in expired) == sorted(
-        [backend["operationId"], code["operationId"]])
+    ended = sorted([backend["operationId"], signature["operationId"], code["operationId"]])
+    assert sorted(e["data"]["operationId"] for e in expired) == ended
     assert {e["data"]["state"] for e in expired} == {"EXPIRED"}
     assert rp.operation(backend["operationId"])["state"] == "EXPIRED"
     with kb.db.read() as conn:
         actors = conn.execute(select(t.events.c.actor).where(
             t.events.c.type == "operation.expired")).scalars().all()
-        code_hash = conn.execute(select(t.operations.c.code_hash).where(
-            t.operations.c.id == code["operationId"])).scalar()
-    assert set(actors) == {Actor.SYSTEM.value} and code_hash is None
+        stored = dict(conn.execute(select(t.operations.c.id, t.operations.c.result_jws).where(
+            t.operations.c.id.in_(ended))).all())
+    assert set(actors) == {Actor.SYSTEM.value}
+    # each expiry is stored with its signed result, which the event carries; the one a read
+    # signed first is kept, not replaced
+    assert stored[signature["operationId"]] == read_first
+    for event in expired:
+        token = event["data"]["resultJws"]
+        assert token == stored[event["data"]["operationId"]]
+        _, claims = jwcrypto_claims(token, rp.jwks())
+        assert (claims["operationId"], claims["state"]) == (event["data"]["operationId"],
+                                                            "EXPIRED")
+        assert "completedAt" not in claims
 
 
 def test_a_refused_request_writes_no_public_event(rp: RelyingParty) -> None:

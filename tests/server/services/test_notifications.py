@@ -102,7 +102,7 @@ def with_apns(kb: Keybound, rp: RelyingParty, url: str, tls: Tls, p8: bytes,
 
 def activated(rp: RelyingParty, token: p.PushToken | None = None) -> RawDevice:
     device = RawDevice(rp.http, rp.app_id)
-    start = device.start_activation(rp.activation_code()["activationCode"])
+    start = device.start_activation(rp.activation_code())
     request = device.activation_request(start).model_copy(update={"push_token": token})
     assert device.post(p.DevicePaths.ACTIVATION_FINISH, request).status_code == 200
     return device
@@ -170,7 +170,7 @@ def test_a_push_token_change_needs_the_current_key_and_a_valid_signature(
 def test_malformed_tokens_and_deactivated_devices_are_refused(rp: RelyingParty,
                                                               kb: Keybound) -> None:
     device = RawDevice(rp.http, rp.app_id)
-    start = device.start_activation(rp.activation_code()["activationCode"])
+    start = device.start_activation(rp.activation_code())
     not_hex = p.PushToken(provider=p.PushProvider.APNS, token="not-a-hex-token")
     bad = device.activation_request(start).model_copy(update={"push_token": not_hex})
     assert problem_code(device.post(p.DevicePaths.ACTIVATION_FINISH, bad)) == \
@@ -210,6 +210,38 @@ def test_fcm_wakes_the_device_with_a_hint_and_nothing_more(
     pending = device.post(p.DevicePaths.PENDING_OPERATIONS, p.PendingOperationsRequest(
         application_id=rp.app_id, device_id=device.device_id)).json()
     assert [o["operationId"] for o in pending["operations"]] == [operation["operationId"]]
+
+
+def test_a_signature_operation_wakes_the_device_as_an_authentication_does(
+        rp: RelyingParty, kb: Keybound, clock: FakeClock, fcm: FcmReceiver,
+        account_key: rsa.RSAPrivateKey) -> None:
+    """A signature (docs/protocol.md §3.2.6) is backend-initiated too: the same
+    device.operation_pending event, the same wake-up, and nothing of the data to sign."""
+    with_fcm(kb, rp, fcm, account_key)
+    device = activated(rp, p.PushToken(provider=p.PushProvider.FCM, token=FCM_TOKEN))
+    contract = "I, Alice, agree to the loan contract #4711"
+    signature = rp.start_signature(device.device_id, contract)
+    authentication = rp.start_operation(device.device_id)
+    deliver(kb, clock)
+    assert len(fcm.sends) == 2  # one wake-up each
+    for status, message in fcm.sends:
+        assert status == 200 and message is not None
+        assert message["token"] == FCM_TOKEN
+        assert message["data"] == {"type": "device.operation_pending",
+                                   "applicationId": rp.app_id}
+        assert contract not in json.dumps(message)
+    assert [(n.operation_id, n.state) for n in notifications(kb)] == [
+        (signature["operationId"], "delivered"), (authentication["operationId"], "delivered")]
+    pending = rp.call("GET", "/rp/v1/events?type=device.operation_pending",
+                      expect=200)["events"]
+    assert [(e["data"]["operationId"], e["data"]["operationType"]) for e in pending] == [
+        (signature["operationId"], "SIGNATURE"), (authentication["operationId"],
+                                                  "AUTHENTICATION")]
+    assert contract not in json.dumps(pending)
+    listed = device.post(p.DevicePaths.PENDING_OPERATIONS, p.PendingOperationsRequest(
+        application_id=rp.app_id, device_id=device.device_id)).json()["operations"]
+    assert [o["operationId"] for o in listed] == [signature["operationId"],
+                                                  authentication["operationId"]]
 
 
 def test_fcm_access_token_is_renewed_when_it_expires(

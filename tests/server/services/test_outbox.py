@@ -30,6 +30,7 @@ from tests.server.services.outbox_driver import (
     drive,
     subscribe,
 )
+from tests.server.services.test_resultkeys import jwcrypto_claims
 
 pytestmark = pytest.mark.server
 
@@ -59,7 +60,7 @@ def other_receiver() -> Iterator[Receiver]:
 
 def activated(rp: RelyingParty) -> RawDevice:
     device = RawDevice(rp.http, rp.app_id)
-    assert device.activate(rp.activation_code()["activationCode"]).status_code == 200
+    assert device.activate(rp.activation_code()).status_code == 200
     return device
 
 
@@ -103,6 +104,10 @@ def test_an_authentication_reaches_the_endpoint_as_polling_shows_it(
     completed = received[-1]["data"]
     assert completed == {"applicationId": rp.app_id, **rp.operation(operation["operationId"])}
     assert completed["state"] == "COMPLETED" and completed["result"]["authLevel"]
+    # the operation's signed result rides along: evidence the receiver verifies offline
+    _, claims = jwcrypto_claims(completed["resultJws"], rp.jwks())
+    assert (claims["operationId"], claims["state"], claims["authLevel"]) == (
+        operation["operationId"], "COMPLETED", completed["result"]["authLevel"])
     # docs/events.md: no post-operation context, no secret
     assert not any(b"SECRET-POST-CONTEXT" in r.body for r in receiver.received)
     assert {d.state for d in deliveries(kb)} == {"delivered"}
@@ -360,3 +365,4 @@ def test_retention_prunes_the_finished_log_and_keeps_what_is_pending(
     pruned = kb.admin.prune(Retention(webhook_log_days=30))
     assert pruned.webhook_log == 1 + 1 + 2  # one delivered, its attempt, two failed attempts
     assert [d.state for d in deliveries(kb)] == ["pending"]
+

@@ -71,8 +71,25 @@ def test_an_expired_unused_activation_code_is_pruned(rp: RelyingParty, kb: Keybo
     code = rp.activation_code()
     clock.advance(100 * DAY)
     assert rp.operation(code["operationId"])["state"] == "EXPIRED"
-    assert kb.admin.prune().operations == 1
+    pruned = kb.admin.prune()  # its secrets first: they can start nothing any more
+    assert (pruned.activation_secrets, pruned.operations) == (1, 1)
     assert rp.call("GET", f"/rp/v1/operations/{code['operationId']}")["code"] == "not_found"
+
+
+def test_the_server_forgets_expired_activation_secrets_by_itself(
+        rp: RelyingParty, kb: Keybound, clock: Any) -> None:
+    """Tokens and typed codes that can start nothing any more are erased by the running
+    server's housekeeping, and give their hints back; a live one stays."""
+    expired = rp.activation_code()
+    clock.advance(901)  # the default lifetime, 900 s
+    live = rp.activation_code()
+    kb.maintenance.poke()
+    assert kb.maintenance.running is not None
+    kb.maintenance.running.join(timeout=30)
+    with kb.db.read() as conn:
+        kept = set(conn.execute(select(t.activation_secrets.c.operation_id)).scalars())
+    assert kept == {live["operationId"]}
+    assert rp.operation(expired["operationId"])["state"] == "EXPIRED"
 
 
 def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock: Any,
@@ -96,6 +113,8 @@ def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock:
         return real_write()
 
     seen, events = count(kb, t.seen_requests), count(kb, t.events)
+    kb.audit.stop_sealer()  # PostgreSQL: its writes are not the prune's
+    kb.audit.seal()  # as the server's sealer does moments after each commit
     monkeypatch.setattr(kb.db, "write", counting_write)
     clock.advance(500 * DAY)
     pruned = kb.admin.prune(batch=2)
@@ -103,11 +122,13 @@ def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock:
         (ended, 5, seen, events)
     assert count(kb, t.operations) == 0 and count(kb, t.superseded_keys) == 0
     assert count(kb, t.seen_requests) == 0
-    # ceil((n + 1) / 2) batches per table (the last one finds fewer than 2), then one each
-    # for the noise counts, the three (empty) webhook-log tables and the expired
-    # post-operation contexts, plus the prune's event
-    assert writes == (ended // 2 + 1) + (5 // 2 + 1) + (seen // 2 + 1) + (events // 2 + 1) \
-        + 1 + 3 + 1 + 1
+    # ceil((n + 1) / 2) batches per table (the last one finds fewer than 2; the activation
+    # was started, so no secret is left: one batch), then one each for the noise counts, the
+    # three (empty) webhook-log tables and the expired post-operation contexts, plus the
+    # prune's event; the events' batches come after the signed checkpoint that replaces
+    # them (one write)
+    assert writes == (ended // 2 + 1) + (5 // 2 + 1) + (seen // 2 + 1) \
+        + (1 + events // 2 + 1) + 1 + 1 + 3 + 1 + 1
 
 
 def test_the_audit_trail_and_the_noise_counts_have_their_own_retention(

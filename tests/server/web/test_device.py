@@ -35,7 +35,7 @@ from keybound.server.web.app import create_app
 from keybound.server.web.runner import BackgroundServer, free_port
 from keybound.storage import tables as t
 from tests.conftest import PIN_SERVER_URL
-from tests.helpers import RawDevice, RelyingParty, problem_code
+from tests.helpers import RawDevice, RelyingParty, problem_code, start_body
 from tests.server.services.test_authentication import snapshot
 
 SEALED = {"content-type": SEALED_MEDIA_TYPE}
@@ -105,7 +105,7 @@ def sealed_device(rp: RelyingParty, client: Any, pin: ChannelPin | None = None) 
     pin = pin or rp.pin
     assert pin is not None
     device = RawDevice(SealedHttp(client, pin), rp.app_id)  # type: ignore[arg-type]
-    response = device.activate(rp.activation_code()["activationCode"])
+    response = device.activate(rp.activation_code())
     assert response.status_code == 200, response.text
     return device
 
@@ -136,13 +136,12 @@ def refusal(response: httpx.Response | Any) -> bytes:
 
 
 def test_plaintext_device_requests_are_refused_by_default(kb, sealed_http, rp) -> None:
-    code = rp.activation_code()["activationCode"]
+    code = rp.activation_code()
     before = snapshot(kb)
     for path in (p.DevicePaths.ACTIVATION_START, p.DevicePaths.AUTHENTICATION_START,
                  p.DevicePaths.ACTIVATION_FINISH, p.DevicePaths.PENDING_OPERATIONS,
                  p.DevicePaths.AUTHENTICATION_FINISH, p.DevicePaths.DEACTIVATE):
-        response = sealed_http.post(path, json={"applicationId": rp.app_id,
-                                                "activationCode": code})
+        response = sealed_http.post(path, json=start_body(rp.app_id, code))
         assert response.status_code == 415
         assert problem_code(response) == "secure_channel_required"
     assert snapshot(kb) == before
@@ -158,12 +157,12 @@ def test_plaintext_device_requests_are_refused_by_default(kb, sealed_http, rp) -
 
 
 def test_development_switch_allows_plaintext_and_sealed(kb, plaintext_http, rp) -> None:
-    code = rp.activation_code()["activationCode"]
+    code = rp.activation_code()
     plain = plaintext_http.post(p.DevicePaths.ACTIVATION_START,
-                                json={"applicationId": rp.app_id, "activationCode": code})
+                                json=start_body(rp.app_id, code))
     assert plain.status_code == 200 and plain.headers["content-type"] == "application/json"
     refused = plaintext_http.post(p.DevicePaths.ACTIVATION_START,
-                                  json={"applicationId": rp.app_id, "activationCode": code})
+                                  json=start_body(rp.app_id, code))
     assert refused.status_code == 401  # one dispatcher: the same rules, the problem in clear
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["code"] == "activation_code_invalid"
@@ -187,7 +186,7 @@ def test_create_app_warns_loudly_when_plaintext_is_allowed(kb, caplog) -> None:
 def test_sealed_activation_and_authentication(kb, sealed_http, rp) -> None:
     transport = SealedHttp(sealed_http, rp.pin)  # type: ignore[arg-type]
     device = RawDevice(transport, rp.app_id)  # type: ignore[arg-type]
-    start = device.start_activation(rp.activation_code()["activationCode"])
+    start = device.start_activation(rp.activation_code())
     assert device.post(p.DevicePaths.ACTIVATION_FINISH,
                        device.activation_request(start)).status_code == 200
     for _ in range(3):
@@ -215,9 +214,9 @@ def test_every_suite_works_end_to_end(kb, sealed_http, rp) -> None:
 def test_inner_application_id_must_be_the_keys_application(kb, sealed_http, make_rp) -> None:
     alice, eve = make_rp(), make_rp()
     device = sealed_device(alice, sealed_http)
-    code = eve.activation_code()["activationCode"]
+    code = eve.activation_code()
     before = domain_snapshot(kb)
-    eve_body = {"applicationId": eve.app_id, "activationCode": code}
+    eve_body = start_body(eve.app_id, code)
     response = device.http.post(p.DevicePaths.ACTIVATION_START, json=eve_body)  # alice's pin
     assert response.status_code == 400 and problem_code(response) == "malformed_request"
     for body in (b"not json", b"[]", b'{"activationCode":"x"}'):
@@ -391,9 +390,9 @@ def test_a_fault_around_the_channel_is_the_internal_problem_and_leaks_nothing(
 def test_sdk_refuses_a_server_that_cannot_open_its_requests(kb, sealed_http, rp, tmp_path):
     key = kb.admin.create_e2e_key(rp.app_id)
     pin = kb.admin.e2e_pin(key.key_id, server_url=PIN_SERVER_URL)
-    device = open_device(tmp_path / "dev", pin=pin.to_string(), profile=preset("linux"),
+    device = open_device(tmp_path / "dev", channel_pin=pin.to_string(), profile=preset("linux"),
                          client=sealed_http)
-    device.activate(rp.activation_code()["activationCode"])
+    device.activate(rp.activation_code()["activationLink"])
     kb.admin.retire_e2e_key(key.key_id)
     with pytest.raises(ClientError) as info:
         device.authenticate()
@@ -421,9 +420,9 @@ class SwappingClient:
 def test_a_response_moved_to_another_request_fails_in_the_sdk(kb, sealed_http, rp, tmp_path):
     client = SwappingClient(sealed_http)
     assert rp.pin is not None
-    device = open_device(tmp_path / "dev", pin=rp.pin, profile=preset("android-14"),
+    device = open_device(tmp_path / "dev", channel_pin=rp.pin, profile=preset("android-14"),
                          hardware=EmulatedSecureElement(tmp_path / "dev" / "se"), client=client)
-    device.activate(rp.activation_code()["activationCode"])
+    device.activate(rp.activation_code()["activationLink"])
     device.authenticate()
     client.swap = True  # the finish gets the start's reply (same path kind, other request)
     with pytest.raises(ClientError) as info:
@@ -438,12 +437,12 @@ def test_a_response_moved_to_another_request_fails_in_the_sdk(kb, sealed_http, r
 def test_pin_file_and_string_build_the_same_device(kb, sealed_http, rp, tmp_path) -> None:
     pin_file = tmp_path / "app.pin"
     pin_file.write_text(rp.pin.to_string() + "\n")  # type: ignore[union-attr]
-    device = open_device(tmp_path / "dev", pin=pin_file, profile=preset("linux"),
+    device = open_device(tmp_path / "dev", channel_pin=pin_file, profile=preset("linux"),
                          client=sealed_http)
     assert device.application_id == rp.app_id
-    device.activate(rp.activation_code()["activationCode"])
-    again = open_device(tmp_path / "dev", pin=rp.pin.to_string(),  # type: ignore[union-attr]
-                        client=sealed_http)
+    device.activate(rp.activation_code()["activationLink"])
+    assert rp.pin is not None
+    again = open_device(tmp_path / "dev", channel_pin=rp.pin.to_string(), client=sealed_http)
     assert again.authenticate().auth_method is p.AuthMethod.DEVICE
     transport = SealedTransport.from_pin_string(rp.pin.to_string())  # type: ignore[union-attr]
     assert transport.pin == rp.pin
@@ -504,8 +503,8 @@ def test_replay_across_two_server_processes_sharing_one_database(shared_database
         pin = kb.admin.e2e_pin(key.key_id, server_url=a.url)
         rp = httpx.Client(base_url=a.url, headers={"Authorization": f"Bearer {token}"})
         user = rp.post("/rp/v1/users", json={}).json()["userId"]
-        code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationCode"]
-        body = json.dumps({"applicationId": "bank", "activationCode": code}).encode()
+        code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()
+        body = json.dumps(start_body("bank", code)).encode()
         path = p.DevicePaths.ACTIVATION_START
         wire, opener = channel.seal_request(pin, "POST", path, body, now=int(time.time()))
         first = httpx.post(a.url + path, content=wire, headers=SEALED)
@@ -528,7 +527,7 @@ def test_replay_across_two_server_processes_sharing_one_database(shared_database
 @pytest.mark.server
 def test_serve_allow_plaintext_switch_warns(shared_database) -> None:
     kb, env = shared_database
-    body = {"applicationId": "bank", "activationCode": "12345678"}
+    body = {"applicationId": "bank", "activationCode": "12345678", "activationHint": "7KQ2MX"}
     refused = ServerProcess(kb.db.url, env)
     try:
         response = httpx.post(refused.url + p.DevicePaths.ACTIVATION_START, json=body)
@@ -598,10 +597,10 @@ def test_rotation_under_continuous_traffic_fails_no_request(tmp_path: Path) -> N
 
         def device(name: str, key_id: str) -> Any:
             user = rp.post("/rp/v1/users", json={}).json()["userId"]
-            code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationCode"]
+            code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationLink"]
             pin = kb.admin.e2e_pin(key_id, server_url=server.url)
             clients.append(httpx.Client(base_url=server.url, timeout=30))
-            dev = open_device(tmp_path / name, pin=pin, profile=preset("linux"),
+            dev = open_device(tmp_path / name, channel_pin=pin, profile=preset("linux"),
                               client=clients[-1])
             dev.activate(code)
             return dev

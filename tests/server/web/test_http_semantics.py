@@ -69,13 +69,13 @@ def test_a_json_body_that_is_not_utf8_is_refused(rp: httpx.Client, encoding: str
 def test_a_body_on_a_call_that_takes_none_is_refused(kb: Keybound, rp: httpx.Client,
                                                       call: str) -> None:
     user = rp.post("/rp/v1/users", json={}).json()["userId"]
-    code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationCode"]
+    issued = rp.post(f"/rp/v1/users/{user}/activation-codes").json()
     key = kb.admin.create_e2e_key("bank")
     with TestClient(create_app(kb)) as client:  # an active device, through the channel
         local = SealingClient(client, kb.clock)
         local.pins["bank"] = kb.admin.e2e_pin(key.key_id, server_url="http://localhost")
         device = RawDevice(local, "bank")
-        assert device.activate(code).status_code == 200
+        assert device.activate(issued).status_code == 200
     if call == "activation-codes":
         path = f"/rp/v1/users/{user}/activation-codes"
     else:

@@ -172,7 +172,8 @@ json_values = st.recursive(
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from([v for k, v in vars(p.DevicePaths).items() if k.isupper()]),
        body=st.dictionaries(st.sampled_from(
-           ["applicationId", "deviceId", "operationId", "activationCode", "challenge",
+           ["applicationId", "deviceId", "operationId", "activationCode", "activationHint",
+            "activationToken", "challenge",
             "softwareSignature", "hardwareSignature", "softwarePublicKey", "authMethod",
             "hwKeyClientStatus", "softwareKeyId", "nextSoftwarePublicKey", "pinProof",
             "deviceProfile", "extra"]), json_values, max_size=8))

@@ -47,7 +47,7 @@ def create(rp: RelyingParty, **body: Any) -> Any:
 
 def activated(rp: RelyingParty) -> RawDevice:
     device = RawDevice(rp.http, rp.app_id)
-    assert device.activate(rp.activation_code()["activationCode"]).status_code == 200
+    assert device.activate(rp.activation_code()).status_code == 200
     return device
 
 

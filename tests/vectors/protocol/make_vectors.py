@@ -69,12 +69,17 @@ OP_AUTH_A = "c0ffee00-0000-4000-8000-0000000000a1"  # backend-initiated, with a 
 OP_AUTH_B = "c0ffee00-0000-4000-8000-0000000000b1"  # device-initiated, no context
 OP_DECLINE_A = "c0ffee00-0000-4000-8000-0000000000a2"  # backend-initiated, declined
 PUSH_TOKEN_A = {"provider": "fcm", "token": "dGVzdC10b2tlbg:APA91bHkeybound-vector"}
+OP_SIGN_A = "c0ffee00-0000-4000-8000-0000000000a3"  # a signature operation (§3.2.5)
 
 PIN = "2468"
 PIN_SALT = hashlib.sha256(b"keybound protocol vector: pin salt").digest()
 SCRYPT_N, SCRYPT_R, SCRYPT_P, PIN_KEY_BYTES = 2**14, 8, 1, 32
 
 PAYMENT_CONTEXT = {"content": "Pay 100 EUR to ACME", "mimeType": "text/plain"}
+LOAN_DATA = {
+    "content": "I, Alice, agree to the loan contract #4711: 10 000 EUR at 3.1 % over 5 years.",
+    "mimeType": "text/plain; charset=utf-8",
+}
 UNICODE_CONTEXT = {
     "content": '{"amount":"1 000,00","currency":"NOK","to":"Ærø Café ✓"}',
     "mimeType": "application/json; charset=utf-8",
@@ -195,6 +200,7 @@ def transcript_case(
     hw_key_client_status: str,
     signers: list[tuple[str, ec.EllipticCurvePrivateKey]],
     push_token: dict[str, str] | None = None,
+    context_name: str = "preOperationContext",
 ) -> tuple[dict[str, Any], bytes]:
     digest = push_token_digest(push_token) if purpose == "push-token" else context_digest(context)
     values = (
@@ -221,7 +227,7 @@ def transcript_case(
             "operationId": operation_id,
             "challengeHex": challenge_bytes.hex(),
             "challengeB64u": b64u(challenge_bytes),
-            "preOperationContext": context,
+            context_name: context,
             "contextHashHex": digest.hex(),
             "softwarePublicKeyHex": spki(field8_key).hex() if field8_key is not None else "",
             "hardwarePublicKeyHex": hardware_public_key.hex(),
@@ -375,7 +381,28 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
         software_key_id=hashlib.sha256(spki(a_sw1)).digest(),
         software_signature=signature_of(decline_a, "software")).to_wire()
 
-    # 7. device A registers its push token, signing with its current key A-software-1
+    # 7. device A answers a signature operation: purpose "signature", field 7 the hash of the
+    # data to sign, signed by its current software key (case 3 rotated it) and hardware key
+    a_sw2 = private_key("A-software-2")
+    sign_a, _ = transcript_case(
+        signer, name="signature",
+        description="Device A answers a signature operation (docs/protocol.md §3.2.5): purpose "
+        "signature; field 7 is the hash of the data to sign (§4.1.2 encoding); field 8 the next "
+        "software key A-software-2. Signed by the current software key A-software-1 and by the "
+        "hardware key, auth method DEVICE. The result's dataHash is field 7 in base64url.",
+        purpose="signature", operation_id=OP_SIGN_A, device_id=DEVICE_A,
+        challenge_bytes=challenge("signature A"), context=LOAN_DATA, context_name="dataToSign",
+        field8_key=a_sw2, hardware_public_key=b"", auth_method="DEVICE",
+        hw_key_client_status="OK", signers=[("software", a_sw1), ("hardware", a_hw)])
+    sign_a["nextSoftwareKey"] = key_material(a_sw2)
+    sign_a["dataHashB64u"] = b64u(context_digest(LOAN_DATA))
+    sign_a["request"] = p.AuthenticationFinishRequest(
+        application_id=APPLICATION_ID, device_id=DEVICE_A, operation_id=OP_SIGN_A,
+        auth_method=p.AuthMethod.DEVICE, software_key_id=hashlib.sha256(spki(a_sw1)).digest(),
+        next_software_public_key=spki(a_sw2), software_signature=signature_of(sign_a, "software"),
+        hardware_signature=signature_of(sign_a, "hardware"),
+        hw_key_client_status=p.HwKeyClientStatus.OK).to_wire()
+    # 8. device A registers its push token, signing with its current key A-software-1
     push_a, _ = transcript_case(
         signer, name="push-token",
         description="Device A registers its FCM push token, signing with its current software "
@@ -391,7 +418,7 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
         software_signature=signature_of(push_a, "software")).to_wire()
 
     contexts = []
-    for context in (None, PAYMENT_CONTEXT, UNICODE_CONTEXT):
+    for context in (None, PAYMENT_CONTEXT, UNICODE_CONTEXT, LOAN_DATA):
         canonical = context_canonical(context)
         contexts.append({
             "context": context,
@@ -428,7 +455,7 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
             "noContextHashHex": hashlib.sha256(b"").hexdigest(),
             "fieldOrder": list(FIELD_NAMES),
         },
-        "transcripts": [act_a, act_b, auth_a, auth_b, deact_b, decline_a, push_a],
+        "transcripts": [act_a, act_b, auth_a, auth_b, deact_b, decline_a, sign_a, push_a],
         "contextHashes": contexts,
         "keyIds": key_ids,
         "pinKeyDerivation": derivations,

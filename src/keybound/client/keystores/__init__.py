@@ -38,15 +38,23 @@ _KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def open_keystore(
-    kind: str, state_dir: Path | str, options: Mapping[str, Any] | None = None
+    kind: str, state_dir: Path | str, options: Mapping[str, Any] | None = None, *,
+    require_usable: bool = True,
 ) -> KeyStore:
     """Open the key store of ``kind`` for a device whose state lives in ``state_dir``.
+
+    A store asked for by name must be usable now (:meth:`KeyStore.check_usable`): a ``tpm``
+    store on a machine without a working TPM is an error (KEYSTORE_UNAVAILABLE, saying what
+    was tried), never a device that quietly activates with software keys. Only detection
+    (:func:`detect_keystore`) falls back. ``require_usable=False`` reopens a store for keys
+    that exist already, whose faults the device reports as ``hwKeyClientStatus``.
 
     Raises ClientError(CLIENT_CONFIGURATION) for an unknown kind or bad options (every
     back end checks its options with :func:`~keybound.client.keystores.base.check_options`),
     and an error with code KEYSTORE_UNAVAILABLE when the back end's own dependency is missing
     (ClientError if its module cannot be imported, KeyStoreError from ``tpm`` and ``pkcs11``,
-    which import without their optional package and refuse to construct).
+    which import without their optional package and refuse to construct) or the store
+    cannot be used.
     """
     if not _KIND.match(kind):
         raise ClientError(f"invalid key store kind {kind!r}", code=ErrorCode.CLIENT_CONFIGURATION)
@@ -58,7 +66,10 @@ def open_keystore(
             f"module for key store {kind!r} did not register it",
             code=ErrorCode.CLIENT_CONFIGURATION,
         )
-    return factory(Path(state_dir), dict(options or {}))
+    store = factory(Path(state_dir).expanduser(), dict(options or {}))
+    if require_usable:
+        store.check_usable()
+    return store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +97,7 @@ def detect_keystore(state_dir: Path | str,
     named = env.get(TPM_TCTI_ENV) or None
     options: dict[str, Any] = {"tcti": named} if named else {}
     try:
-        store = open_keystore("tpm", state_dir, options)
+        store = open_keystore("tpm", state_dir, options, require_usable=False)
     except KeyboundError as exc:
         if named is not None:
             log.warning("ignoring %s=%r: %s", TPM_TCTI_ENV, named, exc.detail)

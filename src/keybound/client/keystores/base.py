@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from keybound.errors import ClientError, ErrorCode
+from keybound.errors import ClientError, ErrorCode, KeyStoreError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +135,18 @@ class KeyStore(ABC):
         the server sent no ``credential`` for its ``attestation_key``). Raise KeyStoreError
         when attesting fails."""
         return None
+
+    def options(self) -> Mapping[str, Any]:
+        """The options that open this store again with ``open_keystore`` (what a device
+        configuration stores): never a secret such as a token PIN."""
+        return {}
+
+    def check_usable(self) -> None:
+        """Raise KeyStoreError (``keystore_unavailable``) unless this store can make a key
+        now. Opening a store by name checks it: a store that was asked for and cannot be
+        used is the caller's error, never a quiet fall-back to software keys."""
+        if not self.configured() or not self.available():
+            raise KeyStoreError(f"{self.describe()} cannot be used now")
 
 
 KeyStoreFactory = Callable[[Path, Mapping[str, Any]], KeyStore]

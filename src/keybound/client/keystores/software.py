@@ -80,6 +80,9 @@ class NoSecureHardware(KeyStore):
     def available(self) -> bool:
         return False
 
+    def check_usable(self) -> None:
+        """Nothing to check: this store is the absence of secure hardware."""
+
     def generate(self, label: str) -> KeyHandle:
         raise KeyGenerationFailed("this device has no secure hardware")
 

@@ -200,6 +200,24 @@ class TpmKeyStore(KeyStore):
     def configured(self) -> bool:
         return self._tcti is not None
 
+    def options(self) -> Mapping[str, Any]:
+        tcti = {} if self._tcti is None else {"tcti": self._tcti}
+        ek = {} if self._ek_templates == EK_TEMPLATES else {"ek": self._ek_templates[0]}
+        return {**tcti, **ek}
+
+    def check_usable(self) -> None:
+        if self._tcti is None:
+            raise KeyStoreError(
+                f"no TPM 2.0 on this machine: {DEFAULT_DEVICE} does not exist and no 'tcti' "
+                "option names one (e.g. swtpm:host=127.0.0.1,port=2321); without secure "
+                "hardware use the 'software' store"
+            )
+        if not self.available():
+            raise KeyStoreError(
+                f"the TPM 2.0 at {self._tcti} cannot be used: not reachable, or no permission "
+                f"(access to {DEFAULT_DEVICE} usually needs membership of the 'tss' group)"
+            )
+
     def available(self) -> bool:
         if self._tcti is None:
             return False

@@ -52,11 +52,11 @@ def verify_activation(request: ActivationFinishRequest, *, operation: OperationR
     """Guard clauses, one protocol step each (§3.1.2); raises CeremonyError, changes
     nothing."""
     op = operation
-    # step 1: an activation of this device and application, its code consumed by a start
+    # step 1: an activation of this device and application, started (its secret consumed
+    # by a start, which gave it its challenge)
     if (op is None or op.type not in ACTIVATION_TYPES
             or op.application_id != request.application_id
-            or op.device_id != request.device_id
-            or op.code_hash is not None or op.challenge is None):
+            or op.device_id != request.device_id or op.challenge is None):
         raise CeremonyError("authentication failed")
     software_key = parse_public_key(request.software_public_key)
     hardware_key = (parse_public_key(request.hardware_public_key)

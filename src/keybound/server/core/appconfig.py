@@ -49,7 +49,8 @@ class AppConfig:
         for name, (wire, low, high) in _INT_BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigurationInvalid(f"{wire} must be an integer in [{low}, {high}]")
+                raise ConfigurationInvalid(f"{wire} must be an integer in [{low}, {high}]",
+                                           setting=wire)
         if not self.allowed_auth_methods:
             raise ConfigurationInvalid("allowedAuthMethods must name at least one method")
 
@@ -84,12 +85,28 @@ class AppConfig:
         for wire, value in changes.items():
             name, parse = _PARSERS.get(wire, (None, None))
             if name is None or parse is None:
-                raise ConfigurationInvalid(f"unknown setting {wire!r}", setting=wire)
+                raise ConfigurationInvalid(
+                    f"unknown setting {wire!r}; the settings are {', '.join(_PARSERS)}",
+                    setting=wire)
             try:
                 kwargs[name] = parse(value)
             except (ValueError, TypeError) as exc:
-                raise ConfigurationInvalid(f"invalid value for {wire}: {value!r}") from exc
+                raise ConfigurationInvalid(
+                    f"invalid value for {wire}: {value!r}; expected {expected_value(wire)}",
+                    setting=wire) from exc
         return dataclasses.replace(self, **kwargs)
+
+
+def expected_value(wire: str) -> str:
+    """What the setting ``wire`` takes, for an error message that says how to fix it."""
+    if wire in _INT_NAMES:
+        _, low, high = _INT_BOUNDS[_INT_NAMES[wire]]
+        return f"an integer from {low} to {high}"
+    enum, many = _ENUMS[wire]
+    values = ", ".join(member.value for member in enum)
+    if enum is HwKeyValidationStrategy:
+        values += " (REQUIRED_IF_SUPPORTED = SUPPORTED)"
+    return f"a comma-separated list of {values}" if many else f"one of {values}"
 
 
 def _enum_list(enum: Any) -> Any:
@@ -112,6 +129,15 @@ def _int(value: Any) -> int:
 def _from_stored(text: str) -> AppConfig:
     return AppConfig.from_json(json.loads(text))
 
+
+_INT_NAMES = {wire: name for name, (wire, _, _) in _INT_BOUNDS.items()}
+#: wire name -> (its enum, whether it takes a list)
+_ENUMS: dict[str, tuple[Any, bool]] = {
+    "hwKeyValidationStrategy": (HwKeyValidationStrategy, False),
+    "enabledRiskData": (RiskAttribute, True),
+    "activationCodeType": (ActivationCodeType, False),
+    "allowedAuthMethods": (AuthMethod, True),
+}
 
 _PARSERS: dict[str, tuple[str, Any]] = {
     "hwKeyValidationStrategy": ("hw_key_validation_strategy", HwKeyValidationStrategy.parse),

@@ -19,13 +19,18 @@ from keybound.protocol import (
     DeviceState,
     HwKeyServerResult,
     OperationState,
-    Purpose,
     context_hash,
     pin_proof_message,
     transcript,
 )
 from keybound.server.core.appconfig import AppConfig
-from keybound.server.core.ceremony import bound, load_context, prove_possession, require_pending
+from keybound.server.core.ceremony import (
+    FINISH_PURPOSE,
+    bound,
+    load_context,
+    prove_possession,
+    require_pending,
+)
 from keybound.server.core.risk import risk_data
 from keybound.server.core.strategy import HW_FAILURE_CODE, decide
 from keybound.server.records import OperationRecord, RegistrationRecord
@@ -83,8 +88,10 @@ def verify_authentication(request: AuthenticationFinishRequest, *,
     if signer is None or op is None or reg is None or not bound(op, reg, request.application_id):
         raise CeremonyError("authentication failed")
     assert op.challenge is not None  # bound()
+    # §4.1.1: a signature operation's transcript is of its own purpose, and its context
+    # hash is the hash of the data to sign, so a device signs exactly what it was shown
     tbs = transcript(
-        Purpose.AUTHENTICATION, application_id=op.application_id, device_id=reg.id,
+        FINISH_PURPOSE[op.type], application_id=op.application_id, device_id=reg.id,
         operation_id=op.id, challenge=op.challenge,
         context_digest=context_hash(load_context(op.pre_context)),
         software_public_key=request.next_software_public_key,

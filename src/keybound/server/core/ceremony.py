@@ -9,10 +9,15 @@ import uuid
 
 from keybound.crypto import verify_signature
 from keybound.errors import CeremonyError, ErrorCode, InvalidSignature
-from keybound.protocol import Algorithm, OperationContext, OperationState, OperationType
+from keybound.protocol import Algorithm, OperationContext, OperationState, OperationType, Purpose
 from keybound.server.records import OperationRecord, RegistrationRecord
 
 CHALLENGE_BYTES = 32
+
+#: the operations a device answers with a finish, and the transcript purpose each signs
+#: (§4.1.1): the stored type decides it, never the request
+FINISH_PURPOSE = {OperationType.AUTHENTICATION.value: Purpose.AUTHENTICATION,
+                  OperationType.SIGNATURE.value: Purpose.SIGNATURE}
 
 
 def new_id() -> str:
@@ -50,8 +55,8 @@ def require_pending(op: OperationRecord, now: int) -> None:
 
 
 def bound(op: OperationRecord, reg: RegistrationRecord, application_id: str) -> bool:
-    """§3.1.4 step 1: an authentication operation with a challenge, of this device, both of
-    the application the request names."""
-    return (op.type == OperationType.AUTHENTICATION.value and op.challenge is not None
+    """§3.1.4 step 1: an authentication (or signature) operation with a challenge, of this
+    device, both of the application the request names."""
+    return (op.type in FINISH_PURPOSE and op.challenge is not None
             and op.application_id == application_id and reg.application_id == application_id
             and op.device_id == reg.id)

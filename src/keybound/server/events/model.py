@@ -29,6 +29,9 @@ class EventType(StrEnum):
     # device ceremonies
     ACTIVATION_START = "activation.start"
     ACTIVATION_FINISH = "activation.finish"
+    #: a wrong typed activation code, counted against its budget (payload: attemptsLeft,
+    #: burnt); the answer is the same as for an unknown one
+    ACTIVATION_CODE_FAILED = "activation.code_failed"
     AUTHENTICATION_START = "authentication.start"
     AUTHENTICATION_FINISH = "authentication.finish"
     AUTHENTICATION_DECLINE = "authentication.decline"
@@ -40,6 +43,7 @@ class EventType(StrEnum):
     ACTIVATION_CODE_ISSUED = "activation.code_issued"
     REACTIVATION_CODE_ISSUED = "reactivation.code_issued"
     AUTHENTICATION_CREATE = "authentication.create"
+    SIGNATURE_CREATE = "signature.create"
     OPERATION_READ = "operation.read"
     DEVICE_READ = "device.read"
     DEVICE_LOCK = "device.lock"
@@ -55,6 +59,10 @@ class EventType(StrEnum):
     E2E_KEY_RETIRE = "e2e_key.retire"
     E2E_KEY_EXPORT_PIN = "e2e_key.export_pin"
     DB_PRUNE = "db.prune"
+    SIGNING_KEY_CREATE = "signing_key.create"
+    SIGNING_KEY_RETIRE = "signing_key.retire"
+    SIGNING_KEY_ISSUER = "signing_key.issuer"
+    AUDIT_EXPORT = "audit.export"
     ADMIN_READ = "admin.read"  # a refused read only: reads are not audited
     # what a relying party hears of (webhooks and polling; docs/events.md): one row each,
     # written by the change it describes

@@ -1,4 +1,13 @@
-"""The events table: the audit trail and the outbox (docs/architecture.md, docs/events.md).
+"""The events table: the audit trail, sealed into a hash chain (server.events.chain), and
+the outbox (docs/architecture.md, docs/audit.md, docs/events.md).
+
+Sealing appends entries to the chain: each gets the next position (``chain_seq``), the
+previous entry's hash and its own, and ``audit_head`` moves on. One writer at a time may do
+so. On SQLite a unit of work seals its events as it writes them (it holds the one writer
+lock anyway). On PostgreSQL a unit writes them unsealed, so that no request waits for
+another's commit, and a sealer seals them just after, a batch per transaction, holding the
+head's row lock (docs/audit.md: concurrency). The chain covers an entry's immutable columns,
+not ``delivery``, which the outbox moves on.
 
 An event of a public type (events.model.PUBLIC_TYPES) is written with ``delivery =
 'PENDING'`` exactly when an endpoint of its application subscribes to its type: the INSERT
@@ -19,7 +28,7 @@ its ``seq`` order is its commit order.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -35,13 +44,15 @@ from sqlalchemy import (
     update,
 )
 
+from keybound.server.events.chain import entry_hash
 from keybound.server.events.model import PUBLIC_TYPES, Event
-from keybound.server.records import EventRecord
+from keybound.server.records import ChainHead, EventRecord
 from keybound.storage import tables as t
 from keybound.storage.prepared import Prepared
 
 E = t.events
 S = t.webhook_subscriptions
+H = t.audit_head
 
 #: the advisory lock key public-event writers share and pollers take (PostgreSQL)
 PUBLIC_EVENTS_LOCK: Final = 0x6B62_6576_656E_7473  # "kbevents"
@@ -61,31 +72,62 @@ _INSERT_PUBLIC: Final = Prepared(insert(E).values(delivery=_SUBSCRIBED))
 _LOCK_SHARED = select(func.pg_advisory_xact_lock_shared(PUBLIC_EVENTS_LOCK)
                       .label("locked")).subquery("lock")
 #: PostgreSQL: the lock is taken in the SELECT's FROM, which runs before the row's defaults
-#: (the ``seq`` draw) are computed (tests/server/repositories/test_events.py holds it)
+#: (the ``seq`` draw) are computed (tests/server/repositories/test_events.py holds it); the
+#: chain columns stay NULL until the sealer's turn
 _INSERT_PUBLIC_PG: Final = Prepared(insert(E).from_select(
     [*_COLUMNS, "delivery"],
     select(*(bindparam(name, type_=E.c[name].type) for name in _COLUMNS), _SUBSCRIBED)
     .select_from(_LOCK_SHARED)))
+_HEAD: Final = Prepared(select(H.c.chain_seq, H.c.chain_hash).where(H.c.id == 1),
+                        row=ChainHead)
+_MOVE_HEAD: Final = Prepared(update(H).where(H.c.id == 1).values(
+    chain_seq=bindparam("head_seq"), chain_hash=bindparam("head_hash")))
+_ANY_UNSEALED: Final = Prepared(select(E.c.seq).where(E.c.chain_hash.is_(None)).limit(1))
+_SEAL: Final = update(E).where(E.c.seq == bindparam("row_seq"), E.c.chain_hash.is_(None)).values(
+    chain_seq=bindparam("new_chain_seq"), chain_prev=bindparam("new_prev"),
+    chain_hash=bindparam("new_hash"))
 
 
-def _row(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.id, "type": event.type.value, "application_id": event.application_id,
-        "subject": event.subject, "operation_id": event.operation_id,
-        "actor": event.actor.value, "outcome": event.outcome.value, "code": event.code,
-        "payload": json.dumps(event.payload, sort_keys=True) if event.payload else None,
-        "created_at": event.created_at}
+def _columns(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "type": event.type.value, "application_id": event.application_id,
+            "subject": event.subject, "operation_id": event.operation_id,
+            "actor": event.actor.value, "outcome": event.outcome.value, "code": event.code,
+            "payload": json.dumps(event.payload, sort_keys=True) if event.payload else None,
+            "created_at": event.created_at}
+
+
+def _write(conn: Connection, event: Event, row: dict[str, Any]) -> None:
+    """One row; a public event's ``delivery`` decided by the INSERT itself."""
+    if event.type not in PUBLIC_TYPES:
+        _INSERT.rowcount(conn, row)
+        return
+    row = {**row, "sub_app": event.application_id, "sub_type": row["type"]}
+    if conn.dialect.name == "sqlite":
+        _INSERT_PUBLIC.rowcount(conn, row)
+    else:  # the chain columns are left out (NULL): the sealer's, just after commit
+        _INSERT_PUBLIC_PG.rowcount(conn, {name: row[name] for name in
+                                          (*_COLUMNS, "sub_app", "sub_type")})
 
 
 def insert_events(conn: Connection, events: Sequence[Event]) -> None:
+    """Write ``events`` in the caller's transaction: sealed at once on SQLite (whose writer
+    lock the transaction holds), unsealed on PostgreSQL (the sealer's, just after)."""
+    if not events:
+        return
+    if conn.dialect.name != "sqlite":
+        for event in events:
+            _write(conn, event, {**_columns(event), "chain_seq": None, "chain_prev": None,
+                                 "chain_hash": None})
+        return
+    head = _HEAD.one(conn, {})
+    position, prev = head.chain_seq, head.chain_hash
     for event in events:
-        row = _row(event)
-        if event.type not in PUBLIC_TYPES:
-            _INSERT.rowcount(conn, row)
-            continue
-        row["sub_app"], row["sub_type"] = event.application_id, row["type"]
-        statement = _INSERT_PUBLIC if conn.dialect.name == "sqlite" else _INSERT_PUBLIC_PG
-        statement.rowcount(conn, row)
+        row = _columns(event)
+        position, digest = position + 1, entry_hash(prev, **row)
+        _write(conn, event, {**row, "chain_seq": position, "chain_prev": prev,
+                             "chain_hash": digest})
+        prev = digest
+    _MOVE_HEAD.rowcount(conn, {"head_seq": position, "head_hash": prev})
 
 
 def settle(conn: Connection) -> None:
@@ -93,6 +135,48 @@ def settle(conn: Connection) -> None:
     see the module docstring); call first in the transaction that reads them."""
     if conn.dialect.name != "sqlite":
         conn.execute(select(func.pg_advisory_xact_lock(PUBLIC_EVENTS_LOCK)))
+
+
+def seal(conn: Connection, *, limit: int, wait: bool) -> int | None:
+    """Seal up to ``limit`` unsealed entries, oldest first, in the caller's write
+    transaction; how many. On PostgreSQL the head's row lock lets one sealer at a time
+    extend the chain: without ``wait``, None when another holds it (that sealer, or the
+    next, takes these entries too)."""
+    locked = select(H.c.chain_seq, H.c.chain_hash).where(H.c.id == 1)
+    if conn.dialect.name != "sqlite":
+        locked = locked.with_for_update(skip_locked=not wait)
+    found = conn.execute(locked).first()
+    if found is None:
+        return None
+    position, prev = int(found.chain_seq), bytes(found.chain_hash)
+    rows = conn.execute(select(E).where(E.c.chain_hash.is_(None)).order_by(E.c.seq)
+                        .limit(limit)).all()
+    if not rows:
+        return 0
+    sealed = []
+    for row in rows:
+        record = EventRecord(*row)
+        position, digest = position + 1, entry_hash(
+            prev, id=record.id, type=record.type, application_id=record.application_id,
+            subject=record.subject, operation_id=record.operation_id, actor=record.actor,
+            outcome=record.outcome, code=record.code, payload=record.payload,
+            created_at=record.created_at)
+        sealed.append({"row_seq": record.seq, "new_chain_seq": position, "new_prev": prev,
+                       "new_hash": digest})
+        prev = digest
+    conn.execute(_SEAL, sealed)
+    _MOVE_HEAD.rowcount(conn, {"head_seq": position, "head_hash": prev})
+    return len(sealed)
+
+
+def head(conn: Connection) -> ChainHead:
+    """The newest sealed position and hash (0 and the genesis value: nothing sealed yet)."""
+    return _HEAD.one(conn, {})
+
+
+def any_unsealed(conn: Connection) -> bool:
+    """Whether an entry waits to be sealed (ix_events_unsealed: one index probe)."""
+    return _ANY_UNSEALED.first(conn, {}) is not None
 
 
 def latest(conn: Connection, *, application_id: str | None, limit: int) -> list[EventRecord]:
@@ -143,12 +227,35 @@ def pending_delivery(conn: Connection, limit: int) -> list[EventRecord]:
 def mark_fanned(conn: Connection, seqs: Sequence[int]) -> None:
     conn.execute(update(E).where(E.c.seq.in_(list(seqs)), _DELIVERY_PENDING)
                  .values(delivery=FANNED))
+def in_chain_order(conn: Connection, *, up_to: int | None = None) -> Iterator[EventRecord]:
+    """Every entry, sealed ones in chain order (up to position ``up_to``), then the
+    unsealed ones by ``seq``; streamed."""
+    query = select(E).order_by(E.c.chain_seq.is_(None), E.c.chain_seq, E.c.seq)
+    if up_to is not None:
+        query = query.where(E.c.chain_seq <= up_to)
+    for row in conn.execute(query, execution_options={"yield_per": 5000}):
+        yield EventRecord(*row)
+
+
+def prune_boundary(conn: Connection, before: int) -> tuple[int, bytes] | None:
+    """The newest position retention may delete with every one before it: all older than
+    ``before``. ``(chain_seq, chain_hash)``, or None."""
+    kept = conn.execute(select(func.min(E.c.chain_seq)).where(
+        E.c.created_at >= before, E.c.chain_seq.is_not(None))).scalar()
+    limit = conn.execute(select(func.max(E.c.chain_seq))).scalar() if kept is None \
+        else kept - 1
+    if limit is None:
+        return None
+    row = conn.execute(select(E.c.chain_seq, E.c.chain_hash).where(E.c.chain_seq <= limit)
+                       .order_by(E.c.chain_seq.desc()).limit(1)).first()
+    return None if row is None else (int(row.chain_seq), bytes(row.chain_hash))
 
 
 def as_dict(record: EventRecord) -> dict[str, Any]:
     return record._asdict()
 
 
-__all__ = ["FANNED", "PENDING", "PUBLIC_EVENTS_LOCK", "as_dict", "by_id", "insert_events",
-           "latest", "mark_fanned", "pending_delivery", "public_after",
-           "public_between", "settle"]
+__all__ = ["FANNED", "PENDING", "PUBLIC_EVENTS_LOCK", "any_unsealed", "as_dict", "by_id",
+           "head", "in_chain_order", "insert_events", "latest", "mark_fanned",
+           "pending_delivery", "prune_boundary", "public_after", "public_between", "seal",
+           "settle"]

@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, text, update
 
 from keybound.protocol import Initiator, OperationState, OperationType
 from keybound.server.records import (
     BackendPendingRecord,
     ChallengeRecord,
-    CodeRecord,
     OperationRecord,
     PendingRecord,
 )
@@ -23,6 +20,9 @@ from keybound.storage import tables as t
 from keybound.storage.prepared import Prepared
 
 OPS = t.operations
+#: what a device answers after a start: an authentication or a signature (§3.2.5)
+_ANSWERED = or_(OPS.c.type == OperationType.AUTHENTICATION.value,
+                OPS.c.type == OperationType.SIGNATURE.value)
 
 
 _SELECT: Final = Prepared(select(OPS).where(OPS.c.id == bindparam("id")), row=OperationRecord)
@@ -31,43 +31,38 @@ _SELECT_OF_APP: Final = Prepared(select(OPS).where(
     row=OperationRecord)
 _INSERT: Final = Prepared(insert(OPS))
 #: §4.3: the one statement that consumes a challenge (it is on every finish); a
-#: post-operation context is erased with it, released or not
+#: post-operation context is erased with it, released or not. It stores the signed result,
+#: and an operation already given one (signed EXPIRED on a read) is never ended again.
 _CONSUME: Final = Prepared(
     update(OPS)
     .where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
            OPS.c.challenge == bindparam("challenge_"),
-           OPS.c.challenge_expires_at > bindparam("now"))
+           OPS.c.challenge_expires_at > bindparam("now"), OPS.c.result_jws.is_(None))
     .values(state=bindparam("new_state"), completed_at=bindparam("now"),
-            result=bindparam("result_"), wrapped_post_context=None))
-#: §3.1.1: a code is found, then consumed by one conditional statement
-_SELECT_CODE: Final = Prepared(select(OPS.c.id, OPS.c.config, OPS.c.expires_at).where(
-    OPS.c.application_id == bindparam("application_id"), OPS.c.code_hash == bindparam("code"),
-    OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > bindparam("now")),
-    row=CodeRecord)
-_CONSUME_CODE: Final = Prepared(
+            result=bindparam("result_"), wrapped_post_context=None,
+            result_jws=bindparam("jws")))
+#: §3.1.1: the start that consumed an activation's secret gives it its challenge
+_START_ACTIVATION: Final = Prepared(
     update(OPS)
-    .where(OPS.c.id == bindparam("op_id"), OPS.c.code_hash == bindparam("code"),
-           OPS.c.state == OperationState.PENDING.value)
-    .values(code_hash=None, challenge=bindparam("challenge_"),
-            challenge_expires_at=bindparam("expires"), challenge_issued_at=bindparam("now"))
+    .where(OPS.c.id == bindparam("op_id"), OPS.c.state == OperationState.PENDING.value,
+           OPS.c.challenge.is_(None), OPS.c.expires_at > bindparam("now"))
+    .values(challenge=bindparam("challenge_"), challenge_expires_at=bindparam("expires"),
+            challenge_issued_at=bindparam("now"))
     .returning(OPS.c.device_id))
-_FREE_EXPIRED_CODE: Final = Prepared(update(OPS).where(
-    OPS.c.application_id == bindparam("app"), OPS.c.code_hash == bindparam("code"),
-    OPS.c.expires_at <= bindparam("now")).values(code_hash=None))
 #: backend-initiated: the device's pending list, its start, and a challenge refresh (§3.1.3)
 _SELECT_PENDING: Final = Prepared(select(
-    OPS.c.id, OPS.c.expires_at, OPS.c.pre_context, OPS.c.required_auth_method).where(
+    OPS.c.id, OPS.c.expires_at, OPS.c.pre_context, OPS.c.required_auth_method,
+    OPS.c.type).where(
     OPS.c.device_id == bindparam("device_id"),
     OPS.c.application_id == bindparam("application_id"),
     OPS.c.state == OperationState.PENDING.value, OPS.c.initiator == Initiator.BACKEND.value,
-    OPS.c.type == OperationType.AUTHENTICATION.value,
-    OPS.c.expires_at > bindparam("now")).order_by(OPS.c.created_at), row=PendingRecord)
+    _ANSWERED, OPS.c.expires_at > bindparam("now")).order_by(OPS.c.created_at),
+    row=PendingRecord)
 _SELECT_BACKEND_PENDING: Final = Prepared(select(
     OPS.c.config, OPS.c.expires_at, OPS.c.challenge, OPS.c.challenge_expires_at,
-    OPS.c.pre_context, OPS.c.required_auth_method).where(
+    OPS.c.pre_context, OPS.c.required_auth_method, OPS.c.type).where(
     OPS.c.id == bindparam("id"), OPS.c.device_id == bindparam("device_id"),
-    OPS.c.application_id == bindparam("application_id"),
-    OPS.c.type == OperationType.AUTHENTICATION.value,
+    OPS.c.application_id == bindparam("application_id"), _ANSWERED,
     OPS.c.state == OperationState.PENDING.value, OPS.c.expires_at > bindparam("now")),
     row=BackendPendingRecord)
 _REFRESH_CHALLENGE: Final = Prepared(
@@ -97,31 +92,35 @@ def insert_operation(conn: Connection, **columns: Any) -> None:
     _INSERT.rowcount(conn, columns)
 
 
-def insert_unless_code_taken(conn: Connection, **columns: Any) -> bool:
-    """A new operation with an activation code; False (nothing inserted) when the code is
-    pending for another operation of the application already (ix_operations_code)."""
-    insert_: Any = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    inserted = conn.execute(insert_(OPS).values(**columns).on_conflict_do_nothing()
-                            .returning(OPS.c.id)).first()
-    return inserted is not None
-
-
 def consume(conn: Connection, op: OperationRecord, *, passed: bool, result: dict[str, Any],
-            now: int) -> bool:
-    """§4.3: end the operation with one conditional statement; False if another request
-    consumed its challenge first (or it expired meanwhile)."""
+            now: int, result_jws: str) -> bool:
+    """§4.3: end the operation with one conditional statement, storing its signed result;
+    False if another request consumed its challenge first (or it expired meanwhile)."""
     return _CONSUME.rowcount(conn, {
         "op_id": op.id, "challenge_": op.challenge, "now": now,
         "new_state": (OperationState.COMPLETED if passed else OperationState.FAILED).value,
-        "result_": json.dumps(result)}) == 1
+        "result_": json.dumps(result), "jws": result_jws}) == 1
 
 
-def fail(conn: Connection, operation_id: str, result: dict[str, Any], now: int) -> bool:
-    """End a PENDING operation as FAILED whatever its challenge; False if it had ended."""
+def fail(conn: Connection, operation_id: str, result: dict[str, Any], now: int, *,
+         result_jws: str) -> bool:
+    """End a PENDING operation as FAILED whatever its challenge, with its signed result;
+    False if it had ended (or was signed as expired)."""
     return conn.execute(update(OPS).where(
-        OPS.c.id == operation_id, OPS.c.state == OperationState.PENDING.value).values(
+        OPS.c.id == operation_id, OPS.c.state == OperationState.PENDING.value,
+        OPS.c.result_jws.is_(None)).values(
         state=OperationState.FAILED.value, completed_at=now, result=json.dumps(result),
-        wrapped_post_context=None)).rowcount == 1
+        wrapped_post_context=None, challenge=None, result_jws=result_jws)).rowcount == 1
+
+
+def store_result_jws(conn: Connection, operation_id: str, result_jws: str, now: int) -> bool:
+    """The signed result of an operation that ended without one: it expired (EXPIRED is
+    derived on read) or ended before results were signed. False if another request stored
+    one first, or the operation is still pending."""
+    return conn.execute(update(OPS).where(
+        OPS.c.id == operation_id, OPS.c.result_jws.is_(None),
+        (OPS.c.state != OperationState.PENDING.value) | (OPS.c.expires_at <= now)).values(
+        result_jws=result_jws)).rowcount == 1
 
 
 def note_overlap(conn: Connection, operation_id: str, note: dict[str, Any]) -> None:
@@ -132,65 +131,48 @@ def note_overlap(conn: Connection, operation_id: str, note: dict[str, Any]) -> N
                  .values(result=json.dumps(note)))
 
 
-def fail_pending_of_device(conn: Connection, device_id: str, code: str,
-                           now: int) -> list[str]:
-    """A device that can no longer answer has its pending operations failed, not left
-    hanging (activation codes for it stay: a reactivation is how it comes back); the ids of
-    those it failed."""
-    rows = conn.execute(
-        update(OPS)
-        .where(OPS.c.device_id == device_id, OPS.c.state == OperationState.PENDING.value,
-               OPS.c.code_hash.is_(None))
-        .values(state=OperationState.FAILED.value, challenge=None, completed_at=now,
-                result=json.dumps({"failureCode": code}), wrapped_post_context=None)
-        .returning(OPS.c.id))
-    return sorted(str(row.id) for row in rows)
+def pending_of_device_to_fail(conn: Connection, device_id: str) -> list[OperationRecord]:
+    """A device that can no longer answer has its pending operations failed (each with its
+    signed result and an operation.failed event: services), not left hanging; reactivations
+    not yet started stay (a reactivation is how it comes back)."""
+    return [OperationRecord(*row) for row in conn.execute(select(OPS).where(
+        OPS.c.device_id == device_id, OPS.c.state == OperationState.PENDING.value,
+        or_(_ANSWERED, OPS.c.challenge.is_not(None)),
+        OPS.c.result_jws.is_(None)).order_by(OPS.c.created_at))]
 
 
-def backend_expired(conn: Connection, now: int, limit: int) -> list[str]:
+def backend_expired(conn: Connection, now: int, limit: int) -> list[OperationRecord]:
     """Pending operations the relying party started whose expiry has passed, oldest expiry
     first (ix_operations_backend_expiry)."""
-    rows = conn.execute(select(OPS.c.id).where(
+    rows = conn.execute(select(OPS).where(
         _BACKEND_PENDING, OPS.c.expires_at <= now).order_by(OPS.c.expires_at).limit(limit))
-    return [str(row.id) for row in rows]
+    return [OperationRecord(*row) for row in rows]
 
 
-def expire(conn: Connection, operation_id: str, now: int) -> tuple[str, str | None] | None:
-    """End a pending operation past its expiry as EXPIRED, once (§3.2.3): its unused code,
-    challenge and post-operation context go with it. Its (application id, device id), or
-    None if it ended meanwhile."""
+def expire(conn: Connection, operation_id: str, now: int, *,
+           result_jws: str | None) -> tuple[str, str | None] | None:
+    """End a pending operation past its expiry as EXPIRED, once (§3.2.3): its challenge and
+    post-operation context go with it; it keeps a signed result a read already gave it, else
+    gets ``result_jws``. Its (application id, device id), or None if it ended meanwhile."""
     row = conn.execute(update(OPS).where(
         OPS.c.id == operation_id, OPS.c.state == OperationState.PENDING.value,
         OPS.c.expires_at <= now).values(
-        state=OperationState.EXPIRED.value, code_hash=None, challenge=None,
-        wrapped_post_context=None).returning(OPS.c.application_id, OPS.c.device_id)).first()
+        state=OperationState.EXPIRED.value, challenge=None, wrapped_post_context=None,
+        result_jws=func.coalesce(OPS.c.result_jws, result_jws))
+        .returning(OPS.c.application_id, OPS.c.device_id)).first()
     return None if row is None else (str(row.application_id), row.device_id)
 
 
-# -- activation codes -----------------------------------------------------------------------
+# -- activation -----------------------------------------------------------------------------
 
 
-def find_code(conn: Connection, application_id: str, code_hash: bytes,
-              now: int) -> CodeRecord | None:
-    return _SELECT_CODE.first(conn, {"application_id": application_id, "code": code_hash,
-                                     "now": now})
-
-
-def consume_code(conn: Connection, operation_id: str, code_hash: bytes, challenge: bytes,
-                 challenge_expires_at: int, now: int) -> str | None:
-    """§3.1.1: the code becomes the activation's challenge; the device id, or None if another
-    request consumed it first."""
-    row = _CONSUME_CODE.first(conn, {"op_id": operation_id, "code": code_hash,
-                                     "challenge_": challenge, "expires": challenge_expires_at,
-                                     "now": now})
+def start_activation(conn: Connection, operation_id: str, challenge: bytes,
+                     challenge_expires_at: int, now: int) -> str | None:
+    """§3.1.1: the activation whose secret this request consumed gets its challenge; its
+    device id, or None if it is no longer pending."""
+    row = _START_ACTIVATION.first(conn, {"op_id": operation_id, "challenge_": challenge,
+                                         "expires": challenge_expires_at, "now": now})
     return None if row is None else str(row.device_id)
-
-
-def free_expired_code(conn: Connection, application_id: str, code_hash: bytes,
-                      now: int) -> None:
-    """An expired, never-used code gives its slot back (its operation stays PENDING in
-    storage: EXPIRED is derived on read, and prune removes it)."""
-    _FREE_EXPIRED_CODE.rowcount(conn, {"app": application_id, "code": code_hash, "now": now})
 
 
 # -- backend-initiated authentication -------------------------------------------------------

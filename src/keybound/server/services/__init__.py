@@ -23,6 +23,7 @@ from keybound.server.secrets import MasterKey, SecretBox, master_key_path
 from keybound.server.services.activation import Activation
 from keybound.server.services.admin import Admin
 from keybound.server.services.applications import Applications
+from keybound.server.services.audit import AuditTrail
 from keybound.server.services.authentication import Authentication
 from keybound.server.services.e2ekeys import E2EKeys
 from keybound.server.services.maintenance import Maintenance
@@ -30,6 +31,7 @@ from keybound.server.services.notifications import Notifications
 from keybound.server.services.operations import Operations
 from keybound.server.services.outbox import Wakeup
 from keybound.server.services.registrations import Registrations
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.services.webhooks import Webhooks
 from keybound.storage.db import DEFAULT_DATA_DIR, Database
 
@@ -54,7 +56,10 @@ class Keybound:
         self.master_key = master_key
         self.box = SecretBox(master_key)
         self.noise = NoiseCounter(db)
-        self.maintenance = Maintenance(db, clock, self.noise)
+        self.results = ResultKeys(db, self.box, clock)
+        self.audit = AuditTrail(db, clock, self.results)
+        self.maintenance = Maintenance(db, clock, self.noise, self.results,
+                                       checkpoint=self.audit.checkpoint)
         #: nudges this process's sender (services.outbox) when a commit gave it work
         self.wakeup = Wakeup()
         #: which URLs webhooks and the push service may be sent to (docs/webhooks.md §4)
@@ -64,16 +69,17 @@ class Keybound:
         self.notifications = Notifications(db, self.box, clock, policy=policy,
                                            resolver=resolver)
         self.applications = Applications()
-        self.operations = Operations(self.box, wake=self.wakeup)
-        self.registrations = Registrations()
-        self.activation = Activation(self.box)
-        self.authentication = Authentication(self.box)
+        self.operations = Operations(self.box, self.results, wake=self.wakeup)
+        self.registrations = Registrations(self.results)
+        self.activation = Activation(self.box, self.results)
+        self.authentication = Authentication(self.box, self.results)
         self.e2e_keys = E2EKeys(db, self.box)
         self.admin = Admin(self)
 
     def close(self) -> None:
         """Finish what runs in the background, store the last counts, close the database."""
         self.maintenance.join()
+        self.audit.stop_sealer()
         self.noise.flush()
         self.notifications.close()
         self.db.dispose()
@@ -94,9 +100,12 @@ class Keybound:
         with db.write() as conn:
             if settings.get(conn, settings.MASTER_KEY_FINGERPRINT) is None:
                 settings.put_new(conn, settings.MASTER_KEY_FINGERPRINT, master_key.fingerprint)
-        return cls(db, clock, master_key=master_key,
-                   endpoint_policy=endpoint_policy or endpoint_policy_from_env(),
-                   resolver=resolver)
+        kb = cls(db, clock, master_key=master_key,
+                 endpoint_policy=endpoint_policy or endpoint_policy_from_env(),
+                 resolver=resolver)
+        kb.results.ensure(kb.noise)  # the first result-signing key, before any request
+        kb.audit.seal()  # entries older than the chain, or left unsealed by a stopped server
+        return kb
 
 
 ENV_WEBHOOK_ALLOW_HTTP = "KEYBOUND_WEBHOOK_ALLOW_HTTP"

@@ -1,7 +1,10 @@
-"""Activation and reactivation: start consumes the activation code, finish consumes the
-challenge and registers the device's keys (docs/protocol.md §3.1.1-2, §4, §6)."""
+"""Activation and reactivation: start consumes the activation's secret (the link's token, or
+the typed code within its attempt budget), finish consumes the challenge and registers the
+device's keys (docs/protocol.md §3.1.1-2, §3.2.5, §4, §6)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
 
 from keybound.crypto import key_id
 from keybound.errors import CeremonyError, CeremonyFailed, ErrorCode
@@ -14,57 +17,105 @@ from keybound.protocol import (
     AuthMethod,
     DeviceState,
     HwKeyValidationStrategy,
+    OperationState,
     OperationType,
 )
 from keybound.server.clock import ms_to_dt
 from keybound.server.core.activation import VerifiedActivation, verify_activation
 from keybound.server.core.appconfig import AppConfig
 from keybound.server.core.ceremony import new_challenge
-from keybound.server.core.codes import activation_code_hash
+from keybound.server.core.codes import (
+    Attempt,
+    judge_attempt,
+    normalize_activation_code,
+    normalize_activation_hint,
+)
 from keybound.server.events.model import EventType, Outcome
 from keybound.server.events.public import device_data
 from keybound.server.notify.base import ProviderKind, PushTarget
+from keybound.server.repositories import activation_secrets as secrets_
 from keybound.server.repositories import operations as ops
 from keybound.server.repositories import push
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose, SecretBox
 from keybound.server.services.registrations import store_push_token
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+
+#: one answer for every refused start: unknown, wrong, used, burnt or expired (§3.1.1)
+CODE_REFUSED: Final = "unknown, used, burnt or expired activation code or link"
 
 
 class Activation:
-    def __init__(self, box: SecretBox) -> None:
+    def __init__(self, box: SecretBox, results: ResultKeys) -> None:
         self.box = box
+        self.results = results
 
     # -- start (§3.1.1) -------------------------------------------------------------------
 
     def start(self, unit: Unit, request: ActivationStartRequest) -> ActivationStartResponse:
         unit.about(application_id=request.application_id)
-        code_hash = activation_code_hash(request.application_id, request.activation_code)
         conn = unit.write()
-        row = ops.find_code(conn, request.application_id, code_hash, unit.now)
-        if row is None:
-            raise CeremonyError("unknown or expired activation code",
-                                code=ErrorCode.ACTIVATION_CODE_INVALID)
-        config = AppConfig.from_stored(row.config)
+        if request.activation_token is not None:
+            form = "link"
+            operation_id = secrets_.take_by_token(
+                conn, request.application_id,
+                self.box.keyed_hash(Purpose.ACTIVATION_TOKEN, request.activation_token,
+                                    binding=request.application_id.encode()), unit.now)
+        else:
+            form = "code"
+            operation_id = self._typed_code(unit, conn, request)
+        op = None if operation_id is None else ops.get(conn, operation_id)
+        if op is None:
+            raise CeremonyError(CODE_REFUSED, code=ErrorCode.ACTIVATION_CODE_INVALID)
+        config = AppConfig.from_stored(op.config)
         challenge = new_challenge()
         challenge_expires = min(unit.now + config.challenge_lifetime_seconds * 1000,
-                                row.expires_at)
-        # the code is consumed by this one conditional statement
-        device_id = ops.consume_code(conn, row.id, code_hash, challenge, challenge_expires,
-                                     unit.now)
-        if device_id is None:
-            raise CeremonyError("activation code already used",
-                                code=ErrorCode.ACTIVATION_CODE_INVALID)
-        unit.about(device_id=device_id, operation_id=row.id)
-        unit.identify()  # the holder of a valid code
-        unit.emit(EventType.ACTIVATION_START)
+                                op.expires_at)
+        device_id = ops.start_activation(conn, op.id, challenge, challenge_expires, unit.now)
+        if device_id is None:  # ended meanwhile (never while its secret was pending)
+            raise CeremonyError(CODE_REFUSED, code=ErrorCode.ACTIVATION_CODE_INVALID)
+        unit.about(device_id=device_id, operation_id=op.id)
+        unit.identify()  # the holder of a valid secret
+        unit.emit(EventType.ACTIVATION_START, payload={"form": form})
         return ActivationStartResponse(
-            operation_id=row.id, device_id=device_id, challenge=challenge,
+            operation_id=op.id, device_id=device_id, challenge=challenge,
             expires_at=ms_to_dt(challenge_expires),
             allowed_auth_methods=list(config.allowed_auth_methods),
             hardware_key_required=(
                 config.hw_key_validation_strategy is HwKeyValidationStrategy.REQUIRED))
+
+    def _typed_code(self, unit: Unit, conn: Connection,
+                    request: ActivationStartRequest) -> str | None:
+        """§3.1.1, typed: the attempt is counted first (one conditional statement), then
+        compared in constant time; the last wrong attempt of the budget burns the code. A
+        wrong attempt is committed (CeremonyFailed) and answered exactly like an unknown
+        hint."""
+        assert request.activation_code is not None and request.activation_hint is not None
+        attempt = secrets_.count_attempt(conn, request.application_id,
+                                         normalize_activation_hint(request.activation_hint),
+                                         unit.now)
+        if attempt is None:
+            return None
+        given = self.box.keyed_hash(
+            Purpose.ACTIVATION_CODE, normalize_activation_code(request.activation_code).encode(),
+            binding=attempt.operation_id.encode())
+        outcome = judge_attempt(given, expected_hash=attempt.code_hash,
+                                attempts_left=attempt.attempts_left)
+        if outcome is Attempt.MATCH:
+            return secrets_.take_by_code(conn, attempt.operation_id, attempt.code_hash)
+        if outcome is Attempt.BURNT:
+            secrets_.burn_code(conn, attempt.operation_id)  # the link's token stays
+        unit.emit(EventType.ACTIVATION_CODE_FAILED, outcome=Outcome.FAILURE,
+                  code=ErrorCode.ACTIVATION_CODE_INVALID.value,
+                  operation_id=attempt.operation_id,
+                  payload={"attemptsLeft": attempt.attempts_left,
+                           "burnt": outcome is Attempt.BURNT})
+        raise CeremonyFailed(CODE_REFUSED, code=ErrorCode.ACTIVATION_CODE_INVALID)
 
     # -- finish (§3.1.2) ------------------------------------------------------------------
 
@@ -78,9 +129,14 @@ class Activation:
             PushTarget(provider=ProviderKind(request.push_token.provider.value),
                        token=request.push_token.token)
         unit.identify()
+        signed = self.results.operation_result(
+            verified.operation, state=(OperationState.FAILED if verified.failure
+                                       else OperationState.COMPLETED),
+            result=verified.result, completed_at=unit.now, now=unit.now)
         conn = unit.write()
         if not ops.consume(conn, verified.operation, passed=verified.failure is None,
-                           result=verified.result, now=unit.now):  # §4.3
+                           result=verified.result, now=unit.now,
+                           result_jws=signed):  # §4.3
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         if verified.failure is None:
             self._store_registration(unit, request, verified)

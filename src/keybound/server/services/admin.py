@@ -3,9 +3,9 @@ one unit of work, audited as the operator's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from keybound.channel import DEFAULT_SUITE, ChannelPin, ChannelSuite
 from keybound.rpapi import (
@@ -24,13 +24,17 @@ from keybound.rpapi import (
     WebhookEndpointList,
 )
 from keybound.server.core.appconfig import AppConfig
+from keybound.server.events.chain import CheckpointKind, Entry, VerifiedChain
 from keybound.server.events.model import Actor, EventType
+from keybound.server.events.results import ResultAlgorithm
 from keybound.server.notify.base import ProviderKind
-from keybound.server.records import EventRecord, NoiseRecord
+from keybound.server.records import CheckpointRecord, EventRecord, NoiseRecord
 from keybound.server.repositories import events, noise
 from keybound.server.services.applications import ApiKeyInfo, NewApiKey
+from keybound.server.services.audit import Exported
 from keybound.server.services.e2ekeys import E2EKeyInfo
 from keybound.server.services.notifications import ProviderInfo
+from keybound.server.services.resultkeys import ResultKeyInfo
 from keybound.server.services.retention import Pruned, Retention, prune
 from keybound.server.unit import Unit, perform
 from keybound.storage.batches import DELETE_BATCH
@@ -104,6 +108,43 @@ class Admin:
     def e2e_pin(self, key_id: str, *, server_url: str) -> ChannelPin:
         return self._run(EventType.E2E_KEY_EXPORT_PIN, lambda u: self._kb.e2e_keys.pin(
             u, key_id, server_url=server_url))
+
+    # -- result-signing keys (docs/signed-results.md) --------------------------------------
+
+    def create_signing_key(self, algorithm: ResultAlgorithm = ResultAlgorithm.ES256
+                           ) -> ResultKeyInfo:
+        return self._run(EventType.SIGNING_KEY_CREATE, lambda u: self._kb.results.create(
+            u, algorithm=algorithm))
+
+    def signing_keys(self) -> list[ResultKeyInfo]:
+        return self._run(EventType.ADMIN_READ, self._kb.results.list)
+
+    def retire_signing_key(self, kid: str, *, publish_days: int | None = None
+                           ) -> ResultKeyInfo:
+        return self._run(EventType.SIGNING_KEY_RETIRE, lambda u: self._kb.results.retire(
+            u, kid, publish_days=publish_days))
+
+    def set_issuer(self, issuer: str) -> str:
+        return self._run(EventType.SIGNING_KEY_ISSUER,
+                         lambda u: self._kb.results.set_issuer(u, issuer))
+
+    # -- the audit trail (docs/audit.md) --------------------------------------------------
+
+    def audit_checkpoint(self) -> CheckpointRecord | None:
+        """Sign the chain's head now (housekeeping: no event, which would move the head)."""
+        return self._kb.audit.checkpoint(CheckpointKind.PERIODIC)
+
+    def audit_verify(self, *, kept: Iterable[Entry] = ()) -> VerifiedChain:
+        return self._kb.audit.verify(kept=kept)
+
+    def audit_export(self, out: IO[str]) -> Exported:
+        exported = self._kb.audit.export(out)
+
+        def record(unit: Unit) -> None:
+            unit.emit(EventType.AUDIT_EXPORT, payload=asdict(exported))
+
+        self._run(EventType.AUDIT_EXPORT, record)
+        return exported
 
     # -- devices --------------------------------------------------------------------------
 
@@ -188,7 +229,7 @@ class Admin:
     def prune(self, retention: Retention | None = None, *,
               batch: int = DELETE_BATCH) -> Pruned:
         retention = retention or Retention()
-        pruned = prune(self._kb.db, self._kb.clock, retention, batch=batch)
+        pruned = prune(self._kb.db, self._kb.clock, self._kb.audit, retention, batch=batch)
 
         def record(unit: Unit) -> None:
             unit.emit(EventType.DB_PRUNE, payload={**asdict(retention), **asdict(pruned)})

@@ -56,6 +56,8 @@ from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose as SecretPurpose
 from keybound.server.secrets import SecretBox
+from keybound.server.services.operations import fail_pending_of_device
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
 if TYPE_CHECKING:
@@ -63,8 +65,9 @@ if TYPE_CHECKING:
 
 
 class Authentication:
-    def __init__(self, box: SecretBox) -> None:
+    def __init__(self, box: SecretBox, results: ResultKeys) -> None:
         self.box = box
+        self.results = results
 
     # -- start (§3.1.3) -------------------------------------------------------------------
 
@@ -125,7 +128,7 @@ class Authentication:
             methods = [AuthMethod(row.required_auth_method)]
         return AuthenticationStartResponse(
             operation_id=op_id, challenge=challenge, expires_at=ms_to_dt(expires),
-            pre_operation_context=load_context(row.pre_context), allowed_auth_methods=methods)
+            allowed_auth_methods=methods, **_shown(row.type, row.pre_context))
 
     # -- pending backend-initiated operations (§3.1.5) ------------------------------------
 
@@ -138,9 +141,9 @@ class Authentication:
         return PendingOperationsResponse(operations=[
             PendingOperation(
                 operation_id=r.id, expires_at=ms_to_dt(r.expires_at),
-                pre_operation_context=load_context(r.pre_context),
                 required_auth_method=(AuthMethod(r.required_auth_method)
-                                      if r.required_auth_method else None))
+                                      if r.required_auth_method else None),
+                **_shown(r.type, r.pre_context))
             for r in rows])
 
     # -- decline (§3.1.7) -----------------------------------------------------------------
@@ -168,7 +171,11 @@ class Authentication:
         unit.identify()
         require_pending(op, unit.now)
         result = {"failureCode": ErrorCode.DECLINED.value}
-        if not ops.consume(unit.write(), op, passed=False, result=result, now=unit.now):
+        signed = self.results.operation_result(op, state=OperationState.FAILED, result=result,
+                                               completed_at=unit.now, now=unit.now,
+                                               user_id=reg.user_id)
+        if not ops.consume(unit.write(), op, passed=False, result=result, now=unit.now,
+                           result_jws=signed):
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE,
                   code=ErrorCode.DECLINED.value, payload=result)
@@ -200,9 +207,16 @@ class Authentication:
             unit.identify()
             self._superseded(unit, used)
         unit.identify()
+        # signed before the write transaction opens: the unit's writer lock is not held
+        # while the result is signed (docs/signed-results.md: cost)
+        signed = self.results.operation_result(
+            verified.operation, state=(OperationState.FAILED if verified.failure
+                                       else OperationState.COMPLETED),
+            result=verified.result, completed_at=unit.now, now=unit.now,
+            user_id=verified.registration.user_id)
         conn = unit.write()
         if not ops.consume(conn, verified.operation, passed=verified.failure is None,
-                           result=verified.result, now=unit.now):
+                           result=verified.result, now=unit.now, result_jws=signed):
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         if verified.failure is None:
             self._rotate(unit, verified)
@@ -254,8 +268,7 @@ class Authentication:
         raise CeremonyError("software key rotated by another ceremony of this device; retry",
                             code=ErrorCode.SOFTWARE_KEY_SUPERSEDED)
 
-    @staticmethod
-    def _superseded(unit: Unit, used: SupersededKeyUsed) -> NoReturn:
+    def _superseded(self, unit: Unit, used: SupersededKeyUsed) -> NoReturn:
         """§4.5: a copy locks the registration, whatever else is wrong with the request; an
         overlap of the device's own ceremonies is noted on the operation and refused as
         retryable. Raises either way."""
@@ -273,9 +286,12 @@ class Authentication:
                                  "current key", code=ErrorCode.SOFTWARE_KEY_SUPERSEDED,
                                  operation_id=op.id)
         cloned = ErrorCode.SOFTWARE_KEY_CLONED.value
-        if not ops.fail(conn, op.id, clone_result(), unit.now):  # finished meanwhile: a
-            raise CeremonyError("challenge already used",   # replay of it is no copy
-                                code=ErrorCode.CHALLENGE_USED)
+        signed = self.results.operation_result(
+            op, state=OperationState.FAILED, result=clone_result(), completed_at=unit.now,
+            now=unit.now, user_id=reg.user_id)
+        if not ops.fail(conn, op.id, clone_result(), unit.now,  # finished meanwhile: a
+                        result_jws=signed):                    # replay of it is no copy
+            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         locked = regs.lock_cloned(conn, reg.id, unit.now)
         state = DeviceState.LOCKED.value if locked else reg.state
         unit.emit(EventType.DEVICE_CLONE_SUSPECTED, outcome=Outcome.FAILURE, code=cloned,
@@ -287,9 +303,7 @@ class Authentication:
             unit.emit(EventType.DEVICE_LOCKED, outcome=Outcome.FAILURE, code=cloned,
                       payload=device_data(device_id=reg.id, user_id=reg.user_id, state=state,
                                           lock_reason=LockReason.SOFTWARE_KEY_CLONED.value))
-        for failed in ops.fail_pending_of_device(conn, reg.id, cloned, unit.now):
-            unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE, code=cloned,
-                      operation_id=failed, payload={"failureCode": cloned})
+        fail_pending_of_device(unit, self.results, reg.id, ErrorCode.SOFTWARE_KEY_CLONED)
         raise CeremonyFailed("superseded software key used: registration locked",
                              code=ErrorCode.SOFTWARE_KEY_CLONED, operation_id=op.id)
 
@@ -306,6 +320,15 @@ def _signer(conn: Connection, request: AuthenticationFinishRequest,
         return None
     return Signer(key_id=request.software_key_id, public_key=old.public_key,
                   superseded_at=old.superseded_at)
+
+
+def _shown(operation_type: str, stored: str | None) -> dict[str, Any]:
+    """What the device is shown of a pending operation (§3.1.3, §3.1.5): a signature
+    operation's data to sign, or an authentication's pre-operation context."""
+    if operation_type == OperationType.SIGNATURE.value:
+        return {"operation_type": OperationType.SIGNATURE,
+                "data_to_sign": load_context(stored)}
+    return {"pre_operation_context": load_context(stored)}
 
 
 def _decoy(config: AppConfig, now: int,

@@ -1,5 +1,6 @@
 """Operations as the relying party sees them: users, activation codes, reactivations,
-backend-initiated authentications, and their state (docs/protocol.md §3.2).
+backend-initiated authentications and signatures, their state and signed result
+(docs/protocol.md §3.2, docs/signed-results.md).
 
 Every lookup is scoped to the caller's application: another application's object is
 reported exactly like one that does not exist.
@@ -15,15 +16,21 @@ from sqlalchemy.exc import IntegrityError
 
 from keybound.errors import ErrorCode, InvalidState, KeyboundError, MalformedRequest, NotFound
 from keybound.protocol import (
+    MAX_DATA_TO_SIGN_BYTES,
     MAX_PRE_CONTEXT_BYTES,
+    AuthMethod,
     DeviceState,
     Initiator,
+    OperationContext,
     OperationState,
     OperationType,
+    activation_link,
+    b64u_encode,
 )
 from keybound.rpapi import (
     ActivationCodeResponse,
     CreateOperationRequest,
+    CreateSignatureRequest,
     CreateUserRequest,
     Operation,
     OperationResult,
@@ -32,22 +39,29 @@ from keybound.rpapi import (
 from keybound.server.clock import ms_to_dt
 from keybound.server.core.appconfig import AppConfig
 from keybound.server.core.ceremony import dump_context, new_id
-from keybound.server.core.codes import activation_code_hash, new_activation_code
-from keybound.server.events.model import EventType
+from keybound.server.core.codes import (
+    code_attempts,
+    new_activation_code,
+    new_activation_hint,
+    new_activation_token,
+    normalize_activation_code,
+)
+from keybound.server.events.model import EventType, Outcome
 from keybound.server.events.public import device_data, timestamp
 from keybound.server.records import OperationRecord, UserRecord
+from keybound.server.repositories import activation_secrets, push, users
 from keybound.server.repositories import applications as apps
 from keybound.server.repositories import operations as ops
-from keybound.server.repositories import push, users
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose, SecretBox
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-#: draws of a new activation code before giving up (a collision with a pending one)
-CODE_ATTEMPTS = 20
+#: draws of a new activation hint before giving up (a collision with a pending one)
+HINT_ATTEMPTS = 20
 
 
 def effective_state(row: OperationRecord, now: int) -> OperationState:
@@ -58,7 +72,8 @@ def effective_state(row: OperationRecord, now: int) -> OperationState:
     return state
 
 
-def operation_view(row: OperationRecord, now: int) -> Operation:
+def operation_view(row: OperationRecord, now: int, *,
+                   result_jws: str | None = None) -> Operation:
     config = AppConfig.from_stored(row.config)
     ended = row.state in (OperationState.COMPLETED, OperationState.FAILED)
     stored = json.loads(row.result) if row.result and ended else {}
@@ -74,7 +89,23 @@ def operation_view(row: OperationRecord, now: int) -> Operation:
         state=effective_state(row, now), user_id=row.user_id, device_id=row.device_id,
         created_at=ms_to_dt(row.created_at), expires_at=ms_to_dt(row.expires_at),
         completed_at=ms_to_dt(row.completed_at) if row.completed_at else None,
-        result=result, risk_data={k: v for k, v in risk.items() if k in enabled})
+        result=result, risk_data={k: v for k, v in risk.items() if k in enabled},
+        result_jws=result_jws or row.result_jws)
+
+
+def fail_pending_of_device(unit: Unit, results: ResultKeys, device_id: str,
+                           code: ErrorCode) -> None:
+    """A device that can no longer answer (deactivated, locked as a copy) has its pending
+    operations failed with ``code``, each with its signed result, in the unit's
+    transaction, and an ``operation.failed`` event each."""
+    conn = unit.write()
+    result = {"failureCode": code.value}
+    for op in ops.pending_of_device_to_fail(conn, device_id):
+        if ops.fail(conn, op.id, result, unit.now, result_jws=results.operation_result(
+                op, state=OperationState.FAILED, result=result, completed_at=unit.now,
+                now=unit.now)):
+            unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE, code=code.value,
+                      operation_id=op.id, payload=result)
 
 
 def _config(conn: Connection, application_id: str) -> AppConfig:
@@ -89,8 +120,10 @@ def _nothing() -> None:
 
 
 class Operations:
-    def __init__(self, box: SecretBox, *, wake: Callable[[], None] = _nothing) -> None:
+    def __init__(self, box: SecretBox, results: ResultKeys, *,
+                 wake: Callable[[], None] = _nothing) -> None:
         self.box = box
+        self.results = results
         self.wake = wake  # tells this process's sender a notification is waiting
 
     # -- users ----------------------------------------------------------------------------
@@ -145,40 +178,70 @@ class Operations:
 
     def _issue_code(self, unit: Unit, application_id: str, user_id: str, device_id: str,
                     kind: OperationType) -> ActivationCodeResponse:
+        """§3.2.5: the operation, and its secrets -- a token for the link, a typed code
+        with a hint -- stored only as keyed hashes."""
         conn = unit.write()
         config = _config(conn, application_id)
         expires = unit.now + config.activation_code_lifetime_seconds * 1000
         op_id = new_id()
-        for _ in range(CODE_ATTEMPTS):
-            code = new_activation_code(config.activation_code_type,
-                                       config.activation_code_length)
-            code_hash = activation_code_hash(application_id, code)
-            ops.free_expired_code(conn, application_id, code_hash, unit.now)
-            if ops.insert_unless_code_taken(
-                    conn, id=op_id, application_id=application_id, type=kind.value,
-                    initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
-                    user_id=user_id, device_id=device_id, code_hash=code_hash,
-                    expires_at=expires, config=json.dumps(config.to_json()),
-                    created_at=unit.now):
+        ops.insert_operation(
+            conn, id=op_id, application_id=application_id, type=kind.value,
+            initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
+            user_id=user_id, device_id=device_id, expires_at=expires,
+            config=json.dumps(config.to_json()), created_at=unit.now)
+        token = new_activation_token()
+        code = new_activation_code(config.activation_code_type, config.activation_code_length)
+        attempts = code_attempts(config.activation_code_type, config.activation_code_length)
+        for _ in range(HINT_ATTEMPTS):
+            hint = new_activation_hint()
+            if activation_secrets.insert_unless_hint_taken(
+                    conn, operation_id=op_id, application_id=application_id,
+                    token_hash=self.box.keyed_hash(Purpose.ACTIVATION_TOKEN, token,
+                                                   binding=application_id.encode()),
+                    hint=hint, code_hash=self.box.keyed_hash(
+                        Purpose.ACTIVATION_CODE, normalize_activation_code(code).encode(),
+                        binding=op_id.encode()),
+                    attempts=attempts, expires_at=expires, now=unit.now):
                 break
-        else:  # every draw collided with a pending code
-            raise InvalidState("could not draw a unique activation code; lengthen the code")
+        else:  # every draw collided with a pending activation's hint
+            raise InvalidState("could not draw a unique activation hint; try again")
         unit.emit(EventType.ACTIVATION_CODE_ISSUED if kind is OperationType.ACTIVATION
                   else EventType.REACTIVATION_CODE_ISSUED, subject=device_id,
-                  operation_id=op_id)
+                  operation_id=op_id, payload={"activationHint": hint})
         return ActivationCodeResponse(
-            operation_id=op_id, user_id=user_id, device_id=device_id, activation_code=code,
-            expires_at=ms_to_dt(expires), type=kind)
+            operation_id=op_id, user_id=user_id, device_id=device_id,
+            activation_link=activation_link(application_id, token),
+            activation_token=b64u_encode(token), activation_code=code, activation_hint=hint,
+            activation_code_attempts=attempts, expires_at=ms_to_dt(expires), type=kind)
 
     # -- backend-initiated authentication -------------------------------------------------
 
     def create_authentication(self, unit: Unit, application_id: str, device_id: str,
                               request: CreateOperationRequest) -> Operation:
-        unit.about(device_id=device_id)
         pre = request.pre_operation_context
         if pre is not None and len(pre.content.encode()) > MAX_PRE_CONTEXT_BYTES:
             raise MalformedRequest(
                 f"preOperationContext content exceeds {MAX_PRE_CONTEXT_BYTES} bytes")
+        return self._create_backend(unit, application_id, device_id,
+                                    OperationType.AUTHENTICATION, shown=pre,
+                                    post=request.post_operation_context,
+                                    method=request.required_auth_method)
+
+    def create_signature(self, unit: Unit, application_id: str, device_id: str,
+                         request: CreateSignatureRequest) -> Operation:
+        """A signature operation (§3.2.5): like a backend-initiated authentication whose
+        pre-operation context is the data to sign, kept where a context is."""
+        data = request.data_to_sign
+        if len(data.content.encode()) > MAX_DATA_TO_SIGN_BYTES:
+            raise MalformedRequest(f"dataToSign content exceeds {MAX_DATA_TO_SIGN_BYTES} bytes")
+        return self._create_backend(unit, application_id, device_id, OperationType.SIGNATURE,
+                                    shown=data, post=None, method=request.required_auth_method)
+
+    def _create_backend(self, unit: Unit, application_id: str, device_id: str,
+                        kind: OperationType, *, shown: OperationContext | None,
+                        post: OperationContext | None,
+                        method: AuthMethod | None) -> Operation:
+        unit.about(device_id=device_id)
         op_id = new_id()
         conn = unit.write()
         config = _config(conn, application_id)
@@ -187,24 +250,24 @@ class Operations:
             raise NotFound("no such device")
         if reg.state != DeviceState.ACTIVE:
             raise InvalidState(f"device is {reg.state.lower()}")
-        method = request.required_auth_method
         if method is not None and method not in config.allowed_auth_methods:
             raise MalformedRequest(f"auth method {method} is not allowed for this application")
-        post = request.post_operation_context
         expires_at = unit.now + config.operation_lifetime_seconds * 1000
         ops.insert_operation(
-            conn, id=op_id, application_id=application_id,
-            type=OperationType.AUTHENTICATION.value, initiator=Initiator.BACKEND.value,
-            state=OperationState.PENDING.value, user_id=reg.user_id, device_id=device_id,
-            expires_at=expires_at, pre_context=dump_context(pre),
+            conn, id=op_id, application_id=application_id, type=kind.value,
+            initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
+            user_id=reg.user_id, device_id=device_id, expires_at=expires_at,
+            pre_context=dump_context(shown),
             wrapped_post_context=None if post is None else self.box.wrap(
                 Purpose.POST_CONTEXT, post.model_dump_json(by_alias=True).encode(),
                 binding=op_id.encode()),
             required_auth_method=method.value if method else None,
             config=json.dumps(config.to_json()), created_at=unit.now)
+        # one event, public: the relying party's feed and the device's wake-up hear of it;
+        # operationType keeps the kind in the audit trail
         unit.emit(EventType.DEVICE_OPERATION_PENDING, operation_id=op_id, payload=device_data(
             device_id=device_id, user_id=reg.user_id, state=reg.state, operationId=op_id,
-            expiresAt=timestamp(expires_at)))
+            operationType=kind.value, expiresAt=timestamp(expires_at)))
         # the device is woken through its push token after commit, if the application has
         # a provider for it (docs/notifications.md); a failed wake-up never fails this
         token = push.token_of(conn, device_id)
@@ -218,9 +281,26 @@ class Operations:
         return operation_view(row, unit.now)
 
     def get(self, unit: Unit, application_id: str, operation_id: str) -> Operation:
+        """The operation, with its signed result once it has ended: one that ended without
+        one (it expired: EXPIRED is derived on read; or it ended before results were
+        signed) is signed now and keeps that result."""
         unit.about(operation_id=operation_id)
         with unit.read() as conn:
             row = ops.get_of_application(conn, application_id, operation_id)
         if row is None:
             raise NotFound("no such operation")
-        return operation_view(row, unit.now)
+        state = effective_state(row, unit.now)
+        if state is OperationState.PENDING or row.result_jws is not None:
+            return operation_view(row, unit.now)
+        # else it expired, never answered (EXPIRED derived, or stored by maintenance)
+        ended = row.state in (OperationState.COMPLETED, OperationState.FAILED)
+        signed = self.results.operation_result(
+            row, state=state, result=json.loads(row.result) if ended and row.result else None,
+            completed_at=row.completed_at if ended else None, now=unit.now)
+        conn = unit.write()
+        if not ops.store_result_jws(conn, row.id, signed, unit.now):
+            current = ops.get(conn, row.id)  # another read (or a late finish) stored one
+            assert current is not None
+            return operation_view(current, unit.now)
+        return operation_view(row, unit.now, result_jws=signed)
+

@@ -24,13 +24,14 @@ from keybound.protocol import (
 from keybound.rpapi import Device, DeviceList
 from keybound.server.clock import ms_to_dt
 from keybound.server.core.ceremony import prove_possession
-from keybound.server.events.model import PUBLIC_TYPES, Actor, EventType, Outcome
+from keybound.server.events.model import PUBLIC_TYPES, Actor, EventType
 from keybound.server.events.public import device_data
 from keybound.server.notify.base import ProviderKind, PushTarget
 from keybound.server.records import RegistrationRecord
-from keybound.server.repositories import operations as ops
 from keybound.server.repositories import push, users
 from keybound.server.repositories import registrations as regs
+from keybound.server.services.operations import fail_pending_of_device
+from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
 
@@ -54,6 +55,9 @@ def device_view(row: RegistrationRecord) -> Device:
 
 
 class Registrations:
+    def __init__(self, results: ResultKeys) -> None:
+        self.results = results
+
     def get(self, unit: Unit, application_id: str, device_id: str) -> Device:
         unit.about(device_id=device_id)
         with unit.read() as conn:
@@ -102,10 +106,7 @@ class Registrations:
             device_id=device_id, user_id=changed.user_id, state=changed.state,
             lock_reason=changed.lock_reason) if event in PUBLIC_TYPES else None)
         if values.get("state") == DeviceState.DEACTIVATED.value:
-            inactive = ErrorCode.DEVICE_INACTIVE.value
-            for failed in ops.fail_pending_of_device(conn, device_id, inactive, unit.now):
-                unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE, code=inactive,
-                          operation_id=failed, payload={"failureCode": inactive})
+            fail_pending_of_device(unit, self.results, device_id, ErrorCode.DEVICE_INACTIVE)
         return device_view(changed)
 
     def lock(self, unit: Unit, application_id: str, device_id: str) -> Device:

@@ -9,6 +9,7 @@ running server keeps serving in between.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 
@@ -18,6 +19,9 @@ from keybound.server.repositories.replay import purge_seen_requests
 from keybound.storage import tables as t
 from keybound.storage.batches import DELETE_BATCH, delete_in_batches
 from keybound.storage.db import Database
+
+if TYPE_CHECKING:
+    from keybound.server.services.audit import AuditTrail
 
 DAY_MS = 86_400_000
 
@@ -30,7 +34,8 @@ class Retention:
     #: superseded software keys: a copy used later than this is no longer recognised as a
     #: copy (it simply fails as an unknown key)
     superseded_keys_days: int = 365
-    #: the audit trail (events); 0 keeps it for ever
+    #: the audit trail (events); 0 keeps it for ever. The deleted prefix of the chain is
+    #: replaced by a signed checkpoint, so what stays still verifies (docs/audit.md)
     events_days: int = 400
     #: counts of anonymous refusals (server.events.noise)
     noise_days: int = 30
@@ -46,7 +51,8 @@ class Pruned:
     events: int
     noise: int
     post_contexts: int
-    webhook_log: int = 0
+    webhook_log: int
+    activation_secrets: int
 
 
 def erase_expired_post_contexts(db: Database, now: int) -> int:
@@ -60,15 +66,25 @@ def erase_expired_post_contexts(db: Database, now: int) -> int:
     return erased
 
 
-def prune(db: Database, clock: Clock, retention: Retention = Retention(), *,
-          batch: int = DELETE_BATCH) -> Pruned:
+def erase_expired_activation_secrets(db: Database, now: int, *,
+                                     batch: int = DELETE_BATCH) -> int:
+    """The link tokens and typed codes of activations that expired unused (docs/protocol.md
+    §3.2.5): they can start nothing any more, and give their hints back."""
+    a = t.activation_secrets
+    return delete_in_batches(db, a, (a.c.operation_id,), a.c.expires_at <= now, batch=batch)
+
+
+def prune(db: Database, clock: Clock, audit: AuditTrail, retention: Retention = Retention(),
+          *, batch: int = DELETE_BATCH) -> Pruned:
     """Delete what retention allows, ``batch`` rows per transaction."""
     now = now_ms(clock)
 
     def before(days: int) -> int:
         return now - days * DAY_MS
 
-    o, s, e, n = t.operations, t.superseded_keys, t.events, t.noise
+    o, s, n = t.operations, t.superseded_keys, t.noise
+    # before their operations, which they refer to
+    secrets_erased = erase_expired_activation_secrets(db, now, batch=batch)
     ops_before = before(retention.operations_days)
     operations = delete_in_batches(db, o, (o.c.id,), (
         ((o.c.state != OperationState.PENDING.value) & (o.c.completed_at < ops_before))
@@ -78,8 +94,8 @@ def prune(db: Database, clock: Clock, retention: Retention = Retention(), *,
                                    s.c.superseded_at < before(retention.superseded_keys_days),
                                    batch=batch)
     seen = purge_seen_requests(db, now, batch=batch)
-    events = 0 if retention.events_days == 0 else delete_in_batches(
-        db, e, (e.c.seq,), e.c.created_at < before(retention.events_days), batch=batch)
+    events = 0 if retention.events_days == 0 else audit.prune(
+        before(retention.events_days), batch=batch)
     noise = delete_in_batches(db, n, (n.c.window_start, n.c.cause),
                               n.c.window_start < before(retention.noise_days), batch=batch)
     log_before = before(retention.webhook_log_days)
@@ -92,4 +108,4 @@ def prune(db: Database, clock: Clock, retention: Retention = Retention(), *,
                             & (w.c.created_at < log_before), batch=batch))
     return Pruned(operations=operations, superseded_keys=superseded, seen_requests=seen,
                   events=events, noise=noise, post_contexts=erase_expired_post_contexts(db, now),
-                  webhook_log=webhook_log)
+                  webhook_log=webhook_log, activation_secrets=secrets_erased)

@@ -79,6 +79,7 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False,
                     "device traffic is not end-to-end encrypted. Never use this in production.")
     rp = create_rp_app(kb, deliver=deliver)
     document(rp)
+    kb.audit.start_sealer()  # PostgreSQL: entries are sealed into the chain just after commit
     middleware = [Middleware(LastResort)]
     if kb.db.defer_sync():  # every response waits for its commits (group commit)
         middleware.append(Middleware(GroupCommit, db=kb.db))

@@ -65,6 +65,7 @@ REFUSALS: Final[dict[str, tuple[ErrorCode, ...]]] = {
     "getDevice": (C.NOT_FOUND,),
     "createReactivationCode": (C.NOT_FOUND, C.INVALID_STATE),
     "createOperation": (C.NOT_FOUND, C.INVALID_STATE),
+    "createSignature": (C.NOT_FOUND, C.INVALID_STATE),
     "lockDevice": (C.NOT_FOUND, C.INVALID_STATE),
     "unlockDevice": (C.NOT_FOUND, C.INVALID_STATE),
     "deactivateDevice": (C.NOT_FOUND,),
@@ -82,6 +83,7 @@ REFUSALS: Final[dict[str, tuple[ErrorCode, ...]]] = {
     "listWebhookAttempts": (C.NOT_FOUND,),
     "redeliverWebhookEvents": (C.NOT_FOUND,),
     "health": (),
+    "resultSigningKeys": (),
 }
 
 _PROBLEM_REF: Final = {"$ref": "#/components/schemas/Problem"}

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -24,6 +24,7 @@ from keybound.rpapi import (
     ActivationCodeResponse,
     CreatedWebhookEndpoint,
     CreateOperationRequest,
+    CreateSignatureRequest,
     CreateUserRequest,
     CreateWebhookEndpointRequest,
     CreateWebhookSecretRequest,
@@ -61,6 +62,8 @@ class Health(BaseModel):
     version: Annotated[str, Field(description="The keybound version serving.",
                                   examples=[__version__])]
 _bearer = HTTPBearer(auto_error=False)
+#: seconds a relying party may cache the JWKS; on an unknown kid it fetches it anew
+JWKS_MAX_AGE = 300
 
 
 class Utf8Json(Request):
@@ -139,6 +142,16 @@ def create_rp_app(kb: Keybound, *, deliver: OutboxSettings | None = None) -> Fas
     @app.get("/healthz", tags=["meta"], operation_id="health")
     async def healthz() -> Health:
         return Health(status="ok", version=__version__)
+
+    @app.get("/.well-known/jwks.json", tags=["meta"], operation_id="resultSigningKeys",
+             response_class=JSONResponse)
+    async def jwks() -> JSONResponse:
+        """The public keys that sign operation results and audit checkpoints
+        (docs/signed-results.md): every key whose publication has not ended, newest first.
+        Unauthenticated: a relying party verifies results offline against it."""
+        published = await blocking(kb.db, kb.results.jwks)
+        return JSONResponse(published, media_type="application/jwk-set+json",
+                            headers={"cache-control": f"public, max-age={JWKS_MAX_AGE}"})
 
     return app
 
@@ -290,6 +303,16 @@ def _routes(app: FastAPI, kb: Keybound) -> None:
         request = body or CreateOperationRequest()
         return await run(EventType.AUTHENTICATION_CREATE, app_id, lambda u: kb.operations
                          .create_authentication(u, app_id, device_id, request))
+
+    @app.post("/rp/v1/devices/{device_id}/signatures", status_code=201,
+              operation_id="createSignature", **ok)
+    @_action_of(EventType.SIGNATURE_CREATE)
+    async def create_signature(app_id: App, device_id: str,
+                               body: CreateSignatureRequest) -> Operation:
+        """A signature operation (docs/protocol.md §3.2.5): the device shows dataToSign and
+        signs its hash; the result's JWS carries that hash (dataHash)."""
+        return await run(EventType.SIGNATURE_CREATE, app_id, lambda u: kb.operations
+                         .create_signature(u, app_id, device_id, body))
 
     @app.post("/rp/v1/devices/{device_id}/lock", operation_id="lockDevice", **ok)
     @_action_of(EventType.DEVICE_LOCK)

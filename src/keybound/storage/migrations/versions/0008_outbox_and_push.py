@@ -12,7 +12,7 @@ Nothing existing is rewritten: the new tables start empty, and the indexes cover
 exist (pending backend operations expire on the next maintenance run after the upgrade).
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0009
 Create Date: 2026-12-08 10:00:00
 """
 
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
