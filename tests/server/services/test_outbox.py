@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from keybound.rpapi import EventName, RedeliverRequest, SecretScheme
 from keybound.server.events.ssrf import EndpointPolicy
@@ -366,3 +366,42 @@ def test_retention_prunes_the_finished_log_and_keeps_what_is_pending(
     assert pruned.webhook_log == 1 + 1 + 2  # one delivered, its attempt, two failed attempts
     assert [d.state for d in deliveries(kb)] == ["pending"]
 
+
+def test_retention_never_deletes_an_event_still_owed_to_an_endpoint(
+        rp: RelyingParty, kb: Keybound, clock: FakeClock, receiver: Receiver,
+        other_receiver: Receiver) -> None:
+    """The sender builds each request from the event row: the audit trail's prune stops
+    before the first event not yet fanned out or with a delivery pending (docs/audit.md:
+    retention), so pruning while a receiver is down loses it nothing."""
+    from keybound.server.services.retention import Retention
+
+    subscribe(kb, rp.app_id, receiver, types=(EventName.DEVICE_ACTIVATED,))
+    subscribe(kb, rp.app_id, other_receiver, types=(EventName.DEVICE_ACTIVATED,))
+    other_receiver.default = Reply(status=503)
+    activated(rp)
+    deliver(kb, clock, until=lambda: len(other_receiver.received) >= 1)
+    activated(rp)  # its device.activated is not even fanned out: no sender runs now
+    (first_seq, first, _, _), (_, second, _, _) = events_of(kb, "device.activated")
+    with kb.db.read() as conn:
+        marks = dict(conn.execute(select(t.events.c.id, t.events.c.delivery).where(
+            t.events.c.id.in_([first, second]))).all())
+        older = conn.execute(select(func.count()).select_from(t.events).where(
+            t.events.c.seq < first_seq)).scalar()
+    assert marks == {first: "FANNED", second: "PENDING"}
+    assert {d.state for d in deliveries(kb)} == {"delivered", "pending"}
+    assert older
+
+    clock.advance(2 * 86400)  # every event is past the retention below
+    pruned = kb.admin.prune(Retention(events_days=1))
+    assert pruned.events == older  # the prefix before the first event still owed
+    assert [row[1] for row in events_of(kb, "device.activated")] == [first, second]
+    assert kb.admin.audit_verify().entries  # what stays still verifies
+
+    other_receiver.default = Reply(status=200)  # back up: everything owed arrives
+    deliver(kb, clock)
+    assert sorted(json.loads(r.body)["id"] for r in other_receiver.received
+                  if r.replied == 200) == sorted([first, second])
+    clock.advance(2 * 86400)
+    kb.admin.prune(Retention(events_days=1))
+    assert events_of(kb, "device.activated") == []  # delivered: now retention applies
+    assert kb.admin.audit_verify().entries

@@ -52,6 +52,7 @@ from keybound.storage.prepared import Prepared
 
 E = t.events
 S = t.webhook_subscriptions
+D = t.webhook_deliveries
 H = t.audit_head
 
 #: the advisory lock key public-event writers share and pollers take (PostgreSQL)
@@ -62,6 +63,8 @@ FANNED: Final = "FANNED"  # its deliveries exist
 
 #: ix_events_delivery_pending's predicate as text (SQLite matches partial indexes literally)
 _DELIVERY_PENDING: Final = text("events.delivery = 'PENDING'")
+#: ix_webhook_deliveries_pending's predicate, spelled as that index's queries must
+_DELIVERIES_PENDING: Final = text("webhook_deliveries.state = 'pending'")
 _COLUMNS: Final = ("id", "type", "application_id", "subject", "operation_id", "actor",
                    "outcome", "code", "payload", "created_at")
 _INSERT: Final = Prepared(insert(E))  # every operation writes at least one
@@ -239,9 +242,14 @@ def in_chain_order(conn: Connection, *, up_to: int | None = None) -> Iterator[Ev
 
 def prune_boundary(conn: Connection, before: int) -> tuple[int, bytes] | None:
     """The newest position retention may delete with every one before it: all older than
-    ``before``. ``(chain_seq, chain_hash)``, or None."""
-    kept = conn.execute(select(func.min(E.c.chain_seq)).where(
-        E.c.created_at >= before, E.c.chain_seq.is_not(None))).scalar()
+    ``before``, and none still owed to a webhook endpoint (not yet fanned out, or a delivery
+    still pending), since the sender builds each request from the event row.
+    ``(chain_seq, chain_hash)``, or None."""
+    sealed = E.c.chain_seq.is_not(None)
+    owed = select(D.c.event_seq).where(_DELIVERIES_PENDING).scalar_subquery()
+    firsts = (conn.execute(select(func.min(E.c.chain_seq)).where(condition, sealed)).scalar()
+              for condition in (E.c.created_at >= before, _DELIVERY_PENDING, E.c.seq.in_(owed)))
+    kept = min((first for first in firsts if first is not None), default=None)
     limit = conn.execute(select(func.max(E.c.chain_seq))).scalar() if kept is None \
         else kept - 1
     if limit is None:
