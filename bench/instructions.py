@@ -2,6 +2,7 @@
 not drift with this shared host's speed, for telling small changes apart.
 
 Usage:  .venv-bench/bin/python bench/instructions.py [--flows 200] [--src DIR ...]
+        [--webhook-endpoint]
 
 CPU time on this host moves by tens of per cent within minutes (bench/README.md), so a change
 worth 2 % cannot be seen in ``loadgen.py`` or ``server_path.py`` runs. Counting executed
@@ -18,6 +19,11 @@ the WAL fsyncs -- in process, without sockets. Once with ``BASE`` flows and once
 It counts the devices' work too (their crypto, mostly), the same for every source; not
 counted: uvicorn's HTTP parsing, the kernel, and time spent waiting for memory, which
 instructions do not show (``loadgen.py`` measures all of it).
+
+``--webhook-endpoint``: the application also has a webhook endpoint subscribed to every event
+type, so each authentication's event is marked for delivery (docs/events.md §7); the sender
+that delivers it runs elsewhere and is not counted (``webhook_throughput.py`` measures it).
+Only for sources that have webhooks.
 
 Needs valgrind (Debian/Ubuntu: ``apt-get install valgrind``); about a minute per source.
 """
@@ -80,7 +86,7 @@ class AsgiConn:
                 b"".join(m.get("body", b"") for m in sent[1:]))
 
 
-async def flows(n: int) -> None:
+async def flows(n: int, *, endpoint: bool = False) -> None:
     """Set up, then ``n`` device-initiated authentications through the ASGI app."""
     from kbbench.inproc import activated_devices, fresh_keybound
     from kbbench.wire import SEALED
@@ -88,6 +94,8 @@ async def flows(n: int) -> None:
     from keybound.server.web.app import create_app
 
     with fresh_keybound("kb-instr-") as (kb, pin):
+        if endpoint:
+            subscribe_everything(kb)
         conn = AsgiConn(create_app(kb), SEALED.encode())
         fleet = await activated_devices(kb, pin, conn, DEVICES)
         for i in range(n):
@@ -95,15 +103,30 @@ async def flows(n: int) -> None:
             await device.auth_finish(await device.auth_start())
 
 
-def count(src: Path, n: int) -> int:
+def subscribe_everything(kb: Any) -> None:
+    """A webhook endpoint of the application, subscribed to every type (its URL's name is
+    given a public address here: nothing is ever sent to it)."""
+    import ipaddress
+
+    from kbbench.server import APP
+
+    from keybound.rpapi import CreateWebhookEndpointRequest, EventName
+
+    kb.webhooks.resolver = lambda host, port: [ipaddress.ip_address("93.184.215.14")]
+    kb.admin.create_webhook_endpoint(APP, CreateWebhookEndpointRequest(
+        url="https://hooks.example.com/keybound", event_types=list(EventName)))
+
+
+def count(src: Path, n: int, *, endpoint: bool = False) -> int:
     """Instructions of the whole program with ``n`` flows, from ``src``."""
     with tempfile.TemporaryDirectory(prefix="kb-instr-cg-") as tmp:
         out = Path(tmp) / "cachegrind.out"
         env = {**os.environ, "PYTHONPATH": str(src)}
+        extra = ["--webhook-endpoint"] if endpoint else []
         done = subprocess.run(
             ["valgrind", "--tool=cachegrind", "--cache-sim=no",
-             f"--cachegrind-out-file={out}", sys.executable, str(HERE), "--child", str(n)],
-            env=env, capture_output=True, text=True, timeout=1800)
+             f"--cachegrind-out-file={out}", sys.executable, str(HERE), "--child", str(n),
+             *extra], env=env, capture_output=True, text=True, timeout=1800)
         found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
         if done.returncode != 0 or found is None:
             raise RuntimeError(f"valgrind run failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -117,10 +140,12 @@ def main() -> None:
                     help="flows counted (the longer run has BASE + this many; default 200)")
     ap.add_argument("--src", type=Path, action="append",
                     help="a checkout's src/ directory; repeat to compare (default: this one's)")
+    ap.add_argument("--webhook-endpoint", action="store_true",
+                    help="the application has a webhook endpoint subscribed to every type")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        asyncio.run(flows(args.child))
+        asyncio.run(flows(args.child, endpoint=args.webhook_endpoint))
         return
     if shutil.which("valgrind") is None:
         sys.exit("instructions.py needs valgrind (apt-get install valgrind)")
@@ -128,12 +153,15 @@ def main() -> None:
     rows = []
     for src in sources:
         t = time.monotonic()
-        per_flow = (count(src, BASE + args.flows) - count(src, BASE)) / args.flows
+        endpoint = args.webhook_endpoint
+        per_flow = (count(src, BASE + args.flows, endpoint=endpoint)
+                    - count(src, BASE, endpoint=endpoint)) / args.flows
         rows.append((src, per_flow))
         print(f"[instructions] {src}: {per_flow / 1e6:.3f} M per flow "
               f"({time.monotonic() - t:.0f} s)", file=sys.stderr)
+    with_endpoint = ", a webhook endpoint subscribed" if args.webhook_endpoint else ""
     print(f"\nInstructions per device-initiated authentication (server + devices), through "
-          f"the whole ASGI app, {args.flows} flows, valgrind cachegrind\n")
+          f"the whole ASGI app, {args.flows} flows{with_endpoint}, valgrind cachegrind\n")
     print("| source | M instructions per flow | vs first |")
     print("|---|---:|---:|")
     for src, per_flow in rows:

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from keybound.server.core.appconfig import AppConfig
+from keybound.server.events.ssrf import EndpointPolicy
 from keybound.server.services import Keybound
 from keybound.server.web.app import create_app
 from tests.helpers import RelyingParty, SealingClient
@@ -49,6 +50,8 @@ POSTGRES_MODULES = {
     "tests.server.services.test_concurrency", "tests.server.services.test_e2ekeys",
     "tests.server.services.test_retention", "tests.server.web.test_rp",
     "tests.server.web.test_device", "tests.server.test_unit", "tests.storage.test_prepared",
+    "tests.server.services.test_events", "tests.server.services.test_outbox",
+    "tests.server.web.test_webhooks",
     "tests.server.services.test_resultkeys", "tests.server.services.test_signature",
     "tests.server.services.test_audit",
     "tests.server.services.test_attestation",
@@ -95,9 +98,18 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
 
 
 @pytest.fixture
-def kb(database_url: str, tmp_path: Path, clock: FakeClock) -> Iterator[Keybound]:
+def endpoint_policy() -> EndpointPolicy:
+    """Where webhooks may go: public https only, as in production. A module that runs local
+    receivers overrides this fixture to allow loopback, as an operator would."""
+    return EndpointPolicy()
+
+
+@pytest.fixture
+def kb(database_url: str, tmp_path: Path, clock: FakeClock,
+       endpoint_policy: EndpointPolicy) -> Iterator[Keybound]:
     service = Keybound.open(database_url, clock=clock,
-                            master_key_file=tmp_path / "master.key")
+                            master_key_file=tmp_path / "master.key",
+                            endpoint_policy=endpoint_policy)
     yield service
     service.close()
 

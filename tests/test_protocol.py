@@ -42,6 +42,7 @@ REQUEST_MODEL: dict[str, type[p.Message]] = {
     "authentication-without-context": p.AuthenticationFinishRequest,
     "deactivation": p.DeactivateRequest,
     "decline": p.DeclineRequest,
+    "push-token": p.PushTokenRequest,
     "signature": p.AuthenticationFinishRequest,
 }
 
@@ -65,12 +66,22 @@ def library_transcript(case: dict[str, Any]) -> bytes:
         device_id=inputs["deviceId"],
         operation_id=inputs["operationId"],
         challenge=bytes.fromhex(inputs["challengeHex"]),
-        context_digest=p.context_hash(shown(inputs)),
+        context_digest=field7(case),
         software_public_key=bytes.fromhex(inputs["softwarePublicKeyHex"]),
         hardware_public_key=bytes.fromhex(inputs["hardwarePublicKeyHex"]),
         auth_method=inputs["authMethod"],
         hw_key_client_status=inputs["hwKeyClientStatus"],
     )
+
+
+def field7(case: dict[str, Any]) -> bytes:
+    """The library's field 7: the push token's hash (§3.1.8), or the hash of the context
+    shown (§4.1.2): the pre-operation context, or a signature's data to sign."""
+    inputs = case["inputs"]
+    if case["purpose"] == p.Purpose.PUSH_TOKEN.value:
+        token = inputs["pushToken"]
+        return p.push_token_hash(None if token is None else p.PushToken.model_validate(token))
+    return p.context_hash(shown(inputs))
 
 
 def split_fields(tbs: bytes) -> list[bytes]:
@@ -138,7 +149,7 @@ def test_transcript_bytes(case: dict[str, Any]) -> None:
     tbs = library_transcript(case)
     assert tbs.hex() == case["tbsHex"]
     assert hashlib.sha256(tbs).hexdigest() == case["tbsSha256Hex"]
-    assert p.context_hash(shown(case["inputs"])).hex() == case["inputs"]["contextHashHex"]
+    assert field7(case).hex() == case["inputs"]["contextHashHex"]
     # the per-field breakdown is the same bytes, in the documented order
     assert [f["name"] for f in case["fields"]] == VECTORS["constants"]["fieldOrder"]
     assert "".join(f["encodedHex"] for f in case["fields"]) == case["tbsHex"]
@@ -152,7 +163,7 @@ def test_empty_fields_per_purpose(case: dict[str, Any]) -> None:
     fields = split_fields(bytes.fromhex(case["tbsHex"]))
     empty = {i + 1 for i, f in enumerate(fields) if not f}
     purpose = case["purpose"]
-    if purpose == "deactivation":
+    if purpose in ("deactivation", "push-token"):
         assert empty == {5, 6, 9, 10, 11}
     elif purpose in ("authentication", "signature"):
         assert empty == {9}  # the hardware key is never in an authentication transcript
@@ -160,7 +171,7 @@ def test_empty_fields_per_purpose(case: dict[str, Any]) -> None:
         assert 10 in empty  # activation signs no auth method
         assert (9 in empty) == (case["inputs"]["hwKeyClientStatus"] != "OK")
     assert len(fields[6]) == 32
-    if shown(case["inputs"]) is None:
+    if shown(case["inputs"]) is None and purpose != "push-token":
         assert fields[6] == p.NO_CONTEXT_HASH
 
 

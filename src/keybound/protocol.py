@@ -218,6 +218,15 @@ class Purpose(StrEnum):
     DEACTIVATION = "deactivation"
     DECLINE = "decline"
     SIGNATURE = "signature"
+    PUSH_TOKEN = "push-token"  # noqa: S105 - a purpose, not a secret
+
+
+class PushProvider(StrEnum):
+    """Where a device's wake-up notifications go (§3.1.8, docs/notifications.md)."""
+
+    WEBHOOK = "webhook"  # the relying party's own push service
+    FCM = "fcm"  # Firebase Cloud Messaging
+    APNS = "apns"  # Apple Push Notification service
 
 
 # --------------------------------------------------------------------------- paths (§3)
@@ -231,6 +240,7 @@ class DevicePaths:
     AUTHENTICATION_DECLINE = "/device/v1/authentication/decline"
     PENDING_OPERATIONS = "/device/v1/operations/pending"
     DEACTIVATE = "/device/v1/deactivate"
+    PUSH_TOKEN = "/device/v1/push-token"  # noqa: S105 - a path
 
 
 # --------------------------------------------------------------------------- encodings (§1)
@@ -328,6 +338,7 @@ MAX_ATTESTATION_CERTIFICATE_BYTES = 16 * 1024
 MAX_ATTESTATION_CHAIN = 10
 MAX_TPM_STRUCTURE_BYTES = 4096
 MAX_APP_ATTEST_OBJECT_BYTES = 64 * 1024
+# each with its exact schema: the document allows no value the server refuses (an empty one)
 AttestationCertificate = Annotated[
     bytes,
     BeforeValidator(_decode_b64),
@@ -472,8 +483,18 @@ class TpmCredential(Reply):
         examples=["wLqKM6xn9Eq_9ZhN-7b1bEa4gKwrhuHy"])]
 
 
+def _format_required(schema: dict[str, Any]) -> None:
+    """The discriminator picks the verifier by ``format``, so a request must send it, default
+    or not: the schema says so, as the server refuses an attestation without it."""
+    required = schema.setdefault("required", [])
+    if "format" not in required:
+        required.insert(0, "format")
+
+
 class AndroidKeyAttestation(Message):
     """Android key attestation: the hardware key's certificate chain, leaf first (§6.5.1)."""
+
+    model_config = ConfigDict(json_schema_extra=_format_required)
 
     format: Annotated[Literal[AttestationFormat.ANDROID_KEY], Field(
         description="The verifier: Android key attestation.", examples=["android-key"])
@@ -491,6 +512,8 @@ class TpmAttestation(Message):
     """TPM2_Certify of the hardware key by the AK the start proved, over the activation
     challenge, and the secret TPM2_ActivateCredential returned for the start's credential
     (§6.5.3)."""
+
+    model_config = ConfigDict(json_schema_extra=_format_required)
 
     format: Annotated[Literal[AttestationFormat.TPM], Field(
         description="The verifier: TPM 2.0 (TPM2_Certify).", examples=["tpm"])
@@ -511,6 +534,8 @@ class TpmAttestation(Message):
 
 class AppleAppAttestation(Message):
     """Apple App Attest: the App Attest key is the hardware key (§6.5.2)."""
+
+    model_config = ConfigDict(json_schema_extra=_format_required)
 
     format: Annotated[Literal[AttestationFormat.APPLE_APP_ATTEST], Field(
         description="The verifier: Apple App Attest.", examples=["apple-appattest"])
@@ -601,6 +626,19 @@ class ActivationStartResponse(Reply):
         "``tpm`` and the application attests TPMs.", examples=[None])] = None
 
 
+class PushToken(Message):
+    """A device's push token and the service it belongs to (§3.1.8); opaque to keybound,
+    checked for its provider's shape by the server."""
+
+    provider: Annotated[PushProvider, Field(
+        description="The push service the token belongs to.", examples=["fcm"])]
+    token: Annotated[str, Field(
+        min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$",
+        description="The token as the platform handed it over: an FCM registration token, an "
+        "APNs device token (hex), or the relying party's own push service's identifier.",
+        examples=["dGVzdC10b2tlbg:APA91bHkeybound-vector"])]
+
+
 class ActivationFinishRequest(Message):
     application_id: Annotated[ApplicationId, Field(
         description="The application, as configured by the operator; a sealed request's must "
@@ -643,6 +681,10 @@ class ActivationFinishRequest(Message):
     attestation: Annotated[Attestation | None, Field(
         description="The platform's attestation of the hardware key (Android key attestation, "
         "TPM2_Certify, Apple App Attest); absent: NOT_PROVIDED.", examples=[None])] = None
+    push_token: Annotated[PushToken | None, Field(
+        description="Where the server wakes this device when a backend-initiated operation "
+        "waits (§3.1.8). Not signed: the secure channel protects it, and it is no credential.",
+        examples=[None])] = None
 
 
 class ActivationFinishResponse(Reply):
@@ -844,6 +886,37 @@ class DeactivateResponse(Reply):
         description="Always ``DEACTIVATED``.", examples=["DEACTIVATED"])]
 
 
+class PushTokenRequest(Message):
+    """Register, replace (``pushToken``) or remove (null) the device's push token (§3.1.8)."""
+
+    application_id: Annotated[ApplicationId, Field(
+        description="The application, as configured by the operator; a sealed request's must "
+        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
+    device_id: Annotated[Uuid, Field(
+        description="The device id that activation start returned.",
+        examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
+    software_key_id: Annotated[KeyId, Field(
+        description="SHA-256 of the current software key's SPKI DER (§4.2).",
+        examples=["pMfIqj1t5qJytUgqmG6Msqh1E3uZ5I7GF3Hm69ikR5w"])]
+    push_token: Annotated[PushToken | None, Field(
+        description="The new push token; null removes it. Signed: transcript field 7 is its "
+        "hash (§3.1.8).",
+        examples=[{"provider": "fcm", "token": "dGVzdC10b2tlbg:APA91bHkeybound-vector"}])] = None
+    software_signature: Annotated[SignatureDer, Field(
+        description="ECDSA-SHA256 (DER) by the current software key over the push-token "
+        "transcript (§3.1.8).",
+        examples=["MEUCIGjY_mnZOu5M3yyOn8loWbmNzSv_gDz17Wr0c7P3X5RSAiEA8nOkkRdxD8uVPDK5ARq4gNA"
+                  "bgyJI1t-lkKc8Vl8axPU"])]
+
+
+class PushTokenResponse(Reply):
+    device_id: Annotated[Uuid, Field(
+        description="The device.", examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
+    push_provider: Annotated[PushProvider | None, Field(
+        description="The provider of the push token now registered; absent: none is.",
+        examples=["fcm"])] = None
+
+
 # ------------------------------------------------------------------ activation link (§3.2.5)
 
 ACTIVATION_LINK_PREFIX = "keybound://activate"
@@ -888,6 +961,14 @@ def context_hash(context: OperationContext | None) -> bytes:
     return hashlib.sha256(
         _lp(context.mime_type.encode()) + _lp(context.content.encode())
     ).digest()
+
+
+def push_token_hash(token: PushToken | None) -> bytes:
+    """SHA-256 over LP(provider) || LP(token), both UTF-8; SHA-256 of the empty string when
+    the token is removed (§3.1.8)."""
+    if token is None:
+        return NO_CONTEXT_HASH
+    return hashlib.sha256(_lp(token.provider.value.encode()) + _lp(token.token.encode())).digest()
 
 
 def transcript(

@@ -4,6 +4,7 @@ client. Field names on the wire are camelCase."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -223,3 +224,260 @@ class DeviceList(Message):
                     "pinEnabled": True, "platform": "ANDROID", "osVersion": "14",
                     "model": "Pixel 8", "createdAt": "2025-06-02T10:01:20.250000Z",
                     "activatedAt": "2025-06-02T10:01:20.250000Z"}]])]
+
+
+# --------------------------------------------------------------------------- events, webhooks
+# docs/events.md: what the relying party receives; docs/webhooks.md: how it is delivered
+
+_EVENT_ID = "5e88f9c1-1fb2-4d53-8b45-28a1f88e26ca"
+_ENDPOINT_ID = "0b7d3c52-9a1e-4f6b-8c2d-3e4f5a6b7c8d"
+_SECRET_ID = "6a1f2e3d-4c5b-4a69-8788-99aabbccddee"  # noqa: S105 - an example id
+_WHEN = "2025-06-02T10:03:41.535000Z"
+_URL = "https://rp.example/keybound/events"
+_PUBLIC_KEY = "whpk_pPqI6y4u8j2gN0rV0cA1yQ3dKkM2j8v6Yw5sT1qZbXo="
+_ENVELOPE = {
+    "id": _EVENT_ID, "seq": 11, "type": "device.locked", "timestamp": _WHEN,
+    "data": {"applicationId": "bank.example",
+             "deviceId": "3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f",
+             "userId": "1e2ca41a-793f-4479-9856-6623db5768a0", "state": "LOCKED",
+             "lockReason": "RELYING_PARTY"}}
+
+
+class EventName(StrEnum):
+    """The event types a relying party can subscribe to and poll (docs/events.md)."""
+
+    OPERATION_COMPLETED = "operation.completed"
+    OPERATION_FAILED = "operation.failed"
+    OPERATION_EXPIRED = "operation.expired"
+    DEVICE_ACTIVATED = "device.activated"
+    DEVICE_LOCKED = "device.locked"
+    DEVICE_UNLOCKED = "device.unlocked"
+    DEVICE_DEACTIVATED = "device.deactivated"
+    DEVICE_CLONE_SUSPECTED = "device.clone_suspected"
+    DEVICE_OPERATION_PENDING = "device.operation_pending"
+
+
+class SecretScheme(StrEnum):
+    """Standard Webhooks signature schemes (docs/webhooks.md §2.2): ``v1`` HMAC-SHA256 with a
+    shared ``whsec_`` secret, ``v1a`` Ed25519 whose ``whpk_`` public key the receiver holds."""
+
+    V1 = "v1"
+    V1A = "v1a"
+
+
+class DeliveryState(StrEnum):
+    """Where one event's delivery to one endpoint stands (docs/events.md §5.4); ``gone``: the
+    endpoint answered 410 and was disabled."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    GAVE_UP = "gave_up"
+    GONE = "gone"
+
+
+class EventEnvelope(Message):
+    """One event as webhooks and polling carry it (Standard Webhooks payload shape)."""
+
+    id: Annotated[str, Field(
+        description="The event id, also the ``webhook-id`` header: deduplicate on it.",
+        examples=[_EVENT_ID])]
+    seq: Annotated[int, Field(
+        description="Commit order on this server; the polling cursor.", examples=[11])]
+    type: Annotated[EventName, Field(
+        description="What happened (docs/events.md §1).", examples=["device.locked"])]
+    timestamp: Annotated[datetime, Field(
+        description="When the change was made (UTC).", examples=[_WHEN])]
+    data: Annotated[dict[str, Any], Field(
+        description="Ids, states and risk as the relying party sees them (docs/events.md §3); "
+        "never a secret or a post-operation context.", examples=[_ENVELOPE["data"]])]
+
+
+class EventList(Message):
+    events: Annotated[list[EventEnvelope], Field(
+        description="The application's events after the cursor, oldest first.",
+        examples=[[_ENVELOPE]])]
+    next_cursor: Annotated[int, Field(
+        description="Pass as ``after`` next time; it moves on even when none of the events it "
+        "looked at were yours.", examples=[11])]
+
+
+EndpointUrl = Annotated[str, Field(min_length=1, max_length=2048)]
+Description = Annotated[str, Field(max_length=200)]
+EventTypes = Annotated[list[EventName], Field(min_length=1, max_length=len(EventName))]
+#: a cursor or count in a query: at most a signed 64-bit integer, as the database keeps them
+Cursor = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class CreateWebhookEndpointRequest(Message):
+    url: Annotated[EndpointUrl, Field(
+        description="Where events are POSTed: ``https`` (``http`` only where the operator "
+        "allows it), resolving only to addresses the endpoint policy allows "
+        "(docs/webhooks.md §4).", examples=[_URL])]
+    description: Annotated[Description, Field(
+        description="Free text for the relying party's own use.", examples=["fraud engine"])] = ""
+    event_types: Annotated[EventTypes, Field(
+        description="The event types to receive.",
+        examples=[["operation.completed", "device.locked"]])]
+    secret_scheme: Annotated[SecretScheme, Field(
+        description="The scheme of the endpoint's first secret.", examples=["v1"])] = \
+        SecretScheme.V1
+
+
+class UpdateWebhookEndpointRequest(Message):
+    url: Annotated[EndpointUrl | None, Field(
+        description="A new URL, checked like a new endpoint's.", examples=[_URL])] = None
+    description: Annotated[Description | None, Field(
+        description="A new description.", examples=["fraud engine"])] = None
+    event_types: Annotated[EventTypes | None, Field(
+        description="The new subscriptions, replacing the old.",
+        examples=[["operation.completed"]])] = None
+    enabled: Annotated[bool | None, Field(
+        description="false pauses the endpoint; true re-enables it (after a 410, say) with a "
+        "closed breaker.", examples=[True])] = None
+
+
+class CreateWebhookSecretRequest(Message):
+    scheme: Annotated[SecretScheme, Field(
+        description="The new secret's scheme.", examples=["v1a"])] = SecretScheme.V1
+
+
+class WebhookSecret(Message):
+    secret_id: Annotated[Uuid, Field(description="The secret.", examples=[_SECRET_ID])]
+    scheme: Annotated[SecretScheme, Field(
+        description="Its signature scheme.", examples=["v1a"])]
+    created_at: Annotated[datetime, Field(
+        description="When it was created (UTC).", examples=[_WHEN])]
+    public_key: Annotated[str | None, Field(
+        description="``v1a``: the ``whpk_`` public key receivers verify with.",
+        examples=[_PUBLIC_KEY])] = None
+
+
+class NewWebhookSecret(WebhookSecret):
+    secret: Annotated[str | None, Field(
+        description="``v1``: the ``whsec_`` secret, shown this once and never again.",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])] = None
+
+
+class WebhookEndpoint(Message):
+    endpoint_id: Annotated[Uuid, Field(description="The endpoint.", examples=[_ENDPOINT_ID])]
+    url: Annotated[str, Field(description="Where events are POSTed.", examples=[_URL])]
+    description: Annotated[str, Field(
+        description="As given.", examples=["fraud engine"])]
+    event_types: Annotated[list[EventName], Field(
+        description="The event types it receives.",
+        examples=[["device.locked", "operation.completed"]])]
+    enabled: Annotated[bool, Field(
+        description="false: nothing is sent to it.", examples=[True])]
+    disabled_reason: Annotated[str | None, Field(
+        description="Why it is disabled: ``GONE`` (it answered 410), ``RELYING_PARTY``, "
+        "``OPERATOR``.", examples=["GONE"])] = None
+    disabled_at: Annotated[datetime | None, Field(
+        description="Since when (UTC).", examples=[_WHEN])] = None
+    created_at: Annotated[datetime, Field(description="Created (UTC).", examples=[_WHEN])]
+    updated_at: Annotated[datetime, Field(description="Last changed (UTC).", examples=[_WHEN])]
+    secrets: Annotated[list[WebhookSecret], Field(
+        description="Its active secrets (every one signs every attempt); never a secret "
+        "itself, only ids and ``v1a`` public keys.",
+        examples=[[{"secretId": _SECRET_ID, "scheme": "v1a", "createdAt": _WHEN,
+                    "publicKey": _PUBLIC_KEY}]])]
+
+
+_ENDPOINT_EXAMPLE = {"endpointId": _ENDPOINT_ID, "url": _URL, "description": "fraud engine",
+                     "eventTypes": ["device.locked", "operation.completed"], "enabled": True,
+                     "createdAt": _WHEN, "updatedAt": _WHEN,
+                     "secrets": [{"secretId": _SECRET_ID, "scheme": "v1", "createdAt": _WHEN}]}
+
+
+class CreatedWebhookEndpoint(Message):
+    endpoint: Annotated[WebhookEndpoint, Field(
+        description="The new endpoint.", examples=[_ENDPOINT_EXAMPLE])]
+    secret: Annotated[NewWebhookSecret, Field(
+        description="Its first secret: for ``v1`` the ``whsec_`` secret, shown this once.",
+        examples=[{"secretId": _SECRET_ID, "scheme": "v1", "createdAt": _WHEN,
+                   "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}])]
+
+
+class WebhookEndpointList(Message):
+    endpoints: Annotated[list[WebhookEndpoint], Field(
+        description="The application's endpoints.", examples=[[_ENDPOINT_EXAMPLE]])]
+
+
+class WebhookDelivery(Message):
+    delivery_id: Annotated[int, Field(description="The delivery.", examples=[42])]
+    event_id: Annotated[str, Field(description="The event (``webhook-id``).",
+                                   examples=[_EVENT_ID])]
+    event_seq: Annotated[int, Field(description="The event's ``seq``.", examples=[11])]
+    event_type: Annotated[str, Field(description="The event's type.",
+                                     examples=["device.locked"])]
+    state: Annotated[DeliveryState, Field(description="Where it stands.",
+                                          examples=["pending"])]
+    attempts: Annotated[int, Field(description="Attempts made.", examples=[2])]
+    first_attempt_at: Annotated[datetime | None, Field(
+        description="The first attempt (UTC); retries stop 72 hours after it.",
+        examples=[_WHEN])] = None
+    next_attempt_at: Annotated[datetime | None, Field(
+        description="Pending only: when it is due.", examples=[_WHEN])] = None
+    last_attempt_at: Annotated[datetime | None, Field(
+        description="The last attempt (UTC).", examples=[_WHEN])] = None
+    last_status: Annotated[int | None, Field(
+        description="The last attempt's HTTP status, if it got one.", examples=[503])] = None
+    last_error: Annotated[str | None, Field(
+        description="Why the last attempt failed: ``timeout``, ``connect_error``, "
+        "``policy_refused``, ``redirect``, ``http_status``, ``protocol_error``.",
+        examples=["http_status"])] = None
+    last_detail: Annotated[str | None, Field(
+        description="The last attempt's detail: at most 200 characters of the answer.",
+        examples=["HTTP 503: try later"])] = None
+
+
+class WebhookDeliveryList(Message):
+    deliveries: Annotated[list[WebhookDelivery], Field(
+        description="Deliveries after the cursor, oldest first.",
+        examples=[[{"deliveryId": 42, "eventId": _EVENT_ID, "eventSeq": 11,
+                    "eventType": "device.locked", "state": "delivered", "attempts": 1,
+                    "firstAttemptAt": _WHEN, "lastAttemptAt": _WHEN, "lastStatus": 204}]])]
+    next_cursor: Annotated[int, Field(description="Pass as ``after`` next time.",
+                                      examples=[42])]
+
+
+class WebhookAttempt(Message):
+    attempt_id: Annotated[int, Field(description="The attempt.", examples=[7])]
+    delivery_id: Annotated[int, Field(description="Its delivery.", examples=[42])]
+    event_id: Annotated[str, Field(description="The event (``webhook-id``).",
+                                   examples=[_EVENT_ID])]
+    attempted_at: Annotated[datetime, Field(description="When (UTC).", examples=[_WHEN])]
+    status: Annotated[int | None, Field(
+        description="The HTTP status, if one came.", examples=[204])] = None
+    error: Annotated[str | None, Field(
+        description="Why it failed, if it did (as ``lastError``).",
+        examples=["timeout"])] = None
+    detail: Annotated[str, Field(
+        description="At most 200 characters of the answer or the failure.",
+        examples=["no complete answer within 30 s"])]
+    duration_ms: Annotated[int, Field(description="Time on the wire.", examples=[12])]
+
+
+class WebhookAttemptList(Message):
+    attempts: Annotated[list[WebhookAttempt], Field(
+        description="The delivery log after the cursor, oldest first.",
+        examples=[[{"attemptId": 7, "deliveryId": 42, "eventId": _EVENT_ID,
+                    "attemptedAt": _WHEN, "status": 204, "detail": "", "durationMs": 12}]])]
+    next_cursor: Annotated[int, Field(description="Pass as ``after`` next time.",
+                                      examples=[7])]
+
+
+class RedeliverRequest(Message):
+    """One event (``eventId``) or every subscribed event created in [since, until)."""
+
+    event_id: Annotated[str | None, Field(
+        max_length=64, description="The event to send again.", examples=[_EVENT_ID])] = None
+    since: Annotated[datetime | None, Field(
+        description="With ``until``: the range's start (with a time zone).",
+        examples=[None])] = None
+    until: Annotated[datetime | None, Field(
+        description="With ``since``: the range's end, excluded.", examples=[None])] = None
+
+
+class RedeliverResponse(Message):
+    queued: Annotated[int, Field(description="How many events were queued again.",
+                                 examples=[1])]

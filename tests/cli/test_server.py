@@ -76,7 +76,7 @@ def test_db_prune(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"operations": 0, "supersededKeys": 0, "seenRequests": 0,
                                        "events": 0, "noise": 0, "postContexts": 0,
-                                       "activationSecrets": 0}
+                                       "webhookLog": 0, "activationSecrets": 0}
     assert run(tmp_path, "db", "prune", "--operations-days", "0").returncode == 2
     assert run(tmp_path, "db", "prune", "--events-days", "0").returncode == 0  # keep for ever
 

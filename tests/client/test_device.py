@@ -501,3 +501,41 @@ def test_decline_that_cannot_be_sent_is_still_a_decline(tmp_path, rp, transport,
     assert info.value.__cause__.code is ErrorCode.CLIENT_TRANSPORT
     assert len(asked) == 1
     assert DevicePaths.AUTHENTICATION_FINISH not in transport.paths
+
+
+def _push_token(kb: Any, device_id: str) -> tuple[str, str] | None:
+    from sqlalchemy import select
+
+    from keybound.storage import tables as t
+
+    with kb.db.read() as conn:
+        row = conn.execute(select(t.push_tokens.c.provider, t.push_tokens.c.token).where(
+            t.push_tokens.c.device_id == device_id)).first()
+    return None if row is None else (row.provider, row.token)
+
+
+def test_push_token_at_activation_then_updated_and_removed(tmp_path, rp, transport, element,
+                                                           kb) -> None:
+    from keybound.protocol import PushProvider, PushToken
+
+    device = new_device(tmp_path, rp, transport, element)
+    device.activate(code(rp), push_token=PushToken(provider=PushProvider.FCM,
+                                                   token="first:" + "a" * 40))
+    assert _push_token(kb, device.device_id) == ("fcm", "first:" + "a" * 40)
+    device.authenticate()  # the key rotates; the next update signs with the new one
+    device.update_push_token(PushToken(provider=PushProvider.FCM, token="second:" + "b" * 40))
+    assert _push_token(kb, device.device_id) == ("fcm", "second:" + "b" * 40)
+    device.update_push_token(None)
+    assert _push_token(kb, device.device_id) is None
+
+
+def test_push_token_update_after_a_lost_answer_uses_the_key_the_server_knows(
+        tmp_path, rp, transport, element, kb) -> None:
+    from keybound.protocol import PushProvider, PushToken
+
+    device, _dropping = unsent_finish(tmp_path, rp, transport, element)
+    device.update_push_token(PushToken(provider=PushProvider.APNS, token="c3" * 32))
+    assert _push_token(kb, device.device_id) == ("apns", "c3" * 32)
+    with pytest.raises(ClientError) as info:
+        device.update_push_token(PushToken(provider=PushProvider.APNS, token="not-hex"))
+    assert info.value.code is ErrorCode.MALFORMED_REQUEST

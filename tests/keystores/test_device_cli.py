@@ -324,3 +324,22 @@ def test_unusable_state_directory_is_a_clear_error(tmp_path: Path, server: Serve
     (state / CONFIG_FILE).mkdir(parents=True)
     for action in ("status", "deactivate"):
         assert str(state / CONFIG_FILE) in fails(device(state, action), "client_configuration")
+
+
+def test_push_token(tmp_path: Path, server: Server) -> None:
+    from sqlalchemy import select
+
+    from keybound.storage import tables as t
+
+    app = server.app()
+    state = tmp_path / "device"
+    activated = ok(device(state, "activate", app.code(), "--channel-pin-file",
+                          str(app.pin_file), "--keystore", "none"))
+    assert ok(device(state, "push-token", "fcm", "tok:" + "x" * 30))["pushProvider"] == "fcm"
+    with app.kb.db.read() as conn:
+        stored = conn.execute(select(t.push_tokens.c.token).where(
+            t.push_tokens.c.device_id == activated["deviceId"])).scalar()
+    assert stored == "tok:" + "x" * 30
+    fails(device(state, "push-token", "apns", "not-hex"), "malformed_request")
+    fails(device(state, "push-token"), "client_configuration")
+    assert ok(device(state, "push-token", "--remove"))["pushProvider"] is None

@@ -26,7 +26,7 @@ def test_fresh_database_is_created_in_wal_mode_with_the_full_schema(tmp_path: Pa
         # cached when every authentication reads a different one (bench/README.md, Scale)
         assert conn.execute(text("PRAGMA cache_size")).scalar() == -16384
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0008"
+    assert revision == "0009"
     tables = set(inspect(db.engine).get_table_names())
     assert set(metadata.tables) <= tables
     db.migrate()  # idempotent

@@ -307,8 +307,30 @@ def _deactivate(args: argparse.Namespace) -> dict[str, Any]:
     return {"deviceId": device_id, "state": "DEACTIVATED"}
 
 
+def _push_token(args: argparse.Namespace) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from keybound.protocol import PushProvider, PushToken
+
+    device, _ = _device(args.state_dir)
+    token = None
+    if not args.remove:
+        if args.provider is None or args.token is None:
+            raise ClientError("give PROVIDER and TOKEN, or --remove",
+                              code=ErrorCode.CLIENT_CONFIGURATION)
+        try:
+            token = PushToken(provider=PushProvider(args.provider), token=args.token)
+        except (ValidationError, ValueError):
+            raise ClientError("not a push token (printable ASCII, at most 4096 characters)",
+                              code=ErrorCode.CLIENT_CONFIGURATION) from None
+    device.update_push_token(token)
+    return {"deviceId": device.device_id,
+            "pushProvider": token.provider.value if token else None}
+
+
 ACTIONS = {"activate": _activate, "authenticate": _authenticate, "sign": _sign,
-           "pending": _pending, "status": _status, "deactivate": _deactivate}
+           "pending": _pending, "status": _status, "deactivate": _deactivate,
+           "push-token": _push_token}
 
 
 def cmd_device(args: argparse.Namespace) -> int:
@@ -393,6 +415,12 @@ def register(sub: Any) -> None:
         "status", help="show this device's state and key store"))
     _with_device_options(actions.add_parser(
         "deactivate", help="deactivate at the server, delete the keys and the local state"))
+    push = _with_device_options(actions.add_parser(
+        "push-token", help="register the push token the server wakes this device through "
+        "(docs/notifications.md), or --remove it"))
+    push.add_argument("provider", nargs="?", choices=["fcm", "apns", "webhook"])
+    push.add_argument("token", nargs="?")
+    push.add_argument("--remove", action="store_true")
     device.set_defaults(func=cmd_device)
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from keybound.cli import webhook
 from keybound.cli.common import with_database_option
 from keybound.server.web.limits import EdgeLimits
 from keybound.storage import ENV_DATABASE_URL
@@ -58,7 +59,7 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from keybound.server.attestation_trust import ENV_REVOCATION_LIST, ENV_TRUST_DIR
-    from keybound.server.web.runner import allow_plaintext_from_env, serve
+    from keybound.server.web.runner import allow_plaintext_from_env, deliver_from_env, serve
 
     # through the environment, so every worker process configures the same trust
     if args.attestation_trust_dir:
@@ -72,7 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections)
     serve(database_url=database_url(args), host=args.host, port=args.port,
           workers=args.workers, log_level=args.log_level,
-          allow_plaintext=args.allow_plaintext or allow_plaintext_from_env(), limits=limits)
+          allow_plaintext=args.allow_plaintext or allow_plaintext_from_env(), limits=limits,
+          deliver=not args.no_deliver and deliver_from_env())
     return 0
 
 
@@ -300,11 +302,13 @@ def cmd_db(args: argparse.Namespace) -> int:
         pruned = kb.admin.prune(Retention(
             operations_days=args.operations_days,
             superseded_keys_days=args.superseded_keys_days,
-            events_days=args.events_days, noise_days=args.noise_days))
+            events_days=args.events_days, noise_days=args.noise_days,
+            webhook_log_days=args.webhook_log_days))
         print(json.dumps({"operations": pruned.operations,
                           "supersededKeys": pruned.superseded_keys,
                           "seenRequests": pruned.seen_requests, "events": pruned.events,
                           "noise": pruned.noise, "postContexts": pruned.post_contexts,
+                          "webhookLog": pruned.webhook_log,
                           "activationSecrets": pruned.activation_secrets}))
         return 0
     print(f"database at {kb.db.display_url} is at the newest schema revision")
@@ -394,6 +398,10 @@ def register(sub: Any) -> None:
                        help="Android attestation revocation status list: a file or an https "
                        "URL, reloaded hourly (KEYBOUND_ATTESTATION_REVOCATION_REFRESH_SECONDS);"
                        " or set KEYBOUND_ATTESTATION_REVOCATION_LIST")
+    serve.add_argument("--no-deliver", action="store_true",
+                       help="do not send webhooks and device notifications from these "
+                       "processes (run `keybound webhook deliver` instead; or set "
+                       "KEYBOUND_DELIVER=0)")
     _add_edge_limits(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -427,6 +435,7 @@ def register(sub: Any) -> None:
     key.set_defaults(func=cmd_api_key)
 
     _e2e_key_parser(sub)
+    webhook.register(sub)
 
     audit = sub.add_parser("audit", help="the audit trail and the counts of anonymous "
                            "refusals")
@@ -502,6 +511,9 @@ def register(sub: Any) -> None:
                     help="keep the audit trail this many days (default 400; 0: for ever)")
     db.add_argument("--noise-days", type=_positive, default=30,
                     help="keep counts of anonymous refusals this many days (default 30)")
+    db.add_argument("--webhook-log-days", type=_positive, default=30,
+                    help="keep finished webhook deliveries, the delivery log and finished "
+                    "device notifications this many days (default 30)")
     db.set_defaults(func=cmd_db)
 
 

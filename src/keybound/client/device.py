@@ -288,11 +288,14 @@ class Device:
     # ------------------------------------------------------------------ activation
 
     def activate(
-        self, activation: str, *, hint: str | None = None, pin: str | None = None
+        self, activation: str, *, hint: str | None = None, pin: str | None = None,
+        push_token: protocol.PushToken | None = None,
     ) -> ActivationResult:
         """(Re)activate with what the relying party issued (docs/protocol.md §3.2.5): the
         activation link or its token, or the typed code with its hint (``HINT-CODE``, or the
-        code and ``hint=``); with ``pin``, set up DEVICE:PIN.
+        code and ``hint=``); with ``pin``, set up DEVICE:PIN; with ``push_token``, the server
+        wakes the app through it when a backend-initiated operation waits (docs/protocol.md
+        §3.1.8; a reactivation without one removes the old one).
 
         On an activated device only a reactivation for the same device id is accepted
         (INVALID_STATE otherwise); success replaces every old key. Raises ClientError with
@@ -300,9 +303,10 @@ class Device:
         """
         given = read_activation(activation, hint=hint, application_id=self.application_id)
         with self._ceremony():
-            return self._activate(given, pin)
+            return self._activate(given, pin, push_token)
 
-    def _activate(self, given: Activation, pin: str | None) -> ActivationResult:
+    def _activate(self, given: Activation, pin: str | None,
+                  push_token: protocol.PushToken | None) -> ActivationResult:
         pin_salt: bytes | None = None
         pin_key: bytes | None = None
         if pin is not None:
@@ -323,6 +327,8 @@ class Device:
         )
         reactivation = self._check_activation_target(start.device_id)
         registration, request = self._activation_finish(start, pin_salt, pin_key, attestation_key)
+        if push_token is not None:
+            request = request.model_copy(update={"push_token": push_token})
         finish = self._send_activation(registration, request)
         if finish.device_id != start.device_id:
             raise ClientError("server activated another device id", code=ErrorCode.CLIENT_TRANSPORT)
@@ -829,6 +835,41 @@ class Device:
                 software_signature=key.sign(message),
             ),
             protocol.DeactivateResponse,
+        )
+
+    def update_push_token(self, push_token: protocol.PushToken | None) -> None:
+        """Register a new push token (the platform rotated it, or the user allowed
+        notifications), or remove it with None; signed by the current software key
+        (docs/protocol.md §3.1.8). Raises ClientError when the server refuses."""
+        with self._ceremony():  # signed by the key the state as saved says is current
+            self._require_activated()
+            _newest_accepted(self._candidates(),
+                             lambda candidate: self._push_token_with(candidate, push_token),
+                             "push token update")
+
+    def _push_token_with(self, candidate: _Candidate,
+                         push_token: protocol.PushToken | None) -> None:
+        registration = self._state.registrations[candidate.registration]
+        key = SoftwareKey.from_pem(registration.software_keys[candidate.key])
+        message = protocol.transcript(
+            Purpose.PUSH_TOKEN,
+            application_id=self.application_id,
+            device_id=registration.device_id,
+            operation_id="",
+            challenge=b"",
+            context_digest=protocol.push_token_hash(push_token),
+            software_public_key=key.public_key,
+        )
+        self._post(
+            DevicePaths.PUSH_TOKEN,
+            protocol.PushTokenRequest(
+                application_id=self.application_id,
+                device_id=registration.device_id,
+                software_key_id=key.key_id,
+                push_token=push_token,
+                software_signature=key.sign(message),
+            ),
+            protocol.PushTokenResponse,
         )
 
     def forget(self) -> None:

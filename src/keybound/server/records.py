@@ -173,3 +173,86 @@ class NoiseRecord(NamedTuple):
     window_start: int
     cause: str
     total: int
+
+
+class WebhookEndpointRecord(NamedTuple):
+    id: str
+    application_id: str
+    url: str
+    description: str
+    created_at: int
+    updated_at: int
+    disabled_at: int | None
+    disabled_reason: str | None
+    breaker_failures: int
+    breaker_open_until: int | None
+
+
+class WebhookSecretRecord(NamedTuple):
+    id: str
+    endpoint_id: str
+    scheme: str
+    wrapped_secret: bytes
+    public_key: str | None
+    created_at: int
+    revoked_at: int | None
+
+
+class DeliveryRecord(NamedTuple):
+    id: int
+    endpoint_id: str
+    event_seq: int
+    event_id: str
+    subject: str
+    state: str
+    attempts: int
+    first_attempt_at: int | None
+    next_attempt_at: int
+    leased_until: int | None
+    last_attempt_at: int | None
+    last_status: int | None
+    last_error: str | None
+    last_detail: str | None
+    created_at: int
+
+
+class AttemptRecord(NamedTuple):
+    id: int
+    delivery_id: int
+    endpoint_id: str
+    event_id: str
+    attempted_at: int
+    status: int | None
+    error: str | None
+    detail: str
+    duration_ms: int
+
+
+class PushProviderRecord(NamedTuple):
+    application_id: str
+    kind: str
+    settings: str
+    wrapped_credentials: bytes
+    created_at: int
+    updated_at: int
+
+
+class PushTokenRecord(NamedTuple):
+    device_id: str
+    provider: str
+    token: str
+    updated_at: int
+
+
+class NotificationRecord(NamedTuple):
+    id: int
+    application_id: str
+    device_id: str
+    operation_id: str
+    state: str
+    attempts: int
+    next_attempt_at: int
+    expires_at: int
+    leased_until: int | None
+    last_detail: str | None
+    created_at: int

@@ -69,6 +69,9 @@ class Purpose(StrEnum):
     #: the TPM credential activation's secret, AK and EK (docs/protocol.md §6.5.3), bound to
     #: the operation id
     TPM_CREDENTIAL = "tpm-credential"
+    # whsec_/whsk_, bound to endpoint id and secret id
+    WEBHOOK_SECRET = "webhook-secret"  # noqa: S105 - a purpose, not a secret
+    PUSH_CREDENTIALS = "push-credentials"  # bound to application id and provider kind
 
 
 class SecretUnusable(KeyStorageError):

@@ -131,6 +131,11 @@ operations = Table(
     # from start to finish (docs/protocol.md §6.5.3); erased when the finish consumes it
     Column("wrapped_tpm_credential", LargeBinary, nullable=True),
     Index("ix_operations_device_state", "device_id", "state"),
+    # pending operations the relying party started, by expiry: maintenance ends them as
+    # EXPIRED with an operation.expired event (device-initiated ones never enter it)
+    Index("ix_operations_backend_expiry", "expires_at",
+          sqlite_where=text("state = 'PENDING' AND initiator = 'BACKEND'"),
+          postgresql_where=text("state = 'PENDING' AND initiator = 'BACKEND'")),
 )
 
 activation_secrets = Table(
@@ -169,6 +174,10 @@ events = Table(
     Column("payload", Text, nullable=True),  # JSON
     Column("created_at", BigInteger, nullable=False),
     Column("delivery", String(16), nullable=True),  # NULL: the audit trail only
+    # the outbox's work list: events an endpoint subscribed to, not yet fanned out
+    Index("ix_events_delivery_pending", "seq",
+          sqlite_where=text("delivery = 'PENDING'"),
+          postgresql_where=text("delivery = 'PENDING'")),
     # the audit chain (docs/audit.md): the entry's position in the chain, the previous
     # entry's chain_hash, and SHA-256 over it and this entry's immutable columns; NULL until
     # the entry is sealed into the chain (at once on SQLite, just after commit on PostgreSQL)
@@ -259,4 +268,131 @@ seen_requests = Table(
     # and the purge deletes a range of it (migration 0004: no second B-tree to write)
     PrimaryKeyConstraint("expires_at", "request_id"),
     sqlite_with_rowid=False,  # the primary key is the table: one B-tree per insert
+)
+
+
+# -- the outbox: webhook endpoints, their secrets and subscriptions, deliveries, attempts --
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("application_id", String(64), ForeignKey("applications.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("description", String(200), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("disabled_at", BigInteger, nullable=True),
+    Column("disabled_reason", String(16), nullable=True),  # GONE, RELYING_PARTY, OPERATOR
+    # the circuit breaker (docs/webhooks.md §3.2)
+    Column("breaker_failures", Integer, nullable=False),
+    Column("breaker_open_until", BigInteger, nullable=True),
+    Index("ix_webhook_endpoints_application", "application_id"),
+)
+
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("endpoint_id", String(36), ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("scheme", String(8), nullable=False),  # v1 (whsec_), v1a (whsk_)
+    Column("wrapped_secret", LargeBinary, nullable=False),  # server.secrets WEBHOOK_SECRET
+    Column("public_key", String(64), nullable=True),  # whpk_: v1a only, published
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index("ix_webhook_secrets_endpoint", "endpoint_id"),
+)
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    # keyed for the events INSERT's one lookup: does any endpoint of this application want
+    # this type (repositories/events.py)
+    Column("application_id", String(64), nullable=False),
+    Column("event_type", String(48), nullable=False),
+    Column("endpoint_id", String(36), ForeignKey("webhook_endpoints.id"), nullable=False),
+    PrimaryKeyConstraint("application_id", "event_type", "endpoint_id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("endpoint_id", String(36), ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("subject", String(64), nullable=False),  # order is kept per (endpoint, subject)
+    Column("state", String(16), nullable=False),  # pending, delivered, gave_up, gone
+    Column("attempts", Integer, nullable=False),
+    Column("first_attempt_at", BigInteger, nullable=True),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("leased_until", BigInteger, nullable=True),  # claimed by a sender until then
+    Column("last_attempt_at", BigInteger, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", String(32), nullable=True),
+    Column("last_detail", String(200), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("endpoint_id", "event_seq", name="uq_webhook_deliveries_endpoint_event"),
+    Index("ix_webhook_deliveries_pending", "endpoint_id", "event_seq",
+          sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    # the delivery log: one row per attempt made
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("delivery_id", BigInteger, nullable=False),
+    Column("endpoint_id", String(36), nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("attempted_at", BigInteger, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("error", String(32), nullable=True),
+    Column("detail", String(200), nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Index("ix_webhook_attempts_endpoint", "endpoint_id", "id"),
+)
+
+# -- device notifications ------------------------------------------------------------------
+
+push_providers = Table(
+    "push_providers",
+    metadata,
+    Column("application_id", String(64), ForeignKey("applications.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # notify.ProviderKind
+    Column("settings", Text, nullable=False),  # JSON, nothing secret
+    Column("wrapped_credentials", LargeBinary, nullable=False),  # PUSH_CREDENTIALS
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("application_id", "kind"),
+)
+
+push_tokens = Table(
+    "push_tokens",
+    metadata,
+    Column("device_id", String(36), ForeignKey("registrations.id"), primary_key=True),
+    Column("provider", String(16), nullable=False),
+    Column("token", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+push_notifications = Table(
+    "push_notifications",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("application_id", String(64), nullable=False),
+    Column("device_id", String(36), nullable=False),
+    Column("operation_id", String(36), nullable=False),
+    Column("state", String(16), nullable=False),  # pending, delivered, dropped, failed, expired
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),  # the operation's: a later wake-up is moot
+    Column("leased_until", BigInteger, nullable=True),
+    Column("last_detail", String(200), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_push_notifications_pending", "next_attempt_at",
+          sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
 )

@@ -208,7 +208,8 @@ def test_copied_software_key_is_detected_and_locks(rp: RelyingParty, kb: Keyboun
     with kb.db.read() as conn:
         events = conn.execute(select(t.events.c.type).where(
             t.events.c.code == "software_key_cloned")).scalars().all()
-    assert "authentication.clone_detected" in events
+    # the relying party hears of it: the suspicion, the failed operation, the lock
+    assert events == ["device.clone_suspected", "operation.failed", "device.locked"]
     # now even the real device is locked out until a reactivation
     assert problem_code(device.authenticate()) == "device_locked"
     assert problem_code(rp.http.post(f"/rp/v1/devices/{device.device_id}/unlock",

@@ -123,11 +123,12 @@ def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock:
     assert count(kb, t.operations) == 0 and count(kb, t.superseded_keys) == 0
     assert count(kb, t.seen_requests) == 0
     # ceil((n + 1) / 2) batches per table (the last one finds fewer than 2; the activation
-    # was started, so no secret is left: one batch), then one each for the noise counts and
-    # the expired post-operation contexts, plus the prune's event; the events' batches come
-    # after the signed checkpoint that replaces them (one write)
+    # was started, so no secret is left: one batch), then one each for the noise counts, the
+    # three (empty) webhook-log tables and the expired post-operation contexts, plus the
+    # prune's event; the events' batches come after the signed checkpoint that replaces
+    # them (one write)
     assert writes == (ended // 2 + 1) + (5 // 2 + 1) + (seen // 2 + 1) \
-        + (1 + events // 2 + 1) + 1 + 1 + 1 + 1
+        + (1 + events // 2 + 1) + 1 + 1 + 3 + 1 + 1
 
 
 def test_the_audit_trail_and_the_noise_counts_have_their_own_retention(

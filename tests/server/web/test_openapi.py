@@ -66,6 +66,7 @@ def test_every_wire_field_has_a_description_and_a_valid_example(model: type[Base
     (protocol.AuthenticationFinishRequest, "authentication-pin-with-context"),
     (protocol.DeactivateRequest, "deactivation"),
     (protocol.DeclineRequest, "decline"),
+    (protocol.PushTokenRequest, "push-token"),
 ])
 def test_signed_request_examples_are_the_test_vectors(model: type[BaseModel],
                                                       vector: str) -> None:

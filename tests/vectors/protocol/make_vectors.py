@@ -68,6 +68,7 @@ OP_ACTIVATE_B = "c0ffee00-0000-4000-8000-00000000000b"
 OP_AUTH_A = "c0ffee00-0000-4000-8000-0000000000a1"  # backend-initiated, with a context
 OP_AUTH_B = "c0ffee00-0000-4000-8000-0000000000b1"  # device-initiated, no context
 OP_DECLINE_A = "c0ffee00-0000-4000-8000-0000000000a2"  # backend-initiated, declined
+PUSH_TOKEN_A = {"provider": "fcm", "token": "dGVzdC10b2tlbg:APA91bHkeybound-vector"}
 OP_SIGN_A = "c0ffee00-0000-4000-8000-0000000000a3"  # a signature operation (§3.2.5)
 
 PIN = "2468"
@@ -137,6 +138,14 @@ def context_digest(context: dict[str, str] | None) -> bytes:
     return hashlib.sha256(b"" if canonical is None else canonical).digest()
 
 
+def push_token_digest(token: dict[str, str] | None) -> bytes:
+    """docs/protocol.md §3.1.8: SHA-256(LP(provider) || LP(token)); of "" when removed."""
+    if token is None:
+        return hashlib.sha256(b"").digest()
+    return hashlib.sha256(lp(token["provider"].encode("utf-8"))
+                          + lp(token["token"].encode("utf-8"))).digest()
+
+
 def pin_key(pin: str, salt: bytes) -> bytes:
     kdf = Scrypt(salt=salt, length=PIN_KEY_BYTES, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
     return kdf.derive(pin.encode("utf-8"))
@@ -190,9 +199,10 @@ def transcript_case(
     auth_method: str,
     hw_key_client_status: str,
     signers: list[tuple[str, ec.EllipticCurvePrivateKey]],
+    push_token: dict[str, str] | None = None,
     context_name: str = "preOperationContext",
 ) -> tuple[dict[str, Any], bytes]:
-    digest = context_digest(context)
+    digest = push_token_digest(push_token) if purpose == "push-token" else context_digest(context)
     values = (
         SIGNATURE_LABEL,
         purpose.encode("utf-8"),
@@ -223,6 +233,7 @@ def transcript_case(
             "hardwarePublicKeyHex": hardware_public_key.hex(),
             "authMethod": auth_method,
             "hwKeyClientStatus": hw_key_client_status,
+            **({"pushToken": push_token} if purpose == "push-token" else {}),
         },
         "fields": [
             {
@@ -391,6 +402,20 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
         next_software_public_key=spki(a_sw2), software_signature=signature_of(sign_a, "software"),
         hardware_signature=signature_of(sign_a, "hardware"),
         hw_key_client_status=p.HwKeyClientStatus.OK).to_wire()
+    # 8. device A registers its push token, signing with its current key A-software-1
+    push_a, _ = transcript_case(
+        signer, name="push-token",
+        description="Device A registers its FCM push token, signing with its current software "
+        "key A-software-1. Fields 5, 6, 9, 10 and 11 are empty; field 7 is SHA-256 of "
+        "LP(provider) || LP(token); field 8 is the CURRENT software key.",
+        purpose="push-token", operation_id="", device_id=DEVICE_A, challenge_bytes=b"",
+        context=None, field8_key=a_sw1, hardware_public_key=b"", auth_method="",
+        hw_key_client_status="", signers=[("software", a_sw1)], push_token=PUSH_TOKEN_A)
+    push_a["request"] = p.PushTokenRequest(
+        application_id=APPLICATION_ID, device_id=DEVICE_A,
+        software_key_id=hashlib.sha256(spki(a_sw1)).digest(),
+        push_token=p.PushToken.model_validate(PUSH_TOKEN_A),
+        software_signature=signature_of(push_a, "software")).to_wire()
 
     contexts = []
     for context in (None, PAYMENT_CONTEXT, UNICODE_CONTEXT, LOAN_DATA):
@@ -430,7 +455,7 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
             "noContextHashHex": hashlib.sha256(b"").hexdigest(),
             "fieldOrder": list(FIELD_NAMES),
         },
-        "transcripts": [act_a, act_b, auth_a, auth_b, deact_b, decline_a, sign_a],
+        "transcripts": [act_a, act_b, auth_a, auth_b, deact_b, decline_a, sign_a, push_a],
         "contextHashes": contexts,
         "keyIds": key_ids,
         "pinKeyDerivation": derivations,

@@ -37,7 +37,6 @@ class EventType(StrEnum):
     AUTHENTICATION_DECLINE = "authentication.decline"
     AUTHENTICATION_PENDING = "authentication.pending"
     CLONE_DETECTED = "authentication.clone_detected"
-    SIGNATURE_FINISH = "signature.finish"
     # relying party
     USER_CREATE = "user.create"
     USER_READ = "user.read"
@@ -65,6 +64,38 @@ class EventType(StrEnum):
     SIGNING_KEY_ISSUER = "signing_key.issuer"
     AUDIT_EXPORT = "audit.export"
     ADMIN_READ = "admin.read"  # a refused read only: reads are not audited
+    # what a relying party hears of (webhooks and polling; docs/events.md): one row each,
+    # written by the change it describes
+    OPERATION_COMPLETED = "operation.completed"
+    OPERATION_FAILED = "operation.failed"
+    OPERATION_EXPIRED = "operation.expired"
+    DEVICE_ACTIVATED = "device.activated"
+    DEVICE_LOCKED = "device.locked"
+    DEVICE_UNLOCKED = "device.unlocked"
+    DEVICE_DEACTIVATED = "device.deactivated"
+    DEVICE_CLONE_SUSPECTED = "device.clone_suspected"
+    DEVICE_OPERATION_PENDING = "device.operation_pending"
+    # the outbox, push tokens and notifications (audit only)
+    PUSH_TOKEN_UPDATE = "device.push_token_update"  # noqa: S105 - event names
+    EVENTS_READ = "events.read"
+    WEBHOOK_ENDPOINT_CREATE = "webhook.endpoint_create"
+    WEBHOOK_ENDPOINT_UPDATE = "webhook.endpoint_update"
+    WEBHOOK_ENDPOINT_DELETE = "webhook.endpoint_delete"
+    WEBHOOK_SECRET_CREATE = "webhook.secret_create"  # noqa: S105
+    WEBHOOK_SECRET_REVOKE = "webhook.secret_revoke"  # noqa: S105
+    WEBHOOK_REDELIVER = "webhook.redeliver"
+    PUSH_PROVIDER_SET = "push.provider_set"
+    PUSH_PROVIDER_REMOVE = "push.provider_remove"
+
+
+#: The event types a relying party can subscribe to and poll (docs/events.md); every other
+#: type is the audit trail only.
+PUBLIC_TYPES: frozenset[EventType] = frozenset({
+    EventType.OPERATION_COMPLETED, EventType.OPERATION_FAILED, EventType.OPERATION_EXPIRED,
+    EventType.DEVICE_ACTIVATED, EventType.DEVICE_LOCKED, EventType.DEVICE_UNLOCKED,
+    EventType.DEVICE_DEACTIVATED, EventType.DEVICE_CLONE_SUSPECTED,
+    EventType.DEVICE_OPERATION_PENDING,
+})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,4 +114,4 @@ class Event:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-__all__ = ["Actor", "Event", "EventType", "Outcome"]
+__all__ = ["PUBLIC_TYPES", "Actor", "Event", "EventType", "Outcome"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, text, update
 
 from keybound.protocol import Initiator, OperationState, OperationType
 from keybound.server.records import (
@@ -70,6 +70,10 @@ _REFRESH_CHALLENGE: Final = Prepared(
                       OPS.c.challenge.is_not_distinct_from(bindparam("current")))
     .values(challenge=bindparam("fresh"), challenge_expires_at=bindparam("fresh_expires"),
             challenge_issued_at=bindparam("now")))
+#: the predicate of ix_operations_backend_expiry, as text: SQLite uses a partial index only
+#: for a query whose WHERE repeats its terms, literals and all
+_BACKEND_PENDING: Final = text("operations.state = 'PENDING' AND "
+                               "operations.initiator = 'BACKEND'")
 _SELECT_CHALLENGE: Final = Prepared(select(OPS.c.challenge, OPS.c.challenge_expires_at).where(
     OPS.c.id == bindparam("id")), row=ChallengeRecord)
 
@@ -129,12 +133,34 @@ def note_overlap(conn: Connection, operation_id: str, note: dict[str, Any]) -> N
 
 def pending_of_device_to_fail(conn: Connection, device_id: str) -> list[OperationRecord]:
     """A device that can no longer answer has its pending operations failed (each with its
-    signed result: services), not left hanging; reactivations not yet started stay (a
-    reactivation is how it comes back)."""
+    signed result and an operation.failed event: services), not left hanging; reactivations
+    not yet started stay (a reactivation is how it comes back)."""
     return [OperationRecord(*row) for row in conn.execute(select(OPS).where(
         OPS.c.device_id == device_id, OPS.c.state == OperationState.PENDING.value,
         or_(_ANSWERED, OPS.c.challenge.is_not(None)),
         OPS.c.result_jws.is_(None)).order_by(OPS.c.created_at))]
+
+
+def backend_expired(conn: Connection, now: int, limit: int) -> list[OperationRecord]:
+    """Pending operations the relying party started whose expiry has passed, oldest expiry
+    first (ix_operations_backend_expiry)."""
+    rows = conn.execute(select(OPS).where(
+        _BACKEND_PENDING, OPS.c.expires_at <= now).order_by(OPS.c.expires_at).limit(limit))
+    return [OperationRecord(*row) for row in rows]
+
+
+def expire(conn: Connection, operation_id: str, now: int, *,
+           result_jws: str | None) -> tuple[str, str | None] | None:
+    """End a pending operation past its expiry as EXPIRED, once (§3.2.3): its challenge and
+    post-operation context go with it; it keeps a signed result a read already gave it, else
+    gets ``result_jws``. Its (application id, device id), or None if it ended meanwhile."""
+    row = conn.execute(update(OPS).where(
+        OPS.c.id == operation_id, OPS.c.state == OperationState.PENDING.value,
+        OPS.c.expires_at <= now).values(
+        state=OperationState.EXPIRED.value, challenge=None, wrapped_post_context=None,
+        result_jws=func.coalesce(OPS.c.result_jws, result_jws))
+        .returning(OPS.c.application_id, OPS.c.device_id)).first()
+    return None if row is None else (str(row.application_id), row.device_id)
 
 
 # -- activation -----------------------------------------------------------------------------
@@ -187,3 +213,10 @@ def refresh_challenge(conn: Connection, operation_id: str, *, current: bytes | N
     if replaced == 1:
         return ChallengeRecord(fresh, fresh_expires_at)
     return _SELECT_CHALLENGE.one(conn, {"id": operation_id})
+
+
+def by_ids(conn: Connection, operation_ids: list[str]) -> dict[str, OperationRecord]:
+    if not operation_ids:
+        return {}
+    rows = conn.execute(select(OPS).where(OPS.c.id.in_(operation_ids)))
+    return {str(row.id): OperationRecord(*row) for row in rows}

@@ -116,22 +116,25 @@ def rotate(conn: Connection, reg: RegistrationRecord, *, signer_key_id: bytes,
     return rotated
 
 
-def count_failure(conn: Connection, device_id: str, *, allowed: int, now: int) -> None:
-    """§5.3: consecutive failures lock the registration at ``allowed``."""
+def count_failure(conn: Connection, device_id: str, *, allowed: int, now: int) -> bool:
+    """§5.3: consecutive failures lock the registration at ``allowed``; True if this one
+    locked it."""
     reached = R.c.failures + 1 >= allowed
-    conn.execute(
+    row = conn.execute(
         update(R).where(R.c.id == device_id, R.c.state == DeviceState.ACTIVE.value)
         .values(failures=R.c.failures + 1,
                 state=case((reached, DeviceState.LOCKED.value), else_=R.c.state),
                 lock_reason=case((reached, LockReason.FAILURES.value), else_=R.c.lock_reason),
-                updated_at=now))
+                updated_at=now).returning(R.c.state)).first()
+    return row is not None and row.state == DeviceState.LOCKED.value
 
 
-def lock_cloned(conn: Connection, device_id: str, now: int) -> None:
-    conn.execute(update(R).where(R.c.id == device_id,
-                                 R.c.state != DeviceState.DEACTIVATED.value).values(
+def lock_cloned(conn: Connection, device_id: str, now: int) -> bool:
+    """Lock for a copied key; False if the device was deactivated (nothing to lock)."""
+    return conn.execute(update(R).where(R.c.id == device_id,
+                                        R.c.state != DeviceState.DEACTIVATED.value).values(
         state=DeviceState.LOCKED.value, lock_reason=LockReason.SOFTWARE_KEY_CLONED.value,
-        updated_at=now))
+        updated_at=now)).rowcount == 1
 
 
 def transition(conn: Connection, device_id: str, *, allowed_from: tuple[DeviceState, ...],

@@ -6,6 +6,7 @@ reading and writing through the repositories and deciding by the core's rules.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from keybound.errors import ConfigurationInvalid
 from keybound.server.attestation_trust import AttestationTrust
 from keybound.server.clock import Clock, wall_clock
 from keybound.server.events.noise import NoiseCounter
+from keybound.server.events.ssrf import EndpointPolicy, Resolver, system_resolver
 from keybound.server.repositories import settings
 from keybound.server.secrets import MasterKey, SecretBox, master_key_path
 from keybound.server.services.activation import Activation
@@ -26,9 +28,12 @@ from keybound.server.services.audit import AuditTrail
 from keybound.server.services.authentication import Authentication
 from keybound.server.services.e2ekeys import E2EKeys
 from keybound.server.services.maintenance import Maintenance
+from keybound.server.services.notifications import Notifications
 from keybound.server.services.operations import Operations
+from keybound.server.services.outbox import Wakeup
 from keybound.server.services.registrations import Registrations
 from keybound.server.services.resultkeys import ResultKeys
+from keybound.server.services.webhooks import Webhooks
 from keybound.storage.db import DEFAULT_DATA_DIR, Database
 
 
@@ -45,7 +50,9 @@ def default_master_key_path(database_url: str,
 
 class Keybound:
     def __init__(self, db: Database, clock: Clock = wall_clock, *,
-                 master_key: MasterKey, attestation: AttestationTrust | None = None) -> None:
+                 master_key: MasterKey, attestation: AttestationTrust | None = None,
+                 endpoint_policy: EndpointPolicy | None = None,
+                 resolver: Resolver = system_resolver) -> None:
         self.db = db
         self.clock = clock
         self.master_key = master_key
@@ -55,9 +62,18 @@ class Keybound:
         self.noise = NoiseCounter(db)
         self.results = ResultKeys(db, self.box, clock)
         self.audit = AuditTrail(db, clock, self.results)
-        self.maintenance = Maintenance(db, clock, self.noise, checkpoint=self.audit.checkpoint)
+        self.maintenance = Maintenance(db, clock, self.noise, self.results,
+                                       checkpoint=self.audit.checkpoint)
+        #: nudges this process's sender (services.outbox) when a commit gave it work
+        self.wakeup = Wakeup()
+        #: which URLs webhooks and the push service may be sent to (docs/webhooks.md §4)
+        policy = endpoint_policy or EndpointPolicy()
+        self.webhooks = Webhooks(self.box, policy=policy, resolver=resolver,
+                                 wake=self.wakeup)
+        self.notifications = Notifications(db, self.box, clock, policy=policy,
+                                           resolver=resolver)
         self.applications = Applications()
-        self.operations = Operations(self.box, self.results)
+        self.operations = Operations(self.box, self.results, wake=self.wakeup)
         self.registrations = Registrations(self.results)
         self.activation = Activation(self.box, self.results, self.attestation)
         self.authentication = Authentication(self.box, self.results)
@@ -69,16 +85,21 @@ class Keybound:
         self.maintenance.join()
         self.audit.stop_sealer()
         self.noise.flush()
+        self.notifications.close()
         self.db.dispose()
 
     @classmethod
     def open(cls, url: str | None = None, clock: Clock = wall_clock, *,
              master_key_file: Path | None = None,
-             attestation: AttestationTrust | None = None) -> Keybound:
+             attestation: AttestationTrust | None = None,
+             endpoint_policy: EndpointPolicy | None = None,
+             resolver: Resolver = system_resolver) -> Keybound:
         """Open (and migrate) the database at ``url`` -- the embedded SQLite file if None --
         with the master key that wraps its secrets (``master_key_file``, else
-        ``$KEYBOUND_MASTER_KEY_FILE``, else beside the database; created on first run), and
-        the attestation trust (``attestation``, else as the environment configures it)."""
+        ``$KEYBOUND_MASTER_KEY_FILE``, else beside the database; created on first run), the
+        attestation trust (``attestation``, else as the environment configures it), and the
+        endpoint policy for webhooks (``endpoint_policy``, else from the environment:
+        :func:`endpoint_policy_from_env`)."""
         attestation = attestation or AttestationTrust.from_environment()  # before any change
         db = Database(url)
         master_key = MasterKey(master_key_file or default_master_key_path(db.url))
@@ -87,10 +108,35 @@ class Keybound:
         with db.write() as conn:
             if settings.get(conn, settings.MASTER_KEY_FINGERPRINT) is None:
                 settings.put_new(conn, settings.MASTER_KEY_FINGERPRINT, master_key.fingerprint)
-        kb = cls(db, clock, master_key=master_key, attestation=attestation)
+        kb = cls(db, clock, master_key=master_key, attestation=attestation,
+                 endpoint_policy=endpoint_policy or endpoint_policy_from_env(),
+                 resolver=resolver)
         kb.results.ensure(kb.noise)  # the first result-signing key, before any request
         kb.audit.seal()  # entries older than the chain, or left unsealed by a stopped server
         return kb
+
+
+ENV_WEBHOOK_ALLOW_HTTP = "KEYBOUND_WEBHOOK_ALLOW_HTTP"
+ENV_WEBHOOK_ALLOWED_NETWORKS = "KEYBOUND_WEBHOOK_ALLOWED_NETWORKS"
+
+
+def endpoint_policy_from_env(environ: Mapping[str, str] = os.environ) -> EndpointPolicy:
+    """The operator's endpoint policy (docs/webhooks.md §4): ``KEYBOUND_WEBHOOK_ALLOW_HTTP=1``
+    allows ``http`` URLs, ``KEYBOUND_WEBHOOK_ALLOWED_NETWORKS`` (comma-separated CIDR, e.g.
+    ``127.0.0.0/8,::1/128``) allows networks the policy refuses by default. Neither set:
+    public ``https`` only."""
+    allow_http = environ.get(ENV_WEBHOOK_ALLOW_HTTP, "").strip().lower() in {
+        "1", "true", "yes", "on"}
+    networks = []
+    for text in environ.get(ENV_WEBHOOK_ALLOWED_NETWORKS, "").split(","):
+        if text.strip():
+            try:
+                networks.append(ipaddress.ip_network(text.strip()))
+            except ValueError:
+                raise ConfigurationInvalid(
+                    f"{ENV_WEBHOOK_ALLOWED_NETWORKS}: {text.strip()!r} is not a network "
+                    "(CIDR, e.g. 127.0.0.0/8)") from None
+    return EndpointPolicy(allow_http=allow_http, allowed_networks=tuple(networks))
 
 
 def check_master_key(db: Database, master_key: MasterKey) -> None:
@@ -115,4 +161,5 @@ def check_master_key(db: Database, master_key: MasterKey) -> None:
             f"{expected}: set KEYBOUND_MASTER_KEY_FILE to that key's file")
 
 
-__all__ = ["Keybound", "check_master_key", "default_master_key_path"]
+__all__ = ["Keybound", "check_master_key", "default_master_key_path",
+           "endpoint_policy_from_env"]

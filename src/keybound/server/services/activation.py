@@ -35,11 +35,15 @@ from keybound.server.core.codes import (
     normalize_activation_hint,
 )
 from keybound.server.events.model import EventType, Outcome
+from keybound.server.events.public import device_data
+from keybound.server.notify.base import ProviderKind, PushTarget
 from keybound.server.records import OperationRecord
 from keybound.server.repositories import activation_secrets as secrets_
 from keybound.server.repositories import operations as ops
+from keybound.server.repositories import push
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose, SecretBox
+from keybound.server.services.registrations import store_push_token
 from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
@@ -144,6 +148,9 @@ class Activation:
         verified = verify_activation(request, operation=op, now=unit.now,
                                      trust=self.trust.material(ms_to_dt(unit.now)),
                                      tpm_state=lambda: self._tpm_state(op))
+        if request.push_token is not None:  # §3.1.2: refused before anything is consumed
+            PushTarget(provider=ProviderKind(request.push_token.provider.value),
+                       token=request.push_token.token)
         unit.identify()
         signed = self.results.operation_result(
             verified.operation, state=(OperationState.FAILED if verified.failure
@@ -158,10 +165,17 @@ class Activation:
             ops.erase_tpm_credential(conn, verified.operation.id)
         if verified.failure is None:
             self._store_registration(unit, request, verified)
-        unit.emit(EventType.ACTIVATION_FINISH,
-                  outcome=Outcome.FAILURE if verified.failure else Outcome.SUCCESS,
-                  code=verified.failure.value if verified.failure else None,
-                  payload=verified.risk)
+            unit.emit(EventType.OPERATION_COMPLETED, payload=verified.result)
+            op = verified.operation
+            assert op.user_id is not None
+            unit.emit(EventType.DEVICE_ACTIVATED, payload=device_data(
+                device_id=request.device_id, user_id=op.user_id, state=DeviceState.ACTIVE.value,
+                reactivation=op.type == OperationType.REACTIVATION.value,
+                hardwareKey=verified.hardware_key is not None,
+                platform=request.device_profile.platform.value))
+        else:
+            unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE,
+                      code=verified.failure.value, payload=verified.result)
         if verified.failure is not None:
             reason = verified.attestation.reason
             raise CeremonyFailed(
@@ -222,3 +236,7 @@ class Activation:
         elif not regs.replace_credentials(conn, op.device_id, credentials):
             # reactivation replaces every credential; not once the device is deactivated
             raise CeremonyError("device was deactivated", code=ErrorCode.DEVICE_INACTIVE)
+        else:
+            push.remove_token(conn, op.device_id)  # replaced too: this app may be another
+        if request.push_token is not None:
+            store_push_token(unit, op.device_id, request.push_token)

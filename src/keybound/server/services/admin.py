@@ -8,16 +8,32 @@ from dataclasses import asdict
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from keybound.channel import DEFAULT_SUITE, ChannelPin, ChannelSuite
-from keybound.rpapi import Device
+from keybound.rpapi import (
+    CreatedWebhookEndpoint,
+    CreateWebhookEndpointRequest,
+    DeliveryState,
+    Device,
+    NewWebhookSecret,
+    RedeliverRequest,
+    RedeliverResponse,
+    SecretScheme,
+    UpdateWebhookEndpointRequest,
+    WebhookAttemptList,
+    WebhookDeliveryList,
+    WebhookEndpoint,
+    WebhookEndpointList,
+)
 from keybound.server.core.appconfig import AppConfig
 from keybound.server.events.chain import CheckpointKind, Entry, VerifiedChain
 from keybound.server.events.model import Actor, EventType
 from keybound.server.events.results import ResultAlgorithm
+from keybound.server.notify.base import ProviderKind
 from keybound.server.records import CheckpointRecord, EventRecord, NoiseRecord
 from keybound.server.repositories import events, noise
 from keybound.server.services.applications import ApiKeyInfo, NewApiKey
 from keybound.server.services.audit import Exported
 from keybound.server.services.e2ekeys import E2EKeyInfo
+from keybound.server.services.notifications import ProviderInfo
 from keybound.server.services.resultkeys import ResultKeyInfo
 from keybound.server.services.retention import Pruned, Retention, prune
 from keybound.server.unit import Unit, perform
@@ -143,6 +159,70 @@ class Admin:
     def deactivate_device(self, application_id: str, device_id: str) -> Device:
         return self._run(EventType.DEVICE_DEACTIVATE, lambda u: self._kb.registrations
                          .deactivate(u, application_id, device_id))
+
+    # -- webhooks and device notifications (docs/events.md, docs/notifications.md) -------
+
+    def create_webhook_endpoint(self, application_id: str,
+                                request: CreateWebhookEndpointRequest) -> CreatedWebhookEndpoint:
+        return self._run(EventType.WEBHOOK_ENDPOINT_CREATE, lambda u: self._kb.webhooks
+                         .create_endpoint(u, application_id, request))
+
+    def webhook_endpoints(self, application_id: str) -> WebhookEndpointList:
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.webhooks.list_endpoints(
+            u, application_id))
+
+    def webhook_endpoint(self, application_id: str, endpoint_id: str) -> WebhookEndpoint:
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.webhooks.get_endpoint(
+            u, application_id, endpoint_id))
+
+    def update_webhook_endpoint(self, application_id: str, endpoint_id: str,
+                                request: UpdateWebhookEndpointRequest) -> WebhookEndpoint:
+        return self._run(EventType.WEBHOOK_ENDPOINT_UPDATE, lambda u: self._kb.webhooks
+                         .update_endpoint(u, application_id, endpoint_id, request))
+
+    def delete_webhook_endpoint(self, application_id: str, endpoint_id: str) -> None:
+        self._run(EventType.WEBHOOK_ENDPOINT_DELETE, lambda u: self._kb.webhooks
+                  .delete_endpoint(u, application_id, endpoint_id))
+
+    def add_webhook_secret(self, application_id: str, endpoint_id: str,
+                           scheme: SecretScheme) -> NewWebhookSecret:
+        return self._run(EventType.WEBHOOK_SECRET_CREATE, lambda u: self._kb.webhooks
+                         .add_secret(u, application_id, endpoint_id, scheme))
+
+    def revoke_webhook_secret(self, application_id: str, endpoint_id: str,
+                              secret_id: str) -> WebhookEndpoint:
+        return self._run(EventType.WEBHOOK_SECRET_REVOKE, lambda u: self._kb.webhooks
+                         .revoke_secret(u, application_id, endpoint_id, secret_id))
+
+    def webhook_deliveries(self, application_id: str, endpoint_id: str, *,
+                           state: DeliveryState | None = None, after: int = 0,
+                           limit: int = 100) -> WebhookDeliveryList:
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.webhooks.deliveries(
+            u, application_id, endpoint_id, state=state, after=after, limit=limit))
+
+    def webhook_attempts(self, application_id: str, endpoint_id: str, *, after: int = 0,
+                         limit: int = 100) -> WebhookAttemptList:
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.webhooks.attempts(
+            u, application_id, endpoint_id, after=after, limit=limit))
+
+    def redeliver(self, application_id: str, endpoint_id: str,
+                  request: RedeliverRequest) -> RedeliverResponse:
+        return self._run(EventType.WEBHOOK_REDELIVER, lambda u: self._kb.webhooks.redeliver(
+            u, application_id, endpoint_id, request))
+
+    def set_push_provider(self, application_id: str, kind: ProviderKind,
+                          settings: dict[str, Any], credentials: bytes | None = None
+                          ) -> ProviderInfo:
+        return self._run(EventType.PUSH_PROVIDER_SET, lambda u: self._kb.notifications
+                         .set_provider(u, application_id, kind, settings, credentials))
+
+    def remove_push_provider(self, application_id: str, kind: ProviderKind) -> None:
+        self._run(EventType.PUSH_PROVIDER_REMOVE, lambda u: self._kb.notifications
+                  .remove_provider(u, application_id, kind))
+
+    def push_providers(self, application_id: str) -> list[ProviderInfo]:
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.notifications.providers(
+            u, application_id))
 
     # -- the database ---------------------------------------------------------------------
 

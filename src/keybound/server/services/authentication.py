@@ -19,6 +19,7 @@ from keybound.protocol import (
     DeclineResponse,
     DeviceState,
     Initiator,
+    LockReason,
     OperationContext,
     OperationState,
     OperationType,
@@ -48,6 +49,7 @@ from keybound.server.core.ceremony import (
     require_pending,
 )
 from keybound.server.events.model import EventType, Outcome
+from keybound.server.events.public import device_data
 from keybound.server.records import RegistrationRecord
 from keybound.server.repositories import applications as apps
 from keybound.server.repositories import operations as ops
@@ -175,7 +177,8 @@ class Authentication:
         if not ops.consume(unit.write(), op, passed=False, result=result, now=unit.now,
                            result_jws=signed):
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
-        unit.emit(EventType.AUTHENTICATION_DECLINE, code=ErrorCode.DECLINED.value)
+        unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE,
+                  code=ErrorCode.DECLINED.value, payload=result)
         return DeclineResponse(operation_id=op.id, state=OperationState.FAILED)
 
     # -- finish (§3.1.4) ------------------------------------------------------------------
@@ -217,16 +220,19 @@ class Authentication:
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
         if verified.failure is None:
             self._rotate(unit, verified)
+            unit.emit(EventType.OPERATION_COMPLETED, payload=verified.result)
         else:
+            unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE,
+                      code=verified.failure.value, payload=verified.result)
             config = AppConfig.from_stored(verified.operation.config)
-            regs.count_failure(conn, verified.registration.id,
-                               allowed=config.amount_failures_allowed, now=unit.now)
-        unit.emit(EventType.SIGNATURE_FINISH
-                  if verified.operation.type == OperationType.SIGNATURE.value
-                  else EventType.AUTHENTICATION_FINISH,
-                  outcome=Outcome.FAILURE if verified.failure else Outcome.SUCCESS,
-                  code=verified.failure.value if verified.failure else None,
-                  payload=verified.result)
+            reg = verified.registration
+            if regs.count_failure(conn, reg.id, allowed=config.amount_failures_allowed,
+                                  now=unit.now):
+                unit.emit(EventType.DEVICE_LOCKED, outcome=Outcome.FAILURE,
+                          code=verified.failure.value, payload=device_data(
+                              device_id=reg.id, user_id=reg.user_id,
+                              state=DeviceState.LOCKED.value,
+                              lock_reason=LockReason.FAILURES.value))
         if verified.failure is not None:
             raise CeremonyFailed("authentication failed", code=verified.failure,
                                  operation_id=verified.operation.id)
@@ -269,7 +275,7 @@ class Authentication:
         overlap of the device's own ceremonies is noted on the operation and refused as
         retryable. Raises either way."""
         op, reg, conn = used.operation, used.registration, unit.write()
-        details = {"supersededKeyId": used.signer.key_id.hex(),
+        details: dict[str, Any] = {"supersededKeyId": used.signer.key_id.hex(),
                    "supersededAt": used.signer.superseded_at,
                    "challengeIssuedAt": op.challenge_issued_at or op.created_at}
         if not used.copy:
@@ -281,16 +287,25 @@ class Authentication:
                                  "device after this challenge was issued; retry with the "
                                  "current key", code=ErrorCode.SOFTWARE_KEY_SUPERSEDED,
                                  operation_id=op.id)
+        cloned = ErrorCode.SOFTWARE_KEY_CLONED.value
         signed = self.results.operation_result(
             op, state=OperationState.FAILED, result=clone_result(), completed_at=unit.now,
             now=unit.now, user_id=reg.user_id)
         if not ops.fail(conn, op.id, clone_result(), unit.now,  # finished meanwhile: a
                         result_jws=signed):                    # replay of it is no copy
             raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
-        regs.lock_cloned(conn, reg.id, unit.now)
+        locked = regs.lock_cloned(conn, reg.id, unit.now)
+        state = DeviceState.LOCKED.value if locked else reg.state
+        unit.emit(EventType.DEVICE_CLONE_SUSPECTED, outcome=Outcome.FAILURE, code=cloned,
+                  payload=device_data(device_id=reg.id, user_id=reg.user_id, state=state,
+                                      operationId=op.id, **details))
+        unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE, code=cloned,
+                  payload=clone_result())
+        if locked:
+            unit.emit(EventType.DEVICE_LOCKED, outcome=Outcome.FAILURE, code=cloned,
+                      payload=device_data(device_id=reg.id, user_id=reg.user_id, state=state,
+                                          lock_reason=LockReason.SOFTWARE_KEY_CLONED.value))
         fail_pending_of_device(unit, self.results, reg.id, ErrorCode.SOFTWARE_KEY_CLONED)
-        unit.emit(EventType.CLONE_DETECTED, outcome=Outcome.FAILURE,
-                  code=ErrorCode.SOFTWARE_KEY_CLONED.value, payload=details)
         raise CeremonyFailed("superseded software key used: registration locked",
                              code=ErrorCode.SOFTWARE_KEY_CLONED, operation_id=op.id)
 

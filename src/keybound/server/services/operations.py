@@ -9,6 +9,7 @@ reported exactly like one that does not exist.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
@@ -45,9 +46,10 @@ from keybound.server.core.codes import (
     new_activation_token,
     normalize_activation_code,
 )
-from keybound.server.events.model import EventType
+from keybound.server.events.model import EventType, Outcome
+from keybound.server.events.public import device_data, timestamp
 from keybound.server.records import OperationRecord, UserRecord
-from keybound.server.repositories import activation_secrets, users
+from keybound.server.repositories import activation_secrets, push, users
 from keybound.server.repositories import applications as apps
 from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
@@ -73,7 +75,8 @@ def effective_state(row: OperationRecord, now: int) -> OperationState:
 def operation_view(row: OperationRecord, now: int, *,
                    result_jws: str | None = None) -> Operation:
     config = AppConfig.from_stored(row.config)
-    stored = json.loads(row.result) if row.result and row.state != OperationState.PENDING else {}
+    ended = row.state in (OperationState.COMPLETED, OperationState.FAILED)
+    stored = json.loads(row.result) if row.result and ended else {}
     risk = stored.get("risk", {})
     enabled = {r.value for r in config.enabled_risk_data}
     result = None
@@ -94,13 +97,15 @@ def fail_pending_of_device(unit: Unit, results: ResultKeys, device_id: str,
                            code: ErrorCode) -> None:
     """A device that can no longer answer (deactivated, locked as a copy) has its pending
     operations failed with ``code``, each with its signed result, in the unit's
-    transaction."""
+    transaction, and an ``operation.failed`` event each."""
     conn = unit.write()
     result = {"failureCode": code.value}
     for op in ops.pending_of_device_to_fail(conn, device_id):
-        ops.fail(conn, op.id, result, unit.now, result_jws=results.operation_result(
-            op, state=OperationState.FAILED, result=result, completed_at=unit.now,
-            now=unit.now))
+        if ops.fail(conn, op.id, result, unit.now, result_jws=results.operation_result(
+                op, state=OperationState.FAILED, result=result, completed_at=unit.now,
+                now=unit.now)):
+            unit.emit(EventType.OPERATION_FAILED, outcome=Outcome.FAILURE, code=code.value,
+                      operation_id=op.id, payload=result)
 
 
 def _config(conn: Connection, application_id: str) -> AppConfig:
@@ -110,10 +115,16 @@ def _config(conn: Connection, application_id: str) -> AppConfig:
     return AppConfig.from_stored(raw)
 
 
+def _nothing() -> None:
+    pass
+
+
 class Operations:
-    def __init__(self, box: SecretBox, results: ResultKeys) -> None:
+    def __init__(self, box: SecretBox, results: ResultKeys, *,
+                 wake: Callable[[], None] = _nothing) -> None:
         self.box = box
         self.results = results
+        self.wake = wake  # tells this process's sender a notification is waiting
 
     # -- users ----------------------------------------------------------------------------
 
@@ -214,8 +225,7 @@ class Operations:
         return self._create_backend(unit, application_id, device_id,
                                     OperationType.AUTHENTICATION, shown=pre,
                                     post=request.post_operation_context,
-                                    method=request.required_auth_method,
-                                    event=EventType.AUTHENTICATION_CREATE)
+                                    method=request.required_auth_method)
 
     def create_signature(self, unit: Unit, application_id: str, device_id: str,
                          request: CreateSignatureRequest) -> Operation:
@@ -225,13 +235,12 @@ class Operations:
         if len(data.content.encode()) > MAX_DATA_TO_SIGN_BYTES:
             raise MalformedRequest(f"dataToSign content exceeds {MAX_DATA_TO_SIGN_BYTES} bytes")
         return self._create_backend(unit, application_id, device_id, OperationType.SIGNATURE,
-                                    shown=data, post=None, method=request.required_auth_method,
-                                    event=EventType.SIGNATURE_CREATE)
+                                    shown=data, post=None, method=request.required_auth_method)
 
     def _create_backend(self, unit: Unit, application_id: str, device_id: str,
                         kind: OperationType, *, shown: OperationContext | None,
-                        post: OperationContext | None, method: AuthMethod | None,
-                        event: EventType) -> Operation:
+                        post: OperationContext | None,
+                        method: AuthMethod | None) -> Operation:
         unit.about(device_id=device_id)
         op_id = new_id()
         conn = unit.write()
@@ -243,18 +252,30 @@ class Operations:
             raise InvalidState(f"device is {reg.state.lower()}")
         if method is not None and method not in config.allowed_auth_methods:
             raise MalformedRequest(f"auth method {method} is not allowed for this application")
+        expires_at = unit.now + config.operation_lifetime_seconds * 1000
         ops.insert_operation(
             conn, id=op_id, application_id=application_id, type=kind.value,
             initiator=Initiator.BACKEND.value, state=OperationState.PENDING.value,
-            user_id=reg.user_id, device_id=device_id,
-            expires_at=unit.now + config.operation_lifetime_seconds * 1000,
+            user_id=reg.user_id, device_id=device_id, expires_at=expires_at,
             pre_context=dump_context(shown),
             wrapped_post_context=None if post is None else self.box.wrap(
                 Purpose.POST_CONTEXT, post.model_dump_json(by_alias=True).encode(),
                 binding=op_id.encode()),
             required_auth_method=method.value if method else None,
             config=config.to_stored(), created_at=unit.now)
-        unit.emit(event, operation_id=op_id)
+        # one event, public: the relying party's feed and the device's wake-up hear of it;
+        # operationType keeps the kind in the audit trail
+        unit.emit(EventType.DEVICE_OPERATION_PENDING, operation_id=op_id, payload=device_data(
+            device_id=device_id, user_id=reg.user_id, state=reg.state, operationId=op_id,
+            operationType=kind.value, expiresAt=timestamp(expires_at)))
+        # the device is woken through its push token after commit, if the application has
+        # a provider for it (docs/notifications.md); a failed wake-up never fails this
+        token = push.token_of(conn, device_id)
+        if token is not None and token.provider in {
+                p.kind for p in push.providers_of(conn, application_id)}:
+            push.queue(conn, application_id=application_id, device_id=device_id,
+                       operation_id=op_id, expires_at=expires_at, now=unit.now)
+            unit.after_commit(self.wake)
         row = ops.get(conn, op_id)
         assert row is not None
         return operation_view(row, unit.now)
@@ -271,7 +292,8 @@ class Operations:
         state = effective_state(row, unit.now)
         if state is OperationState.PENDING or row.result_jws is not None:
             return operation_view(row, unit.now)
-        ended = row.state != OperationState.PENDING.value  # else: expired, never answered
+        # else it expired, never answered (EXPIRED derived, or stored by maintenance)
+        ended = row.state in (OperationState.COMPLETED, OperationState.FAILED)
         signed = self.results.operation_result(
             row, state=state, result=json.loads(row.result) if ended and row.result else None,
             completed_at=row.completed_at if ended else None, now=unit.now)

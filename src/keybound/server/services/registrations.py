@@ -15,15 +15,21 @@ from keybound.protocol import (
     LockReason,
     Platform,
     Purpose,
+    PushToken,
+    PushTokenRequest,
+    PushTokenResponse,
+    push_token_hash,
     transcript,
 )
 from keybound.rpapi import Device, DeviceList
 from keybound.server.clock import ms_to_dt
 from keybound.server.core.ceremony import prove_possession
-from keybound.server.events.model import Actor, EventType
+from keybound.server.events.model import PUBLIC_TYPES, Actor, EventType
+from keybound.server.events.public import device_data
+from keybound.server.notify.base import ProviderKind, PushTarget
 from keybound.server.records import RegistrationRecord
+from keybound.server.repositories import push, users
 from keybound.server.repositories import registrations as regs
-from keybound.server.repositories import users
 from keybound.server.services.operations import fail_pending_of_device
 from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
@@ -72,16 +78,22 @@ class Registrations:
     def _transition(self, unit: Unit, application_id: str, device_id: str, *,
                     event: EventType, allowed_from: tuple[DeviceState, ...],
                     values: dict[str, Any], refuse_reason: LockReason | None = None,
-                    unchanged_in: tuple[DeviceState, ...] = ()) -> Device:
+                    unchanged_in: tuple[DeviceState, ...] = (),
+                    repeated: EventType | None = None) -> Device:
         """Move a device between states (repositories.registrations.transition); a device
-        already in ``unchanged_in`` is returned as it is."""
-        unit.about(device_id=device_id)
+        already in ``unchanged_in`` is returned as it is. ``event`` is the public event of
+        the change; a repeat of a change already made (a device deactivated again) is
+        recorded as ``repeated``, which the relying party does not hear of."""
+        # the operator's unit starts without an application: its events need one
+        unit.about(application_id=application_id, device_id=device_id)
         conn = unit.write()
         row = regs.get_of_application(conn, application_id, device_id)
         if row is None:
             raise NotFound("no such device")
         if DeviceState(row.state) in unchanged_in:
             return device_view(row)
+        if repeated is not None and row.state == values.get("state"):
+            event = repeated
         if not regs.transition(conn, device_id, allowed_from=allowed_from,
                                refuse_reason=refuse_reason, values=values, now=unit.now):
             current = regs.get(conn, device_id)
@@ -90,11 +102,13 @@ class Registrations:
                 raise InvalidState("a device locked for a cloned software key must be "
                                    "reactivated")
             raise InvalidState(f"device is {current.state.lower()}")
-        if values.get("state") == DeviceState.DEACTIVATED.value:
-            fail_pending_of_device(unit, self.results, device_id, ErrorCode.DEVICE_INACTIVE)
-        unit.emit(event)
         changed = regs.get(conn, device_id)
         assert changed is not None
+        unit.emit(event, payload=device_data(
+            device_id=device_id, user_id=changed.user_id, state=changed.state,
+            lock_reason=changed.lock_reason) if event in PUBLIC_TYPES else None)
+        if values.get("state") == DeviceState.DEACTIVATED.value:
+            fail_pending_of_device(unit, self.results, device_id, ErrorCode.DEVICE_INACTIVE)
         return device_view(changed)
 
     def lock(self, unit: Unit, application_id: str, device_id: str) -> Device:
@@ -102,22 +116,23 @@ class Registrations:
         never replaces a SOFTWARE_KEY_CLONED reason, which only a reactivation clears."""
         reason = LockReason.OPERATOR if unit.actor is Actor.OPERATOR else LockReason.RELYING_PARTY
         return self._transition(
-            unit, application_id, device_id, event=EventType.DEVICE_LOCK,
+            unit, application_id, device_id, event=EventType.DEVICE_LOCKED,
             allowed_from=(DeviceState.ACTIVE,), unchanged_in=(DeviceState.LOCKED,),
             values={"state": DeviceState.LOCKED.value, "lock_reason": reason.value})
 
     def unlock(self, unit: Unit, application_id: str, device_id: str) -> Device:
         return self._transition(
-            unit, application_id, device_id, event=EventType.DEVICE_UNLOCK,
+            unit, application_id, device_id, event=EventType.DEVICE_UNLOCKED,
             allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED),
             values={"state": DeviceState.ACTIVE.value, "lock_reason": None, "failures": 0},
-            refuse_reason=LockReason.SOFTWARE_KEY_CLONED)
+            refuse_reason=LockReason.SOFTWARE_KEY_CLONED, repeated=EventType.DEVICE_UNLOCK)
 
     def deactivate(self, unit: Unit, application_id: str, device_id: str) -> Device:
         return self._transition(
-            unit, application_id, device_id, event=EventType.DEVICE_DEACTIVATE,
+            unit, application_id, device_id, event=EventType.DEVICE_DEACTIVATED,
             allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED, DeviceState.DEACTIVATED),
-            values={"state": DeviceState.DEACTIVATED.value, "pin_key": None})
+            values={"state": DeviceState.DEACTIVATED.value, "pin_key": None},
+            repeated=EventType.DEVICE_DEACTIVATE)
 
     def device_deactivate(self, unit: Unit, request: DeactivateRequest) -> DeactivateResponse:
         """The device deactivates itself, signing with its current software key (§3.1.6)."""
@@ -135,7 +150,43 @@ class Registrations:
         if row.state != DeviceState.DEACTIVATED:
             self._transition(
                 unit, request.application_id, request.device_id,
-                event=EventType.DEVICE_DEACTIVATE,
+                event=EventType.DEVICE_DEACTIVATED,
                 allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED, DeviceState.DEACTIVATED),
-                values={"state": DeviceState.DEACTIVATED.value, "pin_key": None})
+                values={"state": DeviceState.DEACTIVATED.value, "pin_key": None},
+                repeated=EventType.DEVICE_DEACTIVATE)
         return DeactivateResponse(device_id=row.id, state=DeviceState.DEACTIVATED)
+
+    def update_push_token(self, unit: Unit, request: PushTokenRequest) -> PushTokenResponse:
+        """The device registers, replaces or removes its push token, signing with its current
+        software key (§3.1.8)."""
+        unit.about(application_id=request.application_id, device_id=request.device_id)
+        with unit.read() as conn:
+            row = regs.get_of_application(conn, request.application_id, request.device_id)
+        # §3.1.8: only the current software key may change where the device is woken
+        if row is None or row.sw_key_id != request.software_key_id:
+            raise CeremonyError("authentication failed")
+        prove_possession(row.sw_public_key, transcript(
+            Purpose.PUSH_TOKEN, application_id=request.application_id,
+            device_id=request.device_id, operation_id="", challenge=b"",
+            context_digest=push_token_hash(request.push_token),
+            software_public_key=row.sw_public_key), request.software_signature)
+        unit.identify()
+        # §3.1.8: a deactivated device is never woken again
+        if row.state == DeviceState.DEACTIVATED.value:
+            raise CeremonyError("device is deactivated", code=ErrorCode.DEVICE_INACTIVE)
+        store_push_token(unit, row.id, request.push_token)
+        provider = request.push_token.provider if request.push_token else None
+        return PushTokenResponse(device_id=row.id, push_provider=provider)
+
+
+def store_push_token(unit: Unit, device_id: str, token: PushToken | None) -> None:
+    """Register (or, with None, remove) a device's push token; its shape is checked for its
+    provider first (§3.1.8: malformed_request)."""
+    conn = unit.write()
+    if token is None:
+        push.remove_token(conn, device_id)
+        unit.emit(EventType.PUSH_TOKEN_UPDATE, payload={"provider": None})
+        return
+    target = PushTarget(provider=ProviderKind(token.provider.value), token=token.token)
+    push.put_token(conn, device_id, target.provider.value, target.token, unit.now)
+    unit.emit(EventType.PUSH_TOKEN_UPDATE, payload={"provider": target.provider.value})

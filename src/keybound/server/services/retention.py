@@ -39,6 +39,8 @@ class Retention:
     events_days: int = 400
     #: counts of anonymous refusals (server.events.noise)
     noise_days: int = 30
+    #: finished webhook deliveries, the delivery log and finished wake-ups
+    webhook_log_days: int = 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +51,7 @@ class Pruned:
     events: int
     noise: int
     post_contexts: int
+    webhook_log: int
     activation_secrets: int
 
 
@@ -95,6 +98,14 @@ def prune(db: Database, clock: Clock, audit: AuditTrail, retention: Retention = 
         before(retention.events_days), batch=batch)
     noise = delete_in_batches(db, n, (n.c.window_start, n.c.cause),
                               n.c.window_start < before(retention.noise_days), batch=batch)
+    log_before = before(retention.webhook_log_days)
+    d, a, w = t.webhook_deliveries, t.webhook_attempts, t.push_notifications
+    webhook_log = (
+        delete_in_batches(db, a, (a.c.id,), a.c.attempted_at < log_before, batch=batch)
+        + delete_in_batches(db, d, (d.c.id,), (d.c.state != "pending")
+                            & (d.c.created_at < log_before), batch=batch)
+        + delete_in_batches(db, w, (w.c.id,), (w.c.state != "pending")
+                            & (w.c.created_at < log_before), batch=batch))
     return Pruned(operations=operations, superseded_keys=superseded, seen_requests=seen,
                   events=events, noise=noise, post_contexts=erase_expired_post_contexts(db, now),
-                  activation_secrets=secrets_erased)
+                  webhook_log=webhook_log, activation_secrets=secrets_erased)

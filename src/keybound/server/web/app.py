@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from keybound.server.services import Keybound
+from keybound.server.services.outbox import OutboxSettings
 from keybound.server.web.asgi import Scope, route_path
 from keybound.server.web.device import DeviceApp
 from keybound.server.web.durable import GroupCommit
@@ -67,13 +68,16 @@ class KeyboundApp:
         return self.rp.openapi()
 
 
-def create_app(kb: Keybound, *, allow_plaintext: bool = False) -> KeyboundApp:
+def create_app(kb: Keybound, *, allow_plaintext: bool = False,
+               deliver: OutboxSettings | None = None) -> KeyboundApp:
     """The keybound ASGI app. Device requests must come through the secure channel;
-    ``allow_plaintext`` (development only, off by default) also accepts plaintext JSON."""
+    ``allow_plaintext`` (development only, off by default) also accepts plaintext JSON.
+    ``deliver``: this process also sends webhooks and device notifications (its lifespan
+    runs the sender, services.outbox)."""
     if allow_plaintext:
         log.warning("INSECURE: plaintext device requests are allowed (development switch); "
                     "device traffic is not end-to-end encrypted. Never use this in production.")
-    rp = create_rp_app(kb)
+    rp = create_rp_app(kb, deliver=deliver)
     document(rp)
     kb.audit.start_sealer()  # PostgreSQL: entries are sealed into the chain just after commit
     middleware = [Middleware(LastResort)]

@@ -53,6 +53,8 @@ from keybound.protocol import (
     Message,
     PendingOperationsRequest,
     PendingOperationsResponse,
+    PushTokenRequest,
+    PushTokenResponse,
 )
 from keybound.server.events.model import Actor, EventType
 from keybound.server.services import Keybound
@@ -106,6 +108,10 @@ DEVICE_ROUTES: Final[dict[str, DeviceRoute]] = {
         action=EventType.DEVICE_DEACTIVATE, request=DeactivateRequest,
         response=DeactivateResponse,
         call=lambda kb, u, r: kb.registrations.device_deactivate(u, r)),
+    DevicePaths.PUSH_TOKEN: DeviceRoute(
+        action=EventType.PUSH_TOKEN_UPDATE, request=PushTokenRequest,
+        response=PushTokenResponse,
+        call=lambda kb, u, r: kb.registrations.update_push_token(u, r)),
 }
 
 

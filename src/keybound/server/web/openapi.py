@@ -58,6 +58,7 @@ REFUSALS: Final[dict[str, tuple[ErrorCode, ...]]] = {
     "authenticationDecline": (C.AUTHENTICATION_FAILED, C.CHALLENGE_USED, C.CHALLENGE_EXPIRED),
     "operationsPending": (),  # an unknown device gets an empty list (§3.1.5)
     "deactivate": (C.AUTHENTICATION_FAILED,),
+    "pushToken": (C.AUTHENTICATION_FAILED, C.DEVICE_INACTIVE),
     # relying-party API (docs/protocol.md §3.2)
     "createUser": (C.CONFLICT,),
     "getUser": (C.NOT_FOUND,),
@@ -71,6 +72,18 @@ REFUSALS: Final[dict[str, tuple[ErrorCode, ...]]] = {
     "unlockDevice": (C.NOT_FOUND, C.INVALID_STATE),
     "deactivateDevice": (C.NOT_FOUND,),
     "getOperation": (C.NOT_FOUND,),
+    # events and webhooks (docs/events.md)
+    "listEvents": (),
+    "createWebhookEndpoint": (C.ENDPOINT_URL_INVALID, C.ENDPOINT_ADDRESS_REFUSED),
+    "listWebhookEndpoints": (),
+    "getWebhookEndpoint": (C.NOT_FOUND,),
+    "updateWebhookEndpoint": (C.NOT_FOUND, C.ENDPOINT_URL_INVALID, C.ENDPOINT_ADDRESS_REFUSED),
+    "deleteWebhookEndpoint": (C.NOT_FOUND,),
+    "createWebhookSecret": (C.NOT_FOUND, C.INVALID_STATE),
+    "revokeWebhookSecret": (C.NOT_FOUND, C.INVALID_STATE),
+    "listWebhookDeliveries": (C.NOT_FOUND,),
+    "listWebhookAttempts": (C.NOT_FOUND,),
+    "redeliverWebhookEvents": (C.NOT_FOUND,),
     "health": (),
     "resultSigningKeys": (),
 }
@@ -283,6 +296,9 @@ def document(app: FastAPI) -> None:
              "sealed (docs/channel.md)."},
             {"name": "relying party", "description": "The relying-party API "
              "(docs/protocol.md §3.2), with a bearer API key."},
+            {"name": "events and webhooks", "description": "Events by polling, webhook "
+             "endpoints, their secrets and delivery log (docs/events.md), with a bearer API "
+             "key."},
             {"name": "meta", "description": "Liveness."}]
         _tidy(schema)
         app.openapi_schema = schema

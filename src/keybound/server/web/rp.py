@@ -3,13 +3,14 @@ serialise -- behind a bearer API key (docs/protocol.md §3.2)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import Depends, FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -21,17 +22,32 @@ from keybound import __version__
 from keybound.errors import ErrorCode, KeyboundError, Unauthorized
 from keybound.rpapi import (
     ActivationCodeResponse,
+    CreatedWebhookEndpoint,
     CreateOperationRequest,
     CreateSignatureRequest,
     CreateUserRequest,
+    CreateWebhookEndpointRequest,
+    CreateWebhookSecretRequest,
+    DeliveryState,
     Device,
     DeviceList,
+    EventList,
+    EventName,
+    NewWebhookSecret,
     Operation,
+    RedeliverRequest,
+    RedeliverResponse,
+    UpdateWebhookEndpointRequest,
     User,
+    WebhookAttemptList,
+    WebhookDeliveryList,
+    WebhookEndpoint,
+    WebhookEndpointList,
 )
 from keybound.server.events.model import Actor, EventType, Outcome
 from keybound.server.services import Keybound
 from keybound.server.services.applications import authenticate_api_key
+from keybound.server.services.outbox import Outbox, OutboxSettings
 from keybound.server.unit import Unit, perform
 from keybound.server.web.asgi import blocking
 from keybound.server.web.problems import invalid_params, problem, problem_response, refusal
@@ -84,10 +100,22 @@ class KeyboundRoute(APIRoute):
         return route
 
 
-def create_rp_app(kb: Keybound) -> FastAPI:
+def create_rp_app(kb: Keybound, *, deliver: OutboxSettings | None = None) -> FastAPI:
+    """``deliver``: run the sender (services.outbox) in this process, with these settings."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        stop = asyncio.Event()
+        sender = None
+        if deliver is not None:
+            sender = asyncio.create_task(Outbox(kb, settings=deliver).run(stop),
+                                         name="keybound-outbox")
+        try:
+            yield
+        finally:
+            stop.set()
+            if sender is not None:
+                await sender
         # a worker shutting down keeps its last counts and lets its housekeeping finish
         await blocking(kb.db, kb.maintenance.join)
         await blocking(kb.db, kb.noise.flush)
@@ -109,6 +137,7 @@ def create_rp_app(kb: Keybound) -> FastAPI:
     app.state.kb = kb
     _error_handlers(app, kb)
     _routes(app, kb)
+    _event_routes(app, kb)
 
     @app.get("/healthz", tags=["meta"], operation_id="health")
     async def healthz() -> Health:
@@ -308,3 +337,113 @@ def _routes(app: FastAPI, kb: Keybound) -> None:
     async def get_operation(app_id: App, operation_id: OperationId) -> Operation:
         return await run(EventType.OPERATION_READ, app_id,
                          lambda u: kb.operations.get(u, app_id, operation_id))
+
+
+#: answers that carry a secret are never stored by a cache on the way
+_NO_STORE = {"cache-control": "no-store"}
+EndpointId = Annotated[str, Path(description="A webhook endpoint of the API key's application.",
+                                 examples=["0b7d3c52-9a1e-4f6b-8c2d-3e4f5a6b7c8d"])]
+SecretId = Annotated[str, Path(description="An active secret of the endpoint.",
+                               examples=["6a1f2e3d-4c5b-4a69-8788-99aabbccddee"])]
+After = Annotated[int, Query(ge=0, le=2**63 - 1, description="The cursor: what the last "
+                             "answer's ``nextCursor`` said (0: from the start).",
+                             examples=[0])]
+Limit = Annotated[int, Query(ge=1, le=500, description="At most this many in the answer.",
+                             examples=[100])]
+
+
+def _event_routes(app: FastAPI, kb: Keybound) -> None:
+    """Events by polling, webhook endpoints, their secrets and delivery log (docs/events.md)."""
+    tags: list[str | Any] = ["events and webhooks"]
+    ok: dict[str, Any] = {"response_model_exclude_none": True, "tags": tags}
+    run = _Performer(kb)
+    hooks = kb.webhooks
+    endpoint_path = "/rp/v1/webhooks/endpoints/{endpoint_id}"
+
+    @app.get("/rp/v1/events", operation_id="listEvents", **ok)
+    @_action_of(EventType.EVENTS_READ)
+    async def list_events(app_id: App, after: After = 0, limit: Limit = 100,
+                          type: Annotated[list[EventName] | None, Query(
+                              description="Only these types (repeat the parameter).",
+                              examples=[["operation.completed"]])] = None) -> EventList:
+        return await run(EventType.EVENTS_READ, app_id, lambda u: hooks.events(
+            u, app_id, after=after, limit=limit, types=type or ()))
+
+    @app.post("/rp/v1/webhooks/endpoints", status_code=201,
+              operation_id="createWebhookEndpoint", **ok)
+    @_action_of(EventType.WEBHOOK_ENDPOINT_CREATE)
+    async def create_endpoint(app_id: App, body: CreateWebhookEndpointRequest,
+                              response: Response) -> CreatedWebhookEndpoint:
+        response.headers.update(_NO_STORE)
+        return await run(EventType.WEBHOOK_ENDPOINT_CREATE, app_id,
+                         lambda u: hooks.create_endpoint(u, app_id, body))
+
+    @app.get("/rp/v1/webhooks/endpoints", operation_id="listWebhookEndpoints", **ok)
+    @_action_of(EventType.ADMIN_READ)
+    async def list_endpoints(app_id: App) -> WebhookEndpointList:
+        return await run(EventType.ADMIN_READ, app_id,
+                         lambda u: hooks.list_endpoints(u, app_id))
+
+    @app.get(endpoint_path, operation_id="getWebhookEndpoint", **ok)
+    @_action_of(EventType.ADMIN_READ)
+    async def get_endpoint(app_id: App, endpoint_id: EndpointId) -> WebhookEndpoint:
+        return await run(EventType.ADMIN_READ, app_id,
+                         lambda u: hooks.get_endpoint(u, app_id, endpoint_id))
+
+    @app.patch(endpoint_path, operation_id="updateWebhookEndpoint", **ok)
+    @_action_of(EventType.WEBHOOK_ENDPOINT_UPDATE)
+    async def update_endpoint(app_id: App, endpoint_id: EndpointId,
+                              body: UpdateWebhookEndpointRequest) -> WebhookEndpoint:
+        return await run(EventType.WEBHOOK_ENDPOINT_UPDATE, app_id,
+                         lambda u: hooks.update_endpoint(u, app_id, endpoint_id, body))
+
+    @app.delete(endpoint_path, status_code=204, operation_id="deleteWebhookEndpoint",
+                tags=tags, response_class=Response)
+    @_action_of(EventType.WEBHOOK_ENDPOINT_DELETE)
+    async def delete_endpoint(app_id: App, endpoint_id: EndpointId) -> Response:
+        await run(EventType.WEBHOOK_ENDPOINT_DELETE, app_id,
+                  lambda u: hooks.delete_endpoint(u, app_id, endpoint_id))
+        return Response(status_code=204)
+
+    @app.post(endpoint_path + "/secrets", status_code=201,
+              operation_id="createWebhookSecret", **ok)
+    @_action_of(EventType.WEBHOOK_SECRET_CREATE)
+    async def create_secret(app_id: App, endpoint_id: EndpointId, response: Response,
+                            body: CreateWebhookSecretRequest | None = None) -> NewWebhookSecret:
+        response.headers.update(_NO_STORE)
+        scheme = (body or CreateWebhookSecretRequest()).scheme
+        return await run(EventType.WEBHOOK_SECRET_CREATE, app_id,
+                         lambda u: hooks.add_secret(u, app_id, endpoint_id, scheme))
+
+    @app.delete(endpoint_path + "/secrets/{secret_id}", operation_id="revokeWebhookSecret",
+                **ok)
+    @_action_of(EventType.WEBHOOK_SECRET_REVOKE)
+    async def revoke_secret(app_id: App, endpoint_id: EndpointId,
+                            secret_id: SecretId) -> WebhookEndpoint:
+        return await run(EventType.WEBHOOK_SECRET_REVOKE, app_id,
+                         lambda u: hooks.revoke_secret(u, app_id, endpoint_id, secret_id))
+
+    @app.get(endpoint_path + "/deliveries", operation_id="listWebhookDeliveries", **ok)
+    @_action_of(EventType.ADMIN_READ)
+    async def list_deliveries(app_id: App, endpoint_id: EndpointId,
+                              state: Annotated[DeliveryState | None, Query(
+                                  description="Only deliveries in this state.",
+                                  examples=["pending"])] = None,
+                              after: After = 0, limit: Limit = 100) -> WebhookDeliveryList:
+        return await run(EventType.ADMIN_READ, app_id, lambda u: hooks.deliveries(
+            u, app_id, endpoint_id, state=state, after=after, limit=limit))
+
+    @app.get(endpoint_path + "/attempts", operation_id="listWebhookAttempts", **ok)
+    @_action_of(EventType.ADMIN_READ)
+    async def list_attempts(app_id: App, endpoint_id: EndpointId, after: After = 0,
+                            limit: Limit = 100) -> WebhookAttemptList:
+        return await run(EventType.ADMIN_READ, app_id, lambda u: hooks.attempts(
+            u, app_id, endpoint_id, after=after, limit=limit))
+
+    @app.post(endpoint_path + "/redeliver", status_code=202,
+              operation_id="redeliverWebhookEvents", **ok)
+    @_action_of(EventType.WEBHOOK_REDELIVER)
+    async def redeliver(app_id: App, endpoint_id: EndpointId,
+                        body: RedeliverRequest) -> RedeliverResponse:
+        return await run(EventType.WEBHOOK_REDELIVER, app_id,
+                         lambda u: hooks.redeliver(u, app_id, endpoint_id, body))

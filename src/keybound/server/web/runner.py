@@ -15,12 +15,14 @@ import uvicorn
 
 from keybound.server.clock import Clock, wall_clock
 from keybound.server.services import Keybound
+from keybound.server.services.outbox import settings_from_env
 from keybound.server.web.app import KeyboundApp, create_app
 from keybound.server.web.edge import server_options
 from keybound.server.web.limits import EdgeLimits
 from keybound.storage.db import ENV_DATABASE_URL
 
 ENV_ALLOW_PLAINTEXT = "KEYBOUND_ALLOW_PLAINTEXT"
+ENV_DELIVER = "KEYBOUND_DELIVER"
 PLAINTEXT_WARNING = (
     "WARNING: --allow-plaintext is ON: device requests are accepted WITHOUT the secure "
     "channel (no end-to-end encryption, no replay protection). Development only; never in "
@@ -33,17 +35,26 @@ def allow_plaintext_from_env() -> bool:
     return os.environ.get(ENV_ALLOW_PLAINTEXT, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def deliver_from_env() -> bool:
+    """``KEYBOUND_DELIVER=0`` keeps the sender out of the server's processes (a separate
+    ``keybound webhook deliver`` sends instead); on by default."""
+    return os.environ.get(ENV_DELIVER, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
 def app_from_env() -> KeyboundApp:
-    """uvicorn factory (``--factory``): database URL and plaintext switch from the
-    environment (the master key file too: ``KEYBOUND_MASTER_KEY_FILE``)."""
+    """uvicorn factory (``--factory``): database URL, plaintext switch, sender and endpoint
+    policy from the environment (the master key file too: ``KEYBOUND_MASTER_KEY_FILE``)."""
     return create_app(Keybound.open(os.environ.get(ENV_DATABASE_URL) or None),
-                      allow_plaintext=allow_plaintext_from_env())
+                      allow_plaintext=allow_plaintext_from_env(),
+                      deliver=settings_from_env() if deliver_from_env() else None)
 
 
 def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
           log_level: str = "info", allow_plaintext: bool = False,
-          limits: EdgeLimits | None = None) -> None:
+          limits: EdgeLimits | None = None, deliver: bool = True) -> None:
+    """``deliver``: every server process also sends webhooks and device notifications."""
     limits = limits or EdgeLimits()
+    settings = settings_from_env()  # refuse a bad setting before anything starts
     kb = Keybound.open(database_url)  # migrate once, before any worker starts
     _room_for_connections(limits)
     print(f"keybound: database {kb.db.display_url}")
@@ -57,14 +68,17 @@ def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
           flush=True)
     if workers == 1:
         try:
-            uvicorn.run(create_app(kb, allow_plaintext=allow_plaintext), host=host, port=port,
-                        log_level=log_level, access_log=False, **server_options(limits))
+            uvicorn.run(create_app(kb, allow_plaintext=allow_plaintext,
+                                   deliver=settings if deliver else None),
+                        host=host, port=port, log_level=log_level, access_log=False,
+                        **server_options(limits))
         finally:
             kb.close()
         return
     kb.db.dispose()
     os.environ[ENV_DATABASE_URL] = kb.db.url
     os.environ[ENV_ALLOW_PLAINTEXT] = "1" if allow_plaintext else "0"
+    os.environ[ENV_DELIVER] = "1" if deliver else "0"
     uvicorn.run("keybound.server.web.runner:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=False, **server_options(limits))
 
