@@ -49,27 +49,44 @@ sys.path.insert(0, str(HERE))
 from kbbench.server import KeyboundServer  # noqa: E402
 from kbbench.wire import Conn, HttpError, LeanDevice, RelyingParty  # noqa: E402
 
-PHASES = ("typed, unknown hints", "typed, known hints", "link tokens",
-          "bare codes (the pre-0006 request)")
+PHASES = (
+    "typed, unknown hints",
+    "typed, known hints",
+    "link tokens",
+    "bare codes (the pre-0006 request)",
+)
 SEALED = b"Content-Type: application/keybound-sealed\r\n"
 
 
 def _guess(phase: str, app: str, hints: list[str], i: int) -> dict[str, Any]:
     code = f"{secrets.randbelow(10**6):06d}"
     if phase == PHASES[0]:  # 8 characters: longer than any issued hint
-        return {"applicationId": app, "activationCode": code,
-                "activationHint": "".join(secrets.choice(HINT_ALPHABET) for _ in range(8))}
+        return {
+            "applicationId": app,
+            "activationCode": code,
+            "activationHint": "".join(secrets.choice(HINT_ALPHABET) for _ in range(8)),
+        }
     if phase == PHASES[1]:
-        return {"applicationId": app, "activationCode": code,
-                "activationHint": hints[i % len(hints)]}
+        return {
+            "applicationId": app,
+            "activationCode": code,
+            "activationHint": hints[i % len(hints)],
+        }
     if phase == PHASES[2]:
-        return {"applicationId": app,
-                "activationToken": p.b64u_encode(secrets.token_bytes(32))}
+        return {"applicationId": app, "activationToken": p.b64u_encode(secrets.token_bytes(32))}
     return {"applicationId": app, "activationCode": code}
 
 
-async def _attack(host: str, port: int, pin_text: str, phase: str, hints: list[str],
-                  deadline: float, connections: int, offset: int) -> Counter[str]:
+async def _attack(
+    host: str,
+    port: int,
+    pin_text: str,
+    phase: str,
+    hints: list[str],
+    deadline: float,
+    connections: int,
+    offset: int,
+) -> Counter[str]:
     pin = channel.ChannelPin.from_string(pin_text)
     path = p.DevicePaths.ACTIVATION_START
     outcomes: Counter[str] = Counter()
@@ -81,8 +98,7 @@ async def _attack(host: str, port: int, pin_text: str, phase: str, hints: list[s
             while time.time() < deadline:
                 sent[0] += 1
                 body = json.dumps(_guess(phase, pin.application_id, hints, sent[0])).encode()
-                wire, opener = channel.seal_request(pin, "POST", path, body,
-                                                    now=int(time.time()))
+                wire, opener = channel.seal_request(pin, "POST", path, body, now=int(time.time()))
                 try:
                     status, _, data = await conn.request("POST", path, wire, SEALED)
                 except HttpError:
@@ -101,10 +117,18 @@ async def _attack(host: str, port: int, pin_text: str, phase: str, hints: list[s
     return outcomes
 
 
-def _client(host: str, port: int, pin: str, phase: str, hints: list[str], deadline: float,
-            connections: int, offset: int, out: Any) -> None:
-    out.put(asyncio.run(_attack(host, port, pin, phase, hints, deadline, connections,
-                                offset)))
+def _client(
+    host: str,
+    port: int,
+    pin: str,
+    phase: str,
+    hints: list[str],
+    deadline: float,
+    connections: int,
+    offset: int,
+    out: Any,
+) -> None:
+    out.put(asyncio.run(_attack(host, port, pin, phase, hints, deadline, connections, offset)))
 
 
 async def _issue(server: KeyboundServer, n: int) -> list[dict[str, Any]]:
@@ -112,9 +136,11 @@ async def _issue(server: KeyboundServer, n: int) -> list[dict[str, Any]]:
     issued = []
     for _ in range(n):
         user = await rp.call("rp_user", "POST", "/rp/v1/users", {}, expect=201)
-        issued.append(await rp.call("rp_code", "POST",
-                                    f"/rp/v1/users/{user['userId']}/activation-codes",
-                                    expect=201))
+        issued.append(
+            await rp.call(
+                "rp_code", "POST", f"/rp/v1/users/{user['userId']}/activation-codes", expect=201
+            )
+        )
     await rp.conn.close()
     return issued
 
@@ -138,27 +164,36 @@ def _counted(db: Path) -> tuple[int, int]:
     """(typed attempts counted, typed codes burnt), from the database itself; zeros for a
     server from before revision 0006 (``--src``)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'activation_secrets'"
-                        ).fetchone() is None:
+        if (
+            conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'activation_secrets'").fetchone()
+            is None
+        ):
             return 0, 0
-        counted = conn.execute("SELECT count(*) FROM events WHERE type = "
-                               "'activation.code_failed'").fetchone()[0]
-        burnt = conn.execute("SELECT count(*) FROM activation_secrets WHERE hint IS NULL"
-                             ).fetchone()[0]
+        counted = conn.execute(
+            "SELECT count(*) FROM events WHERE type = 'activation.code_failed'"
+        ).fetchone()[0]
+        burnt = conn.execute(
+            "SELECT count(*) FROM activation_secrets WHERE hint IS NULL"
+        ).fetchone()[0]
     return int(counted), int(burnt)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--codes", type=int, default=200, help="activations outstanding")
     ap.add_argument("--seconds", type=float, default=8.0, help="per phase (max 60)")
     ap.add_argument("--client-procs", type=int, default=2)
     ap.add_argument("--connections", type=int, default=16, help="per client process")
-    ap.add_argument("--src", type=Path, help="run the server from this checkout's src/ "
-                    "instead (e.g. one from before revision 0006, for the old figure; "
-                    "its genuine users are not activated then)")
+    ap.add_argument(
+        "--src",
+        type=Path,
+        help="run the server from this checkout's src/ "
+        "instead (e.g. one from before revision 0006, for the old figure; "
+        "its genuine users are not activated then)",
+    )
     args = ap.parse_args()
     if not 0 < args.seconds <= 60:
         raise SystemExit("--seconds must be in (0, 60]")
@@ -176,9 +211,23 @@ def main() -> int:
                 counted_before = _counted(Path(tmp) / "keybound.db")
                 out: Any = mp.Queue()
                 deadline = time.time() + args.seconds
-                procs = [mp.Process(target=_client, args=(
-                    "127.0.0.1", server.port, server.pin, phase, hints, deadline,
-                    args.connections, i * 1_000_003, out)) for i in range(args.client_procs)]
+                procs = [
+                    mp.Process(
+                        target=_client,
+                        args=(
+                            "127.0.0.1",
+                            server.port,
+                            server.pin,
+                            phase,
+                            hints,
+                            deadline,
+                            args.connections,
+                            i * 1_000_003,
+                            out,
+                        ),
+                    )
+                    for i in range(args.client_procs)
+                ]
                 started = time.time()
                 for proc in procs:
                     proc.start()
@@ -190,34 +239,47 @@ def main() -> int:
                 elapsed = time.time() - started
                 counted, burnt = _counted(Path(tmp) / "keybound.db")
                 answered = sum(v for k, v in outcomes.items() if k[:3].isdigit())
-                rows.append((phase, answered, answered / elapsed, outcomes.get("200", 0),
-                             counted - counted_before[0], burnt, dict(outcomes)))
+                rows.append(
+                    (
+                        phase,
+                        answered,
+                        answered / elapsed,
+                        outcomes.get("200", 0),
+                        counted - counted_before[0],
+                        burnt,
+                        dict(outcomes),
+                    )
+                )
             genuine = None if args.src else asyncio.run(_genuine(server, issued))
         finally:
             server.stop()
     source = f" from {args.src}" if args.src else ""
-    print(f"## Activation guessing: `keybound serve --workers {args.workers}`{source}, SQLite, "
-          f"{args.codes} activations outstanding (default settings: 6 digits, budget "
-          f"{MAX_CODE_ATTEMPTS}), {args.client_procs} client processes x "
-          f"{args.connections} connections, {args.seconds:.0f} s per phase\n")
-    print("| phase | guesses answered | per second | successes | attempts counted | "
-          "codes burnt (total) | answers |")
+    print(
+        f"## Activation guessing: `keybound serve --workers {args.workers}`{source}, SQLite, "
+        f"{args.codes} activations outstanding (default settings: 6 digits, budget "
+        f"{MAX_CODE_ATTEMPTS}), {args.client_procs} client processes x "
+        f"{args.connections} connections, {args.seconds:.0f} s per phase\n"
+    )
+    print(
+        "| phase | guesses answered | per second | successes | attempts counted | "
+        "codes burnt (total) | answers |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for phase, answered, rate, wins, counted, burnt, answers in rows:
-        print(f"| {phase} | {answered} | {rate:.0f} | {wins} | {counted} | {burnt} | "
-              f"{answers} |")
+        print(f"| {phase} | {answered} | {rate:.0f} | {wins} | {counted} | {burnt} | {answers} |")
     # what the domain processed (not the schema's refusals of a bare code): the rate at which
     # guesses are compared with codes, were they compared with every code as before 0006
     best = max(rate for phase, _, rate, *_ in rows if phase != PHASES[3])
     if genuine is not None:
-        print(f"\nGenuine users afterwards, through their links: {genuine}/{args.codes} "
-              "activated.")
-    print(f"\nBound: a typed code is compared at most {MAX_CODE_ATTEMPTS} times in its life, "
-          f"so P(an attacker activates against a given code) <= {MAX_CODE_ATTEMPTS}/10^6 = "
-          f"1 in {10**6 // MAX_CODE_ATTEMPTS:,} at any rate; across all {args.codes} codes "
-          f"<= {args.codes * MAX_CODE_ATTEMPTS / 1e6:.4f} expected. Without the budget, "
-          f"{best:.0f} guesses/s against {args.codes} codes would expect "
-          f"{best * 900 * args.codes / 1e6:.0f} hits in one 15-minute code lifetime.")
+        print(f"\nGenuine users afterwards, through their links: {genuine}/{args.codes} activated.")
+    print(
+        f"\nBound: a typed code is compared at most {MAX_CODE_ATTEMPTS} times in its life, "
+        f"so P(an attacker activates against a given code) <= {MAX_CODE_ATTEMPTS}/10^6 = "
+        f"1 in {10**6 // MAX_CODE_ATTEMPTS:,} at any rate; across all {args.codes} codes "
+        f"<= {args.codes * MAX_CODE_ATTEMPTS / 1e6:.4f} expected. Without the budget, "
+        f"{best:.0f} guesses/s against {args.codes} codes would expect "
+        f"{best * 900 * args.codes / 1e6:.0f} hits in one 15-minute code lifetime."
+    )
     return 0
 
 

@@ -57,14 +57,15 @@ class Wire:
     def post(self, path: str, message: p.Message, response_type: type[Any]) -> Any:
         body = json.dumps(message.to_wire(), separators=(",", ":")).encode()
         if self.pin is None:
-            answer = self.http.post(path, content=body,
-                                    headers={"content-type": "application/json"})
+            answer = self.http.post(
+                path, content=body, headers={"content-type": "application/json"}
+            )
             status, content = answer.status_code, answer.content
         else:
-            wire, opener = channel.seal_request(self.pin, "POST", path, body,
-                                                now=int(time.time()))
-            answer = self.http.post(path, content=wire,
-                                    headers={"content-type": channel.SEALED_MEDIA_TYPE})
+            wire, opener = channel.seal_request(self.pin, "POST", path, body, now=int(time.time()))
+            answer = self.http.post(
+                path, content=wire, headers={"content-type": channel.SEALED_MEDIA_TYPE}
+            )
             if answer.status_code != 200:
                 raise RuntimeError(f"{path}: outer HTTP {answer.status_code} {answer.text}")
             opened = opener.open(answer.content)
@@ -82,49 +83,75 @@ class LeanDevice:
     device_id: str = ""
 
     def activate(self, token: str) -> None:
-        start = self.wire.post(p.DevicePaths.ACTIVATION_START, p.ActivationStartRequest(
-            application_id=APP, activation_token=p.b64u_decode(token)),
-            p.ActivationStartResponse)
+        start = self.wire.post(
+            p.DevicePaths.ACTIVATION_START,
+            p.ActivationStartRequest(application_id=APP, activation_token=p.b64u_decode(token)),
+            p.ActivationStartResponse,
+        )
         self.device_id = start.device_id
         status = p.HwKeyClientStatus.OK
         tbs = p.transcript(
-            p.Purpose.ACTIVATION, application_id=APP, device_id=start.device_id,
-            operation_id=start.operation_id, challenge=start.challenge,
-            context_digest=p.NO_CONTEXT_HASH, software_public_key=crypto.public_der(self.sw),
-            hardware_public_key=crypto.public_der(self.hw), hw_key_client_status=status.value)
-        self.wire.post(p.DevicePaths.ACTIVATION_FINISH, p.ActivationFinishRequest(
-            application_id=APP, operation_id=start.operation_id, device_id=start.device_id,
+            p.Purpose.ACTIVATION,
+            application_id=APP,
+            device_id=start.device_id,
+            operation_id=start.operation_id,
+            challenge=start.challenge,
+            context_digest=p.NO_CONTEXT_HASH,
             software_public_key=crypto.public_der(self.sw),
-            software_signature=crypto.sign_p256(self.sw, tbs),
             hardware_public_key=crypto.public_der(self.hw),
-            hardware_signature=crypto.sign_p256(self.hw, tbs), hw_key_client_status=status,
-            device_profile=p.DeviceProfile(platform=p.Platform.LINUX, os_version="6")),
-            p.ActivationFinishResponse)
+            hw_key_client_status=status.value,
+        )
+        self.wire.post(
+            p.DevicePaths.ACTIVATION_FINISH,
+            p.ActivationFinishRequest(
+                application_id=APP,
+                operation_id=start.operation_id,
+                device_id=start.device_id,
+                software_public_key=crypto.public_der(self.sw),
+                software_signature=crypto.sign_p256(self.sw, tbs),
+                hardware_public_key=crypto.public_der(self.hw),
+                hardware_signature=crypto.sign_p256(self.hw, tbs),
+                hw_key_client_status=status,
+                device_profile=p.DeviceProfile(platform=p.Platform.LINUX, os_version="6"),
+            ),
+            p.ActivationFinishResponse,
+        )
 
     def authenticate(self) -> tuple[float, float]:
         """One device-initiated authentication; seconds spent in (start, finish)."""
         t0 = time.perf_counter()
-        start = self.wire.post(p.DevicePaths.AUTHENTICATION_START, p.AuthenticationStartRequest(
-            application_id=APP, device_id=self.device_id), p.AuthenticationStartResponse)
+        start = self.wire.post(
+            p.DevicePaths.AUTHENTICATION_START,
+            p.AuthenticationStartRequest(application_id=APP, device_id=self.device_id),
+            p.AuthenticationStartResponse,
+        )
         t1 = time.perf_counter()
         following = crypto.generate_p256()
         status = p.HwKeyClientStatus.OK
         tbs = p.transcript(
-            p.Purpose.AUTHENTICATION, application_id=APP, device_id=self.device_id,
-            operation_id=start.operation_id, challenge=start.challenge,
+            p.Purpose.AUTHENTICATION,
+            application_id=APP,
+            device_id=self.device_id,
+            operation_id=start.operation_id,
+            challenge=start.challenge,
             context_digest=p.context_hash(start.pre_operation_context),
             software_public_key=crypto.public_der(following),
-            auth_method=p.AuthMethod.DEVICE.value, hw_key_client_status=status.value)
+            auth_method=p.AuthMethod.DEVICE.value,
+            hw_key_client_status=status.value,
+        )
         request = p.AuthenticationFinishRequest(
-            application_id=APP, device_id=self.device_id, operation_id=start.operation_id,
+            application_id=APP,
+            device_id=self.device_id,
+            operation_id=start.operation_id,
             auth_method=p.AuthMethod.DEVICE,
             software_key_id=crypto.key_id(crypto.public_der(self.sw)),
             next_software_public_key=crypto.public_der(following),
             software_signature=crypto.sign_p256(self.sw, tbs),
-            hardware_signature=crypto.sign_p256(self.hw, tbs), hw_key_client_status=status)
+            hardware_signature=crypto.sign_p256(self.hw, tbs),
+            hw_key_client_status=status,
+        )
         t2 = time.perf_counter()
-        self.wire.post(p.DevicePaths.AUTHENTICATION_FINISH, request,
-                       p.AuthenticationFinishResponse)
+        self.wire.post(p.DevicePaths.AUTHENTICATION_FINISH, request, p.AuthenticationFinishResponse)
         t3 = time.perf_counter()
         self.sw = following
         return t1 - t0, t3 - t2
@@ -141,12 +168,23 @@ class Result:
 
 
 def start_server(db_url: str, port: int, plaintext: bool, env: dict[str, str]) -> Any:
-    args = [sys.executable, "-m", "keybound.cli", "--database-url", db_url, "serve",
-            "--port", str(port), "--log-level", "warning"]
+    args = [
+        sys.executable,
+        "-m",
+        "keybound.cli",
+        "--database-url",
+        db_url,
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     if plaintext:
         args.append("--allow-plaintext")
-    server = subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        args, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -207,8 +245,14 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path) -> Result:
         elapsed, cpu1 = time.perf_counter() - t0, server_cpu_seconds(server.pid)
         for device in devices:
             device.wire.http.close()
-        return Result(mode=mode, flows=len(starts), seconds=elapsed, start=starts,
-                      finish=finishes, cpu_seconds=cpu1 - cpu0)
+        return Result(
+            mode=mode,
+            flows=len(starts),
+            seconds=elapsed,
+            start=starts,
+            finish=finishes,
+            cpu_seconds=cpu1 - cpu0,
+        )
     finally:
         server.terminate()
         server.wait(timeout=15)
@@ -226,24 +270,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--modes", default="channel,plaintext")
     args = parser.parse_args()
-    print(f"keybound full authentication (start + finish), {args.threads} client threads, "
-          f"<= {args.flows} flows or {args.seconds:.0f} s per mode; one `keybound serve` "
-          f"process, SQLite; Python {platform.python_version()}, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"keybound full authentication (start + finish), {args.threads} client threads, "
+        f"<= {args.flows} flows or {args.seconds:.0f} s per mode; one `keybound serve` "
+        f"process, SQLite; Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs"
+    )
     print()
-    print("| mode | flows | flows/s | start p50 ms | start p99 ms | finish p50 ms | "
-          "finish p99 ms | server CPU ms/flow |")
+    print(
+        "| mode | flows | flows/s | start p50 ms | start p99 ms | finish p50 ms | "
+        "finish p99 ms | server CPU ms/flow |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="keybound-bench-") as tmp:
         for mode in args.modes.split(","):
             (Path(tmp) / mode).mkdir()
             r = run_mode(mode, args, Path(tmp))
             ms = 1000.0
-            print(f"| {r.mode} | {r.flows} | {r.flows / r.seconds:.0f} | "
-                  f"{percentile(r.start, 0.5) * ms:.2f} | {percentile(r.start, 0.99) * ms:.2f} | "
-                  f"{percentile(r.finish, 0.5) * ms:.2f} | "
-                  f"{percentile(r.finish, 0.99) * ms:.2f} | "
-                  f"{r.cpu_seconds * ms / max(r.flows, 1):.2f} |", flush=True)
+            print(
+                f"| {r.mode} | {r.flows} | {r.flows / r.seconds:.0f} | "
+                f"{percentile(r.start, 0.5) * ms:.2f} | {percentile(r.start, 0.99) * ms:.2f} | "
+                f"{percentile(r.finish, 0.5) * ms:.2f} | "
+                f"{percentile(r.finish, 0.99) * ms:.2f} | "
+                f"{r.cpu_seconds * ms / max(r.flows, 1):.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

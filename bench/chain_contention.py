@@ -35,8 +35,9 @@ def rate(kb: Any, threads: int, seconds: float) -> float:
 
     def work(n: int) -> None:
         while time.monotonic() < stop:
-            unit = Unit(kb.db, kb.clock, actor=Actor.OPERATOR, action=EventType.ADMIN_READ,
-                        identified=True)
+            unit = Unit(
+                kb.db, kb.clock, actor=Actor.OPERATOR, action=EventType.ADMIN_READ, identified=True
+            )
             unit.emit(EventType.ADMIN_READ, payload={"writer": n})
             perform(unit, lambda u: None, noise=kb.noise, cause="bench")
             counts[n] += 1
@@ -74,8 +75,9 @@ def head_locked() -> Any:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
@@ -97,20 +99,25 @@ def main() -> None:
                     locked = rate(kb, threads, args.seconds)
                 kb.audit.seal()
                 rows.append((threads, plain, sealed, locked))
-                print(f"[chain] concurrency {threads}: {plain:.0f}/s without sealing, "
-                      f"{sealed:.0f}/s with the sealer, {locked:.0f}/s head-locked",
-                      file=sys.stderr)
+                print(
+                    f"[chain] concurrency {threads}: {plain:.0f}/s without sealing, "
+                    f"{sealed:.0f}/s with the sealer, {locked:.0f}/s head-locked",
+                    file=sys.stderr,
+                )
             kb.admin.audit_verify()
         finally:
             kb.close()
-    print(f"\nEvent-writing commits per second on PostgreSQL {pg.version} (fsync and "
-          f"synchronous_commit on), {args.seconds:.0f} s per cell\n")
-    print("| concurrency | no sealing | with the sealer (ratio) | head locked to commit "
-          "(ratio) |")
+    print(
+        f"\nEvent-writing commits per second on PostgreSQL {pg.version} (fsync and "
+        f"synchronous_commit on), {args.seconds:.0f} s per cell\n"
+    )
+    print("| concurrency | no sealing | with the sealer (ratio) | head locked to commit (ratio) |")
     print("|---:|---:|---:|---:|")
     for threads, plain, sealed, locked in rows:
-        print(f"| {threads} | {plain:.0f} | {sealed:.0f} ({sealed / plain:.2f}) | "
-              f"{locked:.0f} ({locked / plain:.2f}) |")
+        print(
+            f"| {threads} | {plain:.0f} | {sealed:.0f} ({sealed / plain:.2f}) | "
+            f"{locked:.0f} ({locked / plain:.2f}) |"
+        )
 
 
 if __name__ == "__main__":

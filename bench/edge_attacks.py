@@ -47,8 +47,15 @@ from kbbench import procs  # noqa: E402
 from kbbench.server import KeyboundServer  # noqa: E402
 from kbbench.stats import table  # noqa: E402
 
-ATTACKS = ("big-one", "big-headers", "many-headers", "slow-headers", "slow-body", "idle",
-           "slow-read")
+ATTACKS = (
+    "big-one",
+    "big-headers",
+    "many-headers",
+    "slow-headers",
+    "slow-body",
+    "idle",
+    "slow-read",
+)
 MIB = 1024 * 1024
 
 
@@ -130,8 +137,9 @@ def attack_big_headers(server: KeyboundServer, *, parallel: int, mib: int) -> di
     sampler = RssSampler(server)
     sampler.start()
     results: list[dict[str, Any]] = [{} for _ in range(parallel)]
-    threads = [threading.Thread(target=send_big_header, args=(server.port, mib * MIB, r))
-               for r in results]
+    threads = [
+        threading.Thread(target=send_big_header, args=(server.port, mib * MIB, r)) for r in results
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -140,9 +148,14 @@ def attack_big_headers(server: KeyboundServer, *, parallel: int, mib: int) -> di
     sampler.done.set()
     sampler.join()
     after = rss_mib(server)
-    return {"parallel": parallel, "header_mib": mib, "rss_before_mib": round(before, 1),
-            "rss_peak_mib": round(max(sampler.peak, before), 1),
-            "rss_after_mib": round(after, 1), "connections": results}
+    return {
+        "parallel": parallel,
+        "header_mib": mib,
+        "rss_before_mib": round(before, 1),
+        "rss_peak_mib": round(max(sampler.peak, before), 1),
+        "rss_after_mib": round(after, 1),
+        "connections": results,
+    }
 
 
 def attack_one(server: KeyboundServer, head: bytes) -> str:
@@ -156,13 +169,16 @@ def attack_one(server: KeyboundServer, head: bytes) -> str:
 
 
 def slow_head(index: int) -> bytes:
-    return (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            + b"".join(b"X-Slow-%d: %d\r\n" % (index, i) for i in range(1000)))
+    return b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
+        b"X-Slow-%d: %d\r\n" % (index, i) for i in range(1000)
+    )
 
 
 def slow_body_head() -> bytes:
-    return (b"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100000\r\n\r\n")
+    return (
+        b"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
 
 
 def legit_request(port: int) -> str:
@@ -178,8 +194,15 @@ def legit_request(port: int) -> str:
     return f"{status} in {time.monotonic() - started:.2f} s"
 
 
-def attack_slow(server: KeyboundServer, *, mode: str, connections: int, interval: float,
-                checkpoints: list[float], pipelined: int = 200) -> dict[str, Any]:
+def attack_slow(
+    server: KeyboundServer,
+    *,
+    mode: str,
+    connections: int,
+    interval: float,
+    checkpoints: list[float],
+    pipelined: int = 200,
+) -> dict[str, Any]:
     """Slowloris: every connection sends one more byte every ``interval`` seconds (``idle``:
     none at all)."""
     time.sleep(1)
@@ -238,7 +261,7 @@ def attack_slow(server: KeyboundServer, *, mode: str, connections: int, interval
                 if not payloads[i]:
                     continue
                 try:
-                    offsets[i] += sock.send(payloads[i][offsets[i]:offsets[i] + 1])
+                    offsets[i] += sock.send(payloads[i][offsets[i] : offsets[i] + 1])
                 except OSError:
                     closed = True
                     answers["(send failed)"] = answers.get("(send failed)", 0) + 1
@@ -252,23 +275,33 @@ def attack_slow(server: KeyboundServer, *, mode: str, connections: int, interval
         elapsed = time.monotonic() - opened
         while pending and elapsed >= pending[0]:
             at = pending.pop(0)
-            rows.append({"at_s": at, "server_established": established(server.port),
-                         "attacker_open": sum(s is not None for s in socks),
-                         "rss_mib": round(rss_mib(server), 1),
-                         "legit": legit_request(server.port)})
+            rows.append(
+                {
+                    "at_s": at,
+                    "server_established": established(server.port),
+                    "attacker_open": sum(s is not None for s in socks),
+                    "rss_mib": round(rss_mib(server), 1),
+                    "legit": legit_request(server.port),
+                }
+            )
             log(f"  {mode} t={at:.0f}s {rows[-1]}")
         time.sleep(max(0.0, interval - (time.monotonic() - opened - elapsed)))
     for held in socks:
         if held is not None:
             held.close()
-    return {"mode": mode, "connections": connections, "refused_at_connect": refused,
-            "interval_s": interval, "rss_before_mib": round(before, 1), "checkpoints": rows,
-            "answers": answers}
+    return {
+        "mode": mode,
+        "connections": connections,
+        "refused_at_connect": refused,
+        "interval_s": interval,
+        "rss_before_mib": round(before, 1),
+        "checkpoints": rows,
+        "answers": answers,
+    }
 
 
 def fresh_server(args: argparse.Namespace, workdir: Path, name: str) -> KeyboundServer:
-    server = KeyboundServer(workdir / name, workers=args.workers,
-                            serve_args=tuple(args.serve_arg))
+    server = KeyboundServer(workdir / name, workers=args.workers, serve_args=tuple(args.serve_arg))
     server.start()
     return server
 
@@ -281,14 +314,18 @@ def main() -> int:
     ap.add_argument("--header-mib", type=int, default=100, help="big-headers: MiB each")
     ap.add_argument("--connections", type=int, default=350, help="slow-*: connections")
     ap.add_argument("--idle-connections", type=int, default=2500, help="idle: connections")
-    ap.add_argument("--slow-read-connections", type=int, default=50,
-                    help="slow-read: connections")
-    ap.add_argument("--slow-read-requests", type=int, default=200,
-                    help="slow-read: requests pipelined on each")
+    ap.add_argument("--slow-read-connections", type=int, default=50, help="slow-read: connections")
+    ap.add_argument(
+        "--slow-read-requests", type=int, default=200, help="slow-read: requests pipelined on each"
+    )
     ap.add_argument("--interval", type=float, default=1.0, help="slow-*: seconds per byte")
     ap.add_argument("--checkpoints", default="5,15,30,65", help="slow-*, idle: seconds")
-    ap.add_argument("--serve-arg", action="append", default=[],
-                    help="an option for keybound serve (repeatable; --serve-arg=--x=1)")
+    ap.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="an option for keybound serve (repeatable; --serve-arg=--x=1)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     attacks = [a for a in args.attacks.split(",") if a]
@@ -303,26 +340,35 @@ def main() -> int:
             log(f"{attack} ...")
             with fresh_server(args, workdir, attack) as server:
                 if attack == "big-one":
-                    head = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
-                            + b"a" * 8 * MIB + b"\r\nConnection: close\r\n\r\n")
+                    head = (
+                        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+                        + b"a" * 8 * MIB
+                        + b"\r\nConnection: close\r\n\r\n"
+                    )
                     results[attack] = {"answer": attack_one(server, head)}
                 elif attack == "many-headers":
-                    head = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                            + b"".join(b"X-%d: a\r\n" % i for i in range(10_000))
-                            + b"Connection: close\r\n\r\n")
+                    head = (
+                        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        + b"".join(b"X-%d: a\r\n" % i for i in range(10_000))
+                        + b"Connection: close\r\n\r\n"
+                    )
                     results[attack] = {"answer": attack_one(server, head)}
                 elif attack == "big-headers":
-                    results[attack] = attack_big_headers(server, parallel=args.parallel,
-                                                         mib=args.header_mib)
+                    results[attack] = attack_big_headers(
+                        server, parallel=args.parallel, mib=args.header_mib
+                    )
                 else:
-                    results[attack] = attack_slow(server, mode=attack,
-                                                  connections={
-                                                      "idle": args.idle_connections,
-                                                      "slow-read": args.slow_read_connections,
-                                                  }.get(attack, args.connections),
-                                                  pipelined=args.slow_read_requests,
-                                                  interval=args.interval,
-                                                  checkpoints=checkpoints)
+                    results[attack] = attack_slow(
+                        server,
+                        mode=attack,
+                        connections={
+                            "idle": args.idle_connections,
+                            "slow-read": args.slow_read_connections,
+                        }.get(attack, args.connections),
+                        pipelined=args.slow_read_requests,
+                        interval=args.interval,
+                        checkpoints=checkpoints,
+                    )
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -330,33 +376,69 @@ def main() -> int:
 
 
 def report(results: dict[str, Any]) -> None:
-    print(f"## HTTP edge under attack (keybound serve --workers {results['workers']} "
-          f"{' '.join(results['serve_args'])})\n")
+    print(
+        f"## HTTP edge under attack (keybound serve --workers {results['workers']} "
+        f"{' '.join(results['serve_args'])})\n"
+    )
     for name in ("big-one", "many-headers"):
         if name in results:
             print(f"- {name}: `{results[name]['answer']}`")
     if "big-headers" in results:
         r = results["big-headers"]
         print(f"\n### {r['parallel']} parallel {r['header_mib']} MiB headers\n")
-        print(table(["RSS before MiB", "peak during", "after"],
-                    [[str(r["rss_before_mib"]), str(r["rss_peak_mib"]),
-                      str(r["rss_after_mib"])]]))
+        print(
+            table(
+                ["RSS before MiB", "peak during", "after"],
+                [[str(r["rss_before_mib"]), str(r["rss_peak_mib"]), str(r["rss_after_mib"])]],
+            )
+        )
         print()
-        print(table(["connection", "MiB sent", "send error", "answer", "s"],
-                    [[str(i), f"{c['sent_mib']:.2f}", c.get("send_error", ""), c["answer"],
-                      f"{c['seconds']:.1f}"] for i, c in enumerate(r["connections"])]))
+        print(
+            table(
+                ["connection", "MiB sent", "send error", "answer", "s"],
+                [
+                    [
+                        str(i),
+                        f"{c['sent_mib']:.2f}",
+                        c.get("send_error", ""),
+                        c["answer"],
+                        f"{c['seconds']:.1f}",
+                    ]
+                    for i, c in enumerate(r["connections"])
+                ],
+            )
+        )
     for name in ("slow-headers", "slow-body", "idle", "slow-read"):
         if name in results:
             r = results[name]
             pace = {"idle": "nothing sent", "slow-read": "answers never read"}.get(
-                name, f"a byte every {r['interval_s']} s")
-            print(f"\n### {name}: {r['connections']} connections, {pace} (refused at connect: "
-                  f"{r['refused_at_connect']}; RSS before {r['rss_before_mib']} MiB)\n")
-            print(table(["s after opening", "server holds", "attacker holds", "RSS MiB",
-                         "GET /healthz meanwhile"],
-                        [[f"{c['at_s']:.0f}", str(c["server_established"]),
-                          str(c["attacker_open"]), str(c["rss_mib"]), c["legit"]]
-                         for c in r["checkpoints"]]))
+                name, f"a byte every {r['interval_s']} s"
+            )
+            print(
+                f"\n### {name}: {r['connections']} connections, {pace} (refused at connect: "
+                f"{r['refused_at_connect']}; RSS before {r['rss_before_mib']} MiB)\n"
+            )
+            print(
+                table(
+                    [
+                        "s after opening",
+                        "server holds",
+                        "attacker holds",
+                        "RSS MiB",
+                        "GET /healthz meanwhile",
+                    ],
+                    [
+                        [
+                            f"{c['at_s']:.0f}",
+                            str(c["server_established"]),
+                            str(c["attacker_open"]),
+                            str(c["rss_mib"]),
+                            c["legit"],
+                        ]
+                        for c in r["checkpoints"]
+                    ],
+                )
+            )
             print("\nanswers: " + ", ".join(f"`{k}` x{v}" for k, v in r["answers"].items()))
     print()
 

@@ -31,10 +31,12 @@ from keybound.server.web.edge import EdgeProtocol  # noqa: E402
 from keybound.server.web.limits import EdgeLimits  # noqa: E402
 
 BODY = b"s" * 1300  # a sealed authentication finish is about this size
-REQUEST = (b"POST /device/v1/authentication/finish HTTP/1.1\r\nHost: auth.example.com\r\n"
-           b"User-Agent: keybound-sdk/0.1\r\nAccept: application/keybound-sealed\r\n"
-           b"Content-Type: application/keybound-sealed\r\n"
-           b"Content-Length: %d\r\n\r\n" % len(BODY)) + BODY
+REQUEST = (
+    b"POST /device/v1/authentication/finish HTTP/1.1\r\nHost: auth.example.com\r\n"
+    b"User-Agent: keybound-sdk/0.1\r\nAccept: application/keybound-sealed\r\n"
+    b"Content-Type: application/keybound-sealed\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(BODY)
+) + BODY
 ANSWER = b"a" * 600
 
 
@@ -42,9 +44,16 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     more = True
     while more:
         more = (await receive()).get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", b"application/keybound-sealed"),
-        (b"content-length", str(len(ANSWER)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/keybound-sealed"),
+                (b"content-length", str(len(ANSWER)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": ANSWER})
 
 
@@ -64,8 +73,9 @@ class CountingTransport(asyncio.Transport):
         self.closing = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000),
-                "peername": ("127.0.0.1", 40000)}.get(name, default)
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(
+            name, default
+        )
 
     def pause_reading(self) -> None:
         pass
@@ -76,8 +86,15 @@ class CountingTransport(asyncio.Transport):
 
 async def run(kind: str, requests: int) -> float:
     """Microseconds of CPU per request."""
-    config = Config(app=app, lifespan="off", log_level="warning", access_log=False,
-                    proxy_headers=False, server_header=False, date_header=False)
+    config = Config(
+        app=app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+    )
     config.load()
     state = ServerState()
     loop = asyncio.get_running_loop()
@@ -106,6 +123,7 @@ def main() -> int:
     args = ap.parse_args()
     try:
         import uvloop
+
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
@@ -116,12 +134,20 @@ def main() -> int:
         for kind in ("uvicorn", "edge"):
             results[kind].append(runner(run(kind, args.requests)))
     print(f"## CPU per request, {args.requests} requests x {args.rounds} alternating rounds\n")
-    print(table(["protocol", "min µs", "median µs", "max µs"],
-                [[k, f"{min(v):.1f}", f"{statistics.median(v):.1f}", f"{max(v):.1f}"]
-                 for k, v in results.items()]))
+    print(
+        table(
+            ["protocol", "min µs", "median µs", "max µs"],
+            [
+                [k, f"{min(v):.1f}", f"{statistics.median(v):.1f}", f"{max(v):.1f}"]
+                for k, v in results.items()
+            ],
+        )
+    )
     diffs = [e - u for u, e in zip(results["uvicorn"], results["edge"], strict=True)]
-    print(f"\nedge - uvicorn, per round pair: median {statistics.median(diffs):+.1f} µs "
-          f"(range {min(diffs):+.1f} .. {max(diffs):+.1f})")
+    print(
+        f"\nedge - uvicorn, per round pair: median {statistics.median(diffs):+.1f} µs "
+        f"(range {min(diffs):+.1f} .. {max(diffs):+.1f})"
+    )
     return 0
 
 

@@ -59,8 +59,9 @@ class AsgiConn:
         self.app = app
         self.content_type = content_type
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: bytes = b""
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
         sent: list[MutableMapping[str, Any]] = []
         delivered = False
 
@@ -74,16 +75,31 @@ class AsgiConn:
         async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-                 "http_version": "1.1", "server": ("127.0.0.1", 8000),
-                 "client": ("127.0.0.1", 50000), "scheme": "http", "root_path": "",
-                 "method": method, "path": path, "raw_path": path.encode(),
-                 "query_string": b"", "state": {},
-                 "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", self.content_type),
-                             (b"content-length", str(len(body)).encode())]}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 50000),
+            "scheme": "http",
+            "root_path": "",
+            "method": method,
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "state": {},
+            "headers": [
+                (b"host", b"127.0.0.1:8000"),
+                (b"content-type", self.content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
         await self.app(scope, receive, send)
-        return (sent[0]["status"], dict(sent[0]["headers"]),
-                b"".join(m.get("body", b"") for m in sent[1:]))
+        return (
+            sent[0]["status"],
+            dict(sent[0]["headers"]),
+            b"".join(m.get("body", b"") for m in sent[1:]),
+        )
 
 
 async def flows(n: int, *, endpoint: bool = False) -> None:
@@ -113,8 +129,12 @@ def subscribe_everything(kb: Any) -> None:
     from keybound.rpapi import CreateWebhookEndpointRequest, EventName
 
     kb.webhooks.resolver = lambda host, port: [ipaddress.ip_address("93.184.215.14")]
-    kb.admin.create_webhook_endpoint(APP, CreateWebhookEndpointRequest(
-        url="https://hooks.example.com/keybound", event_types=list(EventName)))
+    kb.admin.create_webhook_endpoint(
+        APP,
+        CreateWebhookEndpointRequest(
+            url="https://hooks.example.com/keybound", event_types=list(EventName)
+        ),
+    )
 
 
 def count(src: Path, n: int, *, endpoint: bool = False) -> int:
@@ -124,9 +144,22 @@ def count(src: Path, n: int, *, endpoint: bool = False) -> int:
         env = {**os.environ, "PYTHONPATH": str(src)}
         extra = ["--webhook-endpoint"] if endpoint else []
         done = subprocess.run(
-            ["valgrind", "--tool=cachegrind", "--cache-sim=no",
-             f"--cachegrind-out-file={out}", sys.executable, str(HERE), "--child", str(n),
-             *extra], env=env, capture_output=True, text=True, timeout=1800)
+            [
+                "valgrind",
+                "--tool=cachegrind",
+                "--cache-sim=no",
+                f"--cachegrind-out-file={out}",
+                sys.executable,
+                str(HERE),
+                "--child",
+                str(n),
+                *extra,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
         if done.returncode != 0 or found is None:
             raise RuntimeError(f"valgrind run failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -134,14 +167,26 @@ def count(src: Path, n: int, *, endpoint: bool = False) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--flows", type=int, default=200,
-                    help="flows counted (the longer run has BASE + this many; default 200)")
-    ap.add_argument("--src", type=Path, action="append",
-                    help="a checkout's src/ directory; repeat to compare (default: this one's)")
-    ap.add_argument("--webhook-endpoint", action="store_true",
-                    help="the application has a webhook endpoint subscribed to every type")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--flows",
+        type=int,
+        default=200,
+        help="flows counted (the longer run has BASE + this many; default 200)",
+    )
+    ap.add_argument(
+        "--src",
+        type=Path,
+        action="append",
+        help="a checkout's src/ directory; repeat to compare (default: this one's)",
+    )
+    ap.add_argument(
+        "--webhook-endpoint",
+        action="store_true",
+        help="the application has a webhook endpoint subscribed to every type",
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -154,14 +199,19 @@ def main() -> None:
     for src in sources:
         t = time.monotonic()
         endpoint = args.webhook_endpoint
-        per_flow = (count(src, BASE + args.flows, endpoint=endpoint)
-                    - count(src, BASE, endpoint=endpoint)) / args.flows
+        per_flow = (
+            count(src, BASE + args.flows, endpoint=endpoint) - count(src, BASE, endpoint=endpoint)
+        ) / args.flows
         rows.append((src, per_flow))
-        print(f"[instructions] {src}: {per_flow / 1e6:.3f} M per flow "
-              f"({time.monotonic() - t:.0f} s)", file=sys.stderr)
+        print(
+            f"[instructions] {src}: {per_flow / 1e6:.3f} M per flow ({time.monotonic() - t:.0f} s)",
+            file=sys.stderr,
+        )
     with_endpoint = ", a webhook endpoint subscribed" if args.webhook_endpoint else ""
-    print(f"\nInstructions per device-initiated authentication (server + devices), through "
-          f"the whole ASGI app, {args.flows} flows{with_endpoint}, valgrind cachegrind\n")
+    print(
+        f"\nInstructions per device-initiated authentication (server + devices), through "
+        f"the whole ASGI app, {args.flows} flows{with_endpoint}, valgrind cachegrind\n"
+    )
     print("| source | M instructions per flow | vs first |")
     print("|---|---:|---:|")
     for src, per_flow in rows:

@@ -51,8 +51,9 @@ class DirectConn:
         self.codec = SealedCodec()
         self.server_s = 0.0
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: bytes = b""
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
         t = time.process_time()
         status, answer, _ = self.app.handle(self.codec, body, path, DEVICE_ROUTES[path])
         self.server_s += time.process_time() - t
@@ -79,13 +80,19 @@ async def run(flows: int, devices: int) -> dict[str, Any]:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu - checkpoint_s
         kb.db.sync()
     client_s = sum(d.crypto_s for d in fleet)
-    return {"flows": flows, "wall_s": wall, "handler_ms": 1000 * conn.server_s / flows,
-            "client_crypto_ms": 1000 * client_s / flows, "process_ms": 1000 * cpu / flows}
+    return {
+        "flows": flows,
+        "wall_s": wall,
+        "handler_ms": 1000 * conn.server_s / flows,
+        "client_crypto_ms": 1000 * client_s / flows,
+        "process_ms": 1000 * cpu / flows,
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--flows", type=int, default=3000)
     ap.add_argument("--devices", type=int, default=16)
     args = ap.parse_args()
@@ -93,12 +100,16 @@ def main() -> None:
 
     floor = per_flow(measure())["device"] / 1000
     r = asyncio.run(run(args.flows, args.devices))
-    print(f"\n{r['flows']} device-initiated authentications in {r['wall_s']:.1f} s, "
-          "no HTTP, embedded SQLite (group commit; fsync not included)\n")
+    print(
+        f"\n{r['flows']} device-initiated authentications in {r['wall_s']:.1f} s, "
+        "no HTTP, embedded SQLite (group commit; fsync not included)\n"
+    )
     print("| per flow | ms | ÷ crypto floor |")
     print("|---|---:|---:|")
-    print(f"| server handler (open, replay mark, service, database, seal) | "
-          f"{r['handler_ms']:.3f} | {r['handler_ms'] / floor:.1f} |")
+    print(
+        f"| server handler (open, replay mark, service, database, seal) | "
+        f"{r['handler_ms']:.3f} | {r['handler_ms'] / floor:.1f} |"
+    )
     print(f"| crypto floor (server side, same run) | {floor:.3f} | 1.0 |")
     print(f"| device crypto (seal, sign, open; not server) | {r['client_crypto_ms']:.3f} | |")
     print(f"| whole process (CPU) | {r['process_ms']:.3f} | |")

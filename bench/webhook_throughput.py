@@ -74,21 +74,37 @@ def seed(kb: Any, *, events: int, devices: int, endpoints: int, port: int) -> No
 
     kb.admin.create_application("bench")
     for number in range(endpoints):
-        kb.admin.create_webhook_endpoint("bench", CreateWebhookEndpointRequest(
-            url=f"http://127.0.0.1:{port}/hook/{number}",
-            event_types=[EventName.DEVICE_LOCKED]))
+        kb.admin.create_webhook_endpoint(
+            "bench",
+            CreateWebhookEndpointRequest(
+                url=f"http://127.0.0.1:{port}/hook/{number}", event_types=[EventName.DEVICE_LOCKED]
+            ),
+        )
     subjects = [new_id() for _ in range(devices)]
     batch = 500
     for start in range(0, events, batch):
-        unit = Unit(kb.db, kb.clock, actor=Actor.RELYING_PARTY, action=EventType.DEVICE_LOCKED,
-                    application_id="bench", identified=True)
+        unit = Unit(
+            kb.db,
+            kb.clock,
+            actor=Actor.RELYING_PARTY,
+            action=EventType.DEVICE_LOCKED,
+            application_id="bench",
+            identified=True,
+        )
 
         def emit(u: Unit, first: int = start) -> None:
             u.write()
             for n in range(first, min(first + batch, events)):
-                u.emit(EventType.DEVICE_LOCKED, subject=subjects[n % devices],
-                       payload={"deviceId": subjects[n % devices], "state": "LOCKED",
-                                "lockReason": "RELYING_PARTY", "userId": "u"})
+                u.emit(
+                    EventType.DEVICE_LOCKED,
+                    subject=subjects[n % devices],
+                    payload={
+                        "deviceId": subjects[n % devices],
+                        "state": "LOCKED",
+                        "lockReason": "RELYING_PARTY",
+                        "userId": "u",
+                    },
+                )
 
         perform(unit, emit, noise=kb.noise, cause="bench")
 
@@ -100,8 +116,12 @@ def delivered(kb: Any) -> int:
 
     d = t.webhook_deliveries
     with kb.db.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(d).where(
-            d.c.state == "delivered")).scalar() or 0)
+        return int(
+            conn.execute(
+                select(func.count()).select_from(d).where(d.c.state == "delivered")
+            ).scalar()
+            or 0
+        )
 
 
 async def deliver_all(kb: Any, expected: int, timeout: float) -> tuple[float, float]:
@@ -137,8 +157,9 @@ def run(kind: str, *, events: int, devices: int, endpoints: int, timeout: float)
     from keybound.server.services import Keybound
     from keybound.server.web.runner import free_port
 
-    loopback = EndpointPolicy(allow_http=True,
-                              allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    loopback = EndpointPolicy(
+        allow_http=True, allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),)
+    )
     port = free_port()
     receiver = start_receiver(port)
     with tempfile.TemporaryDirectory(prefix="kb-hooks-") as directory:
@@ -155,14 +176,20 @@ def run(kind: str, *, events: int, devices: int, endpoints: int, timeout: float)
             if pg is not None:
                 pg.stop()
     deliveries = events * endpoints
-    return {"database": kind, "endpoints": endpoints, "deliveries": deliveries,
-            "seconds": wall, "per_second": deliveries / wall,
-            "cpu_ms": cpu * 1000 / deliveries}
+    return {
+        "database": kind,
+        "endpoints": endpoints,
+        "deliveries": deliveries,
+        "seconds": wall,
+        "per_second": deliveries / wall,
+        "cpu_ms": cpu * 1000 / deliveries,
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--events", type=int, default=2000)
     ap.add_argument("--devices", type=int, default=200)
     ap.add_argument("--endpoints", default="1,4", help="endpoint counts to run, comma-separated")
@@ -171,17 +198,26 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for endpoints in (int(n) for n in args.endpoints.split(",")):
-        row = run(args.database, events=args.events, devices=args.devices,
-                  endpoints=endpoints, timeout=args.timeout)
+        row = run(
+            args.database,
+            events=args.events,
+            devices=args.devices,
+            endpoints=endpoints,
+            timeout=args.timeout,
+        )
         rows.append(row)
         print(f"[webhooks] {row}", file=sys.stderr)
-    print(f"\nWebhook delivery, {args.events} events to a local receiver ({args.database}, "
-          f"{os.cpu_count()} cores)\n")
+    print(
+        f"\nWebhook delivery, {args.events} events to a local receiver ({args.database}, "
+        f"{os.cpu_count()} cores)\n"
+    )
     print("| endpoints | deliveries | seconds | deliveries/s | sender CPU ms/delivery |")
     print("|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['endpoints']} | {row['deliveries']} | {row['seconds']:.1f} | "
-              f"{row['per_second']:.0f} | {row['cpu_ms']:.2f} |")
+        print(
+            f"| {row['endpoints']} | {row['deliveries']} | {row['seconds']:.1f} | "
+            f"{row['per_second']:.0f} | {row['cpu_ms']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

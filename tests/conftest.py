@@ -45,14 +45,21 @@ def clock() -> FakeClock:
 
 #: Test modules whose every database test also runs on a real PostgreSQL server.
 POSTGRES_MODULES = {
-    "tests.server.services.test_activation", "tests.server.services.test_authentication",
+    "tests.server.services.test_activation",
+    "tests.server.services.test_authentication",
     "tests.server.services.test_activation_guessing",
-    "tests.server.services.test_concurrency", "tests.server.services.test_e2ekeys",
-    "tests.server.services.test_retention", "tests.server.web.test_rp",
-    "tests.server.web.test_device", "tests.server.test_unit", "tests.storage.test_prepared",
-    "tests.server.services.test_events", "tests.server.services.test_outbox",
+    "tests.server.services.test_concurrency",
+    "tests.server.services.test_e2ekeys",
+    "tests.server.services.test_retention",
+    "tests.server.web.test_rp",
+    "tests.server.web.test_device",
+    "tests.server.test_unit",
+    "tests.storage.test_prepared",
+    "tests.server.services.test_events",
+    "tests.server.services.test_outbox",
     "tests.server.web.test_webhooks",
-    "tests.server.services.test_resultkeys", "tests.server.services.test_signature",
+    "tests.server.services.test_resultkeys",
+    "tests.server.services.test_signature",
     "tests.server.services.test_audit",
     "tests.server.services.test_attestation",
 }
@@ -61,8 +68,11 @@ ALLOW_SKIP_POSTGRES = "KEYBOUND_ALLOW_SKIP_POSTGRES"
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames and metafunc.module.__name__ in POSTGRES_MODULES:
-        metafunc.parametrize("backend", ["sqlite", pytest.param(
-            "postgres", marks=pytest.mark.postgres)], indirect=True)
+        metafunc.parametrize(
+            "backend",
+            ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+            indirect=True,
+        )
 
 
 @pytest.fixture
@@ -105,11 +115,15 @@ def endpoint_policy() -> EndpointPolicy:
 
 
 @pytest.fixture
-def kb(database_url: str, tmp_path: Path, clock: FakeClock,
-       endpoint_policy: EndpointPolicy) -> Iterator[Keybound]:
-    service = Keybound.open(database_url, clock=clock,
-                            master_key_file=tmp_path / "master.key",
-                            endpoint_policy=endpoint_policy)
+def kb(
+    database_url: str, tmp_path: Path, clock: FakeClock, endpoint_policy: EndpointPolicy
+) -> Iterator[Keybound]:
+    service = Keybound.open(
+        database_url,
+        clock=clock,
+        master_key_file=tmp_path / "master.key",
+        endpoint_policy=endpoint_policy,
+    )
     yield service
     service.close()
 

@@ -28,8 +28,9 @@ class SealedReply:
         self.status_code = status
         self.content = body
         self.text = body.decode("utf-8", errors="replace")
-        self.headers = {"content-type": "application/problem+json" if status >= 400
-                        else "application/json"}
+        self.headers = {
+            "content-type": "application/problem+json" if status >= 400 else "application/json"
+        }
 
     def json(self) -> Any:
         return jsonlib.loads(self.content)
@@ -50,8 +51,11 @@ class SealingClient:
     def post(self, url: str, *, json: Any = None, **kwargs: Any) -> Any:
         if not url.startswith("/device/") or json is None or kwargs or not self.pins:
             return self.raw.post(url, json=json, **kwargs)
-        return self.sealed(url, jsonlib.dumps(json).encode(),
-                           json.get("applicationId") if isinstance(json, dict) else None)
+        return self.sealed(
+            url,
+            jsonlib.dumps(json).encode(),
+            json.get("applicationId") if isinstance(json, dict) else None,
+        )
 
     def sealed(self, path: str, body: bytes, application_id: str | None = None) -> Any:
         pin = self.pins.get(application_id or "") or next(iter(self.pins.values()))
@@ -72,8 +76,9 @@ class SealingClient:
 
 
 class RelyingParty:
-    def __init__(self, http: SealingClient, app_id: str, token: str,
-                 pin: ChannelPin | None = None) -> None:
+    def __init__(
+        self, http: SealingClient, app_id: str, token: str, pin: ChannelPin | None = None
+    ) -> None:
         self.http = http
         self.app_id = app_id
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -91,7 +96,8 @@ class RelyingParty:
     def activation_code(self, user_id: str | None = None) -> dict[str, Any]:
         user_id = user_id or self.new_user()
         result: dict[str, Any] = self.call(
-            "POST", f"/rp/v1/users/{user_id}/activation-codes", expect=201)
+            "POST", f"/rp/v1/users/{user_id}/activation-codes", expect=201
+        )
         return result
 
     def operation(self, op_id: str) -> dict[str, Any]:
@@ -104,14 +110,19 @@ class RelyingParty:
 
     def start_operation(self, device_id: str, **body: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.call(
-            "POST", f"/rp/v1/devices/{device_id}/operations", body, expect=201)
+            "POST", f"/rp/v1/devices/{device_id}/operations", body, expect=201
+        )
         return result
 
-    def start_signature(self, device_id: str, content: str, mime_type: str = "text/plain",
-                        **body: Any) -> dict[str, Any]:
+    def start_signature(
+        self, device_id: str, content: str, mime_type: str = "text/plain", **body: Any
+    ) -> dict[str, Any]:
         result: dict[str, Any] = self.call(
-            "POST", f"/rp/v1/devices/{device_id}/signatures",
-            {"dataToSign": {"content": content, "mimeType": mime_type}, **body}, expect=201)
+            "POST",
+            f"/rp/v1/devices/{device_id}/signatures",
+            {"dataToSign": {"content": content, "mimeType": mime_type}, **body},
+            expect=201,
+        )
         return result
 
     def jwks(self) -> dict[str, Any]:
@@ -123,8 +134,10 @@ class RelyingParty:
 
 #: builds a finish's attestation evidence once the start's answer is known (docs/protocol.md
 #: §6.5): what a device's platform would produce for this activation
-Attester = Callable[[p.ActivationStartResponse], p.AndroidKeyAttestation | p.TpmAttestation
-                    | p.AppleAppAttestation | None]
+Attester = Callable[
+    [p.ActivationStartResponse],
+    p.AndroidKeyAttestation | p.TpmAttestation | p.AppleAppAttestation | None,
+]
 
 
 @dataclass
@@ -164,8 +177,9 @@ class RawDevice:
 
     # -- activation ----------------------------------------------------------------------
 
-    def start_activation(self, issued: dict[str, Any], *, typed: bool = False,
-                         tpm: p.TpmAttestationKey | None = None) -> p.ActivationStartResponse:
+    def start_activation(
+        self, issued: dict[str, Any], *, typed: bool = False, tpm: p.TpmAttestationKey | None = None
+    ) -> p.ActivationStartResponse:
         """Start with what the relying party issued: the link's token, or (``typed``) the
         fallback code with its hint; a TPM that can attest offers ``tpm`` (§6.5.3)."""
         body = start_body(self.app_id, issued, typed=typed)
@@ -177,56 +191,85 @@ class RawDevice:
         self.device_id = start.device_id
         return start
 
-    def activation_request(self, start: p.ActivationStartResponse, *,
-                           status: p.HwKeyClientStatus | None = None,
-                           send_hw: bool = True, corrupt_hw: bool = False,
-                           pin_key: bytes | None = None,
-                           profile: p.DeviceProfile | None = None,
-                           attest: Attester | None = None) -> p.ActivationFinishRequest:
+    def activation_request(
+        self,
+        start: p.ActivationStartResponse,
+        *,
+        status: p.HwKeyClientStatus | None = None,
+        send_hw: bool = True,
+        corrupt_hw: bool = False,
+        pin_key: bytes | None = None,
+        profile: p.DeviceProfile | None = None,
+        attest: Attester | None = None,
+    ) -> p.ActivationFinishRequest:
         hw_pub = self.hw_public() if (self.has_hw and send_hw) else None
         if status is None:
             status = p.HwKeyClientStatus.OK if hw_pub else p.HwKeyClientStatus.NOT_SUPPORTED
         tbs = p.transcript(
-            p.Purpose.ACTIVATION, application_id=self.app_id, device_id=start.device_id,
-            operation_id=start.operation_id, challenge=start.challenge,
-            context_digest=p.NO_CONTEXT_HASH, software_public_key=crypto.public_der(self.sw),
-            hardware_public_key=hw_pub or b"", hw_key_client_status=status.value)
+            p.Purpose.ACTIVATION,
+            application_id=self.app_id,
+            device_id=start.device_id,
+            operation_id=start.operation_id,
+            challenge=start.challenge,
+            context_digest=p.NO_CONTEXT_HASH,
+            software_public_key=crypto.public_der(self.sw),
+            hardware_public_key=hw_pub or b"",
+            hw_key_client_status=status.value,
+        )
         hw_sig = None
         if hw_pub is not None:
             hw_sig = self.hw_proof(tbs + b"x" if corrupt_hw else tbs)
         self.pin_key = pin_key
         return p.ActivationFinishRequest(
-            application_id=self.app_id, operation_id=start.operation_id,
-            device_id=start.device_id, software_public_key=crypto.public_der(self.sw),
-            software_signature=crypto.sign_p256(self.sw, tbs), hardware_public_key=hw_pub,
-            hardware_signature=hw_sig, hw_key_client_status=status, pin_key=pin_key,
-            device_profile=profile or p.DeviceProfile(platform=p.Platform.ANDROID,
-                                                      os_version="14"),
-            attestation=attest(start) if attest is not None else None)
+            application_id=self.app_id,
+            operation_id=start.operation_id,
+            device_id=start.device_id,
+            software_public_key=crypto.public_der(self.sw),
+            software_signature=crypto.sign_p256(self.sw, tbs),
+            hardware_public_key=hw_pub,
+            hardware_signature=hw_sig,
+            hw_key_client_status=status,
+            pin_key=pin_key,
+            device_profile=profile or p.DeviceProfile(platform=p.Platform.ANDROID, os_version="14"),
+            attestation=attest(start) if attest is not None else None,
+        )
 
-    def activate(self, issued: dict[str, Any], *, typed: bool = False,
-                 tpm: p.TpmAttestationKey | None = None, **kwargs: Any) -> Any:
+    def activate(
+        self,
+        issued: dict[str, Any],
+        *,
+        typed: bool = False,
+        tpm: p.TpmAttestationKey | None = None,
+        **kwargs: Any,
+    ) -> Any:
         start = self.start_activation(issued, typed=typed, tpm=tpm)
         return self.post(p.DevicePaths.ACTIVATION_FINISH, self.activation_request(start, **kwargs))
 
     # -- authentication -------------------------------------------------------------------
 
     def start_auth(self, operation_id: str | None = None) -> p.AuthenticationStartResponse:
-        r = self.post(p.DevicePaths.AUTHENTICATION_START, p.AuthenticationStartRequest(
-            application_id=self.app_id, device_id=self.device_id, operation_id=operation_id))
+        r = self.post(
+            p.DevicePaths.AUTHENTICATION_START,
+            p.AuthenticationStartRequest(
+                application_id=self.app_id, device_id=self.device_id, operation_id=operation_id
+            ),
+        )
         assert r.status_code == 200, r.text
         return p.AuthenticationStartResponse.model_validate(r.json())
 
-    def auth_request(self, start: p.AuthenticationStartResponse, *,
-                     status: p.HwKeyClientStatus = p.HwKeyClientStatus.OK,
-                     hw_mode: str = "sign",  # sign | omit | corrupt
-                     method: p.AuthMethod = p.AuthMethod.DEVICE,
-                     pin_key: bytes | None = None,
-                     signer: ec.EllipticCurvePrivateKey | None = None,
-                     next_key: ec.EllipticCurvePrivateKey | None = None,
-                     purpose: p.Purpose | None = None,
-                     shown: p.OperationContext | str | None = "as started",
-                     ) -> tuple[p.AuthenticationFinishRequest, ec.EllipticCurvePrivateKey]:
+    def auth_request(
+        self,
+        start: p.AuthenticationStartResponse,
+        *,
+        status: p.HwKeyClientStatus = p.HwKeyClientStatus.OK,
+        hw_mode: str = "sign",  # sign | omit | corrupt
+        method: p.AuthMethod = p.AuthMethod.DEVICE,
+        pin_key: bytes | None = None,
+        signer: ec.EllipticCurvePrivateKey | None = None,
+        next_key: ec.EllipticCurvePrivateKey | None = None,
+        purpose: p.Purpose | None = None,
+        shown: p.OperationContext | str | None = "as started",
+    ) -> tuple[p.AuthenticationFinishRequest, ec.EllipticCurvePrivateKey]:
         """The finish of ``start``: by default signed as the start says (a signature
         operation's purpose and data, §4.1.1); ``purpose``/``shown`` sign something else."""
         signer = signer or self.sw
@@ -237,11 +280,16 @@ class RawDevice:
         if isinstance(shown, str):
             shown = start.data_to_sign if signature else start.pre_operation_context
         tbs = p.transcript(
-            purpose, application_id=self.app_id, device_id=self.device_id,
-            operation_id=start.operation_id, challenge=start.challenge,
+            purpose,
+            application_id=self.app_id,
+            device_id=self.device_id,
+            operation_id=start.operation_id,
+            challenge=start.challenge,
             context_digest=p.context_hash(shown),
-            software_public_key=crypto.public_der(next_key), auth_method=method.value,
-            hw_key_client_status=status.value)
+            software_public_key=crypto.public_der(next_key),
+            auth_method=method.value,
+            hw_key_client_status=status.value,
+        )
         hw_sig = None
         if self.has_hw and hw_mode != "omit":
             hw_sig = self.hw_proof(tbs if hw_mode == "sign" else tbs + b"!")
@@ -251,16 +299,22 @@ class RawDevice:
             assert key is not None
             proof = crypto.pin_proof(key, p.pin_proof_message(tbs))
         request = p.AuthenticationFinishRequest(
-            application_id=self.app_id, device_id=self.device_id,
-            operation_id=start.operation_id, auth_method=method,
+            application_id=self.app_id,
+            device_id=self.device_id,
+            operation_id=start.operation_id,
+            auth_method=method,
             software_key_id=crypto.key_id(crypto.public_der(signer)),
             next_software_public_key=crypto.public_der(next_key),
-            software_signature=crypto.sign_p256(signer, tbs), hardware_signature=hw_sig,
-            hw_key_client_status=status, pin_proof=proof)
+            software_signature=crypto.sign_p256(signer, tbs),
+            hardware_signature=hw_sig,
+            hw_key_client_status=status,
+            pin_proof=proof,
+        )
         return request, next_key
 
-    def finish_auth(self, request: p.AuthenticationFinishRequest,
-                    next_key: ec.EllipticCurvePrivateKey) -> Any:
+    def finish_auth(
+        self, request: p.AuthenticationFinishRequest, next_key: ec.EllipticCurvePrivateKey
+    ) -> Any:
         r = self.post(p.DevicePaths.AUTHENTICATION_FINISH, request)
         if r.status_code == 200:
             self.history.append(self.sw)
@@ -272,13 +326,17 @@ class RawDevice:
         return self.finish_auth(*self.auth_request(start, **kwargs))
 
 
-def start_body(application_id: str, issued: dict[str, Any], *,
-               typed: bool = False) -> dict[str, Any]:
+def start_body(
+    application_id: str, issued: dict[str, Any], *, typed: bool = False
+) -> dict[str, Any]:
     """An activation start's body (§3.1.1) from an ActivationCodeResponse: its token (as
     the activation link carries it), or the typed code and its hint."""
     if typed:
-        return {"applicationId": application_id, "activationCode": issued["activationCode"],
-                "activationHint": issued["activationHint"]}
+        return {
+            "applicationId": application_id,
+            "activationCode": issued["activationCode"],
+            "activationHint": issued["activationHint"],
+        }
     return {"applicationId": application_id, "activationToken": issued["activationToken"]}
 
 

@@ -61,8 +61,12 @@ class Server:
         self.kb.admin.create_application(name, AppConfig().updated(settings))
         token = self.kb.admin.create_api_key(name).token
         key = self.kb.admin.create_e2e_key(name)
-        return App(kb=self.kb, rp=self.rp(name, token), key_id=key.key_id,
-                   pin_file=self.pin_file(key.key_id))
+        return App(
+            kb=self.kb,
+            rp=self.rp(name, token),
+            key_id=key.key_id,
+            pin_file=self.pin_file(key.key_id),
+        )
 
     def rp(self, name: str, token: str) -> RelyingParty:
         client = httpx.Client(base_url=self.url, timeout=30)
@@ -72,15 +76,17 @@ class Server:
     def pin_file(self, key_id: str) -> Path:
         """The pin string an app ships, exported for this server's URL, in a file."""
         path = self.directory / f"{key_id}.pin"
-        path.write_text(self.kb.admin.e2e_pin(key_id, server_url=self.url).to_string() + "\n",
-                        encoding="utf-8")
+        path.write_text(
+            self.kb.admin.e2e_pin(key_id, server_url=self.url).to_string() + "\n", encoding="utf-8"
+        )
         return path
 
 
 @contextmanager
 def live_server(directory: Path) -> Iterator[Server]:
-    kb = Keybound.open(f"sqlite:///{directory / 'keybound.db'}",
-                       master_key_file=directory / "master.key")
+    kb = Keybound.open(
+        f"sqlite:///{directory / 'keybound.db'}", master_key_file=directory / "master.key"
+    )
     clients: list[httpx.Client] = []
     try:
         with BackgroundServer(kb) as running:  # allow_plaintext off
@@ -91,8 +97,7 @@ def live_server(directory: Path) -> Iterator[Server]:
         kb.close()
 
 
-def device_env(env: dict[str, str] | None = None,
-               unset: tuple[str, ...] = ()) -> dict[str, str]:
+def device_env(env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
     """The environment of a ``keybound device`` process: this one's, without an inherited
     device PIN or token PIN (nor the variables in ``unset``), plus ``env``."""
     base = {k: v for k, v in os.environ.items() if k not in (PIN_ENV, TOKEN_PIN_ENV, *unset)}
@@ -103,13 +108,25 @@ def device_command(state_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "keybound.cli", "device", "--state-dir", str(state_dir), *args]
 
 
-def device(state_dir: Path, *args: str, env: dict[str, str] | None = None,
-           stdin: str = "", unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def device(
+    state_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str = "",
+    unset: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     """``keybound device --state-dir STATE_DIR ARGS...`` in a fresh process, detached from any
     terminal (so a PIN prompt reads stdin)."""
     return subprocess.run(
-        device_command(state_dir, *args), input=stdin, capture_output=True, text=True,
-        timeout=60, check=False, env=device_env(env, unset), start_new_session=True)
+        device_command(state_dir, *args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=device_env(env, unset),
+        start_new_session=True,
+    )
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:

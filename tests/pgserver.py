@@ -84,17 +84,46 @@ def start_postgres(directory: Path, *, durable: bool = False) -> PostgresServer:
         shutil.chown(directory, "postgres")
         shutil.chown(data, "postgres")
     init = subprocess.run(
-        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "keybound",
-                      "--no-sync", "-E", "UTF8"]), capture_output=True, check=False)
+        _as_postgres(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "keybound",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+        ),
+        capture_output=True,
+        check=False,
+    )
     if init.returncode != 0:
         raise PostgresUnavailable(f"initdb failed: {init.stderr.decode()[-500:]}")
     port = free_port()
     process = subprocess.Popen(
-        _as_postgres([str(bindir / "postgres"), "-D", str(data), "-k", str(directory),
-                      "-c", "listen_addresses=127.0.0.1", "-p", str(port),
-                      *(() if durable else (arg for v in FAST_UNSAFE for arg in ("-c", v))),
-                      "-c", "max_connections=200"]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _as_postgres(
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-k",
+                str(directory),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-p",
+                str(port),
+                *(() if durable else (arg for v in FAST_UNSAFE for arg in ("-c", v))),
+                "-c",
+                "max_connections=200",
+            ]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = PostgresServer(directory=directory, port=port, process=process)
     deadline = time.monotonic() + 30
     while True:

@@ -29,14 +29,18 @@ def test_wycheproof_ecdsa_p256_sha256_zero_mismatches() -> None:
         for case in group["tests"]:
             counted += 1
             try:
-                crypto.verify_signature(public_key=key, algorithm=Algorithm.ES256,
-                                        message=bytes.fromhex(case["msg"]),
-                                        signature=bytes.fromhex(case["sig"]))
+                crypto.verify_signature(
+                    public_key=key,
+                    algorithm=Algorithm.ES256,
+                    message=bytes.fromhex(case["msg"]),
+                    signature=bytes.fromhex(case["sig"]),
+                )
                 accepted = True
             except InvalidSignature:
                 accepted = False
-            if (case["result"] == "valid" and not accepted) or \
-                    (case["result"] == "invalid" and accepted):
+            if (case["result"] == "valid" and not accepted) or (
+                case["result"] == "invalid" and accepted
+            ):
                 mismatches.append(case["tcId"])
     assert counted == data["numberOfTests"] == 484
     assert mismatches == []
@@ -55,8 +59,11 @@ def test_key_parsing_is_strict() -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    ed = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    ed = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
     with pytest.raises(UnsupportedAlgorithm):
         crypto.parse_public_key(ed)
 
@@ -65,13 +72,17 @@ def test_verify_rejects_garbage_as_invalid_signature() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     der = crypto.public_der(key)
     good = crypto.sign_p256(key, b"m")
-    crypto.verify_signature(public_key=der, algorithm=Algorithm.ES256, message=b"m",
-                            signature=good)
-    for public_key, signature in [(der, b""), (der, good[:-1]), (b"junk", good),
-                                  (der, crypto.sign_p256(key, b"n"))]:
+    crypto.verify_signature(public_key=der, algorithm=Algorithm.ES256, message=b"m", signature=good)
+    for public_key, signature in [
+        (der, b""),
+        (der, good[:-1]),
+        (b"junk", good),
+        (der, crypto.sign_p256(key, b"n")),
+    ]:
         with pytest.raises(InvalidSignature):
-            crypto.verify_signature(public_key=public_key, algorithm=Algorithm.ES256,
-                                    message=b"m", signature=signature)
+            crypto.verify_signature(
+                public_key=public_key, algorithm=Algorithm.ES256, message=b"m", signature=signature
+            )
 
 
 def test_pin_proof_is_constant_time_mac() -> None:

@@ -91,20 +91,22 @@ def split_fields(tbs: bytes) -> list[bytes]:
         (length,) = struct.unpack_from(">I", tbs, offset)
         offset += 4
         assert offset + length <= len(tbs), "field runs past the end"
-        fields.append(tbs[offset:offset + length])
+        fields.append(tbs[offset : offset + length])
         offset += length
     return fields
 
 
 # -- coverage of the vector file itself ---------------------------------------------------
 
+
 def test_vector_file_covers_the_required_cases() -> None:
     assert set(BY_NAME) == set(REQUEST_MODEL)
     purposes = {case["purpose"] for case in TRANSCRIPTS}
     assert purposes == {purpose.value for purpose in p.Purpose}
     assert BY_NAME["activation-with-hardware-key"]["inputs"]["hardwarePublicKeyHex"]
-    assert BY_NAME["activation-without-hardware-key"]["inputs"]["hwKeyClientStatus"] == \
-        "NOT_SUPPORTED"
+    assert (
+        BY_NAME["activation-without-hardware-key"]["inputs"]["hwKeyClientStatus"] == "NOT_SUPPORTED"
+    )
     pin_case = BY_NAME["authentication-pin-with-context"]
     assert pin_case["inputs"]["authMethod"] == "DEVICE:PIN"
     assert pin_case["inputs"]["preOperationContext"] is not None
@@ -143,6 +145,7 @@ def test_docs_reference_the_vectors_and_inline_the_deactivation_vector() -> None
 
 
 # -- transcripts, byte for byte -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("case", TRANSCRIPTS, ids=ids(TRANSCRIPTS))
 def test_transcript_bytes(case: dict[str, Any]) -> None:
@@ -186,19 +189,30 @@ def test_signature_verifies(case: dict[str, Any], sig: dict[str, Any]) -> None:
     tbs = bytes.fromhex(case["tbsHex"])
     public = bytes.fromhex(sig["publicKeySpkiHex"])
     signature = bytes.fromhex(sig["signatureHex"])
-    crypto.verify_signature(public_key=public, algorithm=p.Algorithm.ES256, message=tbs,
-                            signature=signature)
+    crypto.verify_signature(
+        public_key=public, algorithm=p.Algorithm.ES256, message=tbs, signature=signature
+    )
     with pytest.raises(InvalidSignature):
-        crypto.verify_signature(public_key=public, algorithm=p.Algorithm.ES256,
-                                message=tbs[:-1] + bytes([tbs[-1] ^ 1]), signature=signature)
+        crypto.verify_signature(
+            public_key=public,
+            algorithm=p.Algorithm.ES256,
+            message=tbs[:-1] + bytes([tbs[-1] ^ 1]),
+            signature=signature,
+        )
     # the same bytes under another purpose are another message (domain separation)
     fields = split_fields(tbs)
-    other = b"".join(struct.pack(">I", len(f)) + f for f in
-                     [fields[0], b"activation" if case["purpose"] != "activation"
-                      else b"authentication", *fields[2:]])
+    other = b"".join(
+        struct.pack(">I", len(f)) + f
+        for f in [
+            fields[0],
+            b"activation" if case["purpose"] != "activation" else b"authentication",
+            *fields[2:],
+        ]
+    )
     with pytest.raises(InvalidSignature):
-        crypto.verify_signature(public_key=public, algorithm=p.Algorithm.ES256, message=other,
-                                signature=signature)
+        crypto.verify_signature(
+            public_key=public, algorithm=p.Algorithm.ES256, message=other, signature=signature
+        )
 
 
 @pytest.mark.parametrize(("case", "sig"), SIGNATURES, ids=SIGNATURE_IDS)
@@ -223,8 +237,10 @@ def test_request_body_matches_the_transcript(case: dict[str, Any]) -> None:
     software = next(s for s in case["signatures"] if s["role"] == "software")
     assert p.b64u_decode(wire["softwareSignature"]).hex() == software["signatureHex"]
     inputs = case["inputs"]
-    assert (wire["applicationId"], wire["deviceId"]) == \
-        (inputs["applicationId"], inputs["deviceId"])
+    assert (wire["applicationId"], wire["deviceId"]) == (
+        inputs["applicationId"],
+        inputs["deviceId"],
+    )
     if case["purpose"] == "activation":
         assert wire["operationId"] == inputs["operationId"]
         assert p.b64u_decode(wire["softwarePublicKey"]).hex() == inputs["softwarePublicKeyHex"]
@@ -237,8 +253,11 @@ def test_request_body_matches_the_transcript(case: dict[str, Any]) -> None:
         assert wire["operationId"] == inputs["operationId"]
         assert wire["authMethod"] == inputs["authMethod"]
         assert wire["hwKeyClientStatus"] == inputs["hwKeyClientStatus"]
-        assert p.b64u_decode(wire["nextSoftwarePublicKey"]).hex() == \
-            inputs["softwarePublicKeyHex"] == case["nextSoftwareKey"]["publicKeySpkiHex"]
+        assert (
+            p.b64u_decode(wire["nextSoftwarePublicKey"]).hex()
+            == inputs["softwarePublicKeyHex"]
+            == case["nextSoftwareKey"]["publicKeySpkiHex"]
+        )
         assert software["publicKeySpkiHex"] != inputs["softwarePublicKeyHex"]
     if case["purpose"] == "deactivation":
         assert software["publicKeySpkiHex"] == inputs["softwarePublicKeyHex"]
@@ -254,18 +273,24 @@ def test_chain_of_keys_across_vectors() -> None:
     authentication, whose next key is the one that deactivates."""
 
     def spki(case: str, role: str = "software") -> str:
-        return str(next(s["publicKeySpkiHex"] for s in BY_NAME[case]["signatures"]
-                        if s["role"] == role))
+        return str(
+            next(s["publicKeySpkiHex"] for s in BY_NAME[case]["signatures"] if s["role"] == role)
+        )
 
     assert spki("authentication-pin-with-context") == spki("activation-with-hardware-key")
-    assert spki("authentication-pin-with-context", "hardware") == \
-        BY_NAME["activation-with-hardware-key"]["inputs"]["hardwarePublicKeyHex"]
+    assert (
+        spki("authentication-pin-with-context", "hardware")
+        == BY_NAME["activation-with-hardware-key"]["inputs"]["hardwarePublicKeyHex"]
+    )
     assert spki("authentication-without-context") == spki("activation-without-hardware-key")
-    assert spki("deactivation") == \
-        BY_NAME["authentication-without-context"]["inputs"]["softwarePublicKeyHex"]
+    assert (
+        spki("deactivation")
+        == BY_NAME["authentication-without-context"]["inputs"]["softwarePublicKeyHex"]
+    )
 
 
 # -- context hash, key id -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("vector", VECTORS["contextHashes"])
 def test_context_hash(vector: dict[str, Any]) -> None:
@@ -298,13 +323,15 @@ def test_key_id_requires_the_canonical_uncompressed_encoding() -> None:
 
 def _compressed_spki(key: ec.EllipticCurvePublicKey) -> bytes:
     """SPKI DER with a compressed point: same key, a different encoding (and key id)."""
-    point = key.public_bytes(serialization.Encoding.X962,
-                             serialization.PublicFormat.CompressedPoint)
+    point = key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
     prefix = bytes.fromhex("3039301306072a8648ce3d020106082a8648ce3d030107032200")
     return prefix + point
 
 
 # -- PIN ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("vector", VECTORS["pinKeyDerivation"], ids=lambda v: v["pin"])
 def test_pin_key_derivation(vector: dict[str, Any]) -> None:
@@ -313,8 +340,10 @@ def test_pin_key_derivation(vector: dict[str, Any]) -> None:
     assert (vector["n"], vector["r"], vector["p"], vector["length"]) == (2**14, 8, 1, 32)
     kdf = Scrypt(salt=salt, length=32, n=2**14, r=8, p=1)
     assert kdf.derive(vector["pin"].encode("utf-8")).hex() == vector["pinKeyHex"]
-    assert hashlib.scrypt(vector["pin"].encode(), salt=salt, n=2**14, r=8, p=1,
-                          dklen=32).hex() == vector["pinKeyHex"]
+    assert (
+        hashlib.scrypt(vector["pin"].encode(), salt=salt, n=2**14, r=8, p=1, dklen=32).hex()
+        == vector["pinKeyHex"]
+    )
     assert pin.derive_pin_key(vector["pin"], salt).hex() == vector["pinKeyHex"]
 
 
@@ -324,8 +353,7 @@ def test_pin_proof() -> None:
     pin_key = bytes.fromhex(vector["pinKeyHex"])
     salt = bytes.fromhex(vector["pinSaltHex"])
     tbs = bytes.fromhex(case["tbsHex"])
-    assert Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(
-        vector["pin"].encode()) == pin_key
+    assert Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(vector["pin"].encode()) == pin_key
     message = p.pin_proof_message(tbs)
     assert message.hex() == vector["pinProofMessageHex"]
     assert split_fields(message) == [p.PIN_PROOF_LABEL, tbs]
@@ -341,6 +369,7 @@ def test_pin_proof() -> None:
 
 
 # -- base64url without padding (§1) -------------------------------------------------------
+
 
 @pytest.mark.parametrize("vector", VECTORS["base64url"]["valid"], ids=lambda v: v["text"] or "''")
 def test_b64u_valid_vectors(vector: dict[str, str]) -> None:
@@ -360,8 +389,10 @@ def test_b64u_rejects_padding(text: str) -> None:
         p.b64u_decode(text)
 
 
-@pytest.mark.parametrize("text", [" AAA", "AAA ", "AA AA", "AAAA\n", "AAA\n", "AA\nAA",
-                                  "AAAA\r\n", "\tAAAA", "AAAA\u00a0"])
+@pytest.mark.parametrize(
+    "text",
+    [" AAA", "AAA ", "AA AA", "AAAA\n", "AAA\n", "AA\nAA", "AAAA\r\n", "\tAAAA", "AAAA\u00a0"],
+)
 def test_b64u_rejects_whitespace(text: str) -> None:
     with pytest.raises(ValueError):
         p.b64u_decode(text)
@@ -400,8 +431,11 @@ def test_b64u_rejects_non_canonical_trailing_bits() -> None:
 
 def test_b64u_round_trip() -> None:
     for length in range(0, 70):
-        data = hashlib.sha512(bytes([length])).digest()[:length] if length <= 64 \
+        data = (
+            hashlib.sha512(bytes([length])).digest()[:length]
+            if length <= 64
             else bytes(range(length))
+        )
         text = p.b64u_encode(data)
         assert "=" not in text and "+" not in text and "/" not in text
         assert p.b64u_decode(text) == data
@@ -410,9 +444,11 @@ def test_b64u_round_trip() -> None:
 def test_message_fields_decode_strictly() -> None:
     wire = dict(BY_NAME["deactivation"]["request"])
     assert p.DeactivateRequest.model_validate(wire)
-    for bad in (wire["softwareSignature"] + "=",
-                wire["softwareSignature"].replace("-", "+").replace("_", "/"),
-                wire["softwareSignature"] + "\n"):
+    for bad in (
+        wire["softwareSignature"] + "=",
+        wire["softwareSignature"].replace("-", "+").replace("_", "/"),
+        wire["softwareSignature"] + "\n",
+    ):
         if bad == wire["softwareSignature"]:
             continue
         with pytest.raises(ValidationError):
@@ -457,9 +493,10 @@ def _shifted(left: str, right: str) -> dict[str, Any]:
 
 def test_moving_a_byte_between_application_and_device_id_changes_the_bytes() -> None:
     original = p.transcript(p.Purpose.AUTHENTICATION, **BASE)
-    shifted = p.transcript(p.Purpose.AUTHENTICATION,
-                           **{**BASE, "application_id": "bank.exampl",
-                              "device_id": "e" + BASE["device_id"]})
+    shifted = p.transcript(
+        p.Purpose.AUTHENTICATION,
+        **{**BASE, "application_id": "bank.exampl", "device_id": "e" + BASE["device_id"]},
+    )
     assert shifted != original
     assert b"".join(split_fields(shifted)) == b"".join(split_fields(original))
 
@@ -482,7 +519,8 @@ def test_every_field_is_recoverable(name: str) -> None:
         parsed = split_fields(tbs)
         assert len(parsed) == 11
         expected = [p.SIGNATURE_LABEL, b"activation"] + [
-            v.encode() if isinstance(v, str) else v for v in (fields[k] for k in ORDER)]
+            v.encode() if isinstance(v, str) else v for v in (fields[k] for k in ORDER)
+        ]
         assert parsed == expected
 
 

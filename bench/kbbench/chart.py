@@ -24,8 +24,9 @@ def chart(series: list[tuple[str, list[dict[str, Any]]]], path: Path, title: str
             ys = [r[key] for r in levels]
             ax.plot(xs, ys, marker=markers[i % 5], label=label)
             for x, y in zip(xs, ys, strict=True):
-                ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7)
+                ax.annotate(
+                    f"{y:.0f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
+                )
     for ax, ylabel in ((ax1, "full flows per second"), (ax2, "p99 flow latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -29,7 +29,7 @@ _ECDSA = ec.ECDSA(hashes.SHA256())
 #: Primitive -> what it is (for the table).
 PRIMITIVES = {
     "hpke_open_request": "HPKE open of a sealed request (X25519, HKDF-SHA256, AES-128-GCM), "
-                         "header parse, info; channel.open_request",
+    "header parse, info; channel.open_request",
     "seal_response": "HKDF-SHA256 response key + AES-128-GCM seal; channel.seal_response",
     "ecdsa_verify_with_load": "P-256 SPKI DER load + ECDSA-SHA256 verify of the transcript",
     "parse_public_key": "P-256 SPKI DER load + canonical re-encode (new key)",
@@ -42,17 +42,35 @@ PRIMITIVES = {
 RECIPES: dict[str, dict[str, int]] = {
     # start: open + seal + challenge; finish: open + seal + sw verify + hw verify +
     # parse next key + key id (check) + key id (rotate)
-    "device": {"hpke_open_request": 2, "seal_response": 2, "ecdsa_verify_with_load": 2,
-               "parse_public_key": 1, "sha256_key_id": 2, "challenge_random": 1},
+    "device": {
+        "hpke_open_request": 2,
+        "seal_response": 2,
+        "ecdsa_verify_with_load": 2,
+        "parse_public_key": 1,
+        "sha256_key_id": 2,
+        "challenge_random": 1,
+    },
     # RP create op (API key), pending (open/seal), start, finish as above, RP read (API key)
-    "backend": {"hpke_open_request": 3, "seal_response": 3, "ecdsa_verify_with_load": 2,
-                "parse_public_key": 1, "sha256_key_id": 2, "challenge_random": 1,
-                "api_key_check": 2},
+    "backend": {
+        "hpke_open_request": 3,
+        "seal_response": 3,
+        "ecdsa_verify_with_load": 2,
+        "parse_public_key": 1,
+        "sha256_key_id": 2,
+        "challenge_random": 1,
+        "api_key_check": 2,
+    },
     # RP user + RP code (API key, code hash), start (open/seal, code hash, challenge),
     # finish (open/seal, parse sw + hw keys, verify sw + hw, key id)
-    "activation": {"hpke_open_request": 2, "seal_response": 2, "ecdsa_verify_with_load": 2,
-                   "parse_public_key": 2, "sha256_key_id": 3, "challenge_random": 1,
-                   "api_key_check": 2},
+    "activation": {
+        "hpke_open_request": 2,
+        "seal_response": 2,
+        "ecdsa_verify_with_load": 2,
+        "parse_public_key": 2,
+        "sha256_key_id": 3,
+        "challenge_random": 1,
+        "api_key_check": 2,
+    },
 }
 
 
@@ -79,22 +97,39 @@ def measure(iterations: int = 2000, repeats: int = 7) -> dict[str, float]:
     sw, hw, nxt = crypto.generate_p256(), crypto.generate_p256(), crypto.generate_p256()
     sw_pub, next_pub = crypto.public_der(sw), crypto.public_der(nxt)
     tbs = p.transcript(
-        p.Purpose.AUTHENTICATION, application_id="bench", device_id="0" * 36,
-        operation_id="1" * 36, challenge=secrets.token_bytes(32), context_digest=p.NO_CONTEXT_HASH,
-        software_public_key=next_pub, auth_method="DEVICE", hw_key_client_status="OK")
+        p.Purpose.AUTHENTICATION,
+        application_id="bench",
+        device_id="0" * 36,
+        operation_id="1" * 36,
+        challenge=secrets.token_bytes(32),
+        context_digest=p.NO_CONTEXT_HASH,
+        software_public_key=next_pub,
+        auth_method="DEVICE",
+        hw_key_client_status="OK",
+    )
     sig = crypto.sign_p256(sw, tbs)
     # a finish request body of the real size
-    body = json.dumps({
-        "applicationId": "bench", "deviceId": "0" * 36, "operationId": "1" * 36,
-        "authMethod": "DEVICE", "softwareKeyId": b64u_encode(crypto.key_id(sw_pub)),
-        "nextSoftwarePublicKey": b64u_encode(next_pub), "softwareSignature": b64u_encode(sig),
-        "hardwareSignature": b64u_encode(crypto.sign_p256(hw, tbs)),
-        "hwKeyClientStatus": "OK"}, separators=(",", ":")).encode()
+    body = json.dumps(
+        {
+            "applicationId": "bench",
+            "deviceId": "0" * 36,
+            "operationId": "1" * 36,
+            "authMethod": "DEVICE",
+            "softwareKeyId": b64u_encode(crypto.key_id(sw_pub)),
+            "nextSoftwarePublicKey": b64u_encode(next_pub),
+            "softwareSignature": b64u_encode(sig),
+            "hardwareSignature": b64u_encode(crypto.sign_p256(hw, tbs)),
+            "hwKeyClientStatus": "OK",
+        },
+        separators=(",", ":"),
+    ).encode()
     path = p.DevicePaths.AUTHENTICATION_FINISH
     wire, _ = channel.seal_request(pin, "POST", path, body, now=now)
     opened = channel.open_request(keyring, "bench", "POST", path, wire, now=now)
-    response = b'{"operationId":"' + b"1" * 36 + b'","state":"COMPLETED","authMethod":"DEVICE",' \
+    response = (
+        b'{"operationId":"' + b"1" * 36 + b'","state":"COMPLETED","authMethod":"DEVICE",'
         b'"authLevel":"ONE_FACTOR"}' + b" " * 120
+    )
     secret = secrets.token_urlsafe(32)
     stored = hashlib.sha256(secret.encode()).digest()
     load = crypto._load_p256.__wrapped__  # the server's loader without its lru_cache
@@ -104,20 +139,28 @@ def measure(iterations: int = 2000, repeats: int = 7) -> dict[str, float]:
 
     def parse() -> None:
         k = load(next_pub)
-        if k.public_bytes(serialization.Encoding.DER,
-                          serialization.PublicFormat.SubjectPublicKeyInfo) != next_pub:
+        if (
+            k.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            != next_pub
+        ):
             raise AssertionError
 
     fns: dict[str, tuple[Callable[[], object], int]] = {
-        "hpke_open_request": (lambda: channel.open_request(keyring, "bench", "POST", path, wire,
-                                                           now=now), iterations),
+        "hpke_open_request": (
+            lambda: channel.open_request(keyring, "bench", "POST", path, wire, now=now),
+            iterations,
+        ),
         "seal_response": (lambda: channel.seal_response(opened, 200, response), iterations),
         "ecdsa_verify_with_load": (verify, max(200, iterations // 2)),
         "parse_public_key": (parse, iterations),
         "sha256_key_id": (lambda: crypto.key_id(next_pub), iterations * 5),
         "challenge_random": (lambda: secrets.token_bytes(32), iterations * 5),
-        "api_key_check": (lambda: hmac.compare_digest(hashlib.sha256(secret.encode()).digest(),
-                                                      stored), iterations * 5),
+        "api_key_check": (
+            lambda: hmac.compare_digest(hashlib.sha256(secret.encode()).digest(), stored),
+            iterations * 5,
+        ),
     }
     return {name: _time_us(fn, n, repeats) for name, (fn, n) in fns.items()}
 

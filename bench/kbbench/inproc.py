@@ -23,8 +23,7 @@ from keybound.server.unit import Unit, perform
 def fresh_keybound(prefix: str) -> Iterator[tuple[Keybound, ChannelPin]]:
     """The service on a new database in a temp dir, and the pin of its application's key."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        kb = Keybound.open(f"sqlite:///{tmp}/keybound.db",
-                           master_key_file=Path(tmp) / "master.key")
+        kb = Keybound.open(f"sqlite:///{tmp}/keybound.db", master_key_file=Path(tmp) / "master.key")
         kb.admin.create_application(APP)
         key = kb.admin.create_e2e_key(APP)
         try:
@@ -33,8 +32,7 @@ def fresh_keybound(prefix: str) -> Iterator[tuple[Keybound, ChannelPin]]:
             kb.close()
 
 
-async def activated_devices(kb: Keybound, pin: ChannelPin, conn: Any,
-                            n: int) -> list[LeanDevice]:
+async def activated_devices(kb: Keybound, pin: ChannelPin, conn: Any, n: int) -> list[LeanDevice]:
     """``n`` lean devices, each activated through ``conn`` (a user and an activation made by
     the service directly, as the relying party's API would; the device uses its link)."""
     fleet = []
@@ -47,14 +45,24 @@ async def activated_devices(kb: Keybound, pin: ChannelPin, conn: Any,
 
 
 def _activation_token(kb: Keybound) -> str:
-    user = _as_rp(kb, EventType.USER_CREATE,
-                  lambda u: kb.operations.create_user(u, APP, CreateUserRequest()))
-    issued = _as_rp(kb, EventType.ACTIVATION_CODE_ISSUED,
-                    lambda u: kb.operations.create_activation(u, APP, user.user_id))
+    user = _as_rp(
+        kb, EventType.USER_CREATE, lambda u: kb.operations.create_user(u, APP, CreateUserRequest())
+    )
+    issued = _as_rp(
+        kb,
+        EventType.ACTIVATION_CODE_ISSUED,
+        lambda u: kb.operations.create_activation(u, APP, user.user_id),
+    )
     return str(issued.activation_token)
 
 
 def _as_rp(kb: Keybound, action: EventType, call: Any) -> Any:
-    unit = Unit(kb.db, kb.clock, actor=Actor.RELYING_PARTY, action=action, application_id=APP,
-                identified=True)
+    unit = Unit(
+        kb.db,
+        kb.clock,
+        actor=Actor.RELYING_PARTY,
+        action=action,
+        application_id=APP,
+        identified=True,
+    )
     return perform(unit, call, noise=kb.noise, cause="bench")

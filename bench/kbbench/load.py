@@ -39,7 +39,7 @@ STEPS: dict[str, tuple[str, ...]] = {
 FLOW_TITLES = {
     "device": "device-initiated authentication (start + finish, sw + hw key, rotation)",
     "backend": "backend-initiated authentication (RP create, device pending + start + finish, "
-               "RP reads result)",
+    "RP reads result)",
     "activation": "activation (RP user + code, device start + finish)",
 }
 PRE_CONTEXT = {"content": "Sign in to bench.example from 127.0.0.1?", "mimeType": "text/plain"}
@@ -76,8 +76,9 @@ class VirtualClient:
         t = time.perf_counter()
         user = await self.rp.call("rp_user", "POST", "/rp/v1/users", {}, expect=201)
         t1 = time.perf_counter()
-        code = await self.rp.call("rp_code", "POST",
-                                  f"/rp/v1/users/{user['userId']}/activation-codes", expect=201)
+        code = await self.rp.call(
+            "rp_code", "POST", f"/rp/v1/users/{user['userId']}/activation-codes", expect=201
+        )
         t2 = time.perf_counter()
         start = await self.dev.activation_start(code["activationToken"])
         t3 = time.perf_counter()
@@ -94,9 +95,13 @@ class VirtualClient:
 
     async def backend_auth(self, tm: dict[str, float]) -> None:
         t = time.perf_counter()
-        op = await self.rp.call("rp_create", "POST",
-                                f"/rp/v1/devices/{self.dev.device_id}/operations",
-                                {"preOperationContext": PRE_CONTEXT}, expect=201)
+        op = await self.rp.call(
+            "rp_create",
+            "POST",
+            f"/rp/v1/devices/{self.dev.device_id}/operations",
+            {"preOperationContext": PRE_CONTEXT},
+            expect=201,
+        )
         t1 = time.perf_counter()
         pending = await self.dev.pending()
         if not any(o["operationId"] == op["operationId"] for o in pending):
@@ -109,8 +114,13 @@ class VirtualClient:
         res = await self.rp.call("rp_result", "GET", f"/rp/v1/operations/{op['operationId']}")
         if res.get("state") != "COMPLETED":
             raise HttpError("rp_result", f"state {res.get('state')}")
-        tm.update(rp_create=t1 - t, pending=t2 - t1, auth_start=t3 - t2, auth_finish=t4 - t3,
-                  rp_result=time.perf_counter() - t4)
+        tm.update(
+            rp_create=t1 - t,
+            pending=t2 - t1,
+            auth_start=t3 - t2,
+            auth_finish=t4 - t3,
+            rp_result=time.perf_counter() - t4,
+        )
 
     async def close(self) -> None:
         await self.rp.conn.close()
@@ -125,10 +135,21 @@ def _failure(exc: Exception) -> tuple[str, str]:
     return "exception", repr(exc)[:200]
 
 
-def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, int, int]],
-                 target: Target, times: Any,
-                 counter: Any, finished: Any, max_flows: int, out_q: Any, ready_q: Any, go: Any,
-                 release: Any) -> None:
+def _client_main(
+    wid: int,
+    flow: str,
+    n_clients: int,
+    seeded: list[tuple[str, int, int]],
+    target: Target,
+    times: Any,
+    counter: Any,
+    finished: Any,
+    max_flows: int,
+    out_q: Any,
+    ready_q: Any,
+    go: Any,
+    release: Any,
+) -> None:
     """One client process: ``n_clients`` virtual clients on one asyncio loop."""
     pin = ChannelPin.from_string(target.pin)
     # uvloop (installed with uvicorn[standard], which the server uses too): the generator
@@ -140,8 +161,9 @@ def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, in
     if seeded:
         pool = json.loads(Path(target.pool_file).read_text())
         for i, (device_id, s, h) in enumerate(seeded):
-            vcs[i % n_clients].seeded.append((device_id, load_key(pool["sw"][s]),
-                                              load_key(pool["hw"][h])))
+            vcs[i % n_clients].seeded.append(
+                (device_id, load_key(pool["sw"][s]), load_key(pool["hw"][h]))
+            )
 
     async def setup() -> None:
         if flow != "activation" and not seeded:
@@ -149,8 +171,11 @@ def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, in
                 await vc.activate({})
 
     async def loop_flows(vc: VirtualClient) -> None:
-        run = {"device": vc.seeded_auth if seeded else vc.device_auth,
-               "backend": vc.backend_auth, "activation": vc.activate}[flow]
+        run = {
+            "device": vc.seeded_auth if seeded else vc.device_auth,
+            "backend": vc.backend_auth,
+            "activation": vc.activate,
+        }[flow]
         while time.time() < times[0]:
             await asyncio.sleep(0.001)
         while time.time() < times[1]:
@@ -198,10 +223,19 @@ def _client_main(wid: int, flow: str, n_clients: int, seeded: list[tuple[str, in
     release.wait(120)  # stay alive until the main process has sampled our CPU time
 
 
-def run_level(server: Any, flow: str, concurrency: int, *, seconds: float, warmup: float,
-              max_flows: int, client_procs: int, floor_us: float | None = None,
-              seeded: list[tuple[str, int, int]] | None = None,
-              pool_file: str = "") -> dict[str, Any]:
+def run_level(
+    server: Any,
+    flow: str,
+    concurrency: int,
+    *,
+    seconds: float,
+    warmup: float,
+    max_flows: int,
+    client_procs: int,
+    floor_us: float | None = None,
+    seeded: list[tuple[str, int, int]] | None = None,
+    pool_file: str = "",
+) -> dict[str, Any]:
     """One measured run at one concurrency level. ``server`` is a running KeyboundServer.
     ``seeded``: device-initiated flows as these pre-seeded registrations (device id, software
     and hardware pool index), spread over the virtual clients, instead of each virtual
@@ -217,10 +251,28 @@ def run_level(server: Any, flow: str, concurrency: int, *, seconds: float, warmu
     times = ctx.Array("d", [float("inf"), float("inf")])
     counter = ctx.Value("l", 0)
     finished = ctx.Value("l", 0)
-    workers = [ctx.Process(target=_client_main, daemon=True,
-                           args=(w, flow, share[w], seeded_share[w], target, times, counter,
-                                 finished, max_flows, out_q, ready_q, go, release))
-               for w in range(nproc)]
+    workers = [
+        ctx.Process(
+            target=_client_main,
+            daemon=True,
+            args=(
+                w,
+                flow,
+                share[w],
+                seeded_share[w],
+                target,
+                times,
+                counter,
+                finished,
+                max_flows,
+                out_q,
+                ready_q,
+                go,
+                release,
+            ),
+        )
+        for w in range(nproc)
+    ]
     for w in workers:
         w.start()
     try:
@@ -235,10 +287,14 @@ def run_level(server: Any, flow: str, concurrency: int, *, seconds: float, warmu
         go.set()
 
         def sample() -> tuple[float, float, tuple[float, float], float, float, float | None]:
-            return (server.cpu_seconds(), sum(procs.proc_cpu(w.pid or 0) for w in workers),
-                    procs.machine_cpu(), time.time(),
-                    sum(procs.status_kib(p, "VmRSS") for p in server.pids()) / 1024,
-                    server.db_cpu_seconds())
+            return (
+                server.cpu_seconds(),
+                sum(procs.proc_cpu(w.pid or 0) for w in workers),
+                procs.machine_cpu(),
+                time.time(),
+                sum(procs.status_kib(p, "VmRSS") for p in server.pids()) / 1024,
+                server.db_cpu_seconds(),
+            )
 
         while time.time() < t_meas0:
             time.sleep(0.005)
@@ -267,9 +323,17 @@ def run_level(server: Any, flow: str, concurrency: int, *, seconds: float, warmu
     return _summarise(flow, concurrency, nproc, server, s0, s1, results, rss, floor_us)
 
 
-def _summarise(flow: str, concurrency: int, nproc: int, server: Any, s0: Any, s1: Any,
-               results: list[tuple[int, list[Any]]], rss: dict[int, int],
-               floor_us: float | None) -> dict[str, Any]:
+def _summarise(
+    flow: str,
+    concurrency: int,
+    nproc: int,
+    server: Any,
+    s0: Any,
+    s1: Any,
+    results: list[tuple[int, list[Any]]],
+    rss: dict[int, int],
+    floor_us: float | None,
+) -> dict[str, Any]:
     window = s1[3] - s0[3]
     recs = [r for _, rs in results for r in rs]
     in_win = [r for r in recs if s0[3] <= r[1] <= s1[3]]
@@ -294,29 +358,40 @@ def _summarise(flow: str, concurrency: int, nproc: int, server: Any, s0: Any, s1
     requests = {"device": 2, "backend": 5, "activation": 4}[flow]
     workers_rss = {str(p): kib / 1024 for p, kib in rss.items()}
     res: dict[str, Any] = {
-        "implementation": "keybound", "backend": getattr(server, "backend", "sqlite"),
-        "flow": flow, "concurrency": concurrency,
-        "window_s": window, "flows_ok": n, "flows_failed": len(fails),
+        "implementation": "keybound",
+        "backend": getattr(server, "backend", "sqlite"),
+        "flow": flow,
+        "concurrency": concurrency,
+        "window_s": window,
+        "flows_ok": n,
+        "flows_failed": len(fails),
         "flows_per_s": n / window if window else 0.0,
         "requests_per_s": requests * n / window if window else 0.0,
-        "flow_p50_ms": pct(lat, 50) * 1e3, "flow_p99_ms": pct(lat, 99) * 1e3,
-        "steps": steps, "failures": fail_by,
-        "server_workers": server.workers, "client_procs": nproc,
-        "cpu": {"server_cpu_s": srv, "client_cpu_s": cli,
-                "machine_busy_pct": 100 * busy / tot if tot else 0.0,
-                "server_cores_used": srv / window if window else 0.0,
-                "client_cores_used": cli / window if window else 0.0,
-                # CPU of everything else on the machine (other jobs): a noise indicator
-                "other_cores_used": max(0.0, busy / tot * ncpu - (srv + cli + (db or 0.0))
-                                        / window) if tot and window else 0.0,
-                "server_cpu_ms_per_flow": srv_ms,
-                "client_cpu_ms_per_flow": 1e3 * cli / n if n else float("nan"),
-                "db_cpu_s": db,
-                "db_cores_used": db / window if db is not None and window else None,
-                "db_cpu_ms_per_flow": (1e3 * db / n if n else float("nan"))
-                if db is not None else None,
-                "server_plus_db_cpu_ms_per_flow": (1e3 * (srv + (db or 0.0)) / n) if n
-                else float("nan")},
+        "flow_p50_ms": pct(lat, 50) * 1e3,
+        "flow_p99_ms": pct(lat, 99) * 1e3,
+        "steps": steps,
+        "failures": fail_by,
+        "server_workers": server.workers,
+        "client_procs": nproc,
+        "cpu": {
+            "server_cpu_s": srv,
+            "client_cpu_s": cli,
+            "machine_busy_pct": 100 * busy / tot if tot else 0.0,
+            "server_cores_used": srv / window if window else 0.0,
+            "client_cores_used": cli / window if window else 0.0,
+            # CPU of everything else on the machine (other jobs): a noise indicator
+            "other_cores_used": max(0.0, busy / tot * ncpu - (srv + cli + (db or 0.0)) / window)
+            if tot and window
+            else 0.0,
+            "server_cpu_ms_per_flow": srv_ms,
+            "client_cpu_ms_per_flow": 1e3 * cli / n if n else float("nan"),
+            "db_cpu_s": db,
+            "db_cores_used": db / window if db is not None and window else None,
+            "db_cpu_ms_per_flow": (1e3 * db / n if n else float("nan")) if db is not None else None,
+            "server_plus_db_cpu_ms_per_flow": (1e3 * (srv + (db or 0.0)) / n)
+            if n
+            else float("nan"),
+        },
         "server_peak_rss_mib": workers_rss,
         "server_peak_rss_mib_max": max(workers_rss.values()) if workers_rss else 0.0,
         # RSS of all server processes together at the window's start and end (growth check)

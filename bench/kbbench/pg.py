@@ -47,8 +47,12 @@ from tests.pgserver import (  # noqa: E402
 __all__ = ["BenchPostgres", "PostgresUnavailable"]
 
 #: The settings tests/pgserver.py starts the server with (for the results' metadata).
-SETTINGS = ("listen_addresses=127.0.0.1", "fsync=on", "synchronous_commit=on",
-            "max_connections=200")
+SETTINGS = (
+    "listen_addresses=127.0.0.1",
+    "fsync=on",
+    "synchronous_commit=on",
+    "max_connections=200",
+)
 
 # The watchdog: argv = parent pid, started pid, postmaster pid, deadline (epoch seconds),
 # data directory (removed once the server is gone). It never signals a PID whose command
@@ -113,10 +117,20 @@ class BenchPostgres:
             raise
         try:
             self.watchdog = subprocess.Popen(
-                [sys.executable, "-c", _WATCHDOG, str(os.getpid()),
-                 str(self.server.process.pid), str(self.postmaster_pid()),
-                 str(time.time() + self.lifetime), str(self.directory)],
-                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "-c",
+                    _WATCHDOG,
+                    str(os.getpid()),
+                    str(self.server.process.pid),
+                    str(self.postmaster_pid()),
+                    str(time.time() + self.lifetime),
+                    str(self.directory),
+                ],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
             self.version = self._server_version()
         except BaseException:
             self.stop()

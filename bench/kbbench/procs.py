@@ -22,7 +22,7 @@ def proc_cpu(pid: int, *, reaped: bool = False) -> float:
     this also counts short-lived children that exited, without counting any twice."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15 if reaped else 13]) / CLK_TCK
+        return sum(int(x) for x in fields[11 : 15 if reaped else 13]) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
 

@@ -62,8 +62,11 @@ def summarise(files: list[Path], top: int = 25) -> dict[str, Any]:
             if not stack or not count.isdigit():
                 continue
             n = int(count)
-            frames = [_frame(x) for x in stack.split(";")
-                      if x.strip() and not x.startswith(("thread ", "process "))]
+            frames = [
+                _frame(x)
+                for x in stack.split(";")
+                if x.strip() and not x.startswith(("thread ", "process "))
+            ]
             if not frames:
                 continue
             total += n
@@ -72,10 +75,16 @@ def summarise(files: list[Path], top: int = 25) -> dict[str, Any]:
             for fr in set(frames):
                 incl[fr] += n
     pct = (lambda c: 100.0 * c / total) if total else (lambda c: 0.0)
-    own = [(fn, pct(c)) for fn, c in incl.most_common()
-           if "(keybound/" in fn and pct(c) < 99.5 and not fn.startswith(("main ", "cmd_serve",
-                                                                          "serve ", "<module>"))]
-    return {"samples": total,
-            "categories": [(name, pct(c)) for name, c in cats.most_common()],
-            "self": [(fn, pct(c)) for fn, c in self_c.most_common(top)],
-            "keybound_inclusive": own[:top]}
+    own = [
+        (fn, pct(c))
+        for fn, c in incl.most_common()
+        if "(keybound/" in fn
+        and pct(c) < 99.5
+        and not fn.startswith(("main ", "cmd_serve", "serve ", "<module>"))
+    ]
+    return {
+        "samples": total,
+        "categories": [(name, pct(c)) for name, c in cats.most_common()],
+        "self": [(fn, pct(c)) for fn, c in self_c.most_common(top)],
+        "keybound_inclusive": own[:top],
+    }

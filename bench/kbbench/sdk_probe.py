@@ -36,8 +36,9 @@ def main() -> int:
     user = rp.post("/rp/v1/users", json={}).json()["userId"]
     code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationLink"]
     with tempfile.TemporaryDirectory(prefix="kb-sdk-probe-") as tmp:
-        device = open_device(tmp, channel_pin=pin, profile=preset("linux"),
-                             hardware=open_keystore("emulated", tmp))
+        device = open_device(
+            tmp, channel_pin=pin, profile=preset("linux"), hardware=open_keystore("emulated", tmp)
+        )
         t = time.perf_counter()
         act = device.activate(code)
         t_act = time.perf_counter() - t
@@ -46,8 +47,10 @@ def main() -> int:
             t = time.perf_counter()
             res = device.authenticate()
             lat.append(time.perf_counter() - t)
-        op = rp.post(f"/rp/v1/devices/{device.device_id}/operations",
-                     json={"preOperationContext": {"content": "ok?", "mimeType": "text/plain"}})
+        op = rp.post(
+            f"/rp/v1/devices/{device.device_id}/operations",
+            json={"preOperationContext": {"content": "ok?", "mimeType": "text/plain"}},
+        )
         op_id = op.json()["operationId"]
         t = time.perf_counter()
         pending = [p.operation_id for p in device.pending()]
@@ -55,16 +58,27 @@ def main() -> int:
         t_back = time.perf_counter() - t
         state = rp.get(f"/rp/v1/operations/{op_id}").json()["state"]
         lat.sort()
-        print(json.dumps({
-            "ok": act.device_id == device.device_id and op_id in pending
-            and state == "COMPLETED" and res.hw_key_client_status.value == "OK"
-            and back.auth_level.value == "ONE_FACTOR",
-            "hardware_key_registered": act.hardware_key_registered,
-            "authentications": n, "activation_ms": t_act * 1e3,
-            "auth_p50_ms": lat[len(lat) // 2] * 1e3, "auth_max_ms": lat[-1] * 1e3,
-            "backend_auth_ms": t_back * 1e3,
-            "python_rss_kib": base, "after_import_rss_kib": imported,
-            "rss_kib": kib("VmRSS"), "peak_rss_kib": kib("VmHWM")}))
+        print(
+            json.dumps(
+                {
+                    "ok": act.device_id == device.device_id
+                    and op_id in pending
+                    and state == "COMPLETED"
+                    and res.hw_key_client_status.value == "OK"
+                    and back.auth_level.value == "ONE_FACTOR",
+                    "hardware_key_registered": act.hardware_key_registered,
+                    "authentications": n,
+                    "activation_ms": t_act * 1e3,
+                    "auth_p50_ms": lat[len(lat) // 2] * 1e3,
+                    "auth_max_ms": lat[-1] * 1e3,
+                    "backend_auth_ms": t_back * 1e3,
+                    "python_rss_kib": base,
+                    "after_import_rss_kib": imported,
+                    "rss_kib": kib("VmRSS"),
+                    "peak_rss_kib": kib("VmHWM"),
+                }
+            )
+        )
     return 0
 
 

@@ -33,11 +33,28 @@ from keybound import crypto
 from keybound.storage import tables as t
 from keybound.storage.db import Database
 
-REG_COLUMNS = ("id", "application_id", "user_id", "state", "lock_reason", "failures",
-               "sw_public_key", "sw_key_id", "hw_public_key", "hw_algorithm",
-               "activation_hw_status", "pin_key", "platform", "os_version", "model",
-               "generation", "created_at", "activated_at", "last_authenticated_at",
-               "updated_at")
+REG_COLUMNS = (
+    "id",
+    "application_id",
+    "user_id",
+    "state",
+    "lock_reason",
+    "failures",
+    "sw_public_key",
+    "sw_key_id",
+    "hw_public_key",
+    "hw_algorithm",
+    "activation_hw_status",
+    "pin_key",
+    "platform",
+    "os_version",
+    "model",
+    "generation",
+    "created_at",
+    "activated_at",
+    "last_authenticated_at",
+    "updated_at",
+)
 USER_COLUMNS = ("id", "application_id", "external_ref", "created_at")
 
 
@@ -52,8 +69,9 @@ def pool_path(db_url: str, pool_file: str | Path | None = None) -> Path | None:
     return Path(db_url.split("///", 1)[1] + ".seedkeys.json")
 
 
-def load_or_make_pool(db_url: str, n: int,
-                      pool_file: str | Path | None = None) -> tuple[list[Any], list[Any]]:
+def load_or_make_pool(
+    db_url: str, n: int, pool_file: str | Path | None = None
+) -> tuple[list[Any], list[Any]]:
     """(software, hardware) private keys of the pool: read from the pool file if it exists,
     else generated and written there (0600)."""
     path = pool_path(db_url, pool_file)
@@ -69,8 +87,9 @@ def load_or_make_pool(db_url: str, n: int,
 
 
 def _dump(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).hex()
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).hex()
 
 
 def load_key(text: str) -> Any:
@@ -87,8 +106,9 @@ def key_pool(keys: list[Any]) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def sample_seeded(db_url: str, application_id: str, n: int,
-                  pool: tuple[list[Any], list[Any]]) -> list[tuple[str, int, int]]:
+def sample_seeded(
+    db_url: str, application_id: str, n: int, pool: tuple[list[Any], list[Any]]
+) -> list[tuple[str, int, int]]:
     """Up to ``n`` random seeded registrations never authenticated yet, as (device id,
     software pool index, hardware pool index)."""
     sw_idx = {kid: i for i, (_, kid) in enumerate(key_pool(pool[0]))}
@@ -103,17 +123,20 @@ def sample_seeded(db_url: str, application_id: str, n: int,
         seen: set[int] = set()
         rng = random.Random()
         for _ in range(50):
-            want = [r for r in dict.fromkeys(rng.randint(1, top)
-                                             for _ in range(2 * (n - len(out)) + 100))
-                    if r not in seen]  # distinct rowids: a device must never be used twice
+            want = [
+                r
+                for r in dict.fromkeys(rng.randint(1, top) for _ in range(2 * (n - len(out)) + 100))
+                if r not in seen
+            ]  # distinct rowids: a device must never be used twice
             seen.update(want)
             for chunk in range(0, len(want), 900):
-                ids = want[chunk:chunk + 900]
+                ids = want[chunk : chunk + 900]
                 rows = con.execute(
                     "SELECT id, sw_key_id, hw_public_key FROM registrations WHERE rowid IN "
                     f"({','.join('?' * len(ids))}) AND application_id = ? AND model = 'seeded' "
                     "AND state = 'ACTIVE' AND last_authenticated_at IS NULL",
-                    (*ids, application_id)).fetchall()
+                    (*ids, application_id),
+                ).fetchall()
                 for dev, kid, hw in rows:
                     if kid in sw_idx and hw in hw_idx:
                         out.append((dev, sw_idx[kid], hw_idx[hw]))
@@ -124,8 +147,9 @@ def sample_seeded(db_url: str, application_id: str, n: int,
         con.close()
 
 
-def _sample_seeded_sql(db_url: str, application_id: str, n: int, sw_idx: dict[bytes, int],
-                       hw_idx: dict[bytes, int]) -> list[tuple[str, int, int]]:
+def _sample_seeded_sql(
+    db_url: str, application_id: str, n: int, sw_idx: dict[bytes, int], hw_idx: dict[bytes, int]
+) -> list[tuple[str, int, int]]:
     """``sample_seeded`` on a server database: ORDER BY random() (one scan of the table)."""
     reg = t.registrations
     db = Database(db_url)
@@ -133,43 +157,91 @@ def _sample_seeded_sql(db_url: str, application_id: str, n: int, sw_idx: dict[by
         with db.read() as conn:
             rows = conn.execute(
                 select(reg.c.id, reg.c.sw_key_id, reg.c.hw_public_key)
-                .where(reg.c.application_id == application_id, reg.c.model == "seeded",
-                       reg.c.state == "ACTIVE", reg.c.last_authenticated_at.is_(None))
-                .order_by(func.random()).limit(n)).all()
+                .where(
+                    reg.c.application_id == application_id,
+                    reg.c.model == "seeded",
+                    reg.c.state == "ACTIVE",
+                    reg.c.last_authenticated_at.is_(None),
+                )
+                .order_by(func.random())
+                .limit(n)
+            ).all()
     finally:
         db.dispose()
-    return [(dev, sw_idx[bytes(kid)], hw_idx[bytes(hw)]) for dev, kid, hw in rows
-            if bytes(kid) in sw_idx and hw is not None and bytes(hw) in hw_idx]
+    return [
+        (dev, sw_idx[bytes(kid)], hw_idx[bytes(hw)])
+        for dev, kid, hw in rows
+        if bytes(kid) in sw_idx and hw is not None and bytes(hw) in hw_idx
+    ]
 
 
 def count_registrations(db: Database, application_id: str) -> int:
     with db.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(t.registrations).where(
-            t.registrations.c.application_id == application_id)).scalar_one())
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(t.registrations)
+                .where(t.registrations.c.application_id == application_id)
+            ).scalar_one()
+        )
 
 
-def _rows(application_id: str, start: int, n: int, sw: list[tuple[bytes, bytes]],
-          hw: list[tuple[bytes, bytes]], now_ms: int) -> tuple[list[tuple[Any, ...]],
-                                                               list[tuple[Any, ...]]]:
+def _rows(
+    application_id: str,
+    start: int,
+    n: int,
+    sw: list[tuple[bytes, bytes]],
+    hw: list[tuple[bytes, bytes]],
+    now_ms: int,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     users, regs = [], []
     k = len(sw)
     rnd = os.urandom(32 * n)
     for j in range(n):
         i = start + j
-        user_id = str(uuid.UUID(bytes=rnd[32 * j:32 * j + 16], version=4))
-        device_id = str(uuid.UUID(bytes=rnd[32 * j + 16:32 * j + 32], version=4))
+        user_id = str(uuid.UUID(bytes=rnd[32 * j : 32 * j + 16], version=4))
+        device_id = str(uuid.UUID(bytes=rnd[32 * j + 16 : 32 * j + 32], version=4))
         at = now_ms - (n - j)  # distinct, in the past
         s_der, s_id = sw[i % k]
         h_der, _ = hw[(i * 7 + 3) % k]
         users.append((user_id, application_id, f"seed-{i}", at))
-        regs.append((device_id, application_id, user_id, "ACTIVE", None, 0, s_der, s_id, h_der,
-                     "ES256", "OK", None, "ANDROID", "14", "seeded", 1, at, at, None, at))
+        regs.append(
+            (
+                device_id,
+                application_id,
+                user_id,
+                "ACTIVE",
+                None,
+                0,
+                s_der,
+                s_id,
+                h_der,
+                "ES256",
+                "OK",
+                None,
+                "ANDROID",
+                "14",
+                "seeded",
+                1,
+                at,
+                at,
+                None,
+                at,
+            )
+        )
     return users, regs
 
 
-def seed(db_url: str, application_id: str, total: int, *, pool: int = 1000,
-         batch: int = 50_000, log: Any = print,
-         pool_file: str | Path | None = None) -> dict[str, Any]:
+def seed(
+    db_url: str,
+    application_id: str,
+    total: int,
+    *,
+    pool: int = 1000,
+    batch: int = 50_000,
+    log: Any = print,
+    pool_file: str | Path | None = None,
+) -> dict[str, Any]:
     """Top ``application_id`` up to ``total`` registrations (creating the application if it
     does not exist). ``pool_file``: where the key pool's private keys are kept (default:
     beside an SQLite database; not kept for other databases). Returns counts and timings."""
@@ -190,8 +262,13 @@ def seed(db_url: str, application_id: str, total: int, *, pool: int = 1000,
     t_vacuum = 0.0
     dialect = db.engine.dialect.name
     with db.engine.connect() as conn:
-        load = (_SqliteLoad(conn) if db.is_sqlite else
-                _CopyLoad(conn) if dialect == "postgresql" else _CoreLoad(conn))
+        load = (
+            _SqliteLoad(conn)
+            if db.is_sqlite
+            else _CopyLoad(conn)
+            if dialect == "postgresql"
+            else _CoreLoad(conn)
+        )
         while done < todo:
             n = min(batch, todo - done)
             users, regs = _rows(application_id, have + done, n, sw, hw, now_ms)
@@ -207,11 +284,18 @@ def seed(db_url: str, application_id: str, total: int, *, pool: int = 1000,
     elapsed = time.perf_counter() - t0
     size = _db_bytes(db)
     db.dispose()
-    return {"application": application_id, "backend": dialect, "before": have,
-            "inserted": todo, "total": have + todo, "seconds": elapsed,
-            "key_pool_seconds": t_keys, "finish_seconds": t_vacuum,
-            "rows_per_s": todo / elapsed if elapsed and todo else 0.0,
-            "db_bytes": size}
+    return {
+        "application": application_id,
+        "backend": dialect,
+        "before": have,
+        "inserted": todo,
+        "total": have + todo,
+        "seconds": elapsed,
+        "key_pool_seconds": t_keys,
+        "finish_seconds": t_vacuum,
+        "rows_per_s": todo / elapsed if elapsed and todo else 0.0,
+        "db_bytes": size,
+    }
 
 
 _Rows = list[tuple[Any, ...]]
@@ -220,10 +304,14 @@ _Rows = list[tuple[Any, ...]]
 class _SqliteLoad:
     """The sqlite3 driver's executemany on one connection, ``synchronous=OFF`` meanwhile."""
 
-    user_sql = (f"INSERT INTO users ({', '.join(USER_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(USER_COLUMNS))})")
-    reg_sql = (f"INSERT INTO registrations ({', '.join(REG_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(REG_COLUMNS))})")
+    user_sql = (
+        f"INSERT INTO users ({', '.join(USER_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(USER_COLUMNS))})"
+    )
+    reg_sql = (
+        f"INSERT INTO registrations ({', '.join(REG_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(REG_COLUMNS))})"
+    )
 
     def __init__(self, conn: Connection) -> None:
         raw = conn.connection.driver_connection  # sqlite3.Connection, autocommit mode
@@ -256,16 +344,17 @@ class _CopyLoad:
 
     def insert(self, users: _Rows, regs: _Rows) -> None:
         with self.conn.begin(), self.raw.cursor() as cur:
-            for table, columns, rows in (("users", USER_COLUMNS, users),
-                                         ("registrations", REG_COLUMNS, regs)):
+            for table, columns, rows in (
+                ("users", USER_COLUMNS, users),
+                ("registrations", REG_COLUMNS, regs),
+            ):
                 with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
 
     def finish(self) -> None:
         # VACUUM cannot run in a transaction block: a connection of its own, autocommit
-        with self.conn.engine.connect().execution_options(
-                isolation_level="AUTOCOMMIT") as conn:
+        with self.conn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM (ANALYZE) users, registrations")
 
 
@@ -277,10 +366,12 @@ class _CoreLoad:
 
     def insert(self, users: _Rows, regs: _Rows) -> None:
         with self.conn.begin():
-            self.conn.execute(insert(t.users), [dict(zip(USER_COLUMNS, u, strict=True))
-                                                for u in users])
-            self.conn.execute(insert(t.registrations),
-                              [dict(zip(REG_COLUMNS, r, strict=True)) for r in regs])
+            self.conn.execute(
+                insert(t.users), [dict(zip(USER_COLUMNS, u, strict=True)) for u in users]
+            )
+            self.conn.execute(
+                insert(t.registrations), [dict(zip(REG_COLUMNS, r, strict=True)) for r in regs]
+            )
 
     def finish(self) -> None:
         pass
@@ -293,6 +384,7 @@ def _db_bytes(db: Database) -> int:
         return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
     if db.engine.dialect.name == "postgresql":
         with db.read() as conn:
-            return int(conn.exec_driver_sql(
-                "SELECT pg_database_size(current_database())").scalar_one())
+            return int(
+                conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one()
+            )
     return 0

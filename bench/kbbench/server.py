@@ -25,9 +25,18 @@ APP = "bench"
 
 
 class KeyboundServer:
-    def __init__(self, workdir: Path, *, workers: int = 1, port: int | None = None,
-                 app: str = APP, db_url: str = "", backend: str = "sqlite",
-                 database: Any = None, serve_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        workers: int = 1,
+        port: int | None = None,
+        app: str = APP,
+        db_url: str = "",
+        backend: str = "sqlite",
+        database: Any = None,
+        serve_args: tuple[str, ...] = (),
+    ) -> None:
         """``db_url``: the database (default: ``workdir/keybound.db``, SQLite). ``database``:
         the database server's handle when it runs in its own processes (``pids()`` and
         ``cpu_seconds()``, e.g. :class:`kbbench.pg.BenchPostgres`), for its CPU time.
@@ -47,9 +56,12 @@ class KeyboundServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "serve.log"
         # the environment is cleared of anything that would switch the channel off
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("KEYBOUND_ALLOW_PLAINTEXT", "KEYBOUND_DATABASE_URL",
-                                 "KEYBOUND_MASTER_KEY_FILE")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in ("KEYBOUND_ALLOW_PLAINTEXT", "KEYBOUND_DATABASE_URL", "KEYBOUND_MASTER_KEY_FILE")
+        }
         # the master key in the work dir (for SQLite it is beside the database anyway; for a
         # server database it would otherwise be ~/.keybound/master.key)
         self.env["KEYBOUND_MASTER_KEY_FILE"] = str(self.workdir / "master.key")
@@ -66,26 +78,45 @@ class KeyboundServer:
         """Application, API key and E2E key (pin) through the ``keybound`` CLI."""
         if not self.token:
             self.cli("app", "create", self.app)
-            self.token = self.cli("api-key", "create", self.app,
-                                  "--label", "bench").splitlines()[-1]
-            self.pin = self.cli("e2e-key", "create", self.app, "--server-url",
-                                self.url).splitlines()[-1]
+            self.token = self.cli("api-key", "create", self.app, "--label", "bench").splitlines()[
+                -1
+            ]
+            self.pin = self.cli(
+                "e2e-key", "create", self.app, "--server-url", self.url
+            ).splitlines()[-1]
 
     # ------------------------------------------------------------------ run
     def start(self, timeout: float = 60.0) -> None:
         assert self.proc is None
-        cmd = [sys.executable, "-m", "keybound.cli", "--database-url", self.db_url, "serve",
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
-               "--log-level", "warning", *self.serve_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "keybound.cli",
+            "--database-url",
+            self.db_url,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--log-level",
+            "warning",
+            *self.serve_args,
+        ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"keybound serve exited ({self.proc.returncode}); see "
-                                   f"{self.log_path}:\n{self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"keybound serve exited ({self.proc.returncode}); see "
+                    f"{self.log_path}:\n{self.log_path.read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
                     if r.status == 200 and self._workers_up():
@@ -100,8 +131,11 @@ class KeyboundServer:
     def _workers_up(self) -> bool:
         if self.workers <= 1:
             return True
-        workers = [p for p in self.pids()[1:] if "multiprocessing" in procs.cmdline(p)
-                   and "resource_tracker" not in procs.cmdline(p)]
+        workers = [
+            p
+            for p in self.pids()[1:]
+            if "multiprocessing" in procs.cmdline(p) and "resource_tracker" not in procs.cmdline(p)
+        ]
         return len(workers) >= self.workers
 
     def pids(self) -> list[int]:

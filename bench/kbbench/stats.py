@@ -19,8 +19,11 @@ def pct(xs: list[float], q: float) -> float:
 
 def summary_ms(xs_s: list[float]) -> dict[str, float]:
     """p50/p99/mean in ms of a list of seconds."""
-    return {"p50_ms": pct(xs_s, 50) * 1e3, "p99_ms": pct(xs_s, 99) * 1e3,
-            "mean_ms": statistics.fmean(xs_s) * 1e3 if xs_s else float("nan")}
+    return {
+        "p50_ms": pct(xs_s, 50) * 1e3,
+        "p99_ms": pct(xs_s, 99) * 1e3,
+        "mean_ms": statistics.fmean(xs_s) * 1e3 if xs_s else float("nan"),
+    }
 
 
 def f(x: float | None, nd: int = 1) -> str:
@@ -31,7 +34,9 @@ def f(x: float | None, nd: int = 1) -> str:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """A Markdown table (right-aligned numbers)."""
-    out = ["| " + " | ".join(headers) + " |",
-           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+    out = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|",
+    ]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)

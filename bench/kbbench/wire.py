@@ -48,15 +48,20 @@ class Conn:
         self.hosthdr = f"Host: {host}:{port}\r\n".encode()
         self.last_used = 0.0
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: bytes = b""
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
         if self.writer is not None and time.monotonic() - self.last_used > IDLE_REOPEN_S:
             await self.close()  # the server may be closing it right now (keep-alive timeout)
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        head = (f"{method} {path} HTTP/1.1\r\n".encode() + self.hosthdr + headers
-                + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        head = (
+            f"{method} {path} HTTP/1.1\r\n".encode()
+            + self.hosthdr
+            + headers
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
         self.writer.write(head + body)
         try:
             raw = await self.reader.readuntil(b"\r\n\r\n")
@@ -92,8 +97,9 @@ class RelyingParty:
         self.conn = conn
         self.auth = f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n".encode()
 
-    async def call(self, step: str, method: str, path: str, body: Any = None,
-                   expect: int = 200) -> Any:
+    async def call(
+        self, step: str, method: str, path: str, body: Any = None, expect: int = 200
+    ) -> Any:
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         status, _, out = await self.conn.request(method, path, data, self.auth)
         if status != expect:
@@ -132,7 +138,8 @@ class LeanDevice:
         wire, opener = channel.seal_request(self.pin, "POST", path, body, now=int(time.time()))
         self.crypto_s += time.perf_counter() - t
         status, hdrs, data = await self.conn.request(
-            "POST", path, wire, b"Content-Type: application/keybound-sealed\r\n")
+            "POST", path, wire, b"Content-Type: application/keybound-sealed\r\n"
+        )
         if status != 200 or hdrs.get(b"content-type") != SEALED.encode():
             raise HttpError(step, f"outer HTTP {status} {data[:160]!r}")
         t = time.perf_counter()
@@ -146,8 +153,11 @@ class LeanDevice:
     # -- activation (§3.1.1-2) ------------------------------------------------------------
     async def activation_start(self, token: str) -> dict[str, Any]:
         """With the activation link's token (§3.2.5), as a phone that scanned it."""
-        return await self.post("act_start", p.DevicePaths.ACTIVATION_START,
-                               {"applicationId": self.app, "activationToken": token})
+        return await self.post(
+            "act_start",
+            p.DevicePaths.ACTIVATION_START,
+            {"applicationId": self.app, "activationToken": token},
+        )
 
     async def activation_finish(self, start: dict[str, Any]) -> None:
         t = time.perf_counter()
@@ -155,17 +165,27 @@ class LeanDevice:
         self.hw_pub = crypto.public_der(self.hw)
         sw_pub = crypto.public_der(self.sw)
         tbs = p.transcript(
-            p.Purpose.ACTIVATION, application_id=self.app, device_id=start["deviceId"],
-            operation_id=start["operationId"], challenge=b64u_decode(start["challenge"]),
-            context_digest=p.NO_CONTEXT_HASH, software_public_key=sw_pub,
-            hardware_public_key=self.hw_pub, hw_key_client_status="OK")
-        msg = {"applicationId": self.app, "operationId": start["operationId"],
-               "deviceId": start["deviceId"], "softwarePublicKey": b64u_encode(sw_pub),
-               "softwareSignature": b64u_encode(crypto.sign_p256(self.sw, tbs)),
-               "hardwarePublicKey": b64u_encode(self.hw_pub),
-               "hardwareSignature": b64u_encode(crypto.sign_p256(self.hw, tbs)),
-               "hwKeyClientStatus": "OK",
-               "deviceProfile": {"platform": "LINUX", "osVersion": "6.8", "model": "bench"}}
+            p.Purpose.ACTIVATION,
+            application_id=self.app,
+            device_id=start["deviceId"],
+            operation_id=start["operationId"],
+            challenge=b64u_decode(start["challenge"]),
+            context_digest=p.NO_CONTEXT_HASH,
+            software_public_key=sw_pub,
+            hardware_public_key=self.hw_pub,
+            hw_key_client_status="OK",
+        )
+        msg = {
+            "applicationId": self.app,
+            "operationId": start["operationId"],
+            "deviceId": start["deviceId"],
+            "softwarePublicKey": b64u_encode(sw_pub),
+            "softwareSignature": b64u_encode(crypto.sign_p256(self.sw, tbs)),
+            "hardwarePublicKey": b64u_encode(self.hw_pub),
+            "hardwareSignature": b64u_encode(crypto.sign_p256(self.hw, tbs)),
+            "hwKeyClientStatus": "OK",
+            "deviceProfile": {"platform": "LINUX", "osVersion": "6.8", "model": "bench"},
+        }
         self.crypto_s += time.perf_counter() - t
         done = await self.post("act_finish", p.DevicePaths.ACTIVATION_FINISH, msg)
         if not done.get("hardwareKeyRegistered"):
@@ -184,17 +204,27 @@ class LeanDevice:
         following = crypto.generate_p256()
         next_pub = crypto.public_der(following)
         tbs = p.transcript(
-            p.Purpose.AUTHENTICATION, application_id=self.app, device_id=self.device_id,
-            operation_id=start["operationId"], challenge=b64u_decode(start["challenge"]),
+            p.Purpose.AUTHENTICATION,
+            application_id=self.app,
+            device_id=self.device_id,
+            operation_id=start["operationId"],
+            challenge=b64u_decode(start["challenge"]),
             context_digest=context_hash(start.get("preOperationContext")),
-            software_public_key=next_pub, auth_method="DEVICE", hw_key_client_status="OK")
-        msg = {"applicationId": self.app, "deviceId": self.device_id,
-               "operationId": start["operationId"], "authMethod": "DEVICE",
-               "softwareKeyId": self._sw_key_id(),
-               "nextSoftwarePublicKey": b64u_encode(next_pub),
-               "softwareSignature": b64u_encode(crypto.sign_p256(self.sw, tbs)),
-               "hardwareSignature": b64u_encode(crypto.sign_p256(self.hw, tbs)),
-               "hwKeyClientStatus": "OK"}
+            software_public_key=next_pub,
+            auth_method="DEVICE",
+            hw_key_client_status="OK",
+        )
+        msg = {
+            "applicationId": self.app,
+            "deviceId": self.device_id,
+            "operationId": start["operationId"],
+            "authMethod": "DEVICE",
+            "softwareKeyId": self._sw_key_id(),
+            "nextSoftwarePublicKey": b64u_encode(next_pub),
+            "softwareSignature": b64u_encode(crypto.sign_p256(self.sw, tbs)),
+            "hardwareSignature": b64u_encode(crypto.sign_p256(self.hw, tbs)),
+            "hwKeyClientStatus": "OK",
+        }
         self.crypto_s += time.perf_counter() - t
         done = await self.post("auth_finish", p.DevicePaths.AUTHENTICATION_FINISH, msg)
         if done.get("state") != "COMPLETED":
@@ -210,7 +240,10 @@ class LeanDevice:
         return self._sw_kid[1]
 
     async def pending(self) -> list[dict[str, Any]]:
-        out = await self.post("pending", p.DevicePaths.PENDING_OPERATIONS,
-                              {"applicationId": self.app, "deviceId": self.device_id})
+        out = await self.post(
+            "pending",
+            p.DevicePaths.PENDING_OPERATIONS,
+            {"applicationId": self.app, "deviceId": self.device_id},
+        )
         ops: list[dict[str, Any]] = out["operations"]
         return ops

@@ -27,9 +27,7 @@ def _load_p256(spki: bytes) -> ec.EllipticCurvePublicKey:
         key = serialization.load_der_public_key(spki)
     except (ValueError, TypeError) as exc:
         raise MalformedRequest("public key is not a DER SubjectPublicKeyInfo") from exc
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
-        key.curve, ec.SECP256R1
-    ):
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise UnsupportedAlgorithm("only ECDSA P-256 keys are accepted")
     return key
 

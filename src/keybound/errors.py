@@ -79,9 +79,7 @@ class KeyboundError(Exception):
 
     code: ErrorCode = ErrorCode.INTERNAL
 
-    def __init__(
-        self, detail: str = "", *, code: ErrorCode | None = None, **fields: Any
-    ) -> None:
+    def __init__(self, detail: str = "", *, code: ErrorCode | None = None, **fields: Any) -> None:
         if code is not None:
             self.code = code
         self.detail = detail or self.code.value.replace("_", " ")

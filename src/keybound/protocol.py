@@ -283,10 +283,17 @@ def b64_json_schema(min_bytes: int, max_bytes: int) -> dict[str, Any]:
         body = f"{_B64_CHAR}{{{4 * groups + rest}}}{_B64_LAST.get(rest, '')}"
     else:
         fewest, most = max(0, -(-(min_bytes - 2) // 3)), max_bytes // 3
-        body = (f"(?:{_B64_CHAR}{{4}}){{{fewest},{most}}}"
-                f"(?:{_B64_CHAR}{{2}}{_B64_LAST[2]}|{_B64_CHAR}{_B64_LAST[1]})?")
-    return {"type": "string", "contentEncoding": "base64url", "pattern": f"^{body}$",
-            "minLength": -(-4 * min_bytes // 3), "maxLength": -(-4 * max_bytes // 3)}
+        body = (
+            f"(?:{_B64_CHAR}{{4}}){{{fewest},{most}}}"
+            f"(?:{_B64_CHAR}{{2}}{_B64_LAST[2]}|{_B64_CHAR}{_B64_LAST[1]})?"
+        )
+    return {
+        "type": "string",
+        "contentEncoding": "base64url",
+        "pattern": f"^{body}$",
+        "minLength": -(-4 * min_bytes // 3),
+        "maxLength": -(-4 * max_bytes // 3),
+    }
 
 
 # Binary fields: base64url without padding on the wire, bytes in Python.
@@ -424,16 +431,26 @@ class OperationContext(Message):
     """Pre-operation context (shown before approval) or post-operation context (released to
     the device only after success)."""
 
-    content: Annotated[str, Field(
-        max_length=MAX_POST_CONTEXT_BYTES,
-        description="What is shown to the user (pre-operation) or released to the device "
-        "(post-operation); at most 65 536 bytes of UTF-8, a pre-operation context at most "
-        "4 096 (§1.3). Signed as received, without normalisation (§4.1.2).",
-        examples=["Pay 100 EUR to ACME"])]
-    mime_type: Annotated[str, Field(
-        min_length=1, max_length=100, pattern=r"^[\x21-\x7e ]+$",
-        description="The media type of ``content``, printable ASCII.",
-        examples=["text/plain"])]
+    content: Annotated[
+        str,
+        Field(
+            max_length=MAX_POST_CONTEXT_BYTES,
+            description="What is shown to the user (pre-operation) or released to the device "
+            "(post-operation); at most 65 536 bytes of UTF-8, a pre-operation context at most "
+            "4 096 (§1.3). Signed as received, without normalisation (§4.1.2).",
+            examples=["Pay 100 EUR to ACME"],
+        ),
+    ]
+    mime_type: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=100,
+            pattern=r"^[\x21-\x7e ]+$",
+            description="The media type of ``content``, printable ASCII.",
+            examples=["text/plain"],
+        ),
+    ]
 
     @field_validator("content")
     @classmethod
@@ -444,16 +461,30 @@ class OperationContext(Message):
 
 
 class DeviceProfile(Message):
-    platform: Annotated[Platform, Field(
-        description="The operating system family (risk attribute ``devicePlatform``).",
-        examples=["ANDROID"])]
-    os_version: Annotated[str, Field(
-        max_length=32, pattern=r"^[0-9A-Za-z._-]*$",
-        description="The operating system version (risk attribute ``deviceOsVersion``).",
-        examples=["14"])]
-    model: Annotated[str | None, Field(
-        max_length=100, description="The device model, as the app reads it.",
-        examples=["Pixel 8"])] = None
+    platform: Annotated[
+        Platform,
+        Field(
+            description="The operating system family (risk attribute ``devicePlatform``).",
+            examples=["ANDROID"],
+        ),
+    ]
+    os_version: Annotated[
+        str,
+        Field(
+            max_length=32,
+            pattern=r"^[0-9A-Za-z._-]*$",
+            description="The operating system version (risk attribute ``deviceOsVersion``).",
+            examples=["14"],
+        ),
+    ]
+    model: Annotated[
+        str | None,
+        Field(
+            max_length=100,
+            description="The device model, as the app reads it.",
+            examples=["Pixel 8"],
+        ),
+    ] = None
 
 
 class TpmAttestationKey(Message):
@@ -461,26 +492,42 @@ class TpmAttestationKey(Message):
     attest: its EK certificate and the public area of a fresh attestation key (AK), for
     credential activation (§3.1.1, §6.5.3)."""
 
-    ek_certificate: Annotated[AttestationCertificate, Field(
-        description="The EK certificate (DER X.509), as the TPM's manufacturer provisioned it "
-        "in the TPM's NV memory.",
-        examples=["R9xUDJTOtwSiOHXBEnPha7C4qHrthN6RHyEzVoEV8lSdz5ehhPMmI9EacxJM65ml"])]
-    ak_public: Annotated[TpmStructure, Field(
-        description="TPMT_PUBLIC of a fresh attestation key (restricted signing, fixedTPM, "
-        "fixedParent, sensitiveDataOrigin), marshalled.",
-        examples=["mb5e-4jKIBO9jk6wNf1C1SRUaP6a-nDY"])]
+    ek_certificate: Annotated[
+        AttestationCertificate,
+        Field(
+            description="The EK certificate (DER X.509), as the TPM's manufacturer provisioned it "
+            "in the TPM's NV memory.",
+            examples=["R9xUDJTOtwSiOHXBEnPha7C4qHrthN6RHyEzVoEV8lSdz5ehhPMmI9EacxJM65ml"],
+        ),
+    ]
+    ak_public: Annotated[
+        TpmStructure,
+        Field(
+            description="TPMT_PUBLIC of a fresh attestation key (restricted signing, fixedTPM, "
+            "fixedParent, sensitiveDataOrigin), marshalled.",
+            examples=["mb5e-4jKIBO9jk6wNf1C1SRUaP6a-nDY"],
+        ),
+    ]
 
 
 class TpmCredential(Reply):
     """TPM2_MakeCredential for the start's EK and AK: only that TPM can open it, only for
     that AK (TPM2_ActivateCredential; §6.5.3)."""
 
-    credential_blob: Annotated[TpmStructure, Field(
-        description="TPM2B_ID_OBJECT: the credential, for TPM2_ActivateCredential.",
-        examples=["m0-yTt1tHYgw4nI5gmPNvwJrlzksw1OH"])]
-    encrypted_secret: Annotated[TpmStructure, Field(
-        description="TPM2B_ENCRYPTED_SECRET: the seed, encrypted to the EK.",
-        examples=["wLqKM6xn9Eq_9ZhN-7b1bEa4gKwrhuHy"])]
+    credential_blob: Annotated[
+        TpmStructure,
+        Field(
+            description="TPM2B_ID_OBJECT: the credential, for TPM2_ActivateCredential.",
+            examples=["m0-yTt1tHYgw4nI5gmPNvwJrlzksw1OH"],
+        ),
+    ]
+    encrypted_secret: Annotated[
+        TpmStructure,
+        Field(
+            description="TPM2B_ENCRYPTED_SECRET: the seed, encrypted to the EK.",
+            examples=["wLqKM6xn9Eq_9ZhN-7b1bEa4gKwrhuHy"],
+        ),
+    ]
 
 
 def _format_required(schema: dict[str, Any]) -> None:
@@ -496,15 +543,23 @@ class AndroidKeyAttestation(Message):
 
     model_config = ConfigDict(json_schema_extra=_format_required)
 
-    format: Annotated[Literal[AttestationFormat.ANDROID_KEY], Field(
-        description="The verifier: Android key attestation.", examples=["android-key"])
+    format: Annotated[
+        Literal[AttestationFormat.ANDROID_KEY],
+        Field(description="The verifier: Android key attestation.", examples=["android-key"]),
     ] = AttestationFormat.ANDROID_KEY
     certificate_chain: Annotated[
-        list[AttestationCertificate], Field(
-            min_length=1, max_length=MAX_ATTESTATION_CHAIN,
+        list[AttestationCertificate],
+        Field(
+            min_length=1,
+            max_length=MAX_ATTESTATION_CHAIN,
             description="DER X.509 certificates, leaf (the hardware key's) first.",
-            examples=[["KSGhHyXa2qJKp5pUjk6BUIwuXlavLYM9ZeK8zkSM4vWKq6ubqYgRygCOiIM3wCkN",
-                       "zrgnrT04hP1NUK5gmdbVDAmiHnLr0wlwjotp2T3xnlUjR_WisH6GF8Vv-Kj4jy2X"]])
+            examples=[
+                [
+                    "KSGhHyXa2qJKp5pUjk6BUIwuXlavLYM9ZeK8zkSM4vWKq6ubqYgRygCOiIM3wCkN",
+                    "zrgnrT04hP1NUK5gmdbVDAmiHnLr0wlwjotp2T3xnlUjR_WisH6GF8Vv-Kj4jy2X",
+                ]
+            ],
+        ),
     ]
 
 
@@ -515,21 +570,38 @@ class TpmAttestation(Message):
 
     model_config = ConfigDict(json_schema_extra=_format_required)
 
-    format: Annotated[Literal[AttestationFormat.TPM], Field(
-        description="The verifier: TPM 2.0 (TPM2_Certify).", examples=["tpm"])
+    format: Annotated[
+        Literal[AttestationFormat.TPM],
+        Field(description="The verifier: TPM 2.0 (TPM2_Certify).", examples=["tpm"]),
     ] = AttestationFormat.TPM
-    certify_info: Annotated[TpmStructure, Field(
-        description="TPMS_ATTEST of TPM2_Certify, extraData = the activation challenge.",
-        examples=["CmNhs6gC9VzVrgYQHIih4hYyD-EcwM_h"])]
-    signature: Annotated[TpmStructure, Field(
-        description="TPMT_SIGNATURE of certifyInfo by the attestation key.",
-        examples=["5UXTlbs_2XH5G_mitnIoMd9wTvrmwaqd"])]
-    public_area: Annotated[TpmStructure, Field(
-        description="TPMT_PUBLIC of the hardware key, marshalled.",
-        examples=["osSu0c91fNmlCXNKJn_8exFmtV9Mj5w-"])]
-    activated_secret: Annotated[Bytes32, Field(
-        description="What TPM2_ActivateCredential returned for the start's credential.",
-        examples=["ECtRuXZaVqPomffPDuOOUlH5xQOzV7MwpJGD63sVVgQ"])]
+    certify_info: Annotated[
+        TpmStructure,
+        Field(
+            description="TPMS_ATTEST of TPM2_Certify, extraData = the activation challenge.",
+            examples=["CmNhs6gC9VzVrgYQHIih4hYyD-EcwM_h"],
+        ),
+    ]
+    signature: Annotated[
+        TpmStructure,
+        Field(
+            description="TPMT_SIGNATURE of certifyInfo by the attestation key.",
+            examples=["5UXTlbs_2XH5G_mitnIoMd9wTvrmwaqd"],
+        ),
+    ]
+    public_area: Annotated[
+        TpmStructure,
+        Field(
+            description="TPMT_PUBLIC of the hardware key, marshalled.",
+            examples=["osSu0c91fNmlCXNKJn_8exFmtV9Mj5w-"],
+        ),
+    ]
+    activated_secret: Annotated[
+        Bytes32,
+        Field(
+            description="What TPM2_ActivateCredential returned for the start's credential.",
+            examples=["ECtRuXZaVqPomffPDuOOUlH5xQOzV7MwpJGD63sVVgQ"],
+        ),
+    ]
 
 
 class AppleAppAttestation(Message):
@@ -537,15 +609,24 @@ class AppleAppAttestation(Message):
 
     model_config = ConfigDict(json_schema_extra=_format_required)
 
-    format: Annotated[Literal[AttestationFormat.APPLE_APP_ATTEST], Field(
-        description="The verifier: Apple App Attest.", examples=["apple-appattest"])
+    format: Annotated[
+        Literal[AttestationFormat.APPLE_APP_ATTEST],
+        Field(description="The verifier: Apple App Attest.", examples=["apple-appattest"]),
     ] = AttestationFormat.APPLE_APP_ATTEST
-    key_id: Annotated[Bytes32, Field(
-        description="The App Attest key id (SHA-256 of its public key).",
-        examples=["y-Imh0fJyAcsf5km8iiPJwY33FW7nRTTNoNh1eR9Jb4"])]
-    attestation_object: Annotated[AppAttestObject, Field(
-        description="The attestation object (CBOR) DCAppAttestService returned.",
-        examples=["v2DkNJys5rzg1VLo14NCjbZtDWSb2eQwo2J-LuFKyDkhswc5HQN_qi25QYzEPD46"])]
+    key_id: Annotated[
+        Bytes32,
+        Field(
+            description="The App Attest key id (SHA-256 of its public key).",
+            examples=["y-Imh0fJyAcsf5km8iiPJwY33FW7nRTTNoNh1eR9Jb4"],
+        ),
+    ]
+    attestation_object: Annotated[
+        AppAttestObject,
+        Field(
+            description="The attestation object (CBOR) DCAppAttestService returned.",
+            examples=["v2DkNJys5rzg1VLo14NCjbZtDWSb2eQwo2J-LuFKyDkhswc5HQN_qi25QYzEPD46"],
+        ),
+    ]
 
 
 #: The evidence an activation finish may carry; ``format`` picks the verifier (§6.5).
@@ -559,36 +640,76 @@ class ActivationStartRequest(Message):
 
     # one of the two forms; a field given as null counts as absent, so a form's fields must
     # be strings
-    model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["activationToken"], "properties": {"activationToken": {"type": "string"}},
-         "not": {"anyOf": [
-             {"required": ["activationCode"], "properties": {"activationCode": {
-                 "type": "string"}}},
-             {"required": ["activationHint"], "properties": {"activationHint": {
-                 "type": "string"}}}]}},
-        {"required": ["activationCode", "activationHint"],
-         "properties": {"activationCode": {"type": "string"},
-                        "activationHint": {"type": "string"}},
-         "not": {"required": ["activationToken"], "properties": {"activationToken": {
-             "type": "string"}}}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["activationToken"],
+                    "properties": {"activationToken": {"type": "string"}},
+                    "not": {
+                        "anyOf": [
+                            {
+                                "required": ["activationCode"],
+                                "properties": {"activationCode": {"type": "string"}},
+                            },
+                            {
+                                "required": ["activationHint"],
+                                "properties": {"activationHint": {"type": "string"}},
+                            },
+                        ]
+                    },
+                },
+                {
+                    "required": ["activationCode", "activationHint"],
+                    "properties": {
+                        "activationCode": {"type": "string"},
+                        "activationHint": {"type": "string"},
+                    },
+                    "not": {
+                        "required": ["activationToken"],
+                        "properties": {"activationToken": {"type": "string"}},
+                    },
+                },
+            ]
+        }
+    )
 
-    application_id: Annotated[ApplicationId, Field(
-        description="The application, as configured by the operator; a sealed request's must "
-        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    activation_token: Annotated[ActivationToken | None, Field(
-        description="the secret of the activation link or QR code (§3.2.5)",
-        examples=["q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"])] = None
+    application_id: Annotated[
+        ApplicationId,
+        Field(
+            description="The application, as configured by the operator; a sealed request's must "
+            "be the application of the E2E key it is sealed to (§9).",
+            examples=["bank.example"],
+        ),
+    ]
+    activation_token: Annotated[
+        ActivationToken | None,
+        Field(
+            description="the secret of the activation link or QR code (§3.2.5)",
+            examples=["q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"],
+        ),
+    ] = None
     # the example is the link's form; the typed form is the second example of each field
-    activation_code: Annotated[ActivationCode | None, Field(
-        description="the typed fallback code; needs activationHint",
-        examples=[None, "483920"])] = None
-    activation_hint: Annotated[ActivationHint | None, Field(
-        description="names the activation the typed code belongs to",
-        examples=[None, "7KQ2MX"])] = None
-    tpm: Annotated[TpmAttestationKey | None, Field(
-        description="A TPM that can attest: its EK certificate and a fresh attestation key, "
-        "for the credential activation round trip (docs/protocol.md, attestation).",
-        examples=[None])] = None
+    activation_code: Annotated[
+        ActivationCode | None,
+        Field(
+            description="the typed fallback code; needs activationHint", examples=[None, "483920"]
+        ),
+    ] = None
+    activation_hint: Annotated[
+        ActivationHint | None,
+        Field(
+            description="names the activation the typed code belongs to", examples=[None, "7KQ2MX"]
+        ),
+    ] = None
+    tpm: Annotated[
+        TpmAttestationKey | None,
+        Field(
+            description="A TPM that can attest: its EK certificate and a fresh attestation key, "
+            "for the credential activation round trip (docs/protocol.md, attestation).",
+            examples=[None],
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
@@ -597,324 +718,659 @@ class ActivationStartRequest(Message):
             return self
         if self.activation_token is None and None not in typed:
             return self
-        raise ValueError("send activationToken (from the activation link) alone, or "
-                         "activationCode together with its activationHint")
+        raise ValueError(
+            "send activationToken (from the activation link) alone, or "
+            "activationCode together with its activationHint"
+        )
 
 
 class ActivationStartResponse(Reply):
-    operation_id: Annotated[Uuid, Field(
-        description="The (re)activation operation; transcript field 5.",
-        examples=["c0ffee00-0000-4000-8000-00000000000a"])]
-    device_id: Annotated[Uuid, Field(
-        description="The device id this activation creates (a reactivation: the existing one).",
-        examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
-    challenge: Annotated[Challenge, Field(
-        description="32 random bytes, single use; transcript field 6.",
-        examples=["mR8DVcOef0w9Ln3qRp9gA0CqUov9CjYWLg7L22vPu3w"])]
-    expires_at: Annotated[datetime, Field(
-        description="When the challenge expires (UTC).",
-        examples=["2025-06-02T10:02:00.250000Z"])]
-    allowed_auth_methods: Annotated[list[AuthMethod], Field(
-        description="The application's authentication methods.",
-        examples=[["DEVICE",
-                       "DEVICE:PIN"]])]
-    hardware_key_required: Annotated[bool, Field(
-        description="Whether the strategy is ``REQUIRED``: a finish without a valid hardware "
-        "key will be refused.", examples=[False])]
-    tpm_credential: Annotated[TpmCredential | None, Field(
-        description="TPM2_MakeCredential for the start's EK and AK, when the start sent "
-        "``tpm`` and the application attests TPMs.", examples=[None])] = None
+    operation_id: Annotated[
+        Uuid,
+        Field(
+            description="The (re)activation operation; transcript field 5.",
+            examples=["c0ffee00-0000-4000-8000-00000000000a"],
+        ),
+    ]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The device id this activation creates (a reactivation: the existing one).",
+            examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"],
+        ),
+    ]
+    challenge: Annotated[
+        Challenge,
+        Field(
+            description="32 random bytes, single use; transcript field 6.",
+            examples=["mR8DVcOef0w9Ln3qRp9gA0CqUov9CjYWLg7L22vPu3w"],
+        ),
+    ]
+    expires_at: Annotated[
+        datetime,
+        Field(
+            description="When the challenge expires (UTC).",
+            examples=["2025-06-02T10:02:00.250000Z"],
+        ),
+    ]
+    allowed_auth_methods: Annotated[
+        list[AuthMethod],
+        Field(
+            description="The application's authentication methods.",
+            examples=[["DEVICE", "DEVICE:PIN"]],
+        ),
+    ]
+    hardware_key_required: Annotated[
+        bool,
+        Field(
+            description="Whether the strategy is ``REQUIRED``: a finish without a valid hardware "
+            "key will be refused.",
+            examples=[False],
+        ),
+    ]
+    tpm_credential: Annotated[
+        TpmCredential | None,
+        Field(
+            description="TPM2_MakeCredential for the start's EK and AK, when the start sent "
+            "``tpm`` and the application attests TPMs.",
+            examples=[None],
+        ),
+    ] = None
 
 
 class PushToken(Message):
     """A device's push token and the service it belongs to (§3.1.8); opaque to keybound,
     checked for its provider's shape by the server."""
 
-    provider: Annotated[PushProvider, Field(
-        description="The push service the token belongs to.", examples=["fcm"])]
-    token: Annotated[str, Field(
-        min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$",
-        description="The token as the platform handed it over: an FCM registration token, an "
-        "APNs device token (hex), or the relying party's own push service's identifier.",
-        examples=["dGVzdC10b2tlbg:APA91bHkeybound-vector"])]
+    provider: Annotated[
+        PushProvider, Field(description="The push service the token belongs to.", examples=["fcm"])
+    ]
+    token: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=4096,
+            pattern=r"^[\x21-\x7e]+$",
+            description="The token as the platform handed it over: an FCM registration token, an "
+            "APNs device token (hex), or the relying party's own push service's identifier.",
+            examples=["dGVzdC10b2tlbg:APA91bHkeybound-vector"],
+        ),
+    ]
 
 
 class ActivationFinishRequest(Message):
-    application_id: Annotated[ApplicationId, Field(
-        description="The application, as configured by the operator; a sealed request's must "
-        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    operation_id: Annotated[Uuid, Field(
-        description="The operation id from activation start.",
-        examples=["c0ffee00-0000-4000-8000-00000000000a"])]
-    device_id: Annotated[Uuid, Field(
-        description="The device id that activation start returned.",
-        examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
-    software_public_key: Annotated[PublicKeyDer, Field(
-        description="The new software key: P-256 SubjectPublicKeyInfo DER, 91 bytes (§4.2); "
-        "transcript field 8.",
-        examples=["MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEsANJelY0XLhVunUnWFsyKTPqNuG6M5aL3cR44C9zOofD"
-                  "largWT6FqzGp8gRxDnx3e6YsPcph2f5aL-DaYqQleQ"])]
-    software_signature: Annotated[SignatureDer, Field(
-        description="ECDSA-SHA256 (DER) by the new software key over the activation "
-        "transcript (§4.1).",
-        examples=["MEQCIELmaDEGJmvmPVG89vKGUKdIvVo0LxpVKDTbU48rbZs9AiB86Bcj5_FM7R83iFYHC0tOWwHHxmR"
-                  "OjGAVQvSNTZeouQ"])]
-    hardware_public_key: Annotated[PublicKeyDer | None, Field(
-        description="The hardware key generated in the device's secure hardware, if any "
-        "(P-256 SPKI DER); transcript field 9.",
-        examples=["MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9Z7N0rDcLtXTGeK19MLnnIN9oK3URYdl2gZWds6xEHxl"
-                  "xIt2iJB_XWCzwW_VMv3lamysu8oZs36m2qfYuvHOZQ"])] = None
-    hardware_signature: Annotated[HardwareSignature | None, Field(
-        description="ECDSA-SHA256 (DER) by the hardware key over the same transcript; for an "
-        "App Attest hardware key, an App Attest assertion (CBOR) over it (§4.6).",
-        examples=["MEQCIGFZEv8WCZGJqrcfKu73z7I8C7aIL3RR7FW9Cptu-5vIAiBCmjQWWEE0-pP9j0nhNfy28xuLtxD"
-                  "ZinC9sn4xaX-F9Q"])] = None
-    hw_key_client_status: Annotated[HwKeyClientStatus, Field(
-        description="What the SDK says about its hardware key; transcript field 11.",
-        examples=["OK"])]
-    pin_key: Annotated[PinKey | None, Field(
-        description="32-byte PIN key derived from the PIN (§5.1); registers ``DEVICE:PIN``. "
-        "Not signed.", examples=["OJ2tda4QU7WstK2AFKzOk_s_Mn36eymktLXO5v01fOc"])] = None
-    device_profile: Annotated[DeviceProfile, Field(
-        description="The device's platform and OS (§6.4).",
-        examples=[{"platform": "ANDROID", "osVersion": "14", "model": "Pixel 8"}])]
-    attestation: Annotated[Attestation | None, Field(
-        description="The platform's attestation of the hardware key (Android key attestation, "
-        "TPM2_Certify, Apple App Attest); absent: NOT_PROVIDED.", examples=[None])] = None
-    push_token: Annotated[PushToken | None, Field(
-        description="Where the server wakes this device when a backend-initiated operation "
-        "waits (§3.1.8). Not signed: the secure channel protects it, and it is no credential.",
-        examples=[None])] = None
+    application_id: Annotated[
+        ApplicationId,
+        Field(
+            description="The application, as configured by the operator; a sealed request's must "
+            "be the application of the E2E key it is sealed to (§9).",
+            examples=["bank.example"],
+        ),
+    ]
+    operation_id: Annotated[
+        Uuid,
+        Field(
+            description="The operation id from activation start.",
+            examples=["c0ffee00-0000-4000-8000-00000000000a"],
+        ),
+    ]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The device id that activation start returned.",
+            examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"],
+        ),
+    ]
+    software_public_key: Annotated[
+        PublicKeyDer,
+        Field(
+            description="The new software key: P-256 SubjectPublicKeyInfo DER, 91 bytes (§4.2); "
+            "transcript field 8.",
+            examples=[
+                "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEsANJelY0XLhVunUnWFsyKTPqNuG6M5aL3cR44C9zOofD"
+                "largWT6FqzGp8gRxDnx3e6YsPcph2f5aL-DaYqQleQ"
+            ],
+        ),
+    ]
+    software_signature: Annotated[
+        SignatureDer,
+        Field(
+            description="ECDSA-SHA256 (DER) by the new software key over the activation "
+            "transcript (§4.1).",
+            examples=[
+                "MEQCIELmaDEGJmvmPVG89vKGUKdIvVo0LxpVKDTbU48rbZs9AiB86Bcj5_FM7R83iFYHC0tOWwHHxmR"
+                "OjGAVQvSNTZeouQ"
+            ],
+        ),
+    ]
+    hardware_public_key: Annotated[
+        PublicKeyDer | None,
+        Field(
+            description="The hardware key generated in the device's secure hardware, if any "
+            "(P-256 SPKI DER); transcript field 9.",
+            examples=[
+                "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9Z7N0rDcLtXTGeK19MLnnIN9oK3URYdl2gZWds6xEHxl"
+                "xIt2iJB_XWCzwW_VMv3lamysu8oZs36m2qfYuvHOZQ"
+            ],
+        ),
+    ] = None
+    hardware_signature: Annotated[
+        HardwareSignature | None,
+        Field(
+            description="ECDSA-SHA256 (DER) by the hardware key over the same transcript; for an "
+            "App Attest hardware key, an App Attest assertion (CBOR) over it (§4.6).",
+            examples=[
+                "MEQCIGFZEv8WCZGJqrcfKu73z7I8C7aIL3RR7FW9Cptu-5vIAiBCmjQWWEE0-pP9j0nhNfy28xuLtxD"
+                "ZinC9sn4xaX-F9Q"
+            ],
+        ),
+    ] = None
+    hw_key_client_status: Annotated[
+        HwKeyClientStatus,
+        Field(
+            description="What the SDK says about its hardware key; transcript field 11.",
+            examples=["OK"],
+        ),
+    ]
+    pin_key: Annotated[
+        PinKey | None,
+        Field(
+            description="32-byte PIN key derived from the PIN (§5.1); registers ``DEVICE:PIN``. "
+            "Not signed.",
+            examples=["OJ2tda4QU7WstK2AFKzOk_s_Mn36eymktLXO5v01fOc"],
+        ),
+    ] = None
+    device_profile: Annotated[
+        DeviceProfile,
+        Field(
+            description="The device's platform and OS (§6.4).",
+            examples=[{"platform": "ANDROID", "osVersion": "14", "model": "Pixel 8"}],
+        ),
+    ]
+    attestation: Annotated[
+        Attestation | None,
+        Field(
+            description="The platform's attestation of the hardware key (Android key attestation, "
+            "TPM2_Certify, Apple App Attest); absent: NOT_PROVIDED.",
+            examples=[None],
+        ),
+    ] = None
+    push_token: Annotated[
+        PushToken | None,
+        Field(
+            description="Where the server wakes this device when a backend-initiated operation "
+            "waits (§3.1.8). Not signed: the secure channel protects it, and it is no credential.",
+            examples=[None],
+        ),
+    ] = None
 
 
 class ActivationFinishResponse(Reply):
-    device_id: Annotated[Uuid, Field(
-        description="The activated device.", examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
-    hardware_key_registered: Annotated[bool, Field(
-        description="Whether the hardware key was stored (its signature verified); if not "
-        "while one was sent, the SDK should delete it.", examples=[True])]
-    auth_methods: Annotated[list[AuthMethod], Field(
-        description="The methods this registration can use: ``DEVICE:PIN`` only with a "
-        "``pinKey``.", examples=[["DEVICE",
-                       "DEVICE:PIN"]])]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The activated device.", examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"]
+        ),
+    ]
+    hardware_key_registered: Annotated[
+        bool,
+        Field(
+            description="Whether the hardware key was stored (its signature verified); if not "
+            "while one was sent, the SDK should delete it.",
+            examples=[True],
+        ),
+    ]
+    auth_methods: Annotated[
+        list[AuthMethod],
+        Field(
+            description="The methods this registration can use: ``DEVICE:PIN`` only with a "
+            "``pinKey``.",
+            examples=[["DEVICE", "DEVICE:PIN"]],
+        ),
+    ]
 
 
 class AuthenticationStartRequest(Message):
-    application_id: Annotated[ApplicationId, Field(
-        description="The application, as configured by the operator; a sealed request's must "
-        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    device_id: Annotated[Uuid, Field(
-        description="The device id that activation start returned.",
-        examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
-    operation_id: Annotated[Uuid | None, Field(
-        description="A backend-initiated operation to answer; absent: a device-initiated "
-        "authentication.", examples=["c0ffee00-0000-4000-8000-0000000000a1"])] = None
+    application_id: Annotated[
+        ApplicationId,
+        Field(
+            description="The application, as configured by the operator; a sealed request's must "
+            "be the application of the E2E key it is sealed to (§9).",
+            examples=["bank.example"],
+        ),
+    ]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The device id that activation start returned.",
+            examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"],
+        ),
+    ]
+    operation_id: Annotated[
+        Uuid | None,
+        Field(
+            description="A backend-initiated operation to answer; absent: a device-initiated "
+            "authentication.",
+            examples=["c0ffee00-0000-4000-8000-0000000000a1"],
+        ),
+    ] = None
 
 
 class AuthenticationStartResponse(Reply):
-    operation_id: Annotated[Uuid, Field(
-        description="The operation (the requested one, if any); transcript field 5.",
-        examples=["c0ffee00-0000-4000-8000-0000000000a1"])]
-    challenge: Annotated[Challenge, Field(
-        description="32 random bytes, single use; the same while valid for a "
-        "backend-initiated operation; transcript field 6.",
-        examples=["Ht42q3gqe4c6OpH6qMS9IBkKxR2bNV_Fh-tzm-kOWrU"])]
-    expires_at: Annotated[datetime, Field(
-        description="When the challenge expires (UTC).",
-        examples=["2025-06-02T10:05:00.250000Z"])]
-    pre_operation_context: Annotated[OperationContext | None, Field(
-        description="What the user is asked to approve; hashed into transcript field 7.",
-        examples=[{"content": "Pay 100 EUR to ACME", "mimeType": "text/plain"}])] = None
-    allowed_auth_methods: Annotated[list[AuthMethod], Field(
-        description="The application's methods, or only the operation's required one.",
-        examples=[["DEVICE:PIN"]])]
-    operation_type: Annotated[OperationType | None, Field(
-        description="``SIGNATURE`` for a signature operation (§3.2.6); absent: an "
-        "authentication.", examples=[None, "SIGNATURE"])] = None
-    data_to_sign: Annotated[OperationContext | None, Field(
-        description="A signature operation's data: shown to the user, its hash signed "
-        "(§4.1.1).", examples=[None, {"content": "I agree to contract 4711",
-                                       "mimeType": "text/plain"}])] = None
+    operation_id: Annotated[
+        Uuid,
+        Field(
+            description="The operation (the requested one, if any); transcript field 5.",
+            examples=["c0ffee00-0000-4000-8000-0000000000a1"],
+        ),
+    ]
+    challenge: Annotated[
+        Challenge,
+        Field(
+            description="32 random bytes, single use; the same while valid for a "
+            "backend-initiated operation; transcript field 6.",
+            examples=["Ht42q3gqe4c6OpH6qMS9IBkKxR2bNV_Fh-tzm-kOWrU"],
+        ),
+    ]
+    expires_at: Annotated[
+        datetime,
+        Field(
+            description="When the challenge expires (UTC).",
+            examples=["2025-06-02T10:05:00.250000Z"],
+        ),
+    ]
+    pre_operation_context: Annotated[
+        OperationContext | None,
+        Field(
+            description="What the user is asked to approve; hashed into transcript field 7.",
+            examples=[{"content": "Pay 100 EUR to ACME", "mimeType": "text/plain"}],
+        ),
+    ] = None
+    allowed_auth_methods: Annotated[
+        list[AuthMethod],
+        Field(
+            description="The application's methods, or only the operation's required one.",
+            examples=[["DEVICE:PIN"]],
+        ),
+    ]
+    operation_type: Annotated[
+        OperationType | None,
+        Field(
+            description="``SIGNATURE`` for a signature operation (§3.2.6); absent: an "
+            "authentication.",
+            examples=[None, "SIGNATURE"],
+        ),
+    ] = None
+    data_to_sign: Annotated[
+        OperationContext | None,
+        Field(
+            description="A signature operation's data: shown to the user, its hash signed "
+            "(§4.1.1).",
+            examples=[None, {"content": "I agree to contract 4711", "mimeType": "text/plain"}],
+        ),
+    ] = None
 
 
 class AuthenticationFinishRequest(Message):
-    application_id: Annotated[ApplicationId, Field(
-        description="The application, as configured by the operator; a sealed request's must "
-        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    device_id: Annotated[Uuid, Field(
-        description="The device id that activation start returned.",
-        examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
-    operation_id: Annotated[Uuid, Field(
-        description="The operation id from authentication start.",
-        examples=["c0ffee00-0000-4000-8000-0000000000a1"])]
-    auth_method: Annotated[AuthMethod, Field(
-        description="The method used; transcript field 10.", examples=["DEVICE:PIN"])]
-    software_key_id: Annotated[KeyId, Field(
-        description="SHA-256 of the current software key's SPKI DER (§4.2).",
-        examples=["zUZcmWO6FgPEAD8J3XqcUvTz1Ij_UsrKlbZ6alp8GOs"])]
-    next_software_public_key: Annotated[PublicKeyDer, Field(
-        description="A freshly generated P-256 key (SPKI DER) that replaces the current one on "
-        "success (§4.5); transcript field 8.",
-        examples=["MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEO5RMDt92v7HzF9r1rVWbFAAbXsc952rJgkFGaXMCKr34"
-                  "5Lg_BPGe0k7BbYsJCJmwSUYNtVDmTyRoD3Lw98Tgcg"])]
-    software_signature: Annotated[SignatureDer, Field(
-        description="ECDSA-SHA256 (DER) by the current software key over the authentication "
-        "transcript (§4.1).",
-        examples=["MEUCIQD7qybks2f6OP8krG1P-chBe2sID_twZMObUxdvjy1nAQIgL2ZjVBJIr7QvPvy7nZG5oBcm-_Z"
-                  "_vHEu904M2WeLIkA"])]
-    hardware_signature: Annotated[HardwareSignature | None, Field(
-        description="ECDSA-SHA256 (DER) by the hardware key over the same transcript; for an "
-        "App Attest hardware key, an App Attest assertion (CBOR) over it (§4.6).",
-        examples=["MEUCIGs5z6K40zUeVl0qznB_i-kVb4n3cnQmVw_S1gUrJrq4AiEA7bb2ENJStY1R4pXuCwe4hA-lg1e"
-                  "sD8yFN8iefU-OIBk"])] = None
-    hw_key_client_status: Annotated[HwKeyClientStatus, Field(
-        description="What the SDK says about its hardware key; transcript field 11.",
-        examples=["OK"])]
-    pin_proof: Annotated[PinProof | None, Field(
-        description="HMAC-SHA256 with the PIN key over the transcript (§5.2); required for "
-        "``DEVICE:PIN``.", examples=["w5qX1fto5Ml4Qj5cpSolX0IglmZ3Vm7ePFWn57EF-V8"])] = None
+    application_id: Annotated[
+        ApplicationId,
+        Field(
+            description="The application, as configured by the operator; a sealed request's must "
+            "be the application of the E2E key it is sealed to (§9).",
+            examples=["bank.example"],
+        ),
+    ]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The device id that activation start returned.",
+            examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"],
+        ),
+    ]
+    operation_id: Annotated[
+        Uuid,
+        Field(
+            description="The operation id from authentication start.",
+            examples=["c0ffee00-0000-4000-8000-0000000000a1"],
+        ),
+    ]
+    auth_method: Annotated[
+        AuthMethod,
+        Field(description="The method used; transcript field 10.", examples=["DEVICE:PIN"]),
+    ]
+    software_key_id: Annotated[
+        KeyId,
+        Field(
+            description="SHA-256 of the current software key's SPKI DER (§4.2).",
+            examples=["zUZcmWO6FgPEAD8J3XqcUvTz1Ij_UsrKlbZ6alp8GOs"],
+        ),
+    ]
+    next_software_public_key: Annotated[
+        PublicKeyDer,
+        Field(
+            description="A freshly generated P-256 key (SPKI DER) that replaces the current one on "
+            "success (§4.5); transcript field 8.",
+            examples=[
+                "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEO5RMDt92v7HzF9r1rVWbFAAbXsc952rJgkFGaXMCKr34"
+                "5Lg_BPGe0k7BbYsJCJmwSUYNtVDmTyRoD3Lw98Tgcg"
+            ],
+        ),
+    ]
+    software_signature: Annotated[
+        SignatureDer,
+        Field(
+            description="ECDSA-SHA256 (DER) by the current software key over the authentication "
+            "transcript (§4.1).",
+            examples=[
+                "MEUCIQD7qybks2f6OP8krG1P-chBe2sID_twZMObUxdvjy1nAQIgL2ZjVBJIr7QvPvy7nZG5oBcm-_Z"
+                "_vHEu904M2WeLIkA"
+            ],
+        ),
+    ]
+    hardware_signature: Annotated[
+        HardwareSignature | None,
+        Field(
+            description="ECDSA-SHA256 (DER) by the hardware key over the same transcript; for an "
+            "App Attest hardware key, an App Attest assertion (CBOR) over it (§4.6).",
+            examples=[
+                "MEUCIGs5z6K40zUeVl0qznB_i-kVb4n3cnQmVw_S1gUrJrq4AiEA7bb2ENJStY1R4pXuCwe4hA-lg1e"
+                "sD8yFN8iefU-OIBk"
+            ],
+        ),
+    ] = None
+    hw_key_client_status: Annotated[
+        HwKeyClientStatus,
+        Field(
+            description="What the SDK says about its hardware key; transcript field 11.",
+            examples=["OK"],
+        ),
+    ]
+    pin_proof: Annotated[
+        PinProof | None,
+        Field(
+            description="HMAC-SHA256 with the PIN key over the transcript (§5.2); required for "
+            "``DEVICE:PIN``.",
+            examples=["w5qX1fto5Ml4Qj5cpSolX0IglmZ3Vm7ePFWn57EF-V8"],
+        ),
+    ] = None
 
 
 class AuthenticationFinishResponse(Reply):
-    operation_id: Annotated[Uuid, Field(
-        description="The completed operation.",
-        examples=["c0ffee00-0000-4000-8000-0000000000a1"])]
-    state: Annotated[OperationState, Field(
-        description="Always ``COMPLETED`` (a refusal is a problem).", examples=["COMPLETED"])]
-    auth_method: Annotated[AuthMethod, Field(
-        description="As requested.", examples=["DEVICE:PIN"])]
-    auth_level: Annotated[AuthLevel, Field(
-        description="The level the method gives.", examples=["TWO_FACTOR"])]
-    post_operation_context: Annotated[OperationContext | None, Field(
-        description="Set by the relying party when it created the operation; released only "
-        "on success.", examples=[{"content": "ok", "mimeType": "text/plain"}])] = None
+    operation_id: Annotated[
+        Uuid,
+        Field(
+            description="The completed operation.",
+            examples=["c0ffee00-0000-4000-8000-0000000000a1"],
+        ),
+    ]
+    state: Annotated[
+        OperationState,
+        Field(description="Always ``COMPLETED`` (a refusal is a problem).", examples=["COMPLETED"]),
+    ]
+    auth_method: Annotated[AuthMethod, Field(description="As requested.", examples=["DEVICE:PIN"])]
+    auth_level: Annotated[
+        AuthLevel, Field(description="The level the method gives.", examples=["TWO_FACTOR"])
+    ]
+    post_operation_context: Annotated[
+        OperationContext | None,
+        Field(
+            description="Set by the relying party when it created the operation; released only "
+            "on success.",
+            examples=[{"content": "ok", "mimeType": "text/plain"}],
+        ),
+    ] = None
 
 
 class DeclineRequest(Message):
     """The user declined a backend-initiated operation after seeing its context (§3.1.7)."""
 
-    application_id: Annotated[ApplicationId, Field(
-        description="The application, as configured by the operator; a sealed request's must "
-        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    device_id: Annotated[Uuid, Field(
-        description="The device id that activation start returned.",
-        examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
-    operation_id: Annotated[Uuid, Field(
-        description="The backend-initiated operation, after an authentication start for it.",
-        examples=["c0ffee00-0000-4000-8000-0000000000a2"])]
-    software_key_id: Annotated[KeyId, Field(
-        description="SHA-256 of the current software key's SPKI DER (§4.2).",
-        examples=["pMfIqj1t5qJytUgqmG6Msqh1E3uZ5I7GF3Hm69ikR5w"])]
-    software_signature: Annotated[SignatureDer, Field(
-        description="ECDSA-SHA256 (DER) by the current software key over the decline "
-        "transcript (§3.1.7).",
-        examples=["MEYCIQDqBx7s8vBrxea4mPN5z0B01MykH6j32FCTsCX4PBqRSwIhANes2F6ayXsxwjpfSCaNIkAo83x"
-                  "FBLfrA6zZepXouFXD"])]
+    application_id: Annotated[
+        ApplicationId,
+        Field(
+            description="The application, as configured by the operator; a sealed request's must "
+            "be the application of the E2E key it is sealed to (§9).",
+            examples=["bank.example"],
+        ),
+    ]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The device id that activation start returned.",
+            examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"],
+        ),
+    ]
+    operation_id: Annotated[
+        Uuid,
+        Field(
+            description="The backend-initiated operation, after an authentication start for it.",
+            examples=["c0ffee00-0000-4000-8000-0000000000a2"],
+        ),
+    ]
+    software_key_id: Annotated[
+        KeyId,
+        Field(
+            description="SHA-256 of the current software key's SPKI DER (§4.2).",
+            examples=["pMfIqj1t5qJytUgqmG6Msqh1E3uZ5I7GF3Hm69ikR5w"],
+        ),
+    ]
+    software_signature: Annotated[
+        SignatureDer,
+        Field(
+            description="ECDSA-SHA256 (DER) by the current software key over the decline "
+            "transcript (§3.1.7).",
+            examples=[
+                "MEYCIQDqBx7s8vBrxea4mPN5z0B01MykH6j32FCTsCX4PBqRSwIhANes2F6ayXsxwjpfSCaNIkAo83x"
+                "FBLfrA6zZepXouFXD"
+            ],
+        ),
+    ]
 
 
 class DeclineResponse(Reply):
-    operation_id: Annotated[Uuid, Field(
-        description="The declined operation.",
-        examples=["c0ffee00-0000-4000-8000-0000000000a2"])]
-    state: Annotated[OperationState, Field(
-        description="Always ``FAILED`` (``failureCode: declined``).", examples=["FAILED"])]
+    operation_id: Annotated[
+        Uuid,
+        Field(
+            description="The declined operation.", examples=["c0ffee00-0000-4000-8000-0000000000a2"]
+        ),
+    ]
+    state: Annotated[
+        OperationState,
+        Field(description="Always ``FAILED`` (``failureCode: declined``).", examples=["FAILED"]),
+    ]
 
 
 class PendingOperationsRequest(Message):
-    application_id: Annotated[ApplicationId, Field(
-        description="The application, as configured by the operator; a sealed request's must "
-        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    device_id: Annotated[Uuid, Field(
-        description="The device id that activation start returned.",
-        examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
+    application_id: Annotated[
+        ApplicationId,
+        Field(
+            description="The application, as configured by the operator; a sealed request's must "
+            "be the application of the E2E key it is sealed to (§9).",
+            examples=["bank.example"],
+        ),
+    ]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The device id that activation start returned.",
+            examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"],
+        ),
+    ]
 
 
 class PendingOperation(Reply):
-    operation_id: Annotated[Uuid, Field(
-        description="Pass it to authentication start.",
-        examples=["c0ffee00-0000-4000-8000-0000000000a1"])]
-    expires_at: Annotated[datetime, Field(
-        description="When the operation expires (UTC).",
-        examples=["2025-06-02T10:08:00.250000Z"])]
-    pre_operation_context: Annotated[OperationContext | None, Field(
-        description="What the user will be asked to approve.",
-        examples=[{"content": "Pay 100 EUR to ACME", "mimeType": "text/plain"}])] = None
-    required_auth_method: Annotated[AuthMethod | None, Field(
-        description="The only method the operation accepts, if the relying party set one.",
-        examples=["DEVICE:PIN"])] = None
-    operation_type: Annotated[OperationType | None, Field(
-        description="``SIGNATURE`` for a signature operation (§3.2.6); absent: an "
-        "authentication.", examples=[None, "SIGNATURE"])] = None
-    data_to_sign: Annotated[OperationContext | None, Field(
-        description="A signature operation's data, to show the user.",
-        examples=[None, {"content": "I agree to contract 4711",
-                         "mimeType": "text/plain"}])] = None
+    operation_id: Annotated[
+        Uuid,
+        Field(
+            description="Pass it to authentication start.",
+            examples=["c0ffee00-0000-4000-8000-0000000000a1"],
+        ),
+    ]
+    expires_at: Annotated[
+        datetime,
+        Field(
+            description="When the operation expires (UTC).",
+            examples=["2025-06-02T10:08:00.250000Z"],
+        ),
+    ]
+    pre_operation_context: Annotated[
+        OperationContext | None,
+        Field(
+            description="What the user will be asked to approve.",
+            examples=[{"content": "Pay 100 EUR to ACME", "mimeType": "text/plain"}],
+        ),
+    ] = None
+    required_auth_method: Annotated[
+        AuthMethod | None,
+        Field(
+            description="The only method the operation accepts, if the relying party set one.",
+            examples=["DEVICE:PIN"],
+        ),
+    ] = None
+    operation_type: Annotated[
+        OperationType | None,
+        Field(
+            description="``SIGNATURE`` for a signature operation (§3.2.6); absent: an "
+            "authentication.",
+            examples=[None, "SIGNATURE"],
+        ),
+    ] = None
+    data_to_sign: Annotated[
+        OperationContext | None,
+        Field(
+            description="A signature operation's data, to show the user.",
+            examples=[None, {"content": "I agree to contract 4711", "mimeType": "text/plain"}],
+        ),
+    ] = None
 
 
 class PendingOperationsResponse(Reply):
-    operations: Annotated[list[PendingOperation], Field(
-        description="The device's pending backend-initiated operations, oldest first; empty "
-        "for an unknown device.",
-        examples=[[{"operationId": "c0ffee00-0000-4000-8000-0000000000a1",
-                    "expiresAt": "2025-06-02T10:08:00.250000Z",
-                    "preOperationContext": {"content": "Pay 100 EUR to ACME",
-                                            "mimeType": "text/plain"},
-                    "requiredAuthMethod": "DEVICE:PIN"}]])]
+    operations: Annotated[
+        list[PendingOperation],
+        Field(
+            description="The device's pending backend-initiated operations, oldest first; empty "
+            "for an unknown device.",
+            examples=[
+                [
+                    {
+                        "operationId": "c0ffee00-0000-4000-8000-0000000000a1",
+                        "expiresAt": "2025-06-02T10:08:00.250000Z",
+                        "preOperationContext": {
+                            "content": "Pay 100 EUR to ACME",
+                            "mimeType": "text/plain",
+                        },
+                        "requiredAuthMethod": "DEVICE:PIN",
+                    }
+                ]
+            ],
+        ),
+    ]
 
 
 class DeactivateRequest(Message):
-    application_id: Annotated[ApplicationId, Field(
-        description="The application, as configured by the operator; a sealed request's must "
-        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    device_id: Annotated[Uuid, Field(
-        description="The device id that activation start returned.",
-        examples=["7b9d2e4f-1c3a-4b5d-8f6e-9a0b1c2d3e4f"])]
-    software_key_id: Annotated[KeyId, Field(
-        description="SHA-256 of the current software key's SPKI DER (§4.2).",
-        examples=["Fj143ONQmw6FXB3K5pw37fmCcll-_ZYNFgHWHYtDIjQ"])]
-    software_signature: Annotated[SignatureDer, Field(
-        description="ECDSA-SHA256 (DER) by the current software key over the deactivation "
-        "transcript (§3.1.6).",
-        examples=["MEUCIQDP7v4RjyHUtEU6la_O_0mhMVsZp_uAhCYiUzo02-_TrwIgdWFX3LF5L1zzzOWE-g5vpJXaL5t"
-                  "hSHDb-0748VnQ1dQ"])]
+    application_id: Annotated[
+        ApplicationId,
+        Field(
+            description="The application, as configured by the operator; a sealed request's must "
+            "be the application of the E2E key it is sealed to (§9).",
+            examples=["bank.example"],
+        ),
+    ]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The device id that activation start returned.",
+            examples=["7b9d2e4f-1c3a-4b5d-8f6e-9a0b1c2d3e4f"],
+        ),
+    ]
+    software_key_id: Annotated[
+        KeyId,
+        Field(
+            description="SHA-256 of the current software key's SPKI DER (§4.2).",
+            examples=["Fj143ONQmw6FXB3K5pw37fmCcll-_ZYNFgHWHYtDIjQ"],
+        ),
+    ]
+    software_signature: Annotated[
+        SignatureDer,
+        Field(
+            description="ECDSA-SHA256 (DER) by the current software key over the deactivation "
+            "transcript (§3.1.6).",
+            examples=[
+                "MEUCIQDP7v4RjyHUtEU6la_O_0mhMVsZp_uAhCYiUzo02-_TrwIgdWFX3LF5L1zzzOWE-g5vpJXaL5t"
+                "hSHDb-0748VnQ1dQ"
+            ],
+        ),
+    ]
 
 
 class DeactivateResponse(Reply):
-    device_id: Annotated[Uuid, Field(
-        description="The deactivated device.", examples=["7b9d2e4f-1c3a-4b5d-8f6e-9a0b1c2d3e4f"])]
-    state: Annotated[DeviceState, Field(
-        description="Always ``DEACTIVATED``.", examples=["DEACTIVATED"])]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The deactivated device.", examples=["7b9d2e4f-1c3a-4b5d-8f6e-9a0b1c2d3e4f"]
+        ),
+    ]
+    state: Annotated[
+        DeviceState, Field(description="Always ``DEACTIVATED``.", examples=["DEACTIVATED"])
+    ]
 
 
 class PushTokenRequest(Message):
     """Register, replace (``pushToken``) or remove (null) the device's push token (§3.1.8)."""
 
-    application_id: Annotated[ApplicationId, Field(
-        description="The application, as configured by the operator; a sealed request's must "
-        "be the application of the E2E key it is sealed to (§9).", examples=["bank.example"])]
-    device_id: Annotated[Uuid, Field(
-        description="The device id that activation start returned.",
-        examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
-    software_key_id: Annotated[KeyId, Field(
-        description="SHA-256 of the current software key's SPKI DER (§4.2).",
-        examples=["pMfIqj1t5qJytUgqmG6Msqh1E3uZ5I7GF3Hm69ikR5w"])]
-    push_token: Annotated[PushToken | None, Field(
-        description="The new push token; null removes it. Signed: transcript field 7 is its "
-        "hash (§3.1.8).",
-        examples=[{"provider": "fcm", "token": "dGVzdC10b2tlbg:APA91bHkeybound-vector"}])] = None
-    software_signature: Annotated[SignatureDer, Field(
-        description="ECDSA-SHA256 (DER) by the current software key over the push-token "
-        "transcript (§3.1.8).",
-        examples=["MEUCIGjY_mnZOu5M3yyOn8loWbmNzSv_gDz17Wr0c7P3X5RSAiEA8nOkkRdxD8uVPDK5ARq4gNA"
-                  "bgyJI1t-lkKc8Vl8axPU"])]
+    application_id: Annotated[
+        ApplicationId,
+        Field(
+            description="The application, as configured by the operator; a sealed request's must "
+            "be the application of the E2E key it is sealed to (§9).",
+            examples=["bank.example"],
+        ),
+    ]
+    device_id: Annotated[
+        Uuid,
+        Field(
+            description="The device id that activation start returned.",
+            examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"],
+        ),
+    ]
+    software_key_id: Annotated[
+        KeyId,
+        Field(
+            description="SHA-256 of the current software key's SPKI DER (§4.2).",
+            examples=["pMfIqj1t5qJytUgqmG6Msqh1E3uZ5I7GF3Hm69ikR5w"],
+        ),
+    ]
+    push_token: Annotated[
+        PushToken | None,
+        Field(
+            description="The new push token; null removes it. Signed: transcript field 7 is its "
+            "hash (§3.1.8).",
+            examples=[{"provider": "fcm", "token": "dGVzdC10b2tlbg:APA91bHkeybound-vector"}],
+        ),
+    ] = None
+    software_signature: Annotated[
+        SignatureDer,
+        Field(
+            description="ECDSA-SHA256 (DER) by the current software key over the push-token "
+            "transcript (§3.1.8).",
+            examples=[
+                "MEUCIGjY_mnZOu5M3yyOn8loWbmNzSv_gDz17Wr0c7P3X5RSAiEA8nOkkRdxD8uVPDK5ARq4gNA"
+                "bgyJI1t-lkKc8Vl8axPU"
+            ],
+        ),
+    ]
 
 
 class PushTokenResponse(Reply):
-    device_id: Annotated[Uuid, Field(
-        description="The device.", examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])]
-    push_provider: Annotated[PushProvider | None, Field(
-        description="The provider of the push token now registered; absent: none is.",
-        examples=["fcm"])] = None
+    device_id: Annotated[
+        Uuid, Field(description="The device.", examples=["3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f"])
+    ]
+    push_provider: Annotated[
+        PushProvider | None,
+        Field(
+            description="The provider of the push token now registered; absent: none is.",
+            examples=["fcm"],
+        ),
+    ] = None
 
 
 # ------------------------------------------------------------------ activation link (§3.2.5)
@@ -958,9 +1414,7 @@ def context_hash(context: OperationContext | None) -> bytes:
     SHA-256 of the empty string when there is no context."""
     if context is None:
         return NO_CONTEXT_HASH
-    return hashlib.sha256(
-        _lp(context.mime_type.encode()) + _lp(context.content.encode())
-    ).digest()
+    return hashlib.sha256(_lp(context.mime_type.encode()) + _lp(context.content.encode())).digest()
 
 
 def push_token_hash(token: PushToken | None) -> bytes:
@@ -1011,10 +1465,19 @@ def pin_proof_message(signed_transcript: bytes) -> bytes:
 APP_ATTEST_ACTIVATION_LABEL = b"keybound/appattest/v1/activation"
 
 
-def app_attest_client_data(*, application_id: str, device_id: str, operation_id: str,
-                           challenge: bytes) -> bytes:
+def app_attest_client_data(
+    *, application_id: str, device_id: str, operation_id: str, challenge: bytes
+) -> bytes:
     """The client data an App Attest attestation covers (§6.5.2): its SHA-256 is the
     ``clientDataHash`` passed to ``attestKey``. (An assertion's client data is the
     transcript it proves, §4.6.)"""
-    return b"".join(_lp(f) for f in (APP_ATTEST_ACTIVATION_LABEL, application_id.encode(),
-                                       device_id.encode(), operation_id.encode(), challenge))
+    return b"".join(
+        _lp(f)
+        for f in (
+            APP_ATTEST_ACTIVATION_LABEL,
+            application_id.encode(),
+            device_id.encode(),
+            operation_id.encode(),
+            challenge,
+        )
+    )

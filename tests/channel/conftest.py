@@ -28,9 +28,7 @@ def sealed(key: E2EKey) -> tuple[bytes, ResponseOpener]:
     return channel.seal_request(pin_for(key), METHOD, PATH, BODY, now=NOW)
 
 
-
 @pytest.fixture
 def response(key: E2EKey, sealed: tuple[bytes, ResponseOpener]) -> tuple[bytes, ResponseOpener]:
     wire, opener = sealed
     return channel.seal_response(open_with(key, wire), 200, b'{"ok":true}'), opener
-

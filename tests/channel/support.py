@@ -98,7 +98,6 @@ def doc_response_key_and_aad(opener: ResponseOpener) -> tuple[bytes, bytes]:
     return key, aad
 
 
-
 # --------------------------------------------------------------------------- fixtures
 
 _KEYS: dict[ChannelSuite, E2EKey] = {}
@@ -126,7 +125,6 @@ def open_with(
     return channel.open_request({key.key_id: key}, app, method, path, wire, now=now)
 
 
-
 def failure_signature(exc: KeyboundError) -> tuple[Any, ...]:
     fields = tuple(sorted(exc.fields.items()))
     return (type(exc), exc.code, str(exc), exc.args, exc.detail, fields, exc.__cause__)
@@ -144,7 +142,6 @@ def assert_all_refused(attempts: Iterator[Callable[[], object]]) -> int:
         count += 1
     assert signatures == {failure_signature(DecryptionFailed())}
     return count
-
 
 
 def wycheproof_groups(name: str) -> list[dict[str, Any]]:

@@ -49,10 +49,6 @@ def test_e2e_key_validates_itself(change: dict[str, Any]) -> None:
         replace(key_for(ChannelSuite.X25519_SHA256_AES128GCM), **change)
 
 
-
-
-
-
 def test_key_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
     """A key id is typed on command lines (`keybound e2e-key pin ID`), where a leading '-'
     reads as an option; 1 in 64 random ids would start with one."""

@@ -86,5 +86,3 @@ def test_pq_pin_rejects_malformed_mlkem_key() -> None:
     bad = b"\xff" * 1184 + key.public_key[1184:]  # coefficients >= q: not an ML-KEM key
     with pytest.raises(InvalidPin):
         replace(pin_for(key), public_key=bad)
-
-

@@ -85,5 +85,3 @@ def test_in_memory_guard_satisfies_protocol() -> None:
     with pytest.raises(DecryptionFailed):
         guard.check_and_remember(request_id, NOW + 60)
     guard.check_and_remember(os.urandom(16), NOW + 60)
-
-

@@ -336,11 +336,7 @@ def test_low_order_enc_is_refused_cleanly() -> None:
     assert assert_all_refused(attempts) == len(points)
 
 
-
-
 # --------------------------------------------------------------------------- responses
-
-
 
 
 def test_every_byte_of_the_response_is_authenticated(
@@ -433,8 +429,6 @@ def test_seal_request_refuses_what_it_cannot_carry(method: str, path: str, now: 
     pin = pin_for(key_for(ChannelSuite.X25519_SHA256_AES128GCM))
     with pytest.raises(MalformedRequest):
         channel.seal_request(pin, method, path, BODY, now=now)
-
-
 
 
 # --------------------------------------------------------------------------- fixed vectors
@@ -533,5 +527,3 @@ def test_response_vector_opens(v: dict[str, Any]) -> None:
 def test_vectors_cover_every_suite() -> None:
     assert {v["suite"] for v in REQUEST_VECTORS} == {s.value for s in SUITES}
     assert {v["suite"] for v in RESPONSE_VECTORS} == {s.value for s in SUITES}
-
-

@@ -74,8 +74,10 @@ def test_hybrid_suite_decapsulates_the_drafts_ciphertext_inside_hpke() -> None:
     info = b"keybound x-wing interop"
     key, nonce = _hpke_base_key_schedule(vector["ss"], info)
     sealed = AESGCM(key).encrypt(nonce, b"opened by the draft's shared secret", b"")
-    assert HYBRID.hpke_suite.decrypt(vector["ct"] + sealed, private, info=info) == \
-        b"opened by the draft's shared secret"
+    assert (
+        HYBRID.hpke_suite.decrypt(vector["ct"] + sealed, private, info=info)
+        == b"opened by the draft's shared secret"
+    )
     # one bit of the X25519 half of the ciphertext changed: another shared secret
     altered = bytearray(vector["ct"])
     altered[-1] ^= 1

@@ -16,9 +16,14 @@ MANIFEST = Path(__file__).resolve().parents[1] / "vectors" / "attestation" / "ma
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "keybound.cli", *args], capture_output=True,
-                          text=True, timeout=300, check=False,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "keybound.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_check_on_the_shared_manifest_prints_only_matches() -> None:
@@ -47,15 +52,27 @@ def test_anchors_lists_shipped_and_configured_ones(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert {(line["format"], line["source"]) for line in lines} == {
-        ("android-key", "shipped"), ("android-key", "configured"),
-        ("apple-appattest", "shipped"), ("tpm", "shipped")}
+        ("android-key", "shipped"),
+        ("android-key", "configured"),
+        ("apple-appattest", "shipped"),
+        ("tpm", "shipped"),
+    }
     (tmp_path / "android" / "removed-keys.txt").write_text("00" * 32)
     refused = run("attestation", "anchors", "--trust-dir", str(tmp_path))
     assert refused.returncode == 2 and "configuration_invalid" in refused.stderr
 
 
 def test_serve_takes_the_trust_options() -> None:
-    args = build_parser().parse_args(["serve", "--attestation-trust-dir", "/etc/kb/trust",
-                                      "--attestation-revocation-list", "/var/kb/status.json"])
-    assert (args.attestation_trust_dir, args.attestation_revocation_list) == \
-        ("/etc/kb/trust", "/var/kb/status.json")
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--attestation-trust-dir",
+            "/etc/kb/trust",
+            "--attestation-revocation-list",
+            "/var/kb/status.json",
+        ]
+    )
+    assert (args.attestation_trust_dir, args.attestation_revocation_list) == (
+        "/etc/kb/trust",
+        "/var/kb/status.json",
+    )

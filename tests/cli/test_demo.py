@@ -13,8 +13,13 @@ import pytest
 @pytest.mark.swtpm
 @pytest.mark.server
 def test_demo_prints_the_decisions() -> None:
-    done = subprocess.run([sys.executable, "-m", "keybound.cli", "demo"], capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "keybound.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "HPKE-sealed" in out
@@ -31,15 +36,31 @@ def test_demo_prints_the_decisions() -> None:
     phone = "Android 14, secure element"
     corrupted = "authenticate, corrupted hw signature"
     assert row("SUPPORTED", phone, corrupted) == [
-        "OK", "INVALID", "VERIFIED", "FAIL (hardware_key_invalid)"]
+        "OK",
+        "INVALID",
+        "VERIFIED",
+        "FAIL (hardware_key_invalid)",
+    ]
     assert row("RISK_PARAMS", phone, corrupted) == ["OK", "INVALID", "VERIFIED", "PASS"]
     assert row("REQUIRED", phone, "authenticate, hw key lost") == [
-        "KEY_UNAVAILABLE", "MISSING", "VERIFIED", "FAIL (hardware_key_required)"]
+        "KEY_UNAVAILABLE",
+        "MISSING",
+        "VERIFIED",
+        "FAIL (hardware_key_required)",
+    ]
     old = "Android 5, software keys only"
     assert row("SUPPORTED", old, "authenticate") == [
-        "NOT_SUPPORTED", "NO_KEY_REGISTERED", "NOT_PROVIDED", "PASS"]
+        "NOT_SUPPORTED",
+        "NO_KEY_REGISTERED",
+        "NOT_PROVIDED",
+        "PASS",
+    ]
     assert row("REQUIRED", old, "activate") == [
-        "NOT_SUPPORTED", "NO_KEY_REGISTERED", "NOT_PROVIDED", "FAIL (hardware_key_required)"]
+        "NOT_SUPPORTED",
+        "NO_KEY_REGISTERED",
+        "NOT_PROVIDED",
+        "FAIL (hardware_key_required)",
+    ]
     tpm = "Linux, TPM 2.0 (swtpm)"
     for strategy in ("SUPPORTED", "RISK_PARAMS", "REQUIRED"):
         assert row(strategy, tpm, "authenticate") == ["OK", "VALID", "VERIFIED", "PASS"]
@@ -47,9 +68,17 @@ def test_demo_prints_the_decisions() -> None:
     required = "attestation REQUIRED"
     assert row(required, phone, "activate") == ["OK", "VALID", "VERIFIED", "PASS"]
     assert row(required, "Android 14, bootloader unlocked", "activate") == [
-        "OK", "VALID", "FAILED_BOOTLOADER_UNLOCKED", "FAIL (attestation_invalid)"]
+        "OK",
+        "VALID",
+        "FAILED_BOOTLOADER_UNLOCKED",
+        "FAIL (attestation_invalid)",
+    ]
     assert row(required, old, "activate") == [
-        "NOT_SUPPORTED", "NO_KEY_REGISTERED", "NOT_PROVIDED", "FAIL (attestation_required)"]
+        "NOT_SUPPORTED",
+        "NO_KEY_REGISTERED",
+        "NOT_PROVIDED",
+        "FAIL (attestation_required)",
+    ]
     assert row(required, tpm, "authenticate") == ["OK", "VALID", "VERIFIED", "PASS"]
     assert "released 'receipt #4711'" in out
     assert "activated by typing the fallback" in out  # the table's devices scanned the link

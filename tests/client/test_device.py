@@ -34,8 +34,9 @@ class LossyTransport(SealedTransport):
 
     def exchange(self, path: str, body: bytes) -> RawResponse:
         self.paths.append(path)
-        raw = (Transport.exchange(self, path, body) if self.plaintext
-               else super().exchange(path, body))
+        raw = (
+            Transport.exchange(self, path, body) if self.plaintext else super().exchange(path, body)
+        )
         if path in self.lose:
             self.lose.discard(path)
             raise ClientError("answer lost", code=ErrorCode.CLIENT_TRANSPORT)
@@ -65,14 +66,25 @@ def element(tmp_path: Path) -> EmulatedSecureElement:
     return EmulatedSecureElement(tmp_path / "dev" / "emulated-se")
 
 
-def new_device(tmp_path: Path, rp: RelyingParty, transport: Transport,
-               element: EmulatedSecureElement | None, profile: str = "android-14") -> Device:
-    return Device.create(tmp_path / "dev", application_id=rp.app_id, transport=transport,
-                         profile=preset(profile), hardware=element)
+def new_device(
+    tmp_path: Path,
+    rp: RelyingParty,
+    transport: Transport,
+    element: EmulatedSecureElement | None,
+    profile: str = "android-14",
+) -> Device:
+    return Device.create(
+        tmp_path / "dev",
+        application_id=rp.app_id,
+        transport=transport,
+        profile=preset(profile),
+        hardware=element,
+    )
 
 
-def unsent_finish(tmp_path: Path, rp: RelyingParty, transport: LossyTransport,
-                  element: EmulatedSecureElement) -> tuple[Device, DropFinish]:
+def unsent_finish(
+    tmp_path: Path, rp: RelyingParty, transport: LossyTransport, element: EmulatedSecureElement
+) -> tuple[Device, DropFinish]:
     """An activated device whose last authentication finish never reached the server: its
     newest software key is unconfirmed, the server still expects the older one."""
     new_device(tmp_path, rp, transport, element).activate(code(rp))
@@ -101,26 +113,33 @@ def test_activate_and_authenticate_with_hardware(tmp_path, rp, transport, elemen
     for _ in range(3):
         auth = device.authenticate()
         assert auth.hw_key_client_status is HwKeyClientStatus.OK
-        assert risk(rp, auth.operation_id) == {"hwKeyClientStatus": "OK",
-                                               "hwKeyServerResult": "VALID"}
+        assert risk(rp, auth.operation_id) == {
+            "hwKeyClientStatus": "OK",
+            "hwKeyServerResult": "VALID",
+        }
     # reload from disk and keep going
     again = Device.load(tmp_path / "dev", transport=transport)
     assert isinstance(again.hardware, EmulatedSecureElement)
     assert again.authenticate().hw_key_client_status is HwKeyClientStatus.OK
 
 
-@pytest.mark.parametrize(("profile", "with_element", "status"), [
-    ("ios-9", True, "NOT_SUPPORTED"),
-    ("android-6-no-tee", True, "NOT_SUPPORTED"),
-    ("linux", False, "NOT_SUPPORTED"),
-])
+@pytest.mark.parametrize(
+    ("profile", "with_element", "status"),
+    [
+        ("ios-9", True, "NOT_SUPPORTED"),
+        ("android-6-no-tee", True, "NOT_SUPPORTED"),
+        ("linux", False, "NOT_SUPPORTED"),
+    ],
+)
 def test_software_only(tmp_path, rp, transport, element, profile, with_element, status) -> None:
     device = new_device(tmp_path, rp, transport, element if with_element else None, profile)
     result = device.activate(code(rp))
     assert not result.hardware_key_registered
     auth = device.authenticate()
-    assert risk(rp, auth.operation_id) == {"hwKeyClientStatus": status,
-                                           "hwKeyServerResult": "NO_KEY_REGISTERED"}
+    assert risk(rp, auth.operation_id) == {
+        "hwKeyClientStatus": status,
+        "hwKeyServerResult": "NO_KEY_REGISTERED",
+    }
 
 
 def test_generation_failed(tmp_path, rp, transport, element) -> None:
@@ -153,8 +172,10 @@ def test_key_unavailable_and_signing_failed(tmp_path, make_rp, http, element) ->
     device.activate(code(rp))
     element.fail_signing = True
     auth = device.authenticate()
-    assert risk(rp, auth.operation_id) == {"hwKeyClientStatus": "SIGNING_FAILED",
-                                           "hwKeyServerResult": "MISSING"}
+    assert risk(rp, auth.operation_id) == {
+        "hwKeyClientStatus": "SIGNING_FAILED",
+        "hwKeyServerResult": "MISSING",
+    }
     element.fail_signing = False
     element.corrupt_signatures = True
     auth = device.authenticate()
@@ -162,8 +183,10 @@ def test_key_unavailable_and_signing_failed(tmp_path, make_rp, http, element) ->
     element.corrupt_signatures = False
     element.lose_keys()
     auth = device.authenticate()
-    assert risk(rp, auth.operation_id) == {"hwKeyClientStatus": "KEY_UNAVAILABLE",
-                                           "hwKeyServerResult": "MISSING"}
+    assert risk(rp, auth.operation_id) == {
+        "hwKeyClientStatus": "KEY_UNAVAILABLE",
+        "hwKeyServerResult": "MISSING",
+    }
 
 
 def test_default_strategy_refuses_missing_hw_signature(tmp_path, rp, transport, element) -> None:
@@ -204,19 +227,25 @@ def test_backend_initiated(tmp_path, rp, transport, element) -> None:
     device.activate(code(rp), pin="2468")
     pre = {"content": "Pay 10 EUR to ACME", "mimeType": "text/plain"}
     post = {"content": "receipt 42", "mimeType": "text/plain"}
-    op = rp.start_operation(device.device_id, preOperationContext=pre,
-                            postOperationContext=post, requiredAuthMethod="DEVICE:PIN")
+    op = rp.start_operation(
+        device.device_id,
+        preOperationContext=pre,
+        postOperationContext=post,
+        requiredAuthMethod="DEVICE:PIN",
+    )
     pending = device.pending()
     assert [p.operation_id for p in pending] == [op["operationId"]]
-    assert pending[0].pre_operation_context == OperationContext(content=pre["content"],
-                                                                mime_type="text/plain")
+    assert pending[0].pre_operation_context == OperationContext(
+        content=pre["content"], mime_type="text/plain"
+    )
     seen: list[Any] = []
     with pytest.raises(ClientError) as info:
         device.authenticate(operation_id=op["operationId"])
     assert info.value.code in {ErrorCode.PIN_REQUIRED, ErrorCode.AUTH_METHOD_NOT_ALLOWED}
     with pytest.raises(OperationDeclined):
-        device.authenticate(operation_id=op["operationId"], pin="2468",
-                            approve=lambda c: seen.append(c) or False)
+        device.authenticate(
+            operation_id=op["operationId"], pin="2468", approve=lambda c: seen.append(c) or False
+        )
     # declining is signed and immediate: the relying party sees it, and it is final
     declined = rp.operation(op["operationId"])
     assert (declined["state"], declined["result"]) == ("FAILED", {"failureCode": "declined"})
@@ -224,10 +253,15 @@ def test_backend_initiated(tmp_path, rp, transport, element) -> None:
     with pytest.raises(ClientError) as final:
         device.authenticate(operation_id=op["operationId"], pin="2468")
     assert final.value.code is ErrorCode.AUTHENTICATION_FAILED
-    op = rp.start_operation(device.device_id, preOperationContext=pre,
-                            postOperationContext=post, requiredAuthMethod="DEVICE:PIN")
-    result = device.authenticate(operation_id=op["operationId"], pin="2468",
-                                 approve=lambda c: seen.append(c) or True)
+    op = rp.start_operation(
+        device.device_id,
+        preOperationContext=pre,
+        postOperationContext=post,
+        requiredAuthMethod="DEVICE:PIN",
+    )
+    result = device.authenticate(
+        operation_id=op["operationId"], pin="2468", approve=lambda c: seen.append(c) or True
+    )
     assert result.post_operation_context is not None
     assert result.post_operation_context.content == "receipt 42"
     assert seen and seen[0].content == pre["content"]
@@ -257,8 +291,9 @@ def test_approve_takes_a_bool(tmp_path, rp, transport, element) -> None:
     assert device.authenticate(approve=True).auth_method.value == "DEVICE"
 
 
-def test_sign_shows_the_data_and_the_result_carries_its_hash(tmp_path, rp, transport,
-                                                             element) -> None:
+def test_sign_shows_the_data_and_the_result_carries_its_hash(
+    tmp_path, rp, transport, element
+) -> None:
     """Device.sign end to end (docs/protocol.md §3.2.6): the data is in pending() and shown
     to approve; the signed result's dataHash is the hash of exactly that data."""
     import base64
@@ -286,20 +321,27 @@ def test_sign_shows_the_data_and_the_result_carries_its_hash(tmp_path, rp, trans
     assert info.value.code is ErrorCode.INVALID_STATE
     # data other than what the app showed is refused before anything is signed
     with pytest.raises(ClientError) as info:
-        device.sign(op, approve=lambda c: True, expected_data=OperationContext(
-            content="Sign contract #4712", mime_type="text/plain"))
+        device.sign(
+            op,
+            approve=lambda c: True,
+            expected_data=OperationContext(content="Sign contract #4712", mime_type="text/plain"),
+        )
     assert info.value.code is ErrorCode.INVALID_STATE
     assert rp.operation(op)["state"] == "PENDING"
     seen: list[Any] = []
     result = device.sign(op, approve=lambda c: seen.append(c) or True, expected_data=data)
     assert seen == [data] and result.signed_data == data
     token = rp.operation(op)["resultJws"]
-    claims = verify_result(token, rp.jwks(), expected_issuer=DEFAULT_ISSUER,
-                           expected_operation_id=op).claims
-    encoded = b"".join(len(v).to_bytes(4, "big") + v for v in (b"text/plain",
-                                                             data.content.encode()))
-    assert claims["dataHash"] == base64.urlsafe_b64encode(
-        hashlib.sha256(encoded).digest()).rstrip(b"=").decode()
+    claims = verify_result(
+        token, rp.jwks(), expected_issuer=DEFAULT_ISSUER, expected_operation_id=op
+    ).claims
+    encoded = b"".join(
+        len(v).to_bytes(4, "big") + v for v in (b"text/plain", data.content.encode())
+    )
+    assert (
+        claims["dataHash"]
+        == base64.urlsafe_b64encode(hashlib.sha256(encoded).digest()).rstrip(b"=").decode()
+    )
     assert claims["hwKeyServerResult"] == "VALID"  # the hardware key signed it too
     # a declined signature fails at once, as a declined authentication does
     op = rp.start_signature(device.device_id, "Sign contract #4713")["operationId"]
@@ -385,27 +427,34 @@ def test_refused_activation_keeps_nothing(tmp_path, rp, transport, element) -> N
 
 
 @pytest.mark.parametrize("form", ["link", "token", "typed", "typed with a space", "hint="])
-def test_every_form_the_user_holds_activates(tmp_path, rp, transport, element,
-                                             form: str) -> None:
+def test_every_form_the_user_holds_activates(tmp_path, rp, transport, element, form: str) -> None:
     issued = rp.activation_code()
     device = new_device(tmp_path, rp, transport, element)
     typed_hint = issued["activationHint"].lower()
-    given = {"link": (issued["activationLink"], None),
-             "token": (issued["activationToken"], None),
-             "typed": (f"{typed_hint}-{issued['activationCode']}", None),
-             "typed with a space": (f" {typed_hint} {issued['activationCode']} ", None),
-             "hint=": (issued["activationCode"], typed_hint)}[form]
+    given = {
+        "link": (issued["activationLink"], None),
+        "token": (issued["activationToken"], None),
+        "typed": (f"{typed_hint}-{issued['activationCode']}", None),
+        "typed with a space": (f" {typed_hint} {issued['activationCode']} ", None),
+        "hint=": (issued["activationCode"], typed_hint),
+    }[form]
     assert device.activate(given[0], hint=given[1]).device_id == issued["deviceId"]
 
 
-@pytest.mark.parametrize(("given", "code"), [
-    ("483920", ErrorCode.MALFORMED_REQUEST),  # a typed code without its hint
-    ("keybound://activate?app=x&token=short", ErrorCode.MALFORMED_REQUEST),
-    ("keybound://activate?app=another&token=q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U",
-     ErrorCode.CLIENT_CONFIGURATION),
-])
+@pytest.mark.parametrize(
+    ("given", "code"),
+    [
+        ("483920", ErrorCode.MALFORMED_REQUEST),  # a typed code without its hint
+        ("keybound://activate?app=x&token=short", ErrorCode.MALFORMED_REQUEST),
+        (
+            "keybound://activate?app=another&token=q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U",
+            ErrorCode.CLIENT_CONFIGURATION,
+        ),
+    ],
+)
 def test_what_cannot_be_an_activation_is_refused_before_sending(
-        tmp_path, rp, transport, element, given: str, code: ErrorCode) -> None:
+    tmp_path, rp, transport, element, given: str, code: ErrorCode
+) -> None:
     device = new_device(tmp_path, rp, transport, element)
     with pytest.raises(ClientError) as info:
         device.activate(given)
@@ -459,8 +508,9 @@ def test_backend_initiated_after_unsent_finish(tmp_path, rp, transport, element)
     op = rp.start_operation(device.device_id)
     asked: list[Any] = []
     dropping.paths.clear()
-    result = device.authenticate(operation_id=op["operationId"],
-                                 approve=lambda c: asked.append(c) or True)
+    result = device.authenticate(
+        operation_id=op["operationId"], approve=lambda c: asked.append(c) or True
+    )
     assert result.operation_id == op["operationId"]
     assert dropping.paths.count(DevicePaths.AUTHENTICATION_START) == 2  # newest key refused
     assert len(asked) == 1  # ... yet the user was asked once
@@ -475,8 +525,9 @@ def test_decline_after_unsent_finish_asks_once(tmp_path, rp, transport, element)
     asked: list[Any] = []
     dropping.paths.clear()
     with pytest.raises(OperationDeclined):
-        device.authenticate(operation_id=op["operationId"],
-                            approve=lambda c: asked.append(c) or False)
+        device.authenticate(
+            operation_id=op["operationId"], approve=lambda c: asked.append(c) or False
+        )
     assert len(asked) == 1
     assert dropping.paths.count(DevicePaths.AUTHENTICATION_DECLINE) == 2
     assert dropping.paths.count(DevicePaths.AUTHENTICATION_FINISH) == 0
@@ -486,8 +537,7 @@ def test_decline_after_unsent_finish_asks_once(tmp_path, rp, transport, element)
     device.authenticate()  # the older key is still good
 
 
-def test_decline_that_cannot_be_sent_is_still_a_decline(tmp_path, rp, transport,
-                                                        element) -> None:
+def test_decline_that_cannot_be_sent_is_still_a_decline(tmp_path, rp, transport, element) -> None:
     device = new_device(tmp_path, rp, transport, element)
     device.activate(code(rp))
     op = rp.start_operation(device.device_id)
@@ -495,8 +545,9 @@ def test_decline_that_cannot_be_sent_is_still_a_decline(tmp_path, rp, transport,
     transport.lose.add(DevicePaths.AUTHENTICATION_DECLINE)
     transport.paths.clear()
     with pytest.raises(OperationDeclined) as info:
-        device.authenticate(operation_id=op["operationId"],
-                            approve=lambda c: asked.append(c) or False)
+        device.authenticate(
+            operation_id=op["operationId"], approve=lambda c: asked.append(c) or False
+        )
     assert isinstance(info.value.__cause__, ClientError)
     assert info.value.__cause__.code is ErrorCode.CLIENT_TRANSPORT
     assert len(asked) == 1
@@ -509,18 +560,23 @@ def _push_token(kb: Any, device_id: str) -> tuple[str, str] | None:
     from keybound.storage import tables as t
 
     with kb.db.read() as conn:
-        row = conn.execute(select(t.push_tokens.c.provider, t.push_tokens.c.token).where(
-            t.push_tokens.c.device_id == device_id)).first()
+        row = conn.execute(
+            select(t.push_tokens.c.provider, t.push_tokens.c.token).where(
+                t.push_tokens.c.device_id == device_id
+            )
+        ).first()
     return None if row is None else (row.provider, row.token)
 
 
-def test_push_token_at_activation_then_updated_and_removed(tmp_path, rp, transport, element,
-                                                           kb) -> None:
+def test_push_token_at_activation_then_updated_and_removed(
+    tmp_path, rp, transport, element, kb
+) -> None:
     from keybound.protocol import PushProvider, PushToken
 
     device = new_device(tmp_path, rp, transport, element)
-    device.activate(code(rp), push_token=PushToken(provider=PushProvider.FCM,
-                                                   token="first:" + "a" * 40))
+    device.activate(
+        code(rp), push_token=PushToken(provider=PushProvider.FCM, token="first:" + "a" * 40)
+    )
     assert _push_token(kb, device.device_id) == ("fcm", "first:" + "a" * 40)
     device.authenticate()  # the key rotates; the next update signs with the new one
     device.update_push_token(PushToken(provider=PushProvider.FCM, token="second:" + "b" * 40))
@@ -530,7 +586,8 @@ def test_push_token_at_activation_then_updated_and_removed(tmp_path, rp, transpo
 
 
 def test_push_token_update_after_a_lost_answer_uses_the_key_the_server_knows(
-        tmp_path, rp, transport, element, kb) -> None:
+    tmp_path, rp, transport, element, kb
+) -> None:
     from keybound.protocol import PushProvider, PushToken
 
     device, _dropping = unsent_finish(tmp_path, rp, transport, element)

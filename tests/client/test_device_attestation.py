@@ -67,14 +67,25 @@ def activation_code(rp: RelyingParty) -> str:
     return str(rp.activation_code()["activationLink"])
 
 
-def device_with(tmp_path: Path, rp: RelyingParty, transport: RecordingTransport,
-                element: EmulatedSecureElement | None, profile: str = "android-14") -> Device:
-    return Device.create(tmp_path / "dev", application_id=rp.app_id, transport=transport,
-                         profile=preset(profile), hardware=element)
+def device_with(
+    tmp_path: Path,
+    rp: RelyingParty,
+    transport: RecordingTransport,
+    element: EmulatedSecureElement | None,
+    profile: str = "android-14",
+) -> Device:
+    return Device.create(
+        tmp_path / "dev",
+        application_id=rp.app_id,
+        transport=transport,
+        profile=preset(profile),
+        hardware=element,
+    )
 
 
-def test_android_device_sends_its_attestation_chain(tmp_path: Path, rp: RelyingParty,
-                                                    transport: RecordingTransport) -> None:
+def test_android_device_sends_its_attestation_chain(
+    tmp_path: Path, rp: RelyingParty, transport: RecordingTransport
+) -> None:
     element = EmulatedSecureElement(tmp_path / "dev" / "emulated-se")
     device = device_with(tmp_path, rp, transport, element)
     result = device.activate(activation_code(rp))
@@ -91,24 +102,30 @@ def test_android_device_sends_its_attestation_chain(tmp_path: Path, rp: RelyingP
     assert finish.hardware_public_key is not None
     verifier = AndroidKeyVerifier(
         trust=TrustStore.configured("android-key", add_files=[ATTESTATION_ROOT]),
-        policy=AndroidKeyPolicy())
+        policy=AndroidKeyPolicy(),
+    )
     verified = verifier.verify(
         AndroidKeyEvidence(chain=tuple(attestation.certificate_chain)),
-        expected_challenge=start.challenge, expected_public_key=finish.hardware_public_key,
-        now=dt.datetime.now(dt.UTC))
+        expected_challenge=start.challenge,
+        expected_public_key=finish.hardware_public_key,
+        now=dt.datetime.now(dt.UTC),
+    )
     assert verified.challenge == start.challenge
     # the application's Android mode is DISABLED: the device works as before
     auth = device.authenticate()
     assert auth.hw_key_client_status is HwKeyClientStatus.OK
 
 
-@pytest.mark.parametrize(("profile", "attestation"), [
-    ("android-14", False),  # an element without key attestation
-    ("ios-17", True),  # the element as an iPhone's Secure Enclave: no Android attestation
-])
+@pytest.mark.parametrize(
+    ("profile", "attestation"),
+    [
+        ("android-14", False),  # an element without key attestation
+        ("ios-17", True),  # the element as an iPhone's Secure Enclave: no Android attestation
+    ],
+)
 def test_no_attestation_object_when_there_is_none(
-        tmp_path: Path, rp: RelyingParty, transport: RecordingTransport, profile: str,
-        attestation: bool) -> None:
+    tmp_path: Path, rp: RelyingParty, transport: RecordingTransport, profile: str, attestation: bool
+) -> None:
     element = EmulatedSecureElement(tmp_path / "dev" / "emulated-se", attestation=attestation)
     device = device_with(tmp_path, rp, transport, element, profile)
     result = device.activate(activation_code(rp))
@@ -117,8 +134,9 @@ def test_no_attestation_object_when_there_is_none(
     assert finish.attestation is None and "attestation" not in finish.to_wire()
 
 
-def test_software_only_device_sends_no_attestation(tmp_path: Path, rp: RelyingParty,
-                                                   transport: RecordingTransport) -> None:
+def test_software_only_device_sends_no_attestation(
+    tmp_path: Path, rp: RelyingParty, transport: RecordingTransport
+) -> None:
     element = EmulatedSecureElement(tmp_path / "dev" / "emulated-se")
     device = device_with(tmp_path, rp, transport, element, "android-5")
     result = device.activate(activation_code(rp))
@@ -128,8 +146,11 @@ def test_software_only_device_sends_no_attestation(tmp_path: Path, rp: RelyingPa
 
 
 def test_failing_attestation_does_not_fail_activation(
-        tmp_path: Path, rp: RelyingParty, transport: RecordingTransport,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path,
+    rp: RelyingParty,
+    transport: RecordingTransport,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class Failing(EmulatedSecureElement):
         def attest(self, handle: Any, **kwargs: Any) -> Any:
             from keybound.errors import KeyStoreError
@@ -143,14 +164,16 @@ def test_failing_attestation_does_not_fail_activation(
     assert "attestation failed: attestation key gone" in caplog.text
 
 
-def test_reactivation_attests_the_new_key(tmp_path: Path, rp: RelyingParty,
-                                          transport: RecordingTransport) -> None:
+def test_reactivation_attests_the_new_key(
+    tmp_path: Path, rp: RelyingParty, transport: RecordingTransport
+) -> None:
     element = EmulatedSecureElement(tmp_path / "dev" / "emulated-se")
     device = device_with(tmp_path, rp, transport, element)
     device.activate(activation_code(rp))
     first = transport.last(DevicePaths.ACTIVATION_FINISH, protocol.ActivationFinishRequest)
-    code = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation",
-                   expect=201)["activationLink"]
+    code = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation", expect=201)[
+        "activationLink"
+    ]
     assert device.activate(code).attestation_format is AttestationFormat.ANDROID_KEY
     second = transport.last(DevicePaths.ACTIVATION_FINISH, protocol.ActivationFinishRequest)
     assert isinstance(first.attestation, protocol.AndroidKeyAttestation)
@@ -169,20 +192,31 @@ class OfferingElement(EmulatedSecureElement):
         return self.offer
 
 
-@pytest.mark.parametrize("offer", [
-    "too-big",  # an EK certificate beyond the protocol's bound is not offered
-    "failing",  # a TPM that cannot make its attestation key now
-])
+@pytest.mark.parametrize(
+    "offer",
+    [
+        "too-big",  # an EK certificate beyond the protocol's bound is not offered
+        "failing",  # a TPM that cannot make its attestation key now
+    ],
+)
 def test_an_unusable_attestation_key_is_not_offered(
-        tmp_path: Path, rp: RelyingParty, transport: RecordingTransport, offer: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path,
+    rp: RelyingParty,
+    transport: RecordingTransport,
+    offer: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from keybound.client.keystores.base import AttestationKey
     from keybound.errors import KeyStoreError
 
     element = OfferingElement(tmp_path / "dev" / "emulated-se")
-    element.offer = (AttestationKey(ek_certificate=bytes(protocol.MAX_ATTESTATION_CERTIFICATE_BYTES
-                                                         + 1), ak_public=b"ak")
-                     if offer == "too-big" else KeyStoreError("TPM busy"))
+    element.offer = (
+        AttestationKey(
+            ek_certificate=bytes(protocol.MAX_ATTESTATION_CERTIFICATE_BYTES + 1), ak_public=b"ak"
+        )
+        if offer == "too-big"
+        else KeyStoreError("TPM busy")
+    )
     device = device_with(tmp_path, rp, transport, element)
     with caplog.at_level(logging.WARNING, logger="keybound.client"):
         result = device.activate(activation_code(rp))

@@ -49,8 +49,10 @@ from keybound.errors import ClientError, KeyUnavailable
 
 CHALLENGE = bytes(range(32))
 POLICY = AndroidKeyPolicy(
-    app=AndroidAppPolicy(package_names=frozenset({DEMO_PACKAGE_NAME}),
-                         signing_digests=frozenset({DEMO_SIGNING_DIGEST})),
+    app=AndroidAppPolicy(
+        package_names=frozenset({DEMO_PACKAGE_NAME}),
+        signing_digests=frozenset({DEMO_SIGNING_DIGEST}),
+    ),
     min_patch_level=OS_PATCH_LEVEL,
 )
 
@@ -65,20 +67,29 @@ def configured_trust() -> TrustStore:
     return TrustStore.configured("android-key", add_files=[ATTESTATION_ROOT])
 
 
-def chain_of(element: EmulatedSecureElement, handle: KeyHandle,
-             challenge: bytes = CHALLENGE) -> tuple[bytes, ...]:
+def chain_of(
+    element: EmulatedSecureElement, handle: KeyHandle, challenge: bytes = CHALLENGE
+) -> tuple[bytes, ...]:
     evidence = element.attest(handle, challenge=challenge)
     assert isinstance(evidence, AndroidKeyChain)
     return evidence.certificate_chain
 
 
-def verify(chain: tuple[bytes, ...], handle: KeyHandle, *, trust: TrustStore | None = None,
-           policy: AndroidKeyPolicy = POLICY,
-           challenge: bytes = CHALLENGE) -> VerifiedAndroidKey:
+def verify(
+    chain: tuple[bytes, ...],
+    handle: KeyHandle,
+    *,
+    trust: TrustStore | None = None,
+    policy: AndroidKeyPolicy = POLICY,
+    challenge: bytes = CHALLENGE,
+) -> VerifiedAndroidKey:
     verifier = AndroidKeyVerifier(trust=trust or configured_trust(), policy=policy)
-    return verifier.verify(AndroidKeyEvidence(chain=chain), expected_challenge=challenge,
-                           expected_public_key=handle.public_key,
-                           now=dt.datetime.now(dt.UTC))
+    return verifier.verify(
+        AndroidKeyEvidence(chain=chain),
+        expected_challenge=challenge,
+        expected_public_key=handle.public_key,
+        now=dt.datetime.now(dt.UTC),
+    )
 
 
 def refused(chain: tuple[bytes, ...], handle: KeyHandle, **kwargs: object) -> Reason:
@@ -109,8 +120,11 @@ def test_chain_verifies_with_the_test_root_configured(element: EmulatedSecureEle
     hardware = result.key_description.hardware_enforced
     assert hardware.origin == Origin.GENERATED and KeyPurpose.SIGN in (hardware.purposes or ())
     assert result.attestation_version == result.keymint_version == 300
-    root_key = TestRoot.load().key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    root_key = (
+        TestRoot.load()
+        .key.public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     assert result.anchor_key_sha256 == configured_trust().by_spki(root_key).key_sha256  # type: ignore[union-attr]
 
 
@@ -132,10 +146,10 @@ def test_the_attestation_key_is_provisioned_once(element: EmulatedSecureElement)
 def test_refused_with_the_shipped_roots_only(element: EmulatedSecureElement) -> None:
     handle = element.generate("label")
     chain = chain_of(element, handle)
-    assert refused(chain, handle, trust=TrustStore.builtin("android-key")) \
-        is Reason.CHAIN_UNTRUSTED
-    assert refused(chain, handle, trust=TrustStore.configured("android-key")) \
-        is Reason.CHAIN_UNTRUSTED
+    assert refused(chain, handle, trust=TrustStore.builtin("android-key")) is Reason.CHAIN_UNTRUSTED
+    assert (
+        refused(chain, handle, trust=TrustStore.configured("android-key")) is Reason.CHAIN_UNTRUSTED
+    )
 
 
 def test_bound_to_the_challenge_and_the_key(element: EmulatedSecureElement) -> None:
@@ -154,13 +168,18 @@ def test_app_identity_is_the_configured_one(tmp_path: Path) -> None:
     element = EmulatedSecureElement(tmp_path / "2", signing_digest=digest)
     handle = element.generate("label")
     assert refused(chain_of(element, handle), handle) is Reason.APP_ID_MISMATCH
-    allowed = AndroidKeyPolicy(app=AndroidAppPolicy(package_names=frozenset({DEMO_PACKAGE_NAME}),
-                                                    signing_digests=frozenset({digest})))
+    allowed = AndroidKeyPolicy(
+        app=AndroidAppPolicy(
+            package_names=frozenset({DEMO_PACKAGE_NAME}), signing_digests=frozenset({digest})
+        )
+    )
     verify(chain_of(element, handle), handle, policy=allowed)
 
 
-@pytest.mark.parametrize(("state", "reason"), [("device_locked", Reason.BOOTLOADER_UNLOCKED),
-                                                ("verified_boot", Reason.BOOT_NOT_VERIFIED)])
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [("device_locked", Reason.BOOTLOADER_UNLOCKED), ("verified_boot", Reason.BOOT_NOT_VERIFIED)],
+)
 def test_device_state_is_attested(tmp_path: Path, state: str, reason: Reason) -> None:
     element = EmulatedSecureElement(tmp_path, **{state: False})  # type: ignore[arg-type]
     handle = element.generate("label")
@@ -169,8 +188,9 @@ def test_device_state_is_attested(tmp_path: Path, state: str, reason: Reason) ->
     verify(chain, handle, policy=AndroidKeyPolicy.structure_only())
 
 
-def test_only_keys_inside_the_element_are_attested(element: EmulatedSecureElement,
-                                                   tmp_path: Path) -> None:
+def test_only_keys_inside_the_element_are_attested(
+    element: EmulatedSecureElement, tmp_path: Path
+) -> None:
     handle = element.generate("label")
     stranger = EmulatedSecureElement(tmp_path / "another").generate("label")
     with pytest.raises(KeyUnavailable):
@@ -201,7 +221,8 @@ def test_the_shipped_test_root_is_marked_and_never_builtin() -> None:
     for path in (ATTESTATION_ROOT, ATTESTATION_ROOT_KEY):
         assert path.read_text().startswith("keybound emulated secure element: TEST AND DEMO")
     spki = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     for fmt in ("android-key", "apple-appattest", "tpm"):
         assert TrustStore.builtin(fmt).by_spki(spki) is None  # type: ignore[arg-type]
 
@@ -210,14 +231,25 @@ def test_the_shipped_test_root_is_marked_and_never_builtin() -> None:
 
 
 def test_factory_options(tmp_path: Path) -> None:
-    store = open_keystore("emulated", tmp_path, {
-        "package_name": "com.example.bank", "signing_digest": "ab" * 32,
-        "device_locked": False, "attestation": True})
+    store = open_keystore(
+        "emulated",
+        tmp_path,
+        {
+            "package_name": "com.example.bank",
+            "signing_digest": "ab" * 32,
+            "device_locked": False,
+            "attestation": True,
+        },
+    )
     assert isinstance(store, EmulatedSecureElement)
     assert store.package_name == "com.example.bank" and store.signing_digest == b"\xab" * 32
     assert store.device_locked is False and store.verified_boot is True
-    for bad in ({"package_name": ""}, {"signing_digest": "ab"}, {"signing_digest": 7},
-                {"attestation": "yes"}):
+    for bad in (
+        {"package_name": ""},
+        {"signing_digest": "ab"},
+        {"signing_digest": 7},
+        {"attestation": "yes"},
+    ):
         with pytest.raises(ClientError):
             open_keystore("emulated", tmp_path, bad)
 
@@ -225,8 +257,7 @@ def test_factory_options(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- without pyasn1 (lean)
 
 
-def test_without_pyasn1_the_sdk_imports_and_the_element_does_not_attest(
-        tmp_path: Path) -> None:
+def test_without_pyasn1_the_sdk_imports_and_the_element_does_not_attest(tmp_path: Path) -> None:
     """``pip install keybound`` has no pyasn1: the SDK and the element work, attest says why
     it cannot (a KeyStoreError the device logs before activating without evidence)."""
     program = textwrap.dedent(f"""
@@ -247,6 +278,7 @@ def test_without_pyasn1_the_sdk_imports_and_the_element_does_not_attest(
             raise AssertionError("attested without pyasn1")
         assert not [m for m in sys.modules if m.startswith("pyasn1") and sys.modules[m]]
     """)
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr

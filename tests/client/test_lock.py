@@ -27,14 +27,19 @@ HOLDER = (
 
 
 def _holder(directory: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None and process.stdout.readline() == "held\n"
     return process
 
 
-def _acquire_in_thread(directory: Path) -> tuple[threading.Thread, threading.Event,
-                                                 threading.Event]:
+def _acquire_in_thread(
+    directory: Path,
+) -> tuple[threading.Thread, threading.Event, threading.Event]:
     """A thread that takes the lock (setting ``acquired``) and holds it until ``release``."""
     acquired, release = threading.Event(), threading.Event()
 

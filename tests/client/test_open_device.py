@@ -18,8 +18,7 @@ from keybound.errors import ClientError, ErrorCode
 
 def _pin(application_id: str) -> channel.ChannelPin:
     key = channel.generate_e2e_key(now=int(time.time()))
-    return channel.export_pin(key, application_id=application_id,
-                              server_url="http://127.0.0.1:9")
+    return channel.export_pin(key, application_id=application_id, server_url="http://127.0.0.1:9")
 
 
 def _open_clients() -> list[httpx.Client]:

@@ -59,20 +59,21 @@ class Gather:
         with self.condition:
             self.started += 1
             self.condition.notify_all()
-            self.condition.wait_for(lambda: self.started >= self.parties,
-                                    timeout=GATHER_SECONDS)
+            self.condition.wait_for(lambda: self.started >= self.parties, timeout=GATHER_SECONDS)
         return True
 
 
 # -- processes: `keybound device authenticate` -------------------------------------------
 
-def _stderr_reader(process: subprocess.Popen[str], seen: list[str],
-                   prompted: threading.Event) -> threading.Thread:
+
+def _stderr_reader(
+    process: subprocess.Popen[str], seen: list[str], prompted: threading.Event
+) -> threading.Thread:
     def read() -> None:
         assert process.stderr is not None
         while character := process.stderr.read(1):
             seen.append(character)
-            if not prompted.is_set() and PROMPT in "".join(seen[-len(PROMPT):]):
+            if not prompted.is_set() and PROMPT in "".join(seen[-len(PROMPT) :]):
                 prompted.set()
 
     thread = threading.Thread(target=read, daemon=True)
@@ -80,26 +81,49 @@ def _stderr_reader(process: subprocess.Popen[str], seen: list[str],
     return thread
 
 
-def test_concurrent_cli_authentications_on_one_state_directory(tmp_path: Path,
-                                                               live_server: Server) -> None:
+def test_concurrent_cli_authentications_on_one_state_directory(
+    tmp_path: Path, live_server: Server
+) -> None:
     """N processes answer N backend-initiated operations of one device at once. Each asks
     "approve?" between its start and its finish; the answers are given together once one
     process asks (and the others had time to: without the lock they all do)."""
     app = _app(live_server)
     state = tmp_path / "device"
-    device_id = ok(device(state, "activate", app.code(), "--keystore", "none",
-                          "--channel-pin-file", str(app.pin_file)))["deviceId"]
-    operations = [app.rp.start_operation(device_id, preOperationContext={
-        "content": f"payment {n}", "mimeType": "text/plain"})["operationId"]
-        for n in range(CONCURRENT)]
-    processes = [subprocess.Popen(
-        device_command(state, "authenticate", "--operation-id", operation),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=device_env(), start_new_session=True) for operation in operations]
+    device_id = ok(
+        device(
+            state,
+            "activate",
+            app.code(),
+            "--keystore",
+            "none",
+            "--channel-pin-file",
+            str(app.pin_file),
+        )
+    )["deviceId"]
+    operations = [
+        app.rp.start_operation(
+            device_id, preOperationContext={"content": f"payment {n}", "mimeType": "text/plain"}
+        )["operationId"]
+        for n in range(CONCURRENT)
+    ]
+    processes = [
+        subprocess.Popen(
+            device_command(state, "authenticate", "--operation-id", operation),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=device_env(),
+            start_new_session=True,
+        )
+        for operation in operations
+    ]
     stderr: list[list[str]] = [[] for _ in processes]
     prompted = [threading.Event() for _ in processes]
-    readers = [_stderr_reader(p, seen, event)
-               for p, seen, event in zip(processes, stderr, prompted, strict=True)]
+    readers = [
+        _stderr_reader(p, seen, event)
+        for p, seen, event in zip(processes, stderr, prompted, strict=True)
+    ]
     try:
         deadline = time.monotonic() + 60
         while not any(event.is_set() for event in prompted):
@@ -133,18 +157,36 @@ def test_concurrent_cli_authentications_on_one_state_directory(tmp_path: Path,
     _assert_genuine_and_usable(app, device_id, state)
 
 
-def test_concurrent_device_initiated_cli_authentications(tmp_path: Path,
-                                                         live_server: Server) -> None:
+def test_concurrent_device_initiated_cli_authentications(
+    tmp_path: Path, live_server: Server
+) -> None:
     """The issue's own reproduction: N ``keybound device authenticate`` started together on
     one directory (device-initiated, nothing holds them between start and finish)."""
     app = _app(live_server)
     state = tmp_path / "device"
-    device_id = ok(device(state, "activate", app.code(), "--keystore", "none",
-                          "--channel-pin-file", str(app.pin_file)))["deviceId"]
-    processes = [subprocess.Popen(
-        device_command(state, "authenticate"), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=device_env(),
-        start_new_session=True) for _ in range(CONCURRENT + 2)]
+    device_id = ok(
+        device(
+            state,
+            "activate",
+            app.code(),
+            "--keystore",
+            "none",
+            "--channel-pin-file",
+            str(app.pin_file),
+        )
+    )["deviceId"]
+    processes = [
+        subprocess.Popen(
+            device_command(state, "authenticate"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=device_env(),
+            start_new_session=True,
+        )
+        for _ in range(CONCURRENT + 2)
+    ]
     results = [process.communicate(timeout=120) for process in processes]
     for process, (_, errors) in zip(processes, results, strict=True):
         assert process.returncode == 0, errors
@@ -152,6 +194,7 @@ def test_concurrent_device_initiated_cli_authentications(tmp_path: Path,
 
 
 # -- threads: open_device ------------------------------------------------------------------
+
 
 def _in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
     results: list[Any] = [None] * count
@@ -201,7 +244,8 @@ def test_concurrent_open_device_in_threads(tmp_path: Path, live_server: Server) 
 
 
 def test_a_device_opened_before_another_authenticated_signs_with_the_current_key(
-        tmp_path: Path, live_server: Server) -> None:
+    tmp_path: Path, live_server: Server
+) -> None:
     """Two Device objects on one directory, used one after the other: the older one must
     not sign with the key the other has rotated away (that is a copy, and locks)."""
     app = _app(live_server)
@@ -218,7 +262,8 @@ def test_a_device_opened_before_another_authenticated_signs_with_the_current_key
 
 
 def test_a_rotation_outside_the_lock_is_retried_with_the_current_key(
-        tmp_path: Path, live_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, live_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
     """A writer that does not take the lock (an older SDK) rotates the key and saves it while
     this device holds a challenge: the device sees the newer key before it sends its finish,
     keeps it, and succeeds with it (a new challenge), once."""
@@ -246,7 +291,8 @@ def test_a_rotation_outside_the_lock_is_retried_with_the_current_key(
 
 
 def test_a_copy_of_the_directory_is_never_retried_with_its_superseded_key(
-        tmp_path: Path, live_server: Server) -> None:
+    tmp_path: Path, live_server: Server
+) -> None:
     """A copy of the state directory (another holder of the same keys, saving elsewhere)
     rotates the key while this device holds a challenge: refused as an overlap, and the SDK
     does not retry with the same, now superseded key (the server would lock the device as

@@ -116,8 +116,11 @@ def manufactured_swtpm_image(
 ) -> tuple[Path, SwtpmLocalCa]:
     """One TPM state manufactured per session (``swtpm_setup --create-ek-cert`` with a
     session-wide local CA, as one manufacturer has one CA); tests run copies of it."""
-    for tool, package in (("swtpm_setup", "swtpm-tools"), ("swtpm_localca", "swtpm-tools"),
-                          ("certtool", "gnutls-bin")):
+    for tool, package in (
+        ("swtpm_setup", "swtpm-tools"),
+        ("swtpm_localca", "swtpm-tools"),
+        ("certtool", "gnutls-bin"),
+    ):
         _require_tool(tool, package)
     workdir = tmp_path_factory.mktemp("swtpm-factory")
     try:

@@ -56,8 +56,9 @@ class CredentialServer(RecordingTransport):
     TPM2_MakeCredential for the start's EK certificate and AK, keeping the secret, the AK and
     the verified EK aside (server state, never taken from a later request)."""
 
-    def __init__(self, pin: Any, client: Any, *, ek_trust: TrustStore,
-                 wrong_ak: bool = False) -> None:
+    def __init__(
+        self, pin: Any, client: Any, *, ek_trust: TrustStore, wrong_ak: bool = False
+    ) -> None:
         super().__init__(pin, client)
         self.ek_trust = ek_trust
         self.wrong_ak = wrong_ak
@@ -74,18 +75,24 @@ class CredentialServer(RecordingTransport):
         if self.wrong_ak:
             name = name[:2] + bytes(len(name) - 2)
         self.secret = os.urandom(32)
-        made = make_credential(serialization.load_der_public_key(ek.public_key), name,
-                               self.secret)
+        made = make_credential(serialization.load_der_public_key(ek.public_key), name, self.secret)
         self.activated = ActivatedAk(public_area=request.tpm.ak_public, ek=ek)
-        credential = protocol.TpmCredential(credential_blob=made.credential_blob,
-                                            encrypted_secret=made.encrypted_secret)
+        credential = protocol.TpmCredential(
+            credential_blob=made.credential_blob, encrypted_secret=made.encrypted_secret
+        )
         return answer.model_copy(update={"tpm_credential": credential})
 
 
-def _device(tmp_path: Path, rp: RelyingParty, transport: RecordingTransport,
-            store: KeyStore) -> Device:
-    return Device.create(tmp_path / "device", application_id=rp.app_id, transport=transport,
-                         profile=preset("linux"), hardware=store)
+def _device(
+    tmp_path: Path, rp: RelyingParty, transport: RecordingTransport, store: KeyStore
+) -> Device:
+    return Device.create(
+        tmp_path / "device",
+        application_id=rp.app_id,
+        transport=transport,
+        profile=preset("linux"),
+        hardware=store,
+    )
 
 
 def _tpm(bed: SwtpmBed, tmp_path: Path) -> KeyStore:
@@ -102,8 +109,8 @@ def _trust(bed: ManufacturedSwtpm) -> TrustStore:
 
 @pytest.mark.swtpm
 def test_tpm_device_attests_with_credential_activation(
-        tmp_path: Path, http: TestClient, rp: RelyingParty,
-        manufactured_swtpm: ManufacturedSwtpm) -> None:
+    tmp_path: Path, http: TestClient, rp: RelyingParty, manufactured_swtpm: ManufacturedSwtpm
+) -> None:
     assert rp.pin is not None
     transport = CredentialServer(rp.pin, http.raw, ek_trust=_trust(manufactured_swtpm))
     device = _device(tmp_path, rp, transport, _tpm(manufactured_swtpm, tmp_path))
@@ -112,29 +119,41 @@ def test_tpm_device_attests_with_credential_activation(
     start = transport.last(DevicePaths.ACTIVATION_START, protocol.ActivationStartRequest)
     assert start.tpm is not None
     assert set(start.to_wire()["tpm"]) == {"ekCertificate", "akPublic"}
-    challenge = transport.last(DevicePaths.ACTIVATION_START,
-                               protocol.ActivationStartResponse).challenge
+    challenge = transport.last(
+        DevicePaths.ACTIVATION_START, protocol.ActivationStartResponse
+    ).challenge
     finish = transport.last(DevicePaths.ACTIVATION_FINISH, protocol.ActivationFinishRequest)
     attestation = finish.attestation
     assert isinstance(attestation, protocol.TpmAttestation)
     assert set(finish.to_wire()["attestation"]) == {
-        "format", "certifyInfo", "signature", "publicArea", "activatedSecret"}
+        "format",
+        "certifyInfo",
+        "signature",
+        "publicArea",
+        "activatedSecret",
+    }
     # what the server does at finish: the secret it kept, then TPM2_Certify by that AK
     assert hmac.compare_digest(attestation.activated_secret, transport.secret)
     assert transport.activated is not None and finish.hardware_public_key is not None
     verified = TpmVerifier(trust=TrustStore()).verify(
-        TpmEvidence(certify_info=attestation.certify_info, signature=attestation.signature,
-                    public_area=attestation.public_area, activated_ak=transport.activated),
-        expected_challenge=challenge, expected_public_key=finish.hardware_public_key,
-        now=_now())
+        TpmEvidence(
+            certify_info=attestation.certify_info,
+            signature=attestation.signature,
+            public_area=attestation.public_area,
+            activated_ak=transport.activated,
+        ),
+        expected_challenge=challenge,
+        expected_public_key=finish.hardware_public_key,
+        now=_now(),
+    )
     assert verified.ak_trust is AkTrust.ACTIVATION and verified.tpm.model == "swtpm"
     assert device.authenticate().hw_key_client_status.value == "OK"
 
 
 @pytest.mark.swtpm
 def test_tpm_device_against_a_server_that_ignores_the_fields(
-        tmp_path: Path, http: TestClient, rp: RelyingParty,
-        manufactured_swtpm: ManufacturedSwtpm) -> None:
+    tmp_path: Path, http: TestClient, rp: RelyingParty, manufactured_swtpm: ManufacturedSwtpm
+) -> None:
     assert rp.pin is not None
     transport = RecordingTransport(rp.pin, http.raw)
     device = _device(tmp_path, rp, transport, _tpm(manufactured_swtpm, tmp_path))
@@ -142,8 +161,12 @@ def test_tpm_device_against_a_server_that_ignores_the_fields(
     assert result.hardware_key_registered and result.attestation_format is None
     start = transport.last(DevicePaths.ACTIVATION_START, protocol.ActivationStartRequest)
     assert start.tpm is not None  # offered, but the server made no credential
-    assert transport.last(DevicePaths.ACTIVATION_START,
-                          protocol.ActivationStartResponse).tpm_credential is None
+    assert (
+        transport.last(
+            DevicePaths.ACTIVATION_START, protocol.ActivationStartResponse
+        ).tpm_credential
+        is None
+    )
     finish = transport.last(DevicePaths.ACTIVATION_FINISH, protocol.ActivationFinishRequest)
     assert finish.attestation is None
     assert device.authenticate().hw_key_client_status.value == "OK"
@@ -151,11 +174,16 @@ def test_tpm_device_against_a_server_that_ignores_the_fields(
 
 @pytest.mark.swtpm
 def test_a_credential_for_another_ak_leaves_the_activation_unattested(
-        tmp_path: Path, http: TestClient, rp: RelyingParty,
-        manufactured_swtpm: ManufacturedSwtpm, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path,
+    http: TestClient,
+    rp: RelyingParty,
+    manufactured_swtpm: ManufacturedSwtpm,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     assert rp.pin is not None
-    transport = CredentialServer(rp.pin, http.raw, ek_trust=_trust(manufactured_swtpm),
-                                 wrong_ak=True)
+    transport = CredentialServer(
+        rp.pin, http.raw, ek_trust=_trust(manufactured_swtpm), wrong_ak=True
+    )
     device = _device(tmp_path, rp, transport, _tpm(manufactured_swtpm, tmp_path))
     with caplog.at_level(logging.WARNING, logger="keybound.client"):
         result = device.activate(_code(rp))
@@ -166,8 +194,9 @@ def test_a_credential_for_another_ak_leaves_the_activation_unattested(
 
 
 @pytest.mark.swtpm
-def test_tpm_without_ek_certificate_sends_nothing(tmp_path: Path, http: TestClient,
-                                                 rp: RelyingParty, swtpm: SwtpmBed) -> None:
+def test_tpm_without_ek_certificate_sends_nothing(
+    tmp_path: Path, http: TestClient, rp: RelyingParty, swtpm: SwtpmBed
+) -> None:
     assert rp.pin is not None
     transport = RecordingTransport(rp.pin, http.raw)
     device = _device(tmp_path, rp, transport, _tpm(swtpm, tmp_path))
@@ -180,15 +209,22 @@ def test_tpm_without_ek_certificate_sends_nothing(tmp_path: Path, http: TestClie
 
 
 @pytest.mark.softhsm
-def test_pkcs11_token_sends_nothing(tmp_path: Path, http: TestClient, rp: RelyingParty,
-                                    softhsm: SoftHsmBed) -> None:
+def test_pkcs11_token_sends_nothing(
+    tmp_path: Path, http: TestClient, rp: RelyingParty, softhsm: SoftHsmBed
+) -> None:
     """PKCS#11 tokens have no key attestation here: no ``tpm``, no ``attestation`` object,
     which the server records as NOT_PROVIDED."""
     assert rp.pin is not None
     transport = RecordingTransport(rp.pin, http.raw)
-    store = open_keystore("pkcs11", tmp_path / "device", {
-        "module": softhsm.module, "token_label": softhsm.main.label,
-        "user_pin": softhsm.main.user_pin})
+    store = open_keystore(
+        "pkcs11",
+        tmp_path / "device",
+        {
+            "module": softhsm.module,
+            "token_label": softhsm.main.label,
+            "user_pin": softhsm.main.user_pin,
+        },
+    )
     assert store.attestation_key() is None
     device = _device(tmp_path, rp, transport, store)
     result = device.activate(_code(rp))

@@ -43,12 +43,15 @@ def trust_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def kb(database_url: str, tmp_path: Path, clock: FakeClock, trust_dir: Path
-       ) -> Iterator[Keybound]:
+def kb(database_url: str, tmp_path: Path, clock: FakeClock, trust_dir: Path) -> Iterator[Keybound]:
     """The server as its operator configured it (the anchors each test adds)."""
     trust_dir.mkdir(exist_ok=True)
-    service = Keybound.open(database_url, clock=clock, master_key_file=tmp_path / "master.key",
-                            attestation=AttestationTrust.configured(trust_dir=trust_dir))
+    service = Keybound.open(
+        database_url,
+        clock=clock,
+        master_key_file=tmp_path / "master.key",
+        attestation=AttestationTrust.configured(trust_dir=trust_dir),
+    )
     yield service
     service.close()
 
@@ -59,12 +62,18 @@ def _add_anchor(kb: Keybound, trust_dir: Path, platform: str, pem: bytes) -> Non
     kb.activation.trust = AttestationTrust.configured(trust_dir=trust_dir)
 
 
-def _device(tmp_path: Path, rp: RelyingParty, http: Any, store: KeyStore | None,
-            profile: str) -> tuple[Device, RecordingTransport]:
+def _device(
+    tmp_path: Path, rp: RelyingParty, http: Any, store: KeyStore | None, profile: str
+) -> tuple[Device, RecordingTransport]:
     assert rp.pin is not None
     transport = RecordingTransport(rp.pin, http.raw)
-    device = Device.create(tmp_path / "device", application_id=rp.app_id, transport=transport,
-                           profile=preset(profile), hardware=store)
+    device = Device.create(
+        tmp_path / "device",
+        application_id=rp.app_id,
+        transport=transport,
+        profile=preset(profile),
+        hardware=store,
+    )
     return device, transport
 
 
@@ -77,16 +86,26 @@ def _risk(rp: RelyingParty, transport: RecordingTransport) -> dict[str, Any]:
 @pytest.mark.swtpm
 @pytest.mark.parametrize("mode", ["OPTIONAL", "REQUIRED"])
 def test_sdk_tpm_device_attests_to_the_server(
-        tmp_path: Path, http: Any, make_rp: Any, kb: Keybound, trust_dir: Path,
-        manufactured_swtpm: ManufacturedSwtpm, mode: str) -> None:
+    tmp_path: Path,
+    http: Any,
+    make_rp: Any,
+    kb: Keybound,
+    trust_dir: Path,
+    manufactured_swtpm: ManufacturedSwtpm,
+    mode: str,
+) -> None:
     _add_anchor(kb, trust_dir, "tpm", manufactured_swtpm.ca.issuer_certificate.read_bytes())
     rp = make_rp(attestationTpmMode=mode, enabledRiskData=ALL_RISK)
     store = open_keystore("tpm", tmp_path / "device", {"tcti": manufactured_swtpm.tcti})
     device, transport = _device(tmp_path, rp, http, store, "linux")
     result = device.activate(str(rp.activation_code()["activationLink"]))
     assert result.hardware_key_registered and result.attestation_format is AttestationFormat.TPM
-    assert transport.last(DevicePaths.ACTIVATION_START,
-                          protocol.ActivationStartResponse).tpm_credential is not None
+    assert (
+        transport.last(
+            DevicePaths.ACTIVATION_START, protocol.ActivationStartResponse
+        ).tpm_credential
+        is not None
+    )
     risk = _risk(rp, transport)
     assert (risk["hwKeyAttestation"], risk["hwKeySecurityLevel"]) == ("VERIFIED", "TPM")
     auth = device.authenticate()
@@ -96,7 +115,8 @@ def test_sdk_tpm_device_attests_to_the_server(
 
 @pytest.mark.swtpm
 def test_sdk_tpm_device_with_an_untrusted_manufacturer(
-        tmp_path: Path, http: Any, make_rp: Any, manufactured_swtpm: ManufacturedSwtpm) -> None:
+    tmp_path: Path, http: Any, make_rp: Any, manufactured_swtpm: ManufacturedSwtpm
+) -> None:
     """No anchor for swtpm's local CA: no credential at start, so the device sends no
     evidence; REQUIRED refuses the activation."""
     rp = make_rp(attestationTpmMode="REQUIRED")
@@ -105,20 +125,27 @@ def test_sdk_tpm_device_with_an_untrusted_manufacturer(
     with pytest.raises(ClientError) as refused:
         device.activate(str(rp.activation_code()["activationLink"]))
     assert refused.value.code.value == "attestation_required"
-    assert transport.last(DevicePaths.ACTIVATION_START,
-                          protocol.ActivationStartResponse).tpm_credential is None
+    assert (
+        transport.last(
+            DevicePaths.ACTIVATION_START, protocol.ActivationStartResponse
+        ).tpm_credential
+        is None
+    )
 
 
 def _android_app(make_rp: Any, mode: str) -> RelyingParty:
     rp: RelyingParty = make_rp(
-        attestationAndroidMode=mode, enabledRiskData=ALL_RISK,
+        attestationAndroidMode=mode,
+        enabledRiskData=ALL_RISK,
         attestationAndroidPackageNames=[DEMO_PACKAGE_NAME],
-        attestationAndroidSigningDigests=[DEMO_SIGNING_DIGEST.hex()])
+        attestationAndroidSigningDigests=[DEMO_SIGNING_DIGEST.hex()],
+    )
     return rp
 
 
 def test_emulated_android_device_verifies_once_its_root_is_added(
-        tmp_path: Path, http: Any, make_rp: Any, kb: Keybound, trust_dir: Path) -> None:
+    tmp_path: Path, http: Any, make_rp: Any, kb: Keybound, trust_dir: Path
+) -> None:
     _add_anchor(kb, trust_dir, "android", ATTESTATION_ROOT.read_bytes())
     rp = _android_app(make_rp, "REQUIRED")
     element = EmulatedSecureElement(tmp_path / "device" / "emulated-se")
@@ -126,13 +153,15 @@ def test_emulated_android_device_verifies_once_its_root_is_added(
     result = device.activate(str(rp.activation_code()["activationLink"]))
     assert result.attestation_format is AttestationFormat.ANDROID_KEY
     risk = _risk(rp, transport)
-    assert (risk["hwKeyAttestation"], risk["hwKeySecurityLevel"],
-            risk["hwKeyProvisioningMethod"]) == ("VERIFIED", "TRUSTED_ENVIRONMENT", "FACTORY")
+    assert (
+        risk["hwKeyAttestation"],
+        risk["hwKeySecurityLevel"],
+        risk["hwKeyProvisioningMethod"],
+    ) == ("VERIFIED", "TRUSTED_ENVIRONMENT", "FACTORY")
     assert device.authenticate().hw_key_client_status.value == "OK"
 
 
-def test_emulated_android_device_without_its_root(tmp_path: Path, http: Any,
-                                                  make_rp: Any) -> None:
+def test_emulated_android_device_without_its_root(tmp_path: Path, http: Any, make_rp: Any) -> None:
     """The emulated root is test material: never trusted unless the operator adds it."""
     rp = _android_app(make_rp, "REQUIRED")
     element = EmulatedSecureElement(tmp_path / "device" / "emulated-se")
@@ -144,11 +173,18 @@ def test_emulated_android_device_without_its_root(tmp_path: Path, http: Any,
 
 @pytest.mark.softhsm
 def test_pkcs11_device_where_tpm_attestation_is_required(
-        tmp_path: Path, http: Any, make_rp: Any, softhsm: SoftHsmBed) -> None:
+    tmp_path: Path, http: Any, make_rp: Any, softhsm: SoftHsmBed
+) -> None:
     rp = make_rp(attestationTpmMode="REQUIRED")
-    store = open_keystore("pkcs11", tmp_path / "device", {
-        "module": softhsm.module, "token_label": softhsm.main.label,
-        "user_pin": softhsm.main.user_pin})
+    store = open_keystore(
+        "pkcs11",
+        tmp_path / "device",
+        {
+            "module": softhsm.module,
+            "token_label": softhsm.main.label,
+            "user_pin": softhsm.main.user_pin,
+        },
+    )
     device, _ = _device(tmp_path, rp, http, store, "linux")
     with pytest.raises(ClientError) as refused:
         device.activate(str(rp.activation_code()["activationLink"]))

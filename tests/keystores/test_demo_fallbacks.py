@@ -19,12 +19,20 @@ def test_demo_with_broken_swtpm_and_a_configured_database(tmp_path: Path) -> Non
     fake.write_text("#!/bin/sh\necho 'swtpm: broken on purpose' >&2\nexit 1\n")
     fake.chmod(0o755)
     real_db = tmp_path / "real.db"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "KEYBOUND_DATABASE_URL": f"sqlite:///{real_db}"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KEYBOUND_DATABASE_URL": f"sqlite:///{real_db}",
+    }
     other_db = tmp_path / "other.db"
     done = subprocess.run(
-        [sys.executable, "-m", "keybound.cli", "--database-url", f"sqlite:///{other_db}",
-         "demo"], capture_output=True, text=True, timeout=120, check=False, env=env)
+        [sys.executable, "-m", "keybound.cli", "--database-url", f"sqlite:///{other_db}", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "swtpm did not start" in done.stdout

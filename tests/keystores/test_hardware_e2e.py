@@ -71,11 +71,24 @@ def tpm_store(bed: SwtpmBed, directory: Path) -> KeyStore:
     return open_keystore("tpm", directory, {"tcti": bed.tcti})
 
 
-def pkcs11_store(bed: SoftHsmBed, directory: Path, *, label: str | None = None,
-                 pin: str | None = None, require_usable: bool = True) -> KeyStore:
-    return open_keystore("pkcs11", directory, {
-        "module": bed.module, "token_label": label or bed.main.label,
-        "user_pin": pin or bed.main.user_pin}, require_usable=require_usable)
+def pkcs11_store(
+    bed: SoftHsmBed,
+    directory: Path,
+    *,
+    label: str | None = None,
+    pin: str | None = None,
+    require_usable: bool = True,
+) -> KeyStore:
+    return open_keystore(
+        "pkcs11",
+        directory,
+        {
+            "module": bed.module,
+            "token_label": label or bed.main.label,
+            "user_pin": pin or bed.main.user_pin,
+        },
+        require_usable=require_usable,
+    )
 
 
 Sealed = Callable[[RelyingParty], SealedTransport]
@@ -93,8 +106,13 @@ def sealed(http: TestClient) -> Sealed:
 
 
 def make_device(tmp_path: Path, rp: RelyingParty, sealed: Sealed, store: KeyStore) -> Device:
-    return Device.create(tmp_path / "device", application_id=rp.app_id, transport=sealed(rp),
-                         profile=preset("linux"), hardware=store)
+    return Device.create(
+        tmp_path / "device",
+        application_id=rp.app_id,
+        transport=sealed(rp),
+        profile=preset("linux"),
+        hardware=store,
+    )
 
 
 def outcome(rp: RelyingParty, action: Callable[[], Any]) -> tuple[str, dict[str, Any]]:
@@ -115,51 +133,60 @@ def expect(strategy: str, server_result: str, decision: str) -> None:
 
 # -- happy path under every strategy -----------------------------------------------------
 
+
 @pytest.mark.swtpm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_tpm_device_end_to_end(tmp_path: Path, make_rp: Any, sealed: Sealed, swtpm: SwtpmBed,
-                               strategy: str) -> None:
+def test_tpm_device_end_to_end(
+    tmp_path: Path, make_rp: Any, sealed: Sealed, swtpm: SwtpmBed, strategy: str
+) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     device = make_device(tmp_path, rp, sealed, tpm_store(swtpm, tmp_path / "device"))
     activation = device.activate(rp.activation_code()["activationLink"])
     assert activation.hardware_key_registered
     for _ in range(2):
         decision, risk = outcome(rp, device.authenticate)
-        assert (decision, risk) == ("PASS", {"hwKeyClientStatus": "OK",
-                                             "hwKeyServerResult": "VALID"})
+        assert (decision, risk) == (
+            "PASS",
+            {"hwKeyClientStatus": "OK", "hwKeyServerResult": "VALID"},
+        )
     # the key survives a restart of the SDK (new objects, new TPM connection)
-    again = Device.load(tmp_path / "device", transport=sealed(rp),
-                        hardware=tpm_store(swtpm, tmp_path / "device"))
+    again = Device.load(
+        tmp_path / "device", transport=sealed(rp), hardware=tpm_store(swtpm, tmp_path / "device")
+    )
     assert outcome(rp, again.authenticate)[0] == "PASS"
     assert rp.device(device.device_id)["hardwareKey"] is True
 
 
 @pytest.mark.softhsm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_pkcs11_device_end_to_end(tmp_path: Path, make_rp: Any, sealed: Sealed,
-                                  softhsm: SoftHsmBed, strategy: str) -> None:
+def test_pkcs11_device_end_to_end(
+    tmp_path: Path, make_rp: Any, sealed: Sealed, softhsm: SoftHsmBed, strategy: str
+) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     device = make_device(tmp_path, rp, sealed, pkcs11_store(softhsm, tmp_path / "device"))
     assert device.activate(rp.activation_code()["activationLink"]).hardware_key_registered
     decision, risk = outcome(rp, device.authenticate)
-    assert (decision, risk) == ("PASS", {"hwKeyClientStatus": "OK",
-                                         "hwKeyServerResult": "VALID"})
+    assert (decision, risk) == ("PASS", {"hwKeyClientStatus": "OK", "hwKeyServerResult": "VALID"})
 
 
 # -- failures: each gives the right client status and the strategy decides ------------------
 
+
 @pytest.mark.swtpm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_tpm_unreachable_at_activation(tmp_path: Path, make_rp: Any, sealed: Sealed,
-                                       swtpm: SwtpmBed, strategy: str) -> None:
+def test_tpm_unreachable_at_activation(
+    tmp_path: Path, make_rp: Any, sealed: Sealed, swtpm: SwtpmBed, strategy: str
+) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     store = tpm_store(swtpm, tmp_path / "device")
     swtpm.tpm.stop()
     device = make_device(tmp_path, rp, sealed, store)
     code = rp.activation_code()["activationLink"]
     decision, risk = outcome(rp, lambda: device.activate(code))
-    assert risk == {"hwKeyClientStatus": "GENERATION_FAILED",
-                    "hwKeyServerResult": "NO_KEY_REGISTERED"}
+    assert risk == {
+        "hwKeyClientStatus": "GENERATION_FAILED",
+        "hwKeyServerResult": "NO_KEY_REGISTERED",
+    }
     expect(strategy, "NO_KEY_REGISTERED", decision)
     if decision != "PASS":
         assert decision == "hardware_key_required"
@@ -167,12 +194,19 @@ def test_tpm_unreachable_at_activation(tmp_path: Path, make_rp: Any, sealed: Sea
 
 @pytest.mark.swtpm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize(("fault", "status"), [("fresh_tpm", "KEY_UNAVAILABLE"),
-                                               ("tpm_down", "SIGNING_FAILED"),
-                                               ("corrupt", "OK")])
-def test_tpm_faults_after_activation(tmp_path: Path, make_rp: Any, sealed: Sealed,
-                                     swtpm: SwtpmBed, strategy: str, fault: str,
-                                     status: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [("fresh_tpm", "KEY_UNAVAILABLE"), ("tpm_down", "SIGNING_FAILED"), ("corrupt", "OK")],
+)
+def test_tpm_faults_after_activation(
+    tmp_path: Path,
+    make_rp: Any,
+    sealed: Sealed,
+    swtpm: SwtpmBed,
+    strategy: str,
+    fault: str,
+    status: str,
+) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     store = Corrupting(tpm_store(swtpm, tmp_path / "device"))
     device = make_device(tmp_path, rp, sealed, store)
@@ -191,9 +225,9 @@ def test_tpm_faults_after_activation(tmp_path: Path, make_rp: Any, sealed: Seale
 
 @pytest.mark.softhsm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_pkcs11_key_deleted_behind_the_sdks_back(tmp_path: Path, make_rp: Any,
-                                                 sealed: Sealed, softhsm: SoftHsmBed,
-                                                 strategy: str) -> None:
+def test_pkcs11_key_deleted_behind_the_sdks_back(
+    tmp_path: Path, make_rp: Any, sealed: Sealed, softhsm: SoftHsmBed, strategy: str
+) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     store = pkcs11_store(softhsm, tmp_path / "device")
     device = make_device(tmp_path, rp, sealed, store)
@@ -206,8 +240,9 @@ def test_pkcs11_key_deleted_behind_the_sdks_back(tmp_path: Path, make_rp: Any,
 
 @pytest.mark.softhsm
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, sealed: Sealed,
-                                            softhsm: SoftHsmBed, strategy: str) -> None:
+def test_pkcs11_wrong_pin_and_missing_token(
+    tmp_path: Path, make_rp: Any, sealed: Sealed, softhsm: SoftHsmBed, strategy: str
+) -> None:
     import pkcs11
 
     rp = make_rp(hwKeyValidationStrategy=strategy)
@@ -224,12 +259,20 @@ def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, sealed
     token_store = pkcs11_store(softhsm, tmp_path / "b", label="removable", pin="2222")
     second = make_device(tmp_path / "b", rp, sealed, token_store)
     assert second.activate(rp.activation_code()["activationLink"]).hardware_key_registered
-    subprocess.run(["softhsm2-util", "--delete-token", "--token", "removable"],
-                   env={**os.environ, **removable.env}, check=True, capture_output=True)
+    subprocess.run(
+        ["softhsm2-util", "--delete-token", "--token", "removable"],
+        env={**os.environ, **removable.env},
+        check=True,
+        capture_output=True,
+    )
     pkcs11.lib(softhsm.module).reinitialize()
-    reloaded = Device.load(tmp_path / "b" / "device", transport=sealed(rp),
-                           hardware=pkcs11_store(softhsm, tmp_path / "b", label="removable",
-                                                 pin="2222", require_usable=False))
+    reloaded = Device.load(
+        tmp_path / "b" / "device",
+        transport=sealed(rp),
+        hardware=pkcs11_store(
+            softhsm, tmp_path / "b", label="removable", pin="2222", require_usable=False
+        ),
+    )
     decision, risk = outcome(rp, reloaded.authenticate)
     assert risk["hwKeyClientStatus"] in ("KEY_UNAVAILABLE", "SIGNING_FAILED")
     assert risk["hwKeyServerResult"] == "MISSING"
@@ -237,9 +280,9 @@ def test_pkcs11_wrong_pin_and_missing_token(tmp_path: Path, make_rp: Any, sealed
 
 
 @pytest.mark.swtpm
-def test_state_directory_holds_no_hardware_private_key(tmp_path: Path, make_rp: Any,
-                                                       sealed: Sealed, swtpm: SwtpmBed,
-                                                       kb: Any) -> None:
+def test_state_directory_holds_no_hardware_private_key(
+    tmp_path: Path, make_rp: Any, sealed: Sealed, swtpm: SwtpmBed, kb: Any
+) -> None:
     """The state directory holds only the TPM's wrapped blob and public keys for the hardware
     key: no private key found on disk belongs to the registered hardware public key, and
     nothing is readable by other users. (The rotating software key is a software key.)"""
@@ -247,8 +290,9 @@ def test_state_directory_holds_no_hardware_private_key(tmp_path: Path, make_rp: 
     device = make_device(tmp_path, rp, sealed, tpm_store(swtpm, tmp_path / "device"))
     device.activate(rp.activation_code()["activationLink"])
     with kb.db.read() as conn:
-        hw_public = conn.execute(select(t.registrations.c.hw_public_key).where(
-            t.registrations.c.id == device.device_id)).scalar_one()
+        hw_public = conn.execute(
+            select(t.registrations.c.hw_public_key).where(t.registrations.c.id == device.device_id)
+        ).scalar_one()
     assert hw_public is not None
     files = [p for p in (tmp_path / "device").rglob("*") if p.is_file()]
     assert files
@@ -256,8 +300,11 @@ def test_state_directory_holds_no_hardware_private_key(tmp_path: Path, make_rp: 
     for path in files:
         assert path.stat().st_mode & 0o077 == 0, path
         text = path.read_text(errors="replace").replace("\\n", "\n")
-        pems += re.findall(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
-                           text, flags=re.S)
+        pems += re.findall(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
+            text,
+            flags=re.S,
+        )
     for pem in pems:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
         assert crypto.public_der(key) != hw_public  # type: ignore[arg-type]
@@ -270,8 +317,9 @@ def _destroy_all_keys(bed: SoftHsmBed) -> None:
     lib = pkcs11.lib(bed.module)
     token = lib.get_token(token_label=bed.main.label)
     with token.open(rw=True, user_pin=bed.main.user_pin) as session:
-        for obj in list(session.get_objects({pkcs11.Attribute.CLASS:
-                                             pkcs11.ObjectClass.PRIVATE_KEY})):
+        for obj in list(
+            session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY})
+        ):
             obj.destroy()
 
 

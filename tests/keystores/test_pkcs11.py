@@ -41,10 +41,12 @@ def _options(token: SoftHsmToken, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _store(token: SoftHsmToken, state_dir: Path, *, require_usable: bool = True,
-           **changes: Any) -> KeyStore:
-    return open_keystore("pkcs11", state_dir, _options(token, **changes),
-                         require_usable=require_usable)
+def _store(
+    token: SoftHsmToken, state_dir: Path, *, require_usable: bool = True, **changes: Any
+) -> KeyStore:
+    return open_keystore(
+        "pkcs11", state_dir, _options(token, **changes), require_usable=require_usable
+    )
 
 
 def _refused(token: SoftHsmToken, state_dir: Path, **changes: Any) -> str:
@@ -221,8 +223,7 @@ def test_missing_token(store: KeyStore, softhsm: SoftHsmBed, tmp_path: Path) -> 
 @pytest.mark.softhsm
 def test_missing_slot(softhsm: SoftHsmBed, tmp_path: Path) -> None:
     assert "slot 987654" in _refused(softhsm.main, tmp_path, token_label=None, slot=987654)
-    store = _store(softhsm.main, tmp_path, token_label=None, slot=987654,
-                   require_usable=False)
+    store = _store(softhsm.main, tmp_path, token_label=None, slot=987654, require_usable=False)
     assert not store.available()
     with pytest.raises(KeyGenerationFailed, match="slot 987654"):
         store.generate("device-1")

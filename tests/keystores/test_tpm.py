@@ -227,8 +227,9 @@ def _open_fds() -> int:
 def test_connections_are_closed(store: KeyStore, tmp_path: Path) -> None:
     handle = store.generate("device-1")
     broken = _replace_ref(handle, private=_flip_last_byte(handle.ref["private"]))
-    nowhere = _store(f"swtpm:host=127.0.0.1,port={free_port_pair()}", tmp_path,
-                     require_usable=False)
+    nowhere = _store(
+        f"swtpm:host=127.0.0.1,port={free_port_pair()}", tmp_path, require_usable=False
+    )
     before = _open_fds()
     for _ in range(20):
         store.sign(handle, MESSAGE)
@@ -316,8 +317,7 @@ def test_detection_without_tpm2_pytss_is_quiet_unless_a_tcti_is_named(tmp_path: 
         "print(detect_keystore(sys.argv[1], {TPM_TCTI_ENV: 'device:/dev/tpmrm0'}))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
-        check=True
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == ["None", "None"]
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]

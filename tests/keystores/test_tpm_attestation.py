@@ -53,8 +53,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _server_credential(key: AttestationKey, trust: TrustStore,
-                       secret: bytes) -> ActivationCredential:
+def _server_credential(
+    key: AttestationKey, trust: TrustStore, secret: bytes
+) -> ActivationCredential:
     """What the server does at activation start (docs/attestation.md §5): verify the EK
     certificate, check the AK, make the credential for the certificate's key and the AK."""
     ek = verify_ek_certificate(key.ek_certificate, trust=trust, now=_now())
@@ -76,8 +77,9 @@ def _issuer_trust(bed: ManufacturedSwtpm) -> TrustStore:
 
 
 @pytest.mark.swtpm
-def test_ek_certificate_from_swtpm_localca_verifies(manufactured_swtpm: ManufacturedSwtpm,
-                                                      tmp_path: Path) -> None:
+def test_ek_certificate_from_swtpm_localca_verifies(
+    manufactured_swtpm: ManufacturedSwtpm, tmp_path: Path
+) -> None:
     key = _store(manufactured_swtpm.tcti, tmp_path).attestation_key()
     assert key is not None
     certificate = x509.load_der_x509_certificate(key.ek_certificate)
@@ -87,20 +89,24 @@ def test_ek_certificate_from_swtpm_localca_verifies(manufactured_swtpm: Manufact
     eku = certificate.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE)
     assert [oid.dotted_string for oid in eku.value] == [TCG_EK_CERTIFICATE_EKU]
     assert certificate.extensions.get_extension_for_oid(
-        ExtensionOID.SUBJECT_ALTERNATIVE_NAME).critical
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+    ).critical
     assert ExtendedKeyUsageOID.SERVER_AUTH not in eku.value
     # against the CA's intermediate as the anchor (it signed the EK certificate) ...
-    verified = verify_ek_certificate(key.ek_certificate, trust=_issuer_trust(manufactured_swtpm),
-                                     now=_now())
+    verified = verify_ek_certificate(
+        key.ek_certificate, trust=_issuer_trust(manufactured_swtpm), now=_now()
+    )
     assert verified.identity.manufacturer_id == "id:00001014"
     assert verified.identity.model == "swtpm"
     assert verified.identity.version == "id:20191023"
     # ... and against the root, with the intermediate given as such
-    issuer = x509.load_pem_x509_certificate(
-        manufactured_swtpm.ca.issuer_certificate.read_bytes())
+    issuer = x509.load_pem_x509_certificate(manufactured_swtpm.ca.issuer_certificate.read_bytes())
     via_root = verify_ek_certificate(
-        key.ek_certificate, intermediates=(issuer.public_bytes(serialization.Encoding.DER),),
-        trust=TrustStore.from_files([manufactured_swtpm.ca.root_certificate]), now=_now())
+        key.ek_certificate,
+        intermediates=(issuer.public_bytes(serialization.Encoding.DER),),
+        trust=TrustStore.from_files([manufactured_swtpm.ca.root_certificate]),
+        now=_now(),
+    )
     assert len(via_root.chain) == 2
     # nobody else's CA vouches for it: not the shipped TPM roots, not a fresh local CA
     for untrusted in (TrustStore.builtin("tpm"), TrustStore()):
@@ -110,8 +116,9 @@ def test_ek_certificate_from_swtpm_localca_verifies(manufactured_swtpm: Manufact
 
 
 @pytest.mark.swtpm
-def test_the_ecc_p384_ek_of_template_h3(manufactured_swtpm: ManufacturedSwtpm,
-                                        tmp_path: Path) -> None:
+def test_the_ecc_p384_ek_of_template_h3(
+    manufactured_swtpm: ManufacturedSwtpm, tmp_path: Path
+) -> None:
     """swtpm also provisions an ECC P-384 EK (high-range template H-3, userWithAuth set: no
     policy session); the ``ek`` option picks it, and the whole round trip works with it."""
     store = _store(manufactured_swtpm.tcti, tmp_path, ek="H-3")
@@ -122,8 +129,7 @@ def test_the_ecc_p384_ek_of_template_h3(manufactured_swtpm: ManufacturedSwtpm,
     secret = os.urandom(32)
     credential = _server_credential(key, _issuer_trust(manufactured_swtpm), secret)
     handle = store.generate("device")
-    evidence = store.attest(handle, challenge=CHALLENGE, attestation_key=key,
-                            credential=credential)
+    evidence = store.attest(handle, challenge=CHALLENGE, attestation_key=key, credential=credential)
     assert isinstance(evidence, TpmCertification)
     assert evidence.activated_secret == secret
 
@@ -132,8 +138,9 @@ def test_the_ecc_p384_ek_of_template_h3(manufactured_swtpm: ManufacturedSwtpm,
 
 
 @pytest.mark.swtpm
-def test_round_trip_verifies_with_tpm_verifier(manufactured_swtpm: ManufacturedSwtpm,
-                                               tmp_path: Path) -> None:
+def test_round_trip_verifies_with_tpm_verifier(
+    manufactured_swtpm: ManufacturedSwtpm, tmp_path: Path
+) -> None:
     store = _store(manufactured_swtpm.tcti, tmp_path)
     trust = _issuer_trust(manufactured_swtpm)
     key = store.attestation_key()
@@ -143,36 +150,50 @@ def test_round_trip_verifies_with_tpm_verifier(manufactured_swtpm: ManufacturedS
     secret = os.urandom(32)
     credential = _server_credential(key, trust, secret)
     handle = store.generate("device")
-    evidence = store.attest(handle, challenge=CHALLENGE, attestation_key=key,
-                            credential=credential)
+    evidence = store.attest(handle, challenge=CHALLENGE, attestation_key=key, credential=credential)
     assert isinstance(evidence, TpmCertification)
     assert evidence.activated_secret == secret  # the TPM opened the server's credential
     verified_ek = verify_ek_certificate(key.ek_certificate, trust=trust, now=_now())
     tpm_evidence = TpmEvidence(
-        certify_info=evidence.certify_info, signature=evidence.signature,
+        certify_info=evidence.certify_info,
+        signature=evidence.signature,
         public_area=evidence.public_area,
-        activated_ak=ActivatedAk(public_area=key.ak_public, ek=verified_ek))
+        activated_ak=ActivatedAk(public_area=key.ak_public, ek=verified_ek),
+    )
     verifier = TpmVerifier(trust=TrustStore())
-    result = verifier.verify(tpm_evidence, expected_challenge=CHALLENGE,
-                             expected_public_key=handle.public_key, now=_now())
+    result = verifier.verify(
+        tpm_evidence,
+        expected_challenge=CHALLENGE,
+        expected_public_key=handle.public_key,
+        now=_now(),
+    )
     assert result.ak_trust is AkTrust.ACTIVATION
     assert result.attested_public_key == handle.public_key
     assert result.tpm.model == "swtpm"
     # bound to this activation's challenge and this hardware key
     with pytest.raises(AttestationFailed) as caught:
-        verifier.verify(tpm_evidence, expected_challenge=bytes(32),
-                        expected_public_key=handle.public_key, now=_now())
+        verifier.verify(
+            tpm_evidence,
+            expected_challenge=bytes(32),
+            expected_public_key=handle.public_key,
+            now=_now(),
+        )
     assert caught.value.reason is Reason.CHALLENGE_MISMATCH
     other = store.generate("another device")
     with pytest.raises(AttestationFailed) as caught:
-        verifier.verify(tpm_evidence, expected_challenge=CHALLENGE,
-                        expected_public_key=other.public_key, now=_now())
+        verifier.verify(
+            tpm_evidence,
+            expected_challenge=CHALLENGE,
+            expected_public_key=other.public_key,
+            now=_now(),
+        )
     assert caught.value.reason is Reason.KEY_MISMATCH
 
 
 @pytest.mark.swtpm
 def test_a_credential_for_another_ak_is_refused_by_the_tpm(
-        manufactured_swtpm: ManufacturedSwtpm, tmp_path: Path) -> None:
+    manufactured_swtpm: ManufacturedSwtpm, tmp_path: Path
+) -> None:
     """The attack: evidence from an AK the server did not activate. A credential made for
     one AK cannot be opened with another, so the device has no secret to show."""
     store = _store(manufactured_swtpm.tcti, tmp_path)
@@ -184,15 +205,19 @@ def test_a_credential_for_another_ak_is_refused_by_the_tpm(
     handle = store.generate("device")
     with pytest.raises(KeyStoreError):
         store.attest(handle, challenge=CHALLENGE, attestation_key=second, credential=credential)
-    tampered = replace(credential, credential_blob=credential.credential_blob[:-1]
-                       + bytes([credential.credential_blob[-1] ^ 1]))
+    tampered = replace(
+        credential,
+        credential_blob=credential.credential_blob[:-1]
+        + bytes([credential.credential_blob[-1] ^ 1]),
+    )
     with pytest.raises(KeyStoreError):
         store.attest(handle, challenge=CHALLENGE, attestation_key=first, credential=tampered)
 
 
 @pytest.mark.swtpm
-def test_a_credential_for_another_tpm_is_refused(manufactured_swtpm: ManufacturedSwtpm,
-                                                 tmp_path: Path) -> None:
+def test_a_credential_for_another_tpm_is_refused(
+    manufactured_swtpm: ManufacturedSwtpm, tmp_path: Path
+) -> None:
     """An EK certificate of another TPM (same manufacturer CA) with this TPM's AK: the
     credential is made for the other EK, which this TPM does not hold."""
     store = _store(manufactured_swtpm.tcti, tmp_path)
@@ -211,13 +236,18 @@ def test_a_credential_for_another_tpm_is_refused(manufactured_swtpm: Manufacture
     forged = replace(key, ek_certificate=other_key.ek_certificate)
     credential = _server_credential(forged, _issuer_trust(manufactured_swtpm), os.urandom(32))
     with pytest.raises(KeyStoreError, match="not the key its EK certificate names"):
-        store.attest(store.generate("device"), challenge=CHALLENGE, attestation_key=forged,
-                     credential=credential)
+        store.attest(
+            store.generate("device"),
+            challenge=CHALLENGE,
+            attestation_key=forged,
+            credential=credential,
+        )
 
 
 @pytest.mark.swtpm
-def test_no_attestation_without_the_servers_credential(manufactured_swtpm: ManufacturedSwtpm,
-                                                       tmp_path: Path) -> None:
+def test_no_attestation_without_the_servers_credential(
+    manufactured_swtpm: ManufacturedSwtpm, tmp_path: Path
+) -> None:
     store = _store(manufactured_swtpm.tcti, tmp_path)
     key = store.attestation_key()
     handle = store.generate("device")
@@ -235,8 +265,9 @@ def test_a_tpm_without_ek_certificate_does_not_attest(swtpm: SwtpmBed, tmp_path:
 
 
 @pytest.mark.swtpm
-def test_attestation_key_reference_is_checked(manufactured_swtpm: ManufacturedSwtpm,
-                                              tmp_path: Path) -> None:
+def test_attestation_key_reference_is_checked(
+    manufactured_swtpm: ManufacturedSwtpm, tmp_path: Path
+) -> None:
     store = _store(manufactured_swtpm.tcti, tmp_path)
     key = store.attestation_key()
     assert key is not None
@@ -244,13 +275,14 @@ def test_attestation_key_reference_is_checked(manufactured_swtpm: ManufacturedSw
     handle = store.generate("device")
     other = store.attestation_key()
     assert other is not None
-    for broken in (replace(key, ref={**key.ref, "format": "other"}),
-                   replace(key, ref={**key.ref, "ek": "H-5"}),
-                   replace(key, ref={**key.ref, "private": "!!"}),
-                   replace(key, ak_public=other.ak_public)):
+    for broken in (
+        replace(key, ref={**key.ref, "format": "other"}),
+        replace(key, ref={**key.ref, "ek": "H-5"}),
+        replace(key, ref={**key.ref, "private": "!!"}),
+        replace(key, ak_public=other.ak_public),
+    ):
         with pytest.raises(KeyStoreError):
-            store.attest(handle, challenge=CHALLENGE, attestation_key=broken,
-                         credential=credential)
+            store.attest(handle, challenge=CHALLENGE, attestation_key=broken, credential=credential)
 
 
 def test_ek_option_is_an_allow_list(tmp_path: Path) -> None:

@@ -25,8 +25,9 @@ from keybound.server.attestation_trust import (
 )
 from tests.attestation import factory
 
-SHIPPED = {fmt: {a.key_sha256 for a in TrustStore.builtin(fmt).anchors}
-           for fmt in AttestationFormat}
+SHIPPED = {
+    fmt: {a.key_sha256 for a in TrustStore.builtin(fmt).anchors} for fmt in AttestationFormat
+}
 
 
 def keys(store: TrustStore) -> set[str]:
@@ -48,7 +49,8 @@ def test_a_directory_adds_and_removes_anchors(tmp_path: Path) -> None:
     (tmp_path / "android").mkdir()
     rsa_root = sorted(SHIPPED[AttestationFormat.ANDROID_KEY])[0]
     (tmp_path / "android" / "removed-keys.txt").write_text(
-        f"# retired by the operator\n{rsa_root.upper()}  # trailing comment\n\n")
+        f"# retired by the operator\n{rsa_root.upper()}  # trailing comment\n\n"
+    )
     (tmp_path / ".hidden").write_text("ignored")
     trust = AttestationTrust.from_environment({ENV_TRUST_DIR: str(tmp_path)})
     added = hashlib.sha256(root.spki).hexdigest()
@@ -58,16 +60,18 @@ def test_a_directory_adds_and_removes_anchors(tmp_path: Path) -> None:
     assert any("tpm: 2 anchor(s)" in line for line in trust.summary())
 
 
-@pytest.mark.parametrize("layout", [
-    {"andriod/root.pem": "pem"},  # a misspelt format
-    {"android/root.crt": "pem"},  # not *.pem
-    {"android/remove-keys.txt": "00"},  # a misspelt removal file
-    {"apple/removed-keys.txt": "00" * 32},  # removing a key that is no anchor
-    {"tpm/broken.pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
-    {"tpm/empty.pem": ""},
-])
-def test_a_misconfigured_directory_stops_the_server(tmp_path: Path, layout: dict[str, str]
-                                                    ) -> None:
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"andriod/root.pem": "pem"},  # a misspelt format
+        {"android/root.crt": "pem"},  # not *.pem
+        {"android/remove-keys.txt": "00"},  # a misspelt removal file
+        {"apple/removed-keys.txt": "00" * 32},  # removing a key that is no anchor
+        {"tpm/broken.pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
+        {"tpm/empty.pem": ""},
+    ],
+)
+def test_a_misconfigured_directory_stops_the_server(tmp_path: Path, layout: dict[str, str]) -> None:
     root = factory.issue(factory.name("Operator CA"))
     for name, content in layout.items():
         path = tmp_path / name
@@ -96,8 +100,9 @@ def test_a_status_list_file_is_reread_only_when_it_changes(tmp_path: Path) -> No
     path.write_text(json.dumps({"entries": {"1a": {"status": "REVOKED"}}}))
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=5)
     os.utime(path, (old.timestamp(), old.timestamp()))
-    trust = AttestationTrust.from_environment({ENV_REVOCATION_LIST: str(path),
-                                               ENV_REVOCATION_REFRESH: "60"})
+    trust = AttestationTrust.from_environment(
+        {ENV_REVOCATION_LIST: str(path), ENV_REVOCATION_REFRESH: "60"}
+    )
     now = dt.datetime.now(dt.UTC)
     first = trust.revocation_list(now)
     assert first is not None and first.lookup(0x1A) is not None
@@ -141,7 +146,8 @@ def status_server() -> Iterator[tuple[str, list[bytes]]]:
 
 @pytest.mark.server
 def test_a_status_list_url_is_fetched_on_use_and_refreshed(
-        status_server: tuple[str, list[bytes]]) -> None:
+    status_server: tuple[str, list[bytes]],
+) -> None:
     url, served = status_server
     trust = AttestationTrust.configured(revocation_list=url, refresh_seconds=600)
     now = dt.datetime.now(dt.UTC)

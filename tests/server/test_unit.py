@@ -30,20 +30,34 @@ def service(kb: Keybound) -> Iterator[Keybound]:
 
 def counts(kb: Keybound) -> dict[str, int]:
     with kb.db.read() as conn:
-        return {name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-                for name, table in (("marks", t.seen_requests), ("users", t.users),
-                                    ("events", t.events))}
+        return {
+            name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+            for name, table in (
+                ("marks", t.seen_requests),
+                ("users", t.users),
+                ("events", t.events),
+            )
+        }
 
 
 def unit(kb: Keybound, *, mark: bytes | None = b"m" * 16, identified: bool = False) -> Unit:
     replay = None if mark is None else ReplayMark(request_id=mark, expires_at=10**13)
-    return Unit(kb.db, kb.clock, actor=Actor.DEVICE, action=EventType.USER_CREATE, mark=replay,
-                application_id="bank", identified=identified)
+    return Unit(
+        kb.db,
+        kb.clock,
+        actor=Actor.DEVICE,
+        action=EventType.USER_CREATE,
+        mark=replay,
+        application_id="bank",
+        identified=identified,
+    )
 
 
 def create_user(u: Unit, user_id: str = "u1") -> str:
-    users.insert_user(u.write(), UserRecord(id=user_id, application_id="bank",
-                                            external_ref=None, created_at=u.now))
+    users.insert_user(
+        u.write(),
+        UserRecord(id=user_id, application_id="bank", external_ref=None, created_at=u.now),
+    )
     u.emit(EventType.USER_CREATE, subject=user_id)
     return user_id
 
@@ -52,8 +66,7 @@ class Boom(Exception):
     pass
 
 
-def test_a_unit_commits_its_mark_changes_and_events_in_one_transaction(service: Keybound
-                                                                      ) -> None:
+def test_a_unit_commits_its_mark_changes_and_events_in_one_transaction(service: Keybound) -> None:
     before = counts(service)
     u = unit(service)
     create_user(u)
@@ -71,10 +84,12 @@ def test_a_read_only_unit_stores_its_mark_alone(service: Keybound) -> None:
     assert counts(service) == {**before, "marks": before["marks"] + 1}
 
 
-@pytest.mark.parametrize("where", ["after the mark", "after the change", "after the events",
-                                   "while writing the events"])
+@pytest.mark.parametrize(
+    "where", ["after the mark", "after the change", "after the events", "while writing the events"]
+)
 def test_a_failure_anywhere_after_the_mark_leaves_nothing_half_written(
-        service: Keybound, where: str, monkeypatch: Any) -> None:
+    service: Keybound, where: str, monkeypatch: Any
+) -> None:
     """Whatever fails -- the service after the unit opened its transaction (and stored the
     mark), after its change, after its events, or the event INSERTs themselves -- neither
     the mark, nor the change, nor any event row stays."""
@@ -108,8 +123,7 @@ def test_a_failure_anywhere_after_the_mark_leaves_nothing_half_written(
     assert counts(service) == {k: v + 1 for k, v in before.items()}
 
 
-def test_a_refusal_rolls_back_and_keeps_only_the_mark_and_its_record(service: Keybound
-                                                                    ) -> None:
+def test_a_refusal_rolls_back_and_keeps_only_the_mark_and_its_record(service: Keybound) -> None:
     """An identified actor's refusal is an event; an anonymous one is counted. Either way its
     change is gone and its mark stays, so the refused request cannot be replayed."""
     before = counts(service)
@@ -121,8 +135,11 @@ def test_a_refusal_rolls_back_and_keeps_only_the_mark_and_its_record(service: Ke
     with pytest.raises(NotFound):
         perform(unit(service, identified=True), refused, noise=service.noise, cause=CAUSE)
     after = counts(service)
-    assert after == {"marks": before["marks"] + 1, "users": before["users"],
-                     "events": before["events"] + 1}
+    assert after == {
+        "marks": before["marks"] + 1,
+        "users": before["users"],
+        "events": before["events"] + 1,
+    }
     with service.db.read() as conn:
         last = event_rows.latest(conn, application_id="bank", limit=1)[0]
     assert (last.type, last.outcome, last.code) == ("user.create", "REJECTED", "not_found")
@@ -145,8 +162,11 @@ def test_a_failed_ceremony_commits_its_outcome_then_refuses(service: Keybound) -
 
     with pytest.raises(CeremonyFailed):
         perform(unit(service), failed, noise=service.noise, cause=CAUSE)
-    assert counts(service) == {"marks": before["marks"] + 1, "users": before["users"] + 1,
-                               "events": before["events"] + 2}
+    assert counts(service) == {
+        "marks": before["marks"] + 1,
+        "users": before["users"] + 1,
+        "events": before["events"] + 2,
+    }
 
 
 def test_a_replay_changes_nothing_even_after_writing(service: Keybound) -> None:
@@ -156,8 +176,7 @@ def test_a_replay_changes_nothing_even_after_writing(service: Keybound) -> None:
         with pytest.raises(Replayed):
             perform(unit(service), call, noise=service.noise, cause=CAUSE)
     assert counts(service) == before
-    assert {r.cause: r.total for r in service.admin.noise(since_ms=0)} == {
-        f"{CAUSE}:replayed": 2}
+    assert {r.cause: r.total for r in service.admin.noise(since_ms=0)} == {f"{CAUSE}:replayed": 2}
 
 
 def test_after_commit_runs_only_once_committed(service: Keybound) -> None:
@@ -170,8 +189,6 @@ def test_after_commit_runs_only_once_committed(service: Keybound) -> None:
             raise Boom
 
     with pytest.raises(Boom):
-        perform(unit(service, mark=None), lambda u: call(u, True), noise=service.noise,
-                cause=CAUSE)
-    perform(unit(service, mark=None), lambda u: call(u, False), noise=service.noise,
-            cause=CAUSE)
+        perform(unit(service, mark=None), lambda u: call(u, True), noise=service.noise, cause=CAUSE)
+    perform(unit(service, mark=None), lambda u: call(u, False), noise=service.noise, cause=CAUSE)
     assert ran == ["committed False"]

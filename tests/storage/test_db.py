@@ -60,28 +60,44 @@ def test_migration_0003_keeps_every_row_and_writes_fewer_pages(tmp_path: Path) -
     }
     with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO applications VALUES ('app', '{}', 0, 0)"))
-        conn.execute(text("INSERT INTO users (id, application_id, created_at) "
-                          "VALUES ('u', 'app', 0)"))
-        conn.execute(text(
-            "INSERT INTO registrations (id, application_id, user_id, state, failures, "
-            "sw_public_key, sw_key_id, activation_hw_status, platform, os_version, "
-            "generation, created_at, activated_at, updated_at) VALUES ('dev-1', 'app', 'u', "
-            "'ACTIVE', 0, x'00', x'01', 'OK', 'LINUX', '6', 1, 0, 0, 0)"))
-        conn.execute(text("INSERT INTO seen_requests VALUES (:r, :e)"),
-                     [{"r": r, "e": e} for r, e in rows["seen_requests"]])
-        conn.execute(text("INSERT INTO superseded_keys VALUES (:d, :k, :p, :t)"),
-                     [{"d": d, "k": k, "p": p, "t": t} for d, k, p, t in rows["superseded_keys"]])
+        conn.execute(
+            text("INSERT INTO users (id, application_id, created_at) VALUES ('u', 'app', 0)")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO registrations (id, application_id, user_id, state, failures, "
+                "sw_public_key, sw_key_id, activation_hw_status, platform, os_version, "
+                "generation, created_at, activated_at, updated_at) VALUES ('dev-1', 'app', 'u', "
+                "'ACTIVE', 0, x'00', x'01', 'OK', 'LINUX', '6', 1, 0, 0, 0)"
+            )
+        )
+        conn.execute(
+            text("INSERT INTO seen_requests VALUES (:r, :e)"),
+            [{"r": r, "e": e} for r, e in rows["seen_requests"]],
+        )
+        conn.execute(
+            text("INSERT INTO superseded_keys VALUES (:d, :k, :p, :t)"),
+            [{"d": d, "k": k, "p": p, "t": t} for d, k, p, t in rows["superseded_keys"]],
+        )
 
     def layout() -> dict[str, str]:
         with db.engine.connect() as conn:
-            return {name: sql for name, sql in conn.execute(text(
-                "SELECT name, sql FROM sqlite_master WHERE name IN ('seen_requests', "
-                "'superseded_keys', 'ix_operations_code')"))}
+            return {
+                name: sql
+                for name, sql in conn.execute(
+                    text(
+                        "SELECT name, sql FROM sqlite_master WHERE name IN ('seen_requests', "
+                        "'superseded_keys', 'ix_operations_code')"
+                    )
+                )
+            }
 
     def stored() -> dict[str, list[tuple[object, ...]]]:
         with db.engine.connect() as conn:
-            return {table: sorted(tuple(r) for r in conn.execute(text(f"SELECT * FROM {table}")))
-                    for table in rows}
+            return {
+                table: sorted(tuple(r) for r in conn.execute(text(f"SELECT * FROM {table}")))
+                for table in rows
+            }
 
     upgrade(db.engine, "0003")
     after = layout()
@@ -115,13 +131,15 @@ def test_migration_0004_keys_replay_marks_by_expiry_and_keeps_every_one(tmp_path
     upgrade(db.engine, "0003")
     marks = [(b"r" * 16, 1), (b"s" * 16, 2), (b"t" * 16, 2)]
     with db.engine.begin() as conn:
-        conn.execute(text("INSERT INTO seen_requests VALUES (:r, :e)"),
-                     [{"r": r, "e": e} for r, e in marks])
+        conn.execute(
+            text("INSERT INTO seen_requests VALUES (:r, :e)"), [{"r": r, "e": e} for r, e in marks]
+        )
 
     def state() -> tuple[str, set[str], list[tuple[object, ...]]]:
         with db.engine.connect() as conn:
-            sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = "
-                                    "'seen_requests'")).scalar_one()
+            sql = conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'seen_requests'")
+            ).scalar_one()
             indexes = {r[1] for r in conn.execute(text("PRAGMA index_list(seen_requests)"))}
             rows = sorted(tuple(r) for r in conn.execute(text("SELECT * FROM seen_requests")))
         return sql, indexes, rows
@@ -144,7 +162,8 @@ def test_migration_0004_keys_replay_marks_by_expiry_and_keeps_every_one(tmp_path
 
 @pytest.mark.postgres
 def test_migration_0004_on_postgresql_swaps_the_key_and_keeps_every_mark(
-        postgres: PostgresServer) -> None:
+    postgres: PostgresServer,
+) -> None:
     """On PostgreSQL 0004 swaps the primary key constraint in place (and 0003 comes back on
     downgrade), every mark kept; the result matches tables.py."""
     from alembic import command
@@ -157,16 +176,19 @@ def test_migration_0004_on_postgresql_swaps_the_key_and_keeps_every_mark(
     command.downgrade(alembic_config(db.engine), "0003")
     marks = [(b"r" * 16, 1), (b"s" * 16, 2)]
     with db.engine.begin() as conn:
-        conn.execute(text("INSERT INTO seen_requests VALUES (:r, :e)"),
-                     [{"r": r, "e": e} for r, e in marks])
+        conn.execute(
+            text("INSERT INTO seen_requests VALUES (:r, :e)"), [{"r": r, "e": e} for r, e in marks]
+        )
 
     def state() -> tuple[list[str], set[str | None], list[tuple[object, ...]]]:
         inspector = inspect(db.engine)
         key = inspector.get_pk_constraint("seen_requests")["constrained_columns"]
         indexes = {ix["name"] for ix in inspector.get_indexes("seen_requests")}
         with db.engine.connect() as conn:
-            rows = sorted((bytes(r), e) for r, e in conn.execute(text(
-                "SELECT request_id, expires_at FROM seen_requests")))
+            rows = sorted(
+                (bytes(r), e)
+                for r, e in conn.execute(text("SELECT request_id, expires_at FROM seen_requests"))
+            )
         return key, indexes, rows
 
     upgrade(db.engine)
@@ -279,8 +301,10 @@ def test_postgresql_urls_get_the_driver_keybound_is_built_with() -> None:
     from keybound.errors import ConfigurationInvalid
     from keybound.storage.db import _postgresql_driver
 
-    assert _postgresql_driver("postgresql://kb:pw@db:5432/kb") == \
-        "postgresql+psycopg://kb:pw@db:5432/kb"
+    assert (
+        _postgresql_driver("postgresql://kb:pw@db:5432/kb")
+        == "postgresql+psycopg://kb:pw@db:5432/kb"
+    )
     assert _postgresql_driver("postgresql+psycopg://kb@db/kb") == "postgresql+psycopg://kb@db/kb"
     for url in ("postgresql+psycopg2://kb@db/kb", "mysql://kb@db/kb"):
         with pytest.raises(ConfigurationInvalid, match=r"postgresql\+psycopg://"):

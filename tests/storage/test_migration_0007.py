@@ -29,21 +29,26 @@ def url_before_0007(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         upgrade(db.engine, "0006")
     with db.engine.begin() as conn:
         for n in range(3):
-            conn.execute(text(
-                "INSERT INTO events (id, type, actor, outcome, created_at) "
-                "VALUES (:id, 'application.create', 'OPERATOR', 'SUCCESS', :at)"),
-                {"id": f"00000000-0000-4000-8000-00000000000{n}", "at": 1000 + n})
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, type, actor, outcome, created_at) "
+                    "VALUES (:id, 'application.create', 'OPERATOR', 'SUCCESS', :at)"
+                ),
+                {"id": f"00000000-0000-4000-8000-00000000000{n}", "at": 1000 + n},
+            )
     db.dispose()
     return url
 
 
-def test_entries_older_than_the_chain_are_sealed_into_it(url_before_0007: str,
-                                                        tmp_path: Path) -> None:
+def test_entries_older_than_the_chain_are_sealed_into_it(
+    url_before_0007: str, tmp_path: Path
+) -> None:
     kb = Keybound.open(url_before_0007, master_key_file=tmp_path / "master.key")  # migrates
     try:
         with kb.db.read() as conn:
-            rows = conn.execute(text("SELECT seq, type, chain_seq, chain_prev FROM events "
-                                     "ORDER BY chain_seq")).all()
+            rows = conn.execute(
+                text("SELECT seq, type, chain_seq, chain_prev FROM events ORDER BY chain_seq")
+            ).all()
         assert rows[0].chain_prev == GENESIS
         assert [r.chain_seq for r in rows] == list(range(1, len(rows) + 1))
         older = [r.seq for r in rows if r.type == "application.create"]

@@ -17,8 +17,11 @@ from keybound.storage.prepared import Prepared
 SEEN = t.seen_requests
 INSERT_SEEN = Prepared(insert(SEEN))
 SELECT_SEEN = Prepared(select(SEEN).where(SEEN.c.request_id == bindparam("rid")))
-TOUCH = Prepared(update(SEEN).where(SEEN.c.expires_at < bindparam("before"))
-                 .values(expires_at=bindparam("after")))
+TOUCH = Prepared(
+    update(SEEN)
+    .where(SEEN.c.expires_at < bindparam("before"))
+    .values(expires_at=bindparam("after"))
+)
 EVENT = Prepared(insert(t.events))
 
 
@@ -41,8 +44,16 @@ def count(db: Database, table: object = SEEN) -> int:
 
 
 def audit_row(conn: object, event: str) -> None:
-    EVENT.rowcount(conn, {"id": event, "created_at": 1, "actor": "SYSTEM",  # type: ignore[arg-type]
-                          "type": event, "outcome": "SUCCESS"})
+    EVENT.rowcount(
+        conn,
+        {
+            "id": event,
+            "created_at": 1,
+            "actor": "SYSTEM",  # type: ignore[arg-type]
+            "type": event,
+            "outcome": "SUCCESS",
+        },
+    )
 
 
 def test_prepared_statements_read_and_write_like_core(db: Database) -> None:
@@ -85,16 +96,30 @@ def test_a_record_that_is_not_the_statements_columns_is_refused() -> None:
         Prepared(insert(SEEN), row=SeenRow)  # no rows at all
 
 
-@pytest.mark.parametrize(("statement", "params", "why"), [
-    (select(SEEN).where(SEEN.c.request_id.in_(bindparam("rids", expanding=True))),
-     {"rids": [b"a" * 16]}, "per execution"),
-    (select(SEEN).where(SEEN.c.expires_at < bindparam("before", literal_execute=True)),
-     {"before": 6}, "per execution"),
-    (select(SEEN).where(SEEN.c.request_id == bindparam("request id")),
-     {"request id": b"a" * 16}, "renamed for the driver"),
-], ids=["in-list", "literal-execute", "escaped-name"])
+@pytest.mark.parametrize(
+    ("statement", "params", "why"),
+    [
+        (
+            select(SEEN).where(SEEN.c.request_id.in_(bindparam("rids", expanding=True))),
+            {"rids": [b"a" * 16]},
+            "per execution",
+        ),
+        (
+            select(SEEN).where(SEEN.c.expires_at < bindparam("before", literal_execute=True)),
+            {"before": 6},
+            "per execution",
+        ),
+        (
+            select(SEEN).where(SEEN.c.request_id == bindparam("request id")),
+            {"request id": b"a" * 16},
+            "renamed for the driver",
+        ),
+    ],
+    ids=["in-list", "literal-execute", "escaped-name"],
+)
 def test_a_statement_the_driver_cannot_run_as_compiled_is_refused(
-        db: Database, statement: object, params: dict[str, object], why: str) -> None:
+    db: Database, statement: object, params: dict[str, object], why: str
+) -> None:
     """What SQLAlchemy rewrites at each execution cannot run from one compiled string: the
     first run refuses it (a TypeError naming the fix), rather than the driver failing later
     on SQL it cannot parse."""

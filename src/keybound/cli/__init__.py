@@ -17,11 +17,19 @@ from keybound.errors import KeyboundError
 
 #: `pip install keybound` is the device SDK and CLI: the server's commands import these (from
 #: the [server] and [postgres] extras) only when they run
-EXTRA_OF = {"fastapi": "server", "starlette": "server", "uvicorn": "server",
-            "sqlalchemy": "server", "alembic": "server", "psycopg": "postgres",
-            # keybound.attestation: App Attest / WebAuthn CBOR, Android's KeyDescription
-            "cbor2": "server", "pyasn1": "server", "pyasn1_modules": "server",
-            "yaml": "server"}
+EXTRA_OF = {
+    "fastapi": "server",
+    "starlette": "server",
+    "uvicorn": "server",
+    "sqlalchemy": "server",
+    "alembic": "server",
+    "psycopg": "postgres",
+    # keybound.attestation: App Attest / WebAuthn CBOR, Android's KeyDescription
+    "cbor2": "server",
+    "pyasn1": "server",
+    "pyasn1_modules": "server",
+    "yaml": "server",
+}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -33,15 +41,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="keybound", description="Device authentication with hardware-protected keys.")
+        prog="keybound", description="Device authentication with hardware-protected keys."
+    )
     parser.add_argument("--version", action="version", version=f"keybound {__version__}")
     parser.add_argument("--database-url", default=argparse.SUPPRESS, help=DATABASE_URL_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server.register(sub)
     demo = sub.add_parser(
-        "demo", help="start a server on its own temporary SQLite database (--database-url and "
+        "demo",
+        help="start a server on its own temporary SQLite database (--database-url and "
         "$KEYBOUND_DATABASE_URL are ignored), activate and authenticate demo devices under "
-        "every strategy, print the decisions")
+        "every strategy, print the decisions",
+    )
     demo.set_defaults(func=cmd_demo)
     device.register(sub)
     attestation.register(sub)
@@ -59,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = EXTRA_OF.get((exc.name or "").partition(".")[0])
         if extra is None:
             raise
-        print(f"keybound: {args.command} needs {exc.name}: pip install 'keybound[{extra}]'",
-              file=sys.stderr)
+        print(
+            f"keybound: {args.command} needs {exc.name}: pip install 'keybound[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     return result
 

@@ -9,7 +9,8 @@ from keybound.storage import ENV_DATABASE_URL
 DATABASE_URL_HELP = (
     f"database URL: sqlite:///path/keybound.db or postgresql+psycopg://user:password@host/db "
     f"(default: ${ENV_DATABASE_URL}, else an embedded SQLite file at ~/.keybound/keybound.db, "
-    "created on first use); before or after the command")
+    "created on first use); before or after the command"
+)
 
 
 def with_database_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

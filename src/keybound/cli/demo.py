@@ -59,8 +59,11 @@ class Row:
 
 class _RelyingParty:
     def __init__(self, base_url: str, token: str, closing: contextlib.ExitStack) -> None:
-        self.http = closing.enter_context(httpx.Client(
-            base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {token}"}))
+        self.http = closing.enter_context(
+            httpx.Client(
+                base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {token}"}
+            )
+        )
 
     def activation(self) -> dict[str, Any]:
         """A new user's activation: its link (what a phone scans) and its typed fallback."""
@@ -74,13 +77,15 @@ class _RelyingParty:
     def risk(self, operation_id: str | None) -> dict[str, Any]:
         if operation_id is None:
             return {}
-        data: dict[str, Any] = self.http.get(f"/rp/v1/operations/{operation_id}").json().get(
-            "riskData", {})
+        data: dict[str, Any] = (
+            self.http.get(f"/rp/v1/operations/{operation_id}").json().get("riskData", {})
+        )
         return data
 
     def start_operation(self, device_id: str, **body: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.http.post(f"/rp/v1/devices/{device_id}/operations",
-                                                json=body).json()
+        result: dict[str, Any] = self.http.post(
+            f"/rp/v1/devices/{device_id}/operations", json=body
+        ).json()
         return result
 
     def operation(self, operation_id: str) -> dict[str, Any]:
@@ -88,8 +93,9 @@ class _RelyingParty:
         return result
 
     def start_signature(self, device_id: str, data: OperationContext) -> dict[str, Any]:
-        result: dict[str, Any] = self.http.post(f"/rp/v1/devices/{device_id}/signatures",
-                                                json={"dataToSign": data.to_wire()}).json()
+        result: dict[str, Any] = self.http.post(
+            f"/rp/v1/devices/{device_id}/signatures", json={"dataToSign": data.to_wire()}
+        ).json()
         return result
 
     def verified_result(self, operation_id: str) -> VerifiedResult:
@@ -97,8 +103,9 @@ class _RelyingParty:
         the server's published keys (fetched here from the JWKS URL, unauthenticated)."""
         token = self.operation(operation_id)["resultJws"]
         jwks = self.http.get("/.well-known/jwks.json").json()
-        return verify_result(token, jwks, expected_issuer=DEFAULT_ISSUER,
-                             expected_operation_id=operation_id)
+        return verify_result(
+            token, jwks, expected_issuer=DEFAULT_ISSUER, expected_operation_id=operation_id
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,8 +123,10 @@ def _tpm_store(work: Path) -> Iterator[_Tpm]:
         yield _Tpm(store=None, note="swtpm not installed: TPM device skipped")
         return
     if importlib.util.find_spec("tpm2_pytss") is None:
-        yield _Tpm(store=None, note="tpm2-pytss not installed (pip install -e '.[tpm]'): "
-                   "TPM device skipped")
+        yield _Tpm(
+            store=None,
+            note="tpm2-pytss not installed (pip install -e '.[tpm]'): TPM device skipped",
+        )
         return
     from keybound.client.keystores._testbeds import TestbedError, manufacture_swtpm, start_swtpm
 
@@ -143,10 +152,12 @@ def _open_tpm(state_dir: Path, tcti: str, ek_ca: Path | None) -> _Tpm:
     try:  # opened by name, so it must work now (else KEYSTORE_UNAVAILABLE)
         store = open_keystore("tpm", state_dir, {"tcti": tcti})
     except KeyboundError as exc:
-        return _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device "
-                    "skipped")
-    note = ("TPM 2.0 (a private swtpm, EK certificates from swtpm's local CA)" if ek_ca
-            else "TPM 2.0 (a private swtpm, no EK certificate: it cannot attest)")
+        return _Tpm(store=None, note=f"TPM key store unusable ({exc.detail}): TPM device skipped")
+    note = (
+        "TPM 2.0 (a private swtpm, EK certificates from swtpm's local CA)"
+        if ek_ca
+        else "TPM 2.0 (a private swtpm, no EK certificate: it cannot attest)"
+    )
     return _Tpm(store=store, note=note, ek_ca=ek_ca)
 
 
@@ -155,22 +166,23 @@ def _trust(work: Path, ek_ca: Path | None) -> AttestationTrust:
     TEST root and swtpm's local CA (test material, trusted here only)."""
     (work / "trust" / "android").mkdir(parents=True)
     (work / "trust" / "android" / "emulated-test-root.pem").write_bytes(
-        ATTESTATION_ROOT.read_bytes())
+        ATTESTATION_ROOT.read_bytes()
+    )
     if ek_ca is not None:
         (work / "trust" / "tpm").mkdir()
         (work / "trust" / "tpm" / "swtpm-localca.pem").write_bytes(ek_ca.read_bytes())
     return AttestationTrust.configured(trust_dir=work / "trust")
 
 
-def _sealed_transport(kb: Keybound, app_id: str, base_url: str,
-                      closing: contextlib.ExitStack) -> SealedTransport:
+def _sealed_transport(
+    kb: Keybound, app_id: str, base_url: str, closing: contextlib.ExitStack
+) -> SealedTransport:
     """Devices talk through the secure channel, pinned to the application's E2E key (one per
     application, created on first use, as an operator would with `keybound e2e-key create`)."""
     keys = [k for k in kb.admin.e2e_keys(app_id) if k.state.value == "ACTIVE"]
     key_id = keys[0].key_id if keys else kb.admin.create_e2e_key(app_id).key_id
     pin = kb.admin.e2e_pin(key_id, server_url=base_url)
-    return SealedTransport(pin, closing.enter_context(httpx.Client(base_url=base_url,
-                                                                    timeout=10)))
+    return SealedTransport(pin, closing.enter_context(httpx.Client(base_url=base_url, timeout=10)))
 
 
 class _Scenario:
@@ -187,27 +199,44 @@ class _Scenario:
             op_id = exc.fields.get("operation_id")
             decision = f"FAIL ({exc.code.value})"
         risk = self.rp.risk(op_id)
-        self.rows.append(Row(strategy=self.strategy, device=device, step=step,
-                             client_status=risk.get("hwKeyClientStatus", "-"),
-                             server_result=risk.get("hwKeyServerResult", "-"),
-                             attestation=risk.get("hwKeyAttestation", "-"),
-                             decision=decision))
+        self.rows.append(
+            Row(
+                strategy=self.strategy,
+                device=device,
+                step=step,
+                client_status=risk.get("hwKeyClientStatus", "-"),
+                server_result=risk.get("hwKeyServerResult", "-"),
+                attestation=risk.get("hwKeyAttestation", "-"),
+                decision=decision,
+            )
+        )
 
 
 def _config(strategy: HwKeyValidationStrategy, mode: AttestationMode) -> AppConfig:
     """The strategy, and key attestation for Android (the demo app's identity) and TPMs."""
     return AppConfig(
         hw_key_validation_strategy=strategy,
-        enabled_risk_data=(RiskAttribute.HW_KEY_CLIENT_STATUS, RiskAttribute.HW_KEY_SERVER_RESULT,
-                           RiskAttribute.HW_KEY_ATTESTATION),
-        attestation_android_mode=mode, attestation_tpm_mode=mode,
+        enabled_risk_data=(
+            RiskAttribute.HW_KEY_CLIENT_STATUS,
+            RiskAttribute.HW_KEY_SERVER_RESULT,
+            RiskAttribute.HW_KEY_ATTESTATION,
+        ),
+        attestation_android_mode=mode,
+        attestation_tpm_mode=mode,
         attestation_android_package_names=(DEMO_PACKAGE_NAME,),
-        attestation_android_signing_digests=(DEMO_SIGNING_DIGEST.hex(),))
+        attestation_android_signing_digests=(DEMO_SIGNING_DIGEST.hex(),),
+    )
 
 
-def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy,
-                  work: Path, tpm: KeyStore | None, rows: list[Row],
-                  closing: contextlib.ExitStack) -> None:
+def _run_strategy(
+    kb: Keybound,
+    base_url: str,
+    strategy: HwKeyValidationStrategy,
+    work: Path,
+    tpm: KeyStore | None,
+    rows: list[Row],
+    closing: contextlib.ExitStack,
+) -> None:
     app_id = f"demo-{strategy.value.lower().replace('_', '-')}"
     kb.admin.create_application(app_id, _config(strategy, AttestationMode.OPTIONAL))
     rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo").token, closing)
@@ -221,8 +250,13 @@ def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy
         return lambda: device.authenticate().operation_id
 
     element = EmulatedSecureElement(work / app_id / "phone" / "emulated-se")
-    phone = Device.create(work / app_id / "phone", application_id=app_id, transport=transport,
-                          profile=preset("android-14"), hardware=element)
+    phone = Device.create(
+        work / app_id / "phone",
+        application_id=app_id,
+        transport=transport,
+        profile=preset("android-14"),
+        hardware=element,
+    )
     name = "Android 14, secure element"
     scenario.record(name, "activate", activate(phone))
     if phone.activated:
@@ -233,43 +267,72 @@ def _run_strategy(kb: Keybound, base_url: str, strategy: HwKeyValidationStrategy
         element.lose_keys()
         scenario.record(name, "authenticate, hw key lost", authenticate(phone))
 
-    old = Device.create(work / app_id / "old-phone", application_id=app_id,
-                        transport=transport, profile=preset("android-5"), hardware=None)
+    old = Device.create(
+        work / app_id / "old-phone",
+        application_id=app_id,
+        transport=transport,
+        profile=preset("android-5"),
+        hardware=None,
+    )
     name = "Android 5, software keys only"
     scenario.record(name, "activate", activate(old))
     if old.activated:
         scenario.record(name, "authenticate", authenticate(old))
 
     if tpm is not None:
-        kiosk = Device.create(work / app_id / "kiosk", application_id=app_id,
-                              transport=transport, profile=preset("linux"), hardware=tpm)
+        kiosk = Device.create(
+            work / app_id / "kiosk",
+            application_id=app_id,
+            transport=transport,
+            profile=preset("linux"),
+            hardware=tpm,
+        )
         name = "Linux, TPM 2.0 (swtpm)"
         scenario.record(name, "activate", activate(kiosk))
         if kiosk.activated:
             scenario.record(name, "authenticate", authenticate(kiosk))
 
 
-def _run_attestation_required(kb: Keybound, base_url: str, work: Path, tpm: KeyStore | None,
-                              rows: list[Row], closing: contextlib.ExitStack) -> None:
+def _run_attestation_required(
+    kb: Keybound,
+    base_url: str,
+    work: Path,
+    tpm: KeyStore | None,
+    rows: list[Row],
+    closing: contextlib.ExitStack,
+) -> None:
     """Android and TPM attestation REQUIRED (strategy SUPPORTED): only attested hardware
     keys activate (docs/protocol.md §6.1, last column)."""
     app_id = "demo-attestation-required"
-    kb.admin.create_application(app_id, _config(HwKeyValidationStrategy.SUPPORTED,
-                                                AttestationMode.REQUIRED))
+    kb.admin.create_application(
+        app_id, _config(HwKeyValidationStrategy.SUPPORTED, AttestationMode.REQUIRED)
+    )
     rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo").token, closing)
     transport = _sealed_transport(kb, app_id, base_url, closing)
     scenario = _Scenario(rp, ATTESTATION_REQUIRED, rows)
     devices: list[tuple[str, str, KeyStore | None]] = [
-        ("Android 14, secure element", "android-14",
-         EmulatedSecureElement(work / app_id / "phone" / "emulated-se")),
-        ("Android 14, bootloader unlocked", "android-14",
-         EmulatedSecureElement(work / app_id / "rooted" / "emulated-se", device_locked=False)),
-        ("Android 5, software keys only", "android-5", None)]
+        (
+            "Android 14, secure element",
+            "android-14",
+            EmulatedSecureElement(work / app_id / "phone" / "emulated-se"),
+        ),
+        (
+            "Android 14, bootloader unlocked",
+            "android-14",
+            EmulatedSecureElement(work / app_id / "rooted" / "emulated-se", device_locked=False),
+        ),
+        ("Android 5, software keys only", "android-5", None),
+    ]
     if tpm is not None:
         devices.append(("Linux, TPM 2.0 (swtpm)", "linux", tpm))
     for number, (name, profile, store) in enumerate(devices):
-        device = Device.create(work / app_id / f"device-{number}", application_id=app_id,
-                               transport=transport, profile=preset(profile), hardware=store)
+        device = Device.create(
+            work / app_id / f"device-{number}",
+            application_id=app_id,
+            transport=transport,
+            profile=preset(profile),
+            hardware=store,
+        )
         scenario.record(name, "activate", _activation(device, rp))
         if device.activated:
             scenario.record(name, "authenticate", _authentication(device))
@@ -283,17 +346,21 @@ def _authentication(device: Device) -> Callable[[], str | None]:
     return lambda: device.authenticate().operation_id
 
 
-def _backend_flow(kb: Keybound, base_url: str, work: Path,
-                  closing: contextlib.ExitStack) -> list[str]:
+def _backend_flow(
+    kb: Keybound, base_url: str, work: Path, closing: contextlib.ExitStack
+) -> list[str]:
     """A relying party asks the user's phone to approve a payment, with a PIN, then to sign
     a contract; it verifies each signed result against the published keys."""
     app_id = "demo-supported"
-    rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo-rp").token,
-                       closing)
+    rp = _RelyingParty(base_url, kb.admin.create_api_key(app_id, "demo-rp").token, closing)
     transport = _sealed_transport(kb, app_id, base_url, closing)
-    phone = Device.create(work / "pin-phone", application_id=app_id, transport=transport,
-                          profile=preset("ios-17"),
-                          hardware=EmulatedSecureElement(work / "pin-phone" / "emulated-se"))
+    phone = Device.create(
+        work / "pin-phone",
+        application_id=app_id,
+        transport=transport,
+        profile=preset("ios-17"),
+        hardware=EmulatedSecureElement(work / "pin-phone" / "emulated-se"),
+    )
     # this user types the fallback instead of scanning: the hint and the code, as shown
     issued = rp.activation()
     typed = f"{issued['activationHint']}-{issued['activationCode']}"
@@ -302,30 +369,38 @@ def _backend_flow(kb: Keybound, base_url: str, work: Path,
         phone.device_id or "",
         preOperationContext={"content": "Pay 120.00 EUR to ACME Corp", "mimeType": "text/plain"},
         postOperationContext={"content": "receipt #4711", "mimeType": "text/plain"},
-        requiredAuthMethod="DEVICE:PIN")
-    lines = [f"device activated by typing the fallback {typed} (hint-code), PIN set",
-             f"relying party started operation {op['operationId']} ({op['state']})"]
+        requiredAuthMethod="DEVICE:PIN",
+    )
+    lines = [
+        f"device activated by typing the fallback {typed} (hint-code), PIN set",
+        f"relying party started operation {op['operationId']} ({op['state']})",
+    ]
     pending = phone.pending()
     shown = pending[0].pre_operation_context
-    lines.append(f"device polled: {len(pending)} pending, shows "
-                 f"{shown.content if shown else ''!r}")
+    lines.append(f"device polled: {len(pending)} pending, shows {shown.content if shown else ''!r}")
     result = phone.authenticate(operation_id=pending[0].operation_id, pin="2468")
     released = result.post_operation_context
-    lines.append(f"device approved with PIN: {result.auth_method} / {result.auth_level}; "
-                 f"released {released.content if released else ''!r}")
+    lines.append(
+        f"device approved with PIN: {result.auth_method} / {result.auth_level}; "
+        f"released {released.content if released else ''!r}"
+    )
     final = rp.operation(op["operationId"])
-    lines.append(f"relying party reads: {final['state']}, {final['result']}, "
-                 f"{final['riskData']}")
+    lines.append(f"relying party reads: {final['state']}, {final['result']}, {final['riskData']}")
     payment = OperationContext(content="Pay 120.00 EUR to ACME Corp", mime_type="text/plain")
-    lines.extend(_evidence(rp.verified_result(op["operationId"]), "preOperationContextHash",
-                           payment))
-    contract = OperationContext(content="I agree to loan contract #4711: 10 000 EUR, 5 years",
-                                mime_type="text/plain")
+    lines.extend(
+        _evidence(rp.verified_result(op["operationId"]), "preOperationContextHash", payment)
+    )
+    contract = OperationContext(
+        content="I agree to loan contract #4711: 10 000 EUR, 5 years", mime_type="text/plain"
+    )
     signature = rp.start_signature(phone.device_id or "", contract)
-    signed = phone.sign(signature["operationId"], pin="2468", approve=lambda shown: True,
-                        expected_data=contract)
-    lines.append(f"relying party asked for a signature; device showed and signed "
-                 f"{signed.signed_data.content if signed.signed_data else ''!r}")
+    signed = phone.sign(
+        signature["operationId"], pin="2468", approve=lambda shown: True, expected_data=contract
+    )
+    lines.append(
+        f"relying party asked for a signature; device showed and signed "
+        f"{signed.signed_data.content if signed.signed_data else ''!r}"
+    )
     lines.extend(_evidence(rp.verified_result(signature["operationId"]), "dataHash", contract))
     return lines
 
@@ -334,18 +409,29 @@ def _evidence(result: VerifiedResult, hash_claim: str, copy: OperationContext) -
     """The verified claims, and the hash claim checked against the relying party's copy."""
     claims = result.claims
     matches = claims[hash_claim] == b64u_encode(context_hash(copy))
-    return [f"  signed result verified ({result.algorithm.value}, kid {result.kid[:12]}...): "
-            f"{claims['operationType']} {claims['state']}, {claims.get('authMethod')} / "
-            f"{claims.get('authLevel')}, riskData {claims['riskData']}",
-            f"  {hash_claim} {'matches' if matches else 'DOES NOT MATCH'} the relying party's "
-            f"copy of {copy.content!r}"]
+    return [
+        f"  signed result verified ({result.algorithm.value}, kid {result.kid[:12]}...): "
+        f"{claims['operationType']} {claims['state']}, {claims.get('authMethod')} / "
+        f"{claims.get('authLevel')}, riskData {claims['riskData']}",
+        f"  {hash_claim} {'matches' if matches else 'DOES NOT MATCH'} the relying party's "
+        f"copy of {copy.content!r}",
+    ]
 
 
 def _table(rows: list[Row]) -> str:
-    headers = ("strategy", "device", "step", "hwKeyClientStatus", "hwKeyServerResult",
-               "hwKeyAttestation", "decision")
-    cells = [headers] + [(r.strategy, r.device, r.step, r.client_status, r.server_result,
-                          r.attestation, r.decision) for r in rows]
+    headers = (
+        "strategy",
+        "device",
+        "step",
+        "hwKeyClientStatus",
+        "hwKeyServerResult",
+        "hwKeyAttestation",
+        "decision",
+    )
+    cells = [headers] + [
+        (r.strategy, r.device, r.step, r.client_status, r.server_result, r.attestation, r.decision)
+        for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     line = "+".join("-" * (w + 2) for w in widths)
     out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), line]
@@ -367,8 +453,9 @@ def run_demo() -> int:
         work = Path(tmp)
         rows: list[Row] = []
         with _tpm_store(work) as tpm_bed:
-            kb = Keybound.open(f"sqlite:///{work / 'keybound.db'}",
-                               attestation=_trust(work, tpm_bed.ek_ca))
+            kb = Keybound.open(
+                f"sqlite:///{work / 'keybound.db'}", attestation=_trust(work, tpm_bed.ek_ca)
+            )
             with BackgroundServer(kb) as server, contextlib.ExitStack() as closing:
                 # (HTTP clients close before the server)
                 _run(kb, server.url, work, tpm_bed, rows, closing)
@@ -376,15 +463,25 @@ def run_demo() -> int:
     return 0
 
 
-def _run(kb: Keybound, url: str, work: Path, tpm_bed: _Tpm, rows: list[Row],
-         closing: contextlib.ExitStack) -> None:
+def _run(
+    kb: Keybound,
+    url: str,
+    work: Path,
+    tpm_bed: _Tpm,
+    rows: list[Row],
+    closing: contextlib.ExitStack,
+) -> None:
     print(f"keybound demo: server {url}, database {kb.db.url}")
-    print("secure channel: every device request is HPKE-sealed to its application's "
-          "pinned E2E key (X25519_SHA256_AES128GCM); the server refuses plaintext")
+    print(
+        "secure channel: every device request is HPKE-sealed to its application's "
+        "pinned E2E key (X25519_SHA256_AES128GCM); the server refuses plaintext"
+    )
     print(f"secure hardware: emulated secure element; {tpm_bed.note}")
-    print("key attestation: OPTIONAL for Android and TPMs under each strategy, REQUIRED in the "
-          "last block; trusted: the shipped roots, the emulated element's TEST root"
-          + (" and swtpm's local CA" if tpm_bed.ek_ca else ""))
+    print(
+        "key attestation: OPTIONAL for Android and TPMs under each strategy, REQUIRED in the "
+        "last block; trusted: the shipped roots, the emulated element's TEST root"
+        + (" and swtpm's local CA" if tpm_bed.ek_ca else "")
+    )
     tpm = tpm_bed.store
     print()
     for strategy in HwKeyValidationStrategy:
@@ -392,7 +489,9 @@ def _run(kb: Keybound, url: str, work: Path, tpm_bed: _Tpm, rows: list[Row],
     _run_attestation_required(kb, url, work, tpm, rows, closing)
     print(_table(rows))
     print()
-    print("Backend-initiated authentication with pre/post-operation context, and a "
-          "signature, each with its signed result:")
+    print(
+        "Backend-initiated authentication with pre/post-operation context, and a "
+        "signature, each with its signed result:"
+    )
     for line in _backend_flow(kb, url, work, closing):
         print(f"  {line}")

@@ -24,8 +24,9 @@ class Activation:
     hint: str | None = None
 
 
-def read_activation(text: str, *, hint: str | None = None,
-                    application_id: str | None = None) -> Activation:
+def read_activation(
+    text: str, *, hint: str | None = None, application_id: str | None = None
+) -> Activation:
     """``text`` as the user gave it: a link (any URL with a ``token`` parameter), a bare
     token (43 base64url characters), ``HINT-CODE`` (or ``HINT CODE``), or a code when ``hint``
     is given. A link naming another application than ``application_id`` is refused."""
@@ -36,13 +37,15 @@ def read_activation(text: str, *, hint: str | None = None,
         try:
             linked_app, token = read_activation_link(text)
         except ValueError as exc:
-            raise ClientError(f"not an activation link: {exc}",
-                              code=ErrorCode.MALFORMED_REQUEST) from None
-        if linked_app is not None and application_id is not None \
-                and linked_app != application_id:
-            raise ClientError(f"this activation link is for application {linked_app!r}; this "
-                              f"device belongs to {application_id!r}",
-                              code=ErrorCode.CLIENT_CONFIGURATION)
+            raise ClientError(
+                f"not an activation link: {exc}", code=ErrorCode.MALFORMED_REQUEST
+            ) from None
+        if linked_app is not None and application_id is not None and linked_app != application_id:
+            raise ClientError(
+                f"this activation link is for application {linked_app!r}; this "
+                f"device belongs to {application_id!r}",
+                code=ErrorCode.CLIENT_CONFIGURATION,
+            )
         return Activation(token=token)
     if _TOKEN.fullmatch(text):
         try:
@@ -52,6 +55,8 @@ def read_activation(text: str, *, hint: str | None = None,
     typed = _TYPED.fullmatch(text)
     if typed is not None:
         return Activation(hint=typed.group(1), code=typed.group(2))
-    raise ClientError("give the activation link (or its token), or the typed code with its "
-                      "hint as HINT-CODE (e.g. 7KQ2MX-483920)",
-                      code=ErrorCode.MALFORMED_REQUEST)
+    raise ClientError(
+        "give the activation link (or its token), or the typed code with its "
+        "hint as HINT-CODE (e.g. 7KQ2MX-483920)",
+        code=ErrorCode.MALFORMED_REQUEST,
+    )

@@ -56,8 +56,9 @@ class DeviceConfig:
     def save(self, directory: Path) -> None:
         """Raises ClientError(CLIENT_CONFIGURATION) naming the file when it cannot be written."""
         document = {**asdict(self), "keystore_options": dict(self.keystore_options)}
-        write_private(directory / CONFIG_FILE,
-                      (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+        write_private(
+            directory / CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode("utf-8")
+        )
 
     @classmethod
     def load(cls, directory: Path) -> DeviceConfig:
@@ -70,13 +71,16 @@ class DeviceConfig:
                 raise TypeError("not an object")
             return cls(**document)
         except FileNotFoundError:
-            raise ClientError(f"no device in {directory}: run `keybound device activate` first",
-                              code=ErrorCode.CLIENT_NOT_ACTIVATED) from None
+            raise ClientError(
+                f"no device in {directory}: run `keybound device activate` first",
+                code=ErrorCode.CLIENT_NOT_ACTIVATED,
+            ) from None
         except OSError as exc:  # a directory in its place, a file as the state dir, ...
             raise file_error("read", path, exc) from exc
         except (ValueError, TypeError) as exc:
-            raise ClientError(f"{path} is not a valid device configuration",
-                              code=ErrorCode.CLIENT_CONFIGURATION) from exc
+            raise ClientError(
+                f"{path} is not a valid device configuration", code=ErrorCode.CLIENT_CONFIGURATION
+            ) from exc
 
     @classmethod
     def find(cls, directory: Path) -> DeviceConfig | None:
@@ -92,8 +96,10 @@ class DeviceConfig:
         if self.keystore == "pkcs11" and self.token_pin_env:
             pin = os.environ.get(self.token_pin_env)
             if pin is None:
-                raise ClientError(f"set {self.token_pin_env} to the token's user PIN",
-                                  code=ErrorCode.CLIENT_CONFIGURATION)
+                raise ClientError(
+                    f"set {self.token_pin_env} to the token's user PIN",
+                    code=ErrorCode.CLIENT_CONFIGURATION,
+                )
             options["user_pin"] = pin
         return open_keystore(self.keystore, directory, options, require_usable=require_usable)
 
@@ -103,8 +109,7 @@ class DeviceConfig:
         try:
             return self.open_keystore(directory, require_usable=False)
         except KeyboundError as exc:
-            log.warning("cannot open the configured key store %r: %s", self.keystore,
-                        exc.detail)
+            log.warning("cannot open the configured key store %r: %s", self.keystore, exc.detail)
             return None
 
 
@@ -112,5 +117,8 @@ def keystore_config(store: KeyStore | None) -> dict[str, Any]:
     """The ``keystore``, ``keystore_options`` and ``token_pin_env`` that reopen ``store``."""
     if store is None:
         return {"keystore": "none", "keystore_options": {}, "token_pin_env": None}
-    return {"keystore": store.kind, "keystore_options": dict(store.options()),
-            "token_pin_env": DEFAULT_TOKEN_PIN_ENV if store.kind == "pkcs11" else None}
+    return {
+        "keystore": store.kind,
+        "keystore_options": dict(store.options()),
+        "token_pin_env": DEFAULT_TOKEN_PIN_ENV if store.kind == "pkcs11" else None,
+    }

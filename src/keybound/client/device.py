@@ -288,7 +288,11 @@ class Device:
     # ------------------------------------------------------------------ activation
 
     def activate(
-        self, activation: str, *, hint: str | None = None, pin: str | None = None,
+        self,
+        activation: str,
+        *,
+        hint: str | None = None,
+        pin: str | None = None,
         push_token: protocol.PushToken | None = None,
     ) -> ActivationResult:
         """(Re)activate with what the relying party issued (docs/protocol.md §3.2.5): the
@@ -305,8 +309,9 @@ class Device:
         with self._ceremony():
             return self._activate(given, pin, push_token)
 
-    def _activate(self, given: Activation, pin: str | None,
-                  push_token: protocol.PushToken | None) -> ActivationResult:
+    def _activate(
+        self, given: Activation, pin: str | None, push_token: protocol.PushToken | None
+    ) -> ActivationResult:
         pin_salt: bytes | None = None
         pin_key: bytes | None = None
         if pin is not None:
@@ -473,7 +478,9 @@ class Device:
                 handle,
                 challenge=start.challenge,
                 attestation_key=attestation_key,
-                credential=None if credential is None else ActivationCredential(
+                credential=None
+                if credential is None
+                else ActivationCredential(
                     credential_blob=credential.credential_blob,
                     encrypted_secret=credential.encrypted_secret,
                 ),
@@ -534,8 +541,12 @@ class Device:
         Raises ClientError with the server's code when refused (``pin_invalid`` for a wrong
         PIN: only the server can tell).
         """
-        return self._answer(operation_id, pin, _Approval(approve), _Expected(
-            kind=OperationType.AUTHENTICATION, data=None))
+        return self._answer(
+            operation_id,
+            pin,
+            _Approval(approve),
+            _Expected(kind=OperationType.AUTHENTICATION, data=None),
+        )
 
     def sign(
         self,
@@ -553,20 +564,27 @@ class Device:
         data from the server is refused before anything is signed (``invalid_state``).
         Returning False from ``approve`` declines it (:class:`OperationDeclined`).
         """
-        return self._answer(operation_id, pin, _Approval(approve), _Expected(
-            kind=OperationType.SIGNATURE, data=expected_data))
+        return self._answer(
+            operation_id,
+            pin,
+            _Approval(approve),
+            _Expected(kind=OperationType.SIGNATURE, data=expected_data),
+        )
 
-    def _answer(self, operation_id: str | None, pin: str | None, approval: _Approval,
-                expected: _Expected) -> AuthenticationResult:
+    def _answer(
+        self, operation_id: str | None, pin: str | None, approval: _Approval, expected: _Expected
+    ) -> AuthenticationResult:
         method = AuthMethod.DEVICE_PIN if pin is not None else AuthMethod.DEVICE
 
         def attempt() -> AuthenticationResult:
             self._require_activated()
             return _newest_accepted(
                 self._candidates(),
-                lambda candidate: self._authenticate_with(candidate, operation_id, method, pin,
-                                                          approval, expected),
-                "authentication")
+                lambda candidate: self._authenticate_with(
+                    candidate, operation_id, method, pin, approval, expected
+                ),
+                "authentication",
+            )
 
         with self._ceremony():
             known = self._software_keys()
@@ -584,8 +602,12 @@ class Device:
                 log.info("the software key was rotated meanwhile; trying the current one")
                 return attempt()
 
-    def _decline(self, device_id: str, start: protocol.AuthenticationStartResponse,
-                 shown: OperationContext | None) -> None:
+    def _decline(
+        self,
+        device_id: str,
+        start: protocol.AuthenticationStartResponse,
+        shown: OperationContext | None,
+    ) -> None:
         """Decline a backend-initiated operation at the server (§3.1.7), signing with each
         candidate key of ``device_id``, newest first, as finish does; the challenge stays
         the same while it is valid, so no new start (and no new question) is needed.
@@ -598,17 +620,28 @@ class Device:
             if self._state.registrations[c.registration].device_id == device_id
         ]
         message = protocol.transcript(
-            Purpose.DECLINE, application_id=self.application_id, device_id=device_id,
-            operation_id=start.operation_id, challenge=start.challenge,
-            context_digest=protocol.context_hash(shown), software_public_key=b"")
+            Purpose.DECLINE,
+            application_id=self.application_id,
+            device_id=device_id,
+            operation_id=start.operation_id,
+            challenge=start.challenge,
+            context_digest=protocol.context_hash(shown),
+            software_public_key=b"",
+        )
 
         def send(key: SoftwareKey) -> None:
             self._post(
                 DevicePaths.AUTHENTICATION_DECLINE,
-                _request(protocol.DeclineRequest, application_id=self.application_id,
-                         device_id=device_id, operation_id=start.operation_id,
-                         software_key_id=key.key_id, software_signature=key.sign(message)),
-                protocol.DeclineResponse)
+                _request(
+                    protocol.DeclineRequest,
+                    application_id=self.application_id,
+                    device_id=device_id,
+                    operation_id=start.operation_id,
+                    software_key_id=key.key_id,
+                    software_signature=key.sign(message),
+                ),
+                protocol.DeclineResponse,
+            )
 
         try:
             _newest_accepted(keys, send, "decline")
@@ -650,8 +683,9 @@ class Device:
                 self._decline(registration.device_id, start, shown)
             raise
         following = SoftwareKey.generate()
-        signed = self._sign_authentication(start, registration, following, method,
-                                           expected.kind, shown)
+        signed = self._sign_authentication(
+            start, registration, following, method, expected.kind, shown
+        )
         request = protocol.AuthenticationFinishRequest(
             application_id=self.application_id,
             device_id=registration.device_id,
@@ -664,8 +698,9 @@ class Device:
             hw_key_client_status=signed.status,
             pin_proof=None if pin_key is None else pins.proof(pin_key, signed.message),
         )
-        finish = self._send_authentication(registration.software_keys[candidate.key], following,
-                                           request)
+        finish = self._send_authentication(
+            registration.software_keys[candidate.key], following, request
+        )
         return AuthenticationResult(
             operation_id=finish.operation_id,
             auth_method=finish.auth_method,
@@ -689,8 +724,9 @@ class Device:
         without one."""
 
         def transcript(status: HwKeyClientStatus) -> bytes:
-            return self._authentication_transcript(start, registration, following, method,
-                                                   status, kind, shown)
+            return self._authentication_transcript(
+                start, registration, following, method, status, kind, shown
+            )
 
         handle = registration.hardware_key
         if handle is None:
@@ -843,12 +879,15 @@ class Device:
         (docs/protocol.md §3.1.8). Raises ClientError when the server refuses."""
         with self._ceremony():  # signed by the key the state as saved says is current
             self._require_activated()
-            _newest_accepted(self._candidates(),
-                             lambda candidate: self._push_token_with(candidate, push_token),
-                             "push token update")
+            _newest_accepted(
+                self._candidates(),
+                lambda candidate: self._push_token_with(candidate, push_token),
+                "push token update",
+            )
 
-    def _push_token_with(self, candidate: _Candidate,
-                         push_token: protocol.PushToken | None) -> None:
+    def _push_token_with(
+        self, candidate: _Candidate, push_token: protocol.PushToken | None
+    ) -> None:
         registration = self._state.registrations[candidate.registration]
         key = SoftwareKey.from_pem(registration.software_keys[candidate.key])
         message = protocol.transcript(
@@ -942,15 +981,18 @@ class Device:
                 pending = replace(registration, software_keys=(*registration.software_keys, pem))
                 self._replace_registration(index, pending)
                 return pending
-        raise ClientError("another ceremony of this device rotated its software key meanwhile",
-                          code=ErrorCode.SOFTWARE_KEY_SUPERSEDED)
+        raise ClientError(
+            "another ceremony of this device rotated its software key meanwhile",
+            code=ErrorCode.SOFTWARE_KEY_SUPERSEDED,
+        )
 
     def _drop_software_key(self, pem: str) -> None:
         """Forget a candidate key the server definitely refused."""
         self._reload()
         registrations = tuple(
             replace(r, software_keys=tuple(k for k in r.software_keys if k != pem))
-            if pem in r.software_keys and len(r.software_keys) > 1 else r
+            if pem in r.software_keys and len(r.software_keys) > 1
+            else r
             for r in self._state.registrations
         )
         self._save(replace(self._state, registrations=registrations))
@@ -1025,15 +1067,19 @@ class _Expected:
             raise ClientError(
                 f"operation {start.operation_id} is a {kind.value.lower()} operation: answer "
                 f"it with {'sign' if kind is OperationType.SIGNATURE else 'authenticate'}",
-                code=ErrorCode.INVALID_STATE)
+                code=ErrorCode.INVALID_STATE,
+            )
         if kind is not OperationType.SIGNATURE:
             return start.pre_operation_context
         if start.data_to_sign is None:
-            raise ClientError("a signature operation without data to sign",
-                              code=ErrorCode.CLIENT_TRANSPORT)
+            raise ClientError(
+                "a signature operation without data to sign", code=ErrorCode.CLIENT_TRANSPORT
+            )
         if self.data is not None and start.data_to_sign != self.data:
-            raise ClientError("the server sent other data to sign than the app showed",
-                              code=ErrorCode.INVALID_STATE)
+            raise ClientError(
+                "the server sent other data to sign than the app showed",
+                code=ErrorCode.INVALID_STATE,
+            )
         return start.data_to_sign
 
 
@@ -1044,8 +1090,9 @@ class _Approval:
 
     def __init__(self, approve: Approve | bool | None) -> None:
         if approve is not None and not isinstance(approve, bool) and not callable(approve):
-            raise ClientError("approve must be True, False or a callable",
-                              code=ErrorCode.CLIENT_CONFIGURATION)
+            raise ClientError(
+                "approve must be True, False or a callable", code=ErrorCode.CLIENT_CONFIGURATION
+            )
         self._approve = approve
         self._decisions: dict[bytes, bool] = {}
 

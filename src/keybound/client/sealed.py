@@ -63,11 +63,18 @@ class SealedTransport(Transport):
     the request timestamp (§6).
     """
 
-    def __init__(self, pin: ChannelPin, client: Any = None, *,
-                 clock: Callable[[], float] = time.time, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        pin: ChannelPin,
+        client: Any = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 30.0,
+    ) -> None:
         self._owned = client is None
-        super().__init__(client if client is not None else
-                         httpx.Client(base_url=pin.server_url, timeout=timeout))
+        super().__init__(
+            client if client is not None else httpx.Client(base_url=pin.server_url, timeout=timeout)
+        )
         self.pin = pin
         self._clock = clock
 
@@ -84,8 +91,10 @@ class SealedTransport(Transport):
         try:
             wire, opener = seal_request(self.pin, _METHOD, path, body, now=int(self._clock()))
         except MalformedRequest as exc:  # a path or body the channel cannot carry
-            raise ClientError(f"cannot seal a request to {path}: {exc.detail}",
-                              code=ErrorCode.CLIENT_CONFIGURATION) from None
+            raise ClientError(
+                f"cannot seal a request to {path}: {exc.detail}",
+                code=ErrorCode.CLIENT_CONFIGURATION,
+            ) from None
         outer = self._send(path, wire, _HEADERS)
         if outer.status == 200 and outer.content_type == SEALED_MEDIA_TYPE:
             try:
@@ -95,18 +104,24 @@ class SealedTransport(Transport):
             inner_type = JSON if opened.status < 400 else PROBLEM_JSON
             return RawResponse(status=opened.status, content_type=inner_type, body=opened.body)
         if 200 <= outer.status < 300:  # a success that is not sealed: not our server, or a MITM
-            raise _unopenable(path, f"the server answered HTTP {outer.status} without the "
-                              "secure channel")
+            raise _unopenable(
+                path, f"the server answered HTTP {outer.status} without the secure channel"
+            )
         if _problem_code(outer) == ErrorCode.DECRYPTION_FAILED.value:
-            raise ClientError(DECRYPTION_FAILED_MESSAGE, code=ErrorCode.DECRYPTION_FAILED,
-                              status=outer.status, server_code=ErrorCode.DECRYPTION_FAILED.value,
-                              key_id=self.pin.key_id)
+            raise ClientError(
+                DECRYPTION_FAILED_MESSAGE,
+                code=ErrorCode.DECRYPTION_FAILED,
+                status=outer.status,
+                server_code=ErrorCode.DECRYPTION_FAILED.value,
+                key_id=self.pin.key_id,
+            )
         return outer  # an unsealed problem (404, 413, 5xx, ...): decoded by Transport.post
 
 
 def _unopenable(path: str, detail: str) -> ClientError:
-    return ClientError(f"{detail} ({path})", code=ErrorCode.CLIENT_TRANSPORT,
-                       sealed_reply_invalid=True)
+    return ClientError(
+        f"{detail} ({path})", code=ErrorCode.CLIENT_TRANSPORT, sealed_reply_invalid=True
+    )
 
 
 def _problem_code(raw: RawResponse) -> str | None:
@@ -116,10 +131,12 @@ def _problem_code(raw: RawResponse) -> str | None:
 
 
 #: what a channel pin looks like, for messages about something that is not one
-PIN_EXPECTED = ("a channel pin is the one-line JSON string that `keybound e2e-key create APP` "
-                "or `keybound e2e-key pin KEY_ID --server-url URL` prints: "
-                '{"v":1,"applicationId":...,"serverUrl":...,"keyId":...,"suite":...,'
-                '"publicKey":...}')
+PIN_EXPECTED = (
+    "a channel pin is the one-line JSON string that `keybound e2e-key create APP` "
+    "or `keybound e2e-key pin KEY_ID --server-url URL` prints: "
+    '{"v":1,"applicationId":...,"serverUrl":...,"keyId":...,"suite":...,'
+    '"publicKey":...}'
+)
 
 
 def load_pin(source: str | Path) -> ChannelPin:
@@ -132,9 +149,11 @@ def load_pin(source: str | Path) -> ChannelPin:
         text = Path(source).expanduser().read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
-        raise ClientError(f"cannot read the channel pin file {source} ({reason}): give a pin "
-                          f"string or the path of a file holding one; {PIN_EXPECTED}",
-                          code=ErrorCode.CLIENT_CONFIGURATION) from None
+        raise ClientError(
+            f"cannot read the channel pin file {source} ({reason}): give a pin "
+            f"string or the path of a file holding one; {PIN_EXPECTED}",
+            code=ErrorCode.CLIENT_CONFIGURATION,
+        ) from None
     return parse_pin(text, f"{source}")
 
 

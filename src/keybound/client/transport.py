@@ -82,8 +82,9 @@ class Transport:
             response = self._client.post(path, content=body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             server = str(getattr(self._client, "base_url", "")).rstrip("/") or "the server"
-            raise ClientError(_network_failure(server, path, exc),
-                              code=ErrorCode.CLIENT_TRANSPORT) from exc
+            raise ClientError(
+                _network_failure(server, path, exc), code=ErrorCode.CLIENT_TRANSPORT
+            ) from exc
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         return RawResponse(
             status=response.status_code, content_type=content_type, body=response.content
@@ -94,14 +95,20 @@ def _network_failure(server: str, path: str, exc: Exception) -> str:
     """What went wrong and what to do, for a request that got no HTTP answer."""
     reason = str(exc)[:200] or type(exc).__name__
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return (f"cannot reach the keybound server at {server} ({reason}): check that it is "
-                "running and that this is its address (the server URL in the channel pin), "
-                "then retry")
+        return (
+            f"cannot reach the keybound server at {server} ({reason}): check that it is "
+            "running and that this is its address (the server URL in the channel pin), "
+            "then retry"
+        )
     if isinstance(exc, httpx.TimeoutException):
-        return (f"the keybound server at {server} did not answer {path} in time: retry (the "
-                "device keeps its keys until it knows the outcome)")
-    return (f"the request to {server}{path} failed ({type(exc).__name__}: {reason}): retry "
-            "(the device keeps its keys until it knows the outcome)")
+        return (
+            f"the keybound server at {server} did not answer {path} in time: retry (the "
+            "device keeps its keys until it knows the outcome)"
+        )
+    return (
+        f"the request to {server}{path} failed ({type(exc).__name__}: {reason}): retry "
+        "(the device keeps its keys until it knows the outcome)"
+    )
 
 
 def outcome_unknown(error: ClientError) -> bool:

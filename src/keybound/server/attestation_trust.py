@@ -64,15 +64,21 @@ class AttestationTrust:
     @classmethod
     def builtin(cls) -> AttestationTrust:
         """The shipped anchors, no status list."""
-        return cls(android=TrustStore.builtin(AttestationFormat.ANDROID_KEY),
-                   apple=TrustStore.builtin(AttestationFormat.APPLE_APP_ATTEST),
-                   tpm=TrustStore.builtin(AttestationFormat.TPM))
+        return cls(
+            android=TrustStore.builtin(AttestationFormat.ANDROID_KEY),
+            apple=TrustStore.builtin(AttestationFormat.APPLE_APP_ATTEST),
+            tpm=TrustStore.builtin(AttestationFormat.TPM),
+        )
 
     @classmethod
-    def configured(cls, *, trust_dir: Path | str | None = None,
-                   revocation_list: str | None = None,
-                   refresh_seconds: int = DEFAULT_REFRESH_SECONDS,
-                   now: dt.datetime | None = None) -> AttestationTrust:
+    def configured(
+        cls,
+        *,
+        trust_dir: Path | str | None = None,
+        revocation_list: str | None = None,
+        refresh_seconds: int = DEFAULT_REFRESH_SECONDS,
+        now: dt.datetime | None = None,
+    ) -> AttestationTrust:
         """The shipped anchors changed by ``trust_dir``, and the status list at
         ``revocation_list`` (a file, loaded now to fail early, or an https URL, fetched on
         first use). Raises ConfigurationInvalid."""
@@ -81,17 +87,21 @@ class AttestationTrust:
         if revocation_list:
             if refresh_seconds < 1:
                 raise ConfigurationInvalid("the revocation list refresh must be positive")
-            cache = RevocationCache(_loader(revocation_list),
-                                    refresh_after=dt.timedelta(seconds=refresh_seconds))
+            cache = RevocationCache(
+                _loader(revocation_list), refresh_after=dt.timedelta(seconds=refresh_seconds)
+            )
             if not _is_url(revocation_list):  # a file must be there and parse, now
                 cache.current(now or dt.datetime.now(dt.UTC))
                 if cache.last_error:
                     raise ConfigurationInvalid(cache.last_error)
-        return cls(android=stores[AttestationFormat.ANDROID_KEY],
-                   apple=stores[AttestationFormat.APPLE_APP_ATTEST],
-                   tpm=stores[AttestationFormat.TPM], revocation=cache,
-                   revocation_source=revocation_list or None,
-                   trust_dir=Path(trust_dir).expanduser() if trust_dir else None)
+        return cls(
+            android=stores[AttestationFormat.ANDROID_KEY],
+            apple=stores[AttestationFormat.APPLE_APP_ATTEST],
+            tpm=stores[AttestationFormat.TPM],
+            revocation=cache,
+            revocation_source=revocation_list or None,
+            trust_dir=Path(trust_dir).expanduser() if trust_dir else None,
+        )
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> AttestationTrust:
@@ -100,9 +110,11 @@ class AttestationTrust:
             seconds = int(refresh) if refresh else DEFAULT_REFRESH_SECONDS
         except ValueError as exc:
             raise ConfigurationInvalid(f"{ENV_REVOCATION_REFRESH} must be an integer") from exc
-        return cls.configured(trust_dir=environ.get(ENV_TRUST_DIR) or None,
-                              revocation_list=environ.get(ENV_REVOCATION_LIST) or None,
-                              refresh_seconds=seconds)
+        return cls.configured(
+            trust_dir=environ.get(ENV_TRUST_DIR) or None,
+            revocation_list=environ.get(ENV_REVOCATION_LIST) or None,
+            refresh_seconds=seconds,
+        )
 
     def revocation_list(self, now: dt.datetime) -> RevocationList | None:
         """The status list in use at ``now`` (reloaded if due), or None."""
@@ -111,14 +123,17 @@ class AttestationTrust:
     def material(self, now: dt.datetime) -> TrustMaterial:
         """What one activation's attestation is verified against; the status list is loaded
         only if an Android attestation asks for it."""
-        return TrustMaterial(android=self.android, apple=self.apple, tpm=self.tpm,
-                             revocation=lambda: self.revocation_list(now))
+        return TrustMaterial(
+            android=self.android,
+            apple=self.apple,
+            tpm=self.tpm,
+            revocation=lambda: self.revocation_list(now),
+        )
 
     def summary(self) -> list[str]:
         """One line per format: how many anchors, and their key SHA-256 (for the operator)."""
         lines = []
-        for name, store in (("android", self.android), ("apple", self.apple),
-                            ("tpm", self.tpm)):
+        for name, store in (("android", self.android), ("apple", self.apple), ("tpm", self.tpm)):
             keys = ", ".join(f"{a.key_sha256[:16]}… ({a.label})" for a in store.anchors)
             lines.append(f"{name}: {len(store)} anchor(s){': ' if keys else ''}{keys}")
         if self.revocation_source:
@@ -130,13 +145,18 @@ def _stores(trust_dir: Path | None) -> dict[AttestationFormat, TrustStore]:
     if trust_dir is None:
         return {fmt: TrustStore.builtin(fmt) for fmt in FORMAT_DIRS.values()}
     if not trust_dir.is_dir():
-        raise ConfigurationInvalid(f"{trust_dir}: the attestation trust directory is not a "
-                                   "directory")
-    unknown = sorted(e.name for e in trust_dir.iterdir()
-                     if e.name not in FORMAT_DIRS and not e.name.startswith("."))
+        raise ConfigurationInvalid(
+            f"{trust_dir}: the attestation trust directory is not a directory"
+        )
+    unknown = sorted(
+        e.name
+        for e in trust_dir.iterdir()
+        if e.name not in FORMAT_DIRS and not e.name.startswith(".")
+    )
     if unknown:
-        raise ConfigurationInvalid(f"{trust_dir}: unexpected {unknown}; only "
-                                   f"{sorted(FORMAT_DIRS)} subdirectories")
+        raise ConfigurationInvalid(
+            f"{trust_dir}: unexpected {unknown}; only {sorted(FORMAT_DIRS)} subdirectories"
+        )
     stores = {}
     for name, fmt in FORMAT_DIRS.items():
         folder = trust_dir / name
@@ -151,8 +171,9 @@ def _stores(trust_dir: Path | None) -> dict[AttestationFormat, TrustStore]:
                 elif entry.name == REMOVED_KEYS_FILE and entry.is_file():
                     removed.extend(_removed_keys(entry))
                 else:
-                    raise ConfigurationInvalid(f"{entry}: expected *.pem anchors or "
-                                               f"{REMOVED_KEYS_FILE}")
+                    raise ConfigurationInvalid(
+                        f"{entry}: expected *.pem anchors or {REMOVED_KEYS_FILE}"
+                    )
         elif folder.exists():
             raise ConfigurationInvalid(f"{folder}: not a directory")
         stores[fmt] = TrustStore.configured(fmt, add_files=added, remove_keys=removed)
@@ -202,8 +223,7 @@ class _FileSource:
         try:
             info = self.path.stat()
         except OSError as exc:
-            raise ConfigurationInvalid(f"{self.path}: cannot read the status list: {exc}"
-                                       ) from exc
+            raise ConfigurationInvalid(f"{self.path}: cannot read the status list: {exc}") from exc
         with self._lock:
             if self._list is None or self._seen != (info.st_mtime_ns, info.st_size):
                 self._list = RevocationList.from_file(self.path)

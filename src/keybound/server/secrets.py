@@ -118,8 +118,9 @@ class MasterKey:
             return self._key
 
     def derive(self, use: bytes) -> bytes:
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                    info=b"keybound/master/" + use).derive(self.get())
+        return HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"keybound/master/" + use
+        ).derive(self.get())
 
     @cached_property
     def fingerprint(self) -> str:
@@ -144,24 +145,32 @@ class SecretBox:
 
     def wrap(self, purpose: Purpose, secret: bytes, *, binding: bytes) -> bytes:
         nonce = secrets.token_bytes(NONCE_SIZE)
-        return bytes([FORMAT]) + nonce + self._aead.encrypt(nonce, secret,
-                                                            lp(_LABEL, purpose.encode(), binding))
+        return (
+            bytes([FORMAT])
+            + nonce
+            + self._aead.encrypt(nonce, secret, lp(_LABEL, purpose.encode(), binding))
+        )
 
     def unwrap(self, purpose: Purpose, wrapped: bytes, *, binding: bytes) -> bytes:
         if len(wrapped) < 1 + NONCE_SIZE + TAG_SIZE or wrapped[0] != FORMAT:
             raise SecretUnusable(f"stored {purpose.value} has an unknown format")
         try:
-            return self._aead.decrypt(wrapped[1:1 + NONCE_SIZE], wrapped[1 + NONCE_SIZE:],
-                                      lp(_LABEL, purpose.encode(), binding))
+            return self._aead.decrypt(
+                wrapped[1 : 1 + NONCE_SIZE],
+                wrapped[1 + NONCE_SIZE :],
+                lp(_LABEL, purpose.encode(), binding),
+            )
         except (InvalidTag, ValueError):
-            raise SecretUnusable(f"stored {purpose.value} does not open under this server's "
-                                 f"master key (fingerprint {self.master_key.fingerprint})"
-                                 ) from None
+            raise SecretUnusable(
+                f"stored {purpose.value} does not open under this server's "
+                f"master key (fingerprint {self.master_key.fingerprint})"
+            ) from None
 
     def keyed_hash(self, purpose: Purpose, value: bytes, *, binding: bytes) -> bytes:
         """HMAC-SHA256 under the master key: a database copy alone cannot test guesses."""
-        return hmac.new(self._mac_key, lp(_LABEL, purpose.encode(), binding, value),
-                        hashlib.sha256).digest()
+        return hmac.new(
+            self._mac_key, lp(_LABEL, purpose.encode(), binding, value), hashlib.sha256
+        ).digest()
 
 
 # --------------------------------------------------------------------------- master key file

@@ -57,9 +57,17 @@ class Replayed(DecryptionFailed):
 class Unit:
     """One request's transaction, replay mark and events (see the module docstring)."""
 
-    def __init__(self, db: Database, clock: Clock, *, actor: Actor, action: EventType,
-                 mark: ReplayMark | None = None, application_id: str | None = None,
-                 identified: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        actor: Actor,
+        action: EventType,
+        mark: ReplayMark | None = None,
+        application_id: str | None = None,
+        identified: bool = False,
+    ) -> None:
         self.db = db
         self.clock = clock
         self.now = now_ms(clock)
@@ -79,8 +87,13 @@ class Unit:
 
     # -- what the request is about (for its refusal's event) ------------------------------
 
-    def about(self, *, application_id: str | None = None, device_id: str | None = None,
-              operation_id: str | None = None) -> None:
+    def about(
+        self,
+        *,
+        application_id: str | None = None,
+        device_id: str | None = None,
+        operation_id: str | None = None,
+    ) -> None:
         self.application_id = application_id or self.application_id
         self.device_id = device_id or self.device_id
         self.operation_id = operation_id or self.operation_id
@@ -117,22 +130,38 @@ class Unit:
     def _insert_mark(self, conn: Connection) -> None:
         assert self.mark is not None
         try:
-            _INSERT_MARK.rowcount(conn, {"request_id": self.mark.request_id,
-                                         "expires_at": self.mark.expires_at})
+            _INSERT_MARK.rowcount(
+                conn, {"request_id": self.mark.request_id, "expires_at": self.mark.expires_at}
+            )
         except IntegrityError:
             self.mark = None  # stored by the request this one replays
             raise Replayed() from None
 
-    def emit(self, type: EventType, *, outcome: Outcome = Outcome.SUCCESS,
-             code: str | None = None, application_id: str | None = None,
-             subject: str | None = None, operation_id: str | None = None,
-             payload: dict[str, Any] | None = None) -> None:
+    def emit(
+        self,
+        type: EventType,
+        *,
+        outcome: Outcome = Outcome.SUCCESS,
+        code: str | None = None,
+        application_id: str | None = None,
+        subject: str | None = None,
+        operation_id: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
         """Record an event; it is written with the unit's changes, at commit."""
-        self.events.append(Event(
-            type=type, actor=self.actor, outcome=outcome, created_at=self.now, code=code,
-            application_id=application_id or self.application_id,
-            subject=subject or self.device_id, operation_id=operation_id or self.operation_id,
-            payload=payload))
+        self.events.append(
+            Event(
+                type=type,
+                actor=self.actor,
+                outcome=outcome,
+                created_at=self.now,
+                code=code,
+                application_id=application_id or self.application_id,
+                subject=subject or self.device_id,
+                operation_id=operation_id or self.operation_id,
+                payload=payload,
+            )
+        )
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the unit has committed (e.g. to drop a cache it changed)."""

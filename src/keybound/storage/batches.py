@@ -18,15 +18,20 @@ from keybound.storage.db import Database
 DELETE_BATCH = 2000
 
 
-def delete_in_batches(db: Database, table: Table, key: Sequence[ColumnElement[object]],
-                      where: ColumnElement[bool], *, batch: int = DELETE_BATCH) -> int:
+def delete_in_batches(
+    db: Database,
+    table: Table,
+    key: Sequence[ColumnElement[object]],
+    where: ColumnElement[bool],
+    *,
+    batch: int = DELETE_BATCH,
+) -> int:
     """Delete the rows of ``table`` matching ``where``, ``batch`` at a time (each batch
     chosen by the primary key ``key``); returns how many."""
     if batch < 1:
         raise ValueError("batch must be at least 1")
     chosen = select(*key).where(where).limit(batch)
-    match = (key[0].in_(chosen.scalar_subquery()) if len(key) == 1
-             else tuple_(*key).in_(chosen))
+    match = key[0].in_(chosen.scalar_subquery()) if len(key) == 1 else tuple_(*key).in_(chosen)
     statement = delete(table).where(match)
     total = 0
     while True:

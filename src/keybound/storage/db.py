@@ -30,16 +30,18 @@ def _postgresql_driver(url: str) -> str:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend != "postgresql":
-        raise ConfigurationInvalid(f"unsupported database {backend!r}: use SQLite "
-                                   "(sqlite:///path/keybound.db) or PostgreSQL "
-                                   "(postgresql+psycopg://user:password@host/db)")
+        raise ConfigurationInvalid(
+            f"unsupported database {backend!r}: use SQLite "
+            "(sqlite:///path/keybound.db) or PostgreSQL "
+            "(postgresql+psycopg://user:password@host/db)"
+        )
     if parsed.drivername == "postgresql":
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(
-            hide_password=False)
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     driver = parsed.drivername.partition("+")[2]
     if driver != "psycopg":
-        raise ConfigurationInvalid(f"unsupported PostgreSQL driver {driver!r}: use "
-                                   "postgresql+psycopg://...")
+        raise ConfigurationInvalid(
+            f"unsupported PostgreSQL driver {driver!r}: use postgresql+psycopg://..."
+        )
     return url
 
 
@@ -49,7 +51,8 @@ def _check_url(url: str) -> None:
     except ArgumentError:
         raise ConfigurationInvalid(
             "the database URL is not a URL: use sqlite:///path/keybound.db or "
-            "postgresql+psycopg://user:password@host/db") from None
+            "postgresql+psycopg://user:password@host/db"
+        ) from None
 
 
 class Database:
@@ -65,12 +68,14 @@ class Database:
         else:
             try:
                 # 20 kept open: a connection per concurrent request up to there, none reopened
-                self.engine = create_engine(_postgresql_driver(self.url), pool_size=20,
-                                            max_overflow=30, pool_pre_ping=True)
+                self.engine = create_engine(
+                    _postgresql_driver(self.url), pool_size=20, max_overflow=30, pool_pre_ping=True
+                )
             except ModuleNotFoundError as exc:
                 raise ConfigurationInvalid(
                     f"PostgreSQL needs its driver ({exc.name} is not installed): "
-                    "pip install 'keybound[postgres]'") from None
+                    "pip install 'keybound[postgres]'"
+                ) from None
         self.is_sqlite = self.sqlite is not None
         self._idle: list[Connection] = []  # SQLite: kept open between transactions
 

@@ -45,16 +45,22 @@ class Prepared(Generic[R]):
         if row is not None:
             fields = getattr(row, "_fields", None)
             if columns is None or tuple(columns.keys()) != fields:
-                raise TypeError(f"{row.__name__} fields {fields} are not the statement's "
-                                f"columns {None if columns is None else tuple(columns.keys())}")
+                raise TypeError(
+                    f"{row.__name__} fields {fields} are not the statement's "
+                    f"columns {None if columns is None else tuple(columns.keys())}"
+                )
         elif columns:
             self._row = namedtuple("Record", columns.keys(), rename=True)  # type: ignore[misc]
 
     def _plan(self, conn: Connection, params: Mapping[str, Any]) -> _Plan:
         # for_executemany: no implicit RETURNING of an autoincrement key (PostgreSQL would add
         # one to the audit INSERT), since nothing here reads it; explicit RETURNING stays
-        compiled = cast(SQLCompiler, self.statement.compile(  # type: ignore[attr-defined]
-            dialect=conn.dialect, column_keys=list(params), for_executemany=True))
+        compiled = cast(
+            SQLCompiler,
+            self.statement.compile(  # type: ignore[attr-defined]
+                dialect=conn.dialect, column_keys=list(params), for_executemany=True
+            ),
+        )
         plan = _Plan(compiled, params)
         self._plans[(conn.dialect.name, tuple(params))] = plan
         return plan
@@ -109,16 +115,21 @@ class _Plan:
     def __init__(self, compiled: SQLCompiler, params: Mapping[str, Any]) -> None:
         self.sql: str = compiled.string
         if compiled.post_compile_params or compiled.literal_execute_params:
-            raise TypeError(f"Prepared cannot run {self.sql!r}: SQLAlchemy renders some of "
-                            "its parameters per execution (IN lists, literal_execute); use "
-                            "Connection.execute")
+            raise TypeError(
+                f"Prepared cannot run {self.sql!r}: SQLAlchemy renders some of "
+                "its parameters per execution (IN lists, literal_execute); use "
+                "Connection.execute"
+            )
         if compiled.escaped_bind_names:
-            raise TypeError(f"Prepared cannot run {self.sql!r}: parameter names "
-                            f"{sorted(compiled.escaped_bind_names)} are renamed for the "
-                            "driver; name them with letters, digits and underscores")
+            raise TypeError(
+                f"Prepared cannot run {self.sql!r}: parameter names "
+                f"{sorted(compiled.escaped_bind_names)} are renamed for the "
+                "driver; name them with letters, digits and underscores"
+            )
         bound = compiled.construct_params(params)
         self._names: tuple[str, ...] | None = (
-            tuple(compiled.positiontup or ()) if compiled.positional else None)
+            tuple(compiled.positiontup or ()) if compiled.positional else None
+        )
         self._constants = {name: value for name, value in bound.items() if name not in params}
 
     def args(self, params: Mapping[str, Any]) -> Any:

@@ -158,8 +158,12 @@ class SqliteWriter:
         try:
             fd = self._file()
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB,
-                            _COUNTER.size, _COUNTER.size)
+                fcntl.lockf(
+                    fd,
+                    fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB,
+                    _COUNTER.size,
+                    _COUNTER.size,
+                )
             except OSError as exc:
                 if wait or exc.errno not in (errno.EACCES, errno.EAGAIN):
                     raise
@@ -312,4 +316,5 @@ class SqliteFile:
         -- so the server runs this off the request path (keybound.server.web.durable)."""
         with self.engine.connect() as conn:
             conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
-                "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).fetchall()

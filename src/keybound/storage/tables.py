@@ -133,9 +133,12 @@ operations = Table(
     Index("ix_operations_device_state", "device_id", "state"),
     # pending operations the relying party started, by expiry: maintenance ends them as
     # EXPIRED with an operation.expired event (device-initiated ones never enter it)
-    Index("ix_operations_backend_expiry", "expires_at",
-          sqlite_where=text("state = 'PENDING' AND initiator = 'BACKEND'"),
-          postgresql_where=text("state = 'PENDING' AND initiator = 'BACKEND'")),
+    Index(
+        "ix_operations_backend_expiry",
+        "expires_at",
+        sqlite_where=text("state = 'PENDING' AND initiator = 'BACKEND'"),
+        postgresql_where=text("state = 'PENDING' AND initiator = 'BACKEND'"),
+    ),
 )
 
 activation_secrets = Table(
@@ -152,8 +155,14 @@ activation_secrets = Table(
     Column("attempts_left", Integer, nullable=False),  # typed attempts before the burn
     Column("expires_at", BigInteger, nullable=False),  # the operation's expiry
     Index("ix_activation_secrets_token", "application_id", "token_hash", unique=True),
-    Index("ix_activation_secrets_hint", "application_id", "hint", unique=True,
-          sqlite_where=text("hint IS NOT NULL"), postgresql_where=text("hint IS NOT NULL")),
+    Index(
+        "ix_activation_secrets_hint",
+        "application_id",
+        "hint",
+        unique=True,
+        sqlite_where=text("hint IS NOT NULL"),
+        postgresql_where=text("hint IS NOT NULL"),
+    ),
     Index("ix_activation_secrets_expires_at", "expires_at"),
 )
 
@@ -161,8 +170,9 @@ events = Table(
     "events",
     metadata,
     # order of commit within one database; the polling cursor (on SQLite the rowid itself)
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("id", String(36), nullable=False),  # the event id receivers deduplicate on
     Column("type", String(48), nullable=False),  # server.events.EventType
     Column("application_id", String(64), nullable=True),
@@ -175,9 +185,12 @@ events = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("delivery", String(16), nullable=True),  # NULL: the audit trail only
     # the outbox's work list: events an endpoint subscribed to, not yet fanned out
-    Index("ix_events_delivery_pending", "seq",
-          sqlite_where=text("delivery = 'PENDING'"),
-          postgresql_where=text("delivery = 'PENDING'")),
+    Index(
+        "ix_events_delivery_pending",
+        "seq",
+        sqlite_where=text("delivery = 'PENDING'"),
+        postgresql_where=text("delivery = 'PENDING'"),
+    ),
     # the audit chain (docs/audit.md): the entry's position in the chain, the previous
     # entry's chain_hash, and SHA-256 over it and this entry's immutable columns; NULL until
     # the entry is sealed into the chain (at once on SQLite, just after commit on PostgreSQL)
@@ -185,8 +198,12 @@ events = Table(
     Column("chain_prev", LargeBinary(32), nullable=True),
     Column("chain_hash", LargeBinary(32), nullable=True),
     # the entries waiting to be sealed (none for long): what the sealer reads
-    Index("ix_events_unsealed", "seq", sqlite_where=text("chain_hash IS NULL"),
-          postgresql_where=text("chain_hash IS NULL")),
+    Index(
+        "ix_events_unsealed",
+        "seq",
+        sqlite_where=text("chain_hash IS NULL"),
+        postgresql_where=text("chain_hash IS NULL"),
+    ),
 )
 
 audit_head = Table(
@@ -202,8 +219,9 @@ audit_head = Table(
 audit_checkpoints = Table(
     "audit_checkpoints",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("kind", String(16), nullable=False),  # PERIODIC, PRUNE (server.events.chain)
     Column("chain_seq", BigInteger, nullable=False),  # the entry it signs (as in the JWS)
     Column("chain_hash", LargeBinary(32), nullable=False),  # that entry's hash (as in the JWS)
@@ -317,8 +335,9 @@ webhook_subscriptions = Table(
 webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("endpoint_id", String(36), ForeignKey("webhook_endpoints.id"), nullable=False),
     Column("event_seq", BigInteger, nullable=False),
     Column("event_id", String(36), nullable=False),
@@ -334,16 +353,22 @@ webhook_deliveries = Table(
     Column("last_detail", String(200), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     UniqueConstraint("endpoint_id", "event_seq", name="uq_webhook_deliveries_endpoint_event"),
-    Index("ix_webhook_deliveries_pending", "endpoint_id", "event_seq",
-          sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
+    Index(
+        "ix_webhook_deliveries_pending",
+        "endpoint_id",
+        "event_seq",
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    ),
 )
 
 webhook_attempts = Table(
     "webhook_attempts",
     metadata,
     # the delivery log: one row per attempt made
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("delivery_id", BigInteger, nullable=False),
     Column("endpoint_id", String(36), nullable=False),
     Column("event_id", String(36), nullable=False),
@@ -381,8 +406,9 @@ push_tokens = Table(
 push_notifications = Table(
     "push_notifications",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("application_id", String(64), nullable=False),
     Column("device_id", String(36), nullable=False),
     Column("operation_id", String(36), nullable=False),
@@ -393,6 +419,10 @@ push_notifications = Table(
     Column("leased_until", BigInteger, nullable=True),
     Column("last_detail", String(200), nullable=True),
     Column("created_at", BigInteger, nullable=False),
-    Index("ix_push_notifications_pending", "next_attempt_at",
-          sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
+    Index(
+        "ix_push_notifications_pending",
+        "next_attempt_at",
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    ),
 )

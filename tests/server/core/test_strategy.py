@@ -28,13 +28,13 @@ NO_KEY_REGISTERED  pass pass fail
 def docs_table() -> dict[tuple[Column, Finding], ErrorCode | None]:
     """§6.1's table as written: header row of columns, one row per finding."""
     text = DOCS.read_text(encoding="utf-8")
-    section = text[text.index("### §6.1"):text.index("### §6.2")]
+    section = text[text.index("### §6.1") : text.index("### §6.2")]
     rows = [line for line in section.splitlines() if line.startswith("| ")]
     header = next(i for i, row in enumerate(rows) if row.startswith("| finding \\ column"))
     names = [cell.strip() for cell in rows[header].strip("|").split("|")[1:]]
     columns = [Column(re.sub(r"`| \(default\)", "", name)) for name in names]
     table: dict[tuple[Column, Finding], ErrorCode | None] = {}
-    for row in rows[header + 1:header + 1 + len(Finding)]:  # (the |---| line is not a row)
+    for row in rows[header + 1 : header + 1 + len(Finding)]:  # (the |---| line is not a row)
         label, *cells = (cell.strip() for cell in row.strip("|").split("|"))
         row_finding = Finding(label.replace("`", ""))
         for col, cell in zip(columns, cells, strict=True):
@@ -59,11 +59,13 @@ def test_without_attestation_it_is_the_design_table() -> None:
                 assert passed is (cell == "pass"), (strategy, result, attestation)
 
 
-@pytest.mark.parametrize(("strategy", "result", "attestation"),
-                         list(itertools.product(S, R, ("VERIFIED", "FAILED_CHAIN_UNTRUSTED",
-                                                       None))))
+@pytest.mark.parametrize(
+    ("strategy", "result", "attestation"),
+    list(itertools.product(S, R, ("VERIFIED", "FAILED_CHAIN_UNTRUSTED", None))),
+)
 def test_attestation_required_is_at_least_as_strict_as_every_strategy(
-        strategy: S, result: R, attestation: str | None) -> None:
+    strategy: S, result: R, attestation: str | None
+) -> None:
     row = finding(result, attestation)
     if decide(strategy, row) is not None:
         assert decide(strategy, row, attestation_required=True) is not None

@@ -28,8 +28,9 @@ def ed25519_secret() -> AsymmetricSecret:
 @pytest.fixture
 def receiver(hmac_secret: SymmetricSecret, ed25519_secret: AsymmetricSecret) -> Iterator[Receiver]:
     """Accepts a v1 signature by ``hmac_secret`` or a v1a one by ``ed25519_secret``."""
-    running = Receiver(secrets=(hmac_secret.serialize(),),
-                       public_keys=(ed25519_secret.public_key().serialize(),)).start()
+    running = Receiver(
+        secrets=(hmac_secret.serialize(),), public_keys=(ed25519_secret.public_key().serialize(),)
+    ).start()
     try:
         yield running
     finally:

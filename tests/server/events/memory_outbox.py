@@ -11,8 +11,11 @@ from keybound.server.events.delivery import Dispatcher, Outcome, OutcomeKind
 from keybound.server.events.schedule import PendingDelivery, select_due
 from tests.conftest import FakeClock
 
-_FINAL = {OutcomeKind.DELIVERED: "delivered", OutcomeKind.GAVE_UP: "gave_up",
-          OutcomeKind.ENDPOINT_GONE: "gone"}
+_FINAL = {
+    OutcomeKind.DELIVERED: "delivered",
+    OutcomeKind.GAVE_UP: "gave_up",
+    OutcomeKind.ENDPOINT_GONE: "gone",
+}
 
 
 @dataclass
@@ -40,11 +43,20 @@ class MemoryOutbox:
             return
         assert outcome.next_attempt_at is not None
         row.delivery = dataclasses.replace(
-            row.delivery, attempts=outcome.attempts, first_attempt_at=outcome.first_attempt_at,
-            next_attempt_at=outcome.next_attempt_at)
+            row.delivery,
+            attempts=outcome.attempts,
+            first_attempt_at=outcome.first_attempt_at,
+            next_attempt_at=outcome.next_attempt_at,
+        )
 
-    async def run(self, dispatcher: Dispatcher, clock: FakeClock, *, rounds: int = 50,
-                  before_round: Callable[[int], None] | None = None) -> int:
+    async def run(
+        self,
+        dispatcher: Dispatcher,
+        clock: FakeClock,
+        *,
+        rounds: int = 50,
+        before_round: Callable[[int], None] | None = None,
+    ) -> int:
         """Rounds until nothing is pending; returns how many it took."""
         for number in range(rounds):
             if before_round is not None:

@@ -101,8 +101,9 @@ class Receiver:
         self._release = threading.Event()
         self._server = _Server(("127.0.0.1", self.port), _Handler, self)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), daemon=True
+        )
         self._thread.start()
         return self
 
@@ -162,12 +163,17 @@ class Receiver:
         verified = self._verify(headers, body)
         reply = self._next_reply(verified)
         with self._lock:
-            self.received.append(Received(
-                webhook_id=headers.get("webhook-id", ""),
-                timestamp=headers.get("webhook-timestamp", ""), body=body,
-                host=headers.get("host", ""), path=handler.path, verified=verified,
-                replied=reply.status,
-            ))
+            self.received.append(
+                Received(
+                    webhook_id=headers.get("webhook-id", ""),
+                    timestamp=headers.get("webhook-timestamp", ""),
+                    body=body,
+                    host=headers.get("host", ""),
+                    path=handler.path,
+                    verified=verified,
+                    replied=reply.status,
+                )
+            )
         if reply.trickle:
             handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Trickle: ")
             deadline = time.monotonic() + reply.hang
@@ -188,8 +194,9 @@ class Receiver:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[_Handler],
-                 receiver: Receiver) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: type[_Handler], receiver: Receiver
+    ) -> None:
         self.receiver = receiver
         super().__init__(address, handler)
 
@@ -198,8 +205,9 @@ class _Server(ThreadingHTTPServer):
         if self.receiver.tls is None:
             return sock, address
         # the handshake runs in the handler's thread, not in the accept loop
-        return self.receiver.tls.wrap_socket(sock, server_side=True,
-                                             do_handshake_on_connect=False), address
+        return self.receiver.tls.wrap_socket(
+            sock, server_side=True, do_handshake_on_connect=False
+        ), address
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hung up mid-answer is what several tests do on purpose
@@ -228,41 +236,63 @@ def make_tls(directory: Path, name: str) -> TlsPair:
     """A throw-away CA and a certificate for ``name``; the client trusts only that CA."""
     now = datetime.datetime.now(datetime.UTC)
 
-    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-             signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(hours=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    def cert(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: str,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if ca:
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
         else:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName(name)]),
-                critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+            )
             ski = x509.SubjectKeyIdentifier.from_public_key(signer.public_key())
             builder = builder.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                critical=False)
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+            )
         if ca:
             builder = builder.add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
         return builder.sign(signer, hashes.SHA256())
 
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1())
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
     ca = cert("keybound test CA", ca_key, "keybound test CA", ca_key, True)
     leaf = cert(name, leaf_key, "keybound test CA", ca_key, False)
     pem = serialization.Encoding.PEM
     (directory / "leaf.pem").write_bytes(leaf.public_bytes(pem))
-    (directory / "leaf.key").write_bytes(leaf_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "leaf.key").write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(directory / "leaf.pem", directory / "leaf.key")
     client = ssl.create_default_context(cadata=ca.public_bytes(pem).decode())

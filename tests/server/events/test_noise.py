@@ -27,8 +27,9 @@ def rows(kb: Keybound, table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def test_a_flood_of_anonymous_requests_writes_no_row_per_request(rp: RelyingParty,
-                                                                 kb: Keybound) -> None:
+def test_a_flood_of_anonymous_requests_writes_no_row_per_request(
+    rp: RelyingParty, kb: Keybound
+) -> None:
     device = activated(rp)
     start = device.start_auth()
     forged, _ = RawDevice(rp.http, rp.app_id, device_id=device.device_id).auth_request(start)
@@ -36,12 +37,22 @@ def test_a_flood_of_anonymous_requests_writes_no_row_per_request(rp: RelyingPart
     for i in range(FLOOD):
         rp.http.get(f"/{secrets.token_hex(8)}/{i}")  # unknown paths, all different
         rp.http.get(f"/rp/v1/users/{i}")  # no API key
-        rp.http.get(f"/rp/v1/users/{i}", headers={
-            "Authorization": f"Bearer kb_{'A' * 16}_{secrets.token_urlsafe(32)}"})  # wrong key
-        rp.http.raw.post(p.DevicePaths.AUTHENTICATION_START, content=os.urandom(200),
-                         headers={"content-type": SEALED_MEDIA_TYPE})  # sealed junk
-        rp.http.post(p.DevicePaths.ACTIVATION_START, json={  # a guessed link token, sealed
-            "applicationId": rp.app_id, "activationToken": secrets.token_urlsafe(32)})
+        rp.http.get(
+            f"/rp/v1/users/{i}",
+            headers={"Authorization": f"Bearer kb_{'A' * 16}_{secrets.token_urlsafe(32)}"},
+        )  # wrong key
+        rp.http.raw.post(
+            p.DevicePaths.AUTHENTICATION_START,
+            content=os.urandom(200),
+            headers={"content-type": SEALED_MEDIA_TYPE},
+        )  # sealed junk
+        rp.http.post(
+            p.DevicePaths.ACTIVATION_START,
+            json={  # a guessed link token, sealed
+                "applicationId": rp.app_id,
+                "activationToken": secrets.token_urlsafe(32),
+            },
+        )
         rp.http.post(p.DevicePaths.AUTHENTICATION_FINISH, json=forged.to_wire())  # forged
     kb.noise.flush()
     assert rows(kb, t.events) == events_before  # not one audit row for the flood

@@ -63,13 +63,19 @@ def hex_b64u(hex_digest: str) -> str:
 
 def completed_claims(clock: FakeClock, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "issuer": ISSUER, "issued_at": int(clock()), "application_id": "bank",
-        "operation_id": OP_ID, "kind": OperationType.AUTHENTICATION,
-        "initiator": Initiator.BACKEND, "state": OperationState.COMPLETED,
-        "created_at_ms": 1748858580250, "completed_at_ms": 1748858621535,
+        "issuer": ISSUER,
+        "issued_at": int(clock()),
+        "application_id": "bank",
+        "operation_id": OP_ID,
+        "kind": OperationType.AUTHENTICATION,
+        "initiator": Initiator.BACKEND,
+        "state": OperationState.COMPLETED,
+        "created_at_ms": 1748858580250,
+        "completed_at_ms": 1748858621535,
         "user_id": "1e2ca41a-793f-4479-9856-6623db5768a0",
         "device_id": "3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f",
-        "auth_method": AuthMethod.DEVICE_PIN, "auth_level": AuthLevel.TWO_FACTOR,
+        "auth_method": AuthMethod.DEVICE_PIN,
+        "auth_level": AuthLevel.TWO_FACTOR,
         "pre_operation_context": PAY,
         "risk_data": {"hwKeyClientStatus": "OK", "hwKeyServerResult": "VALID"},
         "hw_key_server_result": HwKeyServerResult.VALID,
@@ -107,7 +113,8 @@ def refused(token: str, jwks: dict[str, Any], **expected: Any) -> ResultCheck:
 
 @pytest.mark.parametrize("algorithm", list(ResultAlgorithm))
 def test_independent_library_verifies_against_published_jwks(
-        clock: FakeClock, algorithm: ResultAlgorithm) -> None:
+    clock: FakeClock, algorithm: ResultAlgorithm
+) -> None:
     signer = ResultSigner([generate_signing_key(algorithm=algorithm, clock=clock)], clock=clock)
     claims = completed_claims(clock)
     token = signer.sign(claims)
@@ -115,13 +122,20 @@ def test_independent_library_verifies_against_published_jwks(
 
     header, payload = jwcrypto_verify(token, jwks)
 
-    assert header == {"alg": algorithm.value, "kid": signer.signing_key().kid,
-                      "typ": RESULT_TYPE}
+    assert header == {"alg": algorithm.value, "kid": signer.signing_key().kid, "typ": RESULT_TYPE}
     assert payload == claims
-    verified = verify_result(token, jwks, expected_issuer=ISSUER, expected_operation_id=OP_ID,
-                             expected_application_id="bank")
+    verified = verify_result(
+        token,
+        jwks,
+        expected_issuer=ISSUER,
+        expected_operation_id=OP_ID,
+        expected_application_id="bank",
+    )
     assert (verified.algorithm, verified.state, verified.claims) == (
-        algorithm, OperationState.COMPLETED, claims)
+        algorithm,
+        OperationState.COMPLETED,
+        claims,
+    )
 
 
 def test_rotation_old_results_verify_new_results_use_new_kid(clock: FakeClock) -> None:
@@ -147,8 +161,9 @@ def test_expired_key_is_unpublished_and_its_results_no_longer_verify(clock: Fake
     clock.advance(10)
     new_key = generate_signing_key(clock=clock)
     signer = ResultSigner([old_key.retired(), new_key], clock=clock)
-    expiring = ResultSigner([_with_expiry(old_key.retired(), int(clock()) + 60), new_key],
-                            clock=clock)
+    expiring = ResultSigner(
+        [_with_expiry(old_key.retired(), int(clock()) + 60), new_key], clock=clock
+    )
     assert len(expiring.jwks()["keys"]) == 2
     clock.advance(60)
 
@@ -179,8 +194,10 @@ def test_no_active_key_or_duplicate_kid_is_a_configuration_error(clock: FakeCloc
 
 
 def test_jwks_publishes_no_private_material(clock: FakeClock) -> None:
-    signer = ResultSigner([generate_signing_key(algorithm=algorithm, clock=clock)
-                           for algorithm in ResultAlgorithm], clock=clock)
+    signer = ResultSigner(
+        [generate_signing_key(algorithm=algorithm, clock=clock) for algorithm in ResultAlgorithm],
+        clock=clock,
+    )
     for key in signer.jwks()["keys"]:
         assert "d" not in key
         assert key["use"] == "sig"
@@ -193,26 +210,48 @@ def test_key_survives_pem_round_trip(clock: FakeClock, algorithm: ResultAlgorith
     key = generate_signing_key(algorithm=algorithm, clock=clock)
     pem = private_key_pem(key)
     assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8
-    loaded = load_signing_key(pem, kid=key.kid, algorithm=algorithm,
-                              state=SigningKeyState.RETIRED, created_at=key.created_at)
+    loaded = load_signing_key(
+        pem,
+        kid=key.kid,
+        algorithm=algorithm,
+        state=SigningKeyState.RETIRED,
+        created_at=key.created_at,
+    )
     token = ResultSigner([key], clock=clock).sign(completed_claims(clock))
-    assert verify_result(token, ResultSigner([loaded], clock=clock).jwks(),
-                         expected_issuer=ISSUER).kid == key.kid
+    assert (
+        verify_result(token, ResultSigner([loaded], clock=clock).jwks(), expected_issuer=ISSUER).kid
+        == key.kid
+    )
 
 
 def test_stored_kid_must_match_key_blob(clock: FakeClock) -> None:
     """A swapped key blob (another key under this kid) is refused when loaded."""
     key, other = generate_signing_key(clock=clock), generate_signing_key(clock=clock)
     with pytest.raises(ConfigurationInvalid):
-        load_signing_key(private_key_pem(other), kid=key.kid, algorithm=key.algorithm,
-                         state=key.state, created_at=key.created_at)
+        load_signing_key(
+            private_key_pem(other),
+            kid=key.kid,
+            algorithm=key.algorithm,
+            state=key.state,
+            created_at=key.created_at,
+        )
     with pytest.raises(ConfigurationInvalid):  # an Ed25519 key cannot be an ES256 key
         ed = generate_signing_key(algorithm=ResultAlgorithm.ED25519, clock=clock)
-        load_signing_key(private_key_pem(ed), kid=ed.kid, algorithm=ResultAlgorithm.ES256,
-                         state=ed.state, created_at=ed.created_at)
+        load_signing_key(
+            private_key_pem(ed),
+            kid=ed.kid,
+            algorithm=ResultAlgorithm.ES256,
+            state=ed.state,
+            created_at=ed.created_at,
+        )
     with pytest.raises(ConfigurationInvalid):
-        load_signing_key(b"not a key", kid=key.kid, algorithm=key.algorithm,
-                         state=key.state, created_at=key.created_at)
+        load_signing_key(
+            b"not a key",
+            kid=key.kid,
+            algorithm=key.algorithm,
+            state=key.state,
+            created_at=key.created_at,
+        )
 
 
 # --------------------------------------------------------------------------- claims
@@ -221,37 +260,60 @@ def test_stored_kid_must_match_key_blob(clock: FakeClock) -> None:
 def test_claims_cover_the_operation(clock: FakeClock) -> None:
     claims = completed_claims(clock)
     assert claims == {
-        "iss": ISSUER, "iat": int(clock()), "jti": OP_ID,
-        "applicationId": "bank", "operationId": OP_ID, "operationType": "AUTHENTICATION",
-        "initiator": "BACKEND", "state": "COMPLETED",
+        "iss": ISSUER,
+        "iat": int(clock()),
+        "jti": OP_ID,
+        "applicationId": "bank",
+        "operationId": OP_ID,
+        "operationType": "AUTHENTICATION",
+        "initiator": "BACKEND",
+        "state": "COMPLETED",
         "userId": "1e2ca41a-793f-4479-9856-6623db5768a0",
         "deviceId": "3f2c6f1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f",
-        "authMethod": "DEVICE:PIN", "authLevel": "TWO_FACTOR",
+        "authMethod": "DEVICE:PIN",
+        "authLevel": "TWO_FACTOR",
         "preOperationContextHash": hex_b64u(PAY_HASH_HEX),
         "riskData": {"hwKeyClientStatus": "OK", "hwKeyServerResult": "VALID"},
         "hwKeyServerResult": "VALID",
         "attestation": {"format": "android-key", "result": "VALID"},
-        "createdAt": "2025-06-02T10:03:00.250000Z", "completedAt": "2025-06-02T10:03:41.535000Z",
+        "createdAt": "2025-06-02T10:03:00.250000Z",
+        "completedAt": "2025-06-02T10:03:41.535000Z",
     }
 
 
 def test_failed_device_initiated_claims_omit_what_is_absent(clock: FakeClock) -> None:
-    claims = claims_for(issuer=ISSUER, issued_at=1, application_id="bank", operation_id=OP_ID,
-                        kind=OperationType.AUTHENTICATION, initiator=Initiator.DEVICE,
-                        state=OperationState.FAILED, created_at_ms=0,
-                        failure_code=ErrorCode.DECLINED.value)
+    claims = claims_for(
+        issuer=ISSUER,
+        issued_at=1,
+        application_id="bank",
+        operation_id=OP_ID,
+        kind=OperationType.AUTHENTICATION,
+        initiator=Initiator.DEVICE,
+        state=OperationState.FAILED,
+        created_at_ms=0,
+        failure_code=ErrorCode.DECLINED.value,
+    )
     assert claims["preOperationContextHash"] == hex_b64u(NO_CONTEXT_HASH_HEX)
     assert claims["failureCode"] == "declined"
     assert claims["riskData"] == {}
-    assert not {"userId", "deviceId", "authMethod", "authLevel", "completedAt", "dataHash",
-                "attestation", "hwKeyServerResult"} & set(claims)
+    assert not {
+        "userId",
+        "deviceId",
+        "authMethod",
+        "authLevel",
+        "completedAt",
+        "dataHash",
+        "attestation",
+        "hwKeyServerResult",
+    } & set(claims)
 
 
 def test_signature_result_carries_the_data_hash(clock: FakeClock) -> None:
     document = OperationContext(content="I agree to contract 42", mime_type="text/plain")
     claims = completed_claims(clock, kind=ResultKind.SIGNATURE, signed_data=document)
-    expected = b64u(hashlib.sha256(b"\x00\x00\x00\x0atext/plain"
-                                   b"\x00\x00\x00\x16I agree to contract 42").digest())
+    expected = b64u(
+        hashlib.sha256(b"\x00\x00\x00\x0atext/plain\x00\x00\x00\x16I agree to contract 42").digest()
+    )
     assert claims["dataHash"] == expected == data_hash(document)
     assert claims["operationType"] == "SIGNATURE"
     with pytest.raises(ValueError):
@@ -274,8 +336,7 @@ def es_signer(clock: FakeClock) -> ResultSigner:
 
 
 def test_tampered_payload_refused(clock: FakeClock, es_signer: ResultSigner) -> None:
-    token = es_signer.sign(completed_claims(clock, state=OperationState.FAILED,
-                                            auth_level=None))
+    token = es_signer.sign(completed_claims(clock, state=OperationState.FAILED, auth_level=None))
     head, _, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     claims["state"] = "COMPLETED"
@@ -289,8 +350,9 @@ def test_unknown_kid_refused(clock: FakeClock, es_signer: ResultSigner) -> None:
     assert refused(token, es_signer.jwks()) is ResultCheck.UNKNOWN_KEY
 
 
-def test_attacker_key_under_published_kid_refused(clock: FakeClock,
-                                                  es_signer: ResultSigner) -> None:
+def test_attacker_key_under_published_kid_refused(
+    clock: FakeClock, es_signer: ResultSigner
+) -> None:
     """An attacker signs with their own key but names the server's kid."""
     attacker = generate_signing_key(clock=clock)
     kid = es_signer.signing_key().kid
@@ -307,26 +369,28 @@ def test_other_published_kid_refused(clock: FakeClock) -> None:
     signer = ResultSigner([first, second.retired()], clock=clock)
     token = signer.sign(completed_claims(clock))
     _, body, signature = token.split(".")
-    relabelled = b64u(json.dumps({"alg": "ES256", "kid": second.kid,
-                                  "typ": RESULT_TYPE}).encode())
+    relabelled = b64u(json.dumps({"alg": "ES256", "kid": second.kid, "typ": RESULT_TYPE}).encode())
     assert refused(f"{relabelled}.{body}.{signature}", signer.jwks()) is ResultCheck.SIGNATURE
 
 
 def test_alg_none_refused(clock: FakeClock, es_signer: ResultSigner) -> None:
     header = {"alg": "none", "kid": es_signer.signing_key().kid, "typ": RESULT_TYPE}
-    assert refused(forge(header, completed_claims(clock)), es_signer.jwks()) \
-        is ResultCheck.ALGORITHM
+    assert (
+        refused(forge(header, completed_claims(clock)), es_signer.jwks()) is ResultCheck.ALGORITHM
+    )
 
 
-def test_hs256_keyed_with_the_public_key_refused(clock: FakeClock,
-                                                 es_signer: ResultSigner) -> None:
+def test_hs256_keyed_with_the_public_key_refused(clock: FakeClock, es_signer: ResultSigner) -> None:
     """The classic confusion: HMAC over the token with the published key as the secret."""
     jwks = es_signer.jwks()
     public = es_signer.signing_key().private_key.public_key()
     header = {"alg": "HS256", "kid": jwks["keys"][0]["kid"], "typ": RESULT_TYPE}
-    for secret in (public.public_bytes(serialization.Encoding.PEM,
-                                       serialization.PublicFormat.SubjectPublicKeyInfo),
-                   json.dumps(jwks["keys"][0]).encode()):
+    for secret in (
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        json.dumps(jwks["keys"][0]).encode(),
+    ):
         unsigned = forge(header, completed_claims(clock)).rsplit(".", 1)[0]
         mac = hmac.new(secret, unsigned.encode(), hashlib.sha256).digest()
         assert refused(f"{unsigned}.{b64u(mac)}", jwks) is ResultCheck.ALGORITHM
@@ -337,8 +401,7 @@ def test_algorithm_switched_to_the_other_allowed_one_refused(clock: FakeClock) -
     ed = generate_signing_key(algorithm=ResultAlgorithm.ED25519, clock=clock)
     es = generate_signing_key(clock=clock)
     signer = ResultSigner([es, ed.retired()], clock=clock)
-    _, body, signature = ResultSigner([ed], clock=clock).sign(
-        completed_claims(clock)).split(".")
+    _, body, signature = ResultSigner([ed], clock=clock).sign(completed_claims(clock)).split(".")
     header = b64u(json.dumps({"alg": "Ed25519", "kid": es.kid, "typ": RESULT_TYPE}).encode())
     assert refused(f"{header}.{body}.{signature}", signer.jwks()) is ResultCheck.KEY_MISMATCH
     jwks = signer.jwks()  # a JWKS whose key names another algorithm is not trusted either
@@ -352,15 +415,18 @@ def test_embedded_jwk_header_refused(clock: FakeClock, es_signer: ResultSigner) 
     """A header that brings its own key (jwk) is refused, never used."""
     attacker = generate_signing_key(clock=clock)
     key = jc_jwk.JWK.from_pem(private_key_pem(attacker))
-    header = {"alg": "ES256", "kid": es_signer.signing_key().kid, "typ": RESULT_TYPE,
-              "jwk": json.loads(key.export_public())}
+    header = {
+        "alg": "ES256",
+        "kid": es_signer.signing_key().kid,
+        "typ": RESULT_TYPE,
+        "jwk": json.loads(key.export_public()),
+    }
     obj = jc_jws.JWS(json.dumps(completed_claims(clock)).encode())
     obj.add_signature(key, alg="ES256", protected=json.dumps(header))
     assert refused(obj.serialize(compact=True), es_signer.jwks()) is ResultCheck.HEADER
 
 
-def test_other_token_types_and_shapes_refused(clock: FakeClock,
-                                              es_signer: ResultSigner) -> None:
+def test_other_token_types_and_shapes_refused(clock: FakeClock, es_signer: ResultSigner) -> None:
     jwks = es_signer.jwks()
     _, body, signature = es_signer.sign(completed_claims(clock)).split(".")
     kid = es_signer.signing_key().kid
@@ -377,12 +443,22 @@ def test_claims_checked_after_signature(clock: FakeClock, es_signer: ResultSigne
     assert refused(token, jwks, expected_operation_id="x") is ResultCheck.SUBJECT
     assert refused(token, jwks, expected_application_id="other") is ResultCheck.SUBJECT
     for bad in ({"iss": ISSUER}, {**completed_claims(clock), "jti": "other"}, ["list"]):
-        assert refused(es_signer.sign(bad) if isinstance(bad, dict) else
-                       _signed_raw(es_signer, json.dumps(bad).encode()), jwks) \
+        assert (
+            refused(
+                es_signer.sign(bad)
+                if isinstance(bad, dict)
+                else _signed_raw(es_signer, json.dumps(bad).encode()),
+                jwks,
+            )
             is ResultCheck.CLAIMS
+        )
 
 
 def _signed_raw(signer: ResultSigner, payload: bytes) -> str:
     key = signer.signing_key()
-    return jws.serialize_compact({"alg": "ES256", "kid": key.kid, "typ": RESULT_TYPE}, payload,
-                                 ECKey.import_key(private_key_pem(key)), algorithms=["ES256"])
+    return jws.serialize_compact(
+        {"alg": "ES256", "kid": key.kid, "typ": RESULT_TYPE},
+        payload,
+        ECKey.import_key(private_key_pem(key)),
+        algorithms=["ES256"],
+    )

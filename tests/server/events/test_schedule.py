@@ -52,44 +52,122 @@ def _busy(retry_after: str, status: int = 503) -> AttemptResult:
     return AttemptResult(status=status, error=AttemptError.HTTP_STATUS, retry_after=retry_after)
 
 
-@pytest.mark.parametrize(("name", "attempts", "elapsed", "result", "fraction", "verdict",
-                          "delay"), [
-    ("2xx", 1, 0, OK, 1.0, Verdict.DELIVERED, None),
-    ("204", 4, 0, AttemptResult(status=204), 1.0, Verdict.DELIVERED, None),
-    ("Retry-After on a 2xx is moot", 1, 0, AttemptResult(status=200, retry_after="60"), 1.0,
-     Verdict.DELIVERED, None),
-    ("410 stops for good", 1, 0, AttemptResult(status=410, error=AttemptError.HTTP_STATUS),
-     1.0, Verdict.ENDPOINT_GONE, None),
-    ("410 even with Retry-After", 3, 0, _busy("5", status=410), 1.0, Verdict.ENDPOINT_GONE,
-     None),
-    ("first retry, top of jitter", 1, 0, FAILED, 1.0, Verdict.RETRY, 5.0),
-    ("first retry, bottom of jitter", 1, 0, FAILED, 0.0, Verdict.RETRY, 0.0),
-    ("third retry, middle", 3, 10, FAILED, 0.5, Verdict.RETRY, 900.0),
-    ("past the table the last cap repeats", 20, 10, FAILED, 1.0, Verdict.RETRY, 86400.0),
-    ("time-out", 2, 10, AttemptResult(error=AttemptError.TIMEOUT), 1.0, Verdict.RETRY, 300.0),
-    ("3xx is a failure", 1, 0, AttemptResult(status=302, error=AttemptError.REDIRECT), 1.0,
-     Verdict.RETRY, 5.0),
-    ("refused address retries", 1, 0, AttemptResult(error=AttemptError.POLICY_REFUSED), 1.0,
-     Verdict.RETRY, 5.0),
-    ("Retry-After seconds beats a shorter jitter", 1, 10, _busy("120"), 1.0, Verdict.RETRY,
-     120.0),
-    ("429 too", 1, 10, _busy("120", status=429), 1.0, Verdict.RETRY, 120.0),
-    ("a longer jitter beats Retry-After", 3, 10, _busy("1"), 0.5, Verdict.RETRY, 900.0),
-    ("Retry-After is capped", 1, 10, _busy("999999999"), 1.0, Verdict.RETRY, 86400.0),
-    ("Retry-After as an HTTP date", 1, 10, _busy(HTTP_DATE_IN_10_MIN), 1.0, Verdict.RETRY,
-     600.0),
-    ("unreadable Retry-After is ignored", 1, 10, _busy("soon"), 1.0, Verdict.RETRY, 5.0),
-    ("the last retry falls on the window's end", 9, DEFAULT_WINDOW - 100, FAILED, 1.0,
-     Verdict.RETRY, 100.0),
-    ("Retry-After cannot stretch the window", 1, DEFAULT_WINDOW - 100, _busy("3600"), 1.0,
-     Verdict.RETRY, 100.0),
-    ("window over", 10, DEFAULT_WINDOW, FAILED, 1.0, Verdict.GAVE_UP, None),
-])
-def test_decide(name: str, attempts: int, elapsed: float, result: AttemptResult,
-                fraction: float, verdict: Verdict, delay: float | None) -> None:
+@pytest.mark.parametrize(
+    ("name", "attempts", "elapsed", "result", "fraction", "verdict", "delay"),
+    [
+        ("2xx", 1, 0, OK, 1.0, Verdict.DELIVERED, None),
+        ("204", 4, 0, AttemptResult(status=204), 1.0, Verdict.DELIVERED, None),
+        (
+            "Retry-After on a 2xx is moot",
+            1,
+            0,
+            AttemptResult(status=200, retry_after="60"),
+            1.0,
+            Verdict.DELIVERED,
+            None,
+        ),
+        (
+            "410 stops for good",
+            1,
+            0,
+            AttemptResult(status=410, error=AttemptError.HTTP_STATUS),
+            1.0,
+            Verdict.ENDPOINT_GONE,
+            None,
+        ),
+        (
+            "410 even with Retry-After",
+            3,
+            0,
+            _busy("5", status=410),
+            1.0,
+            Verdict.ENDPOINT_GONE,
+            None,
+        ),
+        ("first retry, top of jitter", 1, 0, FAILED, 1.0, Verdict.RETRY, 5.0),
+        ("first retry, bottom of jitter", 1, 0, FAILED, 0.0, Verdict.RETRY, 0.0),
+        ("third retry, middle", 3, 10, FAILED, 0.5, Verdict.RETRY, 900.0),
+        ("past the table the last cap repeats", 20, 10, FAILED, 1.0, Verdict.RETRY, 86400.0),
+        ("time-out", 2, 10, AttemptResult(error=AttemptError.TIMEOUT), 1.0, Verdict.RETRY, 300.0),
+        (
+            "3xx is a failure",
+            1,
+            0,
+            AttemptResult(status=302, error=AttemptError.REDIRECT),
+            1.0,
+            Verdict.RETRY,
+            5.0,
+        ),
+        (
+            "refused address retries",
+            1,
+            0,
+            AttemptResult(error=AttemptError.POLICY_REFUSED),
+            1.0,
+            Verdict.RETRY,
+            5.0,
+        ),
+        (
+            "Retry-After seconds beats a shorter jitter",
+            1,
+            10,
+            _busy("120"),
+            1.0,
+            Verdict.RETRY,
+            120.0,
+        ),
+        ("429 too", 1, 10, _busy("120", status=429), 1.0, Verdict.RETRY, 120.0),
+        ("a longer jitter beats Retry-After", 3, 10, _busy("1"), 0.5, Verdict.RETRY, 900.0),
+        ("Retry-After is capped", 1, 10, _busy("999999999"), 1.0, Verdict.RETRY, 86400.0),
+        (
+            "Retry-After as an HTTP date",
+            1,
+            10,
+            _busy(HTTP_DATE_IN_10_MIN),
+            1.0,
+            Verdict.RETRY,
+            600.0,
+        ),
+        ("unreadable Retry-After is ignored", 1, 10, _busy("soon"), 1.0, Verdict.RETRY, 5.0),
+        (
+            "the last retry falls on the window's end",
+            9,
+            DEFAULT_WINDOW - 100,
+            FAILED,
+            1.0,
+            Verdict.RETRY,
+            100.0,
+        ),
+        (
+            "Retry-After cannot stretch the window",
+            1,
+            DEFAULT_WINDOW - 100,
+            _busy("3600"),
+            1.0,
+            Verdict.RETRY,
+            100.0,
+        ),
+        ("window over", 10, DEFAULT_WINDOW, FAILED, 1.0, Verdict.GAVE_UP, None),
+    ],
+)
+def test_decide(
+    name: str,
+    attempts: int,
+    elapsed: float,
+    result: AttemptResult,
+    fraction: float,
+    verdict: Verdict,
+    delay: float | None,
+) -> None:
     now = FIRST + elapsed
-    decision = decide(attempts=attempts, first_attempt_at=FIRST, result=result, now=now,
-                      rng=FixedRandom(fraction), policy=POLICY)
+    decision = decide(
+        attempts=attempts,
+        first_attempt_at=FIRST,
+        result=result,
+        now=now,
+        rng=FixedRandom(fraction),
+        policy=POLICY,
+    )
     assert decision.verdict is verdict
     if delay is None:
         assert decision.next_attempt_at is None
@@ -104,8 +182,14 @@ def test_the_default_schedule_spans_three_days() -> None:
     while True:
         attempts += 1
         times.append(now - FIRST)
-        decision = decide(attempts=attempts, first_attempt_at=FIRST, result=FAILED, now=now,
-                          rng=FixedRandom(1.0), policy=POLICY)
+        decision = decide(
+            attempts=attempts,
+            first_attempt_at=FIRST,
+            result=FAILED,
+            now=now,
+            rng=FixedRandom(1.0),
+            policy=POLICY,
+        )
         if decision.next_attempt_at is None:
             break
         now = decision.next_attempt_at
@@ -114,30 +198,43 @@ def test_the_default_schedule_spans_three_days() -> None:
     assert sum(DEFAULT_SCHEDULE) / 3600 == pytest.approx(75.6, abs=0.1)
 
 
-@given(attempts=st.integers(1, 50), elapsed=st.floats(0, DEFAULT_WINDOW - 1),
-       seed=st.integers(0, 2**32))
+@given(
+    attempts=st.integers(1, 50),
+    elapsed=st.floats(0, DEFAULT_WINDOW - 1),
+    seed=st.integers(0, 2**32),
+)
 def test_full_jitter_stays_in_range(attempts: int, elapsed: float, seed: int) -> None:
     now = FIRST + elapsed
-    decision = decide(attempts=attempts, first_attempt_at=FIRST, result=FAILED, now=now,
-                      rng=random.Random(seed), policy=POLICY)
+    decision = decide(
+        attempts=attempts,
+        first_attempt_at=FIRST,
+        result=FAILED,
+        now=now,
+        rng=random.Random(seed),
+        policy=POLICY,
+    )
     assert decision.verdict is Verdict.RETRY and decision.next_attempt_at is not None
-    assert now <= decision.next_attempt_at <= min(now + POLICY.cap(attempts),
-                                                  FIRST + DEFAULT_WINDOW)
+    assert (
+        now <= decision.next_attempt_at <= min(now + POLICY.cap(attempts), FIRST + DEFAULT_WINDOW)
+    )
 
 
-@pytest.mark.parametrize(("value", "seconds"), [
-    (None, None),
-    ("120", 120.0),
-    (" 7 ", 7.0),
-    ("0", 0.0),
-    ("-5", None),
-    ("1.5", None),
-    ("soon", None),
-    ("", None),
-    (email.utils.formatdate(FIRST + 90, usegmt=True), 90.0),
-    (email.utils.formatdate(FIRST - 90, usegmt=True), 0.0),  # in the past: now
-    ("Wed, 21 Oct 2015 07:28:00 -0000", None),  # RFC 9110 dates are GMT
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, None),
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("0", 0.0),
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("", None),
+        (email.utils.formatdate(FIRST + 90, usegmt=True), 90.0),
+        (email.utils.formatdate(FIRST - 90, usegmt=True), 0.0),  # in the past: now
+        ("Wed, 21 Oct 2015 07:28:00 -0000", None),  # RFC 9110 dates are GMT
+    ],
+)
 def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     assert parse_retry_after(value, now=FIRST) == seconds
 
@@ -153,20 +250,40 @@ def test_policy_validation() -> None:
 BREAKER = BreakerPolicy(failure_threshold=3, cool_down=60)
 
 
-@pytest.mark.parametrize(("name", "before", "success", "after"), [
-    ("first failure", BreakerState(), False, BreakerState(consecutive_failures=1)),
-    ("below threshold", BreakerState(consecutive_failures=1), False,
-     BreakerState(consecutive_failures=2)),
-    ("threshold opens", BreakerState(consecutive_failures=2), False,
-     BreakerState(consecutive_failures=3, open_until=FIRST + 60)),
-    ("success closes", BreakerState(consecutive_failures=2), True, BreakerState()),
-    ("failed probe opens again", BreakerState(consecutive_failures=3, open_until=FIRST - 1),
-     False, BreakerState(consecutive_failures=4, open_until=FIRST + 60)),
-    ("good probe closes", BreakerState(consecutive_failures=3, open_until=FIRST - 1), True,
-     BreakerState()),
-])
-def test_breaker_record(name: str, before: BreakerState, success: bool,
-                        after: BreakerState) -> None:
+@pytest.mark.parametrize(
+    ("name", "before", "success", "after"),
+    [
+        ("first failure", BreakerState(), False, BreakerState(consecutive_failures=1)),
+        (
+            "below threshold",
+            BreakerState(consecutive_failures=1),
+            False,
+            BreakerState(consecutive_failures=2),
+        ),
+        (
+            "threshold opens",
+            BreakerState(consecutive_failures=2),
+            False,
+            BreakerState(consecutive_failures=3, open_until=FIRST + 60),
+        ),
+        ("success closes", BreakerState(consecutive_failures=2), True, BreakerState()),
+        (
+            "failed probe opens again",
+            BreakerState(consecutive_failures=3, open_until=FIRST - 1),
+            False,
+            BreakerState(consecutive_failures=4, open_until=FIRST + 60),
+        ),
+        (
+            "good probe closes",
+            BreakerState(consecutive_failures=3, open_until=FIRST - 1),
+            True,
+            BreakerState(),
+        ),
+    ],
+)
+def test_breaker_record(
+    name: str, before: BreakerState, success: bool, after: BreakerState
+) -> None:
     assert breaker_record(before, success=success, now=FIRST, policy=BREAKER) == after
 
 
@@ -181,13 +298,24 @@ SECRET = generate_symmetric_secret()
 
 
 def _d(n: int, subject: str, due: float, endpoint: str = "ep_1") -> PendingDelivery:
-    return delivery("https://hooks.example/", SECRET, n=n, subject=subject, endpoint_id=endpoint,
-                    next_attempt_at=due)
+    return delivery(
+        "https://hooks.example/",
+        SECRET,
+        n=n,
+        subject=subject,
+        endpoint_id=endpoint,
+        next_attempt_at=due,
+    )
 
 
 def test_select_due_keeps_each_subject_in_order() -> None:
-    a1, a2, b1, b2, c1 = (_d(1, "a", 0), _d(2, "a", 5), _d(3, "b", 99), _d(4, "b", 0),
-                          _d(5, "c", 0, endpoint="ep_2"))
+    a1, a2, b1, b2, c1 = (
+        _d(1, "a", 0),
+        _d(2, "a", 5),
+        _d(3, "b", 99),
+        _d(4, "b", 0),
+        _d(5, "c", 0, endpoint="ep_2"),
+    )
     a3 = _d(6, "a", 99)
     a4 = _d(7, "a", 0)
     chosen = select_due([b2, a4, a3, c1, a2, a1, b1], now=10)

@@ -65,8 +65,16 @@ class ApnsError(Exception):
 
 
 class ApnsReceiver:
-    def __init__(self, *, team_id: str, key_id: str, public_key: ec.EllipticCurvePublicKey,
-                 topic: str, clock: Any, max_token_age: int = 3600) -> None:
+    def __init__(
+        self,
+        *,
+        team_id: str,
+        key_id: str,
+        public_key: ec.EllipticCurvePublicKey,
+        topic: str,
+        clock: Any,
+        max_token_age: int = 3600,
+    ) -> None:
         self.team_id, self.key_id, self.topic = team_id, key_id, topic
         self.max_token_age = max_token_age
         self._key = jwk.JWK.from_pyca(public_key)
@@ -81,8 +89,13 @@ class ApnsReceiver:
         body = await read_body(receive)
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         client = scope.get("client")
-        seen = Seen(http_version=scope["http_version"], path=scope["path"], headers=headers,
-                    payload=None, peer=tuple(client) if client else None)
+        seen = Seen(
+            http_version=scope["http_version"],
+            path=scope["path"],
+            headers=headers,
+            payload=None,
+            peer=tuple(client) if client else None,
+        )
         apns_id = headers.get("apns-id") or str(uuid.uuid4())
         try:
             seen = self._check(scope, headers, body, seen)
@@ -92,9 +105,12 @@ class ApnsReceiver:
             response_headers = {"apns-id": apns_id, "content-type": "application/json"}
             if "retry_after" in error.extra:
                 response_headers["retry-after"] = error.extra.pop("retry_after")
-            await respond(send, error.status,
-                          json.dumps({"reason": error.reason, **error.extra}).encode(),
-                          response_headers)
+            await respond(
+                send,
+                error.status,
+                json.dumps({"reason": error.reason, **error.extra}).encode(),
+                response_headers,
+            )
             return
         self.seen.append(_answered(seen, 200, answer))
         await respond(send, 200, b"", {"apns-id": apns_id})
@@ -132,8 +148,7 @@ class ApnsReceiver:
             raise ApnsError(400, "PayloadEmpty")
         return replace(seen, payload=payload)
 
-    def _provider_token(self, authorization: str | None) -> tuple[dict[str, Any],
-                                                                  dict[str, Any]]:
+    def _provider_token(self, authorization: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         if not authorization:
             raise ApnsError(403, "MissingProviderToken")
         scheme, _, token = authorization.partition(" ")
@@ -149,8 +164,11 @@ class ApnsReceiver:
             claims = json.loads(obj.payload)
         except (JWException, ValueError):
             raise ApnsError(403, "InvalidProviderToken") from None
-        if not isinstance(claims, dict) or claims.get("iss") != self.team_id \
-                or type(claims.get("iat")) is not int:
+        if (
+            not isinstance(claims, dict)
+            or claims.get("iss") != self.team_id
+            or type(claims.get("iat")) is not int
+        ):
             raise ApnsError(403, "InvalidProviderToken")
         now = int(self._clock())
         if claims["iat"] > now + 60:

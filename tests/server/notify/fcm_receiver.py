@@ -32,11 +32,32 @@ BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 MAX_DATA_BYTES = 4096
 _SEND_PATH = re.compile(r"/v1/projects/([^/]+)/messages:send")
 _RESERVED_DATA_KEYS = {"from", "notification", "message_type"}
-_MESSAGE_FIELDS = {"token", "topic", "condition", "data", "notification", "android", "apns",
-                   "webpush", "fcm_options", "fcmOptions", "name"}
-_ANDROID_FIELDS = {"collapse_key", "collapseKey", "priority", "ttl", "restricted_package_name",
-                   "restrictedPackageName", "data", "notification", "fcm_options",
-                   "direct_boot_ok", "directBootOk"}
+_MESSAGE_FIELDS = {
+    "token",
+    "topic",
+    "condition",
+    "data",
+    "notification",
+    "android",
+    "apns",
+    "webpush",
+    "fcm_options",
+    "fcmOptions",
+    "name",
+}
+_ANDROID_FIELDS = {
+    "collapse_key",
+    "collapseKey",
+    "priority",
+    "ttl",
+    "restricted_package_name",
+    "restrictedPackageName",
+    "data",
+    "notification",
+    "fcm_options",
+    "direct_boot_ok",
+    "directBootOk",
+}
 
 
 class Registration(StrEnum):
@@ -57,36 +78,69 @@ class Answer:
 
 
 _ERRORS: dict[Registration, tuple[int, str, str | None, str]] = {
-    Registration.UNREGISTERED: (404, "NOT_FOUND", "UNREGISTERED",
-                                "Requested entity was not found."),
-    Registration.INVALID: (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT",
-                           "The registration token is not a valid FCM registration token"),
-    Registration.SENDER_ID_MISMATCH: (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH",
-                                      "SenderId mismatch"),
-    Registration.QUOTA: (429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED",
-                         "Quota exceeded for the device."),
-    Registration.UNAVAILABLE: (503, "UNAVAILABLE", "UNAVAILABLE",
-                               "The service is currently unavailable."),
+    Registration.UNREGISTERED: (
+        404,
+        "NOT_FOUND",
+        "UNREGISTERED",
+        "Requested entity was not found.",
+    ),
+    Registration.INVALID: (
+        400,
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+        "The registration token is not a valid FCM registration token",
+    ),
+    Registration.SENDER_ID_MISMATCH: (
+        403,
+        "PERMISSION_DENIED",
+        "SENDER_ID_MISMATCH",
+        "SenderId mismatch",
+    ),
+    Registration.QUOTA: (
+        429,
+        "RESOURCE_EXHAUSTED",
+        "QUOTA_EXCEEDED",
+        "Quota exceeded for the device.",
+    ),
+    Registration.UNAVAILABLE: (
+        503,
+        "UNAVAILABLE",
+        "UNAVAILABLE",
+        "The service is currently unavailable.",
+    ),
     Registration.INTERNAL: (500, "INTERNAL", "INTERNAL", "Internal error encountered."),
 }
 
 
 class GoogleError(Exception):
-    def __init__(self, status: int, body: dict[str, Any],
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(json.dumps(body))
         self.status, self.body, self.headers = status, body, headers or {}
 
 
-def google_error(code: int, status: str, message: str, *, fcm_code: str | None = None,
-                 violations: list[tuple[str, str]] | None = None,
-                 headers: dict[str, str] | None = None) -> GoogleError:
+def google_error(
+    code: int,
+    status: str,
+    message: str,
+    *,
+    fcm_code: str | None = None,
+    violations: list[tuple[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> GoogleError:
     details: list[dict[str, Any]] = []
     if fcm_code:
         details.append({"@type": FCM_ERROR, "errorCode": fcm_code})
     if violations:
-        details.append({"@type": BAD_REQUEST, "fieldViolations": [
-            {"field": name, "description": text} for name, text in violations]})
+        details.append(
+            {
+                "@type": BAD_REQUEST,
+                "fieldViolations": [
+                    {"field": name, "description": text} for name, text in violations
+                ],
+            }
+        )
     error: dict[str, Any] = {"code": code, "message": message, "status": status}
     if details:
         error["details"] = details
@@ -98,9 +152,16 @@ def invalid_argument(field_name: str, text: str) -> GoogleError:
 
 
 class FcmReceiver:
-    def __init__(self, *, project_id: str, client_email: str, private_key_id: str,
-                 public_key: rsa.RSAPublicKey, clock: Any,
-                 access_token_lifetime: int = 3599) -> None:
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        client_email: str,
+        private_key_id: str,
+        public_key: rsa.RSAPublicKey,
+        clock: Any,
+        access_token_lifetime: int = 3599,
+    ) -> None:
         self.project_id, self.client_email = project_id, client_email
         self.private_key_id = private_key_id
         self.access_token_lifetime = access_token_lifetime
@@ -138,11 +199,19 @@ class FcmReceiver:
         except GoogleError as error:
             if scope["path"] != "/token":
                 self.sends.append((error.status, _message_or_none(body)))
-            await respond(send, error.status, json.dumps(error.body).encode(),
-                          {"content-type": "application/json; charset=UTF-8", **error.headers})
+            await respond(
+                send,
+                error.status,
+                json.dumps(error.body).encode(),
+                {"content-type": "application/json; charset=UTF-8", **error.headers},
+            )
             return
-        await respond(send, 200, json.dumps(answer).encode(),
-                      {"content-type": "application/json; charset=UTF-8"})
+        await respond(
+            send,
+            200,
+            json.dumps(answer).encode(),
+            {"content-type": "application/json; charset=UTF-8"},
+        )
 
     # ----------------------------------------------------------------- OAuth token endpoint
 
@@ -151,14 +220,18 @@ class FcmReceiver:
             raise self._grant_error("invalid_request", "Bad Request")
         form = {name: values[0] for name, values in parse_qs(body.decode()).items()}
         if form.get("grant_type") != JWT_BEARER:
-            raise self._grant_error("unsupported_grant_type",
-                                    f"Invalid grant_type: {form.get('grant_type')}")
+            raise self._grant_error(
+                "unsupported_grant_type", f"Invalid grant_type: {form.get('grant_type')}"
+            )
         claims = self._assertion(form.get("assertion", ""))
         self.token_requests.append(claims)
         token = "ya29." + secrets.token_urlsafe(32)
         self.access_tokens[token] = self._clock() + self.access_token_lifetime
-        return {"access_token": token, "expires_in": self.access_token_lifetime,
-                "token_type": "Bearer"}
+        return {
+            "access_token": token,
+            "expires_in": self.access_token_lifetime,
+            "token_type": "Bearer",
+        }
 
     def _assertion(self, assertion: str) -> dict[str, Any]:
         try:
@@ -179,11 +252,19 @@ class FcmReceiver:
         if FCM_SCOPE not in str(claims.get("scope", "")).split():
             raise self._grant_error("invalid_scope", "Invalid OAuth scope")
         iat, exp = claims.get("iat"), claims.get("exp")
-        if type(iat) is not int or type(exp) is not int or iat > now + 60 or exp <= now \
-                or exp - iat > 3600:
-            raise self._grant_error("invalid_grant", "Invalid JWT: Token must be a "
-                                    "short-lived token (60 minutes) and in a reasonable "
-                                    "timeframe.")
+        if (
+            type(iat) is not int
+            or type(exp) is not int
+            or iat > now + 60
+            or exp <= now
+            or exp - iat > 3600
+        ):
+            raise self._grant_error(
+                "invalid_grant",
+                "Invalid JWT: Token must be a "
+                "short-lived token (60 minutes) and in a reasonable "
+                "timeframe.",
+            )
         return claims
 
     def _grant_error(self, error: str, description: str) -> GoogleError:
@@ -195,23 +276,29 @@ class FcmReceiver:
     def _send(self, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         expiry = self.access_tokens.get(token)
-        if scheme.lower() != "bearer" or expiry is None or self._clock() >= expiry \
-                or not self.accept_access_tokens:
-            raise google_error(401, "UNAUTHENTICATED",
-                               "Request had invalid authentication credentials. Expected "
-                               "OAuth 2 access token, login cookie or other valid "
-                               "authentication credential.",
-                               headers={"www-authenticate":
-                                        'Bearer realm="https://accounts.google.com/"'})
+        if (
+            scheme.lower() != "bearer"
+            or expiry is None
+            or self._clock() >= expiry
+            or not self.accept_access_tokens
+        ):
+            raise google_error(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected "
+                "OAuth 2 access token, login cookie or other valid "
+                "authentication credential.",
+                headers={"www-authenticate": 'Bearer realm="https://accounts.google.com/"'},
+            )
         match = _SEND_PATH.fullmatch(path)
         if match is None:
             raise google_error(404, "NOT_FOUND", "Requested entity was not found.")
         if match.group(1) != self.project_id:
-            raise google_error(403, "PERMISSION_DENIED",
-                               "Permission 'cloudmessaging.messages.create' denied")
+            raise google_error(
+                403, "PERMISSION_DENIED", "Permission 'cloudmessaging.messages.create' denied"
+            )
         message = self._message(body)
-        answer = self.registrations.get(message["token"],
-                                        Answer(registration=Registration.INVALID))
+        answer = self.registrations.get(message["token"], Answer(registration=Registration.INVALID))
         self._registration_answer(answer)
         self.sends.append((200, message))
         return {"name": f"projects/{self.project_id}/messages/0:{secrets.token_hex(8)}"}
@@ -227,18 +314,22 @@ class FcmReceiver:
         unknown = set(message) - _MESSAGE_FIELDS
         if unknown:
             raise invalid_argument(f"message.{min(unknown)}", "Unknown name")
-        if sum(1 for name in ("token", "topic", "condition") if name in message) != 1 or \
-                not isinstance(message.get("token"), str):
+        if sum(
+            1 for name in ("token", "topic", "condition") if name in message
+        ) != 1 or not isinstance(message.get("token"), str):
             raise invalid_argument("message.token", "Exactly one target: a token here")
         data = message.get("data", {})
         if not isinstance(data, dict) or not all(
-                isinstance(key, str) and isinstance(value, str) for key, value in data.items()):
+            isinstance(key, str) and isinstance(value, str) for key, value in data.items()
+        ):
             raise invalid_argument("message.data", "data values must be strings")
         for key in data:
             if key in _RESERVED_DATA_KEYS or key.startswith(("google", "gcm")):
                 raise invalid_argument("message.data", f"Invalid data key: {key}")
-        if sum(len(key.encode()) + len(value.encode()) for key, value in data.items()) \
-                > MAX_DATA_BYTES:
+        if (
+            sum(len(key.encode()) + len(value.encode()) for key, value in data.items())
+            > MAX_DATA_BYTES
+        ):
             raise invalid_argument("message", "Message is too big")
         self._android(message.get("android", {}))
         return message
@@ -259,9 +350,12 @@ class FcmReceiver:
         if answer.registration is Registration.VALID:
             return
         if answer.registration is Registration.BAD_PACKAGE:
-            raise google_error(400, "INVALID_ARGUMENT", "Invalid package name",
-                               violations=[("message.android.restricted_package_name",
-                                            "Invalid package name")])
+            raise google_error(
+                400,
+                "INVALID_ARGUMENT",
+                "Invalid package name",
+                violations=[("message.android.restricted_package_name", "Invalid package name")],
+            )
         code, status, fcm_code, text = _ERRORS[answer.registration]
         raise google_error(code, status, text, fcm_code=fcm_code, headers=headers)
 

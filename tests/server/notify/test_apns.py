@@ -41,8 +41,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 def p8() -> bytes:
     """An AuthKey_<key id>.p8 as Apple issues it: PKCS#8 PEM, P-256."""
     return ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @dataclass
@@ -54,17 +54,23 @@ class Apns:
 
 
 def config_for(p8: bytes, url: str, **overrides: object) -> ApnsConfig:
-    values: dict[str, object] = {"team_id": TEAM, "key_id": KEY_ID, "signing_key": load_p8(p8),
-                                 "topic": TOPIC, "base_url": url,
-                                 "default_retry_seconds": DEFAULT_RETRY}
+    values: dict[str, object] = {
+        "team_id": TEAM,
+        "key_id": KEY_ID,
+        "signing_key": load_p8(p8),
+        "topic": TOPIC,
+        "base_url": url,
+        "default_retry_seconds": DEFAULT_RETRY,
+    }
     values.update(overrides)
     return ApnsConfig(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def apns(clock: FakeClock, tls: Tls, p8: bytes) -> Iterator[Apns]:
-    receiver = ApnsReceiver(team_id=TEAM, key_id=KEY_ID, topic=TOPIC, clock=clock,
-                            public_key=load_p8(p8).public_key())
+    receiver = ApnsReceiver(
+        team_id=TEAM, key_id=KEY_ID, topic=TOPIC, clock=clock, public_key=load_p8(p8).public_key()
+    )
     receiver.devices[TOKEN] = Answer(device=Device.ACTIVE)
     with ThreadedServer(receiver, tls=tls) as server:
         config = config_for(p8, server.url)
@@ -76,8 +82,9 @@ def apns(clock: FakeClock, tls: Tls, p8: bytes) -> Iterator[Apns]:
 
 
 def other_provider(apns: Apns, tls: Tls, clock: FakeClock, **overrides: Any) -> ApnsProvider:
-    return ApnsProvider(dataclasses.replace(apns.config, **overrides), clock=clock,
-                        verify=tls.client_context())
+    return ApnsProvider(
+        dataclasses.replace(apns.config, **overrides), clock=clock, verify=tls.client_context()
+    )
 
 
 def test_delivers_a_background_hint_over_http2(apns: Apns, clock: FakeClock) -> None:
@@ -92,16 +99,24 @@ def test_delivers_a_background_hint_over_http2(apns: Apns, clock: FakeClock) -> 
     assert seen.headers["apns-push-type"] == "background"
     assert seen.headers["apns-priority"] == "5"
     assert seen.headers["apns-expiration"] == str(int(clock()) + 300)
-    assert seen.payload == {"aps": {"content-available": 1},
-                            "keybound": {"type": EVENT_TYPE, "applicationId": "bank"}}
+    assert seen.payload == {
+        "aps": {"content-available": 1},
+        "keybound": {"type": EVENT_TYPE, "applicationId": "bank"},
+    }
     assert HINT.device_id not in json.dumps(seen.payload)
     assert seen.token_header == {"alg": "ES256", "kid": KEY_ID}
     assert seen.token_claims == {"iss": TEAM, "iat": int(clock())}
 
 
 def test_alert_push_shows_the_operators_text(apns: Apns, tls: Tls, clock: FakeClock) -> None:
-    provider = other_provider(apns, tls, clock, push_type=ApnsPushType.ALERT,
-                              alert_title="Bank", alert_body="A request is waiting")
+    provider = other_provider(
+        apns,
+        tls,
+        clock,
+        push_type=ApnsPushType.ALERT,
+        alert_title="Bank",
+        alert_body="A request is waiting",
+    )
     try:
         assert provider.send(TOKEN, HINT).kind is OutcomeKind.DELIVERED
     finally:
@@ -111,8 +126,7 @@ def test_alert_push_shows_the_operators_text(apns: Apns, tls: Tls, clock: FakeCl
     assert seen.payload["aps"] == {"alert": {"title": "Bank", "body": "A request is waiting"}}
 
 
-def test_provider_token_reused_then_renewed_before_the_hour(apns: Apns,
-                                                            clock: FakeClock) -> None:
+def test_provider_token_reused_then_renewed_before_the_hour(apns: Apns, clock: FakeClock) -> None:
     first = int(clock())
     assert apns.provider.send(TOKEN, HINT).kind is OutcomeKind.DELIVERED
     clock.advance(49 * 60)
@@ -121,12 +135,14 @@ def test_provider_token_reused_then_renewed_before_the_hour(apns: Apns,
     assert apns.provider.send(TOKEN, HINT).kind is OutcomeKind.DELIVERED
 
     assert [seen.token_claims["iat"] for seen in apns.receiver.seen] == [
-        first, first, first + 51 * 60]
+        first,
+        first,
+        first + 51 * 60,
+    ]
     assert [seen.status for seen in apns.receiver.seen] == [200, 200, 200]
 
 
-def test_expired_provider_token_is_re_signed_and_retried(apns: Apns,
-                                                         clock: FakeClock) -> None:
+def test_expired_provider_token_is_re_signed_and_retried(apns: Apns, clock: FakeClock) -> None:
     """APNs finds the token too old before the provider meant to renew it."""
     apns.receiver.max_token_age = 30 * 60
     assert apns.provider.send(TOKEN, HINT).kind is OutcomeKind.DELIVERED
@@ -137,7 +153,10 @@ def test_expired_provider_token_is_re_signed_and_retried(apns: Apns,
     assert outcome.kind is OutcomeKind.DELIVERED
     seen = apns.receiver.seen
     assert [(s.status, s.reason) for s in seen] == [
-        (200, "delivered"), (403, "ExpiredProviderToken"), (200, "delivered")]
+        (200, "delivered"),
+        (403, "ExpiredProviderToken"),
+        (200, "delivered"),
+    ]
     assert seen[2].token_claims["iat"] == int(clock())
     assert seen[1].headers["authorization"] == seen[0].headers["authorization"]
     assert seen[2].headers["authorization"] != seen[1].headers["authorization"]
@@ -151,8 +170,7 @@ def test_expired_twice_fails_without_looping(apns: Apns) -> None:
 
 
 def test_token_signed_with_another_key_fails(apns: Apns, tls: Tls, clock: FakeClock) -> None:
-    provider = other_provider(apns, tls, clock,
-                              signing_key=ec.generate_private_key(ec.SECP256R1()))
+    provider = other_provider(apns, tls, clock, signing_key=ec.generate_private_key(ec.SECP256R1()))
     try:
         outcome = provider.send(TOKEN, HINT)
     finally:
@@ -161,23 +179,26 @@ def test_token_signed_with_another_key_fails(apns: Apns, tls: Tls, clock: FakeCl
     assert len(apns.receiver.seen) == 1
 
 
-def test_unregistered_token_is_dropped_with_its_timestamp(apns: Apns,
-                                                          clock: FakeClock) -> None:
+def test_unregistered_token_is_dropped_with_its_timestamp(apns: Apns, clock: FakeClock) -> None:
     since_ms = int(clock() * 1000) - 86_400_000
-    apns.receiver.devices[TOKEN] = Answer(device=Device.UNREGISTERED,
-                                          unregistered_at_ms=since_ms)
+    apns.receiver.devices[TOKEN] = Answer(device=Device.UNREGISTERED, unregistered_at_ms=since_ms)
     outcome = apns.provider.send(TOKEN, HINT)
     assert (outcome.kind, outcome.reason) == (OutcomeKind.TOKEN_INVALID, "Unregistered")
     assert outcome.invalid_since == since_ms / 1000
 
 
-@pytest.mark.parametrize(("device", "reason"), [
-    (Device.BAD_TOKEN, "BadDeviceToken"), (Device.NOT_FOR_TOPIC, "DeviceTokenNotForTopic")])
+@pytest.mark.parametrize(
+    ("device", "reason"),
+    [(Device.BAD_TOKEN, "BadDeviceToken"), (Device.NOT_FOR_TOPIC, "DeviceTokenNotForTopic")],
+)
 def test_bad_device_token_is_dropped(apns: Apns, device: Device, reason: str) -> None:
     apns.receiver.devices[TOKEN] = Answer(device=device)
     outcome = apns.provider.send(TOKEN, HINT)
     assert (outcome.kind, outcome.reason, outcome.invalid_since) == (
-        OutcomeKind.TOKEN_INVALID, reason, None)
+        OutcomeKind.TOKEN_INVALID,
+        reason,
+        None,
+    )
 
 
 def test_unknown_token_is_a_bad_device_token(apns: Apns) -> None:
@@ -185,27 +206,37 @@ def test_unknown_token_is_a_bad_device_token(apns: Apns) -> None:
     assert (outcome.kind, outcome.reason) == (OutcomeKind.TOKEN_INVALID, "BadDeviceToken")
 
 
-@pytest.mark.parametrize(("answer", "delay", "reason"), [
-    (Answer(device=Device.TOO_MANY), DEFAULT_RETRY, "TooManyRequests"),
-    (Answer(device=Device.UNAVAILABLE, retry_after="30"), 30.0, "ServiceUnavailable"),
-])
-def test_throttled_or_unavailable_retries(apns: Apns, answer: Answer, delay: float,
-                                          reason: str) -> None:
+@pytest.mark.parametrize(
+    ("answer", "delay", "reason"),
+    [
+        (Answer(device=Device.TOO_MANY), DEFAULT_RETRY, "TooManyRequests"),
+        (Answer(device=Device.UNAVAILABLE, retry_after="30"), 30.0, "ServiceUnavailable"),
+    ],
+)
+def test_throttled_or_unavailable_retries(
+    apns: Apns, answer: Answer, delay: float, reason: str
+) -> None:
     apns.receiver.devices[TOKEN] = answer
     outcome = apns.provider.send(TOKEN, HINT)
-    assert (outcome.kind, outcome.retry_after, outcome.reason) == (
-        OutcomeKind.RETRY, delay, reason)
+    assert (outcome.kind, outcome.retry_after, outcome.reason) == (OutcomeKind.RETRY, delay, reason)
 
 
 def test_malformed_device_token_never_reaches_a_path(apns: Apns) -> None:
-    for token in ("", "a1" * 7, "../../3/device/" + "a1" * 32, "zz" * 32, "a1" * 32 + "?x=1",
-                  "a" * 63):
+    for token in (
+        "",
+        "a1" * 7,
+        "../../3/device/" + "a1" * 32,
+        "zz" * 32,
+        "a1" * 32 + "?x=1",
+        "a" * 63,
+    ):
         assert apns.provider.send(token, HINT).kind is OutcomeKind.TOKEN_INVALID
     assert apns.receiver.seen == []
 
 
-def test_untrusted_certificate_is_refused(apns: Apns, p8: bytes, clock: FakeClock,
-                                          tmp_path: Path) -> None:
+def test_untrusted_certificate_is_refused(
+    apns: Apns, p8: bytes, clock: FakeClock, tmp_path: Path
+) -> None:
     """Verification is on: a client that trusts another CA does not talk to the receiver."""
     stranger = make_tls(tmp_path)
     provider = ApnsProvider(apns.config, clock=clock, verify=stranger.client_context())
@@ -234,9 +265,13 @@ def test_config_is_checked(p8: bytes) -> None:
     with pytest.raises(ConfigurationInvalid):
         config_for(p8, "https://x", push_type=ApnsPushType.ALERT)
     with pytest.raises(ConfigurationInvalid):
-        load_p8(ec.generate_private_key(ec.SECP384R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        load_p8(
+            ec.generate_private_key(ec.SECP384R1()).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     with pytest.raises(ConfigurationInvalid):
         load_p8(b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
     assert "PRIVATE" not in repr(config_for(p8, "https://x"))
@@ -251,7 +286,6 @@ def test_concurrent_expiries_re_sign_once(apns: Apns, clock: FakeClock) -> None:
     clock.advance(31 * 60)
     with frequent_thread_switches(), ThreadPoolExecutor(max_workers=16) as pool:
         outcomes = list(pool.map(lambda _: apns.provider.send(TOKEN, HINT), range(48)))
-    assert {(outcome.kind, outcome.reason) for outcome in outcomes} == {
-        (OutcomeKind.DELIVERED, "")}
+    assert {(outcome.kind, outcome.reason) for outcome in outcomes} == {(OutcomeKind.DELIVERED, "")}
     assert len({seen.headers["authorization"] for seen in apns.receiver.seen}) == 2
     assert len({seen.peer for seen in apns.receiver.seen}) <= apns.config.connections

@@ -33,25 +33,42 @@ def test_device_payload_names_no_device_and_no_operation() -> None:
     assert HINT.for_relying_party() == {"applicationId": "bank", "deviceId": HINT.device_id}
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, 60.0), ("", 60.0), ("120", 120.0), (" 5 ", 5.0), ("0", 0.0),
-    ("-5", 60.0), ("soon", 60.0), ("1e3", 60.0), ("99999999", MAX_RETRY_AFTER_SECONDS),
-    (format_datetime(datetime.fromtimestamp(NOW + 90, tz=UTC), usegmt=True), 90.0),
-    (format_datetime(datetime.fromtimestamp(NOW - 90, tz=UTC), usegmt=True), 0.0),
-    ("Wed, 21 Oct 2015 07:28:00 -0000", 60.0),  # not an RFC 9110 (GMT) date
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, 60.0),
+        ("", 60.0),
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("0", 0.0),
+        ("-5", 60.0),
+        ("soon", 60.0),
+        ("1e3", 60.0),
+        ("99999999", MAX_RETRY_AFTER_SECONDS),
+        (format_datetime(datetime.fromtimestamp(NOW + 90, tz=UTC), usegmt=True), 90.0),
+        (format_datetime(datetime.fromtimestamp(NOW - 90, tz=UTC), usegmt=True), 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 -0000", 60.0),  # not an RFC 9110 (GMT) date
+    ],
+)
 def test_retry_delay(value: str | None, expected: float) -> None:
     assert retry_delay(value, now=NOW, default=60.0) == expected
 
 
-@pytest.mark.parametrize(("provider", "token", "ok"), [
-    (ProviderKind.APNS, "a1" * 32, True), (ProviderKind.APNS, "A1" * 50, True),
-    (ProviderKind.APNS, "a1" * 32 + "/x", False), (ProviderKind.APNS, "a" * 65, False),
-    (ProviderKind.FCM, "dGVzdA:APA91bH" + "x" * 140, True),
-    (ProviderKind.FCM, "x" * 15, False), (ProviderKind.FCM, "x" * 20 + "\n", False),
-    (ProviderKind.WEBHOOK, "install-42", True), (ProviderKind.WEBHOOK, "has space", False),
-    (ProviderKind.WEBHOOK, "", False),
-])
+@pytest.mark.parametrize(
+    ("provider", "token", "ok"),
+    [
+        (ProviderKind.APNS, "a1" * 32, True),
+        (ProviderKind.APNS, "A1" * 50, True),
+        (ProviderKind.APNS, "a1" * 32 + "/x", False),
+        (ProviderKind.APNS, "a" * 65, False),
+        (ProviderKind.FCM, "dGVzdA:APA91bH" + "x" * 140, True),
+        (ProviderKind.FCM, "x" * 15, False),
+        (ProviderKind.FCM, "x" * 20 + "\n", False),
+        (ProviderKind.WEBHOOK, "install-42", True),
+        (ProviderKind.WEBHOOK, "has space", False),
+        (ProviderKind.WEBHOOK, "", False),
+    ],
+)
 def test_push_target_checks_token_shape(provider: ProviderKind, token: str, ok: bool) -> None:
     if ok:
         assert PushTarget(provider=provider, token=token).token == token

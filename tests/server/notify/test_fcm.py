@@ -38,13 +38,22 @@ def account_key() -> rsa.RSAPrivateKey:
 
 def service_account_json(key: rsa.RSAPrivateKey, token_uri: str) -> str:
     """A key file as the Google Cloud console issues it."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    return json.dumps({
-        "type": "service_account", "project_id": PROJECT, "private_key_id": KEY_ID,
-        "private_key": pem, "client_email": EMAIL, "client_id": "1234567890",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": token_uri,
-        "universe_domain": "googleapis.com"})
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": PROJECT,
+            "private_key_id": KEY_ID,
+            "private_key": pem,
+            "client_email": EMAIL,
+            "client_id": "1234567890",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": token_uri,
+            "universe_domain": "googleapis.com",
+        }
+    )
 
 
 @dataclass
@@ -56,13 +65,19 @@ class Fcm:
 
 @pytest.fixture
 def fcm(clock: FakeClock, account_key: rsa.RSAPrivateKey) -> Iterator[Fcm]:
-    receiver = FcmReceiver(project_id=PROJECT, client_email=EMAIL, private_key_id=KEY_ID,
-                           public_key=account_key.public_key(), clock=clock)
+    receiver = FcmReceiver(
+        project_id=PROJECT,
+        client_email=EMAIL,
+        private_key_id=KEY_ID,
+        public_key=account_key.public_key(),
+        clock=clock,
+    )
     receiver.registrations[TOKEN] = Answer(registration=Registration.VALID)
     with ThreadedServer(receiver) as server:
         receiver.base_url = server.url
-        provider = provider_for(service_account_json(account_key, receiver.token_uri),
-                                server.url, clock)
+        provider = provider_for(
+            service_account_json(account_key, receiver.token_uri), server.url, clock
+        )
         try:
             yield Fcm(receiver, provider, server.url)
         finally:
@@ -70,8 +85,11 @@ def fcm(clock: FakeClock, account_key: rsa.RSAPrivateKey) -> Iterator[Fcm]:
 
 
 def provider_for(account_json: str, url: str, clock: FakeClock) -> FcmProvider:
-    config = FcmConfig(service_account=ServiceAccount.from_json(account_json),
-                       api_base_url=url, default_retry_seconds=DEFAULT_RETRY)
+    config = FcmConfig(
+        service_account=ServiceAccount.from_json(account_json),
+        api_base_url=url,
+        default_retry_seconds=DEFAULT_RETRY,
+    )
     return FcmProvider(config, clock=clock)
 
 
@@ -118,7 +136,8 @@ def test_expired_access_token_is_refreshed(fcm: Fcm, clock: FakeClock) -> None:
 
 
 def test_expiry_after_advertised_lifetime_fetches_a_new_token_first(
-        fcm: Fcm, clock: FakeClock) -> None:
+    fcm: Fcm, clock: FakeClock
+) -> None:
     fcm.receiver.access_token_lifetime = 300
     assert fcm.provider.send(TOKEN, HINT).kind is OutcomeKind.DELIVERED
     clock.advance(301)
@@ -137,13 +156,17 @@ def test_second_401_fails_without_looping(fcm: Fcm) -> None:
     assert len(fcm.receiver.token_requests) == 2
 
 
-@pytest.mark.parametrize(("registration", "reason"), [
-    (Registration.UNREGISTERED, "UNREGISTERED"),
-    (Registration.INVALID, "INVALID_ARGUMENT"),
-    (Registration.SENDER_ID_MISMATCH, "SENDER_ID_MISMATCH"),
-])
-def test_dead_registration_token_is_dropped(fcm: Fcm, registration: Registration,
-                                            reason: str) -> None:
+@pytest.mark.parametrize(
+    ("registration", "reason"),
+    [
+        (Registration.UNREGISTERED, "UNREGISTERED"),
+        (Registration.INVALID, "INVALID_ARGUMENT"),
+        (Registration.SENDER_ID_MISMATCH, "SENDER_ID_MISMATCH"),
+    ],
+)
+def test_dead_registration_token_is_dropped(
+    fcm: Fcm, registration: Registration, reason: str
+) -> None:
     fcm.receiver.registrations[TOKEN] = Answer(registration=registration)
     outcome = fcm.provider.send(TOKEN, HINT)
     assert (outcome.kind, outcome.reason) == (OutcomeKind.TOKEN_INVALID, reason)
@@ -156,17 +179,20 @@ def test_invalid_argument_about_another_field_keeps_the_token(fcm: Fcm) -> None:
 
 
 def test_quota_exceeded_retries_after_retry_after(fcm: Fcm) -> None:
-    fcm.receiver.registrations[TOKEN] = Answer(registration=Registration.QUOTA,
-                                               retry_after="120")
+    fcm.receiver.registrations[TOKEN] = Answer(registration=Registration.QUOTA, retry_after="120")
     outcome = fcm.provider.send(TOKEN, HINT)
     assert (outcome.kind, outcome.retry_after, outcome.reason) == (
-        OutcomeKind.RETRY, 120.0, "QUOTA_EXCEEDED")
+        OutcomeKind.RETRY,
+        120.0,
+        "QUOTA_EXCEEDED",
+    )
 
 
 def test_unavailable_retries_at_an_http_date(fcm: Fcm, clock: FakeClock) -> None:
     at = datetime.fromtimestamp(int(clock()) + 90, tz=UTC)
-    fcm.receiver.registrations[TOKEN] = Answer(registration=Registration.UNAVAILABLE,
-                                               retry_after=format_datetime(at, usegmt=True))
+    fcm.receiver.registrations[TOKEN] = Answer(
+        registration=Registration.UNAVAILABLE, retry_after=format_datetime(at, usegmt=True)
+    )
     outcome = fcm.provider.send(TOKEN, HINT)
     assert outcome.kind is OutcomeKind.RETRY
     assert outcome.retry_after == pytest.approx(90, abs=1)
@@ -176,7 +202,10 @@ def test_internal_without_retry_after_uses_the_default(fcm: Fcm) -> None:
     fcm.receiver.registrations[TOKEN] = Answer(registration=Registration.INTERNAL)
     outcome = fcm.provider.send(TOKEN, HINT)
     assert (outcome.kind, outcome.retry_after, outcome.reason) == (
-        OutcomeKind.RETRY, DEFAULT_RETRY, "INTERNAL")
+        OutcomeKind.RETRY,
+        DEFAULT_RETRY,
+        "INTERNAL",
+    )
 
 
 def test_assertion_signed_with_another_key_is_refused(fcm: Fcm, clock: FakeClock) -> None:
@@ -197,8 +226,7 @@ def test_malformed_registration_token_never_leaves(fcm: Fcm) -> None:
     assert fcm.receiver.sends == [] and fcm.receiver.token_requests == []
 
 
-def test_unreachable_service_is_retried(account_key: rsa.RSAPrivateKey,
-                                        clock: FakeClock) -> None:
+def test_unreachable_service_is_retried(account_key: rsa.RSAPrivateKey, clock: FakeClock) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     provider = provider_for(service_account_json(account_key, f"{url}/token"), url, clock)
     try:
@@ -211,12 +239,22 @@ def test_unreachable_service_is_retried(account_key: rsa.RSAPrivateKey,
 def test_service_account_file_is_checked(account_key: rsa.RSAPrivateKey) -> None:
     good = json.loads(service_account_json(account_key, "https://oauth2.googleapis.com/token"))
     assert ServiceAccount.from_json(json.dumps(good)).project_id == PROJECT
-    ec_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()).decode()
-    for bad in ({**good, "type": "authorized_user"}, {**good, "private_key": ec_pem},
-                {**good, "private_key": "nope"}, {**good, "project_id": "../etc"},
-                {k: v for k, v in good.items() if k != "token_uri"}):
+    ec_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    for bad in (
+        {**good, "type": "authorized_user"},
+        {**good, "private_key": ec_pem},
+        {**good, "private_key": "nope"},
+        {**good, "project_id": "../etc"},
+        {k: v for k, v in good.items() if k != "token_uri"},
+    ):
         with pytest.raises(ConfigurationInvalid):
             ServiceAccount.from_json(json.dumps(bad))
     assert "PRIVATE" not in repr(ServiceAccount.from_json(json.dumps(good)))
@@ -228,6 +266,5 @@ def test_concurrent_401s_fetch_one_new_token(fcm: Fcm) -> None:
     fcm.receiver.revoke_access_tokens()
     with frequent_thread_switches(), ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(lambda _: fcm.provider.send(TOKEN, HINT), range(24)))
-    assert {(outcome.kind, outcome.reason) for outcome in outcomes} == {
-        (OutcomeKind.DELIVERED, "")}
+    assert {(outcome.kind, outcome.reason) for outcome in outcomes} == {(OutcomeKind.DELIVERED, "")}
     assert len(fcm.receiver.token_requests) == 2

@@ -79,9 +79,11 @@ def sign(body: bytes) -> Mapping[str, str]:
 
 
 def send(url: str, clock: FakeClock, *, timeout: float = 5.0) -> tuple[OutcomeKind, float | None]:
-    provider = WebhookProvider(WebhookConfig(url=url, timeout_seconds=timeout,
-                                             default_retry_seconds=DEFAULT_RETRY),
-                               headers_for=sign, clock=clock)
+    provider = WebhookProvider(
+        WebhookConfig(url=url, timeout_seconds=timeout, default_retry_seconds=DEFAULT_RETRY),
+        headers_for=sign,
+        clock=clock,
+    )
     try:
         outcome = provider.send(TOKEN, HINT)
     finally:
@@ -89,8 +91,9 @@ def send(url: str, clock: FakeClock, *, timeout: float = 5.0) -> tuple[OutcomeKi
     return outcome.kind, outcome.retry_after
 
 
-def test_posts_the_hint_with_the_signers_headers(service: tuple[PushService, str],
-                                                 clock: FakeClock) -> None:
+def test_posts_the_hint_with_the_signers_headers(
+    service: tuple[PushService, str], clock: FakeClock
+) -> None:
     receiver, url = service
     assert send(f"{url}/ok", clock) == (OutcomeKind.DELIVERED, None)
 
@@ -98,19 +101,28 @@ def test_posts_the_hint_with_the_signers_headers(service: tuple[PushService, str
     assert headers["content-type"] == "application/json"
     assert hmac.compare_digest(headers["x-test-signature"], sign(body)["x-test-signature"])
     payload = json.loads(body)
-    assert payload == {"type": EVENT_TYPE, "timestamp": payload["timestamp"],
-                       "data": {"applicationId": "bank",
-                                "deviceId": HINT.device_id, "pushToken": TOKEN}}
+    assert payload == {
+        "type": EVENT_TYPE,
+        "timestamp": payload["timestamp"],
+        "data": {"applicationId": "bank", "deviceId": HINT.device_id, "pushToken": TOKEN},
+    }
     assert payload["timestamp"].endswith("Z")
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("/gone", (OutcomeKind.TOKEN_INVALID, None)),
-    ("/busy", (OutcomeKind.RETRY, 7.0)),
-    ("/bad", (OutcomeKind.FAILED, None)),
-])
-def test_answers_map_to_outcomes(service: tuple[PushService, str], clock: FakeClock,
-                                 path: str, expected: tuple[OutcomeKind, float | None]) -> None:
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/gone", (OutcomeKind.TOKEN_INVALID, None)),
+        ("/busy", (OutcomeKind.RETRY, 7.0)),
+        ("/bad", (OutcomeKind.FAILED, None)),
+    ],
+)
+def test_answers_map_to_outcomes(
+    service: tuple[PushService, str],
+    clock: FakeClock,
+    path: str,
+    expected: tuple[OutcomeKind, float | None],
+) -> None:
     assert send(f"{service[1]}{path}", clock) == expected
 
 
@@ -120,8 +132,9 @@ def test_redirect_is_not_followed(service: tuple[PushService, str], clock: FakeC
     assert [path for path, _, _ in receiver.requests] == ["/moved"]
 
 
-def test_slow_service_costs_at_most_the_timeout(service: tuple[PushService, str],
-                                                clock: FakeClock) -> None:
+def test_slow_service_costs_at_most_the_timeout(
+    service: tuple[PushService, str], clock: FakeClock
+) -> None:
     assert send(f"{service[1]}/slow", clock, timeout=0.3) == (OutcomeKind.RETRY, DEFAULT_RETRY)
 
 

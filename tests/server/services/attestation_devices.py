@@ -37,11 +37,15 @@ BUNDLE_ID = "com.example.bank"
 APP_ID = f"{TEAM_ID}.{BUNDLE_ID}"
 
 #: application settings that check each platform's evidence (modes set per test)
-ANDROID_POLICY: dict[str, Any] = {"attestationAndroidPackageNames": [PACKAGE],
-                                  "attestationAndroidSigningDigests": [SIGNER_DIGEST.hex()]}
-APPLE_POLICY: dict[str, Any] = {"attestationAppleTeamId": TEAM_ID,
-                                "attestationAppleBundleId": BUNDLE_ID,
-                                "attestationAppleEnvironment": "DEVELOPMENT"}
+ANDROID_POLICY: dict[str, Any] = {
+    "attestationAndroidPackageNames": [PACKAGE],
+    "attestationAndroidSigningDigests": [SIGNER_DIGEST.hex()],
+}
+APPLE_POLICY: dict[str, Any] = {
+    "attestationAppleTeamId": TEAM_ID,
+    "attestationAppleBundleId": BUNDLE_ID,
+    "attestationAppleEnvironment": "DEVELOPMENT",
+}
 
 
 @dataclass
@@ -50,38 +54,62 @@ class AndroidPlatform:
 
     pki: factory.AndroidPki = field(default_factory=factory.AndroidPki.create)
 
-    def attest(self, key: ec.EllipticCurvePrivateKey, challenge: bytes,
-               **spec: Any) -> p.AndroidKeyAttestation:
+    def attest(
+        self, key: ec.EllipticCurvePrivateKey, challenge: bytes, **spec: Any
+    ) -> p.AndroidKeyAttestation:
         leaf = self.pki.leaf(factory.KeyDescriptionSpec(challenge=challenge, **spec), key=key)
-        return p.AndroidKeyAttestation(format="android-key",
-                                       certificate_chain=list(self.pki.chain(leaf)))
+        return p.AndroidKeyAttestation(
+            format="android-key", certificate_chain=list(self.pki.chain(leaf))
+        )
 
 
 @dataclass
 class ApplePlatform:
     """An App Attestation-like root and CA, and App Attest keys with their counters."""
 
-    root: factory.Issued = field(default_factory=lambda: factory.issue(
-        factory.name("Test App Attestation Root")))
+    root: factory.Issued = field(
+        default_factory=lambda: factory.issue(factory.name("Test App Attestation Root"))
+    )
     intermediate: factory.Issued = field(init=False)
 
     def __post_init__(self) -> None:
-        self.intermediate = factory.issue(factory.name("Test App Attestation CA 1"),
-                                          issuer=self.root, path_length=0)
+        self.intermediate = factory.issue(
+            factory.name("Test App Attestation CA 1"), issuer=self.root, path_length=0
+        )
 
-    def attest(self, key: ec.EllipticCurvePrivateKey, start: p.ActivationStartResponse, *,
-               application_id: str, client_data: bytes | None = None,
-               apple_app_id: str = APP_ID, **changes: Any) -> p.AppleAppAttestation:
+    def attest(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        start: p.ActivationStartResponse,
+        *,
+        application_id: str,
+        client_data: bytes | None = None,
+        apple_app_id: str = APP_ID,
+        **changes: Any,
+    ) -> p.AppleAppAttestation:
         """attestKey over SHA-256 of the activation's client data (§6.5.2)."""
-        data = client_data if client_data is not None else p.app_attest_client_data(
-            application_id=application_id, device_id=start.device_id,
-            operation_id=start.operation_id, challenge=start.challenge)
+        data = (
+            client_data
+            if client_data is not None
+            else p.app_attest_client_data(
+                application_id=application_id,
+                device_id=start.device_id,
+                operation_id=start.operation_id,
+                challenge=start.challenge,
+            )
+        )
         obj, key_id = factory.app_attest_object(
-            self.root, self.intermediate, key=key, app_id=apple_app_id,
+            self.root,
+            self.intermediate,
+            key=key,
+            app_id=apple_app_id,
             client_data_hash=hashlib.sha256(data).digest(),
-            valid_at=dt.datetime.now(dt.UTC), **changes)
-        return p.AppleAppAttestation(format="apple-appattest", key_id=key_id,
-                                     attestation_object=obj)
+            valid_at=dt.datetime.now(dt.UTC),
+            **changes,
+        )
+        return p.AppleAppAttestation(
+            format="apple-appattest", key_id=key_id, attestation_object=obj
+        )
 
 
 @dataclass
@@ -98,8 +126,11 @@ class AppAttestKey:
         if counter is None:
             self.counter += 1
             counter = self.counter
-        auth = (hashlib.sha256(self.rp_id.encode()).digest() + bytes([0x40])
-                + counter.to_bytes(4, "big"))
+        auth = (
+            hashlib.sha256(self.rp_id.encode()).digest()
+            + bytes([0x40])
+            + counter.to_bytes(4, "big")
+        )
         nonce = hashlib.sha256(auth + hashlib.sha256(tbs).digest()).digest()
         signature = self.key.sign(nonce, ec.ECDSA(hashes.SHA256()))
         return cbor2.dumps({"signature": signature, "authenticatorData": auth})
@@ -110,16 +141,19 @@ class SoftwareTpm:
     """A TPM in software: an RSA-2048 EK with a certificate from ``manufacturer``, a P-256
     restricted signing AK, and what TPM2_ActivateCredential / TPM2_Certify do with them."""
 
-    manufacturer: factory.Issued = field(default_factory=lambda: factory.issue(
-        factory.name("Test TPM Manufacturer CA")))
-    ek: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(
-        public_exponent=65537, key_size=2048))
+    manufacturer: factory.Issued = field(
+        default_factory=lambda: factory.issue(factory.name("Test TPM Manufacturer CA"))
+    )
+    ek: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
     ak: ec.EllipticCurvePrivateKey = field(default_factory=crypto.generate_p256)
 
     @property
     def ek_certificate(self) -> bytes:
-        return factory.tpm_certificate(self.manufacturer, eku="2.23.133.8.1",
-                                       public_key=self.ek.public_key()).der
+        return factory.tpm_certificate(
+            self.manufacturer, eku="2.23.133.8.1", public_key=self.ek.public_key()
+        ).der
 
     @property
     def ak_public(self) -> bytes:
@@ -131,35 +165,47 @@ class SoftwareTpm:
     def activate(self, credential: p.TpmCredential) -> bytes:
         """TPM2_ActivateCredential [TPM 2.0 Part 1 §24]: the seed by RSA-OAEP with the EK,
         the outer HMAC checked against this AK's name, the identity decrypted."""
-        seed = self.ek.decrypt(credential.encrypted_secret, padding.OAEP(
-            mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
-            label=b"IDENTITY\x00"))
+        seed = self.ek.decrypt(
+            credential.encrypted_secret,
+            padding.OAEP(
+                mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=b"IDENTITY\x00"
+            ),
+        )
         name = factory.tpm_name(self.ak_public)
         blob = credential.credential_blob
         size = int.from_bytes(blob[:2], "big")
-        outer, encrypted = blob[2:2 + size], blob[2 + size:]
+        outer, encrypted = blob[2 : 2 + size], blob[2 + size :]
         hmac_key = kdfa(hashes.SHA256, seed, b"INTEGRITY", b"", b"", 256)
-        if not hmac.compare_digest(outer, hmac.new(hmac_key, encrypted + name,
-                                                   "sha256").digest()):
+        if not hmac.compare_digest(outer, hmac.new(hmac_key, encrypted + name, "sha256").digest()):
             raise ValueError("integrity check failed: not for this TPM or this AK")
         sym = kdfa(hashes.SHA256, seed, b"STORAGE", name, b"", 128)
         decryptor = Cipher(algorithms.AES(sym), CFB(bytes(16))).decryptor()
         identity = decryptor.update(encrypted) + decryptor.finalize()
-        return identity[2:2 + int.from_bytes(identity[:2], "big")]
+        return identity[2 : 2 + int.from_bytes(identity[:2], "big")]
 
-    def certify(self, key: ec.EllipticCurvePrivateKey, challenge: bytes,
-                secret: bytes) -> p.TpmAttestation:
+    def certify(
+        self, key: ec.EllipticCurvePrivateKey, challenge: bytes, secret: bytes
+    ) -> p.TpmAttestation:
         """TPM2_Certify of a sign-only P-256 key by the AK, qualifyingData = challenge."""
         public = factory.tpmt_public_ecc(key.public_key())
         info = factory.tpms_attest(extra_data=challenge, name=factory.tpm_name(public))
         signature = factory.tpmt_signature_ecdsa(self.ak.sign(info, ec.ECDSA(hashes.SHA256())))
-        return p.TpmAttestation(format="tpm", certify_info=info, signature=signature,
-                                public_area=public, activated_secret=secret)
+        return p.TpmAttestation(
+            format="tpm",
+            certify_info=info,
+            signature=signature,
+            public_area=public,
+            activated_secret=secret,
+        )
 
 
-def write_trust_dir(directory: Path, *, android: factory.Issued | None = None,
-                    apple: factory.Issued | None = None,
-                    tpm: factory.Issued | None = None) -> Path:
+def write_trust_dir(
+    directory: Path,
+    *,
+    android: factory.Issued | None = None,
+    apple: factory.Issued | None = None,
+    tpm: factory.Issued | None = None,
+) -> Path:
     """The operator's trust directory with these roots added (server.attestation_trust)."""
     for name, root in (("android", android), ("apple", apple), ("tpm", tpm)):
         if root is not None:

@@ -34,26 +34,34 @@ def test_activation_registers_both_keys(rp: RelyingParty) -> None:
     device = RawDevice(rp.http, rp.app_id)
     response = device.activate(code)
     assert response.status_code == 200
-    assert response.json() == {"deviceId": code["deviceId"], "hardwareKeyRegistered": True,
-                               "authMethods": ["DEVICE"]}
+    assert response.json() == {
+        "deviceId": code["deviceId"],
+        "hardwareKeyRegistered": True,
+        "authMethods": ["DEVICE"],
+    }
     info = rp.device(code["deviceId"])
-    assert (info["state"], info["hardwareKey"], info["hardwareKeyAlgorithm"]) == \
-        ("ACTIVE", True, "ES256")
+    assert (info["state"], info["hardwareKey"], info["hardwareKeyAlgorithm"]) == (
+        "ACTIVE",
+        True,
+        "ES256",
+    )
     op = rp.operation(code["operationId"])
     assert op["state"] == "COMPLETED"
     assert op["riskData"] == {"hwKeyClientStatus": "OK", "hwKeyServerResult": "VALID"}
 
 
 @pytest.mark.parametrize("typed", [False, True], ids=["link", "typed"])
-def test_activation_is_single_use_whichever_form_started_it(rp: RelyingParty, kb: Keybound,
-                                                             typed: bool) -> None:
+def test_activation_is_single_use_whichever_form_started_it(
+    rp: RelyingParty, kb: Keybound, typed: bool
+) -> None:
     """A start consumes the activation: neither its token nor its typed code works again."""
     code = rp.activation_code()
     RawDevice(rp.http, rp.app_id).start_activation(code, typed=typed)
     before = snapshot(kb)
     for again in (False, True):
-        response = rp.http.post(p.DevicePaths.ACTIVATION_START,
-                                json=start_body(rp.app_id, code, typed=again))
+        response = rp.http.post(
+            p.DevicePaths.ACTIVATION_START, json=start_body(rp.app_id, code, typed=again)
+        )
         assert problem_code(response) == "activation_code_invalid"
     assert snapshot(kb) == before
 
@@ -63,8 +71,9 @@ def test_activation_expires(make_rp: Any, clock: Any, typed: bool) -> None:
     rp = make_rp(activationCodeLifetimeSeconds=60)
     code = rp.activation_code()
     clock.advance(61)
-    response = rp.http.post(p.DevicePaths.ACTIVATION_START,
-                            json=start_body(rp.app_id, code, typed=typed))
+    response = rp.http.post(
+        p.DevicePaths.ACTIVATION_START, json=start_body(rp.app_id, code, typed=typed)
+    )
     assert problem_code(response) == "activation_code_invalid"
 
 
@@ -72,16 +81,21 @@ def test_activation_expires(make_rp: Any, clock: Any, typed: bool) -> None:
 def test_activation_of_another_application_is_invalid(make_rp: Any, typed: bool) -> None:
     a, b = make_rp(), make_rp()
     code = a.activation_code()
-    response = b.http.post(p.DevicePaths.ACTIVATION_START,
-                           json=start_body(b.app_id, code, typed=typed))
+    response = b.http.post(
+        p.DevicePaths.ACTIVATION_START, json=start_body(b.app_id, code, typed=typed)
+    )
     assert problem_code(response) == "activation_code_invalid"
     assert RawDevice(a.http, a.app_id).activate(code, typed=typed).status_code == 200
 
 
-@pytest.mark.parametrize(("kind", "pattern"), [("NUMERIC", "0123456789"),
-                                               ("ALPHA", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
-                                               ("ALPHANUMERIC",
-                                                "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")])
+@pytest.mark.parametrize(
+    ("kind", "pattern"),
+    [
+        ("NUMERIC", "0123456789"),
+        ("ALPHA", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+        ("ALPHANUMERIC", "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+    ],
+)
 def test_activation_code_format_follows_config(make_rp: Any, kind: str, pattern: str) -> None:
     rp = make_rp(activationCodeType=kind, activationCodeLength=10)
     for _ in range(5):
@@ -102,8 +116,9 @@ def test_required_refuses_activation_without_hardware_key(make_rp: Any) -> None:
     assert rp.call("GET", f"/rp/v1/devices/{code['deviceId']}")["code"] == "not_found"
 
 
-@pytest.mark.parametrize(("strategy", "ok"), [("SUPPORTED", False), ("REQUIRED", False),
-                                              ("RISK_PARAMS", True)])
+@pytest.mark.parametrize(
+    ("strategy", "ok"), [("SUPPORTED", False), ("REQUIRED", False), ("RISK_PARAMS", True)]
+)
 def test_invalid_hardware_proof_at_activation(make_rp: Any, strategy: str, ok: bool) -> None:
     rp = make_rp(hwKeyValidationStrategy=strategy)
     code = rp.activation_code()
@@ -124,15 +139,15 @@ def test_software_only_device_under_supported(rp: RelyingParty) -> None:
     assert rp.device(device.device_id)["hardwareKey"] is False
 
 
-def test_wrong_software_proof_at_activation_changes_nothing(rp: RelyingParty,
-                                                            kb: Keybound) -> None:
+def test_wrong_software_proof_at_activation_changes_nothing(rp: RelyingParty, kb: Keybound) -> None:
     device = RawDevice(rp.http, rp.app_id)
     start = device.start_activation(rp.activation_code())
     request = device.activation_request(start)
     bad = request.model_copy(update={"software_signature": crypto.sign_p256(device.sw, b"x")})
     before = snapshot(kb)
-    assert problem_code(device.post(p.DevicePaths.ACTIVATION_FINISH, bad)) == \
-        "authentication_failed"
+    assert (
+        problem_code(device.post(p.DevicePaths.ACTIVATION_FINISH, bad)) == "authentication_failed"
+    )
     assert snapshot(kb) == before
     assert device.post(p.DevicePaths.ACTIVATION_FINISH, request).status_code == 200
 
@@ -144,8 +159,9 @@ def test_non_p256_key_is_refused(rp: RelyingParty) -> None:
     start = device.start_activation(rp.activation_code())
     request = device.activation_request(start)
     p384 = crypto.public_der(ec.generate_private_key(ec.SECP384R1()))
-    response = device.post(p.DevicePaths.ACTIVATION_FINISH,
-                           request.model_copy(update={"software_public_key": p384}))
+    response = device.post(
+        p.DevicePaths.ACTIVATION_FINISH, request.model_copy(update={"software_public_key": p384})
+    )
     assert problem_code(response) == "unsupported_algorithm"
 
 
@@ -163,8 +179,7 @@ def test_reactivation_invalidates_old_keys(rp: RelyingParty) -> None:
     # the old current key and the old superseded key are simply unknown now
     for key in (device.sw, superseded, old_sw):
         stale = RawDevice(rp.http, rp.app_id, sw=key, hw=None, device_id=device_id)
-        assert problem_code(stale.authenticate(status=C.NOT_SUPPORTED)) == \
-            "authentication_failed"
+        assert problem_code(stale.authenticate(status=C.NOT_SUPPORTED)) == "authentication_failed"
     assert rp.device(device_id)["state"] == "ACTIVE"  # old keys do not lock the new ones
     assert new.authenticate().status_code == 200
 
@@ -180,38 +195,44 @@ def test_hardware_key_only_through_reactivation(rp: RelyingParty) -> None:
 def test_deactivated_device_cannot_be_reactivated(rp: RelyingParty) -> None:
     device = activated(rp)
     rp.call("POST", f"/rp/v1/devices/{device.device_id}/deactivate", expect=200)
-    response = rp.http.post(f"/rp/v1/devices/{device.device_id}/reactivation",
-                            headers=rp.headers)
+    response = rp.http.post(f"/rp/v1/devices/{device.device_id}/reactivation", headers=rp.headers)
     assert problem_code(response) == "invalid_state"
 
 
 def test_device_deactivates_itself(rp: RelyingParty) -> None:
     device = activated(rp)
-    tbs = p.transcript(p.Purpose.DEACTIVATION, application_id=rp.app_id,
-                       device_id=device.device_id, operation_id="", challenge=b"",
-                       context_digest=p.NO_CONTEXT_HASH,
-                       software_public_key=crypto.public_der(device.sw))
-    request = p.DeactivateRequest(application_id=rp.app_id, device_id=device.device_id,
-                                  software_key_id=crypto.key_id(crypto.public_der(device.sw)),
-                                  software_signature=crypto.sign_p256(device.sw, tbs))
-    forged = request.model_copy(update={"software_signature": crypto.sign_p256(
-        crypto.generate_p256(), tbs)})
+    tbs = p.transcript(
+        p.Purpose.DEACTIVATION,
+        application_id=rp.app_id,
+        device_id=device.device_id,
+        operation_id="",
+        challenge=b"",
+        context_digest=p.NO_CONTEXT_HASH,
+        software_public_key=crypto.public_der(device.sw),
+    )
+    request = p.DeactivateRequest(
+        application_id=rp.app_id,
+        device_id=device.device_id,
+        software_key_id=crypto.key_id(crypto.public_der(device.sw)),
+        software_signature=crypto.sign_p256(device.sw, tbs),
+    )
+    forged = request.model_copy(
+        update={"software_signature": crypto.sign_p256(crypto.generate_p256(), tbs)}
+    )
     assert problem_code(device.post(p.DevicePaths.DEACTIVATE, forged)) == "authentication_failed"
     assert rp.device(device.device_id)["state"] == "ACTIVE"
     response = device.post(p.DevicePaths.DEACTIVATE, request)
     assert response.json() == {"deviceId": device.device_id, "state": "DEACTIVATED"}
     assert rp.device(device.device_id)["state"] == "DEACTIVATED"
     start = device.start_auth()  # decoy now
-    assert problem_code(device.finish_auth(*device.auth_request(start))) == \
-        "authentication_failed"
+    assert problem_code(device.finish_auth(*device.auth_request(start))) == "authentication_failed"
 
 
 def test_pin_only_application_needs_a_pin_at_activation(make_rp: Any) -> None:
     rp = make_rp(allowedAuthMethods=["DEVICE:PIN"])
     refused = RawDevice(rp.http, rp.app_id).activate(rp.activation_code())
     assert problem_code(refused) == "pin_required"
-    ok = RawDevice(rp.http, rp.app_id).activate(rp.activation_code(),
-                                                pin_key=bytes(32))
+    ok = RawDevice(rp.http, rp.app_id).activate(rp.activation_code(), pin_key=bytes(32))
     assert ok.json()["authMethods"] == ["DEVICE:PIN"]
 
 
@@ -231,11 +252,9 @@ def test_pin_key_is_stored_only_wrapped(rp: RelyingParty, kb: Keybound) -> None:
 
     pin_key = bytes(range(100, 132))
     device = RawDevice(rp.http, rp.app_id)
-    assert device.activate(rp.activation_code(),
-                           pin_key=pin_key).status_code == 200
+    assert device.activate(rp.activation_code(), pin_key=pin_key).status_code == 200
     other = RawDevice(rp.http, rp.app_id)
-    assert other.activate(rp.activation_code(),
-                          pin_key=pin_key).status_code == 200
+    assert other.activate(rp.activation_code(), pin_key=pin_key).status_code == 200
     with kb.db.read() as conn:
         rows = dict(conn.execute(select(t.registrations.c.id, t.registrations.c.pin_key)).all())
     with kb.db.read() as conn:  # the raw PIN key is in no column of any table
@@ -243,17 +262,18 @@ def test_pin_key_is_stored_only_wrapped(rp: RelyingParty, kb: Keybound) -> None:
             for row in conn.execute(select(table)):
                 assert not any(isinstance(v, bytes) and pin_key in v for v in row), table.name
     assert rows[device.device_id] != rows[other.device_id]  # fresh nonce per wrap
-    assert kb.box.unwrap(Purpose.PIN_KEY, rows[device.device_id],
-                         binding=device.device_id.encode()) == pin_key
+    assert (
+        kb.box.unwrap(Purpose.PIN_KEY, rows[device.device_id], binding=device.device_id.encode())
+        == pin_key
+    )
     with pytest.raises(KeyboundError) as moved:  # a wrapped key is bound to its registration
-        kb.box.unwrap(Purpose.PIN_KEY, rows[device.device_id],
-                      binding=other.device_id.encode())
+        kb.box.unwrap(Purpose.PIN_KEY, rows[device.device_id], binding=other.device_id.encode())
     assert moved.value.code is ErrorCode.INTERNAL
 
 
-
 def test_a_pin_key_that_does_not_open_is_a_server_fault_without_detail(
-        rp: RelyingParty, kb: Keybound) -> None:
+    rp: RelyingParty, kb: Keybound
+) -> None:
     """A wrapped PIN key moved to another registration does not open: 500 internal_error,
     nothing about the inside in the answer, and nothing counted against the device."""
     from sqlalchemy import select, update
@@ -280,10 +300,18 @@ def test_a_pin_key_that_does_not_open_is_a_server_fault_without_detail(
 def code_failures(kb: Keybound, operation_id: str) -> list[dict[str, Any]]:
     """The audit trail's counted typed attempts of one activation."""
     with kb.db.read() as conn:
-        rows = conn.execute(select(t.events.c.payload).where(
-            t.events.c.operation_id == operation_id,
-            t.events.c.type == EventType.ACTIVATION_CODE_FAILED.value)
-            .order_by(t.events.c.seq)).scalars().all()
+        rows = (
+            conn.execute(
+                select(t.events.c.payload)
+                .where(
+                    t.events.c.operation_id == operation_id,
+                    t.events.c.type == EventType.ACTIVATION_CODE_FAILED.value,
+                )
+                .order_by(t.events.c.seq)
+            )
+            .scalars()
+            .all()
+        )
     return [json.loads(row) for row in rows]
 
 
@@ -305,9 +333,14 @@ def test_issued_activation_has_a_link_and_a_typed_code_with_its_hint(rp: Relying
 def test_typed_code_activates_with_its_hint_as_a_user_types_it(rp: RelyingParty) -> None:
     code = rp.activation_code()
     hint = code["activationHint"].lower().replace("0", "o").replace("1", "l")  # misread
-    response = rp.http.post(p.DevicePaths.ACTIVATION_START, json={
-        "applicationId": rp.app_id, "activationCode": code["activationCode"],
-        "activationHint": hint})
+    response = rp.http.post(
+        p.DevicePaths.ACTIVATION_START,
+        json={
+            "applicationId": rp.app_id,
+            "activationCode": code["activationCode"],
+            "activationHint": hint,
+        },
+    )
     assert response.status_code == 200, response.text
     assert response.json()["deviceId"] == code["deviceId"]
 
@@ -315,18 +348,24 @@ def test_typed_code_activates_with_its_hint_as_a_user_types_it(rp: RelyingParty)
 TOKEN = "q1XTxZ4ONHPOwYJnFXHYv1mlRl8cU9mF2Ysv7aaVe0U"
 
 
-@pytest.mark.parametrize("body", [{"activationCode": "483920"},
-                                  {"activationHint": "7KQ2MX"},
-                                  {"activationCode": "483920", "activationHint": "7KQ2MX",
-                                   "activationToken": TOKEN},
-                                  {"activationHint": "7KQ2MX", "activationToken": TOKEN},
-                                  {}])
-def test_start_needs_the_token_alone_or_the_code_with_its_hint(rp: RelyingParty,
-                                                               body: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"activationCode": "483920"},
+        {"activationHint": "7KQ2MX"},
+        {"activationCode": "483920", "activationHint": "7KQ2MX", "activationToken": TOKEN},
+        {"activationHint": "7KQ2MX", "activationToken": TOKEN},
+        {},
+    ],
+)
+def test_start_needs_the_token_alone_or_the_code_with_its_hint(
+    rp: RelyingParty, body: dict[str, str]
+) -> None:
     """A bare code -- the request that could be guessed against every pending code at once
     -- is not even read."""
-    response = rp.http.post(p.DevicePaths.ACTIVATION_START,
-                            json={"applicationId": rp.app_id, **body})
+    response = rp.http.post(
+        p.DevicePaths.ACTIVATION_START, json={"applicationId": rp.app_id, **body}
+    )
     assert problem_code(response) == "malformed_request"
 
 
@@ -335,14 +374,16 @@ def issue(rp: RelyingParty, kind: str) -> dict[str, Any]:
     if kind == "ACTIVATION":
         return rp.activation_code()
     device = activated(rp)
-    issued: dict[str, Any] = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation",
-                                     expect=201)
+    issued: dict[str, Any] = rp.call(
+        "POST", f"/rp/v1/devices/{device.device_id}/reactivation", expect=201
+    )
     return issued
 
 
 @pytest.mark.parametrize("kind", ["ACTIVATION", "REACTIVATION"])
 def test_guessing_burns_the_typed_code_and_the_link_still_activates(
-        rp: RelyingParty, kb: Keybound, kind: str) -> None:
+    rp: RelyingParty, kb: Keybound, kind: str
+) -> None:
     """The attack, one code: an attacker who knows the victim's hint sends wrong codes; after
     the budget even the right code is refused, every refusal reads the same, and the victim
     still (re)activates through the link."""
@@ -350,18 +391,24 @@ def test_guessing_burns_the_typed_code_and_the_link_still_activates(
     assert victim["type"] == kind
     attacker = {"applicationId": rp.app_id, "activationHint": victim["activationHint"]}
     wrong = wrong_code(victim["activationCode"])
-    unknown_hint = rp.http.post(p.DevicePaths.ACTIVATION_START, json={
-        **attacker, "activationHint": "ZZZZZZZZ", "activationCode": wrong})
-    answers = [rp.http.post(p.DevicePaths.ACTIVATION_START,
-                            json={**attacker, "activationCode": wrong})
-               for _ in range(MAX_CODE_ATTEMPTS)]
+    unknown_hint = rp.http.post(
+        p.DevicePaths.ACTIVATION_START,
+        json={**attacker, "activationHint": "ZZZZZZZZ", "activationCode": wrong},
+    )
+    answers = [
+        rp.http.post(p.DevicePaths.ACTIVATION_START, json={**attacker, "activationCode": wrong})
+        for _ in range(MAX_CODE_ATTEMPTS)
+    ]
     # the budget is spent: the right code now fails like any other guess
-    lucky = rp.http.post(p.DevicePaths.ACTIVATION_START,
-                         json={**attacker, "activationCode": victim["activationCode"]})
+    lucky = rp.http.post(
+        p.DevicePaths.ACTIVATION_START,
+        json={**attacker, "activationCode": victim["activationCode"]},
+    )
     for answer in (*answers, lucky):
         assert (answer.status_code, answer.content) == (401, unknown_hint.content)
-    assert [f["attemptsLeft"] for f in code_failures(kb, victim["operationId"])] == \
-        list(range(MAX_CODE_ATTEMPTS - 1, -1, -1))  # counted: exactly the budget, no more
+    assert [f["attemptsLeft"] for f in code_failures(kb, victim["operationId"])] == list(
+        range(MAX_CODE_ATTEMPTS - 1, -1, -1)
+    )  # counted: exactly the budget, no more
     assert code_failures(kb, victim["operationId"])[-1]["burnt"] is True
     assert rp.operation(victim["operationId"])["state"] == "PENDING"
     # the victim: the link works; the other user: the typed code works (no global lockout)
@@ -372,11 +419,15 @@ def test_guessing_burns_the_typed_code_and_the_link_still_activates(
 
 def test_a_mistyped_code_leaves_the_rest_of_its_budget(rp: RelyingParty, kb: Keybound) -> None:
     code = rp.activation_code()
-    typo = {**start_body(rp.app_id, code, typed=True),
-            "activationCode": wrong_code(code["activationCode"])}
+    typo = {
+        **start_body(rp.app_id, code, typed=True),
+        "activationCode": wrong_code(code["activationCode"]),
+    }
     for _ in range(MAX_CODE_ATTEMPTS - 1):
-        assert problem_code(rp.http.post(p.DevicePaths.ACTIVATION_START, json=typo)) == \
-            "activation_code_invalid"
+        assert (
+            problem_code(rp.http.post(p.DevicePaths.ACTIVATION_START, json=typo))
+            == "activation_code_invalid"
+        )
     assert RawDevice(rp.http, rp.app_id).activate(code, typed=True).status_code == 200
     assert len(code_failures(kb, code["operationId"])) == MAX_CODE_ATTEMPTS - 1
 
@@ -387,20 +438,47 @@ def test_unknown_hints_and_tokens_leave_no_state(rp: RelyingParty, kb: Keybound)
     rp.activation_code()
     before = snapshot(kb)
     for i in range(20):
-        assert problem_code(rp.http.post(p.DevicePaths.ACTIVATION_START, json={
-            "applicationId": rp.app_id, "activationHint": f"Q{i:05d}",
-            "activationCode": "123456"})) == "activation_code_invalid"
-        assert problem_code(rp.http.post(p.DevicePaths.ACTIVATION_START, json={
-            "applicationId": rp.app_id,
-            "activationToken": p.b64u_encode(bytes([i]) * 32)})) == "activation_code_invalid"
+        assert (
+            problem_code(
+                rp.http.post(
+                    p.DevicePaths.ACTIVATION_START,
+                    json={
+                        "applicationId": rp.app_id,
+                        "activationHint": f"Q{i:05d}",
+                        "activationCode": "123456",
+                    },
+                )
+            )
+            == "activation_code_invalid"
+        )
+        assert (
+            problem_code(
+                rp.http.post(
+                    p.DevicePaths.ACTIVATION_START,
+                    json={
+                        "applicationId": rp.app_id,
+                        "activationToken": p.b64u_encode(bytes([i]) * 32),
+                    },
+                )
+            )
+            == "activation_code_invalid"
+        )
     assert snapshot(kb) == before
 
 
-@pytest.mark.parametrize(("kind", "length", "attempts"), [
-    ("NUMERIC", 4, 1), ("NUMERIC", 5, 5), ("NUMERIC", 6, 5), ("ALPHA", 4, 5),
-    ("ALPHANUMERIC", 4, 5)])
+@pytest.mark.parametrize(
+    ("kind", "length", "attempts"),
+    [
+        ("NUMERIC", 4, 1),
+        ("NUMERIC", 5, 5),
+        ("NUMERIC", 6, 5),
+        ("ALPHA", 4, 5),
+        ("ALPHANUMERIC", 4, 5),
+    ],
+)
 def test_the_budget_keeps_the_bound_under_every_configuration(
-        make_rp: Any, kind: str, length: int, attempts: int) -> None:
+    make_rp: Any, kind: str, length: int, attempts: int
+) -> None:
     rp = make_rp(activationCodeType=kind, activationCodeLength=length)
     assert rp.activation_code()["activationCodeAttempts"] == attempts
     assert attempts / code_space(p.ActivationCodeType(kind), length) <= 1 / GUESS_BOUND
@@ -424,8 +502,20 @@ def test_a_database_copy_yields_no_code(rp: RelyingParty, kb: Keybound) -> None:
     assert not any(token in row for row in rows for token in tokens)
     box = SecretBox(kb.master_key)  # with the master key, and only with it, they match
     for i in issued:
-        assert box.keyed_hash(Purpose.ACTIVATION_CODE, i["activationCode"].encode(),
-                              binding=i["operationId"].encode()) in stored
+        assert (
+            box.keyed_hash(
+                Purpose.ACTIVATION_CODE,
+                i["activationCode"].encode(),
+                binding=i["operationId"].encode(),
+            )
+            in stored
+        )
     other = SecretBox(MasterKey.of(bytes(32)))
-    assert other.keyed_hash(Purpose.ACTIVATION_CODE, issued[0]["activationCode"].encode(),
-                            binding=issued[0]["operationId"].encode()) not in stored
+    assert (
+        other.keyed_hash(
+            Purpose.ACTIVATION_CODE,
+            issued[0]["activationCode"].encode(),
+            binding=issued[0]["operationId"].encode(),
+        )
+        not in stored
+    )

@@ -55,16 +55,29 @@ def server(database_url: str, tmp_path: Path) -> Iterator[BackgroundServer]:
 async def _attack(url: str, pin: ChannelPin, bodies: list[dict[str, Any]]) -> list[SealedReply]:
     """Every body sealed on its own and sent at once, spread over ADDRESSES."""
     path = p.DevicePaths.ACTIVATION_START
-    sealed = [seal_request(pin, "POST", path, json.dumps(b).encode(), now=int(time.time()))
-              for b in bodies]
-    clients = [httpx.AsyncClient(base_url=url, timeout=60, transport=httpx.AsyncHTTPTransport(
-        local_address=address, limits=httpx.Limits(max_connections=16)))
-        for address in ADDRESSES]
+    sealed = [
+        seal_request(pin, "POST", path, json.dumps(b).encode(), now=int(time.time()))
+        for b in bodies
+    ]
+    clients = [
+        httpx.AsyncClient(
+            base_url=url,
+            timeout=60,
+            transport=httpx.AsyncHTTPTransport(
+                local_address=address, limits=httpx.Limits(max_connections=16)
+            ),
+        )
+        for address in ADDRESSES
+    ]
     try:
-        outers = await asyncio.gather(*(
-            clients[i % len(clients)].post(path, content=wire,
-                                           headers={"content-type": SEALED_MEDIA_TYPE})
-            for i, (wire, _) in enumerate(sealed)))
+        outers = await asyncio.gather(
+            *(
+                clients[i % len(clients)].post(
+                    path, content=wire, headers={"content-type": SEALED_MEDIA_TYPE}
+                )
+                for i, (wire, _) in enumerate(sealed)
+            )
+        )
     finally:
         for client in clients:
             await client.aclose()
@@ -81,7 +94,8 @@ def _random_hint() -> str:
 
 
 def test_guessing_from_many_addresses_activates_nothing_and_locks_nobody_out(
-        server: BackgroundServer) -> None:
+    server: BackgroundServer,
+) -> None:
     kb = server.kb
     client, pin, token = _local(kb, "bank")
     with client:
@@ -94,30 +108,46 @@ def test_guessing_from_many_addresses_activates_nothing_and_locks_nobody_out(
         # 1. spray: hints and tokens nobody was given, any codes
         spray: list[dict[str, Any]] = []
         for i in range(SPRAY):
-            spray.append({"applicationId": "bank", "activationHint": _random_hint(),
-                          "activationCode": f"{random.randrange(10**6):06d}"} if i % 2 else
-                         {"applicationId": "bank",
-                          "activationToken": p.b64u_encode(secrets.token_bytes(32))})
+            spray.append(
+                {
+                    "applicationId": "bank",
+                    "activationHint": _random_hint(),
+                    "activationCode": f"{random.randrange(10**6):06d}",
+                }
+                if i % 2
+                else {
+                    "applicationId": "bank",
+                    "activationToken": p.b64u_encode(secrets.token_bytes(32)),
+                }
+            )
         # 2. targeted: every victim's hint is known; GUESSES wrong codes each, all at once
-        targeted = [{"applicationId": "bank", "activationHint": v["activationHint"],
-                     "activationCode": wrong_code(v["activationCode"])}
-                    for v in victims for _ in range(GUESSES)]
+        targeted = [
+            {
+                "applicationId": "bank",
+                "activationHint": v["activationHint"],
+                "activationCode": wrong_code(v["activationCode"]),
+            }
+            for v in victims
+            for _ in range(GUESSES)
+        ]
         replies = asyncio.run(_attack(server.url, pin, spray + targeted))
         assert Counter(r.status_code for r in replies) == {401: len(spray) + len(targeted)}
         assert {r.json()["code"] for r in replies} == {"activation_code_invalid"}
         assert len({r.content for r in replies}) == 1  # one answer, whatever was hit
 
         # 3. the luckiest attacker: the right code, once the budget is spent
-        lucky = asyncio.run(_attack(server.url, pin, [start_body("bank", v, typed=True)
-                                                      for v in victims]))
+        lucky = asyncio.run(
+            _attack(server.url, pin, [start_body("bank", v, typed=True) for v in victims])
+        )
         assert Counter(r.status_code for r in lucky) == {401: VICTIMS}
 
         # each code was compared exactly its budget of times, concurrency notwithstanding,
         # and burnt; nothing else was touched
         for victim in victims:
             failures = code_failures(kb, victim["operationId"])
-            assert [f["attemptsLeft"] for f in failures] == \
-                list(range(MAX_CODE_ATTEMPTS - 1, -1, -1))
+            assert [f["attemptsLeft"] for f in failures] == list(
+                range(MAX_CODE_ATTEMPTS - 1, -1, -1)
+            )
         with kb.db.read() as conn:
             rows = {r.operation_id: r for r in conn.execute(select(t.activation_secrets))}
         assert all(rows[v["operationId"]].hint is None for v in victims)
@@ -127,8 +157,9 @@ def test_guessing_from_many_addresses_activates_nothing_and_locks_nobody_out(
         for victim in victims:
             assert RawDevice(rp.http, "bank").activate(victim).status_code == 200
         assert RawDevice(rp.http, "bank").activate(bystander, typed=True).status_code == 200
-        assert {rp.operation(v["operationId"])["state"] for v in [*victims, bystander]} == \
-            {"COMPLETED"}
+        assert {rp.operation(v["operationId"])["state"] for v in [*victims, bystander]} == {
+            "COMPLETED"
+        }
 
 
 def test_concurrent_guesses_are_compared_at_most_the_budget(server: BackgroundServer) -> None:
@@ -143,9 +174,14 @@ def test_concurrent_guesses_are_compared_at_most_the_budget(server: BackgroundSe
         rp = RelyingParty(local, "burst", token)
         for _ in range(6):
             code = rp.activation_code()
-            bodies = [{"applicationId": "burst", "activationHint": code["activationHint"],
-                       "activationCode": wrong_code(code["activationCode"])}
-                      for _ in range(29)]
+            bodies = [
+                {
+                    "applicationId": "burst",
+                    "activationHint": code["activationHint"],
+                    "activationCode": wrong_code(code["activationCode"]),
+                }
+                for _ in range(29)
+            ]
             bodies.insert(random.randrange(30), start_body("burst", code, typed=True))
             replies = asyncio.run(_attack(server.url, pin, bodies))
             wins = sum(r.status_code == 200 for r in replies)

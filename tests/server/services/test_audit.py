@@ -79,16 +79,37 @@ def write(kb: Keybound, statement: Any) -> None:
 
 
 def columns(row: Any) -> dict[str, Any]:
-    return {c: getattr(row, c) for c in ("id", "type", "application_id", "subject",
-                                         "operation_id", "actor", "outcome", "code",
-                                         "payload", "created_at")}
+    return {
+        c: getattr(row, c)
+        for c in (
+            "id",
+            "type",
+            "application_id",
+            "subject",
+            "operation_id",
+            "actor",
+            "outcome",
+            "code",
+            "payload",
+            "created_at",
+        )
+    }
 
 
 def forged_entry(prev: bytes, **changes: Any) -> dict[str, Any]:
-    row = {"id": "00000000-0000-4000-8000-00000000f0f0", "type": "device.unlock",
-           "application_id": "app", "subject": "someone", "operation_id": None,
-           "actor": "OPERATOR", "outcome": "SUCCESS", "code": None, "payload": None,
-           "created_at": 1, **changes}
+    row = {
+        "id": "00000000-0000-4000-8000-00000000f0f0",
+        "type": "device.unlock",
+        "application_id": "app",
+        "subject": "someone",
+        "operation_id": None,
+        "actor": "OPERATOR",
+        "outcome": "SUCCESS",
+        "code": None,
+        "payload": None,
+        "created_at": 1,
+        **changes,
+    }
     return {**row, "chain_prev": prev, "chain_hash": entry_hash(prev, **row)}
 
 
@@ -102,6 +123,7 @@ def b64e(data: bytes) -> str:
 
 # -- the chain as written ---------------------------------------------------------------------
 
+
 def test_every_entry_commits_to_the_one_before(rp: RelyingParty, kb: Keybound) -> None:
     trail(rp)
     rows = entries(kb)
@@ -112,19 +134,26 @@ def test_every_entry_commits_to_the_one_before(rp: RelyingParty, kb: Keybound) -
     for row in rows:
         assert row.chain_hash == entry_hash(row.chain_prev, **columns(row))
     verified = kb.admin.audit_verify()
-    assert (verified.entries, verified.unsealed, verified.last) == \
-        (len(rows), 0, rows[-1].chain_seq)
+    assert (verified.entries, verified.unsealed, verified.last) == (
+        len(rows),
+        0,
+        rows[-1].chain_seq,
+    )
     assert verified.signed_up_to is None and verified.unsigned == len(rows)
     made = kb.admin.audit_checkpoint()
     assert made is not None and made.chain_seq == rows[-1].chain_seq
     assert kb.admin.audit_checkpoint() is None  # the head is signed already
     verified = kb.admin.audit_verify()
-    assert (verified.signed_up_to, verified.unsigned, verified.checkpoints) == \
-        (rows[-1].chain_seq, 0, 1)
+    assert (verified.signed_up_to, verified.unsigned, verified.checkpoints) == (
+        rows[-1].chain_seq,
+        0,
+        1,
+    )
 
 
-def test_the_running_server_signs_checkpoints_by_itself(rp: RelyingParty, kb: Keybound,
-                                                        clock: Any) -> None:
+def test_the_running_server_signs_checkpoints_by_itself(
+    rp: RelyingParty, kb: Keybound, clock: Any
+) -> None:
     trail(rp, 1)
     clock.advance(61)  # the maintenance interval
     activated(rp)  # a device request pokes the housekeeping
@@ -136,6 +165,7 @@ def test_the_running_server_signs_checkpoints_by_itself(rp: RelyingParty, kb: Ke
 
 
 # -- each kind of edit is found, and where ----------------------------------------------------
+
 
 def edit_payload(kb: Keybound, rows: list[Any]) -> list[Place]:
     victim = next(r for r in rows[1:-1] if r.payload)
@@ -163,8 +193,13 @@ def swap_two(kb: Keybound, rows: list[Any]) -> list[Place]:
     a, b = rows[2], rows[3]
     with kb.db.write() as conn:  # the two entries trade places (all but seq and position)
         for target, source in ((a, b), (b, a)):
-            conn.execute(update(E).where(E.c.seq == target.seq).values(
-                **columns(source), chain_prev=source.chain_prev, chain_hash=source.chain_hash))
+            conn.execute(
+                update(E)
+                .where(E.c.seq == target.seq)
+                .values(
+                    **columns(source), chain_prev=source.chain_prev, chain_hash=source.chain_hash
+                )
+            )
     return [at(FindingKind.REORDERED, a)]
 
 
@@ -173,10 +208,16 @@ def insert_forged(kb: Keybound, rows: list[Any]) -> list[Place]:
     moved on to make room, as an attacker with the database would."""
     after = rows[2]
     with kb.db.write() as conn:
-        conn.execute(update(E).where(E.c.chain_seq > after.chain_seq)
-                     .values(chain_seq=E.c.chain_seq + 1))
-        conn.execute(insert(E).values(seq=rows[-1].seq + 1000, chain_seq=after.chain_seq + 1,
-                                      **forged_entry(after.chain_hash)))
+        conn.execute(
+            update(E).where(E.c.chain_seq > after.chain_seq).values(chain_seq=E.c.chain_seq + 1)
+        )
+        conn.execute(
+            insert(E).values(
+                seq=rows[-1].seq + 1000,
+                chain_seq=after.chain_seq + 1,
+                **forged_entry(after.chain_hash),
+            )
+        )
     return [(FindingKind.INSERTED, rows[-1].seq + 1000, after.chain_seq + 1)]
 
 
@@ -184,8 +225,12 @@ def unseal_to_edit(kb: Keybound, rows: list[Any]) -> list[Place]:
     """An entry edited and stripped of its chain values, hoping to be sealed anew as a new
     one: it is, at the end, but the gap where it was stays."""
     victim = rows[2]
-    write(kb, update(E).where(E.c.seq == victim.seq).values(
-        outcome="FAILURE", chain_seq=None, chain_prev=None, chain_hash=None))
+    write(
+        kb,
+        update(E)
+        .where(E.c.seq == victim.seq)
+        .values(outcome="FAILURE", chain_seq=None, chain_prev=None, chain_hash=None),
+    )
     return [at(FindingKind.REMOVED, rows[3])]
 
 
@@ -200,8 +245,11 @@ def rewrite_chain(kb: Keybound, rows: list[Any]) -> list[Place]:
             if row.seq == rows[2].seq:
                 values["created_at"] += 1
             new = entry_hash(prev, **values)
-            conn.execute(update(E).where(E.c.seq == row.seq).values(
-                **values, chain_prev=prev, chain_hash=new))
+            conn.execute(
+                update(E)
+                .where(E.c.seq == row.seq)
+                .values(**values, chain_prev=prev, chain_hash=new)
+            )
             prev = new
     return [at(FindingKind.CHECKPOINT_MISMATCH, rows[-1])]
 
@@ -232,29 +280,49 @@ def edit_checkpoint_copy(kb: Keybound, rows: list[Any]) -> list[Place]:
 def sign_with_another_key(kb: Keybound, rows: list[Any]) -> list[Place]:
     """A checkpoint by a key the server never had (an attacker's) is no checkpoint."""
     attacker = ResultSigner([generate_signing_key()])
-    jws = attacker.sign(checkpoint_claims(
-        issuer="x", issued_at=0, kind=CheckpointKind.PERIODIC, chain_seq=rows[-1].chain_seq,
-        chain_hash=rows[-1].chain_hash), typ=CHECKPOINT_TYPE)
-    write(kb, insert(t.audit_checkpoints).values(
-        kind="PERIODIC", chain_seq=rows[-1].chain_seq, chain_hash=rows[-1].chain_hash,
-        jws=jws, created_at=0))
+    jws = attacker.sign(
+        checkpoint_claims(
+            issuer="x",
+            issued_at=0,
+            kind=CheckpointKind.PERIODIC,
+            chain_seq=rows[-1].chain_seq,
+            chain_hash=rows[-1].chain_hash,
+        ),
+        typ=CHECKPOINT_TYPE,
+    )
+    write(
+        kb,
+        insert(t.audit_checkpoints).values(
+            kind="PERIODIC",
+            chain_seq=rows[-1].chain_seq,
+            chain_hash=rows[-1].chain_hash,
+            jws=jws,
+            created_at=0,
+        ),
+    )
     return [(FindingKind.CHECKPOINT_INVALID, None, rows[-1].chain_seq)]
 
 
 TAMPERING: dict[str, Callable[[Keybound, list[Any]], list[Place]]] = {
-    "edit a payload": edit_payload, "edit an outcome": edit_outcome,
-    "delete an entry": delete_entry, "delete the first entry": delete_first,
-    "swap two entries": swap_two, "insert a forged entry": insert_forged,
-    "unseal an entry to edit it": unseal_to_edit, "rewrite the chain": rewrite_chain,
-    "remove the tail": remove_tail, "edit a checkpoint's signature": edit_checkpoint_signature,
+    "edit a payload": edit_payload,
+    "edit an outcome": edit_outcome,
+    "delete an entry": delete_entry,
+    "delete the first entry": delete_first,
+    "swap two entries": swap_two,
+    "insert a forged entry": insert_forged,
+    "unseal an entry to edit it": unseal_to_edit,
+    "rewrite the chain": rewrite_chain,
+    "remove the tail": remove_tail,
+    "edit a checkpoint's signature": edit_checkpoint_signature,
     "edit a checkpoint's stored copy": edit_checkpoint_copy,
     "sign a checkpoint with another key": sign_with_another_key,
 }
 
 
 @pytest.mark.parametrize("tamper", TAMPERING.values(), ids=TAMPERING.keys())
-def test_each_kind_of_edit_is_found_and_located(rp: RelyingParty, kb: Keybound,
-                                                tamper: Any) -> None:
+def test_each_kind_of_edit_is_found_and_located(
+    rp: RelyingParty, kb: Keybound, tamper: Any
+) -> None:
     trail(rp)
     rows = entries(kb)
     assert len(rows) >= 6
@@ -262,8 +330,7 @@ def test_each_kind_of_edit_is_found_and_located(rp: RelyingParty, kb: Keybound,
     assert findings(kb) == expected
 
 
-def test_the_cli_names_the_finding_and_fails(rp: RelyingParty, kb: Keybound,
-                                             capsys: Any) -> None:
+def test_the_cli_names_the_finding_and_fails(rp: RelyingParty, kb: Keybound, capsys: Any) -> None:
     from keybound.cli.server import _findings, _print_verified
 
     trail(rp)
@@ -279,9 +346,9 @@ def test_the_cli_names_the_finding_and_fails(rp: RelyingParty, kb: Keybound,
 
 # -- concurrency: one chain, never a fork -----------------------------------------------------
 
+
 def event_unit(kb: Keybound, label: str) -> Unit:
-    unit = Unit(kb.db, kb.clock, actor=Actor.OPERATOR, action=EventType.ADMIN_READ,
-                identified=True)
+    unit = Unit(kb.db, kb.clock, actor=Actor.OPERATOR, action=EventType.ADMIN_READ, identified=True)
     unit.emit(EventType.ADMIN_READ, payload={"writer": label})
     return unit
 
@@ -315,8 +382,7 @@ def test_two_writers_at_once(kb: Keybound, backend: str) -> None:
     thread.join(10)
     rows = entries(kb)
     assert sorted(writers(rows)) == ["first", "second"]
-    assert writers(rows) == (["second", "first"] if backend == "postgres"
-                             else ["first", "second"])
+    assert writers(rows) == (["second", "first"] if backend == "postgres" else ["first", "second"])
     assert rows[-1].chain_prev == rows[-2].chain_hash
     kb.admin.audit_verify()
 
@@ -346,11 +412,13 @@ def test_many_writers_and_sealers_make_one_chain(kb: Keybound) -> None:
     assert verified.entries >= 60 and verified.unsealed == 0
     with kb.db.read() as conn:  # no two entries name the same previous one, or position
         for column in (E.c.chain_prev, E.c.chain_seq):
-            assert conn.execute(select(column).group_by(column)
-                                .having(func.count() > 1)).all() == []
+            assert (
+                conn.execute(select(column).group_by(column).having(func.count() > 1)).all() == []
+            )
 
 
 # -- export -----------------------------------------------------------------------------------
+
 
 def export(kb: Keybound) -> list[str]:
     out = io.StringIO()
@@ -362,8 +430,7 @@ def entries_of(lines: list[str]) -> list[Entry]:
     return [Entry.from_json(json.loads(line)["entry"]) for line in lines if '"entry"' in line]
 
 
-def test_an_export_verifies_against_the_published_keys(rp: RelyingParty,
-                                                       kb: Keybound) -> None:
+def test_an_export_verifies_against_the_published_keys(rp: RelyingParty, kb: Keybound) -> None:
     trail(rp)
     lines = export(kb)
     parsed, verified = verify_export(lines, jwks=rp.jwks())
@@ -379,11 +446,10 @@ def test_an_edited_export_is_found_out(rp: RelyingParty, kb: Keybound) -> None:
     index = next(i for i, line in enumerate(lines) if '"outcome":"REJECTED"' in line)
     entry = json.loads(lines[index])["entry"]
     entry["outcome"], entry["code"] = "SUCCESS", None
-    edited = [*lines[:index], json.dumps({"entry": entry}) + "\n", *lines[index + 1:]]
+    edited = [*lines[:index], json.dumps({"entry": entry}) + "\n", *lines[index + 1 :]]
     with pytest.raises(AuditChainInvalid) as info:
         verify_export(edited, jwks=rp.jwks())
-    assert [(f.kind, f.seq) for f in info.value.findings] == [(FindingKind.EDITED,
-                                                              entry["seq"])]
+    assert [(f.kind, f.seq) for f in info.value.findings] == [(FindingKind.EDITED, entry["seq"])]
     # a line dropped (and the count fixed up) breaks the chain where it was
     gone = 3  # an entry in the middle (line 0 is the header)
     count = len(entries_of(lines))
@@ -392,14 +458,16 @@ def test_an_edited_export_is_found_out(rp: RelyingParty, kb: Keybound) -> None:
     with pytest.raises(AuditChainInvalid) as info:
         verify_export(dropped, jwks=rp.jwks())
     assert [(f.kind, f.seq) for f in info.value.findings] == [
-        (FindingKind.REMOVED, json.loads(lines[gone + 1])["entry"]["seq"])]
+        (FindingKind.REMOVED, json.loads(lines[gone + 1])["entry"]["seq"])
+    ]
     # a cut export is refused as incomplete, not taken for a shorter trail
     with pytest.raises(ExportInvalid):
         verify_export(lines[:-3], jwks=rp.jwks())
 
 
 def test_an_export_forged_with_its_own_keys_fails_against_the_servers(
-        rp: RelyingParty, kb: Keybound) -> None:
+    rp: RelyingParty, kb: Keybound
+) -> None:
     """The keys an export carries prove nothing by themselves: an auditor checks it against
     the server's JWKS it keeps (keybound audit verify --jwks)."""
     trail(rp)
@@ -412,30 +480,57 @@ def test_an_export_forged_with_its_own_keys_fails_against_the_servers(
     for row in rows:  # every entry rewritten, every link recomputed
         values = {**row.to_json(), "outcome": "SUCCESS"}
         new = Entry.from_json({**values, "chainPrev": None, "chainHash": None})
-        digest = entry_hash(prev, id=new.id, type=new.type, application_id=new.application_id,
-                            subject=new.subject, operation_id=new.operation_id,
-                            actor=new.actor, outcome=new.outcome, code=new.code,
-                            payload=new.payload, created_at=new.created_at)
-        rewritten.append(json.dumps({"entry": {**values, "chainPrev": b64e(prev),
-                                               "chainHash": b64e(digest)}}) + "\n")
+        digest = entry_hash(
+            prev,
+            id=new.id,
+            type=new.type,
+            application_id=new.application_id,
+            subject=new.subject,
+            operation_id=new.operation_id,
+            actor=new.actor,
+            outcome=new.outcome,
+            code=new.code,
+            payload=new.payload,
+            created_at=new.created_at,
+        )
+        rewritten.append(
+            json.dumps({"entry": {**values, "chainPrev": b64e(prev), "chainHash": b64e(digest)}})
+            + "\n"
+        )
         prev = digest
     last = rows[-1].chain_seq
     assert last is not None
-    token = ResultSigner([attacker]).sign(checkpoint_claims(
-        issuer="x", issued_at=0, kind=CheckpointKind.PERIODIC, chain_seq=last,
-        chain_hash=prev), typ=CHECKPOINT_TYPE)
-    checkpoint = {"checkpoint": {"id": 1, "kind": "PERIODIC", "chainSeq": last,
-                                 "chainHash": b64e(prev), "jws": token, "createdAt": 0}}
-    forged = [json.dumps(header) + "\n", *rewritten, json.dumps(checkpoint) + "\n",
-              json.dumps({"end": {"entries": len(rows), "checkpoints": 1}}) + "\n"]
+    token = ResultSigner([attacker]).sign(
+        checkpoint_claims(
+            issuer="x", issued_at=0, kind=CheckpointKind.PERIODIC, chain_seq=last, chain_hash=prev
+        ),
+        typ=CHECKPOINT_TYPE,
+    )
+    checkpoint = {
+        "checkpoint": {
+            "id": 1,
+            "kind": "PERIODIC",
+            "chainSeq": last,
+            "chainHash": b64e(prev),
+            "jws": token,
+            "createdAt": 0,
+        }
+    }
+    forged = [
+        json.dumps(header) + "\n",
+        *rewritten,
+        json.dumps(checkpoint) + "\n",
+        json.dumps({"end": {"entries": len(rows), "checkpoints": 1}}) + "\n",
+    ]
     verify_export(forged)  # consistent with the keys it carries ...
     with pytest.raises(AuditChainInvalid) as info:  # ... not with the server's
         verify_export(forged, jwks=rp.jwks())
     assert {f.kind for f in info.value.findings} == {FindingKind.CHECKPOINT_INVALID}
 
 
-def test_a_kept_export_finds_a_history_rewritten_and_signed_anew(rp: RelyingParty,
-                                                                 kb: Keybound) -> None:
+def test_a_kept_export_finds_a_history_rewritten_and_signed_anew(
+    rp: RelyingParty, kb: Keybound
+) -> None:
     """Someone holding the master key can rewrite the chain and sign a new checkpoint over
     it: the database then verifies. An export the auditor kept from before does not agree."""
     trail(rp)
@@ -452,8 +547,11 @@ def test_a_kept_export_finds_a_history_rewritten_and_signed_anew(rp: RelyingPart
             if row.seq == victim.seq:
                 values.update(outcome="SUCCESS", code=None)
             new = entry_hash(prev, **values)
-            conn.execute(update(E).where(E.c.seq == row.seq).values(
-                **values, chain_prev=prev, chain_hash=new))
+            conn.execute(
+                update(E)
+                .where(E.c.seq == row.seq)
+                .values(**values, chain_prev=prev, chain_hash=new)
+            )
             prev = new
         conn.execute(update(t.audit_head).values(chain_hash=prev))
         conn.execute(delete(t.audit_checkpoints))
@@ -461,14 +559,12 @@ def test_a_kept_export_finds_a_history_rewritten_and_signed_anew(rp: RelyingPart
     kb.admin.audit_verify()  # the database alone cannot tell
     with pytest.raises(AuditChainInvalid) as info:
         kb.admin.audit_verify(kept=kept)
-    assert [(f.kind, f.seq) for f in info.value.findings] == [(FindingKind.DIVERGED,
-                                                              victim.seq)]
+    assert [(f.kind, f.seq) for f in info.value.findings] == [(FindingKind.DIVERGED, victim.seq)]
     with pytest.raises(AuditChainInvalid):  # nor does a new export
         verify_export(export(kb), jwks=rp.jwks(), kept=kept)
 
 
-def test_export_files_are_never_overwritten(rp: RelyingParty, kb: Keybound,
-                                            tmp_path: Any) -> None:
+def test_export_files_are_never_overwritten(rp: RelyingParty, kb: Keybound, tmp_path: Any) -> None:
     from keybound.cli.server import _export
 
     trail(rp, 1)
@@ -482,8 +578,10 @@ def test_export_files_are_never_overwritten(rp: RelyingParty, kb: Keybound,
 
 # -- retention keeps the chain verifiable -----------------------------------------------------
 
-def test_a_pruned_prefix_is_replaced_by_a_signed_checkpoint(rp: RelyingParty, kb: Keybound,
-                                                            clock: Any) -> None:
+
+def test_a_pruned_prefix_is_replaced_by_a_signed_checkpoint(
+    rp: RelyingParty, kb: Keybound, clock: Any
+) -> None:
     trail(rp)
     old = entries(kb)
     clock.advance(100 * DAY)
@@ -504,8 +602,7 @@ def test_a_pruned_prefix_is_replaced_by_a_signed_checkpoint(rp: RelyingParty, kb
     assert findings(kb) == [at(FindingKind.REMOVED, kept[1])]
 
 
-def test_an_interrupted_prune_still_verifies(rp: RelyingParty, kb: Keybound,
-                                             clock: Any) -> None:
+def test_an_interrupted_prune_still_verifies(rp: RelyingParty, kb: Keybound, clock: Any) -> None:
     """The checkpoint is committed before the first batch is deleted: a prune that stops
     half way leaves a trail that verifies, and the next prune finishes it."""
     trail(rp)
@@ -535,8 +632,7 @@ def test_an_interrupted_prune_still_verifies(rp: RelyingParty, kb: Keybound,
     assert kb.admin.audit_verify().first == old[-1].chain_seq + 1
 
 
-def test_a_trail_pruned_to_nothing_goes_on_from_the_signed_head(kb: Keybound,
-                                                                clock: Any) -> None:
+def test_a_trail_pruned_to_nothing_goes_on_from_the_signed_head(kb: Keybound, clock: Any) -> None:
     perform(event_unit(kb, "old"), lambda u: None, noise=kb.noise, cause="test")
     old = entries(kb)
     clock.advance(500 * DAY)

@@ -19,9 +19,13 @@ R = p.HwKeyServerResult
 C = p.HwKeyClientStatus
 
 PASS = {
-    (S.SUPPORTED, R.VALID), (S.SUPPORTED, R.NO_KEY_REGISTERED),
-    (S.RISK_PARAMS, R.VALID), (S.RISK_PARAMS, R.INVALID), (S.RISK_PARAMS, R.MISSING),
-    (S.RISK_PARAMS, R.NO_KEY_REGISTERED), (S.REQUIRED, R.VALID),
+    (S.SUPPORTED, R.VALID),
+    (S.SUPPORTED, R.NO_KEY_REGISTERED),
+    (S.RISK_PARAMS, R.VALID),
+    (S.RISK_PARAMS, R.INVALID),
+    (S.RISK_PARAMS, R.MISSING),
+    (S.RISK_PARAMS, R.NO_KEY_REGISTERED),
+    (S.REQUIRED, R.VALID),
 }
 
 
@@ -43,7 +47,8 @@ def snapshot(kb: Keybound) -> dict[str, Any]:
     with kb.db.read() as conn:
         return {
             name: sorted(tuple(map(repr, row)) for row in conn.execute(select(table)))
-            for name, table in t.metadata.tables.items() if name not in RECORDS
+            for name, table in t.metadata.tables.items()
+            if name not in RECORDS
         }
 
 
@@ -52,8 +57,7 @@ def snapshot(kb: Keybound) -> dict[str, Any]:
 HW_MODE = {R.VALID: "sign", R.INVALID: "corrupt", R.MISSING: "omit"}
 
 
-@pytest.mark.parametrize(("strategy", "result", "status"),
-                         list(itertools.product(S, R, C)))
+@pytest.mark.parametrize(("strategy", "result", "status"), list(itertools.product(S, R, C)))
 def test_decision_table(make_rp: Any, strategy: S, result: R, status: C) -> None:
     # activate under RISK_PARAMS so a software-only device exists even for REQUIRED,
     # then switch the strategy: it applies to the next operation.
@@ -64,11 +68,11 @@ def test_decision_table(make_rp: Any, strategy: S, result: R, status: C) -> None
     if result is R.NO_KEY_REGISTERED:
         device.hw = crypto.generate_p256()  # signs with a key the server never registered
     start = device.start_auth()
-    response = device.finish_auth(*device.auth_request(
-        start, status=status, hw_mode=HW_MODE.get(result, "sign")))
+    response = device.finish_auth(
+        *device.auth_request(start, status=status, hw_mode=HW_MODE.get(result, "sign"))
+    )
     op = rp.operation(start.operation_id)
-    assert op["riskData"] == {"hwKeyClientStatus": status.value,
-                              "hwKeyServerResult": result.value}
+    assert op["riskData"] == {"hwKeyClientStatus": status.value, "hwKeyServerResult": result.value}
     if (strategy, result) in PASS:
         assert response.status_code == 200, response.text
         assert op["state"] == "COMPLETED"
@@ -81,8 +85,7 @@ def test_decision_table(make_rp: Any, strategy: S, result: R, status: C) -> None
 
 
 @pytest.mark.parametrize("enabled", [[], ["hwKeyServerResult"], ["hwKeyClientStatus"]])
-def test_risk_data_setting_changes_reporting_not_decision(make_rp: Any,
-                                                          enabled: list[str]) -> None:
+def test_risk_data_setting_changes_reporting_not_decision(make_rp: Any, enabled: list[str]) -> None:
     rp = make_rp(enabledRiskData=enabled)
     device = activated(rp)
     start = device.start_auth()
@@ -94,6 +97,7 @@ def test_risk_data_setting_changes_reporting_not_decision(make_rp: Any,
 
 
 # -- single use, expiry, binding ---------------------------------------------------------
+
 
 def test_replayed_finish_is_refused_and_changes_nothing(rp: RelyingParty, kb: Keybound) -> None:
     device = activated(rp)
@@ -131,12 +135,16 @@ def test_challenge_from_another_ceremony_is_refused(rp: RelyingParty, kb: Keybou
     other = RawDevice(rp.http, rp.app_id)
     act = other.activation_request(other.start_activation(code))
     before = snapshot(kb)
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, request)) == \
-        "authentication_failed"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, request))
+        == "authentication_failed"
+    )
     # and an activation-purpose signature is no authentication
     stolen = request.model_copy(update={"software_signature": act.software_signature})
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, stolen)) == \
-        "authentication_failed"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, stolen))
+        == "authentication_failed"
+    )
     assert snapshot(kb) == before
 
 
@@ -145,8 +153,10 @@ def test_operation_of_another_device_is_refused(rp: RelyingParty) -> None:
     start = alice.start_auth()
     mallory_view = start.model_copy()
     request, _ = mallory.auth_request(mallory_view)
-    assert problem_code(mallory.post(p.DevicePaths.AUTHENTICATION_FINISH, request)) == \
-        "authentication_failed"
+    assert (
+        problem_code(mallory.post(p.DevicePaths.AUTHENTICATION_FINISH, request))
+        == "authentication_failed"
+    )
     assert alice.finish_auth(*alice.auth_request(start)).status_code == 200
 
 
@@ -156,8 +166,7 @@ def test_unknown_device_looks_like_a_wrong_signature(rp: RelyingParty) -> None:
     ghost_start = ghost.start_auth()  # a decoy challenge, indistinguishable in shape
     real_start = real.start_auth()
     assert set(ghost_start.to_wire()) == set(real_start.to_wire())
-    ghost_resp = ghost.post(p.DevicePaths.AUTHENTICATION_FINISH,
-                            ghost.auth_request(ghost_start)[0])
+    ghost_resp = ghost.post(p.DevicePaths.AUTHENTICATION_FINISH, ghost.auth_request(ghost_start)[0])
     wrong_key = real.auth_request(real_start, signer=crypto.generate_p256())[0]
     real_resp = real.post(p.DevicePaths.AUTHENTICATION_FINISH, wrong_key)
     assert ghost_resp.status_code == real_resp.status_code == 401
@@ -168,16 +177,20 @@ def test_wrong_software_signature_changes_nothing(rp: RelyingParty, kb: Keybound
     device = activated(rp)
     start = device.start_auth()
     request, _ = device.auth_request(start)
-    bad = request.model_copy(update={"software_signature": crypto.sign_p256(
-        crypto.generate_p256(), b"other")})
+    bad = request.model_copy(
+        update={"software_signature": crypto.sign_p256(crypto.generate_p256(), b"other")}
+    )
     before = snapshot(kb)
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, bad)) == \
-        "authentication_failed"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, bad))
+        == "authentication_failed"
+    )
     assert snapshot(kb) == before
     # nobody proved who they are: counted as anonymous noise, not audited as an actor
     with kb.db.read() as conn:
-        audited = conn.execute(select(func.count()).where(
-            t.events.c.code == "authentication_failed")).scalar_one()
+        audited = conn.execute(
+            select(func.count()).where(t.events.c.code == "authentication_failed")
+        ).scalar_one()
     assert audited == 0
     counted = {r.cause: r.total for r in kb.admin.noise(since_ms=0)}
     assert counted == {"device authentication.finish:authentication_failed": 1}
@@ -186,6 +199,7 @@ def test_wrong_software_signature_changes_nothing(rp: RelyingParty, kb: Keybound
 
 
 # -- software key rotation and copies -----------------------------------------------------
+
 
 def test_software_key_rotates_on_every_success(rp: RelyingParty) -> None:
     device = activated(rp)
@@ -206,18 +220,24 @@ def test_copied_software_key_is_detected_and_locks(rp: RelyingParty, kb: Keyboun
     assert info["state"] == "LOCKED"
     assert info["lockReason"] == "SOFTWARE_KEY_CLONED"
     with kb.db.read() as conn:
-        events = conn.execute(select(t.events.c.type).where(
-            t.events.c.code == "software_key_cloned")).scalars().all()
+        events = (
+            conn.execute(select(t.events.c.type).where(t.events.c.code == "software_key_cloned"))
+            .scalars()
+            .all()
+        )
     # the relying party hears of it: the suspicion, the failed operation, the lock
     assert events == ["device.clone_suspected", "operation.failed", "device.locked"]
     # now even the real device is locked out until a reactivation
     assert problem_code(device.authenticate()) == "device_locked"
-    assert problem_code(rp.http.post(f"/rp/v1/devices/{device.device_id}/unlock",
-                                     headers=rp.headers)) == "invalid_state"
+    assert (
+        problem_code(rp.http.post(f"/rp/v1/devices/{device.device_id}/unlock", headers=rp.headers))
+        == "invalid_state"
+    )
 
 
 def test_overlapping_ceremonies_of_the_genuine_device_are_refused_not_locked(
-        make_rp: Any, kb: Keybound, clock: Any) -> None:
+    make_rp: Any, kb: Keybound, clock: Any
+) -> None:
     """§4.5 "Copy or overlap": two holders of the same genuine keys (two processes of one
     device) race: both get a challenge, one finishes and rotates, the other finishes with
     the key that was current when its challenge was issued. That is an overlap: 409
@@ -238,8 +258,11 @@ def test_overlapping_ceremonies_of_the_genuine_device_are_refused_not_locked(
     assert (info["state"], info.get("lockReason")) == ("ACTIVE", None)
     with kb.db.read() as conn:
         failures = conn.execute(select(t.registrations.c.failures)).scalars().all()
-        audited = conn.execute(select(t.events.c.type, t.events.c.outcome).where(
-            t.events.c.code == "software_key_superseded")).all()
+        audited = conn.execute(
+            select(t.events.c.type, t.events.c.outcome).where(
+                t.events.c.code == "software_key_superseded"
+            )
+        ).all()
     assert failures == [0]
     assert [tuple(row) for row in audited] == [("authentication.finish", "REJECTED")]
     changed = {name for name, rows in snapshot(kb).items() if rows != before[name]}
@@ -261,8 +284,10 @@ def test_next_key_must_be_new(rp: RelyingParty) -> None:
     device = activated(rp)
     start = device.start_auth()
     request, _ = device.auth_request(start, next_key=device.sw)
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, request)) == \
-        "malformed_request"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, request))
+        == "malformed_request"
+    )
 
 
 # -- PIN ----------------------------------------------------------------------------------
@@ -307,8 +332,9 @@ def test_pin_method_needs_a_registered_pin_and_a_proof(rp: RelyingParty) -> None
     start = with_pin.start_auth()
     request, _ = with_pin.auth_request(start, method=p.AuthMethod.DEVICE_PIN)
     no_proof = request.model_copy(update={"pin_proof": None})
-    assert problem_code(with_pin.post(p.DevicePaths.AUTHENTICATION_FINISH, no_proof)) == \
-        "pin_required"
+    assert (
+        problem_code(with_pin.post(p.DevicePaths.AUTHENTICATION_FINISH, no_proof)) == "pin_required"
+    )
 
 
 def test_auth_method_not_allowed_by_application(make_rp: Any) -> None:
@@ -320,15 +346,22 @@ def test_auth_method_not_allowed_by_application(make_rp: Any) -> None:
 
 # -- backend-initiated operations ---------------------------------------------------------
 
+
 def test_backend_operation_with_contexts(rp: RelyingParty) -> None:
     device = activated(rp, pin_key=PIN_KEY)
     pre = {"content": "Pay 100 EUR to ACME", "mimeType": "text/plain"}
     post = {"content": "secret-token-123", "mimeType": "text/plain"}
-    op = rp.start_operation(device.device_id, preOperationContext=pre,
-                            postOperationContext=post, requiredAuthMethod="DEVICE:PIN")
+    op = rp.start_operation(
+        device.device_id,
+        preOperationContext=pre,
+        postOperationContext=post,
+        requiredAuthMethod="DEVICE:PIN",
+    )
     assert op["state"] == "PENDING"
-    pending = device.post(p.DevicePaths.PENDING_OPERATIONS, p.PendingOperationsRequest(
-        application_id=rp.app_id, device_id=device.device_id)).json()["operations"]
+    pending = device.post(
+        p.DevicePaths.PENDING_OPERATIONS,
+        p.PendingOperationsRequest(application_id=rp.app_id, device_id=device.device_id),
+    ).json()["operations"]
     assert [o["operationId"] for o in pending] == [op["operationId"]]
     assert pending[0]["preOperationContext"] == pre
     assert "postOperationContext" not in pending[0]
@@ -337,22 +370,33 @@ def test_backend_operation_with_contexts(rp: RelyingParty) -> None:
     assert start.allowed_auth_methods == [p.AuthMethod.DEVICE_PIN]
     # one-factor is refused when the operation requires DEVICE:PIN
     one_factor, _ = device.auth_request(start)
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, one_factor)) == \
-        "auth_method_not_allowed"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, one_factor))
+        == "auth_method_not_allowed"
+    )
     # a signature over a different pre-operation context does not verify
-    tampered = start.model_copy(update={"pre_operation_context": p.OperationContext(
-        content="Pay 1 EUR to ACME", mime_type="text/plain")})
+    tampered = start.model_copy(
+        update={
+            "pre_operation_context": p.OperationContext(
+                content="Pay 1 EUR to ACME", mime_type="text/plain"
+            )
+        }
+    )
     wrong_ctx, _ = device.auth_request(tampered, method=p.AuthMethod.DEVICE_PIN)
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, wrong_ctx)) == \
-        "authentication_failed"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, wrong_ctx))
+        == "authentication_failed"
+    )
     done = device.finish_auth(*device.auth_request(start, method=p.AuthMethod.DEVICE_PIN))
     assert done.status_code == 200
     assert done.json()["postOperationContext"] == post
     result = rp.operation(op["operationId"])
     assert result["state"] == "COMPLETED"
     assert result["result"] == {"authMethod": "DEVICE:PIN", "authLevel": "TWO_FACTOR"}
-    assert device.post(p.DevicePaths.PENDING_OPERATIONS, p.PendingOperationsRequest(
-        application_id=rp.app_id, device_id=device.device_id)).json() == {"operations": []}
+    assert device.post(
+        p.DevicePaths.PENDING_OPERATIONS,
+        p.PendingOperationsRequest(application_id=rp.app_id, device_id=device.device_id),
+    ).json() == {"operations": []}
 
 
 def test_backend_operation_expires(make_rp: Any, clock: Any) -> None:
@@ -362,8 +406,7 @@ def test_backend_operation_expires(make_rp: Any, clock: Any) -> None:
     clock.advance(61)
     assert rp.operation(op["operationId"])["state"] == "EXPIRED"
     start = device.start_auth(op["operationId"])  # a decoy: the operation is gone
-    assert problem_code(device.finish_auth(*device.auth_request(start))) == \
-        "authentication_failed"
+    assert problem_code(device.finish_auth(*device.auth_request(start))) == "authentication_failed"
 
 
 def test_config_change_applies_to_next_operation(make_rp: Any, kb: Keybound) -> None:
@@ -371,12 +414,15 @@ def test_config_change_applies_to_next_operation(make_rp: Any, kb: Keybound) -> 
     device = activated(rp)
     start = device.start_auth()
     kb.admin.update_application(rp.app_id, {"hwKeyValidationStrategy": "RISK_PARAMS"})
-    assert problem_code(device.finish_auth(*device.auth_request(start, hw_mode="corrupt"))) \
-        == "hardware_key_invalid"  # started under SUPPORTED
+    assert (
+        problem_code(device.finish_auth(*device.auth_request(start, hw_mode="corrupt")))
+        == "hardware_key_invalid"
+    )  # started under SUPPORTED
     assert device.authenticate(hw_mode="corrupt").status_code == 200  # next one: RISK_PARAMS
 
 
 # -- hardening found in review --------------------------------------------------------------
+
 
 def test_relying_party_cannot_clear_a_clone_lock_by_relocking(rp: RelyingParty) -> None:
     device = activated(rp)
@@ -389,8 +435,9 @@ def test_relying_party_cannot_clear_a_clone_lock_by_relocking(rp: RelyingParty) 
     assert problem_code(device.authenticate()) == "device_locked"
 
 
-def test_copied_key_is_detected_even_when_the_challenge_expired(rp: RelyingParty,
-                                                               clock: Any) -> None:
+def test_copied_key_is_detected_even_when_the_challenge_expired(
+    rp: RelyingParty, clock: Any
+) -> None:
     device = activated(rp)
     copy = RawDevice(rp.http, rp.app_id, sw=device.sw, hw=None, device_id=device.device_id)
     assert device.authenticate().status_code == 200
@@ -426,12 +473,17 @@ def test_bad_next_key_is_not_reported_before_the_signature(rp: RelyingParty) -> 
     device = activated(rp)
     start = device.start_auth()
     request, _ = device.auth_request(start)
-    forged = request.model_copy(update={"next_software_public_key": b"\x30" * 40,
-                                        "software_signature": crypto.sign_p256(
-                                            crypto.generate_p256(), b"x")})
+    forged = request.model_copy(
+        update={
+            "next_software_public_key": b"\x30" * 40,
+            "software_signature": crypto.sign_p256(crypto.generate_p256(), b"x"),
+        }
+    )
     unsigned = device.post(p.DevicePaths.AUTHENTICATION_FINISH, forged)
-    wrong_sig = device.post(p.DevicePaths.AUTHENTICATION_FINISH, request.model_copy(
-        update={"software_signature": forged.software_signature}))
+    wrong_sig = device.post(
+        p.DevicePaths.AUTHENTICATION_FINISH,
+        request.model_copy(update={"software_signature": forged.software_signature}),
+    )
     assert unsigned.json() == wrong_sig.json()
     assert problem_code(unsigned) == "authentication_failed"
 
@@ -439,46 +491,62 @@ def test_bad_next_key_is_not_reported_before_the_signature(rp: RelyingParty) -> 
 def test_failed_operation_reports_no_auth_level(rp: RelyingParty) -> None:
     device = activated(rp, pin_key=PIN_KEY)
     start = device.start_auth()
-    response = device.finish_auth(*device.auth_request(
-        start, method=p.AuthMethod.DEVICE_PIN, pin_key=WRONG_PIN_KEY))
+    response = device.finish_auth(
+        *device.auth_request(start, method=p.AuthMethod.DEVICE_PIN, pin_key=WRONG_PIN_KEY)
+    )
     assert problem_code(response) == "pin_invalid"
-    assert rp.operation(start.operation_id)["result"] == {"authMethod": "DEVICE:PIN",
-                                                          "failureCode": "pin_invalid"}
+    assert rp.operation(start.operation_id)["result"] == {
+        "authMethod": "DEVICE:PIN",
+        "failureCode": "pin_invalid",
+    }
 
 
 # -- decline (§3.1.7) ---------------------------------------------------------------------------
 
-def _decline_request(device: RawDevice, start: p.AuthenticationStartResponse,
-                     signer: Any = None) -> p.DeclineRequest:
+
+def _decline_request(
+    device: RawDevice, start: p.AuthenticationStartResponse, signer: Any = None
+) -> p.DeclineRequest:
     key = signer or device.sw
-    tbs = p.transcript(p.Purpose.DECLINE, application_id=device.app_id,
-                       device_id=device.device_id, operation_id=start.operation_id,
-                       challenge=start.challenge,
-                       context_digest=p.context_hash(start.pre_operation_context),
-                       software_public_key=b"")
-    return p.DeclineRequest(application_id=device.app_id, device_id=device.device_id,
-                            operation_id=start.operation_id,
-                            software_key_id=crypto.key_id(crypto.public_der(key)),
-                            software_signature=crypto.sign_p256(key, tbs))
+    tbs = p.transcript(
+        p.Purpose.DECLINE,
+        application_id=device.app_id,
+        device_id=device.device_id,
+        operation_id=start.operation_id,
+        challenge=start.challenge,
+        context_digest=p.context_hash(start.pre_operation_context),
+        software_public_key=b"",
+    )
+    return p.DeclineRequest(
+        application_id=device.app_id,
+        device_id=device.device_id,
+        operation_id=start.operation_id,
+        software_key_id=crypto.key_id(crypto.public_der(key)),
+        software_signature=crypto.sign_p256(key, tbs),
+    )
 
 
 def test_declined_backend_operation_fails_at_once(rp: RelyingParty, kb: Keybound) -> None:
     device = activated(rp)
-    op = rp.start_operation(device.device_id, preOperationContext={
-        "content": "Pay 100 EUR", "mimeType": "text/plain"})["operationId"]
+    op = rp.start_operation(
+        device.device_id, preOperationContext={"content": "Pay 100 EUR", "mimeType": "text/plain"}
+    )["operationId"]
     start = device.start_auth(op)
     forged = _decline_request(device, start, signer=crypto.generate_p256())
     before = snapshot(kb)
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_DECLINE, forged)) == \
-        "authentication_failed"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_DECLINE, forged))
+        == "authentication_failed"
+    )
     assert snapshot(kb) == before
     request = _decline_request(device, start)
     response = device.post(p.DevicePaths.AUTHENTICATION_DECLINE, request)
     assert response.json() == {"operationId": op, "state": "FAILED"}
     result = rp.operation(op)
     assert (result["state"], result["result"]) == ("FAILED", {"failureCode": "declined"})
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_DECLINE, request)) == \
-        "challenge_used"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_DECLINE, request)) == "challenge_used"
+    )
     assert problem_code(device.finish_auth(*device.auth_request(start))) == "challenge_used"
     assert rp.device(device.device_id)["state"] == "ACTIVE"
 
@@ -491,7 +559,6 @@ def test_device_initiated_operation_cannot_be_declined(rp: RelyingParty) -> None
     assert device.finish_auth(*device.auth_request(start)).status_code == 200
 
 
-
 def test_next_key_may_not_be_a_superseded_key(rp: RelyingParty, kb: Keybound) -> None:
     """Rotating back to an earlier key would make it current and superseded at once."""
     device = activated(rp)
@@ -500,7 +567,9 @@ def test_next_key_may_not_be_a_superseded_key(rp: RelyingParty, kb: Keybound) ->
     start = device.start_auth()
     request, _ = device.auth_request(start, next_key=first)
     before = snapshot(kb)
-    assert problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, request)) == \
-        "malformed_request"
+    assert (
+        problem_code(device.post(p.DevicePaths.AUTHENTICATION_FINISH, request))
+        == "malformed_request"
+    )
     assert snapshot(kb) == before
     assert device.finish_auth(*device.auth_request(start)).status_code == 200

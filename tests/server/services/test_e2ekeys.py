@@ -30,8 +30,11 @@ def raw_private_key(kb: Keybound, key_id: str) -> bytes:
     """The test, as the storage owner, unwraps a key to look for it where it must not be."""
     with kb.db.read() as conn:
         row = conn.execute(select(t.e2e_keys).where(t.e2e_keys.c.key_id == key_id)).one()
-    return kb.box.unwrap(Purpose.E2E_PRIVATE_KEY, row.wrapped_private_key,
-                         binding=wrap_binding(key_id, ChannelSuite(row.suite), row.public_key))
+    return kb.box.unwrap(
+        Purpose.E2E_PRIVATE_KEY,
+        row.wrapped_private_key,
+        binding=wrap_binding(key_id, ChannelSuite(row.suite), row.public_key),
+    )
 
 
 def forms(secret: bytes) -> list[str]:
@@ -51,12 +54,15 @@ def test_lifecycle_states_and_audit(kb: Keybound) -> None:
     active = kb.admin.create_e2e_key("bank")
     assert active.state is E2EKeyState.ACTIVE and active.activated_at is not None
     assert active.suite is ChannelSuite.X25519_SHA256_AES128GCM
-    inactive = kb.admin.create_e2e_key("bank", suite=ChannelSuite.MLKEM768X25519_SHA256_AES128GCM,
-                                  active=False)
+    inactive = kb.admin.create_e2e_key(
+        "bank", suite=ChannelSuite.MLKEM768X25519_SHA256_AES128GCM, active=False
+    )
     assert inactive.state is E2EKeyState.INACTIVE and inactive.activated_at is None
     assert kb.e2e_keys.keyring.lookup(inactive.key_id) is None
     assert {k.key_id: k.state for k in kb.admin.e2e_keys("bank")} == {
-        active.key_id: E2EKeyState.ACTIVE, inactive.key_id: E2EKeyState.INACTIVE}
+        active.key_id: E2EKeyState.ACTIVE,
+        inactive.key_id: E2EKeyState.INACTIVE,
+    }
     assert kb.admin.activate_e2e_key(inactive.key_id).state is E2EKeyState.ACTIVE
     found = kb.e2e_keys.keyring.lookup(inactive.key_id)
     assert found is not None and found[0] == "bank"  # found at once: own change invalidates
@@ -67,16 +73,28 @@ def test_lifecycle_states_and_audit(kb: Keybound) -> None:
     assert retired.state is E2EKeyState.RETIRED and retired.retired_at is not None
     assert kb.e2e_keys.keyring.lookup(inactive.key_id) is None
     with kb.db.read() as conn:  # the private key is erased on retirement
-        assert conn.execute(select(t.e2e_keys.c.wrapped_private_key).where(
-            t.e2e_keys.c.key_id == inactive.key_id)).scalar_one() is None
-    for action, code in [(lambda: kb.admin.activate_e2e_key(inactive.key_id), "invalid_state"),
-                         (lambda: kb.admin.retire_e2e_key(inactive.key_id), "invalid_state"),
-                         (lambda: kb.admin.e2e_pin(inactive.key_id, server_url="https://x.example"),
-                          "invalid_state"),
-                         (lambda: kb.admin.retire_e2e_key("nope"), "not_found"),
-                         (lambda: kb.admin.create_e2e_key("no-such-app"), "not_found"),
-                         (lambda: kb.admin.e2e_pin(active.key_id, server_url="http://x.example"),
-                          "configuration_invalid")]:
+        assert (
+            conn.execute(
+                select(t.e2e_keys.c.wrapped_private_key).where(
+                    t.e2e_keys.c.key_id == inactive.key_id
+                )
+            ).scalar_one()
+            is None
+        )
+    for action, code in [
+        (lambda: kb.admin.activate_e2e_key(inactive.key_id), "invalid_state"),
+        (lambda: kb.admin.retire_e2e_key(inactive.key_id), "invalid_state"),
+        (
+            lambda: kb.admin.e2e_pin(inactive.key_id, server_url="https://x.example"),
+            "invalid_state",
+        ),
+        (lambda: kb.admin.retire_e2e_key("nope"), "not_found"),
+        (lambda: kb.admin.create_e2e_key("no-such-app"), "not_found"),
+        (
+            lambda: kb.admin.e2e_pin(active.key_id, server_url="http://x.example"),
+            "configuration_invalid",
+        ),
+    ]:
         with pytest.raises(KeyboundError) as info:
             action()
         assert info.value.code.value == code
@@ -84,13 +102,21 @@ def test_lifecycle_states_and_audit(kb: Keybound) -> None:
     assert ChannelPin.from_string(pin.to_string()) == pin
     assert pin.public_key == active.public_key and pin.application_id == "bank"
     with kb.db.read() as conn:
-        events = [(r.type, json.loads(r.payload)["keyId"]) for r in conn.execute(
-            select(t.events).where(t.events.c.type.like("e2e_key.%"),
-                                   t.events.c.outcome == "SUCCESS")
-            .order_by(t.events.c.seq))]
-    assert events == [("e2e_key.create", active.key_id), ("e2e_key.create", inactive.key_id),
-                      ("e2e_key.activate", inactive.key_id), ("e2e_key.retire", inactive.key_id),
-                      ("e2e_key.export_pin", active.key_id)]
+        events = [
+            (r.type, json.loads(r.payload)["keyId"])
+            for r in conn.execute(
+                select(t.events)
+                .where(t.events.c.type.like("e2e_key.%"), t.events.c.outcome == "SUCCESS")
+                .order_by(t.events.c.seq)
+            )
+        ]
+    assert events == [
+        ("e2e_key.create", active.key_id),
+        ("e2e_key.create", inactive.key_id),
+        ("e2e_key.activate", inactive.key_id),
+        ("e2e_key.retire", inactive.key_id),
+        ("e2e_key.export_pin", active.key_id),
+    ]
 
 
 def test_key_ids_are_random_and_unique(kb: Keybound) -> None:
@@ -106,8 +132,13 @@ def test_private_keys_never_in_the_database_logs_or_api(kb: Keybound, caplog: An
     key = kb.admin.create_e2e_key("bank")
     private = raw_private_key(kb, key.key_id)
     kb.e2e_keys.keyring.lookup(key.key_id)
-    text = dump(kb) + repr(kb.admin.e2e_keys("bank")) + repr(kb.admin.e2e_key(key.key_id)) + \
-        kb.admin.e2e_pin(key.key_id, server_url="https://a.example").to_string() + caplog.text
+    text = (
+        dump(kb)
+        + repr(kb.admin.e2e_keys("bank"))
+        + repr(kb.admin.e2e_key(key.key_id))
+        + kb.admin.e2e_pin(key.key_id, server_url="https://a.example").to_string()
+        + caplog.text
+    )
     master = kb.master_key.get()
     for secret in (private, master):
         for form in forms(secret):
@@ -132,8 +163,9 @@ def test_master_key_file_location_and_mode(tmp_path: Path, kb: Keybound) -> None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
-def test_wrong_master_key_makes_keys_unusable_without_leaking(tmp_path: Path, kb: Keybound,
-                                                              caplog: Any) -> None:
+def test_wrong_master_key_makes_keys_unusable_without_leaking(
+    tmp_path: Path, kb: Keybound, caplog: Any
+) -> None:
     kb.admin.create_application("bank")
     key = kb.admin.create_e2e_key("bank")
     other = Keybound(kb.db, kb.clock, master_key=MasterKey(tmp_path / "other" / "master.key"))
@@ -169,14 +201,16 @@ def test_keyring_cache_sees_other_processes_changes_within_the_ttl(kb: Keybound)
 
 
 def test_replay_marks_are_atomic_across_processes_and_forgotten_once_expired(
-        kb: Keybound, clock: Any) -> None:
+    kb: Keybound, clock: Any
+) -> None:
     """A request id is stored once by whichever unit commits it first, whatever process it is
     in (docs/channel.md §6); expired ids are purged by the server's maintenance."""
 
     def unit(service: Keybound, request_id: bytes) -> Unit:
         mark = ReplayMark(request_id=request_id, expires_at=(int(clock()) + 300) * 1000)
-        return Unit(service.db, clock, actor=Actor.DEVICE,
-                    action=EventType.AUTHENTICATION_START, mark=mark)
+        return Unit(
+            service.db, clock, actor=Actor.DEVICE, action=EventType.AUTHENTICATION_START, mark=mark
+        )
 
     unit(kb, b"\x01" * 16).commit()
     with pytest.raises(Replayed):
@@ -199,30 +233,47 @@ def test_replay_marks_are_atomic_across_processes_and_forgotten_once_expired(
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "keybound.cli", "--database-url",
-         f"sqlite:///{tmp_path / 'cli.db'}", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-        env={k: v for k, v in os.environ.items() if k != "KEYBOUND_MASTER_KEY_FILE"})
+        [
+            sys.executable,
+            "-m",
+            "keybound.cli",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'cli.db'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "KEYBOUND_MASTER_KEY_FILE"},
+    )
 
 
 def test_cli_e2e_key_lifecycle_never_shows_a_private_key(tmp_path: Path) -> None:
     assert cli(tmp_path, "app", "create", "bank").returncode == 0
-    created = cli(tmp_path, "e2e-key", "create", "bank", "--server-url",
-                  "https://auth.example.com")
+    created = cli(tmp_path, "e2e-key", "create", "bank", "--server-url", "https://auth.example.com")
     assert created.returncode == 0, created.stderr
     pin = ChannelPin.from_string(created.stdout.strip())
     assert pin.server_url == "https://auth.example.com" and pin.application_id == "bank"
     assert f"key id: {pin.key_id}" in created.stderr
-    second = cli(tmp_path, "e2e-key", "create", "bank", "--inactive", "--suite",
-                 "X25519_SHA256_CHACHA20POLY1305")
+    second = cli(
+        tmp_path,
+        "e2e-key",
+        "create",
+        "bank",
+        "--inactive",
+        "--suite",
+        "X25519_SHA256_CHACHA20POLY1305",
+    )
     assert second.returncode == 0, second.stderr
     second_pin = ChannelPin.from_string(second.stdout.strip())
     assert second_pin.server_url == "http://127.0.0.1:8000"
     assert second_pin.suite is ChannelSuite.X25519_SHA256_CHACHA20POLY1305
     listed = cli(tmp_path, "e2e-key", "list", "bank").stdout
     assert f"{pin.key_id}  ACTIVE" in listed and f"{second_pin.key_id}  INACTIVE" in listed
-    again = cli(tmp_path, "e2e-key", "pin", second_pin.key_id, "--server-url",
-                "https://auth.example.com")
+    again = cli(
+        tmp_path, "e2e-key", "pin", second_pin.key_id, "--server-url", "https://auth.example.com"
+    )
     assert again.returncode == 0, again.stderr
     assert ChannelPin.from_string(again.stdout.strip()).public_key == second_pin.public_key
     assert "ACTIVE" in cli(tmp_path, "e2e-key", "activate", second_pin.key_id).stdout
@@ -247,13 +298,25 @@ def test_cli_e2e_key_lifecycle_never_shows_a_private_key(tmp_path: Path) -> None
 
 
 def test_cli_help_describes_e2e_keys() -> None:
-    out = subprocess.run([sys.executable, "-m", "keybound.cli", "e2e-key", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "keybound.cli", "e2e-key", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for action in ("create", "list", "activate", "retire", "pin"):
         assert action in out
-    create = subprocess.run([sys.executable, "-m", "keybound.cli", "e2e-key", "create", "-h"],
-                            capture_output=True, text=True, check=True).stdout
+    create = subprocess.run(
+        [sys.executable, "-m", "keybound.cli", "e2e-key", "create", "-h"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--inactive" in create and "MLKEM768X25519_SHA256_AES128GCM" in create
-    serve = subprocess.run([sys.executable, "-m", "keybound.cli", "serve", "-h"],
-                           capture_output=True, text=True, check=True).stdout
+    serve = subprocess.run(
+        [sys.executable, "-m", "keybound.cli", "serve", "-h"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--allow-plaintext" in serve and "DEVELOPMENT ONLY" in serve

@@ -30,34 +30,37 @@ def activated(rp: RelyingParty, **kwargs: Any) -> RawDevice:
 
 def public(rp: RelyingParty, *types: str) -> list[dict[str, Any]]:
     query = "".join(f"&type={kind}" for kind in types)
-    events: list[dict[str, Any]] = rp.call("GET", f"/rp/v1/events?limit=500{query}",
-                                           expect=200)["events"]
+    events: list[dict[str, Any]] = rp.call("GET", f"/rp/v1/events?limit=500{query}", expect=200)[
+        "events"
+    ]
     return events
 
 
-def test_an_authentication_writes_one_event_and_no_more(rp: RelyingParty,
-                                                        kb: Keybound) -> None:
+def test_an_authentication_writes_one_event_and_no_more(rp: RelyingParty, kb: Keybound) -> None:
     device = activated(rp)
     with kb.db.read() as conn:
         before = conn.execute(text("SELECT count(*) FROM events")).scalar()
     assert device.authenticate().status_code == 200
     with kb.db.read() as conn:
-        rows = conn.execute(select(t.events.c.type, t.events.c.actor, t.events.c.delivery)
-                            .where(t.events.c.seq > 0).order_by(t.events.c.seq)).all()
+        rows = conn.execute(
+            select(t.events.c.type, t.events.c.actor, t.events.c.delivery)
+            .where(t.events.c.seq > 0)
+            .order_by(t.events.c.seq)
+        ).all()
     assert len(rows) == before + 1  # the audit row is the public event: no second row
     assert tuple(rows[-1]) == ("operation.completed", "DEVICE", None)
 
 
-def test_operation_events_carry_the_operation_as_the_relying_party_reads_it(
-        make_rp: Any) -> None:
+def test_operation_events_carry_the_operation_as_the_relying_party_reads_it(make_rp: Any) -> None:
     rp = make_rp(enabledRiskData=["hwKeyServerResult"])
     device = activated(rp)
-    started = rp.start_operation(device.device_id, postOperationContext={
-        "content": "only-for-the-device", "mimeType": "text/plain"})
+    started = rp.start_operation(
+        device.device_id,
+        postOperationContext={"content": "only-for-the-device", "mimeType": "text/plain"},
+    )
     assert device.authenticate(operation_id=started["operationId"]).status_code == 200
     completed = public(rp, "operation.completed")[-1]
-    assert completed["data"] == {"applicationId": rp.app_id,
-                                 **rp.operation(started["operationId"])}
+    assert completed["data"] == {"applicationId": rp.app_id, **rp.operation(started["operationId"])}
     # with the operation's signed result, verifiable by the receiver (docs/events.md §3)
     _, claims = jwcrypto_claims(completed["data"]["resultJws"], rp.jwks())
     assert (claims["operationId"], claims["state"]) == (started["operationId"], "COMPLETED")
@@ -71,11 +74,15 @@ def test_failures_lock_and_say_so(make_rp: Any) -> None:
     device = activated(rp)
     for _ in range(2):
         assert problem_code(device.authenticate(hw_mode="corrupt")) == "hardware_key_invalid"
-    kinds = [(e["type"], e["data"].get("result", {}).get("failureCode"),
-              e["data"].get("lockReason")) for e in public(rp)[2:]]
-    assert kinds == [("operation.failed", "hardware_key_invalid", None),
-                     ("operation.failed", "hardware_key_invalid", None),
-                     ("device.locked", None, "FAILURES")]
+    kinds = [
+        (e["type"], e["data"].get("result", {}).get("failureCode"), e["data"].get("lockReason"))
+        for e in public(rp)[2:]
+    ]
+    assert kinds == [
+        ("operation.failed", "hardware_key_invalid", None),
+        ("operation.failed", "hardware_key_invalid", None),
+        ("device.locked", None, "FAILURES"),
+    ]
 
 
 def test_device_lifecycle_events(rp: RelyingParty) -> None:
@@ -90,13 +97,24 @@ def test_device_lifecycle_events(rp: RelyingParty) -> None:
     rp.call("POST", f"{path}/deactivate", expect=200)
     events = public(rp)
     assert [e["type"] for e in events] == [
-        "operation.completed", "device.activated", "device.operation_pending",
-        "device.locked", "device.unlocked", "device.deactivated", "operation.failed"]
+        "operation.completed",
+        "device.activated",
+        "device.operation_pending",
+        "device.locked",
+        "device.unlocked",
+        "device.deactivated",
+        "operation.failed",
+    ]
     activated_event = events[1]["data"]
     assert activated_event == {
-        "applicationId": rp.app_id, "deviceId": device.device_id,
-        "userId": activated_event["userId"], "state": "ACTIVE", "reactivation": False,
-        "hardwareKey": True, "platform": "ANDROID"}
+        "applicationId": rp.app_id,
+        "deviceId": device.device_id,
+        "userId": activated_event["userId"],
+        "state": "ACTIVE",
+        "reactivation": False,
+        "hardwareKey": True,
+        "platform": "ANDROID",
+    }
     assert events[2]["data"]["operationId"] == pending["operationId"]
     failed = events[-1]["data"]
     assert failed["operationId"] == pending["operationId"]
@@ -108,18 +126,27 @@ def test_decline_and_reactivation(rp: RelyingParty) -> None:
     device = activated(rp)
     operation = rp.start_operation(device.device_id)
     start = device.start_auth(operation["operationId"])
-    tbs = p.transcript(p.Purpose.DECLINE, application_id=rp.app_id,
-                       device_id=device.device_id, operation_id=start.operation_id,
-                       challenge=start.challenge,
-                       context_digest=p.context_hash(start.pre_operation_context),
-                       software_public_key=b"")
+    tbs = p.transcript(
+        p.Purpose.DECLINE,
+        application_id=rp.app_id,
+        device_id=device.device_id,
+        operation_id=start.operation_id,
+        challenge=start.challenge,
+        context_digest=p.context_hash(start.pre_operation_context),
+        software_public_key=b"",
+    )
     from keybound import crypto
 
-    declined = device.post(p.DevicePaths.AUTHENTICATION_DECLINE, p.DeclineRequest(
-        application_id=rp.app_id, device_id=device.device_id,
-        operation_id=start.operation_id,
-        software_key_id=crypto.key_id(crypto.public_der(device.sw)),
-        software_signature=crypto.sign_p256(device.sw, tbs)))
+    declined = device.post(
+        p.DevicePaths.AUTHENTICATION_DECLINE,
+        p.DeclineRequest(
+            application_id=rp.app_id,
+            device_id=device.device_id,
+            operation_id=start.operation_id,
+            software_key_id=crypto.key_id(crypto.public_der(device.sw)),
+            software_signature=crypto.sign_p256(device.sw, tbs),
+        ),
+    )
     assert declined.status_code == 200
     issued = rp.call("POST", f"/rp/v1/devices/{device.device_id}/reactivation", expect=201)
     assert device.activate(issued).status_code == 200
@@ -132,8 +159,7 @@ def test_decline_and_reactivation(rp: RelyingParty) -> None:
     assert events[-1]["data"]["reactivation"] is True
 
 
-def test_expired_operations_end_once_each(rp: RelyingParty, kb: Keybound,
-                                          clock: FakeClock) -> None:
+def test_expired_operations_end_once_each(rp: RelyingParty, kb: Keybound, clock: FakeClock) -> None:
     device = activated(rp)
     backend = rp.start_operation(device.device_id)
     signature = rp.start_signature(device.device_id, "I agree to contract #4711")
@@ -160,10 +186,18 @@ def test_expired_operations_end_once_each(rp: RelyingParty, kb: Keybound,
     assert {e["data"]["state"] for e in expired} == {"EXPIRED"}
     assert rp.operation(backend["operationId"])["state"] == "EXPIRED"
     with kb.db.read() as conn:
-        actors = conn.execute(select(t.events.c.actor).where(
-            t.events.c.type == "operation.expired")).scalars().all()
-        stored = dict(conn.execute(select(t.operations.c.id, t.operations.c.result_jws).where(
-            t.operations.c.id.in_(ended))).all())
+        actors = (
+            conn.execute(select(t.events.c.actor).where(t.events.c.type == "operation.expired"))
+            .scalars()
+            .all()
+        )
+        stored = dict(
+            conn.execute(
+                select(t.operations.c.id, t.operations.c.result_jws).where(
+                    t.operations.c.id.in_(ended)
+                )
+            ).all()
+        )
     assert set(actors) == {Actor.SYSTEM.value}
     # each expiry is stored with its signed result, which the event carries; the one a read
     # signed first is kept, not replaced
@@ -172,8 +206,7 @@ def test_expired_operations_end_once_each(rp: RelyingParty, kb: Keybound,
         token = event["data"]["resultJws"]
         assert token == stored[event["data"]["operationId"]]
         _, claims = jwcrypto_claims(token, rp.jwks())
-        assert (claims["operationId"], claims["state"]) == (event["data"]["operationId"],
-                                                            "EXPIRED")
+        assert (claims["operationId"], claims["state"]) == (event["data"]["operationId"], "EXPIRED")
         assert "completedAt" not in claims
 
 
@@ -186,15 +219,19 @@ def test_a_refused_request_writes_no_public_event(rp: RelyingParty) -> None:
 
 
 @pytest.mark.postgres
-def test_postgresql_public_event_writers_take_the_lock_before_drawing_seq(
-        postgres: Any) -> None:
+def test_postgresql_public_event_writers_take_the_lock_before_drawing_seq(postgres: Any) -> None:
     """What makes polling by seq safe on PostgreSQL (repositories/events.py): while a
     poller holds the lock, a writer of a public event waits before its seq is drawn."""
     db = Database(postgres.fresh_database())
     try:
-        event = Event(type=EventType.DEVICE_LOCKED, actor=Actor.RELYING_PARTY,
-                      outcome=Outcome.SUCCESS, created_at=1, application_id="a",
-                      subject="d")
+        event = Event(
+            type=EventType.DEVICE_LOCKED,
+            actor=Actor.RELYING_PARTY,
+            outcome=Outcome.SUCCESS,
+            created_at=1,
+            application_id="a",
+            subject="d",
+        )
         seq_before = _last_seq(db)
         inserted = threading.Event()
         with db.write() as poller:
@@ -217,16 +254,18 @@ def test_postgresql_public_event_writers_take_the_lock_before_drawing_seq(
 
 def _last_seq(db: Database) -> int:
     with db.read() as conn:
-        value = conn.execute(text(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_seq_seq")).scalar()
+        value = conn.execute(
+            text("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_seq_seq")
+        ).scalar()
     return int(value or 0)
 
 
-def test_an_operators_change_is_heard_by_the_application(rp: RelyingParty,
-                                                         kb: Keybound) -> None:
+def test_an_operators_change_is_heard_by_the_application(rp: RelyingParty, kb: Keybound) -> None:
     device = activated(rp)
     kb.admin.lock_device(rp.app_id, device.device_id)
     kb.admin.deactivate_device(rp.app_id, device.device_id)
     events = public(rp, "device.locked", "device.deactivated")
     assert [(e["type"], e["data"].get("lockReason")) for e in events] == [
-        ("device.locked", "OPERATOR"), ("device.deactivated", "OPERATOR")]
+        ("device.locked", "OPERATOR"),
+        ("device.deactivated", "OPERATOR"),
+    ]

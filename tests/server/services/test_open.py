@@ -45,9 +45,14 @@ def test_another_master_key_is_refused_naming_the_one_expected(url: str, tmp_pat
 def test_the_cli_refuses_to_start_with_another_master_key(url: str, tmp_path: Path) -> None:
     env = {**os.environ, "KEYBOUND_MASTER_KEY_FILE": str(tmp_path / "typo.key")}
     for command in (["app", "list"], ["serve", "--port", "1"]):
-        done = subprocess.run([sys.executable, "-m", "keybound.cli", "--database-url", url,
-                               *command], capture_output=True, text=True, timeout=60, env=env,
-                              check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "keybound.cli", "--database-url", url, *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
         assert done.returncode == 2, done.stderr
         assert "configuration_invalid" in done.stderr and "fingerprint" in done.stderr
         assert "Traceback" not in done.stderr

@@ -44,8 +44,9 @@ def context_hash(context: dict[str, str] | None) -> str:
     """docs/protocol.md §4.1.2, written out with hashlib (not keybound's context_hash)."""
     if context is None:
         return b64u(hashlib.sha256(b"").digest())
-    return b64u(hashlib.sha256(lp(context["mimeType"].encode())
-                               + lp(context["content"].encode())).digest())
+    return b64u(
+        hashlib.sha256(lp(context["mimeType"].encode()) + lp(context["content"].encode())).digest()
+    )
 
 
 def jwcrypto_claims(token: str, jwks: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -74,16 +75,25 @@ def verified(rp: RelyingParty, op_id: str) -> tuple[dict[str, Any], dict[str, An
 
 
 def test_a_completed_authentication_is_signed_with_every_claim(
-        rp: RelyingParty, kb: Keybound) -> None:
+    rp: RelyingParty, kb: Keybound
+) -> None:
     device = activated(rp)
     op = rp.start_operation(device.device_id, preOperationContext=PAY)["operationId"]
     assert device.authenticate(op).status_code == 200
     operation, claims = verified(rp, op)
     assert claims == {
-        "iss": DEFAULT_ISSUER, "iat": claims["iat"], "jti": op, "applicationId": rp.app_id,
-        "operationId": op, "operationType": "AUTHENTICATION", "initiator": "BACKEND",
-        "state": "COMPLETED", "userId": operation["userId"], "deviceId": device.device_id,
-        "authMethod": "DEVICE", "authLevel": "ONE_FACTOR",
+        "iss": DEFAULT_ISSUER,
+        "iat": claims["iat"],
+        "jti": op,
+        "applicationId": rp.app_id,
+        "operationId": op,
+        "operationType": "AUTHENTICATION",
+        "initiator": "BACKEND",
+        "state": "COMPLETED",
+        "userId": operation["userId"],
+        "deviceId": device.device_id,
+        "authMethod": "DEVICE",
+        "authLevel": "ONE_FACTOR",
         "preOperationContextHash": context_hash(PAY),
         # the application's enabledRiskData (the default two), nothing more
         "riskData": {"hwKeyClientStatus": "OK", "hwKeyServerResult": "VALID"},
@@ -91,16 +101,23 @@ def test_a_completed_authentication_is_signed_with_every_claim(
         # attestation is off by default: what it established, whatever riskData shows
         "attestation": {"hwKeyAttestation": "NOT_CHECKED"},
         "createdAt": operation["createdAt"].replace("+00:00", "Z"),
-        "completedAt": operation["completedAt"].replace("+00:00", "Z")}
+        "completedAt": operation["completedAt"].replace("+00:00", "Z"),
+    }
     assert claims["iat"] == int(kb.clock())
     # keybound's own verifier agrees
-    assert verify_result(operation["resultJws"], rp.jwks(), expected_issuer=DEFAULT_ISSUER,
-                         expected_operation_id=op, expected_application_id=rp.app_id
-                         ).state is p.OperationState.COMPLETED
+    assert (
+        verify_result(
+            operation["resultJws"],
+            rp.jwks(),
+            expected_issuer=DEFAULT_ISSUER,
+            expected_operation_id=op,
+            expected_application_id=rp.app_id,
+        ).state
+        is p.OperationState.COMPLETED
+    )
 
 
-def test_device_initiated_results_name_the_user_and_the_enabled_risk_data(
-        make_rp: Any) -> None:
+def test_device_initiated_results_name_the_user_and_the_enabled_risk_data(make_rp: Any) -> None:
     rp = make_rp(enabledRiskData="hwKeyServerResult,devicePlatform")
     device = activated(rp, hardware=False)
     start = device.start_auth()
@@ -108,13 +125,14 @@ def test_device_initiated_results_name_the_user_and_the_enabled_risk_data(
     operation, claims = verified(rp, start.operation_id)
     assert "userId" not in operation  # a device-initiated operation names no user ...
     assert claims["userId"] == rp.device(device.device_id)["userId"]  # ... its result does
-    assert claims["riskData"] == {"hwKeyServerResult": "NO_KEY_REGISTERED",
-                                  "devicePlatform": "ANDROID"}
+    assert claims["riskData"] == {
+        "hwKeyServerResult": "NO_KEY_REGISTERED",
+        "devicePlatform": "ANDROID",
+    }
     assert claims["preOperationContextHash"] == context_hash(None)
 
 
-def test_every_way_an_operation_ends_is_signed(rp: RelyingParty, make_rp: Any,
-                                               clock: Any) -> None:
+def test_every_way_an_operation_ends_is_signed(rp: RelyingParty, make_rp: Any, clock: Any) -> None:
     # activation (completed)
     code = rp.activation_code()
     device = RawDevice(rp.http, rp.app_id)
@@ -125,21 +143,38 @@ def test_every_way_an_operation_ends_is_signed(rp: RelyingParty, make_rp: Any,
     response = device.finish_auth(*device.auth_request(start, hw_mode="corrupt"))
     assert problem_code(response) == "hardware_key_invalid"
     _, claims = verified(rp, start.operation_id)
-    assert (claims["state"], claims["failureCode"], claims["hwKeyServerResult"]) == \
-        ("FAILED", "hardware_key_invalid", "INVALID")
+    assert (claims["state"], claims["failureCode"], claims["hwKeyServerResult"]) == (
+        "FAILED",
+        "hardware_key_invalid",
+        "INVALID",
+    )
     assert "authLevel" not in claims
     # declined by the user
     op = rp.start_operation(device.device_id, preOperationContext=PAY)["operationId"]
     started = device.start_auth(op)
     key = device.sw
-    tbs = p.transcript(p.Purpose.DECLINE, application_id=rp.app_id, device_id=device.device_id,
-                       operation_id=op, challenge=started.challenge,
-                       context_digest=p.context_hash(started.pre_operation_context),
-                       software_public_key=b"")
-    assert device.post(p.DevicePaths.AUTHENTICATION_DECLINE, p.DeclineRequest(
-        application_id=rp.app_id, device_id=device.device_id, operation_id=op,
-        software_key_id=crypto.key_id(crypto.public_der(key)),
-        software_signature=crypto.sign_p256(key, tbs))).status_code == 200
+    tbs = p.transcript(
+        p.Purpose.DECLINE,
+        application_id=rp.app_id,
+        device_id=device.device_id,
+        operation_id=op,
+        challenge=started.challenge,
+        context_digest=p.context_hash(started.pre_operation_context),
+        software_public_key=b"",
+    )
+    assert (
+        device.post(
+            p.DevicePaths.AUTHENTICATION_DECLINE,
+            p.DeclineRequest(
+                application_id=rp.app_id,
+                device_id=device.device_id,
+                operation_id=op,
+                software_key_id=crypto.key_id(crypto.public_der(key)),
+                software_signature=crypto.sign_p256(key, tbs),
+            ),
+        ).status_code
+        == 200
+    )
     assert verified(rp, op)[1]["failureCode"] == "declined"
     # expired unanswered: signed on its first read, and the same token ever after
     op = rp.start_operation(device.device_id)["operationId"]
@@ -156,8 +191,7 @@ def test_every_way_an_operation_ends_is_signed(rp: RelyingParty, make_rp: Any,
     assert verified(rp, op)[1]["failureCode"] == "device_inactive"
 
 
-def test_a_copied_key_fails_its_operation_and_the_pending_ones_signed(
-        rp: RelyingParty) -> None:
+def test_a_copied_key_fails_its_operation_and_the_pending_ones_signed(rp: RelyingParty) -> None:
     device = activated(rp)
     pending = rp.start_operation(device.device_id)["operationId"]
     copy = RawDevice(rp.http, rp.app_id, sw=device.sw, hw=None, device_id=device.device_id)
@@ -170,21 +204,24 @@ def test_a_copied_key_fails_its_operation_and_the_pending_ones_signed(
 
 
 def test_an_operation_has_one_result_an_expired_one_cannot_complete_later(
-        rp: RelyingParty, kb: Keybound) -> None:
+    rp: RelyingParty, kb: Keybound
+) -> None:
     """A result once signed is final: the statements that end an operation require that it
     has none, so a finish by a server whose clock lags cannot contradict a signed EXPIRED."""
     device = activated(rp)
     op = rp.start_operation(device.device_id)["operationId"]
     start = device.start_auth(op)
     with kb.db.write() as conn:  # as if another server had signed it EXPIRED already
-        conn.execute(update(t.operations).where(t.operations.c.id == op).values(
-            result_jws="signed-elsewhere"))
+        conn.execute(
+            update(t.operations)
+            .where(t.operations.c.id == op)
+            .values(result_jws="signed-elsewhere")
+        )
     assert problem_code(device.finish_auth(*device.auth_request(start))) == "challenge_used"
     assert rp.operation(op)["resultJws"] == "signed-elsewhere"
 
 
-def test_results_verify_across_a_key_rotation(rp: RelyingParty, kb: Keybound,
-                                              clock: Any) -> None:
+def test_results_verify_across_a_key_rotation(rp: RelyingParty, kb: Keybound, clock: Any) -> None:
     device = activated(rp)
     before = device.start_auth()
     assert device.finish_auth(*device.auth_request(before)).status_code == 200
@@ -203,8 +240,9 @@ def test_results_verify_across_a_key_rotation(rp: RelyingParty, kb: Keybound,
     assert jwcrypto_claims(new_token, jwks)[0]["kid"] == new.kid
     # a retired key signs nothing more, and its private half is gone from the database
     with kb.db.read() as conn:
-        wrapped = conn.execute(select(t.result_keys.c.wrapped_private_key).where(
-            t.result_keys.c.kid == old.kid)).scalar_one()
+        wrapped = conn.execute(
+            select(t.result_keys.c.wrapped_private_key).where(t.result_keys.c.kid == old.kid)
+        ).scalar_one()
     assert wrapped is None
     # its publication ends when the operator said: what it signed stops verifying then
     clock.advance(31 * DAY)
@@ -215,7 +253,8 @@ def test_results_verify_across_a_key_rotation(rp: RelyingParty, kb: Keybound,
 
 
 def test_another_process_picks_up_a_rotation_within_its_snapshot_ttl(
-        rp: RelyingParty, kb: Keybound) -> None:
+    rp: RelyingParty, kb: Keybound
+) -> None:
     other = Keybound(kb.db, kb.clock, master_key=kb.master_key)  # another process, one database
     first = kb.admin.signing_keys()[0].kid
     assert other.results.jwks()["keys"][0]["kid"] == first
@@ -239,18 +278,20 @@ def test_the_readme_snippet_verifies_a_result(rp: RelyingParty, kb: Keybound) ->
     """The relying party's few lines in the README, run as they are printed there (the JWKS
     fetched from this server instead of kb.example)."""
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text("utf-8")
-    section = readme[readme.index("### Signed results"):]
-    snippet = section[section.index("```python") + len("```python"):section.index("```\n", 10)]
+    section = readme[readme.index("### Signed results") :]
+    snippet = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
     kb.admin.set_issuer("https://kb.example")
     device = activated(rp)
     start = device.start_auth()
     assert device.finish_auth(*device.auth_request(start)).status_code == 200
-    fetch = types.SimpleNamespace(get=lambda url: rp.http.get(url.replace(
-        "https://kb.example", "")))
-    scope: dict[str, Any] = {"operation": rp.operation(start.operation_id),
-                             "operation_id": start.operation_id}
-    exec(snippet.replace("import json, httpx", "import json"),
-         {**scope, "httpx": fetch}, scope)
+    fetch = types.SimpleNamespace(
+        get=lambda url: rp.http.get(url.replace("https://kb.example", ""))
+    )
+    scope: dict[str, Any] = {
+        "operation": rp.operation(start.operation_id),
+        "operation_id": start.operation_id,
+    }
+    exec(snippet.replace("import json, httpx", "import json"), {**scope, "httpx": fetch}, scope)
     assert scope["claims"]["operationId"] == start.operation_id
 
 
@@ -270,10 +311,16 @@ def test_signing_keys_are_wrapped_under_the_master_key(kb: Keybound, tmp_path: A
     assert b"PRIVATE KEY" not in row.wrapped_private_key
     other = SecretBox(MasterKey(tmp_path / "other.key"))
     with pytest.raises(SecretUnusable):
-        other.unwrap(Purpose.RESULT_SIGNING_KEY, row.wrapped_private_key,
-                     binding=wrap_binding(row.kid, ResultAlgorithm(row.algorithm)))
-    kb.box.unwrap(Purpose.RESULT_SIGNING_KEY, row.wrapped_private_key,  # its own one opens it
-                  binding=wrap_binding(row.kid, ResultAlgorithm(row.algorithm)))
+        other.unwrap(
+            Purpose.RESULT_SIGNING_KEY,
+            row.wrapped_private_key,
+            binding=wrap_binding(row.kid, ResultAlgorithm(row.algorithm)),
+        )
+    kb.box.unwrap(
+        Purpose.RESULT_SIGNING_KEY,
+        row.wrapped_private_key,  # its own one opens it
+        binding=wrap_binding(row.kid, ResultAlgorithm(row.algorithm)),
+    )
     stranger = ResultKeys(kb.db, other, kb.clock)
     # a server with another master key cannot sign (it never signs with a key it cannot open)
     with pytest.raises(Exception) as info:
@@ -287,8 +334,10 @@ def test_the_issuer_is_the_operators_to_set(rp: RelyingParty, kb: Keybound) -> N
     start = device.start_auth()
     assert device.finish_auth(*device.auth_request(start)).status_code == 200
     token = rp.operation(start.operation_id)["resultJws"]
-    assert verify_result(token, rp.jwks(), expected_issuer="https://kb.example").issuer == \
-        "https://kb.example"
+    assert (
+        verify_result(token, rp.jwks(), expected_issuer="https://kb.example").issuer
+        == "https://kb.example"
+    )
     with pytest.raises(Exception) as info:
         kb.admin.set_issuer("not a url")
     assert getattr(info.value, "code", None) is ErrorCode.CONFIGURATION_INVALID

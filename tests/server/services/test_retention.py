@@ -50,24 +50,28 @@ def test_prune_keeps_what_is_needed(rp: RelyingParty, kb: Keybound, clock: Any) 
     assert rp.device(device.device_id)["state"] == "ACTIVE"
 
 
-
 def test_prune_keeps_replay_records_through_the_grace(kb: Keybound, clock: Any) -> None:
     from sqlalchemy import insert
 
     now_ms = int(clock() * 1000)
     with kb.db.write() as conn:
-        conn.execute(insert(t.seen_requests), [
-            {"request_id": b"a" * 16, "expires_at": now_ms - 5_000},   # within the grace
-            {"request_id": b"b" * 16, "expires_at": now_ms - 60_000},  # long gone
-            {"request_id": b"c" * 16, "expires_at": now_ms + 60_000}])  # live
+        conn.execute(
+            insert(t.seen_requests),
+            [
+                {"request_id": b"a" * 16, "expires_at": now_ms - 5_000},  # within the grace
+                {"request_id": b"b" * 16, "expires_at": now_ms - 60_000},  # long gone
+                {"request_id": b"c" * 16, "expires_at": now_ms + 60_000},
+            ],
+        )  # live
     assert kb.admin.prune().seen_requests == 1
     with kb.db.read() as conn:
         kept = set(conn.execute(select(t.seen_requests.c.request_id)).scalars())
     assert kept == {b"a" * 16, b"c" * 16}
 
 
-def test_an_expired_unused_activation_code_is_pruned(rp: RelyingParty, kb: Keybound,
-                                                     clock: Any) -> None:
+def test_an_expired_unused_activation_code_is_pruned(
+    rp: RelyingParty, kb: Keybound, clock: Any
+) -> None:
     code = rp.activation_code()
     clock.advance(100 * DAY)
     assert rp.operation(code["operationId"])["state"] == "EXPIRED"
@@ -77,7 +81,8 @@ def test_an_expired_unused_activation_code_is_pruned(rp: RelyingParty, kb: Keybo
 
 
 def test_the_server_forgets_expired_activation_secrets_by_itself(
-        rp: RelyingParty, kb: Keybound, clock: Any) -> None:
+    rp: RelyingParty, kb: Keybound, clock: Any
+) -> None:
     """Tokens and typed codes that can start nothing any more are erased by the running
     server's housekeeping, and give their hints back; a live one stays."""
     expired = rp.activation_code()
@@ -92,8 +97,9 @@ def test_the_server_forgets_expired_activation_secrets_by_itself(
     assert rp.operation(expired["operationId"])["state"] == "EXPIRED"
 
 
-def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock: Any,
-                                          monkeypatch: Any) -> None:
+def test_prune_deletes_in_bounded_batches(
+    rp: RelyingParty, kb: Keybound, clock: Any, monkeypatch: Any
+) -> None:
     """Each batch is its own write transaction, so a running server's requests get the
     database in between; the totals are the same as in one go."""
     device = activated(rp)
@@ -102,8 +108,10 @@ def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock:
     ended = count(kb, t.operations)
     now_ms = int(clock() * 1000)
     with kb.db.write() as conn:
-        conn.execute(t.seen_requests.insert(), [
-            {"request_id": bytes([i]) * 16, "expires_at": now_ms - 60_000} for i in range(5)])
+        conn.execute(
+            t.seen_requests.insert(),
+            [{"request_id": bytes([i]) * 16, "expires_at": now_ms - 60_000} for i in range(5)],
+        )
     writes = 0
     real_write = kb.db.write
 
@@ -118,8 +126,12 @@ def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock:
     monkeypatch.setattr(kb.db, "write", counting_write)
     clock.advance(500 * DAY)
     pruned = kb.admin.prune(batch=2)
-    assert (pruned.operations, pruned.superseded_keys, pruned.seen_requests, pruned.events) == \
-        (ended, 5, seen, events)
+    assert (pruned.operations, pruned.superseded_keys, pruned.seen_requests, pruned.events) == (
+        ended,
+        5,
+        seen,
+        events,
+    )
     assert count(kb, t.operations) == 0 and count(kb, t.superseded_keys) == 0
     assert count(kb, t.seen_requests) == 0
     # ceil((n + 1) / 2) batches per table (the last one finds fewer than 2; the activation
@@ -127,12 +139,23 @@ def test_prune_deletes_in_bounded_batches(rp: RelyingParty, kb: Keybound, clock:
     # three (empty) webhook-log tables and the expired post-operation contexts, plus the
     # prune's event; the events' batches come after the signed checkpoint that replaces
     # them (one write)
-    assert writes == (ended // 2 + 1) + (5 // 2 + 1) + (seen // 2 + 1) \
-        + (1 + events // 2 + 1) + 1 + 1 + 3 + 1 + 1
+    assert (
+        writes
+        == (ended // 2 + 1)
+        + (5 // 2 + 1)
+        + (seen // 2 + 1)
+        + (1 + events // 2 + 1)
+        + 1
+        + 1
+        + 3
+        + 1
+        + 1
+    )
 
 
 def test_the_audit_trail_and_the_noise_counts_have_their_own_retention(
-        rp: RelyingParty, kb: Keybound, clock: Any) -> None:
+    rp: RelyingParty, kb: Keybound, clock: Any
+) -> None:
     activated(rp)
     rp.call("GET", "/rp/v1/users/nobody", expect=404)  # an audited refusal
     rp.http.get("/no/such/path")  # anonymous: counted
@@ -151,16 +174,24 @@ def test_the_audit_trail_and_the_noise_counts_have_their_own_retention(
 
 
 def test_a_post_operation_context_that_was_never_released_is_erased(
-        rp: RelyingParty, kb: Keybound, clock: Any) -> None:
+    rp: RelyingParty, kb: Keybound, clock: Any
+) -> None:
     device = activated(rp)
-    op = rp.start_operation(device.device_id, postOperationContext={
-        "content": "secret receipt", "mimeType": "text/plain"})["operationId"]
+    op = rp.start_operation(
+        device.device_id,
+        postOperationContext={"content": "secret receipt", "mimeType": "text/plain"},
+    )["operationId"]
     with kb.db.read() as conn:
-        stored = conn.execute(select(t.operations.c.wrapped_post_context).where(
-            t.operations.c.id == op)).scalar_one()
+        stored = conn.execute(
+            select(t.operations.c.wrapped_post_context).where(t.operations.c.id == op)
+        ).scalar_one()
     assert stored is not None and b"secret receipt" not in stored  # wrapped at rest
     clock.advance(600)  # the operation expired unanswered
     assert kb.admin.prune().post_contexts == 1
     with kb.db.read() as conn:
-        assert conn.execute(select(t.operations.c.wrapped_post_context).where(
-            t.operations.c.id == op)).scalar_one() is None
+        assert (
+            conn.execute(
+                select(t.operations.c.wrapped_post_context).where(t.operations.c.id == op)
+            ).scalar_one()
+            is None
+        )

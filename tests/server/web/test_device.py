@@ -138,9 +138,14 @@ def refusal(response: httpx.Response | Any) -> bytes:
 def test_plaintext_device_requests_are_refused_by_default(kb, sealed_http, rp) -> None:
     code = rp.activation_code()
     before = snapshot(kb)
-    for path in (p.DevicePaths.ACTIVATION_START, p.DevicePaths.AUTHENTICATION_START,
-                 p.DevicePaths.ACTIVATION_FINISH, p.DevicePaths.PENDING_OPERATIONS,
-                 p.DevicePaths.AUTHENTICATION_FINISH, p.DevicePaths.DEACTIVATE):
+    for path in (
+        p.DevicePaths.ACTIVATION_START,
+        p.DevicePaths.AUTHENTICATION_START,
+        p.DevicePaths.ACTIVATION_FINISH,
+        p.DevicePaths.PENDING_OPERATIONS,
+        p.DevicePaths.AUTHENTICATION_FINISH,
+        p.DevicePaths.DEACTIVATE,
+    ):
         response = sealed_http.post(path, json=start_body(rp.app_id, code))
         assert response.status_code == 415
         assert problem_code(response) == "secure_channel_required"
@@ -158,11 +163,9 @@ def test_plaintext_device_requests_are_refused_by_default(kb, sealed_http, rp) -
 
 def test_development_switch_allows_plaintext_and_sealed(kb, plaintext_http, rp) -> None:
     code = rp.activation_code()
-    plain = plaintext_http.post(p.DevicePaths.ACTIVATION_START,
-                                json=start_body(rp.app_id, code))
+    plain = plaintext_http.post(p.DevicePaths.ACTIVATION_START, json=start_body(rp.app_id, code))
     assert plain.status_code == 200 and plain.headers["content-type"] == "application/json"
-    refused = plaintext_http.post(p.DevicePaths.ACTIVATION_START,
-                                  json=start_body(rp.app_id, code))
+    refused = plaintext_http.post(p.DevicePaths.ACTIVATION_START, json=start_body(rp.app_id, code))
     assert refused.status_code == 401  # one dispatcher: the same rules, the problem in clear
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["code"] == "activation_code_invalid"
@@ -173,8 +176,9 @@ def test_development_switch_allows_plaintext_and_sealed(kb, plaintext_http, rp) 
 def test_create_app_warns_loudly_when_plaintext_is_allowed(kb, caplog) -> None:
     with caplog.at_level("WARNING", logger="keybound.server"):
         create_app(kb, allow_plaintext=True)
-    assert any("plaintext" in r.message.lower() and r.levelname == "WARNING"
-               for r in caplog.records)
+    assert any(
+        "plaintext" in r.message.lower() and r.levelname == "WARNING" for r in caplog.records
+    )
     caplog.clear()
     create_app(kb)
     assert not caplog.records
@@ -187,8 +191,10 @@ def test_sealed_activation_and_authentication(kb, sealed_http, rp) -> None:
     transport = SealedHttp(sealed_http, rp.pin)  # type: ignore[arg-type]
     device = RawDevice(transport, rp.app_id)  # type: ignore[arg-type]
     start = device.start_activation(rp.activation_code())
-    assert device.post(p.DevicePaths.ACTIVATION_FINISH,
-                       device.activation_request(start)).status_code == 200
+    assert (
+        device.post(p.DevicePaths.ACTIVATION_FINISH, device.activation_request(start)).status_code
+        == 200
+    )
     for _ in range(3):
         auth_start = device.start_auth()
         wire = transport.last_wire
@@ -220,14 +226,21 @@ def test_inner_application_id_must_be_the_keys_application(kb, sealed_http, make
     response = device.http.post(p.DevicePaths.ACTIVATION_START, json=eve_body)  # alice's pin
     assert response.status_code == 400 and problem_code(response) == "malformed_request"
     for body in (b"not json", b"[]", b'{"activationCode":"x"}'):
-        wire, opener = channel.seal_request(alice.pin, "POST", p.DevicePaths.ACTIVATION_START,
-                                            body, now=int(time.time()))
+        wire, opener = channel.seal_request(
+            alice.pin, "POST", p.DevicePaths.ACTIVATION_START, body, now=int(time.time())
+        )
         outer = sealed_http.post(p.DevicePaths.ACTIVATION_START, content=wire, headers=SEALED)
         assert opener.open(outer.content).status == 400
     assert domain_snapshot(kb) == before
     # with eve's pin the same request works
-    assert SealedHttp(sealed_http, eve.pin).post(  # type: ignore[arg-type]
-        p.DevicePaths.ACTIVATION_START, json=eve_body).status_code == 200
+    assert (
+        SealedHttp(sealed_http, eve.pin)
+        .post(  # type: ignore[arg-type]
+            p.DevicePaths.ACTIVATION_START, json=eve_body
+        )
+        .status_code
+        == 200
+    )
 
 
 # --------------------------------------------------------------------------- one refusal
@@ -245,10 +258,15 @@ def _finish_wire(rp: RelyingParty, client: Any) -> tuple[RawDevice, bytes, str]:
 def _regions(wire: bytes, pin: ChannelPin) -> dict[str, range]:
     kid_end = 8 + len(pin.key_id)
     enc_end = kid_end + 32
-    return {"version": range(0, 1), "suite id": range(1, 7), "key id length": range(7, 8),
-            "key id": range(8, kid_end), "encapsulated key": range(kid_end, enc_end),
-            "ciphertext": range(enc_end, len(wire) - 16, 5),
-            "tag": range(len(wire) - 16, len(wire))}
+    return {
+        "version": range(0, 1),
+        "suite id": range(1, 7),
+        "key id length": range(7, 8),
+        "key id": range(8, kid_end),
+        "encapsulated key": range(kid_end, enc_end),
+        "ciphertext": range(enc_end, len(wire) - 16, 5),
+        "tag": range(len(wire) - 16, len(wire)),
+    }
 
 
 def test_tampering_anywhere_gets_the_one_refusal_and_changes_nothing(kb, sealed_http, rp):
@@ -263,8 +281,7 @@ def test_tampering_anywhere_gets_the_one_refusal_and_changes_nothing(kb, sealed_
             for bit in (0x01, 0x80):
                 tampered = bytearray(wire)
                 tampered[offset] ^= bit
-                bodies.add(refusal(sealed_http.post(path, content=bytes(tampered),
-                                                    headers=SEALED)))
+                bodies.add(refusal(sealed_http.post(path, content=bytes(tampered), headers=SEALED)))
                 attempts += 1
     for cut in (0, 1, 7, 8 + 16, 8 + 16 + 32, len(wire) // 2, len(wire) - 1):  # truncation
         bodies.add(refusal(sealed_http.post(path, content=wire[:cut], headers=SEALED)))
@@ -287,15 +304,18 @@ def test_replay_is_refused(kb, sealed_http, rp) -> None:
     device.start_auth()
     first = device.http.last_wire
     before = snapshot(kb)
-    reference = refusal(sealed_http.post(p.DevicePaths.AUTHENTICATION_START, content=first,
-                                         headers=SEALED))
+    reference = refusal(
+        sealed_http.post(p.DevicePaths.AUTHENTICATION_START, content=first, headers=SEALED)
+    )
     assert snapshot(kb) == before
     # the byte-identical answer, whatever the cause
     unknown = channel.generate_e2e_key(now=int(time.time()))
     pin = channel.export_pin(unknown, application_id=rp.app_id, server_url=PIN_SERVER_URL)
     wire, _ = SealedHttp(sealed_http, pin).seal(p.DevicePaths.AUTHENTICATION_START, {})
-    assert refusal(sealed_http.post(p.DevicePaths.AUTHENTICATION_START, content=wire,
-                                    headers=SEALED)) == reference
+    assert (
+        refusal(sealed_http.post(p.DevicePaths.AUTHENTICATION_START, content=wire, headers=SEALED))
+        == reference
+    )
 
 
 def test_an_inner_body_over_the_limit_is_a_sealed_413(kb, sealed_http, rp) -> None:
@@ -306,8 +326,9 @@ def test_an_inner_body_over_the_limit_is_a_sealed_413(kb, sealed_http, rp) -> No
     inner = b'{"applicationId":"' + rp.app_id.encode() + b'","x":"'
     inner += b"a" * (p.MAX_BODY_BYTES - len(inner)) + b'"}'
     assert len(inner) > p.MAX_BODY_BYTES
-    wire, opener = channel.seal_request(rp.pin, "POST", p.DevicePaths.PENDING_OPERATIONS,
-                                        inner, now=int(time.time()))
+    wire, opener = channel.seal_request(
+        rp.pin, "POST", p.DevicePaths.PENDING_OPERATIONS, inner, now=int(time.time())
+    )
     outer = sealed_http.post(p.DevicePaths.PENDING_OPERATIONS, content=wire, headers=SEALED)
     assert outer.status_code == 200
     assert outer.headers["content-type"] == SEALED_MEDIA_TYPE
@@ -315,8 +336,13 @@ def test_an_inner_body_over_the_limit_is_a_sealed_413(kb, sealed_http, rp) -> No
     assert opened.status == 413
     assert json.loads(opened.body)["code"] == "payload_too_large"
     # a sealed body over the sealed limit never reaches the channel
-    huge = channel.seal_request(rp.pin, "POST", p.DevicePaths.PENDING_OPERATIONS,
-                                b"a" * (p.MAX_BODY_BYTES + 8192), now=int(time.time()))[0]
+    huge = channel.seal_request(
+        rp.pin,
+        "POST",
+        p.DevicePaths.PENDING_OPERATIONS,
+        b"a" * (p.MAX_BODY_BYTES + 8192),
+        now=int(time.time()),
+    )[0]
     unsealed = sealed_http.post(p.DevicePaths.PENDING_OPERATIONS, content=huge, headers=SEALED)
     assert unsealed.status_code == 413
     assert problem_code(unsealed) == "payload_too_large"
@@ -326,22 +352,28 @@ def test_requests_outside_the_time_window_are_refused(kb, sealed_http, rp, clock
     device = sealed_device(rp, sealed_http)
     request = {"applicationId": rp.app_id, "deviceId": device.device_id}
     for skew in (-channel.DEFAULT_WINDOW_SECONDS - 5, channel.DEFAULT_WINDOW_SECONDS + 5):
-        wire, _ = channel.seal_request(rp.pin, "POST", p.DevicePaths.AUTHENTICATION_START,
-                                       json.dumps(request).encode(), now=int(clock()) + skew)
-        refusal(sealed_http.post(p.DevicePaths.AUTHENTICATION_START, content=wire,
-                                 headers=SEALED))
+        wire, _ = channel.seal_request(
+            rp.pin,
+            "POST",
+            p.DevicePaths.AUTHENTICATION_START,
+            json.dumps(request).encode(),
+            now=int(clock()) + skew,
+        )
+        refusal(sealed_http.post(p.DevicePaths.AUTHENTICATION_START, content=wire, headers=SEALED))
 
 
 def test_unknown_inactive_and_retired_keys_get_the_same_refusal(kb, sealed_http, rp) -> None:
     device = sealed_device(rp, sealed_http)
-    reference = refusal(sealed_http.post(p.DevicePaths.AUTHENTICATION_START, content=b"\x01",
-                                         headers=SEALED))
+    reference = refusal(
+        sealed_http.post(p.DevicePaths.AUTHENTICATION_START, content=b"\x01", headers=SEALED)
+    )
     body = {"applicationId": rp.app_id, "deviceId": device.device_id}
 
     def send(pin: ChannelPin) -> httpx.Response:
         wire, _ = SealedHttp(sealed_http, pin).seal(p.DevicePaths.AUTHENTICATION_START, body)
-        response: httpx.Response = sealed_http.post(p.DevicePaths.AUTHENTICATION_START,
-                                                     content=wire, headers=SEALED)
+        response: httpx.Response = sealed_http.post(
+            p.DevicePaths.AUTHENTICATION_START, content=wire, headers=SEALED
+        )
         return response
 
     inactive = kb.admin.create_e2e_key(rp.app_id, active=False)
@@ -357,8 +389,10 @@ def test_unknown_inactive_and_retired_keys_get_the_same_refusal(kb, sealed_http,
     assert refusal(send(inactive_pin)) == reference
     assert send(rp.pin).status_code == 200  # the application's other key is unaffected
 
+
 def test_a_fault_around_the_channel_is_the_internal_problem_and_leaks_nothing(
-        kb, rp, monkeypatch, caplog) -> None:
+    kb, rp, monkeypatch, caplog
+) -> None:
     """Sealed requests are answered in front of FastAPI's stack (KeyboundAPI): a fault there
     -- here the database failing under the keyring -- still gets the ``internal_error``
     problem with nothing of the inside, is logged, and acknowledges nothing."""
@@ -372,16 +406,20 @@ def test_a_fault_around_the_channel_is_the_internal_problem_and_leaks_nothing(
         monkeypatch.setattr(kb.e2e_keys.keyring, "lookup", failing_lookup)
         wire, _ = SealedHttp(client, rp.pin).seal(
             p.DevicePaths.AUTHENTICATION_START,
-            {"applicationId": rp.app_id, "deviceId": device.device_id})
+            {"applicationId": rp.app_id, "deviceId": device.device_id},
+        )
         answer = client.post(p.DevicePaths.AUTHENTICATION_START, content=wire, headers=SEALED)
     assert answer.status_code == 500
     assert answer.headers["content-type"] == "application/problem+json"
-    assert answer.json() == {"type": "urn:keybound:problem:internal_error",
-                             "title": "internal error", "status": 500, "code": "internal_error"}
+    assert answer.json() == {
+        "type": "urn:keybound:problem:internal_error",
+        "title": "internal error",
+        "status": 500,
+        "code": "internal_error",
+    }
     assert "secret" not in answer.text
     assert snapshot(kb) == before
     assert any("unexpected error on POST" in r.getMessage() for r in caplog.records)
-
 
 
 # --------------------------------------------------------------------------- SDK behaviour
@@ -390,8 +428,9 @@ def test_a_fault_around_the_channel_is_the_internal_problem_and_leaks_nothing(
 def test_sdk_refuses_a_server_that_cannot_open_its_requests(kb, sealed_http, rp, tmp_path):
     key = kb.admin.create_e2e_key(rp.app_id)
     pin = kb.admin.e2e_pin(key.key_id, server_url=PIN_SERVER_URL)
-    device = open_device(tmp_path / "dev", channel_pin=pin.to_string(), profile=preset("linux"),
-                         client=sealed_http)
+    device = open_device(
+        tmp_path / "dev", channel_pin=pin.to_string(), profile=preset("linux"), client=sealed_http
+    )
     device.activate(rp.activation_code()["activationLink"])
     kb.admin.retire_e2e_key(key.key_id)
     with pytest.raises(ClientError) as info:
@@ -420,8 +459,13 @@ class SwappingClient:
 def test_a_response_moved_to_another_request_fails_in_the_sdk(kb, sealed_http, rp, tmp_path):
     client = SwappingClient(sealed_http)
     assert rp.pin is not None
-    device = open_device(tmp_path / "dev", channel_pin=rp.pin, profile=preset("android-14"),
-                         hardware=EmulatedSecureElement(tmp_path / "dev" / "se"), client=client)
+    device = open_device(
+        tmp_path / "dev",
+        channel_pin=rp.pin,
+        profile=preset("android-14"),
+        hardware=EmulatedSecureElement(tmp_path / "dev" / "se"),
+        client=client,
+    )
     device.activate(rp.activation_code()["activationLink"])
     device.authenticate()
     client.swap = True  # the finish gets the start's reply (same path kind, other request)
@@ -437,8 +481,9 @@ def test_a_response_moved_to_another_request_fails_in_the_sdk(kb, sealed_http, r
 def test_pin_file_and_string_build_the_same_device(kb, sealed_http, rp, tmp_path) -> None:
     pin_file = tmp_path / "app.pin"
     pin_file.write_text(rp.pin.to_string() + "\n")  # type: ignore[union-attr]
-    device = open_device(tmp_path / "dev", channel_pin=pin_file, profile=preset("linux"),
-                         client=sealed_http)
+    device = open_device(
+        tmp_path / "dev", channel_pin=pin_file, profile=preset("linux"), client=sealed_http
+    )
     assert device.application_id == rp.app_id
     device.activate(rp.activation_code()["activationLink"])
     assert rp.pin is not None
@@ -459,10 +504,24 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "keybound.cli", "--database-url", database_url, "serve",
-             "--port", str(self.port), "--log-level", "warning", *extra],
-            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            [
+                sys.executable,
+                "-m",
+                "keybound.cli",
+                "--database-url",
+                database_url,
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -485,8 +544,9 @@ class ServerProcess:
 def shared_database(tmp_path: Path) -> Iterator[tuple[Keybound, dict[str, str]]]:
     """One SQLite file and one master key for the test and every server process."""
     env = {"KEYBOUND_MASTER_KEY_FILE": str(tmp_path / "secrets" / "master.key")}
-    kb = Keybound.open(f"sqlite:///{tmp_path / 'shared.db'}",
-                       master_key_file=Path(env["KEYBOUND_MASTER_KEY_FILE"]))
+    kb = Keybound.open(
+        f"sqlite:///{tmp_path / 'shared.db'}", master_key_file=Path(env["KEYBOUND_MASTER_KEY_FILE"])
+    )
     kb.admin.create_application("bank")
     yield kb, env
     kb.close()
@@ -537,7 +597,9 @@ def test_serve_allow_plaintext_switch_warns(shared_database) -> None:
         _, err = refused.stop()
     assert "plaintext" not in err.lower()
     switches: list[tuple[tuple[str, ...], dict[str, str]]] = [
-        (("--allow-plaintext",), {}), ((), {"KEYBOUND_ALLOW_PLAINTEXT": "1"})]
+        (("--allow-plaintext",), {}),
+        ((), {"KEYBOUND_ALLOW_PLAINTEXT": "1"}),
+    ]
     for extra, switch_env in switches:
         server = ServerProcess(kb.db.url, {**env, **switch_env}, *extra)
         try:
@@ -592,16 +654,19 @@ def test_rotation_under_continuous_traffic_fails_no_request(tmp_path: Path) -> N
     log: list[Flow] = []
     clients: list[httpx.Client] = []
     stop = threading.Event()
-    with BackgroundServer(kb) as server, httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as rp:
+    with (
+        BackgroundServer(kb) as server,
+        httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as rp,
+    ):
 
         def device(name: str, key_id: str) -> Any:
             user = rp.post("/rp/v1/users", json={}).json()["userId"]
             code = rp.post(f"/rp/v1/users/{user}/activation-codes").json()["activationLink"]
             pin = kb.admin.e2e_pin(key_id, server_url=server.url)
             clients.append(httpx.Client(base_url=server.url, timeout=30))
-            dev = open_device(tmp_path / name, channel_pin=pin, profile=preset("linux"),
-                              client=clients[-1])
+            dev = open_device(
+                tmp_path / name, channel_pin=pin, profile=preset("linux"), client=clients[-1]
+            )
             dev.activate(code)
             return dev
 
@@ -614,8 +679,7 @@ def test_rotation_under_continuous_traffic_fails_no_request(tmp_path: Path) -> N
             thread.start()
         _wait(lambda: count("A", True) >= 20)
         key_b = kb.admin.create_e2e_key("bank")  # rotation: B is active next to A
-        threads += [Traffic(f"B{i}", device(f"b{i}", key_b.key_id), log, stop)
-                    for i in range(2)]
+        threads += [Traffic(f"B{i}", device(f"b{i}", key_b.key_id), log, stop) for i in range(2)]
         for thread in threads[2:]:
             thread.start()
         _wait(lambda: count("B", True) >= 20)
@@ -654,25 +718,47 @@ def test_demo_talks_only_through_the_channel(capsys: Any) -> None:
 # -- the production path (sealed, straight to the device routes) under fuzz and races --------
 
 _fuzz_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=40)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=40)
     | st.floats(allow_nan=False, allow_infinity=False),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=12), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(sorted(v for k, v in vars(p.DevicePaths).items() if k.isupper())),
-       fields=st.dictionaries(st.sampled_from(
-           ["deviceId", "operationId", "activationCode", "softwareSignature", "authMethod",
-            "hwKeyClientStatus", "softwareKeyId", "nextSoftwarePublicKey", "deviceProfile",
-            "pinProof", "extra"]), _fuzz_values, max_size=6),
-       own_application=st.booleans())
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(sorted(v for k, v in vars(p.DevicePaths).items() if k.isupper())),
+    fields=st.dictionaries(
+        st.sampled_from(
+            [
+                "deviceId",
+                "operationId",
+                "activationCode",
+                "softwareSignature",
+                "authMethod",
+                "hwKeyClientStatus",
+                "softwareKeyId",
+                "nextSoftwarePublicKey",
+                "deviceProfile",
+                "pinProof",
+                "extra",
+            ]
+        ),
+        _fuzz_values,
+        max_size=6,
+    ),
+    own_application=st.booleans(),
+)
 def test_fuzzed_sealed_requests_get_sealed_4xx_problems(
-        sealed_http: Any, make_rp: Any, path: str, fields: dict[str, Any],
-        own_application: bool) -> None:
+    sealed_http: Any, make_rp: Any, path: str, fields: dict[str, Any], own_application: bool
+) -> None:
     rp = make_rp()
     body = {**fields, "applicationId": rp.app_id if own_application else "someone-else"}
     answer = SealedHttp(sealed_http, rp.pin).post(path, body)
@@ -681,8 +767,9 @@ def test_fuzzed_sealed_requests_get_sealed_4xx_problems(
 
 
 @pytest.mark.server
-def test_fifty_concurrent_sealed_finishes_exactly_one_wins(database_url: str,
-                                                          tmp_path: Path) -> None:
+def test_fifty_concurrent_sealed_finishes_exactly_one_wins(
+    database_url: str, tmp_path: Path
+) -> None:
     """The single-use race of tests/test_concurrency.py, through the channel (plaintext off),
     as production traffic arrives."""
     import asyncio
@@ -703,15 +790,20 @@ def test_fifty_concurrent_sealed_finishes_exactly_one_wins(database_url: str,
                 request, _next = device.auth_request(start)
                 data = json.dumps(request.to_wire()).encode()
                 wire, opener = channel.seal_request(
-                    pin, "POST", p.DevicePaths.AUTHENTICATION_FINISH, data, now=int(time.time()))
+                    pin, "POST", p.DevicePaths.AUTHENTICATION_FINISH, data, now=int(time.time())
+                )
                 wires.append((wire, opener, _next))
 
             async def race(bodies: list[bytes]) -> list[httpx.Response]:
-                async with httpx.AsyncClient(base_url=server.url, timeout=30,
-                                             limits=httpx.Limits(max_connections=50)) as c:
-                    return await asyncio.gather(*(
-                        c.post(p.DevicePaths.AUTHENTICATION_FINISH, content=b, headers=SEALED)
-                        for b in bodies))
+                async with httpx.AsyncClient(
+                    base_url=server.url, timeout=30, limits=httpx.Limits(max_connections=50)
+                ) as c:
+                    return await asyncio.gather(
+                        *(
+                            c.post(p.DevicePaths.AUTHENTICATION_FINISH, content=b, headers=SEALED)
+                            for b in bodies
+                        )
+                    )
 
             responses = asyncio.run(race([w for w, _o, _n in wires]))
             inner = [o.open(r.content) for r, (_w, o, _n) in zip(responses, wires, strict=True)]

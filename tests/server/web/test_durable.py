@@ -31,7 +31,8 @@ def users(kb: Keybound) -> int:
 
 
 def test_a_response_waits_for_the_fsync_that_covers_its_commit(
-        kb: Keybound, http: TestClient, rp: RelyingParty, monkeypatch: pytest.MonkeyPatch) -> None:
+    kb: Keybound, http: TestClient, rp: RelyingParty, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert kb.db.sync_deferred  # the server's connections commit without syncing
     gate = threading.Event()
     synced_through: list[int] = []
@@ -61,9 +62,9 @@ def test_a_response_waits_for_the_fsync_that_covers_its_commit(
     assert synced_through and synced_through[-1] >= kb.db.committed
 
 
-def test_one_fsync_covers_every_commit_made_before_it(kb: Keybound, http: TestClient,
-                                                      rp: RelyingParty,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_fsync_covers_every_commit_made_before_it(
+    kb: Keybound, http: TestClient, rp: RelyingParty, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     real_sync = kb.db.sync
 
@@ -81,8 +82,9 @@ def test_one_fsync_covers_every_commit_made_before_it(kb: Keybound, http: TestCl
     assert 1 <= len(calls) <= 20  # never more syncs than responses; usually far fewer
 
 
-def test_responses_that_commit_nothing_do_not_wait(kb: Keybound, http: TestClient,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_responses_that_commit_nothing_do_not_wait(
+    kb: Keybound, http: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kb.db.sync()  # whatever setup committed is on disk
     monkeypatch.setattr(kb.db, "sync", lambda **_: pytest.fail("no commit, no fsync"))
     assert http.get("/healthz").status_code == 200
@@ -106,8 +108,8 @@ def test_only_the_server_defers_syncing(tmp_path: Any) -> None:
 
 
 def test_the_wal_is_checkpointed_in_the_background_not_by_a_commit(
-        kb: Keybound, http: TestClient, rp: RelyingParty,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    kb: Keybound, http: TestClient, rp: RelyingParty, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from keybound.server.web import durable
 
     with kb.db.read() as conn:  # no commit copies the WAL into the database by itself
@@ -127,7 +129,8 @@ def test_the_wal_is_checkpointed_in_the_background_not_by_a_commit(
 
 
 def test_a_failed_fsync_acknowledges_nothing_until_a_restart(
-        kb: Keybound, rp: RelyingParty, monkeypatch: pytest.MonkeyPatch) -> None:
+    kb: Keybound, rp: RelyingParty, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After a refused fsync the kernel may have dropped the pages it could not write; a
     later fsync that succeeds proves nothing about them, so nothing is acknowledged again."""
     real_sync = kb.db.sync
@@ -165,7 +168,8 @@ def test_commits_of_every_process_are_counted_and_synced(tmp_path: Any) -> None:
 
 
 def test_an_fsync_by_another_process_covers_this_ones_commits(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two workers on one file: a worker whose commits another worker's fsync already
     covered does not sync the WAL again (the covered count is shared through <db>-lock)."""
     url = f"sqlite:///{tmp_path / 'kb.db'}"
@@ -205,8 +209,12 @@ sys.stdin.read()
 @contextlib.contextmanager
 def holding_sync_turn(database: Path) -> Iterator[None]:
     """Another process holds the sync turn (as while its fsync runs) inside the block."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_SYNC_LOCK, f"{database}-lock"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SYNC_LOCK, f"{database}-lock"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         yield
@@ -243,8 +251,12 @@ def test_workers_take_turns_to_sync(tmp_path: Any) -> None:
 
 
 def test_a_response_waits_while_another_process_syncs_and_then_goes_out(
-        kb: Keybound, http: TestClient, rp: RelyingParty, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    kb: Keybound,
+    http: TestClient,
+    rp: RelyingParty,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The server's round finds another process syncing: it does not acknowledge the
     commit meanwhile, gives up the loop and looks again (RETRY_SECONDS later) instead of
     waiting for its turn, and answers once it has had it."""

@@ -51,21 +51,24 @@ class Answer:
         return body
 
 
-def read_answer(sock: socket.socket, started: float, timeout: float = 10, *,
-                wait_close: bool = True) -> Answer:
+def read_answer(
+    sock: socket.socket, started: float, timeout: float = 10, *, wait_close: bool = True
+) -> Answer:
     """One HTTP/1.1 response (Content-Length framed), then whether the server closed."""
     sock.settimeout(timeout)
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
-            return Answer(status=0, headers={}, body=data, closed=True,
-                          seconds=time.monotonic() - started)
+            return Answer(
+                status=0, headers={}, body=data, closed=True, seconds=time.monotonic() - started
+            )
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip()
-               for k, _, v in (line.partition(":") for line in lines[1:])}
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+    }
     length = int(headers.get("content-length", "0"))
     while len(body) < length:
         chunk = sock.recv(65536)
@@ -81,9 +84,14 @@ def read_answer(sock: socket.socket, started: float, timeout: float = 10, *,
             pass
         except ConnectionResetError:
             closed = True
-    return Answer(status=int(lines[0].split()[1]), headers=headers, body=body[:length],
-                  closed=closed, seconds=seconds,
-                  closed_after=time.monotonic() - started if closed else None)
+    return Answer(
+        status=int(lines[0].split()[1]),
+        headers=headers,
+        body=body[:length],
+        closed=closed,
+        seconds=seconds,
+        closed_after=time.monotonic() - started if closed else None,
+    )
 
 
 def exchange(port: int, data: bytes) -> Answer:
@@ -94,8 +102,12 @@ def exchange(port: int, data: bytes) -> Answer:
 
 
 def get(path: str = "/healthz", extra: bytes = b"", close: bool = True) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + extra
-            + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        + extra
+        + (b"Connection: close\r\n" if close else b"")
+        + b"\r\n"
+    )
 
 
 @pytest.fixture
@@ -236,8 +248,10 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(edge_server
 def test_a_slow_body_is_closed_at_the_deadline(edge_server) -> None:
     """A complete head, then the body a byte every 0.1 s: the whole body has body_timeout."""
     server = edge_server(body_timeout=1.0)
-    head = (b"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    head = (
+        b"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head)
         started = time.monotonic()
@@ -264,9 +278,11 @@ def test_a_body_in_pieces_within_the_deadline_is_served(edge_server, kb: Keyboun
     token = kb.admin.create_api_key("bank").token
     server = edge_server(header_timeout=2.0, body_timeout=2.0)
     body = b'{"externalRef": "slow but fine"}'
-    head = (f"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}"
-            f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode()
+    head = (
+        f"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}"
+        f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         started = time.monotonic()
         for piece in (head[:20], head[20:], body[:10], body[10:]):
@@ -355,8 +371,9 @@ MALFORMED = {
     "content-length abc": b"Content-Length: abc\r\n\r\n",
     "content-length -1": b"Content-Length: -1\r\n\r\n",
     "content-length overflowing": b"Content-Length: 99999999999999999999999999\r\n\r\n",
-    "content-length with transfer-encoding":
-        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "content-length with transfer-encoding": (
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
     "two different content-lengths": b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
     "chunk size not hex": b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
 }
@@ -364,8 +381,10 @@ MALFORMED = {
 
 @pytest.mark.parametrize("framing", sorted(MALFORMED))
 def test_malformed_framing_gets_400_problem_json(server, framing: str) -> None:
-    request = (b"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               b"Content-Type: application/json\r\n" + MALFORMED[framing])
+    request = (
+        b"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n" + MALFORMED[framing]
+    )
     answer = exchange(server.port, request)
     assert answer.status == 400
     assert answer.problem()["code"] == "malformed_request"
@@ -383,16 +402,26 @@ def test_a_request_target_that_is_not_ascii_gets_400_problem_json(server, target
 def _chunked(path: str, content_type: str, size: int) -> bytes:
     piece = b" " * 8192
     chunks = b"".join(b"2000\r\n" + piece + b"\r\n" for _ in range(size // 8192))
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n").encode() + chunks + b"0\r\n\r\n"
+    return (
+        (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        + chunks
+        + b"0\r\n\r\n"
+    )
 
 
-@pytest.mark.parametrize(("path", "content_type", "limit"), [
-    ("/rp/v1/users", "application/json", MAX_BODY_BYTES),
-    ("/device/v1/activation/start", SEALED_MEDIA_TYPE, MAX_BODY_BYTES + SEALED_OVERHEAD_BYTES),
-])
-def test_a_chunked_body_over_the_limit_gets_413_problem_json(server, path, content_type,
-                                                             limit) -> None:
+@pytest.mark.parametrize(
+    ("path", "content_type", "limit"),
+    [
+        ("/rp/v1/users", "application/json", MAX_BODY_BYTES),
+        ("/device/v1/activation/start", SEALED_MEDIA_TYPE, MAX_BODY_BYTES + SEALED_OVERHEAD_BYTES),
+    ],
+)
+def test_a_chunked_body_over_the_limit_gets_413_problem_json(
+    server, path, content_type, limit
+) -> None:
     answer = exchange(server.port, _chunked(path, content_type, limit + 8192))
     assert answer.status == 413
     assert answer.problem()["code"] == "payload_too_large"
@@ -400,8 +429,10 @@ def test_a_chunked_body_over_the_limit_gets_413_problem_json(server, path, conte
 
 
 def test_a_declared_length_over_the_limit_gets_413_before_the_body(server) -> None:
-    request = (b"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n")
+    request = (
+        b"POST /rp/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+    )
     answer = exchange(server.port, request)  # no body sent at all
     assert answer.status == 413
     assert answer.problem()["code"] == "payload_too_large"
@@ -409,10 +440,15 @@ def test_a_declared_length_over_the_limit_gets_413_before_the_body(server) -> No
 
 
 def test_an_upgrade_request_is_answered_as_a_request_and_closed(server) -> None:
-    answer = exchange(server.port, get(extra=b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
-                                       b"Sec-WebSocket-Version: 13\r\n"
-                                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-                                       close=False))
+    answer = exchange(
+        server.port,
+        get(
+            extra=b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            close=False,
+        ),
+    )
     assert answer.status == 200
     assert answer.closed
 
@@ -420,18 +456,33 @@ def test_an_upgrade_request_is_answered_as_a_request_and_closed(server) -> None:
 # --------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize("bad", [{"header_timeout": 0}, {"body_timeout": -1.0},
-                                 {"send_timeout": 0.0},
-                                 {"max_connections": 0}, {"keep_alive_timeout": float("nan")},
-                                 {"max_header_bytes": float("inf")}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"header_timeout": 0},
+        {"body_timeout": -1.0},
+        {"send_timeout": 0.0},
+        {"max_connections": 0},
+        {"keep_alive_timeout": float("nan")},
+        {"max_header_bytes": float("inf")},
+    ],
+)
 def test_edge_limits_refuse_values_that_would_switch_a_limit_off(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationInvalid, match=next(iter(bad))):
         EdgeLimits(**bad)
 
 
-@pytest.mark.parametrize("option", ["--header-timeout=0", "--body-timeout=-2",
-                                    "--keep-alive-timeout=soon", "--max-connections=0",
-                                    "--max-header-bytes=0", "--max-header-fields=x"])
+@pytest.mark.parametrize(
+    "option",
+    [
+        "--header-timeout=0",
+        "--body-timeout=-2",
+        "--keep-alive-timeout=soon",
+        "--max-connections=0",
+        "--max-header-bytes=0",
+        "--max-header-fields=x",
+    ],
+)
 def test_serve_refuses_limits_that_are_not_positive(option: str, capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", option])
@@ -444,11 +495,29 @@ def test_keybound_serve_applies_its_limits_in_every_worker(tmp_path: Path) -> No
     port = free_port()
     env = {**os.environ, "KEYBOUND_MASTER_KEY_FILE": str(tmp_path / "master.key")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "keybound.cli", "--database-url",
-         f"sqlite:///{tmp_path / 'keybound.db'}", "serve", "--port", str(port),
-         "--workers", "2", "--log-level", "warning", "--header-timeout", "1",
-         "--max-header-bytes", "2048"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "keybound.cli",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'keybound.db'}",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+            "--header-timeout",
+            "1",
+            "--max-header-bytes",
+            "2048",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

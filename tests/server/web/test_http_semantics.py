@@ -27,8 +27,10 @@ PROBLEM_JSON = "application/problem+json"
 def rp(kb: Keybound) -> Iterator[httpx.Client]:
     kb.admin.create_application("bank")
     token = kb.admin.create_api_key("bank").token
-    with BackgroundServer(kb) as server, httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as client:
+    with (
+        BackgroundServer(kb) as server,
+        httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as client,
+    ):
         yield client
 
 
@@ -57,17 +59,18 @@ def test_a_trailing_slash_is_not_redirected_to_the_host_header(rp: httpx.Client)
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
 def test_a_json_body_that_is_not_utf8_is_refused(rp: httpx.Client, encoding: str) -> None:
     body = '{"externalRef": "alice"}'.encode(encoding)
-    refused = rp.post("/rp/v1/users", content=body,
-                      headers={"Content-Type": "application/json"})
+    refused = rp.post("/rp/v1/users", content=body, headers={"Content-Type": "application/json"})
     problem(refused, 400, "malformed_request")
     # nothing was created: the same externalRef in UTF-8 is not a duplicate
     assert rp.post("/rp/v1/users", json={"externalRef": "alice"}).status_code == 201
 
 
-@pytest.mark.parametrize("call", ["activation-codes", "lock", "unlock", "deactivate",
-                                  "reactivation"])
-def test_a_body_on_a_call_that_takes_none_is_refused(kb: Keybound, rp: httpx.Client,
-                                                      call: str) -> None:
+@pytest.mark.parametrize(
+    "call", ["activation-codes", "lock", "unlock", "deactivate", "reactivation"]
+)
+def test_a_body_on_a_call_that_takes_none_is_refused(
+    kb: Keybound, rp: httpx.Client, call: str
+) -> None:
     user = rp.post("/rp/v1/users", json={}).json()["userId"]
     issued = rp.post(f"/rp/v1/users/{user}/activation-codes").json()
     key = kb.admin.create_e2e_key("bank")
@@ -97,7 +100,9 @@ def test_the_application_body_limit_answers_413(kb: Keybound) -> None:
         yield b'"}'
 
     with BackgroundServer(kb, limits=limits) as server:
-        answer = httpx.post(f"{server.url}/rp/v1/users", content=chunks(),
-                            headers={"Authorization": f"Bearer {token}",
-                                     "Content-Type": "application/json"})
+        answer = httpx.post(
+            f"{server.url}/rp/v1/users",
+            content=chunks(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
     problem(answer, 413, "payload_too_large")

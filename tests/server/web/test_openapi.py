@@ -40,8 +40,12 @@ VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "protocol" / "transc
 
 def _messages(module: Any) -> Iterator[type[BaseModel]]:
     for value in vars(module).values():
-        if (isinstance(value, type) and issubclass(value, protocol.Message)
-                and value.__module__ == module.__name__ and value.model_fields):
+        if (
+            isinstance(value, type)
+            and issubclass(value, protocol.Message)
+            and value.__module__ == module.__name__
+            and value.model_fields
+        ):
             yield value
 
 
@@ -50,10 +54,14 @@ MESSAGES = [*_messages(protocol), *_messages(rpapi)]
 
 # -- every field documented, every example valid -----------------------------------------
 
+
 @pytest.mark.parametrize("model", MESSAGES, ids=lambda m: m.__name__)
 def test_every_wire_field_has_a_description_and_a_valid_example(model: type[BaseModel]) -> None:
-    undocumented = [name for name, field in model.model_fields.items()
-                    if not (field.description and field.examples)]
+    undocumented = [
+        name
+        for name, field in model.model_fields.items()
+        if not (field.description and field.examples)
+    ]
     assert undocumented == [], f"{model.__name__}: add description= and examples= to its fields"
     # the example message validates, so every example is a value the server accepts (or, for
     # a reply, one the SDK accepts)
@@ -61,15 +69,17 @@ def test_every_wire_field_has_a_description_and_a_valid_example(model: type[Base
     assert example.to_wire() == model_example(model)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("model", "vector"), [
-    (protocol.ActivationFinishRequest, "activation-with-hardware-key"),
-    (protocol.AuthenticationFinishRequest, "authentication-pin-with-context"),
-    (protocol.DeactivateRequest, "deactivation"),
-    (protocol.DeclineRequest, "decline"),
-    (protocol.PushTokenRequest, "push-token"),
-])
-def test_signed_request_examples_are_the_test_vectors(model: type[BaseModel],
-                                                      vector: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "vector"),
+    [
+        (protocol.ActivationFinishRequest, "activation-with-hardware-key"),
+        (protocol.AuthenticationFinishRequest, "authentication-pin-with-context"),
+        (protocol.DeactivateRequest, "deactivation"),
+        (protocol.DeclineRequest, "decline"),
+        (protocol.PushTokenRequest, "push-token"),
+    ],
+)
+def test_signed_request_examples_are_the_test_vectors(model: type[BaseModel], vector: str) -> None:
     """The document's example of a signed request is a vector whose signatures verify
     (tests/vectors/protocol, Appendix A), not a made-up one."""
     vectors = {t["name"]: t for t in json.loads(VECTORS.read_text())["transcripts"]}
@@ -79,8 +89,9 @@ def test_signed_request_examples_are_the_test_vectors(model: type[BaseModel],
 @pytest.mark.parametrize(("low", "high"), [(32, 32), (16, 512), (8, 160), (1, 1), (2, 2)])
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(data=st.data())
-def test_base64url_schema_is_exactly_what_the_codec_accepts(low: int, high: int,
-                                                            data: st.DataObject) -> None:
+def test_base64url_schema_is_exactly_what_the_codec_accepts(
+    low: int, high: int, data: st.DataObject
+) -> None:
     """§1.2: the pattern and lengths describe the canonical encodings of low..high bytes and
     nothing else, so a client that follows the document is never refused for its encoding."""
     schema = b64_json_schema(low, high)
@@ -90,8 +101,11 @@ def test_base64url_schema_is_exactly_what_the_codec_accepts(low: int, high: int,
     fits = schema["minLength"] <= len(encoded) <= schema["maxLength"]
     assert (bool(pattern.fullmatch(encoded)) and fits) == in_range
     # whatever the pattern admits decodes, to a length in range
-    text = data.draw(st.from_regex(pattern, fullmatch=True).filter(
-        lambda t: schema["minLength"] <= len(t) <= schema["maxLength"]))
+    text = data.draw(
+        st.from_regex(pattern, fullmatch=True).filter(
+            lambda t: schema["minLength"] <= len(t) <= schema["maxLength"]
+        )
+    )
     assert low <= len(b64u_decode(text)) <= high
     # a non-canonical last character (low bits set) is outside the pattern
     if len(text) % 4 in (2, 3):
@@ -111,9 +125,11 @@ def test_every_route_lists_its_refusals(http: Any) -> None:
     """Each operation names the statuses its door and its service can answer, each with the
     codes it carries there (REFUSALS must know every route)."""
     document = http.get("/openapi.json").json()
-    operations = {op["operationId"]: (path, method, op)
-                  for path, methods in document["paths"].items()
-                  for method, op in methods.items()}
+    operations = {
+        op["operationId"]: (path, method, op)
+        for path, methods in document["paths"].items()
+        for method, op in methods.items()
+    }
     assert set(operations) == set(REFUSALS)
     for operation_id, (path, method, op) in operations.items():
         statuses = set(op["responses"])
@@ -129,6 +145,7 @@ def test_every_route_lists_its_refusals(http: Any) -> None:
 
 
 # -- what the server does that the document says ------------------------------------------
+
 
 def test_docs_page_is_gone(http: Any) -> None:
     """The Swagger UI loaded its assets from a CDN (blank offline): there is none; the
@@ -156,13 +173,23 @@ def test_create_user_and_operation_take_a_missing_body_as_empty(rp: RelyingParty
 
 #: what every answer must satisfy: no server error, a documented status, content type and
 #: headers, a body that matches the documented schema
-CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
-          checks.content_type_conformance, checks.response_headers_conformance,
-          checks.response_schema_conformance]
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+]
 #: bounded: a fixed number of examples per operation and mode, derandomized (deterministic)
 EXAMPLES = 6
-BOUNDED = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
-                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+BOUNDED = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 
 
 @schemathesis.serializer(SEALED_MEDIA_TYPE)
@@ -180,30 +207,43 @@ class _Fuzzer:
     def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
         self.client = client
         self.headers = headers
-        self.schema = schemathesis.openapi.from_dict(client.get("/openapi.json").json(),
-                                                     config=SchemathesisConfig())
+        self.schema = schemathesis.openapi.from_dict(
+            client.get("/openapi.json").json(), config=SchemathesisConfig()
+        )
         self.statuses: dict[str, set[int]] = {}
 
-    def run(self, prefix: str, *, modes: tuple[GenerationMode, ...] = tuple(GenerationMode),
-            media_type: str | None = None, path_parameters: dict[str, str] | None = None,
-            patch: Callable[[Any], None] = lambda body: None) -> None:
+    def run(
+        self,
+        prefix: str,
+        *,
+        modes: tuple[GenerationMode, ...] = tuple(GenerationMode),
+        media_type: str | None = None,
+        path_parameters: dict[str, str] | None = None,
+        patch: Callable[[Any], None] = lambda body: None,
+    ) -> None:
         for result in self.schema.get_all_operations():
             operation = result.ok()
             if not operation.path.startswith(prefix):
                 continue
-            negatable = bool(operation.body or operation.path_parameters
-                             or operation.definition.raw.get("security"))
+            negatable = bool(
+                operation.body
+                or operation.path_parameters
+                or operation.definition.raw.get("security")
+            )
             for mode in modes:
                 if mode is GenerationMode.NEGATIVE and not negatable:
                     continue
-                params = {k: v for k, v in (path_parameters or {}).items()
-                          if f"{{{k}}}" in operation.path}
-                strategy = operation.as_strategy(generation_mode=mode, media_type=media_type,
-                                                 path_parameters=params or None)
+                params = {
+                    k: v for k, v in (path_parameters or {}).items() if f"{{{k}}}" in operation.path
+                }
+                strategy = operation.as_strategy(
+                    generation_mode=mode, media_type=media_type, path_parameters=params or None
+                )
                 self._check(operation.label, strategy, mode, patch)
 
-    def _check(self, label: str, strategy: Any, mode: GenerationMode,
-               patch: Callable[[Any], None]) -> None:
+    def _check(
+        self, label: str, strategy: Any, mode: GenerationMode, patch: Callable[[Any], None]
+    ) -> None:
         @BOUNDED
         @given(case=strategy)
         def one(case: Any) -> None:
@@ -213,16 +253,18 @@ class _Fuzzer:
             body = {k: sent[k] for k in ("json", "data") if k in sent}
             if isinstance(body.get("data"), bytes | str):  # raw bytes; else form fields
                 body["content"] = body.pop("data")
-            response = self.client.request(sent["method"], sent["url"],
-                                           headers=sent["headers"], params=sent["params"],
-                                           **body)
+            response = self.client.request(
+                sent["method"], sent["url"], headers=sent["headers"], params=sent["params"], **body
+            )
             self.statuses.setdefault(label, set()).add(response.status_code)
             case.validate_response(response, checks=CHECKS, headers=sent["headers"])
             if mode is GenerationMode.POSITIVE and response.status_code == 400:
                 # a value the document allows is never refused as off the schema
                 invalid = response.json().get("invalidParams")
-                assert not invalid, f"{label}: the document allows what the server refuses: " \
+                assert not invalid, (
+                    f"{label}: the document allows what the server refuses: "
                     f"{invalid} in {case.body!r}"
+                )
 
         one()
 
@@ -237,8 +279,15 @@ def test_schemathesis_relying_party_api(kb: Keybound, make_rp: Any) -> None:
     with TestClient(create_app(kb)) as client:
         fuzzer = _Fuzzer(client, rp.headers)
         fuzzer.run("/rp/")
-        fuzzer.run("/rp/", modes=(GenerationMode.POSITIVE,), path_parameters={
-            "user_id": user_id, "device_id": device.device_id, "operation_id": operation_id})
+        fuzzer.run(
+            "/rp/",
+            modes=(GenerationMode.POSITIVE,),
+            path_parameters={
+                "user_id": user_id,
+                "device_id": device.device_id,
+                "operation_id": operation_id,
+            },
+        )
         fuzzer.run("/healthz")
     seen = fuzzer.statuses
     assert 201 in seen["POST /rp/v1/users"] and 404 in seen["GET /rp/v1/users/{user_id}"]
@@ -263,8 +312,9 @@ def test_schemathesis_device_api(kb: Keybound, make_rp: Any) -> None:
     with TestClient(create_app(kb, allow_plaintext=True)) as client:
         fuzzer = _Fuzzer(client, {})
         fuzzer.run("/device/", media_type="application/json")
-        fuzzer.run("/device/", media_type="application/json",
-                   modes=(GenerationMode.POSITIVE,), patch=real)
+        fuzzer.run(
+            "/device/", media_type="application/json", modes=(GenerationMode.POSITIVE,), patch=real
+        )
         fuzzer.run("/device/", media_type=SEALED_MEDIA_TYPE, modes=(GenerationMode.POSITIVE,))
     seen = fuzzer.statuses
     assert {200, 400} <= seen["POST /device/v1/authentication/start"]

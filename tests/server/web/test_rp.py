@@ -33,15 +33,22 @@ def test_openapi_document_is_checked_in(http: Any) -> None:
                     assert list(answer["content"]) == ["application/problem+json"], status
     codes = served["components"]["schemas"]["Problem"]["properties"]["code"]["oneOf"]
     assert {entry["const"] for entry in codes} >= {
-        "malformed_request", "authentication_failed", "decryption_failed"}
+        "malformed_request",
+        "authentication_failed",
+        "decryption_failed",
+    }
 
 
 # -- relying-party authentication and scoping ---------------------------------------------
 
+
 def test_rp_api_requires_a_valid_key(rp: RelyingParty, kb: Keybound) -> None:
-    for headers in ({}, {"Authorization": "Bearer nope"},
-                    {"Authorization": "Bearer kb_AAAAAAAAAAAAAAAA_" + "A" * 43},
-                    {"Authorization": rp.headers["Authorization"][:-1] + "x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Bearer kb_AAAAAAAAAAAAAAAA_" + "A" * 43},
+        {"Authorization": rp.headers["Authorization"][:-1] + "x"},
+    ):
         response = rp.http.post("/rp/v1/users", json={}, headers=headers)
         assert response.status_code == 401
         assert problem_code(response) == "unauthorized"
@@ -52,8 +59,7 @@ def test_revoked_key_stops_working(rp: RelyingParty, kb: Keybound) -> None:
     rp.new_user()
     key_id = kb.admin.api_keys(rp.app_id)[0].key_id
     kb.admin.revoke_api_key(key_id)
-    assert problem_code(rp.http.post("/rp/v1/users", json={}, headers=rp.headers)) == \
-        "unauthorized"
+    assert problem_code(rp.http.post("/rp/v1/users", json={}, headers=rp.headers)) == "unauthorized"
 
 
 def test_key_secret_is_stored_only_as_hash(rp: RelyingParty, kb: Keybound) -> None:
@@ -68,19 +74,26 @@ def test_other_applications_objects_look_like_missing_ones(make_rp: Any) -> None
     user = alice_rp.device(device.device_id)["userId"]
     op = alice_rp.start_operation(device.device_id)["operationId"]
     missing = "00000000-0000-4000-8000-000000000000"
-    for method, template in [("GET", "/rp/v1/devices/{}"), ("GET", "/rp/v1/operations/{}"),
-                             ("GET", "/rp/v1/users/{}"), ("GET", "/rp/v1/users/{}/devices"),
-                             ("POST", "/rp/v1/users/{}/activation-codes"),
-                             ("POST", "/rp/v1/devices/{}/lock"),
-                             ("POST", "/rp/v1/devices/{}/reactivation"),
-                             ("POST", "/rp/v1/devices/{}/operations")]:
+    for method, template in [
+        ("GET", "/rp/v1/devices/{}"),
+        ("GET", "/rp/v1/operations/{}"),
+        ("GET", "/rp/v1/users/{}"),
+        ("GET", "/rp/v1/users/{}/devices"),
+        ("POST", "/rp/v1/users/{}/activation-codes"),
+        ("POST", "/rp/v1/devices/{}/lock"),
+        ("POST", "/rp/v1/devices/{}/reactivation"),
+        ("POST", "/rp/v1/devices/{}/operations"),
+    ]:
         real_id = {"devices": device.device_id, "operations": op, "users": user}[
-            template.split("/")[3]]
+            template.split("/")[3]
+        ]
         body = {} if template.endswith("operations") else None  # the others take no body
-        other = eve_rp.http.request(method, template.format(real_id), headers=eve_rp.headers,
-                                    json=body)
-        absent = eve_rp.http.request(method, template.format(missing), headers=eve_rp.headers,
-                                     json=body)
+        other = eve_rp.http.request(
+            method, template.format(real_id), headers=eve_rp.headers, json=body
+        )
+        absent = eve_rp.http.request(
+            method, template.format(missing), headers=eve_rp.headers, json=body
+        )
         assert other.status_code == absent.status_code == 404, template
         assert other.json() == absent.json(), template
     assert alice_rp.device(device.device_id)["state"] == "ACTIVE"
@@ -107,8 +120,7 @@ def test_lock_unlock_deactivate_and_list(rp: RelyingParty) -> None:
 def test_bodyless_post_needs_no_content_type(rp: RelyingParty) -> None:
     """`curl -X POST` with no data sends neither a body nor a content type."""
     user = rp.new_user()
-    response = rp.http.request("POST", f"/rp/v1/users/{user}/activation-codes",
-                               headers=rp.headers)
+    response = rp.http.request("POST", f"/rp/v1/users/{user}/activation-codes", headers=rp.headers)
     assert response.status_code == 201, response.text
 
 
@@ -120,19 +132,28 @@ def test_duplicate_external_ref_conflicts(rp: RelyingParty) -> None:
 
 def test_oversized_pre_operation_context(rp: RelyingParty) -> None:
     device = activated(rp)
-    body = {"preOperationContext": {"content": "x" * (p.MAX_PRE_CONTEXT_BYTES + 1),
-                                    "mimeType": "text/plain"}}
-    response = rp.http.post(f"/rp/v1/devices/{device.device_id}/operations", json=body,
-                            headers=rp.headers)
+    body = {
+        "preOperationContext": {
+            "content": "x" * (p.MAX_PRE_CONTEXT_BYTES + 1),
+            "mimeType": "text/plain",
+        }
+    }
+    response = rp.http.post(
+        f"/rp/v1/devices/{device.device_id}/operations", json=body, headers=rp.headers
+    )
     assert problem_code(response) == "malformed_request"
 
 
 # -- malformed input never yields a 5xx and never changes anything ------------------------
 
+
 def test_body_limits_and_media_type(rp: RelyingParty) -> None:
     http, path = rp.http, p.DevicePaths.AUTHENTICATION_START
-    big = http.post(path, content=b"{" + b" " * p.MAX_BODY_BYTES + b"}",
-                    headers={"content-type": "application/json"})
+    big = http.post(
+        path,
+        content=b"{" + b" " * p.MAX_BODY_BYTES + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert problem_code(big) == "payload_too_large"
     chunked = http.post(path, content=iter([b"a=b"]), headers={"content-type": "text/plain"})
     assert problem_code(chunked) == "unsupported_media_type"
@@ -151,34 +172,64 @@ def test_bad_base64_is_malformed(rp: RelyingParty) -> None:
     device = activated(rp)
     start = device.start_auth()
     wire = device.auth_request(start)[0].to_wire()
-    for field, value in [("softwareSignature", "not base64!"), ("softwareKeyId", "AAAA"),
-                         ("softwareSignature", wire["softwareSignature"] + "="),
-                         ("nextSoftwarePublicKey", "A" * 5000)]:
+    for field, value in [
+        ("softwareSignature", "not base64!"),
+        ("softwareKeyId", "AAAA"),
+        ("softwareSignature", wire["softwareSignature"] + "="),
+        ("nextSoftwarePublicKey", "A" * 5000),
+    ]:
         response = rp.http.post(p.DevicePaths.AUTHENTICATION_FINISH, json={**wire, field: value})
         assert problem_code(response) == "malformed_request", field
         assert response.json()["invalidParams"][0]["name"] == field
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=50),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=20), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=50),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=20), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from([v for k, v in vars(p.DevicePaths).items() if k.isupper()]),
-       body=st.dictionaries(st.sampled_from(
-           ["applicationId", "deviceId", "operationId", "activationCode", "activationHint",
-            "activationToken", "challenge",
-            "softwareSignature", "hardwareSignature", "softwarePublicKey", "authMethod",
-            "hwKeyClientStatus", "softwareKeyId", "nextSoftwarePublicKey", "pinProof",
-            "deviceProfile", "extra"]), json_values, max_size=8))
-def test_fuzzed_device_requests_get_4xx_problems(http: Any, kb: Keybound, path: str,
-                                                 body: dict[str, Any]) -> None:
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from([v for k, v in vars(p.DevicePaths).items() if k.isupper()]),
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "applicationId",
+                "deviceId",
+                "operationId",
+                "activationCode",
+                "activationHint",
+                "activationToken",
+                "challenge",
+                "softwareSignature",
+                "hardwareSignature",
+                "softwarePublicKey",
+                "authMethod",
+                "hwKeyClientStatus",
+                "softwareKeyId",
+                "nextSoftwarePublicKey",
+                "pinProof",
+                "deviceProfile",
+                "extra",
+            ]
+        ),
+        json_values,
+        max_size=8,
+    ),
+)
+def test_fuzzed_device_requests_get_4xx_problems(
+    http: Any, kb: Keybound, path: str, body: dict[str, Any]
+) -> None:
     response = http.post(path, json=body)
     assert 400 <= response.status_code < 500, response.text
     assert problem_code(response)

@@ -34,15 +34,23 @@ def resolver(host: str, port: int) -> list[Any]:
 @pytest.fixture(autouse=True)
 def names(kb: Keybound) -> None:
     NAMES.clear()
-    NAMES.update({"hooks.example.com": [PUBLIC], "push.example.com": [PUBLIC],
-                  "rebind.example.com": [ipaddress.ip_address("127.0.0.1")],
-                  "mixed.example.com": [PUBLIC, ipaddress.ip_address("10.1.2.3")]})
+    NAMES.update(
+        {
+            "hooks.example.com": [PUBLIC],
+            "push.example.com": [PUBLIC],
+            "rebind.example.com": [ipaddress.ip_address("127.0.0.1")],
+            "mixed.example.com": [PUBLIC, ipaddress.ip_address("10.1.2.3")],
+        }
+    )
     kb.webhooks.resolver = resolver
 
 
 def create(rp: RelyingParty, **body: Any) -> Any:
-    return rp.http.post("/rp/v1/webhooks/endpoints", headers=rp.headers, json={
-        "url": "https://hooks.example.com/keybound", "eventTypes": ["device.locked"], **body})
+    return rp.http.post(
+        "/rp/v1/webhooks/endpoints",
+        headers=rp.headers,
+        json={"url": "https://hooks.example.com/keybound", "eventTypes": ["device.locked"], **body},
+    )
 
 
 def activated(rp: RelyingParty) -> RawDevice:
@@ -62,46 +70,51 @@ def test_a_secret_is_shown_once_and_kept_wrapped(rp: RelyingParty, kb: Keybound)
     # never again: not in the endpoint, the list, or the audit trail
     for path in (f"/rp/v1/webhooks/endpoints/{endpoint_id}", "/rp/v1/webhooks/endpoints"):
         shown = rp.call("GET", path, expect=200)
-        assert secret not in str(shown) and "secret\"" not in str(shown)
+        assert secret not in str(shown) and 'secret"' not in str(shown)
     with kb.db.read() as conn:
         (row,) = conn.execute(select(t.webhook_secrets)).all()
         audit = conn.execute(select(t.events.c.payload)).scalars().all()
     assert secret not in str(audit)
     raw = secret.removeprefix("whsec_").encode()
     assert raw not in row.wrapped_secret and secret.encode() not in row.wrapped_secret
-    opened = kb.box.unwrap(Purpose.WEBHOOK_SECRET, row.wrapped_secret,
-                           binding=secret_binding(endpoint_id, row.id))
+    opened = kb.box.unwrap(
+        Purpose.WEBHOOK_SECRET, row.wrapped_secret, binding=secret_binding(endpoint_id, row.id)
+    )
     assert opened.decode() == secret  # wrapped under the master key, bound to its row
 
 
-def test_v1a_publishes_the_public_key_and_never_the_private_one(rp: RelyingParty,
-                                                                 kb: Keybound) -> None:
+def test_v1a_publishes_the_public_key_and_never_the_private_one(
+    rp: RelyingParty, kb: Keybound
+) -> None:
     created = create(rp, secretScheme="v1a").json()
     public = created["secret"]["publicKey"]
     assert public.startswith("whpk_") and "secret" not in created["secret"]
-    listed = rp.call("GET", f"/rp/v1/webhooks/endpoints/{created['endpoint']['endpointId']}",
-                     expect=200)
+    listed = rp.call(
+        "GET", f"/rp/v1/webhooks/endpoints/{created['endpoint']['endpointId']}", expect=200
+    )
     assert listed["secrets"][0]["publicKey"] == public
     with kb.db.read() as conn:
         (row,) = conn.execute(select(t.webhook_secrets)).all()
     assert b"whsk_" not in row.wrapped_secret
 
 
-@pytest.mark.parametrize(("url", "code"), [
-    ("https://127.0.0.1/hook", "endpoint_address_refused"),
-    ("https://localhost/hook", "endpoint_address_refused"),
-    ("https://rebind.example.com/hook", "endpoint_address_refused"),  # a name -> loopback
-    ("https://mixed.example.com/hook", "endpoint_address_refused"),  # one private answer
-    ("https://10.0.0.7/hook", "endpoint_address_refused"),
-    ("https://169.254.169.254/latest/meta-data", "endpoint_address_refused"),
-    ("https://[::ffff:127.0.0.1]/hook", "endpoint_address_refused"),
-    ("https://unknown.invalid/hook", "endpoint_address_refused"),
-    ("http://hooks.example.com/hook", "endpoint_url_invalid"),  # http is the operator's call
-    ("ftp://hooks.example.com/hook", "endpoint_url_invalid"),
-    ("https:///nohost", "endpoint_url_invalid"),
-])
-def test_ssrf_targets_are_refused_at_registration(rp: RelyingParty, url: str,
-                                                  code: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("https://127.0.0.1/hook", "endpoint_address_refused"),
+        ("https://localhost/hook", "endpoint_address_refused"),
+        ("https://rebind.example.com/hook", "endpoint_address_refused"),  # a name -> loopback
+        ("https://mixed.example.com/hook", "endpoint_address_refused"),  # one private answer
+        ("https://10.0.0.7/hook", "endpoint_address_refused"),
+        ("https://169.254.169.254/latest/meta-data", "endpoint_address_refused"),
+        ("https://[::ffff:127.0.0.1]/hook", "endpoint_address_refused"),
+        ("https://unknown.invalid/hook", "endpoint_address_refused"),
+        ("http://hooks.example.com/hook", "endpoint_url_invalid"),  # http is the operator's call
+        ("ftp://hooks.example.com/hook", "endpoint_url_invalid"),
+        ("https:///nohost", "endpoint_url_invalid"),
+    ],
+)
+def test_ssrf_targets_are_refused_at_registration(rp: RelyingParty, url: str, code: str) -> None:
     response = create(rp, url=url)
     assert response.status_code == 400 and problem_code(response) == code
     assert rp.call("GET", "/rp/v1/webhooks/endpoints", expect=200) == {"endpoints": []}
@@ -109,8 +122,11 @@ def test_ssrf_targets_are_refused_at_registration(rp: RelyingParty, url: str,
 
 def test_a_changed_url_is_checked_too(rp: RelyingParty) -> None:
     endpoint_id = create(rp).json()["endpoint"]["endpointId"]
-    response = rp.http.patch(f"/rp/v1/webhooks/endpoints/{endpoint_id}", headers=rp.headers,
-                             json={"url": "https://rebind.example.com/x"})
+    response = rp.http.patch(
+        f"/rp/v1/webhooks/endpoints/{endpoint_id}",
+        headers=rp.headers,
+        json={"url": "https://rebind.example.com/x"},
+    )
     assert problem_code(response) == "endpoint_address_refused"
 
 
@@ -118,8 +134,9 @@ def test_another_applications_endpoint_is_not_found(rp: RelyingParty, make_rp: A
     endpoint_id = create(rp).json()["endpoint"]["endpointId"]
     other = make_rp()
     for method in ("GET", "DELETE"):
-        response = other.http.request(method, f"/rp/v1/webhooks/endpoints/{endpoint_id}",
-                                      headers=other.headers)
+        response = other.http.request(
+            method, f"/rp/v1/webhooks/endpoints/{endpoint_id}", headers=other.headers
+        )
         assert response.status_code == 404
     assert other.call("GET", "/rp/v1/webhooks/endpoints", expect=200) == {"endpoints": []}
     anonymous = rp.http.get("/rp/v1/webhooks/endpoints")
@@ -140,16 +157,18 @@ def test_secrets_rotate_with_several_active_and_never_none(rp: RelyingParty) -> 
     assert problem_code(last) == "invalid_state"  # every attempt needs a signature
     for _ in range(MAX_ACTIVE_SECRETS - 1):
         rp.call("POST", f"{base}/secrets", expect=201)
-    assert problem_code(rp.http.post(f"{base}/secrets", headers=rp.headers)) == \
-        "invalid_state"
+    assert problem_code(rp.http.post(f"{base}/secrets", headers=rp.headers)) == "invalid_state"
 
 
 def test_update_delete_and_the_event_type_allow_list(rp: RelyingParty) -> None:
     endpoint_id = create(rp).json()["endpoint"]["endpointId"]
     path = f"/rp/v1/webhooks/endpoints/{endpoint_id}"
-    changed = rp.call("PATCH", path, {"eventTypes": ["operation.completed",
-                                                     "device.locked"], "enabled": False},
-                      expect=200)
+    changed = rp.call(
+        "PATCH",
+        path,
+        {"eventTypes": ["operation.completed", "device.locked"], "enabled": False},
+        expect=200,
+    )
     assert changed["eventTypes"] == ["device.locked", "operation.completed"]
     assert changed["enabled"] is False and changed["disabledReason"] == "RELYING_PARTY"
     assert rp.call("PATCH", path, {"enabled": True}, expect=200)["enabled"] is True
@@ -159,8 +178,7 @@ def test_update_delete_and_the_event_type_allow_list(rp: RelyingParty) -> None:
     assert rp.http.get(path, headers=rp.headers).status_code == 404
 
 
-def test_polling_pages_through_events_with_the_seq_cursor(rp: RelyingParty,
-                                                          make_rp: Any) -> None:
+def test_polling_pages_through_events_with_the_seq_cursor(rp: RelyingParty, make_rp: Any) -> None:
     other = make_rp()
     activated(other)  # another application's events are never listed here
     devices = [activated(rp) for _ in range(3)]
@@ -174,8 +192,9 @@ def test_polling_pages_through_events_with_the_seq_cursor(rp: RelyingParty,
         if page["nextCursor"] == cursor:
             break
         cursor = page["nextCursor"]
-    assert [e["type"] for e in seen] == ["operation.completed", "device.activated"] * 3 + \
-        ["device.locked"] * 3
+    assert [e["type"] for e in seen] == ["operation.completed", "device.activated"] * 3 + [
+        "device.locked"
+    ] * 3
     assert [e["seq"] for e in seen] == sorted(e["seq"] for e in seen)
     assert {e["data"]["applicationId"] for e in seen} == {rp.app_id}
     locked = rp.call("GET", "/rp/v1/events?type=device.locked", expect=200)["events"]
@@ -188,22 +207,24 @@ def test_polling_pages_through_events_with_the_seq_cursor(rp: RelyingParty,
 def test_redelivery_asks_for_one_event_or_a_range(rp: RelyingParty, kb: Keybound) -> None:
     created = create(rp, eventTypes=["device.activated"]).json()
     path = f"/rp/v1/webhooks/endpoints/{created['endpoint']['endpointId']}/redeliver"
-    for body in ({}, {"eventId": "x", "since": "2026-01-01T00:00:00Z",
-                      "until": "2026-01-02T00:00:00Z"}, {"since": "2026-01-01T00:00:00Z"}):
-        assert problem_code(rp.http.post(path, headers=rp.headers, json=body)) == \
-            "malformed_request"
-    assert rp.http.post(path, headers=rp.headers,
-                        json={"eventId": "no-such-event"}).status_code == 404
+    for body in (
+        {},
+        {"eventId": "x", "since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00Z"},
+        {"since": "2026-01-01T00:00:00Z"},
+    ):
+        assert (
+            problem_code(rp.http.post(path, headers=rp.headers, json=body)) == "malformed_request"
+        )
+    assert (
+        rp.http.post(path, headers=rp.headers, json={"eventId": "no-such-event"}).status_code == 404
+    )
     device = activated(rp)
     rp.call("POST", f"/rp/v1/devices/{device.device_id}/lock", expect=200)
     locked = rp.call("GET", "/rp/v1/events?type=device.locked", expect=200)["events"][0]
     # not a type this endpoint subscribes to
-    assert rp.http.post(path, headers=rp.headers,
-                        json={"eventId": locked["id"]}).status_code == 404
-    activated_event = rp.call("GET", "/rp/v1/events?type=device.activated",
-                              expect=200)["events"][0]
-    assert rp.call("POST", path, {"eventId": activated_event["id"]},
-                   expect=202) == {"queued": 1}
+    assert rp.http.post(path, headers=rp.headers, json={"eventId": locked["id"]}).status_code == 404
+    activated_event = rp.call("GET", "/rp/v1/events?type=device.activated", expect=200)["events"][0]
+    assert rp.call("POST", path, {"eventId": activated_event["id"]}, expect=202) == {"queued": 1}
 
 
 def test_the_delivery_log_lists_deliveries(rp: RelyingParty, kb: Keybound) -> None:
@@ -218,8 +239,7 @@ def test_the_delivery_log_lists_deliveries(rp: RelyingParty, kb: Keybound) -> No
     page = rp.call("GET", f"{base}/deliveries?limit=1", expect=200)
     rest = rp.call("GET", f"{base}/deliveries?after={page['nextCursor']}", expect=200)
     assert len(page["deliveries"]) == len(rest["deliveries"]) == 1
-    assert rp.call("GET", f"{base}/attempts", expect=200) == {"attempts": [],
-                                                            "nextCursor": 0}
+    assert rp.call("GET", f"{base}/attempts", expect=200) == {"attempts": [], "nextCursor": 0}
     assert rp.call("GET", f"{base}/deliveries?state=delivered", expect=200)["deliveries"] == []
 
 

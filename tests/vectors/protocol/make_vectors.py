@@ -142,8 +142,9 @@ def push_token_digest(token: dict[str, str] | None) -> bytes:
     """docs/protocol.md §3.1.8: SHA-256(LP(provider) || LP(token)); of "" when removed."""
     if token is None:
         return hashlib.sha256(b"").digest()
-    return hashlib.sha256(lp(token["provider"].encode("utf-8"))
-                          + lp(token["token"].encode("utf-8"))).digest()
+    return hashlib.sha256(
+        lp(token["provider"].encode("utf-8")) + lp(token["token"].encode("utf-8"))
+    ).digest()
 
 
 def pin_key(pin: str, salt: bytes) -> bytes:
@@ -162,8 +163,9 @@ class Signer:
         self.previous: dict[tuple[str, str, str], str] = {}
         for case in (existing or {}).get("transcripts", []):
             for sig in case.get("signatures", []):
-                self.previous[(case["tbsHex"], sig.get("publicKeySpkiHex", ""),
-                               sig.get("role", ""))] = sig.get("signatureHex", "")
+                self.previous[
+                    (case["tbsHex"], sig.get("publicKeySpkiHex", ""), sig.get("role", ""))
+                ] = sig.get("signatureHex", "")
 
     def sign(self, key: ec.EllipticCurvePrivateKey, tbs: bytes, role: str) -> bytes:
         public = key.public_key()
@@ -242,8 +244,7 @@ def transcript_case(
                 "valueHex": value.hex(),
                 "encodedHex": lp(value).hex(),
             }
-            for i, (field_name, value) in enumerate(zip(FIELD_NAMES, values, strict=True),
-                                                    start=1)
+            for i, (field_name, value) in enumerate(zip(FIELD_NAMES, values, strict=True), start=1)
         ],
         "tbsHex": tbs.hex(),
         "tbsSha256Hex": hashlib.sha256(tbs).hexdigest(),
@@ -269,55 +270,92 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
     from keybound import protocol as p
 
     signer = Signer(existing)
-    a_sw0, a_hw, a_sw1 = private_key("A-software-0"), private_key("A-hardware"), \
-        private_key("A-software-1")
+    a_sw0, a_hw, a_sw1 = (
+        private_key("A-software-0"),
+        private_key("A-hardware"),
+        private_key("A-software-1"),
+    )
     b_sw0, b_sw1 = private_key("B-software-0"), private_key("B-software-1")
     the_pin_key = pin_key(PIN, PIN_SALT)
     profile = {"platform": "ANDROID", "osVersion": "14", "model": "Pixel 8"}
 
     # 1. activation of device A, with a hardware key (and a PIN key, which is not signed)
     act_a, _ = transcript_case(
-        signer, name="activation-with-hardware-key",
+        signer,
+        name="activation-with-hardware-key",
         description="Activation finish of device A: new software key A-software-0, hardware "
         "key A-hardware generated and able to sign (hwKeyClientStatus OK). Both keys sign the "
         "same transcript. The request also registers a PIN key (not part of the transcript).",
-        purpose="activation", operation_id=OP_ACTIVATE_A, device_id=DEVICE_A,
-        challenge_bytes=challenge("activation A"), context=None, field8_key=a_sw0,
-        hardware_public_key=spki(a_hw), auth_method="", hw_key_client_status="OK",
-        signers=[("software", a_sw0), ("hardware", a_hw)])
+        purpose="activation",
+        operation_id=OP_ACTIVATE_A,
+        device_id=DEVICE_A,
+        challenge_bytes=challenge("activation A"),
+        context=None,
+        field8_key=a_sw0,
+        hardware_public_key=spki(a_hw),
+        auth_method="",
+        hw_key_client_status="OK",
+        signers=[("software", a_sw0), ("hardware", a_hw)],
+    )
     act_a["request"] = p.ActivationFinishRequest(
-        application_id=APPLICATION_ID, operation_id=OP_ACTIVATE_A, device_id=DEVICE_A,
-        software_public_key=spki(a_sw0), software_signature=signature_of(act_a, "software"),
-        hardware_public_key=spki(a_hw), hardware_signature=signature_of(act_a, "hardware"),
-        hw_key_client_status=p.HwKeyClientStatus.OK, pin_key=the_pin_key,
-        device_profile=p.DeviceProfile.model_validate(profile)).to_wire()
+        application_id=APPLICATION_ID,
+        operation_id=OP_ACTIVATE_A,
+        device_id=DEVICE_A,
+        software_public_key=spki(a_sw0),
+        software_signature=signature_of(act_a, "software"),
+        hardware_public_key=spki(a_hw),
+        hardware_signature=signature_of(act_a, "hardware"),
+        hw_key_client_status=p.HwKeyClientStatus.OK,
+        pin_key=the_pin_key,
+        device_profile=p.DeviceProfile.model_validate(profile),
+    ).to_wire()
 
     # 2. activation of device B, software only
     act_b, _ = transcript_case(
-        signer, name="activation-without-hardware-key",
+        signer,
+        name="activation-without-hardware-key",
         description="Activation finish of device B, which has no secure hardware "
         "(hwKeyClientStatus NOT_SUPPORTED): field 9 is empty, only the software key signs.",
-        purpose="activation", operation_id=OP_ACTIVATE_B, device_id=DEVICE_B,
-        challenge_bytes=challenge("activation B"), context=None, field8_key=b_sw0,
-        hardware_public_key=b"", auth_method="", hw_key_client_status="NOT_SUPPORTED",
-        signers=[("software", b_sw0)])
+        purpose="activation",
+        operation_id=OP_ACTIVATE_B,
+        device_id=DEVICE_B,
+        challenge_bytes=challenge("activation B"),
+        context=None,
+        field8_key=b_sw0,
+        hardware_public_key=b"",
+        auth_method="",
+        hw_key_client_status="NOT_SUPPORTED",
+        signers=[("software", b_sw0)],
+    )
     act_b["request"] = p.ActivationFinishRequest(
-        application_id=APPLICATION_ID, operation_id=OP_ACTIVATE_B, device_id=DEVICE_B,
-        software_public_key=spki(b_sw0), software_signature=signature_of(act_b, "software"),
+        application_id=APPLICATION_ID,
+        operation_id=OP_ACTIVATE_B,
+        device_id=DEVICE_B,
+        software_public_key=spki(b_sw0),
+        software_signature=signature_of(act_b, "software"),
         hw_key_client_status=p.HwKeyClientStatus.NOT_SUPPORTED,
-        device_profile=p.DeviceProfile(platform=p.Platform.LINUX, os_version="6.8")).to_wire()
+        device_profile=p.DeviceProfile(platform=p.Platform.LINUX, os_version="6.8"),
+    ).to_wire()
 
     # 3. backend-initiated authentication of device A with a context and DEVICE:PIN
     auth_a, tbs_a = transcript_case(
-        signer, name="authentication-pin-with-context",
+        signer,
+        name="authentication-pin-with-context",
         description="Backend-initiated authentication of device A answered with DEVICE:PIN. "
         "The pre-operation context is hashed into field 7; field 8 is the NEXT software key "
         "(A-software-1); field 9 is empty in every authentication. Signed by the current "
         "software key A-software-0 and by the hardware key.",
-        purpose="authentication", operation_id=OP_AUTH_A, device_id=DEVICE_A,
-        challenge_bytes=challenge("authentication A"), context=PAYMENT_CONTEXT,
-        field8_key=a_sw1, hardware_public_key=b"", auth_method="DEVICE:PIN",
-        hw_key_client_status="OK", signers=[("software", a_sw0), ("hardware", a_hw)])
+        purpose="authentication",
+        operation_id=OP_AUTH_A,
+        device_id=DEVICE_A,
+        challenge_bytes=challenge("authentication A"),
+        context=PAYMENT_CONTEXT,
+        field8_key=a_sw1,
+        hardware_public_key=b"",
+        auth_method="DEVICE:PIN",
+        hw_key_client_status="OK",
+        signers=[("software", a_sw0), ("hardware", a_hw)],
+    )
     message = lp(PIN_PROOF_LABEL) + lp(tbs_a)
     proof = hmac.new(the_pin_key, message, hashlib.sha256).digest()
     auth_a["nextSoftwareKey"] = key_material(a_sw1)
@@ -329,118 +367,198 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
         "pinProofHex": proof.hex(),
     }
     auth_a["request"] = p.AuthenticationFinishRequest(
-        application_id=APPLICATION_ID, device_id=DEVICE_A, operation_id=OP_AUTH_A,
-        auth_method=p.AuthMethod.DEVICE_PIN, software_key_id=hashlib.sha256(spki(a_sw0)).digest(),
-        next_software_public_key=spki(a_sw1), software_signature=signature_of(auth_a, "software"),
+        application_id=APPLICATION_ID,
+        device_id=DEVICE_A,
+        operation_id=OP_AUTH_A,
+        auth_method=p.AuthMethod.DEVICE_PIN,
+        software_key_id=hashlib.sha256(spki(a_sw0)).digest(),
+        next_software_public_key=spki(a_sw1),
+        software_signature=signature_of(auth_a, "software"),
         hardware_signature=signature_of(auth_a, "hardware"),
-        hw_key_client_status=p.HwKeyClientStatus.OK, pin_proof=proof).to_wire()
+        hw_key_client_status=p.HwKeyClientStatus.OK,
+        pin_proof=proof,
+    ).to_wire()
 
     # 4. device-initiated authentication of device B, no context
     auth_b, _ = transcript_case(
-        signer, name="authentication-without-context",
+        signer,
+        name="authentication-without-context",
         description="Device-initiated authentication of device B (no pre-operation context, so "
         "field 7 is SHA-256 of the empty string), auth method DEVICE, no hardware key "
         "(NOT_SUPPORTED). Signed by B-software-0; field 8 is the next key B-software-1.",
-        purpose="authentication", operation_id=OP_AUTH_B, device_id=DEVICE_B,
-        challenge_bytes=challenge("authentication B"), context=None, field8_key=b_sw1,
-        hardware_public_key=b"", auth_method="DEVICE", hw_key_client_status="NOT_SUPPORTED",
-        signers=[("software", b_sw0)])
+        purpose="authentication",
+        operation_id=OP_AUTH_B,
+        device_id=DEVICE_B,
+        challenge_bytes=challenge("authentication B"),
+        context=None,
+        field8_key=b_sw1,
+        hardware_public_key=b"",
+        auth_method="DEVICE",
+        hw_key_client_status="NOT_SUPPORTED",
+        signers=[("software", b_sw0)],
+    )
     auth_b["nextSoftwareKey"] = key_material(b_sw1)
     auth_b["request"] = p.AuthenticationFinishRequest(
-        application_id=APPLICATION_ID, device_id=DEVICE_B, operation_id=OP_AUTH_B,
-        auth_method=p.AuthMethod.DEVICE, software_key_id=hashlib.sha256(spki(b_sw0)).digest(),
-        next_software_public_key=spki(b_sw1), software_signature=signature_of(auth_b, "software"),
-        hw_key_client_status=p.HwKeyClientStatus.NOT_SUPPORTED).to_wire()
+        application_id=APPLICATION_ID,
+        device_id=DEVICE_B,
+        operation_id=OP_AUTH_B,
+        auth_method=p.AuthMethod.DEVICE,
+        software_key_id=hashlib.sha256(spki(b_sw0)).digest(),
+        next_software_public_key=spki(b_sw1),
+        software_signature=signature_of(auth_b, "software"),
+        hw_key_client_status=p.HwKeyClientStatus.NOT_SUPPORTED,
+    ).to_wire()
 
     # 5. device B deactivates itself with its current key
     deact_b, _ = transcript_case(
-        signer, name="deactivation",
+        signer,
+        name="deactivation",
         description="Device B deactivates itself, signing with its current software key "
         "B-software-1. Fields 5, 6, 9, 10 and 11 are empty (length 0); field 7 is SHA-256 of "
         "the empty string; field 8 is the CURRENT software key.",
-        purpose="deactivation", operation_id="", device_id=DEVICE_B, challenge_bytes=b"",
-        context=None, field8_key=b_sw1, hardware_public_key=b"", auth_method="",
-        hw_key_client_status="", signers=[("software", b_sw1)])
+        purpose="deactivation",
+        operation_id="",
+        device_id=DEVICE_B,
+        challenge_bytes=b"",
+        context=None,
+        field8_key=b_sw1,
+        hardware_public_key=b"",
+        auth_method="",
+        hw_key_client_status="",
+        signers=[("software", b_sw1)],
+    )
     deact_b["request"] = p.DeactivateRequest(
-        application_id=APPLICATION_ID, device_id=DEVICE_B,
+        application_id=APPLICATION_ID,
+        device_id=DEVICE_B,
         software_key_id=hashlib.sha256(spki(b_sw1)).digest(),
-        software_signature=signature_of(deact_b, "software")).to_wire()
+        software_signature=signature_of(deact_b, "software"),
+    ).to_wire()
 
     # 6. device A declines a backend-initiated operation (after case 3 rotated its key)
     decline_a, _ = transcript_case(
-        signer, name="decline",
+        signer,
+        name="decline",
         description="Device A declines a backend-initiated operation after showing its "
         "pre-operation context, signing with its current software key A-software-1 (case 3 "
         "rotated it). Fields 8-11 are empty; field 7 is the context hash.",
-        purpose="decline", operation_id=OP_DECLINE_A, device_id=DEVICE_A,
-        challenge_bytes=challenge("decline A"), context=PAYMENT_CONTEXT, field8_key=None,
-        hardware_public_key=b"", auth_method="", hw_key_client_status="",
-        signers=[("software", a_sw1)])
+        purpose="decline",
+        operation_id=OP_DECLINE_A,
+        device_id=DEVICE_A,
+        challenge_bytes=challenge("decline A"),
+        context=PAYMENT_CONTEXT,
+        field8_key=None,
+        hardware_public_key=b"",
+        auth_method="",
+        hw_key_client_status="",
+        signers=[("software", a_sw1)],
+    )
     decline_a["request"] = p.DeclineRequest(
-        application_id=APPLICATION_ID, device_id=DEVICE_A, operation_id=OP_DECLINE_A,
+        application_id=APPLICATION_ID,
+        device_id=DEVICE_A,
+        operation_id=OP_DECLINE_A,
         software_key_id=hashlib.sha256(spki(a_sw1)).digest(),
-        software_signature=signature_of(decline_a, "software")).to_wire()
+        software_signature=signature_of(decline_a, "software"),
+    ).to_wire()
 
     # 7. device A answers a signature operation: purpose "signature", field 7 the hash of the
     # data to sign, signed by its current software key (case 3 rotated it) and hardware key
     a_sw2 = private_key("A-software-2")
     sign_a, _ = transcript_case(
-        signer, name="signature",
+        signer,
+        name="signature",
         description="Device A answers a signature operation (docs/protocol.md §3.2.5): purpose "
         "signature; field 7 is the hash of the data to sign (§4.1.2 encoding); field 8 the next "
         "software key A-software-2. Signed by the current software key A-software-1 and by the "
         "hardware key, auth method DEVICE. The result's dataHash is field 7 in base64url.",
-        purpose="signature", operation_id=OP_SIGN_A, device_id=DEVICE_A,
-        challenge_bytes=challenge("signature A"), context=LOAN_DATA, context_name="dataToSign",
-        field8_key=a_sw2, hardware_public_key=b"", auth_method="DEVICE",
-        hw_key_client_status="OK", signers=[("software", a_sw1), ("hardware", a_hw)])
+        purpose="signature",
+        operation_id=OP_SIGN_A,
+        device_id=DEVICE_A,
+        challenge_bytes=challenge("signature A"),
+        context=LOAN_DATA,
+        context_name="dataToSign",
+        field8_key=a_sw2,
+        hardware_public_key=b"",
+        auth_method="DEVICE",
+        hw_key_client_status="OK",
+        signers=[("software", a_sw1), ("hardware", a_hw)],
+    )
     sign_a["nextSoftwareKey"] = key_material(a_sw2)
     sign_a["dataHashB64u"] = b64u(context_digest(LOAN_DATA))
     sign_a["request"] = p.AuthenticationFinishRequest(
-        application_id=APPLICATION_ID, device_id=DEVICE_A, operation_id=OP_SIGN_A,
-        auth_method=p.AuthMethod.DEVICE, software_key_id=hashlib.sha256(spki(a_sw1)).digest(),
-        next_software_public_key=spki(a_sw2), software_signature=signature_of(sign_a, "software"),
+        application_id=APPLICATION_ID,
+        device_id=DEVICE_A,
+        operation_id=OP_SIGN_A,
+        auth_method=p.AuthMethod.DEVICE,
+        software_key_id=hashlib.sha256(spki(a_sw1)).digest(),
+        next_software_public_key=spki(a_sw2),
+        software_signature=signature_of(sign_a, "software"),
         hardware_signature=signature_of(sign_a, "hardware"),
-        hw_key_client_status=p.HwKeyClientStatus.OK).to_wire()
+        hw_key_client_status=p.HwKeyClientStatus.OK,
+    ).to_wire()
     # 8. device A registers its push token, signing with its current key A-software-1
     push_a, _ = transcript_case(
-        signer, name="push-token",
+        signer,
+        name="push-token",
         description="Device A registers its FCM push token, signing with its current software "
         "key A-software-1. Fields 5, 6, 9, 10 and 11 are empty; field 7 is SHA-256 of "
         "LP(provider) || LP(token); field 8 is the CURRENT software key.",
-        purpose="push-token", operation_id="", device_id=DEVICE_A, challenge_bytes=b"",
-        context=None, field8_key=a_sw1, hardware_public_key=b"", auth_method="",
-        hw_key_client_status="", signers=[("software", a_sw1)], push_token=PUSH_TOKEN_A)
+        purpose="push-token",
+        operation_id="",
+        device_id=DEVICE_A,
+        challenge_bytes=b"",
+        context=None,
+        field8_key=a_sw1,
+        hardware_public_key=b"",
+        auth_method="",
+        hw_key_client_status="",
+        signers=[("software", a_sw1)],
+        push_token=PUSH_TOKEN_A,
+    )
     push_a["request"] = p.PushTokenRequest(
-        application_id=APPLICATION_ID, device_id=DEVICE_A,
+        application_id=APPLICATION_ID,
+        device_id=DEVICE_A,
         software_key_id=hashlib.sha256(spki(a_sw1)).digest(),
         push_token=p.PushToken.model_validate(PUSH_TOKEN_A),
-        software_signature=signature_of(push_a, "software")).to_wire()
+        software_signature=signature_of(push_a, "software"),
+    ).to_wire()
 
     contexts = []
     for context in (None, PAYMENT_CONTEXT, UNICODE_CONTEXT, LOAN_DATA):
         canonical = context_canonical(context)
-        contexts.append({
-            "context": context,
-            "canonicalHex": None if canonical is None else canonical.hex(),
-            "sha256Hex": context_digest(context).hex(),
-        })
+        contexts.append(
+            {
+                "context": context,
+                "canonicalHex": None if canonical is None else canonical.hex(),
+                "sha256Hex": context_digest(context).hex(),
+            }
+        )
 
     key_ids = []
-    for key_name, key in (("A-software-0", a_sw0), ("A-hardware", a_hw),
-                          ("B-software-0", b_sw0)):
+    for key_name, key in (("A-software-0", a_sw0), ("A-hardware", a_hw), ("B-software-0", b_sw0)):
         public = spki(key)
-        key_ids.append({"key": key_name, "publicKeySpkiHex": public.hex(),
-                        "keyIdHex": hashlib.sha256(public).hexdigest(),
-                        "keyIdB64u": b64u(hashlib.sha256(public).digest())})
+        key_ids.append(
+            {
+                "key": key_name,
+                "publicKeySpkiHex": public.hex(),
+                "keyIdHex": hashlib.sha256(public).hexdigest(),
+                "keyIdB64u": b64u(hashlib.sha256(public).digest()),
+            }
+        )
 
     derivations = []
     for pin, salt in ((PIN, PIN_SALT), ("pïn✓ 1234", bytes(range(32)))):
-        derivations.append({
-            "pin": pin, "pinUtf8Hex": pin.encode("utf-8").hex(), "saltHex": salt.hex(),
-            "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "length": PIN_KEY_BYTES,
-            "pinKeyHex": pin_key(pin, salt).hex(),
-        })
+        derivations.append(
+            {
+                "pin": pin,
+                "pinUtf8Hex": pin.encode("utf-8").hex(),
+                "saltHex": salt.hex(),
+                "n": SCRYPT_N,
+                "r": SCRYPT_R,
+                "p": SCRYPT_P,
+                "length": PIN_KEY_BYTES,
+                "pinKeyHex": pin_key(pin, salt).hex(),
+            }
+        )
 
     return {
         "description": "keybound device-API protocol test vectors (docs/protocol.md §1, §4, "
@@ -460,8 +578,10 @@ def build(existing: dict[str, Any] | None = None) -> dict[str, Any]:
         "keyIds": key_ids,
         "pinKeyDerivation": derivations,
         "base64url": {
-            "valid": [{"text": b64u(v), "hex": v.hex()} for v in
-                      (b"", b"\x00", b"\x00\x00", b"\xfb\xff\xbf", b"\xfb\xff", b"keybound")],
+            "valid": [
+                {"text": b64u(v), "hex": v.hex()}
+                for v in (b"", b"\x00", b"\x00\x00", b"\xfb\xff\xbf", b"\xfb\xff", b"keybound")
+            ],
             "invalid": [
                 {"text": "AA==", "why": "padding"},
                 {"text": "AAA=", "why": "padding"},
@@ -482,8 +602,11 @@ def render(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 if the file is missing or would change")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if the file is missing or would change",
+    )
     args = parser.parse_args(argv)
     existing = json.loads(OUTPUT.read_text("utf-8")) if OUTPUT.exists() else None
     text = render(build(existing))

@@ -25,8 +25,17 @@ from keybound.errors import ClientError, ErrorCode, KeyboundError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KINDS", "REGISTRY", "TPM_TCTI_ENV", "DetectedKeystore", "KeyHandle", "KeyStore",
-           "detect_keystore", "open_keystore", "register"]
+__all__ = [
+    "KINDS",
+    "REGISTRY",
+    "TPM_TCTI_ENV",
+    "DetectedKeystore",
+    "KeyHandle",
+    "KeyStore",
+    "detect_keystore",
+    "open_keystore",
+    "register",
+]
 
 #: Detection also looks at the TPM this TCTI names (e.g. ``swtpm:host=127.0.0.1,port=2321``).
 TPM_TCTI_ENV = "KEYBOUND_TPM_TCTI"
@@ -38,7 +47,10 @@ _KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def open_keystore(
-    kind: str, state_dir: Path | str, options: Mapping[str, Any] | None = None, *,
+    kind: str,
+    state_dir: Path | str,
+    options: Mapping[str, Any] | None = None,
+    *,
     require_usable: bool = True,
 ) -> KeyStore:
     """Open the key store of ``kind`` for a device whose state lives in ``state_dir``.
@@ -81,8 +93,9 @@ class DetectedKeystore:
     options: Mapping[str, Any]
 
 
-def detect_keystore(state_dir: Path | str,
-                    environ: Mapping[str, str] | None = None) -> DetectedKeystore | None:
+def detect_keystore(
+    state_dir: Path | str, environ: Mapping[str, str] | None = None
+) -> DetectedKeystore | None:
     """The secure hardware this machine has, or None (the device then uses software keys
     only and reports ``NOT_SUPPORTED``).
 

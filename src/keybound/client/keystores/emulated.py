@@ -126,8 +126,11 @@ class EmulatedSecureElement(KeyStore):
         return self.present
 
     def options(self) -> Mapping[str, Any]:
-        return {**{name: getattr(self, name) for name in _FLAGS},
-                "package_name": self.package_name, "signing_digest": self.signing_digest.hex()}
+        return {
+            **{name: getattr(self, name) for name in _FLAGS},
+            "package_name": self.package_name,
+            "signing_digest": self.signing_digest.hex(),
+        }
 
     def generate(self, label: str) -> KeyHandle:
         if not self.present:

@@ -149,8 +149,11 @@ class Pkcs11KeyStore(KeyStore):
         return f"{KIND} ({self._options.module}, {self._options.token_name()})"
 
     def options(self) -> Mapping[str, Any]:
-        where = ({"token_label": self._options.token_label}
-                 if self._options.token_label is not None else {"slot": self._options.slot})
+        where = (
+            {"token_label": self._options.token_label}
+            if self._options.token_label is not None
+            else {"slot": self._options.slot}
+        )
         return {"module": self._options.module, **where}  # never the user PIN
 
     def available(self) -> bool:

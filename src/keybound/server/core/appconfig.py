@@ -38,7 +38,10 @@ _INT_BOUNDS: dict[str, tuple[str, int, int]] = {
 _OPTIONAL_INT_BOUNDS: dict[str, tuple[str, int, int]] = {
     "attestation_android_min_patch_level": ("attestationAndroidMinPatchLevel", 200801, 209912),
     "attestation_android_max_revocation_list_age_seconds": (
-        "attestationAndroidMaxRevocationListAgeSeconds", 60, 30 * 86400),
+        "attestationAndroidMaxRevocationListAgeSeconds",
+        60,
+        30 * 86400,
+    ),
 }
 
 
@@ -80,7 +83,8 @@ class AppConfig:
     attestation_ios_mode: AttestationMode = AttestationMode.DISABLED
     attestation_tpm_mode: AttestationMode = AttestationMode.DISABLED
     attestation_android_min_security_level: AndroidSecurityLevel = (
-        AndroidSecurityLevel.TRUSTED_ENVIRONMENT)
+        AndroidSecurityLevel.TRUSTED_ENVIRONMENT
+    )
     attestation_android_require_verified_boot: bool = True
     attestation_android_require_locked_bootloader: bool = True
     attestation_android_min_patch_level: int | None = None  # YYYYMM
@@ -96,8 +100,9 @@ class AppConfig:
         for name, (wire, low, high) in _INT_BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigurationInvalid(f"{wire} must be an integer in [{low}, {high}]",
-                                           setting=wire)
+                raise ConfigurationInvalid(
+                    f"{wire} must be an integer in [{low}, {high}]", setting=wire
+                )
         if not self.allowed_auth_methods:
             raise ConfigurationInvalid("allowedAuthMethods must name at least one method")
         self._check_attestation()
@@ -105,22 +110,27 @@ class AppConfig:
     def _check_attestation(self) -> None:
         for name, (wire, low, high) in _OPTIONAL_INT_BOUNDS.items():
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or not low <= value <= high):
-                raise ConfigurationInvalid(f"{wire} must be null or an integer in "
-                                           f"[{low}, {high}]")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+            ):
+                raise ConfigurationInvalid(f"{wire} must be null or an integer in [{low}, {high}]")
         patch = self.attestation_android_min_patch_level
         if patch is not None and not 1 <= patch % 100 <= 12:
             raise ConfigurationInvalid("attestationAndroidMinPatchLevel is YYYYMM")
         # the verifier needs both: an app is its package names signed by exactly these keys
         if bool(self.attestation_android_package_names) != bool(
-                self.attestation_android_signing_digests):
-            raise ConfigurationInvalid("attestationAndroidPackageNames and "
-                                       "attestationAndroidSigningDigests go together")
+            self.attestation_android_signing_digests
+        ):
+            raise ConfigurationInvalid(
+                "attestationAndroidPackageNames and attestationAndroidSigningDigests go together"
+            )
         if self.attestation_ios_mode is not AttestationMode.DISABLED and not (
-                self.attestation_apple_team_id and self.attestation_apple_bundle_id):
-            raise ConfigurationInvalid("attestationIosMode needs attestationAppleTeamId and "
-                                       "attestationAppleBundleId (the App ID keys attest for)")
+            self.attestation_apple_team_id and self.attestation_apple_bundle_id
+        ):
+            raise ConfigurationInvalid(
+                "attestationIosMode needs attestationAppleTeamId and "
+                "attestationAppleBundleId (the App ID keys attest for)"
+            )
 
     # -- wire form (camelCase JSON, as the CLI and the database hold it) ------------------
 
@@ -138,18 +148,18 @@ class AppConfig:
             "attestationAndroidMode": self.attestation_android_mode.value,
             "attestationIosMode": self.attestation_ios_mode.value,
             "attestationTpmMode": self.attestation_tpm_mode.value,
-            "attestationAndroidMinSecurityLevel":
-                self.attestation_android_min_security_level.value,
-            "attestationAndroidRequireVerifiedBoot":
-                self.attestation_android_require_verified_boot,
-            "attestationAndroidRequireLockedBootloader":
-                self.attestation_android_require_locked_bootloader,
+            "attestationAndroidMinSecurityLevel": self.attestation_android_min_security_level.value,
+            "attestationAndroidRequireVerifiedBoot": self.attestation_android_require_verified_boot,
+            "attestationAndroidRequireLockedBootloader": (
+                self.attestation_android_require_locked_bootloader
+            ),
             "attestationAndroidMinPatchLevel": self.attestation_android_min_patch_level,
             "attestationAndroidRequireRkp": self.attestation_android_require_rkp,
             "attestationAndroidPackageNames": list(self.attestation_android_package_names),
             "attestationAndroidSigningDigests": list(self.attestation_android_signing_digests),
-            "attestationAndroidMaxRevocationListAgeSeconds":
-                self.attestation_android_max_revocation_list_age_seconds,
+            "attestationAndroidMaxRevocationListAgeSeconds": (
+                self.attestation_android_max_revocation_list_age_seconds
+            ),
             "attestationAppleTeamId": self.attestation_apple_team_id,
             "attestationAppleBundleId": self.attestation_apple_bundle_id,
             "attestationAppleEnvironment": self.attestation_apple_environment.value,
@@ -161,8 +171,13 @@ class AppConfig:
         (§7), which reading fills in as for configurations from before them. Every
         authentication writes and reads its snapshot, so it stays small."""
         defaults = _attestation_defaults()
-        return json.dumps({name: value for name, value in self.to_json().items()
-                           if name not in defaults or defaults[name] != value})
+        return json.dumps(
+            {
+                name: value
+                for name, value in self.to_json().items()
+                if name not in defaults or defaults[name] != value
+            }
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AppConfig:
@@ -182,13 +197,15 @@ class AppConfig:
             if name is None or parse is None:
                 raise ConfigurationInvalid(
                     f"unknown setting {wire!r}; the settings are {', '.join(_PARSERS)}",
-                    setting=wire)
+                    setting=wire,
+                )
             try:
                 kwargs[name] = parse(value)
             except (ValueError, TypeError) as exc:
                 raise ConfigurationInvalid(
                     f"invalid value for {wire}: {value!r}; expected {expected_value(wire)}",
-                    setting=wire) from exc
+                    setting=wire,
+                ) from exc
         return dataclasses.replace(self, **kwargs)
 
 
@@ -268,8 +285,11 @@ def _optional_text(pattern: re.Pattern[str]) -> Any:
 
 @lru_cache(maxsize=1)
 def _attestation_defaults() -> dict[str, Any]:
-    return {name: value for name, value in AppConfig().to_json().items()
-            if name.startswith("attestation")}
+    return {
+        name: value
+        for name, value in AppConfig().to_json().items()
+        if name.startswith("attestation")
+    }
 
 
 @lru_cache(maxsize=1024)
@@ -314,20 +334,26 @@ _PARSERS: dict[str, tuple[str, Any]] = {
     "attestationAndroidMode": ("attestation_android_mode", AttestationMode),
     "attestationIosMode": ("attestation_ios_mode", AttestationMode),
     "attestationTpmMode": ("attestation_tpm_mode", AttestationMode),
-    "attestationAndroidMinSecurityLevel": ("attestation_android_min_security_level",
-                                           AndroidSecurityLevel),
-    "attestationAndroidRequireVerifiedBoot": ("attestation_android_require_verified_boot",
-                                              _bool),
+    "attestationAndroidMinSecurityLevel": (
+        "attestation_android_min_security_level",
+        AndroidSecurityLevel,
+    ),
+    "attestationAndroidRequireVerifiedBoot": ("attestation_android_require_verified_boot", _bool),
     "attestationAndroidRequireLockedBootloader": (
-        "attestation_android_require_locked_bootloader", _bool),
+        "attestation_android_require_locked_bootloader",
+        _bool,
+    ),
     "attestationAndroidRequireRkp": ("attestation_android_require_rkp", _bool),
-    "attestationAndroidPackageNames": ("attestation_android_package_names",
-                                       _strings(_PACKAGE_NAME)),
-    "attestationAndroidSigningDigests": ("attestation_android_signing_digests",
-                                         _strings(_SHA256_HEX, _digest)),
+    "attestationAndroidPackageNames": (
+        "attestation_android_package_names",
+        _strings(_PACKAGE_NAME),
+    ),
+    "attestationAndroidSigningDigests": (
+        "attestation_android_signing_digests",
+        _strings(_SHA256_HEX, _digest),
+    ),
     **{wire: (name, _optional_int) for name, (wire, _, _) in _OPTIONAL_INT_BOUNDS.items()},
     "attestationAppleTeamId": ("attestation_apple_team_id", _optional_text(_APPLE_TEAM_ID)),
-    "attestationAppleBundleId": ("attestation_apple_bundle_id",
-                                 _optional_text(_APPLE_BUNDLE_ID)),
+    "attestationAppleBundleId": ("attestation_apple_bundle_id", _optional_text(_APPLE_BUNDLE_ID)),
     "attestationAppleEnvironment": ("attestation_apple_environment", AppleEnvironment),
 }

@@ -96,8 +96,11 @@ def mode_of(config: AppConfig, platform: Platform) -> AttestationMode:
 def app_attest_key(evidence: object, config: AppConfig, platform: Platform) -> bool:
     """Is the hardware key an App Attest key, whose proofs are assertions (§4.6)? Only where
     the application checks App Attest for the device's platform."""
-    return (isinstance(evidence, AppleAppAttestation) and platform is Platform.IOS
-            and mode_of(config, platform) is not AttestationMode.DISABLED)
+    return (
+        isinstance(evidence, AppleAppAttestation)
+        and platform is Platform.IOS
+        and mode_of(config, platform) is not AttestationMode.DISABLED
+    )
 
 
 # --------------------------------------------------------------------------- the outcome
@@ -165,17 +168,29 @@ class TpmCredentialState:
 
     def to_bytes(self) -> bytes:
         if self.failure is not None or self.ek is None:
-            return json.dumps({"v": 1, "failure": (self.failure or Reason.MALFORMED).value}
-                              ).encode()
+            return json.dumps(
+                {"v": 1, "failure": (self.failure or Reason.MALFORMED).value}
+            ).encode()
         ek, identity = self.ek, self.ek.identity
-        return json.dumps({
-            "v": 1, "secret": _b64(self.secret), "akPublic": _b64(self.ak_public),
-            "ek": {"publicKey": _b64(ek.public_key), "chain": [_b64(c) for c in ek.chain],
-                   "anchor": ek.anchor_key_sha256,
-                   "identity": {"manufacturerId": identity.manufacturer_id,
-                                "manufacturer": identity.manufacturer,
-                                "model": identity.model, "version": identity.version}},
-        }, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "v": 1,
+                "secret": _b64(self.secret),
+                "akPublic": _b64(self.ak_public),
+                "ek": {
+                    "publicKey": _b64(ek.public_key),
+                    "chain": [_b64(c) for c in ek.chain],
+                    "anchor": ek.anchor_key_sha256,
+                    "identity": {
+                        "manufacturerId": identity.manufacturer_id,
+                        "manufacturer": identity.manufacturer,
+                        "model": identity.model,
+                        "version": identity.version,
+                    },
+                },
+            },
+            separators=(",", ":"),
+        ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TpmCredentialState:
@@ -184,17 +199,25 @@ class TpmCredentialState:
             return cls(failure=Reason(stored["failure"]))
         ek, identity = stored["ek"], stored["ek"]["identity"]
         return cls(
-            secret=_unb64(stored["secret"]), ak_public=_unb64(stored["akPublic"]),
+            secret=_unb64(stored["secret"]),
+            ak_public=_unb64(stored["akPublic"]),
             ek=VerifiedEkCertificate(
                 public_key=_unb64(ek["publicKey"]),
-                identity=TpmIdentity(manufacturer_id=identity["manufacturerId"],
-                                     manufacturer=identity["manufacturer"],
-                                     model=identity["model"], version=identity["version"]),
-                chain=tuple(_unb64(c) for c in ek["chain"]), anchor_key_sha256=ek["anchor"]))
+                identity=TpmIdentity(
+                    manufacturer_id=identity["manufacturerId"],
+                    manufacturer=identity["manufacturer"],
+                    model=identity["model"],
+                    version=identity["version"],
+                ),
+                chain=tuple(_unb64(c) for c in ek["chain"]),
+                anchor_key_sha256=ek["anchor"],
+            ),
+        )
 
 
-def start_tpm_credential(keys: TpmAttestationKey, *, trust: TrustStore, now: dt.datetime
-                         ) -> tuple[TpmCredential | None, TpmCredentialState]:
+def start_tpm_credential(
+    keys: TpmAttestationKey, *, trust: TrustStore, now: dt.datetime
+) -> tuple[TpmCredential | None, TpmCredentialState]:
     """§6.5.3 at start: verify the EK certificate against the configured TPM anchors, check
     the AK is a restricted TPM-resident signing key, and make a credential for a fresh
     secret that only that TPM can recover, and only for that AK. Never raises: a refused EK
@@ -206,9 +229,12 @@ def start_tpm_credential(keys: TpmAttestationKey, *, trust: TrustStore, now: dt.
         check_ak_public(ak)  # [IDevID] restricted signing key: it only signs TPM structures
         secret = secrets.token_bytes(TPM_SECRET_BYTES)
         made = make_credential(load_der_public_key(ek.public_key), ak.name(), secret)
-        return (TpmCredential(credential_blob=made.credential_blob,
-                              encrypted_secret=made.encrypted_secret),
-                TpmCredentialState(secret=secret, ak_public=keys.ak_public, ek=ek))
+        return (
+            TpmCredential(
+                credential_blob=made.credential_blob, encrypted_secret=made.encrypted_secret
+            ),
+            TpmCredentialState(secret=secret, ak_public=keys.ak_public, ek=ek),
+        )
 
     try:
         return guarded(make)
@@ -246,9 +272,13 @@ class Ceremony:
     tpm_state: Callable[[], TpmCredentialState | None]
 
 
-def judge(evidence: AndroidKeyAttestation | TpmAttestation | AppleAppAttestation | None, *,
-          ceremony: Ceremony | None, platform: Platform, config: AppConfig
-          ) -> AttestationOutcome:
+def judge(
+    evidence: AndroidKeyAttestation | TpmAttestation | AppleAppAttestation | None,
+    *,
+    ceremony: Ceremony | None,
+    platform: Platform,
+    config: AppConfig,
+) -> AttestationOutcome:
     """§6.5 steps 1-5; ``ceremony`` is None when no hardware key was offered. Never raises:
     every refusal is an outcome (FAILED_<reason>) for the decision table."""
     expected = PLATFORM_FORMAT.get(platform)
@@ -280,9 +310,13 @@ def _outcome(verified: VerifiedAttestation) -> AttestationOutcome:
         method = verified.provisioning_method.value
         if verified.revocation_list_age is not None:
             age = int(verified.revocation_list_age.total_seconds())
-    return AttestationOutcome(status=Status.VERIFIED, format=verified.format,
-                              security_level=verified.security_level,
-                              provisioning_method=method, revocation_list_age=age)
+    return AttestationOutcome(
+        status=Status.VERIFIED,
+        format=verified.format,
+        security_level=verified.security_level,
+        provisioning_method=method,
+        revocation_list_age=age,
+    )
 
 
 def android_policy(config: AppConfig) -> AndroidKeyPolicy:
@@ -291,8 +325,10 @@ def android_policy(config: AppConfig) -> AndroidKeyPolicy:
     if config.attestation_android_package_names:
         app = AndroidAppPolicy(
             package_names=frozenset(config.attestation_android_package_names),
-            signing_digests=frozenset(bytes.fromhex(d)
-                                      for d in config.attestation_android_signing_digests))
+            signing_digests=frozenset(
+                bytes.fromhex(d) for d in config.attestation_android_signing_digests
+            ),
+        )
     max_age = config.attestation_android_max_revocation_list_age_seconds
     return AndroidKeyPolicy(
         app=app,
@@ -301,34 +337,46 @@ def android_policy(config: AppConfig) -> AndroidKeyPolicy:
         require_device_locked=config.attestation_android_require_locked_bootloader,
         min_patch_level=config.attestation_android_min_patch_level,
         require_rkp=config.attestation_android_require_rkp,
-        max_revocation_list_age=dt.timedelta(seconds=max_age) if max_age else None)
+        max_revocation_list_age=dt.timedelta(seconds=max_age) if max_age else None,
+    )
 
 
 def apple_verifier(config: AppConfig, trust: TrustStore) -> AppAttestVerifier:
     team, bundle = config.attestation_apple_team_id, config.attestation_apple_bundle_id
     if not team or not bundle:  # §6.5.2: rpIdHash needs the App ID
         raise fail(Reason.APP_ID_MISMATCH, "the application configures no Apple App ID")
-    return AppAttestVerifier(trust=trust, app=AppleApp(team_id=team, bundle_id=bundle),
-                             environment=_APPLE_ENVIRONMENTS[config.attestation_apple_environment])
+    return AppAttestVerifier(
+        trust=trust,
+        app=AppleApp(team_id=team, bundle_id=bundle),
+        environment=_APPLE_ENVIRONMENTS[config.attestation_apple_environment],
+    )
 
 
 def _android(evidence: AndroidKeyAttestation, c: Ceremony) -> VerifiedAttestation:
-    verifier = AndroidKeyVerifier(trust=c.trust.android, policy=android_policy(c.config),
-                                  revocation=c.trust.revocation())
-    return verifier.verify(AndroidKeyEvidence(chain=tuple(evidence.certificate_chain)),
-                           expected_challenge=c.challenge, expected_public_key=c.hardware_key,
-                           now=c.now)
+    verifier = AndroidKeyVerifier(
+        trust=c.trust.android, policy=android_policy(c.config), revocation=c.trust.revocation()
+    )
+    return verifier.verify(
+        AndroidKeyEvidence(chain=tuple(evidence.certificate_chain)),
+        expected_challenge=c.challenge,
+        expected_public_key=c.hardware_key,
+        now=c.now,
+    )
 
 
 def _apple(evidence: AppleAppAttestation, c: Ceremony) -> VerifiedAttestation:
-    client_data = app_attest_client_data(application_id=c.application_id,
-                                         device_id=c.device_id, operation_id=c.operation_id,
-                                         challenge=c.challenge)
+    client_data = app_attest_client_data(
+        application_id=c.application_id,
+        device_id=c.device_id,
+        operation_id=c.operation_id,
+        challenge=c.challenge,
+    )
     return apple_verifier(c.config, c.trust.apple).verify(
-        AppAttestEvidence(attestation_object=evidence.attestation_object,
-                          key_id=evidence.key_id),
+        AppAttestEvidence(attestation_object=evidence.attestation_object, key_id=evidence.key_id),
         expected_challenge=hashlib.sha256(client_data).digest(),
-        expected_public_key=c.hardware_key, now=c.now)
+        expected_public_key=c.hardware_key,
+        now=c.now,
+    )
 
 
 def _tpm(evidence: TpmAttestation, c: Ceremony) -> VerifiedAttestation:
@@ -341,10 +389,16 @@ def _tpm(evidence: TpmAttestation, c: Ceremony) -> VerifiedAttestation:
     if not hmac.compare_digest(evidence.activated_secret, state.secret):
         raise fail(Reason.TPM_CREDENTIAL_MISMATCH, "activatedSecret is not the secret")
     return TpmVerifier(trust=c.trust.tpm).verify(
-        TpmEvidence(certify_info=evidence.certify_info, signature=evidence.signature,
-                    public_area=evidence.public_area,
-                    activated_ak=ActivatedAk(public_area=state.ak_public, ek=state.ek)),
-        expected_challenge=c.challenge, expected_public_key=c.hardware_key, now=c.now)
+        TpmEvidence(
+            certify_info=evidence.certify_info,
+            signature=evidence.signature,
+            public_area=evidence.public_area,
+            activated_ak=ActivatedAk(public_area=state.ak_public, ek=state.ek),
+        ),
+        expected_challenge=c.challenge,
+        expected_public_key=c.hardware_key,
+        now=c.now,
+    )
 
 
 #: format -> its check in this ceremony (the registry keybound.attestation.REGISTRY names the
@@ -359,14 +413,23 @@ _VERIFY: Final[dict[AttestationFormat, Callable[[Any, Ceremony], VerifiedAttesta
 # ------------------------------------------------------------- App Attest assertions
 
 
-def check_assertion(assertion: bytes, *, transcript: bytes, public_key: bytes,
-                    previous_counter: int, config: AppConfig) -> int:
+def check_assertion(
+    assertion: bytes,
+    *,
+    transcript: bytes,
+    public_key: bytes,
+    previous_counter: int,
+    config: AppConfig,
+) -> int:
     """§4.6: an App Attest assertion by the registered key over this transcript (its client
     data), counter above ``previous_counter``; the new counter, or AttestationFailed."""
     verifier = guarded(lambda: apple_verifier(config, TrustStore()))
     return verifier.verify_assertion(
-        assertion, expected_client_data_hash=hashlib.sha256(transcript).digest(),
-        expected_public_key=public_key, previous_counter=previous_counter).counter
+        assertion,
+        expected_client_data_hash=hashlib.sha256(transcript).digest(),
+        expected_public_key=public_key,
+        previous_counter=previous_counter,
+    ).counter
 
 
 def _b64(data: bytes) -> str:

@@ -70,8 +70,14 @@ class SupersededKeyUsed(Exception):
     superseded before this operation's challenge was issued, so a copy of it is in use
     (lock); otherwise two ceremonies of the device overlapped (retryable)."""
 
-    def __init__(self, *, operation: OperationRecord, registration: RegistrationRecord,
-                 signer: Signer, copy: bool) -> None:
+    def __init__(
+        self,
+        *,
+        operation: OperationRecord,
+        registration: RegistrationRecord,
+        signer: Signer,
+        copy: bool,
+    ) -> None:
         super().__init__("superseded software key used")
         self.operation = operation
         self.registration = registration
@@ -79,11 +85,16 @@ class SupersededKeyUsed(Exception):
         self.copy = copy
 
 
-def verify_authentication(request: AuthenticationFinishRequest, *,
-                          operation: OperationRecord | None,
-                          registration: RegistrationRecord | None, signer: Signer | None,
-                          next_key_is_old: bool, pin_key: Callable[[bytes], bytes],
-                          now: int) -> VerifiedAuthentication:
+def verify_authentication(
+    request: AuthenticationFinishRequest,
+    *,
+    operation: OperationRecord | None,
+    registration: RegistrationRecord | None,
+    signer: Signer | None,
+    next_key_is_old: bool,
+    pin_key: Callable[[bytes], bytes],
+    now: int,
+) -> VerifiedAuthentication:
     """Guard clauses, one protocol step each (§3.1.4); raises CeremonyError (or
     SupersededKeyUsed), changes nothing. ``pin_key`` opens the registration's wrapped PIN key
     (only called for DEVICE:PIN)."""
@@ -95,12 +106,16 @@ def verify_authentication(request: AuthenticationFinishRequest, *,
     # §4.1.1: a signature operation's transcript is of its own purpose, and its context
     # hash is the hash of the data to sign, so a device signs exactly what it was shown
     tbs = transcript(
-        FINISH_PURPOSE[op.type], application_id=op.application_id, device_id=reg.id,
-        operation_id=op.id, challenge=op.challenge,
+        FINISH_PURPOSE[op.type],
+        application_id=op.application_id,
+        device_id=reg.id,
+        operation_id=op.id,
+        challenge=op.challenge,
         context_digest=context_hash(load_context(op.pre_context)),
         software_public_key=request.next_software_public_key,
         auth_method=request.auth_method.value,
-        hw_key_client_status=request.hw_key_client_status.value)
+        hw_key_client_status=request.hw_key_client_status.value,
+    )
     # step 2: the software signature always has to verify (§6)
     prove_possession(signer.public_key, tbs, request.software_signature)
     # step 3: from here on the caller holds a key of this registration. A replayed finish is
@@ -109,8 +124,9 @@ def verify_authentication(request: AuthenticationFinishRequest, *,
         raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
     if signer.superseded_at is not None:
         issued = op.challenge_issued_at if op.challenge_issued_at is not None else op.created_at
-        raise SupersededKeyUsed(operation=op, registration=reg, signer=signer,
-                                copy=signer.superseded_at <= issued)
+        raise SupersededKeyUsed(
+            operation=op, registration=reg, signer=signer, copy=signer.superseded_at <= issued
+        )
     require_pending(op, now)
     if reg.state == DeviceState.LOCKED.value:
         raise CeremonyError("device is locked", code=ErrorCode.DEVICE_LOCKED)
@@ -123,38 +139,58 @@ def verify_authentication(request: AuthenticationFinishRequest, *,
     # step 4: auth method allowed by the application and by the operation (§5)
     method = request.auth_method
     if method not in config.allowed_auth_methods or (
-            op.required_auth_method and method.value != op.required_auth_method):
-        raise CeremonyError(f"auth method {method} not allowed",
-                            code=ErrorCode.AUTH_METHOD_NOT_ALLOWED)
+        op.required_auth_method and method.value != op.required_auth_method
+    ):
+        raise CeremonyError(
+            f"auth method {method} not allowed", code=ErrorCode.AUTH_METHOD_NOT_ALLOWED
+        )
     pin_ok = True
     if method is AuthMethod.DEVICE_PIN:
         if reg.pin_key is None:
-            raise CeremonyError("no PIN registered for this device",
-                                code=ErrorCode.AUTH_METHOD_NOT_ALLOWED)
+            raise CeremonyError(
+                "no PIN registered for this device", code=ErrorCode.AUTH_METHOD_NOT_ALLOWED
+            )
         if request.pin_proof is None:
-            raise CeremonyError("pinProof is required for DEVICE:PIN",
-                                code=ErrorCode.PIN_REQUIRED)
-        pin_ok = verify_pin_proof(pin_key=pin_key(reg.pin_key), message=pin_proof_message(tbs),
-                                  proof=request.pin_proof)
+            raise CeremonyError("pinProof is required for DEVICE:PIN", code=ErrorCode.PIN_REQUIRED)
+        pin_ok = verify_pin_proof(
+            pin_key=pin_key(reg.pin_key), message=pin_proof_message(tbs), proof=request.pin_proof
+        )
     # step 5: the hardware key, judged by the strategy snapshot and the key's recorded
     # attestation (§6.1, §6.5)
     proof = hardware_result(tbs, reg, request.hardware_signature, config)
-    failure = (ErrorCode.PIN_INVALID if not pin_ok
-               else decide(config.hw_key_validation_strategy,
-                           finding(proof.server_result, reg.hw_attestation)))
+    failure = (
+        ErrorCode.PIN_INVALID
+        if not pin_ok
+        else decide(
+            config.hw_key_validation_strategy, finding(proof.server_result, reg.hw_attestation)
+        )
+    )
     noted = json.loads(op.result) if op.result else {}
-    risk = risk_data(client_status=request.hw_key_client_status,
-                     server_result=proof.server_result, platform=reg.platform,
-                     os_version=reg.os_version, overlap=bool(noted.get("softwareKeyOverlap")),
-                     attestation=recorded_attestation(reg),
-                     hw_key_clone_suspected=proof.clone_suspected)
-    result = {"authMethod": method.value,
-              "authLevel": None if failure else AUTH_LEVEL[method].value,
-              "failureCode": failure.value if failure else None, "risk": risk}
-    return VerifiedAuthentication(operation=op, registration=reg, signer=signer,
-                                  next_key=next_key, server_result=proof.server_result,
-                                  hardware_counter=proof.counter, failure=failure,
-                                  result=result)
+    risk = risk_data(
+        client_status=request.hw_key_client_status,
+        server_result=proof.server_result,
+        platform=reg.platform,
+        os_version=reg.os_version,
+        overlap=bool(noted.get("softwareKeyOverlap")),
+        attestation=recorded_attestation(reg),
+        hw_key_clone_suspected=proof.clone_suspected,
+    )
+    result = {
+        "authMethod": method.value,
+        "authLevel": None if failure else AUTH_LEVEL[method].value,
+        "failureCode": failure.value if failure else None,
+        "risk": risk,
+    }
+    return VerifiedAuthentication(
+        operation=op,
+        registration=reg,
+        signer=signer,
+        next_key=next_key,
+        server_result=proof.server_result,
+        hardware_counter=proof.counter,
+        failure=failure,
+        result=result,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,8 +206,9 @@ _INVALID = HardwareProof(server_result=HwKeyServerResult.INVALID)
 _VALID = HardwareProof(server_result=HwKeyServerResult.VALID)
 
 
-def hardware_result(tbs: bytes, reg: RegistrationRecord, signature: bytes | None,
-                    config: AppConfig) -> HardwareProof:
+def hardware_result(
+    tbs: bytes, reg: RegistrationRecord, signature: bytes | None, config: AppConfig
+) -> HardwareProof:
     """§6.1 at authentication: against the stored hardware key, if any, in the kind of proof
     the stored key makes (the algorithm comes from the stored key, never from the request):
     an ES256 signature, or an App Attest assertion whose counter must increase (§4.6)."""
@@ -182,25 +219,37 @@ def hardware_result(tbs: bytes, reg: RegistrationRecord, signature: bytes | None
     if reg.hw_algorithm == Algorithm.APPLE_APP_ATTEST.value:
         return _assertion_result(tbs, reg, signature, config)
     try:
-        verify_signature(public_key=reg.hw_public_key, algorithm=Algorithm(reg.hw_algorithm),
-                         message=tbs, signature=signature)
+        verify_signature(
+            public_key=reg.hw_public_key,
+            algorithm=Algorithm(reg.hw_algorithm),
+            message=tbs,
+            signature=signature,
+        )
     except InvalidSignature:
         return _INVALID
     return _VALID
 
 
-def _assertion_result(tbs: bytes, reg: RegistrationRecord, assertion: bytes,
-                      config: AppConfig) -> HardwareProof:
+def _assertion_result(
+    tbs: bytes, reg: RegistrationRecord, assertion: bytes, config: AppConfig
+) -> HardwareProof:
     """§4.6: a counter that does not increase over a fresh, single-use challenge is no
     replay; the key cannot leave the Secure Enclave, so it is reported (a clone signal) and
     judged as an invalid proof, not a lock."""
     assert reg.hw_public_key is not None
     try:
-        counter = check_assertion(assertion, transcript=tbs, public_key=reg.hw_public_key,
-                                  previous_counter=reg.hw_counter or 0, config=config)
+        counter = check_assertion(
+            assertion,
+            transcript=tbs,
+            public_key=reg.hw_public_key,
+            previous_counter=reg.hw_counter or 0,
+            config=config,
+        )
     except AttestationFailed as refused:
-        return HardwareProof(server_result=HwKeyServerResult.INVALID,
-                             clone_suspected=refused.reason is Reason.COUNTER_NOT_INCREASING)
+        return HardwareProof(
+            server_result=HwKeyServerResult.INVALID,
+            clone_suspected=refused.reason is Reason.COUNTER_NOT_INCREASING,
+        )
     return HardwareProof(server_result=HwKeyServerResult.VALID, counter=counter)
 
 
@@ -216,5 +265,7 @@ def recorded_attestation(reg: RegistrationRecord) -> dict[str, Any]:
 
 def clone_result() -> dict[str, Any]:
     """The result of an operation failed because a copied key signed it (§4.5)."""
-    return {"failureCode": ErrorCode.SOFTWARE_KEY_CLONED.value,
-            "risk": {"softwareKeyCloneSuspected": True}}
+    return {
+        "failureCode": ErrorCode.SOFTWARE_KEY_CLONED.value,
+        "risk": {"softwareKeyCloneSuspected": True},
+    }

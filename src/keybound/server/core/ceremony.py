@@ -16,8 +16,10 @@ CHALLENGE_BYTES = 32
 
 #: the operations a device answers with a finish, and the transcript purpose each signs
 #: (§4.1.1): the stored type decides it, never the request
-FINISH_PURPOSE = {OperationType.AUTHENTICATION.value: Purpose.AUTHENTICATION,
-                  OperationType.SIGNATURE.value: Purpose.SIGNATURE}
+FINISH_PURPOSE = {
+    OperationType.AUTHENTICATION.value: Purpose.AUTHENTICATION,
+    OperationType.SIGNATURE.value: Purpose.SIGNATURE,
+}
 
 
 def new_id() -> str:
@@ -40,8 +42,9 @@ def prove_possession(public_key: bytes, message: bytes, signature: bytes) -> Non
     """§4.4: a stored (or presented) key's signature over the transcript, or the one
     answer every failure before it gets too: ``authentication_failed``."""
     try:
-        verify_signature(public_key=public_key, algorithm=Algorithm.ES256, message=message,
-                         signature=signature)
+        verify_signature(
+            public_key=public_key, algorithm=Algorithm.ES256, message=message, signature=signature
+        )
     except InvalidSignature as exc:
         raise CeremonyError("authentication failed") from exc
 
@@ -57,6 +60,10 @@ def require_pending(op: OperationRecord, now: int) -> None:
 def bound(op: OperationRecord, reg: RegistrationRecord, application_id: str) -> bool:
     """§3.1.4 step 1: an authentication (or signature) operation with a challenge, of this
     device, both of the application the request names."""
-    return (op.type in FINISH_PURPOSE and op.challenge is not None
-            and op.application_id == application_id and reg.application_id == application_id
-            and op.device_id == reg.id)
+    return (
+        op.type in FINISH_PURPOSE
+        and op.challenge is not None
+        and op.application_id == application_id
+        and reg.application_id == application_id
+        and op.device_id == reg.id
+    )

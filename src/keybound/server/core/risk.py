@@ -16,10 +16,14 @@ NOT_PROVIDED = {RiskAttribute.HW_KEY_ATTESTATION.value: "NOT_PROVIDED"}
 
 #: the attributes that say what key attestation established (§6.5), carried by a signed
 #: result whatever enabledRiskData says (docs/signed-results.md)
-ATTESTATION_ATTRIBUTES = frozenset({
-    RiskAttribute.HW_KEY_ATTESTATION.value, RiskAttribute.HW_KEY_SECURITY_LEVEL.value,
-    RiskAttribute.HW_KEY_PROVISIONING_METHOD.value,
-    RiskAttribute.HW_KEY_REVOCATION_LIST_AGE.value})
+ATTESTATION_ATTRIBUTES = frozenset(
+    {
+        RiskAttribute.HW_KEY_ATTESTATION.value,
+        RiskAttribute.HW_KEY_SECURITY_LEVEL.value,
+        RiskAttribute.HW_KEY_PROVISIONING_METHOD.value,
+        RiskAttribute.HW_KEY_REVOCATION_LIST_AGE.value,
+    }
+)
 
 
 def risk_data(

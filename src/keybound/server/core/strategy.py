@@ -78,8 +78,9 @@ DECISIONS: dict[tuple[Column, Finding], ErrorCode | None] = {
 
 
 _COLUMN_OF: dict[S, Column] = {strategy: Column(strategy.value) for strategy in S}
-_FINDING_OF: dict[R, Finding] = {result: Finding(result.value) for result in R
-                                 if result is not R.VALID}
+_FINDING_OF: dict[R, Finding] = {
+    result: Finding(result.value) for result in R if result is not R.VALID
+}
 
 
 def column(strategy: S, *, attestation_required: bool = False) -> Column:
@@ -100,7 +101,6 @@ def finding(server_result: R, attestation: str | None) -> Finding:
     return Finding.VALID
 
 
-def decide(strategy: S, row: Finding, *, attestation_required: bool = False
-           ) -> ErrorCode | None:
+def decide(strategy: S, row: Finding, *, attestation_required: bool = False) -> ErrorCode | None:
     """None if an operation with this finding passes, else the code it fails with."""
     return DECISIONS[(column(strategy, attestation_required=attestation_required), row)]

@@ -78,7 +78,9 @@ def create_client(
     """The one HTTP client for webhooks: guarded transport, no redirects, no environment proxy."""
     timeouts = timeouts or DeliveryTimeouts()
     transport = GuardedTransport(
-        policy=policy, resolver=resolver, ssl_context=ssl_context,
+        policy=policy,
+        resolver=resolver,
+        ssl_context=ssl_context,
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
     )
     return httpx.AsyncClient(
@@ -103,15 +105,24 @@ def classify_response(status: int, headers: httpx.Headers, body: bytes) -> Attem
         return AttemptResult(status=status)
     if 300 <= status < 400:
         location = _printable(headers.get("location", "").encode())
-        return AttemptResult(status=status, error=AttemptError.REDIRECT,
-                             detail=f"HTTP {status} to {location!r} not followed")
+        return AttemptResult(
+            status=status,
+            error=AttemptError.REDIRECT,
+            detail=f"HTTP {status} to {location!r} not followed",
+        )
     if status < 200:
-        return AttemptResult(status=status, error=AttemptError.PROTOCOL,
-                             detail=f"HTTP {status} is not a final answer")
+        return AttemptResult(
+            status=status,
+            error=AttemptError.PROTOCOL,
+            detail=f"HTTP {status} is not a final answer",
+        )
     snippet = _printable(body)
-    return AttemptResult(status=status, error=AttemptError.HTTP_STATUS,
-                         retry_after=headers.get("retry-after"),
-                         detail=f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}")
+    return AttemptResult(
+        status=status,
+        error=AttemptError.HTTP_STATUS,
+        retry_after=headers.get("retry-after"),
+        detail=f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}",
+    )
 
 
 class WebhookSender:
@@ -131,8 +142,10 @@ class WebhookSender:
 
     async def attempt(self, delivery: PendingDelivery) -> AttemptResult:
         headers = webhook_headers(
-            msg_id=delivery.event_id, timestamp=int(self._wall_clock()),
-            body=delivery.payload, secrets=delivery.secrets,
+            msg_id=delivery.event_id,
+            timestamp=int(self._wall_clock()),
+            body=delivery.payload,
+            secrets=delivery.secrets,
         )
         headers["content-type"] = "application/json"
         try:
@@ -142,8 +155,9 @@ class WebhookSender:
                 ) as response:
                     body = await _read_capped(response)
         except TimeoutError:
-            return AttemptResult(error=AttemptError.TIMEOUT,
-                                 detail=f"no complete answer within {self._total:g} s")
+            return AttemptResult(
+                error=AttemptError.TIMEOUT, detail=f"no complete answer within {self._total:g} s"
+            )
         except (EndpointAddressRefused, EndpointUrlInvalid) as exc:
             return AttemptResult(error=AttemptError.POLICY_REFUSED, detail=exc.detail)
         except httpx.TimeoutException as exc:
@@ -305,14 +319,25 @@ class Dispatcher:
             log.exception("storing the outcome of delivery %s failed", outcome.delivery_id)
 
     def _unattempted(
-        self, delivery: PendingDelivery, kind: OutcomeKind, *, next_attempt_at: float | None,
-        deferred: DeferReason | None, detail: str,
+        self,
+        delivery: PendingDelivery,
+        kind: OutcomeKind,
+        *,
+        next_attempt_at: float | None,
+        deferred: DeferReason | None,
+        detail: str,
     ) -> Outcome:
         return Outcome(
-            delivery_id=delivery.delivery_id, event_id=delivery.event_id,
-            endpoint_id=delivery.endpoint_id, kind=kind, attempted=False,
-            attempts=delivery.attempts, first_attempt_at=delivery.first_attempt_at,
-            next_attempt_at=next_attempt_at, deferred=deferred, detail=detail,
+            delivery_id=delivery.delivery_id,
+            event_id=delivery.event_id,
+            endpoint_id=delivery.endpoint_id,
+            kind=kind,
+            attempted=False,
+            attempts=delivery.attempts,
+            first_attempt_at=delivery.first_attempt_at,
+            next_attempt_at=next_attempt_at,
+            deferred=deferred,
+            detail=detail,
             breaker=self.breaker_state(delivery.endpoint_id),
         )
 
@@ -323,20 +348,33 @@ class Dispatcher:
         now = self._clock()
         # docs/webhooks.md §3.3: after 410 the endpoint gets nothing more
         if gone:
-            return self._unattempted(delivery, OutcomeKind.ENDPOINT_GONE, next_attempt_at=None,
-                                     deferred=None, detail="endpoint answered 410 Gone")
+            return self._unattempted(
+                delivery,
+                OutcomeKind.ENDPOINT_GONE,
+                next_attempt_at=None,
+                deferred=None,
+                detail="endpoint answered 410 Gone",
+            )
         # docs/webhooks.md §3.4: a subject's events go in order, so a later one waits
         if delivery.subject in blocked:
             later = max(blocked[delivery.subject], delivery.next_attempt_at)
-            return self._unattempted(delivery, OutcomeKind.DEFERRED, next_attempt_at=later,
-                                     deferred=DeferReason.SUBJECT_BLOCKED,
-                                     detail="an earlier event of this subject is pending")
+            return self._unattempted(
+                delivery,
+                OutcomeKind.DEFERRED,
+                next_attempt_at=later,
+                deferred=DeferReason.SUBJECT_BLOCKED,
+                detail="an earlier event of this subject is pending",
+            )
         # docs/webhooks.md §3.2: an open breaker sends nothing until its cool-down ends
         if breaker_phase(state, now=now) is BreakerPhase.OPEN:
             assert state.open_until is not None
-            return self._unattempted(delivery, OutcomeKind.DEFERRED,
-                                     next_attempt_at=state.open_until,
-                                     deferred=DeferReason.BREAKER_OPEN, detail="breaker open")
+            return self._unattempted(
+                delivery,
+                OutcomeKind.DEFERRED,
+                next_attempt_at=state.open_until,
+                deferred=DeferReason.BREAKER_OPEN,
+                detail="breaker open",
+            )
         async with self._slots:
             started = self._clock()
             began = time.perf_counter()
@@ -345,14 +383,29 @@ class Dispatcher:
         now = self._clock()
         attempts = delivery.attempts + 1
         first = started if delivery.first_attempt_at is None else delivery.first_attempt_at
-        decision = decide(attempts=attempts, first_attempt_at=first, result=result, now=now,
-                          rng=self._rng, policy=self._retry)
+        decision = decide(
+            attempts=attempts,
+            first_attempt_at=first,
+            result=result,
+            now=now,
+            rng=self._rng,
+            policy=self._retry,
+        )
         state = breaker_record(state, success=result.delivered, now=now, policy=self._breaker)
         self._breakers[delivery.endpoint_id] = state
         return Outcome(
-            delivery_id=delivery.delivery_id, event_id=delivery.event_id,
-            endpoint_id=delivery.endpoint_id, kind=_KIND[decision.verdict], attempted=True,
-            attempts=attempts, first_attempt_at=first, next_attempt_at=decision.next_attempt_at,
-            status=result.status, error=result.error, detail=result.detail, attempted_at=started,
-            duration=duration, breaker=state,
+            delivery_id=delivery.delivery_id,
+            event_id=delivery.event_id,
+            endpoint_id=delivery.endpoint_id,
+            kind=_KIND[decision.verdict],
+            attempted=True,
+            attempts=attempts,
+            first_attempt_at=first,
+            next_attempt_at=decision.next_attempt_at,
+            status=result.status,
+            error=result.error,
+            detail=result.detail,
+            attempted_at=started,
+            duration=duration,
+            breaker=state,
         )

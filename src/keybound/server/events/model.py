@@ -90,12 +90,19 @@ class EventType(StrEnum):
 
 #: The event types a relying party can subscribe to and poll (docs/events.md); every other
 #: type is the audit trail only.
-PUBLIC_TYPES: frozenset[EventType] = frozenset({
-    EventType.OPERATION_COMPLETED, EventType.OPERATION_FAILED, EventType.OPERATION_EXPIRED,
-    EventType.DEVICE_ACTIVATED, EventType.DEVICE_LOCKED, EventType.DEVICE_UNLOCKED,
-    EventType.DEVICE_DEACTIVATED, EventType.DEVICE_CLONE_SUSPECTED,
-    EventType.DEVICE_OPERATION_PENDING,
-})
+PUBLIC_TYPES: frozenset[EventType] = frozenset(
+    {
+        EventType.OPERATION_COMPLETED,
+        EventType.OPERATION_FAILED,
+        EventType.OPERATION_EXPIRED,
+        EventType.DEVICE_ACTIVATED,
+        EventType.DEVICE_LOCKED,
+        EventType.DEVICE_UNLOCKED,
+        EventType.DEVICE_DEACTIVATED,
+        EventType.DEVICE_CLONE_SUSPECTED,
+        EventType.DEVICE_OPERATION_PENDING,
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,8 +26,13 @@ FLUSH_SECONDS = 10.0
 
 
 class NoiseCounter:
-    def __init__(self, db: Database, *, monotonic: Callable[[], float] = time.monotonic,
-                 flush_seconds: float = FLUSH_SECONDS) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> None:
         self._db = db
         self._monotonic = monotonic
         self._flush_seconds = flush_seconds

@@ -43,8 +43,9 @@ def timestamp(ms: int) -> str:
     return text
 
 
-def device_data(*, device_id: str, user_id: str, state: str, lock_reason: str | None = None,
-                **extra: Any) -> dict[str, Any]:
+def device_data(
+    *, device_id: str, user_id: str, state: str, lock_reason: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """A device event's ``data``, captured when it is emitted (stored as its payload)."""
     data: dict[str, Any] = {"deviceId": device_id, "userId": user_id, "state": state}
     if lock_reason is not None:
@@ -60,8 +61,10 @@ def event_data(record: EventRecord, operation: dict[str, Any] | None) -> dict[st
     if record.type in OPERATION_EVENTS:
         if operation is not None:
             return {**base, **operation}
-        gone: dict[str, Any] = {"operationId": record.operation_id,
-                                "state": OPERATION_EVENTS[record.type].value}
+        gone: dict[str, Any] = {
+            "operationId": record.operation_id,
+            "state": OPERATION_EVENTS[record.type].value,
+        }
         if record.subject:
             gone["deviceId"] = record.subject
         return {**base, **gone}
@@ -70,9 +73,13 @@ def event_data(record: EventRecord, operation: dict[str, Any] | None) -> dict[st
 
 
 def envelope(record: EventRecord, operation: dict[str, Any] | None) -> EventEnvelope:
-    return EventEnvelope(id=record.id, seq=record.seq, type=EventName(record.type),
-                         timestamp=ms_to_dt(record.created_at),
-                         data=event_data(record, operation))
+    return EventEnvelope(
+        id=record.id,
+        seq=record.seq,
+        type=EventName(record.type),
+        timestamp=ms_to_dt(record.created_at),
+        data=event_data(record, operation),
+    )
 
 
 def body(event: EventEnvelope) -> bytes:

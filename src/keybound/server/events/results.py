@@ -91,8 +91,7 @@ class ResultSigningKey:
     def __post_init__(self) -> None:
         jose = _jose_key(self.algorithm, self.private_key)  # refuses a key of the wrong type
         if jose.thumbprint() != self.kid:
-            raise ConfigurationInvalid("result-signing key id does not match its key",
-                                       kid=self.kid)
+            raise ConfigurationInvalid("result-signing key id does not match its key", kid=self.kid)
 
     def retired(self) -> ResultSigningKey:
         return replace(self, state=SigningKeyState.RETIRED)
@@ -101,27 +100,40 @@ class ResultSigningKey:
         return self.expires_at is None or now < self.expires_at
 
 
-def generate_signing_key(*, algorithm: ResultAlgorithm = ResultAlgorithm.ES256,
-                         clock: Clock = wall_clock) -> ResultSigningKey:
+def generate_signing_key(
+    *, algorithm: ResultAlgorithm = ResultAlgorithm.ES256, clock: Clock = wall_clock
+) -> ResultSigningKey:
     """A new ACTIVE key."""
-    private: PrivateKey = (ec.generate_private_key(ec.SECP256R1())
-                           if algorithm is ResultAlgorithm.ES256
-                           else ed25519.Ed25519PrivateKey.generate())
-    return ResultSigningKey(kid=_jose_key(algorithm, private).thumbprint(), algorithm=algorithm,
-                            private_key=private, state=SigningKeyState.ACTIVE,
-                            created_at=int(clock()))
+    private: PrivateKey = (
+        ec.generate_private_key(ec.SECP256R1())
+        if algorithm is ResultAlgorithm.ES256
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    return ResultSigningKey(
+        kid=_jose_key(algorithm, private).thumbprint(),
+        algorithm=algorithm,
+        private_key=private,
+        state=SigningKeyState.ACTIVE,
+        created_at=int(clock()),
+    )
 
 
 def private_key_pem(key: ResultSigningKey) -> bytes:
     """Unencrypted PKCS#8 PEM of the private key, for the caller to wrap before storing."""
-    return key.private_key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption())
+    return key.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def load_signing_key(pem: bytes, *, kid: str, algorithm: ResultAlgorithm,
-                     state: SigningKeyState, created_at: int,
-                     expires_at: int | None = None) -> ResultSigningKey:
+def load_signing_key(
+    pem: bytes,
+    *,
+    kid: str,
+    algorithm: ResultAlgorithm,
+    state: SigningKeyState,
+    created_at: int,
+    expires_at: int | None = None,
+) -> ResultSigningKey:
     """The inverse of :func:`private_key_pem` plus the stored attributes."""
     try:
         private = serialization.load_pem_private_key(pem, password=None)
@@ -129,16 +141,25 @@ def load_signing_key(pem: bytes, *, kid: str, algorithm: ResultAlgorithm,
         raise ConfigurationInvalid("unreadable result-signing key", kid=kid) from exc
     if not isinstance(private, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
         raise ConfigurationInvalid("result-signing key of an unsupported type", kid=kid)
-    return ResultSigningKey(kid=kid, algorithm=algorithm, private_key=private, state=state,
-                            created_at=created_at, expires_at=expires_at)
+    return ResultSigningKey(
+        kid=kid,
+        algorithm=algorithm,
+        private_key=private,
+        state=state,
+        created_at=created_at,
+        expires_at=expires_at,
+    )
 
 
 def _jose_key(algorithm: ResultAlgorithm, private: PrivateKey) -> ECKey | OKPKey:
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     if algorithm is ResultAlgorithm.ES256:
-        if not (isinstance(private, ec.EllipticCurvePrivateKey)
-                and isinstance(private.curve, ec.SECP256R1)):
+        if not (
+            isinstance(private, ec.EllipticCurvePrivateKey)
+            and isinstance(private.curve, ec.SECP256R1)
+        ):
             raise ConfigurationInvalid("ES256 needs a P-256 key")
         return ECKey.import_key(pem)
     if not isinstance(private, ed25519.Ed25519PrivateKey):
@@ -163,8 +184,9 @@ class ResultSigner:
 
     def signing_key(self) -> ResultSigningKey:
         now = self._clock()
-        usable = [key for key in self._keys
-                  if key.state is SigningKeyState.ACTIVE and key.published(now)]
+        usable = [
+            key for key in self._keys if key.state is SigningKeyState.ACTIVE and key.published(now)
+        ]
         if not usable:
             raise ConfigurationInvalid("no ACTIVE result-signing key")
         return max(usable, key=lambda key: (key.created_at, key.kid))
@@ -174,23 +196,32 @@ class ResultSigner:
         audit checkpoint: server.events.chain), so one kind never passes for another."""
         key = self.signing_key()
         header = {"alg": key.algorithm.value, "kid": key.kid, "typ": typ}
-        payload = json.dumps(dict(claims), separators=(",", ":"), ensure_ascii=False,
-                             allow_nan=False).encode()
-        return jws.serialize_compact(header, payload, self._jose[key.kid],
-                                     algorithms=[key.algorithm.value])
+        payload = json.dumps(
+            dict(claims), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+        return jws.serialize_compact(
+            header, payload, self._jose[key.kid], algorithms=[key.algorithm.value]
+        )
 
     def jwks(self) -> dict[str, Any]:
         """Every published (not expired) public key, newest first: ``{"keys": [JWK, ...]}``."""
         now = self._clock()
-        published = sorted((key for key in self._keys if key.published(now)),
-                           key=lambda key: (key.created_at, key.kid), reverse=True)
+        published = sorted(
+            (key for key in self._keys if key.published(now)),
+            key=lambda key: (key.created_at, key.kid),
+            reverse=True,
+        )
         return {"keys": [public_jwk(key) for key in published]}
 
 
 def public_jwk(key: ResultSigningKey) -> dict[str, Any]:
     """The key's entry in the JWKS: its public JWK with ``kid``, ``alg`` and ``use``."""
-    return {**_jose_key(key.algorithm, key.private_key).as_dict(private=False), "kid": key.kid,
-            "alg": key.algorithm.value, "use": "sig"}
+    return {
+        **_jose_key(key.algorithm, key.private_key).as_dict(private=False),
+        "kid": key.kid,
+        "alg": key.algorithm.value,
+        "use": "sig",
+    }
 
 
 # --------------------------------------------------------------------------- claims
@@ -312,9 +343,14 @@ class VerifiedResult:
     claims: Mapping[str, Any]
 
 
-def verify_result(token: str, jwks: Mapping[str, Any], *, expected_issuer: str,
-                  expected_operation_id: str | None = None,
-                  expected_application_id: str | None = None) -> VerifiedResult:
+def verify_result(
+    token: str,
+    jwks: Mapping[str, Any],
+    *,
+    expected_issuer: str,
+    expected_operation_id: str | None = None,
+    expected_application_id: str | None = None,
+) -> VerifiedResult:
     """Verify a signed result offline against a published JWKS; raise :class:`ResultInvalid`.
 
     The algorithm comes from the allow-list and must match the published key's type; the
@@ -327,13 +363,18 @@ def verify_result(token: str, jwks: Mapping[str, Any], *, expected_issuer: str,
         raise ResultInvalid(ResultCheck.ISSUER, "another issuer's result")
     if expected_operation_id is not None and claims["operationId"] != expected_operation_id:
         raise ResultInvalid(ResultCheck.SUBJECT, "another operation's result")
-    if expected_application_id is not None and \
-            claims["applicationId"] != expected_application_id:
+    if expected_application_id is not None and claims["applicationId"] != expected_application_id:
         raise ResultInvalid(ResultCheck.SUBJECT, "another application's result")
-    return VerifiedResult(kid=signed.kid, algorithm=signed.algorithm, issuer=claims["iss"],
-                          issued_at=claims["iat"], operation_id=claims["operationId"],
-                          application_id=claims["applicationId"],
-                          state=OperationState(claims["state"]), claims=claims)
+    return VerifiedResult(
+        kid=signed.kid,
+        algorithm=signed.algorithm,
+        issuer=claims["iss"],
+        issued_at=claims["iat"],
+        operation_id=claims["operationId"],
+        application_id=claims["applicationId"],
+        state=OperationState(claims["state"]),
+        claims=claims,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,8 +386,7 @@ class VerifiedCompact:
     payload: bytes
 
 
-def verify_compact(token: str, jwks: Mapping[str, Any], *,
-                   expected_type: str) -> VerifiedCompact:
+def verify_compact(token: str, jwks: Mapping[str, Any], *, expected_type: str) -> VerifiedCompact:
     """The header checks and the signature shared by every token the result-signing keys
     make (a result, an audit checkpoint); raise :class:`ResultInvalid`. The payload is
     not interpreted here."""
@@ -402,9 +442,11 @@ _KEY_TYPES: Final = {
 
 
 def _import_for(algorithm: ResultAlgorithm, jwk: Mapping[str, Any]) -> ECKey | OKPKey:
-    if (jwk.get("kty"), jwk.get("crv")) != _KEY_TYPES[algorithm] \
-            or jwk.get("alg", algorithm.value) != algorithm.value \
-            or jwk.get("use", "sig") != "sig":
+    if (
+        (jwk.get("kty"), jwk.get("crv")) != _KEY_TYPES[algorithm]
+        or jwk.get("alg", algorithm.value) != algorithm.value
+        or jwk.get("use", "sig") != "sig"
+    ):
         raise ResultInvalid(ResultCheck.KEY_MISMATCH, "published key is not for this algorithm")
     public = {name: value for name, value in jwk.items() if name != "d"}
     try:
@@ -420,14 +462,32 @@ def _claims(payload: bytes) -> dict[str, Any]:
         raise ResultInvalid(ResultCheck.CLAIMS, "payload is not JSON") from None
     if not isinstance(claims, dict) or any(name not in claims for name in _REQUIRED_CLAIMS):
         raise ResultInvalid(ResultCheck.CLAIMS, "missing result claims")
-    if claims["jti"] != claims["operationId"] or type(claims["iat"]) is not int \
-            or claims["state"] not in {state.value for state in OperationState}:
+    if (
+        claims["jti"] != claims["operationId"]
+        or type(claims["iat"]) is not int
+        or claims["state"] not in {state.value for state in OperationState}
+    ):
         raise ResultInvalid(ResultCheck.CLAIMS, "inconsistent result claims")
     return claims
 
 
-__all__ = ["RESULT_TYPE", "ResultAlgorithm", "ResultCheck", "ResultInvalid", "ResultKind",
-           "ResultSigner", "ResultSigningKey", "SigningKeyState", "VerifiedCompact",
-           "VerifiedResult", "claims_for", "data_hash", "generate_signing_key",
-           "load_signing_key", "private_key_pem", "public_jwk", "verify_compact",
-           "verify_result"]
+__all__ = [
+    "RESULT_TYPE",
+    "ResultAlgorithm",
+    "ResultCheck",
+    "ResultInvalid",
+    "ResultKind",
+    "ResultSigner",
+    "ResultSigningKey",
+    "SigningKeyState",
+    "VerifiedCompact",
+    "VerifiedResult",
+    "claims_for",
+    "data_hash",
+    "generate_signing_key",
+    "load_signing_key",
+    "private_key_pem",
+    "public_jwk",
+    "verify_compact",
+    "verify_result",
+]

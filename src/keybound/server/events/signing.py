@@ -251,8 +251,9 @@ def verify_webhook(
     signatures = lowered.get(HEADER_SIGNATURE, "")
     # Standard Webhooks "Webhook headers": all three are required
     if not (msg_id and stamp and signatures):
-        raise WebhookSignatureInvalid("webhook-id, webhook-timestamp and webhook-signature "
-                                      "are required")
+        raise WebhookSignatureInvalid(
+            "webhook-id, webhook-timestamp and webhook-signature are required"
+        )
     # "Signature scheme": the id is signed unescaped, so it may not carry a "."
     if not MESSAGE_ID.fullmatch(msg_id):
         raise WebhookSignatureInvalid("webhook-id has characters outside [A-Za-z0-9_-]")

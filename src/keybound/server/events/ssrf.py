@@ -73,10 +73,23 @@ _TEREDO = ipaddress.ip_network("2001::/32")  # the client address inside is obfu
 _RESERVED = tuple(
     ipaddress.ip_network(n)
     for n in (
-        "0.0.0.0/8", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15", "198.51.100.0/24",
-        "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
-        "::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "2001:2::/48", "2001:10::/28",
-        "3fff::/20", "5f00::/16", "fec0::/10",
+        "0.0.0.0/8",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "240.0.0.0/4",
+        "255.255.255.255/32",
+        "::/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001:db8::/32",
+        "2001:2::/48",
+        "2001:10::/28",
+        "3fff::/20",
+        "5f00::/16",
+        "fec0::/10",
     )
 )
 
@@ -150,8 +163,9 @@ class EndpointPolicy:
             found = self.refusal(address)
             # docs/webhooks.md §4: every address must be allowed
             if found is not None:
-                raise EndpointAddressRefused(_REFUSED.format(host=host), address=str(address),
-                                             address_class=found.value)
+                raise EndpointAddressRefused(
+                    _REFUSED.format(host=host), address=str(address), address_class=found.value
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,8 +221,9 @@ def check_endpoint_url(
         addresses = tuple(resolver(host, port))
     except (OSError, UnicodeError) as exc:
         # docs/webhooks.md §4: told apart from a refused address only in the fields
-        raise EndpointAddressRefused(_REFUSED.format(host=host),
-                                     address_class="unresolvable") from exc
+        raise EndpointAddressRefused(
+            _REFUSED.format(host=host), address_class="unresolvable"
+        ) from exc
     policy.check_addresses(host, addresses)
     return CheckedEndpoint(url=str(parsed), host=host, port=port, addresses=addresses)
 
@@ -250,7 +265,10 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
                 address = address.ipv4_mapped  # same host; works without a dual-stack socket
             try:
                 return await self._inner.connect_tcp(
-                    str(address), port, timeout=timeout, local_address=local_address,
+                    str(address),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
                     socket_options=socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:

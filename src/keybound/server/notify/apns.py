@@ -52,8 +52,9 @@ PROVIDER_TOKEN_MIN_INTERVAL_SECONDS: Final = 1200
 DEFAULT_TOKEN_REFRESH_SECONDS: Final = 3000
 COLLAPSE_ID: Final = "keybound.operation_pending"
 _APPLE_ID: Final = re.compile(r"[A-Z0-9]{10}")  # team ids and key ids
-_TOKEN_DROPPED: Final = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic",
-                                   "Unregistered", "ExpiredToken"})
+_TOKEN_DROPPED: Final = frozenset(
+    {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"}
+)
 
 
 class ApnsEnvironment(StrEnum):
@@ -99,8 +100,11 @@ class ApnsConfig:
             raise ConfigurationInvalid("APNs needs at least one connection")
         if not (_APPLE_ID.fullmatch(self.team_id) and _APPLE_ID.fullmatch(self.key_id)):
             raise ConfigurationInvalid("APNs team id and key id are 10 characters")
-        if not PROVIDER_TOKEN_MIN_INTERVAL_SECONDS <= self.token_refresh_seconds \
-                < PROVIDER_TOKEN_MAX_AGE_SECONDS:
+        if (
+            not PROVIDER_TOKEN_MIN_INTERVAL_SECONDS
+            <= self.token_refresh_seconds
+            < PROVIDER_TOKEN_MAX_AGE_SECONDS
+        ):
             raise ConfigurationInvalid("APNs provider tokens live 20 to 60 minutes")
         if self.push_type is ApnsPushType.ALERT and not self.alert_body:
             raise ConfigurationInvalid("an alert push needs the operator's alert text")
@@ -132,8 +136,13 @@ class _Connections:
             if self._idle:
                 client = self._idle.pop()
             else:  # APNs speaks HTTP/2 only
-                client = httpx.Client(http2=True, http1=False, verify=self._verify,
-                                      timeout=self._timeout, follow_redirects=False)
+                client = httpx.Client(
+                    http2=True,
+                    http1=False,
+                    verify=self._verify,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                )
                 self._all.append(client)
         try:
             yield client
@@ -157,23 +166,31 @@ class _ProviderToken:
 class ApnsProvider:
     kind = ProviderKind.APNS
 
-    def __init__(self, config: ApnsConfig, *, clock: Clock = wall_clock,
-                 verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(
+        self, config: ApnsConfig, *, clock: Clock = wall_clock, verify: ssl.SSLContext | bool = True
+    ) -> None:
         self._config = config
         self._clock = clock
-        self._connections = _Connections(size=config.connections, verify=verify,
-                                         timeout=config.timeout_seconds)
-        self._signing_key = ECKey.import_key(config.signing_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        self._connections = _Connections(
+            size=config.connections, verify=verify, timeout=config.timeout_seconds
+        )
+        self._signing_key = ECKey.import_key(
+            config.signing_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         self._lock = threading.Lock()
         self._token: _ProviderToken | None = None
 
     def payload(self, hint: PushHint) -> dict[str, Any]:
         config = self._config
         aps: dict[str, Any] = (
-            {"content-available": 1} if config.push_type is ApnsPushType.BACKGROUND
-            else {"alert": {"title": config.alert_title, "body": config.alert_body}})
+            {"content-available": 1}
+            if config.push_type is ApnsPushType.BACKGROUND
+            else {"alert": {"title": config.alert_title, "body": config.alert_body}}
+        )
         return {"aps": aps, "keybound": hint.for_device()}
 
     def send(self, push_token: str, hint: PushHint) -> Outcome:
@@ -202,8 +219,7 @@ class ApnsProvider:
             "content-type": "application/json",
         }
         with self._connections.borrow() as client:
-            return client.post(f"{config.url}/3/device/{push_token}", content=body,
-                               headers=headers)
+            return client.post(f"{config.url}/3/device/{push_token}", content=body, headers=headers)
 
     def _provider_token(self, *, stale: _ProviderToken | None) -> _ProviderToken:
         """The current token unless it is ``stale`` or due for renewal; a thread that got
@@ -211,13 +227,17 @@ class ApnsProvider:
         with self._lock:
             now = int(self._clock())
             current = self._token
-            if current is not None and current is not stale and \
-                    now - current.issued_at < self._config.token_refresh_seconds:
+            if (
+                current is not None
+                and current is not stale
+                and now - current.issued_at < self._config.token_refresh_seconds
+            ):
                 return current
             header = {"alg": "ES256", "kid": self._config.key_id}
             claims = {"iss": self._config.team_id, "iat": now}
-            value = jws.serialize_compact(header, json.dumps(claims).encode(),
-                                          self._signing_key, algorithms=["ES256"])
+            value = jws.serialize_compact(
+                header, json.dumps(claims).encode(), self._signing_key, algorithms=["ES256"]
+            )
             self._token = _ProviderToken(value, now)
             return self._token
 
@@ -230,8 +250,13 @@ class ApnsProvider:
             return Outcome.token_invalid(reason, invalid_since=_timestamp(response))
         if status == 429 or status >= 500:
             return Outcome.retry(
-                retry_delay(response.headers.get("retry-after"), now=self._clock(),
-                            default=self._config.default_retry_seconds), reason)
+                retry_delay(
+                    response.headers.get("retry-after"),
+                    now=self._clock(),
+                    default=self._config.default_retry_seconds,
+                ),
+                reason,
+            )
         return Outcome.failed(reason)
 
     def close(self) -> None:

@@ -144,6 +144,16 @@ def _parse_retry_after(value: str, now: float) -> float | None:
     return moment.timestamp() - now
 
 
-__all__ = ["DEFAULT_RETRY_SECONDS", "EVENT_TYPE", "MAX_RETRY_AFTER_SECONDS",
-           "NotificationProvider", "Outcome", "OutcomeKind", "ProviderKind", "PushHint",
-           "PushTarget", "retry_delay", "token_well_formed"]
+__all__ = [
+    "DEFAULT_RETRY_SECONDS",
+    "EVENT_TYPE",
+    "MAX_RETRY_AFTER_SECONDS",
+    "NotificationProvider",
+    "Outcome",
+    "OutcomeKind",
+    "ProviderKind",
+    "PushHint",
+    "PushTarget",
+    "retry_delay",
+    "token_well_formed",
+]

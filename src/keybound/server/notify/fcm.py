@@ -77,13 +77,21 @@ class ServiceAccount:
     def from_json(cls, text: str | bytes) -> ServiceAccount:
         try:
             data = json.loads(text)
-            fields = {name: data[name] for name in ("project_id", "client_email",
-                                                   "private_key_id", "private_key",
-                                                   "token_uri")}
+            fields = {
+                name: data[name]
+                for name in (
+                    "project_id",
+                    "client_email",
+                    "private_key_id",
+                    "private_key",
+                    "token_uri",
+                )
+            }
         except (ValueError, KeyError, TypeError):
             raise ConfigurationInvalid("not a service-account key file") from None
-        if data.get("type") != "service_account" or \
-                not all(isinstance(value, str) for value in fields.values()):
+        if data.get("type") != "service_account" or not all(
+            isinstance(value, str) for value in fields.values()
+        ):
             raise ConfigurationInvalid("not a service-account key file")
         try:
             key = serialization.load_pem_private_key(fields.pop("private_key").encode(), None)
@@ -137,31 +145,43 @@ class _NoAccessToken(Exception):
 class FcmProvider:
     kind = ProviderKind.FCM
 
-    def __init__(self, config: FcmConfig, *, clock: Clock = wall_clock,
-                 verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(
+        self, config: FcmConfig, *, clock: Clock = wall_clock, verify: ssl.SSLContext | bool = True
+    ) -> None:
         self._config = config
         self._clock = clock
         # HTTP/1.1: httpx's pooled HTTP/1.1 connections are safe to share between threads
-        self._client = httpx.Client(verify=verify, timeout=config.timeout_seconds,
-                                    follow_redirects=False)
+        self._client = httpx.Client(
+            verify=verify, timeout=config.timeout_seconds, follow_redirects=False
+        )
         account = config.service_account
-        self._signing_key = RSAKey.import_key(account.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        self._signing_key = RSAKey.import_key(
+            account.private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         self._lock = threading.Lock()
         self._token: _AccessToken | None = None
 
     def message(self, push_token: str, hint: PushHint) -> dict[str, Any]:
         config = self._config
-        return {"message": {
-            "token": push_token,
-            "data": hint.for_device(),
-            "android": {"priority": config.android_priority.value,
-                        "ttl": f"{config.time_to_live_seconds}s",
-                        "collapse_key": COLLAPSE_KEY},
-            "apns": {"headers": {"apns-push-type": "background", "apns-priority": "5"},
-                     "payload": {"aps": {"content-available": 1}}},
-        }}
+        return {
+            "message": {
+                "token": push_token,
+                "data": hint.for_device(),
+                "android": {
+                    "priority": config.android_priority.value,
+                    "ttl": f"{config.time_to_live_seconds}s",
+                    "collapse_key": COLLAPSE_KEY,
+                },
+                "apns": {
+                    "headers": {"apns-push-type": "background", "apns-priority": "5"},
+                    "payload": {"aps": {"content-available": 1}},
+                },
+            }
+        }
 
     def send(self, push_token: str, hint: PushHint) -> Outcome:
         if not token_well_formed(self.kind, push_token):
@@ -179,44 +199,68 @@ class FcmProvider:
         return self._outcome(response)
 
     def _post(self, token: _AccessToken, message: dict[str, Any]) -> httpx.Response:
-        return self._client.post(self._config.send_url(), json=message,
-                                 headers={"authorization": f"Bearer {token.value}"})
+        return self._client.post(
+            self._config.send_url(),
+            json=message,
+            headers={"authorization": f"Bearer {token.value}"},
+        )
 
     def _access_token(self, *, stale: _AccessToken | None) -> _AccessToken:
         """The cached token unless it is ``stale`` or about to expire. One fetch at a time,
         and a thread that saw a 401 after another thread refreshed uses the new token."""
         with self._lock:
             current = self._token
-            if current is not None and current is not stale and \
-                    self._clock() < current.expires_at - TOKEN_REFRESH_MARGIN_SECONDS:
+            if (
+                current is not None
+                and current is not stale
+                and self._clock() < current.expires_at - TOKEN_REFRESH_MARGIN_SECONDS
+            ):
                 return current
             self._token = self._fetch_token()
             return self._token
 
     def _assertion(self, now: int) -> str:
         account = self._config.service_account
-        claims = {"iss": account.client_email, "scope": FCM_SCOPE, "aud": account.token_uri,
-                  "iat": now, "exp": now + ASSERTION_LIFETIME_SECONDS}
+        claims = {
+            "iss": account.client_email,
+            "scope": FCM_SCOPE,
+            "aud": account.token_uri,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_SECONDS,
+        }
         header = {"alg": "RS256", "typ": "JWT", "kid": account.private_key_id}
-        return jws.serialize_compact(header, json.dumps(claims).encode(), self._signing_key,
-                                     algorithms=["RS256"])
+        return jws.serialize_compact(
+            header, json.dumps(claims).encode(), self._signing_key, algorithms=["RS256"]
+        )
 
     def _fetch_token(self) -> _AccessToken:
         now = self._clock()
         response = self._client.post(
             self._config.service_account.token_uri,
-            data={"grant_type": JWT_BEARER_GRANT, "assertion": self._assertion(int(now))})
+            data={"grant_type": JWT_BEARER_GRANT, "assertion": self._assertion(int(now))},
+        )
         if response.status_code == 429 or response.status_code >= 500:
-            raise _NoAccessToken(Outcome.retry(
-                retry_delay(response.headers.get("retry-after"), now=self._clock(),
-                            default=self._config.default_retry_seconds),
-                f"token endpoint HTTP {response.status_code}"))
+            raise _NoAccessToken(
+                Outcome.retry(
+                    retry_delay(
+                        response.headers.get("retry-after"),
+                        now=self._clock(),
+                        default=self._config.default_retry_seconds,
+                    ),
+                    f"token endpoint HTTP {response.status_code}",
+                )
+            )
         body = _json_object(response)
         if response.status_code != 200:  # invalid_grant etc.: the key or the clock is wrong
             raise _NoAccessToken(Outcome.failed(f"token endpoint: {body.get('error')}"))
         value, lifetime = body.get("access_token"), body.get("expires_in")
-        if not isinstance(value, str) or not value or type(lifetime) is not int \
-                or lifetime <= 0 or str(body.get("token_type", "")).lower() != "bearer":
+        if (
+            not isinstance(value, str)
+            or not value
+            or type(lifetime) is not int
+            or lifetime <= 0
+            or str(body.get("token_type", "")).lower() != "bearer"
+        ):
             raise _NoAccessToken(Outcome.failed("token endpoint: unreadable answer"))
         return _AccessToken(value, now + lifetime)
 
@@ -233,14 +277,20 @@ class FcmProvider:
         if "INVALID_ARGUMENT" in {error.status, error.fcm_code}:
             # A field violation names what was wrong; FCM's own INVALID_ARGUMENT without
             # one is its answer to a registration token that is not one
-            if "message.token" in error.fields or \
-                    (not error.fields and error.fcm_code == "INVALID_ARGUMENT"):
+            if "message.token" in error.fields or (
+                not error.fields and error.fcm_code == "INVALID_ARGUMENT"
+            ):
                 return Outcome.token_invalid(reason)
             return Outcome.failed(reason)
         if status == 429 or status >= 500 or error.fcm_code in _RETRYABLE:
             return Outcome.retry(
-                retry_delay(response.headers.get("retry-after"), now=self._clock(),
-                            default=self._config.default_retry_seconds), reason)
+                retry_delay(
+                    response.headers.get("retry-after"),
+                    now=self._clock(),
+                    default=self._config.default_retry_seconds,
+                ),
+                reason,
+            )
         return Outcome.failed(reason)
 
     def close(self) -> None:
@@ -260,16 +310,22 @@ class _GoogleError:
         error = body.get("error")
         error = error if isinstance(error, dict) else {}
         details = [item for item in error.get("details") or () if isinstance(item, dict)]
-        fcm_codes = [item.get("errorCode") for item in details
-                     if item.get("@type") == _FCM_ERROR_TYPE]
-        fields = {violation.get("field") for item in details
-                  if item.get("@type") == _BAD_REQUEST_TYPE
-                  for violation in item.get("fieldViolations") or ()
-                  if isinstance(violation, dict)}
+        fcm_codes = [
+            item.get("errorCode") for item in details if item.get("@type") == _FCM_ERROR_TYPE
+        ]
+        fields = {
+            violation.get("field")
+            for item in details
+            if item.get("@type") == _BAD_REQUEST_TYPE
+            for violation in item.get("fieldViolations") or ()
+            if isinstance(violation, dict)
+        }
         status = error.get("status")
-        return cls(status=status if isinstance(status, str) else None,
-                   fcm_code=next((code for code in fcm_codes if isinstance(code, str)), None),
-                   fields=frozenset(name for name in fields if isinstance(name, str)))
+        return cls(
+            status=status if isinstance(status, str) else None,
+            fcm_code=next((code for code in fcm_codes if isinstance(code, str)), None),
+            fields=frozenset(name for name in fields if isinstance(name, str)),
+        )
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

@@ -65,20 +65,30 @@ class WebhookProvider:
 
     kind = ProviderKind.WEBHOOK
 
-    def __init__(self, config: WebhookConfig, *, headers_for: HeadersFor = _no_headers,
-                 client: httpx.Client | None = None, clock: Clock = wall_clock) -> None:
+    def __init__(
+        self,
+        config: WebhookConfig,
+        *,
+        headers_for: HeadersFor = _no_headers,
+        client: httpx.Client | None = None,
+        clock: Clock = wall_clock,
+    ) -> None:
         self._config = config
         self._headers_for = headers_for
         self._clock = clock
-        self._client = client or httpx.Client(timeout=config.timeout_seconds,
-                                              follow_redirects=False)
+        self._client = client or httpx.Client(
+            timeout=config.timeout_seconds, follow_redirects=False
+        )
         if self._client.follow_redirects:
             raise ConfigurationInvalid("the push service client must not follow redirects")
 
     def body(self, push_token: str, hint: PushHint) -> bytes:
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
-        payload = {"type": EVENT_TYPE, "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                   "data": {**hint.for_relying_party(), "pushToken": push_token}}
+        payload = {
+            "type": EVENT_TYPE,
+            "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "data": {**hint.for_relying_party(), "pushToken": push_token},
+        }
         return json.dumps(payload, separators=(",", ":")).encode()
 
     def send(self, push_token: str, hint: PushHint) -> Outcome:
@@ -100,8 +110,13 @@ class WebhookProvider:
             return Outcome.token_invalid("410 Gone")
         if status in _RETRYABLE or status >= 500:
             return Outcome.retry(
-                retry_delay(response.headers.get("retry-after"), now=self._clock(),
-                            default=self._config.default_retry_seconds), f"HTTP {status}")
+                retry_delay(
+                    response.headers.get("retry-after"),
+                    now=self._clock(),
+                    default=self._config.default_retry_seconds,
+                ),
+                f"HTTP {status}",
+            )
         return Outcome.failed(f"HTTP {status}")
 
     def close(self) -> None:

@@ -10,10 +10,14 @@ from keybound.storage import tables as t
 C = t.audit_checkpoints
 
 
-def insert_checkpoint(conn: Connection, *, kind: str, chain_seq: int, chain_hash: bytes,
-                      jws: str, created_at: int) -> None:
-    conn.execute(insert(C).values(kind=kind, chain_seq=chain_seq, chain_hash=chain_hash,
-                                  jws=jws, created_at=created_at))
+def insert_checkpoint(
+    conn: Connection, *, kind: str, chain_seq: int, chain_hash: bytes, jws: str, created_at: int
+) -> None:
+    conn.execute(
+        insert(C).values(
+            kind=kind, chain_seq=chain_seq, chain_hash=chain_hash, jws=jws, created_at=created_at
+        )
+    )
 
 
 def all_checkpoints(conn: Connection) -> list[CheckpointRecord]:

@@ -35,23 +35,39 @@ def get_public(conn: Connection, key_id: str) -> E2EKeyRecord | None:
 
 
 def of_application(conn: Connection, application_id: str) -> list[E2EKeyRecord]:
-    rows = conn.execute(select(*_PUBLIC_COLUMNS).where(K.c.application_id == application_id)
-                        .order_by(K.c.created_at, K.c.key_id))
+    rows = conn.execute(
+        select(*_PUBLIC_COLUMNS)
+        .where(K.c.application_id == application_id)
+        .order_by(K.c.created_at, K.c.key_id)
+    )
     return [_public(row) for row in rows]
 
 
-def transition(conn: Connection, key_id: str, *, to: str, from_states: tuple[str, ...],
-               stamp: str, now: int, erase_private: bool) -> str | None:
+def transition(
+    conn: Connection,
+    key_id: str,
+    *,
+    to: str,
+    from_states: tuple[str, ...],
+    stamp: str,
+    now: int,
+    erase_private: bool,
+) -> str | None:
     """One atomic UPDATE; the key's application, or None if it is not in ``from_states``."""
     values: dict[str, object] = {"state": to, stamp: now}
     if erase_private:
         values["wrapped_private_key"] = None
-    row = conn.execute(update(K).where(K.c.key_id == key_id, K.c.state.in_(from_states))
-                       .values(**values).returning(K.c.application_id)).first()
+    row = conn.execute(
+        update(K)
+        .where(K.c.key_id == key_id, K.c.state.in_(from_states))
+        .values(**values)
+        .returning(K.c.application_id)
+    ).first()
     return None if row is None else str(row.application_id)
 
 
 def state_of(conn: Connection, key_id: str) -> str | None:
-    state: str | None = conn.execute(select(K.c.state).where(K.c.key_id == key_id)
-                                     ).scalar_one_or_none()
+    state: str | None = conn.execute(
+        select(K.c.state).where(K.c.key_id == key_id)
+    ).scalar_one_or_none()
     return state

@@ -65,38 +65,74 @@ FANNED: Final = "FANNED"  # its deliveries exist
 _DELIVERY_PENDING: Final = text("events.delivery = 'PENDING'")
 #: ix_webhook_deliveries_pending's predicate, spelled as that index's queries must
 _DELIVERIES_PENDING: Final = text("webhook_deliveries.state = 'pending'")
-_COLUMNS: Final = ("id", "type", "application_id", "subject", "operation_id", "actor",
-                   "outcome", "code", "payload", "created_at")
+_COLUMNS: Final = (
+    "id",
+    "type",
+    "application_id",
+    "subject",
+    "operation_id",
+    "actor",
+    "outcome",
+    "code",
+    "payload",
+    "created_at",
+)
 _INSERT: Final = Prepared(insert(E))  # every operation writes at least one
-_SUBSCRIBED = case((exists().where(S.c.application_id == bindparam("sub_app"),
-                                   S.c.event_type == bindparam("sub_type")),
-                    literal(PENDING)), else_=None)
+_SUBSCRIBED = case(
+    (
+        exists().where(
+            S.c.application_id == bindparam("sub_app"), S.c.event_type == bindparam("sub_type")
+        ),
+        literal(PENDING),
+    ),
+    else_=None,
+)
 _INSERT_PUBLIC: Final = Prepared(insert(E).values(delivery=_SUBSCRIBED))
-_LOCK_SHARED = select(func.pg_advisory_xact_lock_shared(PUBLIC_EVENTS_LOCK)
-                      .label("locked")).subquery("lock")
+_LOCK_SHARED = select(
+    func.pg_advisory_xact_lock_shared(PUBLIC_EVENTS_LOCK).label("locked")
+).subquery("lock")
 #: PostgreSQL: the lock is taken in the SELECT's FROM, which runs before the row's defaults
 #: (the ``seq`` draw) are computed (tests/server/repositories/test_events.py holds it); the
 #: chain columns stay NULL until the sealer's turn
-_INSERT_PUBLIC_PG: Final = Prepared(insert(E).from_select(
-    [*_COLUMNS, "delivery"],
-    select(*(bindparam(name, type_=E.c[name].type) for name in _COLUMNS), _SUBSCRIBED)
-    .select_from(_LOCK_SHARED)))
-_HEAD: Final = Prepared(select(H.c.chain_seq, H.c.chain_hash).where(H.c.id == 1),
-                        row=ChainHead)
-_MOVE_HEAD: Final = Prepared(update(H).where(H.c.id == 1).values(
-    chain_seq=bindparam("head_seq"), chain_hash=bindparam("head_hash")))
+_INSERT_PUBLIC_PG: Final = Prepared(
+    insert(E).from_select(
+        [*_COLUMNS, "delivery"],
+        select(
+            *(bindparam(name, type_=E.c[name].type) for name in _COLUMNS), _SUBSCRIBED
+        ).select_from(_LOCK_SHARED),
+    )
+)
+_HEAD: Final = Prepared(select(H.c.chain_seq, H.c.chain_hash).where(H.c.id == 1), row=ChainHead)
+_MOVE_HEAD: Final = Prepared(
+    update(H)
+    .where(H.c.id == 1)
+    .values(chain_seq=bindparam("head_seq"), chain_hash=bindparam("head_hash"))
+)
 _ANY_UNSEALED: Final = Prepared(select(E.c.seq).where(E.c.chain_hash.is_(None)).limit(1))
-_SEAL: Final = update(E).where(E.c.seq == bindparam("row_seq"), E.c.chain_hash.is_(None)).values(
-    chain_seq=bindparam("new_chain_seq"), chain_prev=bindparam("new_prev"),
-    chain_hash=bindparam("new_hash"))
+_SEAL: Final = (
+    update(E)
+    .where(E.c.seq == bindparam("row_seq"), E.c.chain_hash.is_(None))
+    .values(
+        chain_seq=bindparam("new_chain_seq"),
+        chain_prev=bindparam("new_prev"),
+        chain_hash=bindparam("new_hash"),
+    )
+)
 
 
 def _columns(event: Event) -> dict[str, Any]:
-    return {"id": event.id, "type": event.type.value, "application_id": event.application_id,
-            "subject": event.subject, "operation_id": event.operation_id,
-            "actor": event.actor.value, "outcome": event.outcome.value, "code": event.code,
-            "payload": json.dumps(event.payload, sort_keys=True) if event.payload else None,
-            "created_at": event.created_at}
+    return {
+        "id": event.id,
+        "type": event.type.value,
+        "application_id": event.application_id,
+        "subject": event.subject,
+        "operation_id": event.operation_id,
+        "actor": event.actor.value,
+        "outcome": event.outcome.value,
+        "code": event.code,
+        "payload": json.dumps(event.payload, sort_keys=True) if event.payload else None,
+        "created_at": event.created_at,
+    }
 
 
 def _write(conn: Connection, event: Event, row: dict[str, Any]) -> None:
@@ -108,8 +144,9 @@ def _write(conn: Connection, event: Event, row: dict[str, Any]) -> None:
     if conn.dialect.name == "sqlite":
         _INSERT_PUBLIC.rowcount(conn, row)
     else:  # the chain columns are left out (NULL): the sealer's, just after commit
-        _INSERT_PUBLIC_PG.rowcount(conn, {name: row[name] for name in
-                                          (*_COLUMNS, "sub_app", "sub_type")})
+        _INSERT_PUBLIC_PG.rowcount(
+            conn, {name: row[name] for name in (*_COLUMNS, "sub_app", "sub_type")}
+        )
 
 
 def insert_events(conn: Connection, events: Sequence[Event]) -> None:
@@ -119,16 +156,20 @@ def insert_events(conn: Connection, events: Sequence[Event]) -> None:
         return
     if conn.dialect.name != "sqlite":
         for event in events:
-            _write(conn, event, {**_columns(event), "chain_seq": None, "chain_prev": None,
-                                 "chain_hash": None})
+            _write(
+                conn,
+                event,
+                {**_columns(event), "chain_seq": None, "chain_prev": None, "chain_hash": None},
+            )
         return
     head = _HEAD.one(conn, {})
     position, prev = head.chain_seq, head.chain_hash
     for event in events:
         row = _columns(event)
         position, digest = position + 1, entry_hash(prev, **row)
-        _write(conn, event, {**row, "chain_seq": position, "chain_prev": prev,
-                             "chain_hash": digest})
+        _write(
+            conn, event, {**row, "chain_seq": position, "chain_prev": prev, "chain_hash": digest}
+        )
         prev = digest
     _MOVE_HEAD.rowcount(conn, {"head_seq": position, "head_hash": prev})
 
@@ -152,20 +193,33 @@ def seal(conn: Connection, *, limit: int, wait: bool) -> int | None:
     if found is None:
         return None
     position, prev = int(found.chain_seq), bytes(found.chain_hash)
-    rows = conn.execute(select(E).where(E.c.chain_hash.is_(None)).order_by(E.c.seq)
-                        .limit(limit)).all()
+    rows = conn.execute(
+        select(E).where(E.c.chain_hash.is_(None)).order_by(E.c.seq).limit(limit)
+    ).all()
     if not rows:
         return 0
     sealed = []
     for row in rows:
         record = EventRecord(*row)
-        position, digest = position + 1, entry_hash(
-            prev, id=record.id, type=record.type, application_id=record.application_id,
-            subject=record.subject, operation_id=record.operation_id, actor=record.actor,
-            outcome=record.outcome, code=record.code, payload=record.payload,
-            created_at=record.created_at)
-        sealed.append({"row_seq": record.seq, "new_chain_seq": position, "new_prev": prev,
-                       "new_hash": digest})
+        position, digest = (
+            position + 1,
+            entry_hash(
+                prev,
+                id=record.id,
+                type=record.type,
+                application_id=record.application_id,
+                subject=record.subject,
+                operation_id=record.operation_id,
+                actor=record.actor,
+                outcome=record.outcome,
+                code=record.code,
+                payload=record.payload,
+                created_at=record.created_at,
+            ),
+        )
+        sealed.append(
+            {"row_seq": record.seq, "new_chain_seq": position, "new_prev": prev, "new_hash": digest}
+        )
         prev = digest
     conn.execute(_SEAL, sealed)
     _MOVE_HEAD.rowcount(conn, {"head_seq": position, "head_hash": prev})
@@ -189,35 +243,58 @@ def latest(conn: Connection, *, application_id: str | None, limit: int) -> list[
     return [EventRecord(*row) for row in conn.execute(query)]
 
 
-def public_after(conn: Connection, *, application_id: str, after: int, scan: int,
-                 types: Sequence[str]) -> tuple[list[EventRecord], int | None]:
+def public_after(
+    conn: Connection, *, application_id: str, after: int, scan: int, types: Sequence[str]
+) -> tuple[list[EventRecord], int | None]:
     """The application's public events with ``seq > after``, looking at no more than
     ``scan`` rows of the table, and the last ``seq`` looked at (None: none were): a poller
     continues from there even when nothing matched, so a quiet application does not make it
     scan the busy ones' events again."""
-    window = (select(E.c.seq).where(E.c.seq > after).order_by(E.c.seq).limit(scan)
-              .subquery("window"))
+    window = select(E.c.seq).where(E.c.seq > after).order_by(E.c.seq).limit(scan).subquery("window")
     last = conn.execute(select(func.max(window.c.seq))).scalar()
     if last is None:
         return [], None
-    rows = conn.execute(select(E).where(
-        E.c.seq > after, E.c.seq <= last, E.c.application_id == application_id,
-        E.c.type.in_(list(types))).order_by(E.c.seq))
+    rows = conn.execute(
+        select(E)
+        .where(
+            E.c.seq > after,
+            E.c.seq <= last,
+            E.c.application_id == application_id,
+            E.c.type.in_(list(types)),
+        )
+        .order_by(E.c.seq)
+    )
     return [EventRecord(*row) for row in rows], int(last)
 
 
 def by_id(conn: Connection, application_id: str, event_id: str) -> EventRecord | None:
-    row = conn.execute(select(E).where(E.c.id == event_id,
-                                       E.c.application_id == application_id)).first()
+    row = conn.execute(
+        select(E).where(E.c.id == event_id, E.c.application_id == application_id)
+    ).first()
     return None if row is None else EventRecord(*row)
 
 
-def public_between(conn: Connection, *, application_id: str, since: int, until: int,
-                   types: Sequence[str], limit: int) -> list[EventRecord]:
+def public_between(
+    conn: Connection,
+    *,
+    application_id: str,
+    since: int,
+    until: int,
+    types: Sequence[str],
+    limit: int,
+) -> list[EventRecord]:
     """Public events of the application created in [since, until), oldest first."""
-    rows = conn.execute(select(E).where(
-        E.c.application_id == application_id, E.c.created_at >= since,
-        E.c.created_at < until, E.c.type.in_(list(types))).order_by(E.c.seq).limit(limit))
+    rows = conn.execute(
+        select(E)
+        .where(
+            E.c.application_id == application_id,
+            E.c.created_at >= since,
+            E.c.created_at < until,
+            E.c.type.in_(list(types)),
+        )
+        .order_by(E.c.seq)
+        .limit(limit)
+    )
     return [EventRecord(*row) for row in rows]
 
 
@@ -228,8 +305,11 @@ def pending_delivery(conn: Connection, limit: int) -> list[EventRecord]:
 
 
 def mark_fanned(conn: Connection, seqs: Sequence[int]) -> None:
-    conn.execute(update(E).where(E.c.seq.in_(list(seqs)), _DELIVERY_PENDING)
-                 .values(delivery=FANNED))
+    conn.execute(
+        update(E).where(E.c.seq.in_(list(seqs)), _DELIVERY_PENDING).values(delivery=FANNED)
+    )
+
+
 def in_chain_order(conn: Connection, *, up_to: int | None = None) -> Iterator[EventRecord]:
     """Every entry, sealed ones in chain order (up to position ``up_to``), then the
     unsealed ones by ``seq``; streamed."""
@@ -247,15 +327,20 @@ def prune_boundary(conn: Connection, before: int) -> tuple[int, bytes] | None:
     ``(chain_seq, chain_hash)``, or None."""
     sealed = E.c.chain_seq.is_not(None)
     owed = select(D.c.event_seq).where(_DELIVERIES_PENDING).scalar_subquery()
-    firsts = (conn.execute(select(func.min(E.c.chain_seq)).where(condition, sealed)).scalar()
-              for condition in (E.c.created_at >= before, _DELIVERY_PENDING, E.c.seq.in_(owed)))
+    firsts = (
+        conn.execute(select(func.min(E.c.chain_seq)).where(condition, sealed)).scalar()
+        for condition in (E.c.created_at >= before, _DELIVERY_PENDING, E.c.seq.in_(owed))
+    )
     kept = min((first for first in firsts if first is not None), default=None)
-    limit = conn.execute(select(func.max(E.c.chain_seq))).scalar() if kept is None \
-        else kept - 1
+    limit = conn.execute(select(func.max(E.c.chain_seq))).scalar() if kept is None else kept - 1
     if limit is None:
         return None
-    row = conn.execute(select(E.c.chain_seq, E.c.chain_hash).where(E.c.chain_seq <= limit)
-                       .order_by(E.c.chain_seq.desc()).limit(1)).first()
+    row = conn.execute(
+        select(E.c.chain_seq, E.c.chain_hash)
+        .where(E.c.chain_seq <= limit)
+        .order_by(E.c.chain_seq.desc())
+        .limit(1)
+    ).first()
     return None if row is None else (int(row.chain_seq), bytes(row.chain_hash))
 
 
@@ -263,7 +348,22 @@ def as_dict(record: EventRecord) -> dict[str, Any]:
     return record._asdict()
 
 
-__all__ = ["FANNED", "PENDING", "PUBLIC_EVENTS_LOCK", "any_unsealed", "as_dict", "by_id",
-           "head", "in_chain_order", "insert_events", "latest", "mark_fanned",
-           "pending_delivery", "prune_boundary", "public_after", "public_between", "seal",
-           "settle"]
+__all__ = [
+    "FANNED",
+    "PENDING",
+    "PUBLIC_EVENTS_LOCK",
+    "any_unsealed",
+    "as_dict",
+    "by_id",
+    "head",
+    "in_chain_order",
+    "insert_events",
+    "latest",
+    "mark_fanned",
+    "pending_delivery",
+    "prune_boundary",
+    "public_after",
+    "public_between",
+    "seal",
+    "settle",
+]

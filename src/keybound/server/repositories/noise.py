@@ -20,12 +20,16 @@ def add_counts(conn: Connection, counts: Mapping[tuple[int, str], int]) -> None:
     insert: Any = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
     for (window_start, cause), count in counts.items():
         statement = insert(N).values(window_start=window_start, cause=cause, total=count)
-        conn.execute(statement.on_conflict_do_update(
-            index_elements=[N.c.window_start, N.c.cause],
-            set_={"total": N.c.total + statement.excluded.total}))
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[N.c.window_start, N.c.cause],
+                set_={"total": N.c.total + statement.excluded.total},
+            )
+        )
 
 
 def since(conn: Connection, window_start: int) -> list[NoiseRecord]:
-    rows = conn.execute(select(N).where(N.c.window_start >= window_start)
-                        .order_by(N.c.window_start, N.c.cause))
+    rows = conn.execute(
+        select(N).where(N.c.window_start >= window_start).order_by(N.c.window_start, N.c.cause)
+    )
     return [NoiseRecord(*row) for row in rows]

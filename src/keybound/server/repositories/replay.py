@@ -17,5 +17,4 @@ def purge_seen_requests(db: Database, at_ms: int, *, batch: int = DELETE_BATCH) 
     transactions of at most ``batch`` rows (storage.batches)."""
     seen = t.seen_requests
     expired = seen.c.expires_at < at_ms - PURGE_GRACE_MS
-    return delete_in_batches(db, seen, (seen.c.expires_at, seen.c.request_id), expired,
-                             batch=batch)
+    return delete_in_batches(db, seen, (seen.c.expires_at, seen.c.request_id), expired, batch=batch)

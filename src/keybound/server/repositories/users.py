@@ -14,9 +14,10 @@ U = t.users
 
 
 _INSERT: Final = Prepared(insert(U))
-_SELECT: Final = Prepared(select(U).where(
-    U.c.id == bindparam("id"), U.c.application_id == bindparam("application_id")),
-    row=UserRecord)
+_SELECT: Final = Prepared(
+    select(U).where(U.c.id == bindparam("id"), U.c.application_id == bindparam("application_id")),
+    row=UserRecord,
+)
 
 
 def insert_user(conn: Connection, record: UserRecord) -> None:

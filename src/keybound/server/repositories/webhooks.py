@@ -52,17 +52,20 @@ def endpoint(conn: Connection, endpoint_id: str) -> WebhookEndpointRecord | None
     return None if row is None else WebhookEndpointRecord(*row)
 
 
-def endpoint_of(conn: Connection, application_id: str,
-                endpoint_id: str) -> WebhookEndpointRecord | None:
+def endpoint_of(
+    conn: Connection, application_id: str, endpoint_id: str
+) -> WebhookEndpointRecord | None:
     """Scoped to the application: another application's endpoint is not found."""
-    row = conn.execute(select(EP).where(EP.c.id == endpoint_id,
-                                        EP.c.application_id == application_id)).first()
+    row = conn.execute(
+        select(EP).where(EP.c.id == endpoint_id, EP.c.application_id == application_id)
+    ).first()
     return None if row is None else WebhookEndpointRecord(*row)
 
 
 def endpoints_of(conn: Connection, application_id: str) -> list[WebhookEndpointRecord]:
-    rows = conn.execute(select(EP).where(EP.c.application_id == application_id)
-                        .order_by(EP.c.created_at, EP.c.id))
+    rows = conn.execute(
+        select(EP).where(EP.c.application_id == application_id).order_by(EP.c.created_at, EP.c.id)
+    )
     return [WebhookEndpointRecord(*row) for row in rows]
 
 
@@ -82,26 +85,39 @@ def delete_endpoint(conn: Connection, endpoint_id: str) -> None:
 
 def disable_gone(conn: Connection, endpoint_id: str, now: int) -> None:
     """docs/webhooks.md §3.3: after a 410 nothing more is sent, queued deliveries included."""
-    conn.execute(update(EP).where(EP.c.id == endpoint_id, EP.c.disabled_at.is_(None))
-                 .values(disabled_at=now, disabled_reason="GONE", updated_at=now))
-    conn.execute(update(D).where(D.c.endpoint_id == endpoint_id, _PENDING)
-                 .values(state="gone", leased_until=None))
+    conn.execute(
+        update(EP)
+        .where(EP.c.id == endpoint_id, EP.c.disabled_at.is_(None))
+        .values(disabled_at=now, disabled_reason="GONE", updated_at=now)
+    )
+    conn.execute(
+        update(D)
+        .where(D.c.endpoint_id == endpoint_id, _PENDING)
+        .values(state="gone", leased_until=None)
+    )
 
 
-def store_breaker(conn: Connection, endpoint_id: str, *, failures: int,
-                  open_until: int | None) -> None:
-    conn.execute(update(EP).where(EP.c.id == endpoint_id).values(
-        breaker_failures=failures, breaker_open_until=open_until))
+def store_breaker(
+    conn: Connection, endpoint_id: str, *, failures: int, open_until: int | None
+) -> None:
+    conn.execute(
+        update(EP)
+        .where(EP.c.id == endpoint_id)
+        .values(breaker_failures=failures, breaker_open_until=open_until)
+    )
 
 
 # -- subscriptions -------------------------------------------------------------------------
 
 
-def set_subscriptions(conn: Connection, *, endpoint_id: str, application_id: str,
-                      types: Iterable[str]) -> None:
+def set_subscriptions(
+    conn: Connection, *, endpoint_id: str, application_id: str, types: Iterable[str]
+) -> None:
     conn.execute(delete(SUB).where(SUB.c.endpoint_id == endpoint_id))
-    rows = [{"application_id": application_id, "event_type": kind, "endpoint_id": endpoint_id}
-            for kind in sorted(set(types))]
+    rows = [
+        {"application_id": application_id, "event_type": kind, "endpoint_id": endpoint_id}
+        for kind in sorted(set(types))
+    ]
     if rows:
         conn.execute(insert(SUB), rows)
 
@@ -109,18 +125,27 @@ def set_subscriptions(conn: Connection, *, endpoint_id: str, application_id: str
 def subscriptions(conn: Connection, endpoint_ids: Sequence[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {endpoint_id: [] for endpoint_id in endpoint_ids}
     if endpoint_ids:
-        for row in conn.execute(select(SUB.c.endpoint_id, SUB.c.event_type).where(
-                SUB.c.endpoint_id.in_(list(endpoint_ids))).order_by(SUB.c.event_type)):
+        for row in conn.execute(
+            select(SUB.c.endpoint_id, SUB.c.event_type)
+            .where(SUB.c.endpoint_id.in_(list(endpoint_ids)))
+            .order_by(SUB.c.event_type)
+        ):
             found[row.endpoint_id].append(row.event_type)
     return found
 
 
 def subscribers(conn: Connection, application_id: str, event_type: str) -> list[str]:
     """The enabled endpoints of the application that want this type."""
-    rows = conn.execute(select(SUB.c.endpoint_id).join(EP, EP.c.id == SUB.c.endpoint_id)
-                        .where(SUB.c.application_id == application_id,
-                               SUB.c.event_type == event_type, EP.c.disabled_at.is_(None))
-                        .order_by(SUB.c.endpoint_id))
+    rows = conn.execute(
+        select(SUB.c.endpoint_id)
+        .join(EP, EP.c.id == SUB.c.endpoint_id)
+        .where(
+            SUB.c.application_id == application_id,
+            SUB.c.event_type == event_type,
+            EP.c.disabled_at.is_(None),
+        )
+        .order_by(SUB.c.endpoint_id)
+    )
     return [str(row.endpoint_id) for row in rows]
 
 
@@ -131,8 +156,9 @@ def insert_secret(conn: Connection, record: WebhookSecretRecord) -> None:
     conn.execute(insert(SEC).values(**record._asdict()))
 
 
-def secrets_of(conn: Connection, endpoint_ids: Sequence[str], *,
-               active_only: bool = True) -> list[WebhookSecretRecord]:
+def secrets_of(
+    conn: Connection, endpoint_ids: Sequence[str], *, active_only: bool = True
+) -> list[WebhookSecretRecord]:
     query = select(SEC).where(SEC.c.endpoint_id.in_(list(endpoint_ids)))
     if active_only:
         query = query.where(SEC.c.revoked_at.is_(None))
@@ -141,9 +167,16 @@ def secrets_of(conn: Connection, endpoint_ids: Sequence[str], *,
 
 
 def revoke_secret(conn: Connection, endpoint_id: str, secret_id: str, now: int) -> bool:
-    return conn.execute(update(SEC).where(
-        SEC.c.id == secret_id, SEC.c.endpoint_id == endpoint_id, SEC.c.revoked_at.is_(None))
-        .values(revoked_at=now)).rowcount == 1
+    return (
+        conn.execute(
+            update(SEC)
+            .where(
+                SEC.c.id == secret_id, SEC.c.endpoint_id == endpoint_id, SEC.c.revoked_at.is_(None)
+            )
+            .values(revoked_at=now)
+        ).rowcount
+        == 1
+    )
 
 
 # -- deliveries: created by the fan-out or a redelivery ------------------------------------
@@ -153,20 +186,33 @@ def add_deliveries(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """New pending deliveries; one that exists for its (endpoint, event) already is kept as
     it is, so a fan-out that runs twice (two senders, or one retried) adds nothing."""
     if rows:
-        conn.execute(_insert(conn)(D).on_conflict_do_nothing(
-            index_elements=["endpoint_id", "event_seq"]), list(rows))
+        conn.execute(
+            _insert(conn)(D).on_conflict_do_nothing(index_elements=["endpoint_id", "event_seq"]),
+            list(rows),
+        )
 
 
 def requeue(conn: Connection, *, endpoint_id: str, event: EventRecord, now: int) -> None:
     """Redelivery on request: the event goes to the endpoint again as a fresh delivery
     (attempts and the 72-hour window start over), whatever became of an earlier one."""
-    fresh = {"state": PENDING, "attempts": 0, "first_attempt_at": None, "next_attempt_at": now,
-             "leased_until": None}
+    fresh = {
+        "state": PENDING,
+        "attempts": 0,
+        "first_attempt_at": None,
+        "next_attempt_at": now,
+        "leased_until": None,
+    }
     statement = _insert(conn)(D).values(
-        endpoint_id=endpoint_id, event_seq=event.seq, event_id=event.id,
-        subject=event.subject or "", created_at=now, **fresh)
-    conn.execute(statement.on_conflict_do_update(
-        index_elements=["endpoint_id", "event_seq"], set_=fresh))
+        endpoint_id=endpoint_id,
+        event_seq=event.seq,
+        event_id=event.id,
+        subject=event.subject or "",
+        created_at=now,
+        **fresh,
+    )
+    conn.execute(
+        statement.on_conflict_do_update(index_elements=["endpoint_id", "event_seq"], set_=fresh)
+    )
 
 
 # -- deliveries: the sender's side (docs/webhooks.md §5) -----------------------------------
@@ -175,31 +221,51 @@ def requeue(conn: Connection, *, endpoint_id: str, event: EventRecord, now: int)
 def sendable_endpoints(conn: Connection, now: int) -> list[WebhookEndpointRecord]:
     """Enabled endpoints whose breaker is not open and that have pending deliveries."""
     has_pending = select(D.c.id).where(D.c.endpoint_id == EP.c.id, _PENDING).exists()
-    rows = conn.execute(select(EP).where(
-        EP.c.disabled_at.is_(None),
-        or_(EP.c.breaker_open_until.is_(None), EP.c.breaker_open_until <= now), has_pending)
-        .order_by(EP.c.id))
+    rows = conn.execute(
+        select(EP)
+        .where(
+            EP.c.disabled_at.is_(None),
+            or_(EP.c.breaker_open_until.is_(None), EP.c.breaker_open_until <= now),
+            has_pending,
+        )
+        .order_by(EP.c.id)
+    )
     return [WebhookEndpointRecord(*row) for row in rows]
 
 
 def due(conn: Connection, endpoint_id: str, now: int, limit: int) -> list[DeliveryRecord]:
     """Pending deliveries of the endpoint due now and not leased, oldest event first."""
-    rows = conn.execute(select(D).where(
-        D.c.endpoint_id == endpoint_id, _PENDING, D.c.next_attempt_at <= now,
-        or_(D.c.leased_until.is_(None), D.c.leased_until < now))
-        .order_by(D.c.event_seq).limit(limit))
+    rows = conn.execute(
+        select(D)
+        .where(
+            D.c.endpoint_id == endpoint_id,
+            _PENDING,
+            D.c.next_attempt_at <= now,
+            or_(D.c.leased_until.is_(None), D.c.leased_until < now),
+        )
+        .order_by(D.c.event_seq)
+        .limit(limit)
+    )
     return [DeliveryRecord(*row) for row in rows]
 
 
-def first_waiting(conn: Connection, endpoint_id: str, subjects: Sequence[str],
-                  now: int) -> dict[str, int]:
+def first_waiting(
+    conn: Connection, endpoint_id: str, subjects: Sequence[str], now: int
+) -> dict[str, int]:
     """Per subject, the oldest pending delivery that is not due (a retry later, or leased by
     a sender): nothing of that subject after it may go yet (docs/webhooks.md §3.4)."""
     if not subjects:
         return {}
-    rows = conn.execute(select(D.c.subject, func.min(D.c.event_seq)).where(
-        D.c.endpoint_id == endpoint_id, _PENDING, D.c.subject.in_(list(subjects)),
-        or_(D.c.next_attempt_at > now, D.c.leased_until >= now)).group_by(D.c.subject))
+    rows = conn.execute(
+        select(D.c.subject, func.min(D.c.event_seq))
+        .where(
+            D.c.endpoint_id == endpoint_id,
+            _PENDING,
+            D.c.subject.in_(list(subjects)),
+            or_(D.c.next_attempt_at > now, D.c.leased_until >= now),
+        )
+        .group_by(D.c.subject)
+    )
     return {str(subject): int(seq) for subject, seq in rows}
 
 
@@ -209,10 +275,17 @@ def claim(conn: Connection, ids: Sequence[int], *, now: int, lease_until: int) -
     the lease keeps two senders from sending one at once."""
     if not ids:
         return set()
-    rows = conn.execute(update(D).where(
-        D.c.id.in_(list(ids)), _PENDING, D.c.next_attempt_at <= now,
-        or_(D.c.leased_until.is_(None), D.c.leased_until < now))
-        .values(leased_until=lease_until).returning(D.c.id))
+    rows = conn.execute(
+        update(D)
+        .where(
+            D.c.id.in_(list(ids)),
+            _PENDING,
+            D.c.next_attempt_at <= now,
+            or_(D.c.leased_until.is_(None), D.c.leased_until < now),
+        )
+        .values(leased_until=lease_until)
+        .returning(D.c.id)
+    )
     return {int(row.id) for row in rows}
 
 
@@ -220,16 +293,22 @@ def renew(conn: Connection, ids: Sequence[int], *, held_until: int, lease_until:
     """Extend leases this sender still holds (unchanged since it set them); the ids renewed."""
     if not ids:
         return set()
-    rows = conn.execute(update(D).where(D.c.id.in_(list(ids)), D.c.leased_until == held_until,
-                                        _PENDING)
-                        .values(leased_until=lease_until).returning(D.c.id))
+    rows = conn.execute(
+        update(D)
+        .where(D.c.id.in_(list(ids)), D.c.leased_until == held_until, _PENDING)
+        .values(leased_until=lease_until)
+        .returning(D.c.id)
+    )
     return {int(row.id) for row in rows}
 
 
 def release(conn: Connection, ids: Sequence[int], lease_until: int) -> None:
     if ids:
-        conn.execute(update(D).where(D.c.id.in_(list(ids)), D.c.leased_until == lease_until)
-                     .values(leased_until=None))
+        conn.execute(
+            update(D)
+            .where(D.c.id.in_(list(ids)), D.c.leased_until == lease_until)
+            .values(leased_until=None)
+        )
 
 
 def store_outcome(conn: Connection, delivery_id: int, **values: Any) -> None:
@@ -252,21 +331,30 @@ def events_by_seq(conn: Connection, seqs: Sequence[int]) -> dict[int, EventRecor
 # -- the relying party's view --------------------------------------------------------------
 
 
-def deliveries_of(conn: Connection, endpoint_id: str, *, state: str | None, after: int,
-                  limit: int) -> list[tuple[DeliveryRecord, str]]:
+def deliveries_of(
+    conn: Connection, endpoint_id: str, *, state: str | None, after: int, limit: int
+) -> list[tuple[DeliveryRecord, str]]:
     """Deliveries with ``id > after`` (and the event type of each), oldest first."""
-    query = (select(D, E.c.type).join(E, E.c.seq == D.c.event_seq, isouter=True)
-             .where(D.c.endpoint_id == endpoint_id, D.c.id > after))
+    query = (
+        select(D, E.c.type)
+        .join(E, E.c.seq == D.c.event_seq, isouter=True)
+        .where(D.c.endpoint_id == endpoint_id, D.c.id > after)
+    )
     if state is not None:
         query = query.where(D.c.state == state)
     rows = conn.execute(query.order_by(D.c.id).limit(limit))
     return [(DeliveryRecord(*row[:-1]), str(row[-1] or "")) for row in rows]
 
 
-def attempts_of(conn: Connection, endpoint_id: str, *, after: int,
-                limit: int) -> list[AttemptRecord]:
-    rows = conn.execute(select(A).where(A.c.endpoint_id == endpoint_id, A.c.id > after)
-                        .order_by(A.c.id).limit(limit))
+def attempts_of(
+    conn: Connection, endpoint_id: str, *, after: int, limit: int
+) -> list[AttemptRecord]:
+    rows = conn.execute(
+        select(A)
+        .where(A.c.endpoint_id == endpoint_id, A.c.id > after)
+        .order_by(A.c.id)
+        .limit(limit)
+    )
     return [AttemptRecord(*row) for row in rows]
 
 

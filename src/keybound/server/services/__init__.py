@@ -37,8 +37,7 @@ from keybound.server.services.webhooks import Webhooks
 from keybound.storage.db import DEFAULT_DATA_DIR, Database
 
 
-def default_master_key_path(database_url: str,
-                            environ: Mapping[str, str] = os.environ) -> Path:
+def default_master_key_path(database_url: str, environ: Mapping[str, str] = os.environ) -> Path:
     """``$KEYBOUND_MASTER_KEY_FILE``; else ``master.key`` beside a SQLite database file; else
     ``~/.keybound/master.key``."""
     url = make_url(database_url)
@@ -49,10 +48,16 @@ def default_master_key_path(database_url: str,
 
 
 class Keybound:
-    def __init__(self, db: Database, clock: Clock = wall_clock, *,
-                 master_key: MasterKey, attestation: AttestationTrust | None = None,
-                 endpoint_policy: EndpointPolicy | None = None,
-                 resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock = wall_clock,
+        *,
+        master_key: MasterKey,
+        attestation: AttestationTrust | None = None,
+        endpoint_policy: EndpointPolicy | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self.db = db
         self.clock = clock
         self.master_key = master_key
@@ -62,16 +67,15 @@ class Keybound:
         self.noise = NoiseCounter(db)
         self.results = ResultKeys(db, self.box, clock)
         self.audit = AuditTrail(db, clock, self.results)
-        self.maintenance = Maintenance(db, clock, self.noise, self.results,
-                                       checkpoint=self.audit.checkpoint)
+        self.maintenance = Maintenance(
+            db, clock, self.noise, self.results, checkpoint=self.audit.checkpoint
+        )
         #: nudges this process's sender (services.outbox) when a commit gave it work
         self.wakeup = Wakeup()
         #: which URLs webhooks and the push service may be sent to (docs/webhooks.md §4)
         policy = endpoint_policy or EndpointPolicy()
-        self.webhooks = Webhooks(self.box, policy=policy, resolver=resolver,
-                                 wake=self.wakeup)
-        self.notifications = Notifications(db, self.box, clock, policy=policy,
-                                           resolver=resolver)
+        self.webhooks = Webhooks(self.box, policy=policy, resolver=resolver, wake=self.wakeup)
+        self.notifications = Notifications(db, self.box, clock, policy=policy, resolver=resolver)
         self.applications = Applications()
         self.operations = Operations(self.box, self.results, wake=self.wakeup)
         self.registrations = Registrations(self.results)
@@ -89,11 +93,16 @@ class Keybound:
         self.db.dispose()
 
     @classmethod
-    def open(cls, url: str | None = None, clock: Clock = wall_clock, *,
-             master_key_file: Path | None = None,
-             attestation: AttestationTrust | None = None,
-             endpoint_policy: EndpointPolicy | None = None,
-             resolver: Resolver = system_resolver) -> Keybound:
+    def open(
+        cls,
+        url: str | None = None,
+        clock: Clock = wall_clock,
+        *,
+        master_key_file: Path | None = None,
+        attestation: AttestationTrust | None = None,
+        endpoint_policy: EndpointPolicy | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> Keybound:
         """Open (and migrate) the database at ``url`` -- the embedded SQLite file if None --
         with the master key that wraps its secrets (``master_key_file``, else
         ``$KEYBOUND_MASTER_KEY_FILE``, else beside the database; created on first run), the
@@ -108,9 +117,14 @@ class Keybound:
         with db.write() as conn:
             if settings.get(conn, settings.MASTER_KEY_FINGERPRINT) is None:
                 settings.put_new(conn, settings.MASTER_KEY_FINGERPRINT, master_key.fingerprint)
-        kb = cls(db, clock, master_key=master_key, attestation=attestation,
-                 endpoint_policy=endpoint_policy or endpoint_policy_from_env(),
-                 resolver=resolver)
+        kb = cls(
+            db,
+            clock,
+            master_key=master_key,
+            attestation=attestation,
+            endpoint_policy=endpoint_policy or endpoint_policy_from_env(),
+            resolver=resolver,
+        )
         kb.results.ensure(kb.noise)  # the first result-signing key, before any request
         kb.audit.seal()  # entries older than the chain, or left unsealed by a stopped server
         return kb
@@ -126,7 +140,11 @@ def endpoint_policy_from_env(environ: Mapping[str, str] = os.environ) -> Endpoin
     ``127.0.0.0/8,::1/128``) allows networks the policy refuses by default. Neither set:
     public ``https`` only."""
     allow_http = environ.get(ENV_WEBHOOK_ALLOW_HTTP, "").strip().lower() in {
-        "1", "true", "yes", "on"}
+        "1",
+        "true",
+        "yes",
+        "on",
+    }
     networks = []
     for text in environ.get(ENV_WEBHOOK_ALLOWED_NETWORKS, "").split(","):
         if text.strip():
@@ -135,7 +153,8 @@ def endpoint_policy_from_env(environ: Mapping[str, str] = os.environ) -> Endpoin
             except ValueError:
                 raise ConfigurationInvalid(
                     f"{ENV_WEBHOOK_ALLOWED_NETWORKS}: {text.strip()!r} is not a network "
-                    "(CIDR, e.g. 127.0.0.0/8)") from None
+                    "(CIDR, e.g. 127.0.0.0/8)"
+                ) from None
     return EndpointPolicy(allow_http=allow_http, allowed_networks=tuple(networks))
 
 
@@ -153,13 +172,14 @@ def check_master_key(db: Database, master_key: MasterKey) -> None:
         raise ConfigurationInvalid(
             f"the master key file {master_key.path} does not exist, but this database's "
             f"secrets are wrapped under the master key with fingerprint {expected}: set "
-            "KEYBOUND_MASTER_KEY_FILE to that key's file (restore it from its backup)")
+            "KEYBOUND_MASTER_KEY_FILE to that key's file (restore it from its backup)"
+        )
     if master_key.fingerprint != expected:
         raise ConfigurationInvalid(
             f"the master key file {master_key.path} has fingerprint {master_key.fingerprint},"
             f" but this database's secrets are wrapped under the master key with fingerprint "
-            f"{expected}: set KEYBOUND_MASTER_KEY_FILE to that key's file")
+            f"{expected}: set KEYBOUND_MASTER_KEY_FILE to that key's file"
+        )
 
 
-__all__ = ["Keybound", "check_master_key", "default_master_key_path",
-           "endpoint_policy_from_env"]
+__all__ = ["Keybound", "check_master_key", "default_master_key_path", "endpoint_policy_from_env"]

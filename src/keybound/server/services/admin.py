@@ -50,50 +50,63 @@ class Admin:
         self._kb = kb
 
     def _run(self, action: EventType, call: Callable[[Unit], T]) -> T:
-        unit = Unit(self._kb.db, self._kb.clock, actor=Actor.OPERATOR, action=action,
-                    identified=True)
+        unit = Unit(
+            self._kb.db, self._kb.clock, actor=Actor.OPERATOR, action=action, identified=True
+        )
         return perform(unit, call, noise=self._kb.noise, cause=f"admin {action.value}")
 
     # -- applications ---------------------------------------------------------------------
 
-    def create_application(self, application_id: str,
-                           config: AppConfig | None = None) -> AppConfig:
-        return self._run(EventType.APPLICATION_CREATE, lambda u: self._kb.applications.create(
-            u, application_id, config))
+    def create_application(self, application_id: str, config: AppConfig | None = None) -> AppConfig:
+        return self._run(
+            EventType.APPLICATION_CREATE,
+            lambda u: self._kb.applications.create(u, application_id, config),
+        )
 
     def update_application(self, application_id: str, changes: dict[str, Any]) -> AppConfig:
-        return self._run(EventType.APPLICATION_UPDATE, lambda u: self._kb.applications.update(
-            u, application_id, changes))
+        return self._run(
+            EventType.APPLICATION_UPDATE,
+            lambda u: self._kb.applications.update(u, application_id, changes),
+        )
 
     def application_config(self, application_id: str) -> AppConfig:
-        return self._run(EventType.ADMIN_READ, lambda u: self._kb.applications.config(
-            u, application_id))
+        return self._run(
+            EventType.ADMIN_READ, lambda u: self._kb.applications.config(u, application_id)
+        )
 
     def application_ids(self) -> list[str]:
         return self._run(EventType.ADMIN_READ, self._kb.applications.ids)
 
     def create_api_key(self, application_id: str, label: str = "") -> NewApiKey:
-        return self._run(EventType.API_KEY_CREATE, lambda u: self._kb.applications
-                         .create_api_key(u, application_id, label))
+        return self._run(
+            EventType.API_KEY_CREATE,
+            lambda u: self._kb.applications.create_api_key(u, application_id, label),
+        )
 
     def revoke_api_key(self, key_id: str) -> None:
-        self._run(EventType.API_KEY_REVOKE,
-                  lambda u: self._kb.applications.revoke_api_key(u, key_id))
+        self._run(
+            EventType.API_KEY_REVOKE, lambda u: self._kb.applications.revoke_api_key(u, key_id)
+        )
 
     def api_keys(self, application_id: str) -> list[ApiKeyInfo]:
-        return self._run(EventType.ADMIN_READ, lambda u: self._kb.applications
-                         .list_api_keys(u, application_id))
+        return self._run(
+            EventType.ADMIN_READ, lambda u: self._kb.applications.list_api_keys(u, application_id)
+        )
 
     # -- E2E keys -------------------------------------------------------------------------
 
-    def create_e2e_key(self, application_id: str, *, suite: ChannelSuite = DEFAULT_SUITE,
-                       active: bool = True) -> E2EKeyInfo:
-        return self._run(EventType.E2E_KEY_CREATE, lambda u: self._kb.e2e_keys.create(
-            u, application_id, suite=suite, active=active))
+    def create_e2e_key(
+        self, application_id: str, *, suite: ChannelSuite = DEFAULT_SUITE, active: bool = True
+    ) -> E2EKeyInfo:
+        return self._run(
+            EventType.E2E_KEY_CREATE,
+            lambda u: self._kb.e2e_keys.create(u, application_id, suite=suite, active=active),
+        )
 
     def activate_e2e_key(self, key_id: str) -> E2EKeyInfo:
-        return self._run(EventType.E2E_KEY_ACTIVATE,
-                         lambda u: self._kb.e2e_keys.activate(u, key_id))
+        return self._run(
+            EventType.E2E_KEY_ACTIVATE, lambda u: self._kb.e2e_keys.activate(u, key_id)
+        )
 
     def retire_e2e_key(self, key_id: str) -> E2EKeyInfo:
         return self._run(EventType.E2E_KEY_RETIRE, lambda u: self._kb.e2e_keys.retire(u, key_id))
@@ -102,31 +115,36 @@ class Admin:
         return self._run(EventType.ADMIN_READ, lambda u: self._kb.e2e_keys.get(u, key_id))
 
     def e2e_keys(self, application_id: str) -> list[E2EKeyInfo]:
-        return self._run(EventType.ADMIN_READ,
-                         lambda u: self._kb.e2e_keys.list(u, application_id))
+        return self._run(EventType.ADMIN_READ, lambda u: self._kb.e2e_keys.list(u, application_id))
 
     def e2e_pin(self, key_id: str, *, server_url: str) -> ChannelPin:
-        return self._run(EventType.E2E_KEY_EXPORT_PIN, lambda u: self._kb.e2e_keys.pin(
-            u, key_id, server_url=server_url))
+        return self._run(
+            EventType.E2E_KEY_EXPORT_PIN,
+            lambda u: self._kb.e2e_keys.pin(u, key_id, server_url=server_url),
+        )
 
     # -- result-signing keys (docs/signed-results.md) --------------------------------------
 
-    def create_signing_key(self, algorithm: ResultAlgorithm = ResultAlgorithm.ES256
-                           ) -> ResultKeyInfo:
-        return self._run(EventType.SIGNING_KEY_CREATE, lambda u: self._kb.results.create(
-            u, algorithm=algorithm))
+    def create_signing_key(
+        self, algorithm: ResultAlgorithm = ResultAlgorithm.ES256
+    ) -> ResultKeyInfo:
+        return self._run(
+            EventType.SIGNING_KEY_CREATE, lambda u: self._kb.results.create(u, algorithm=algorithm)
+        )
 
     def signing_keys(self) -> list[ResultKeyInfo]:
         return self._run(EventType.ADMIN_READ, self._kb.results.list)
 
-    def retire_signing_key(self, kid: str, *, publish_days: int | None = None
-                           ) -> ResultKeyInfo:
-        return self._run(EventType.SIGNING_KEY_RETIRE, lambda u: self._kb.results.retire(
-            u, kid, publish_days=publish_days))
+    def retire_signing_key(self, kid: str, *, publish_days: int | None = None) -> ResultKeyInfo:
+        return self._run(
+            EventType.SIGNING_KEY_RETIRE,
+            lambda u: self._kb.results.retire(u, kid, publish_days=publish_days),
+        )
 
     def set_issuer(self, issuer: str) -> str:
-        return self._run(EventType.SIGNING_KEY_ISSUER,
-                         lambda u: self._kb.results.set_issuer(u, issuer))
+        return self._run(
+            EventType.SIGNING_KEY_ISSUER, lambda u: self._kb.results.set_issuer(u, issuer)
+        )
 
     # -- the audit trail (docs/audit.md) --------------------------------------------------
 
@@ -149,85 +167,136 @@ class Admin:
     # -- devices --------------------------------------------------------------------------
 
     def lock_device(self, application_id: str, device_id: str) -> Device:
-        return self._run(EventType.DEVICE_LOCK, lambda u: self._kb.registrations.lock(
-            u, application_id, device_id))
+        return self._run(
+            EventType.DEVICE_LOCK,
+            lambda u: self._kb.registrations.lock(u, application_id, device_id),
+        )
 
     def unlock_device(self, application_id: str, device_id: str) -> Device:
-        return self._run(EventType.DEVICE_UNLOCK, lambda u: self._kb.registrations.unlock(
-            u, application_id, device_id))
+        return self._run(
+            EventType.DEVICE_UNLOCK,
+            lambda u: self._kb.registrations.unlock(u, application_id, device_id),
+        )
 
     def deactivate_device(self, application_id: str, device_id: str) -> Device:
-        return self._run(EventType.DEVICE_DEACTIVATE, lambda u: self._kb.registrations
-                         .deactivate(u, application_id, device_id))
+        return self._run(
+            EventType.DEVICE_DEACTIVATE,
+            lambda u: self._kb.registrations.deactivate(u, application_id, device_id),
+        )
 
     # -- webhooks and device notifications (docs/events.md, docs/notifications.md) -------
 
-    def create_webhook_endpoint(self, application_id: str,
-                                request: CreateWebhookEndpointRequest) -> CreatedWebhookEndpoint:
-        return self._run(EventType.WEBHOOK_ENDPOINT_CREATE, lambda u: self._kb.webhooks
-                         .create_endpoint(u, application_id, request))
+    def create_webhook_endpoint(
+        self, application_id: str, request: CreateWebhookEndpointRequest
+    ) -> CreatedWebhookEndpoint:
+        return self._run(
+            EventType.WEBHOOK_ENDPOINT_CREATE,
+            lambda u: self._kb.webhooks.create_endpoint(u, application_id, request),
+        )
 
     def webhook_endpoints(self, application_id: str) -> WebhookEndpointList:
-        return self._run(EventType.ADMIN_READ, lambda u: self._kb.webhooks.list_endpoints(
-            u, application_id))
+        return self._run(
+            EventType.ADMIN_READ, lambda u: self._kb.webhooks.list_endpoints(u, application_id)
+        )
 
     def webhook_endpoint(self, application_id: str, endpoint_id: str) -> WebhookEndpoint:
-        return self._run(EventType.ADMIN_READ, lambda u: self._kb.webhooks.get_endpoint(
-            u, application_id, endpoint_id))
+        return self._run(
+            EventType.ADMIN_READ,
+            lambda u: self._kb.webhooks.get_endpoint(u, application_id, endpoint_id),
+        )
 
-    def update_webhook_endpoint(self, application_id: str, endpoint_id: str,
-                                request: UpdateWebhookEndpointRequest) -> WebhookEndpoint:
-        return self._run(EventType.WEBHOOK_ENDPOINT_UPDATE, lambda u: self._kb.webhooks
-                         .update_endpoint(u, application_id, endpoint_id, request))
+    def update_webhook_endpoint(
+        self, application_id: str, endpoint_id: str, request: UpdateWebhookEndpointRequest
+    ) -> WebhookEndpoint:
+        return self._run(
+            EventType.WEBHOOK_ENDPOINT_UPDATE,
+            lambda u: self._kb.webhooks.update_endpoint(u, application_id, endpoint_id, request),
+        )
 
     def delete_webhook_endpoint(self, application_id: str, endpoint_id: str) -> None:
-        self._run(EventType.WEBHOOK_ENDPOINT_DELETE, lambda u: self._kb.webhooks
-                  .delete_endpoint(u, application_id, endpoint_id))
+        self._run(
+            EventType.WEBHOOK_ENDPOINT_DELETE,
+            lambda u: self._kb.webhooks.delete_endpoint(u, application_id, endpoint_id),
+        )
 
-    def add_webhook_secret(self, application_id: str, endpoint_id: str,
-                           scheme: SecretScheme) -> NewWebhookSecret:
-        return self._run(EventType.WEBHOOK_SECRET_CREATE, lambda u: self._kb.webhooks
-                         .add_secret(u, application_id, endpoint_id, scheme))
+    def add_webhook_secret(
+        self, application_id: str, endpoint_id: str, scheme: SecretScheme
+    ) -> NewWebhookSecret:
+        return self._run(
+            EventType.WEBHOOK_SECRET_CREATE,
+            lambda u: self._kb.webhooks.add_secret(u, application_id, endpoint_id, scheme),
+        )
 
-    def revoke_webhook_secret(self, application_id: str, endpoint_id: str,
-                              secret_id: str) -> WebhookEndpoint:
-        return self._run(EventType.WEBHOOK_SECRET_REVOKE, lambda u: self._kb.webhooks
-                         .revoke_secret(u, application_id, endpoint_id, secret_id))
+    def revoke_webhook_secret(
+        self, application_id: str, endpoint_id: str, secret_id: str
+    ) -> WebhookEndpoint:
+        return self._run(
+            EventType.WEBHOOK_SECRET_REVOKE,
+            lambda u: self._kb.webhooks.revoke_secret(u, application_id, endpoint_id, secret_id),
+        )
 
-    def webhook_deliveries(self, application_id: str, endpoint_id: str, *,
-                           state: DeliveryState | None = None, after: int = 0,
-                           limit: int = 100) -> WebhookDeliveryList:
-        return self._run(EventType.ADMIN_READ, lambda u: self._kb.webhooks.deliveries(
-            u, application_id, endpoint_id, state=state, after=after, limit=limit))
+    def webhook_deliveries(
+        self,
+        application_id: str,
+        endpoint_id: str,
+        *,
+        state: DeliveryState | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> WebhookDeliveryList:
+        return self._run(
+            EventType.ADMIN_READ,
+            lambda u: self._kb.webhooks.deliveries(
+                u, application_id, endpoint_id, state=state, after=after, limit=limit
+            ),
+        )
 
-    def webhook_attempts(self, application_id: str, endpoint_id: str, *, after: int = 0,
-                         limit: int = 100) -> WebhookAttemptList:
-        return self._run(EventType.ADMIN_READ, lambda u: self._kb.webhooks.attempts(
-            u, application_id, endpoint_id, after=after, limit=limit))
+    def webhook_attempts(
+        self, application_id: str, endpoint_id: str, *, after: int = 0, limit: int = 100
+    ) -> WebhookAttemptList:
+        return self._run(
+            EventType.ADMIN_READ,
+            lambda u: self._kb.webhooks.attempts(
+                u, application_id, endpoint_id, after=after, limit=limit
+            ),
+        )
 
-    def redeliver(self, application_id: str, endpoint_id: str,
-                  request: RedeliverRequest) -> RedeliverResponse:
-        return self._run(EventType.WEBHOOK_REDELIVER, lambda u: self._kb.webhooks.redeliver(
-            u, application_id, endpoint_id, request))
+    def redeliver(
+        self, application_id: str, endpoint_id: str, request: RedeliverRequest
+    ) -> RedeliverResponse:
+        return self._run(
+            EventType.WEBHOOK_REDELIVER,
+            lambda u: self._kb.webhooks.redeliver(u, application_id, endpoint_id, request),
+        )
 
-    def set_push_provider(self, application_id: str, kind: ProviderKind,
-                          settings: dict[str, Any], credentials: bytes | None = None
-                          ) -> ProviderInfo:
-        return self._run(EventType.PUSH_PROVIDER_SET, lambda u: self._kb.notifications
-                         .set_provider(u, application_id, kind, settings, credentials))
+    def set_push_provider(
+        self,
+        application_id: str,
+        kind: ProviderKind,
+        settings: dict[str, Any],
+        credentials: bytes | None = None,
+    ) -> ProviderInfo:
+        return self._run(
+            EventType.PUSH_PROVIDER_SET,
+            lambda u: self._kb.notifications.set_provider(
+                u, application_id, kind, settings, credentials
+            ),
+        )
 
     def remove_push_provider(self, application_id: str, kind: ProviderKind) -> None:
-        self._run(EventType.PUSH_PROVIDER_REMOVE, lambda u: self._kb.notifications
-                  .remove_provider(u, application_id, kind))
+        self._run(
+            EventType.PUSH_PROVIDER_REMOVE,
+            lambda u: self._kb.notifications.remove_provider(u, application_id, kind),
+        )
 
     def push_providers(self, application_id: str) -> list[ProviderInfo]:
-        return self._run(EventType.ADMIN_READ, lambda u: self._kb.notifications.providers(
-            u, application_id))
+        return self._run(
+            EventType.ADMIN_READ, lambda u: self._kb.notifications.providers(u, application_id)
+        )
 
     # -- the database ---------------------------------------------------------------------
 
-    def prune(self, retention: Retention | None = None, *,
-              batch: int = DELETE_BATCH) -> Pruned:
+    def prune(self, retention: Retention | None = None, *, batch: int = DELETE_BATCH) -> Pruned:
         retention = retention or Retention()
         pruned = prune(self._kb.db, self._kb.clock, self._kb.audit, retention, batch=batch)
 
@@ -237,8 +306,7 @@ class Admin:
         self._run(EventType.DB_PRUNE, record)
         return pruned
 
-    def events(self, *, application_id: str | None = None, limit: int = 100
-               ) -> list[EventRecord]:
+    def events(self, *, application_id: str | None = None, limit: int = 100) -> list[EventRecord]:
         with self._kb.db.read() as conn:
             return events.latest(conn, application_id=application_id, limit=limit)
 

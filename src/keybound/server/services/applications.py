@@ -43,17 +43,21 @@ class NewApiKey:
 
 
 def _info(record: ApiKeyRecord) -> ApiKeyInfo:
-    return ApiKeyInfo(key_id=record.id, application_id=record.application_id,
-                      label=record.label, created_at=record.created_at,
-                      revoked_at=record.revoked_at)
+    return ApiKeyInfo(
+        key_id=record.id,
+        application_id=record.application_id,
+        label=record.label,
+        created_at=record.created_at,
+        revoked_at=record.revoked_at,
+    )
 
 
 class Applications:
-    def create(self, unit: Unit, application_id: str,
-               config: AppConfig | None = None) -> AppConfig:
+    def create(self, unit: Unit, application_id: str, config: AppConfig | None = None) -> AppConfig:
         if not APPLICATION_ID.match(application_id):
             raise ConfigurationInvalid(
-                "application id must be 1-64 of a-z 0-9 . _ - and start with a letter or digit")
+                "application id must be 1-64 of a-z 0-9 . _ - and start with a letter or digit"
+            )
         unit.about(application_id=application_id)
         config = config or AppConfig()
         conn = unit.write()
@@ -93,9 +97,14 @@ class Applications:
         self.config(unit, application_id)  # NotFound if absent
         key_id = "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(16))
         secret = secrets.token_urlsafe(32)
-        record = ApiKeyRecord(id=key_id, application_id=application_id,
-                              secret_hash=hashlib.sha256(secret.encode()).digest(),
-                              label=label, created_at=unit.now, revoked_at=None)
+        record = ApiKeyRecord(
+            id=key_id,
+            application_id=application_id,
+            secret_hash=hashlib.sha256(secret.encode()).digest(),
+            label=label,
+            created_at=unit.now,
+            revoked_at=None,
+        )
         apps.insert_api_key(unit.write(), record)
         unit.emit(EventType.API_KEY_CREATE, payload={"keyId": key_id, "label": label})
         return NewApiKey(info=_info(record), token=f"kb_{key_id}_{secret}")
@@ -104,8 +113,9 @@ class Applications:
         application_id = apps.revoke_api_key(unit.write(), key_id, unit.now)
         if application_id is None:
             raise NotFound(f"no active API key {key_id!r}")
-        unit.emit(EventType.API_KEY_REVOKE, application_id=application_id,
-                  payload={"keyId": key_id})
+        unit.emit(
+            EventType.API_KEY_REVOKE, application_id=application_id, payload={"keyId": key_id}
+        )
 
     def list_api_keys(self, unit: Unit, application_id: str) -> list[ApiKeyInfo]:
         with unit.read() as conn:

@@ -104,8 +104,7 @@ class AuditTrail:
 
     # -- checkpoints ----------------------------------------------------------------------
 
-    def checkpoint(self, kind: CheckpointKind = CheckpointKind.PERIODIC
-                   ) -> CheckpointRecord | None:
+    def checkpoint(self, kind: CheckpointKind = CheckpointKind.PERIODIC) -> CheckpointRecord | None:
         """Sign the chain's head, unless a checkpoint signs it already (None then)."""
         self.seal()
         with self._db.read() as conn:
@@ -115,19 +114,37 @@ class AuditTrail:
             return None
         return self._sign(kind, head.chain_seq, head.chain_hash)
 
-    def _sign(self, kind: CheckpointKind, position: int, chain_hash: bytes
-              ) -> CheckpointRecord:
+    def _sign(self, kind: CheckpointKind, position: int, chain_hash: bytes) -> CheckpointRecord:
         now = now_ms(self._clock)
-        jws = self._results.sign(checkpoint_claims(
-            issuer=self._results.issuer(), issued_at=now // 1000, kind=kind,
-            chain_seq=position, chain_hash=chain_hash), typ=CHECKPOINT_TYPE)
+        jws = self._results.sign(
+            checkpoint_claims(
+                issuer=self._results.issuer(),
+                issued_at=now // 1000,
+                kind=kind,
+                chain_seq=position,
+                chain_hash=chain_hash,
+            ),
+            typ=CHECKPOINT_TYPE,
+        )
         with self._db.write() as conn:
             if kind is CheckpointKind.PRUNE:  # the checkpoints of what goes are replaced
                 cps.delete_before(conn, position)
-            cps.insert_checkpoint(conn, kind=kind.value, chain_seq=position,
-                                  chain_hash=chain_hash, jws=jws, created_at=now)
-        return CheckpointRecord(id=0, kind=kind.value, chain_seq=position,
-                                chain_hash=chain_hash, jws=jws, created_at=now)
+            cps.insert_checkpoint(
+                conn,
+                kind=kind.value,
+                chain_seq=position,
+                chain_hash=chain_hash,
+                jws=jws,
+                created_at=now,
+            )
+        return CheckpointRecord(
+            id=0,
+            kind=kind.value,
+            chain_seq=position,
+            chain_hash=chain_hash,
+            jws=jws,
+            created_at=now,
+        )
 
     # -- retention ------------------------------------------------------------------------
 
@@ -142,13 +159,15 @@ class AuditTrail:
         position, chain_hash = boundary
         self._sign(CheckpointKind.PRUNE, position, chain_hash)
         e = t.events
-        chosen = select(e.c.seq).where(e.c.chain_seq <= position).order_by(
-            e.c.chain_seq).limit(batch)
+        chosen = (
+            select(e.c.seq).where(e.c.chain_seq <= position).order_by(e.c.chain_seq).limit(batch)
+        )
         total = 0
         while True:
             with self._db.write() as conn:
-                deleted: int = conn.execute(delete(e).where(
-                    e.c.seq.in_(chosen.scalar_subquery()))).rowcount
+                deleted: int = conn.execute(
+                    delete(e).where(e.c.seq.in_(chosen.scalar_subquery()))
+                ).rowcount
             total += deleted
             if deleted < batch:
                 return total
@@ -167,8 +186,12 @@ class AuditTrail:
         self.seal()
         with self._db.read() as conn:
             checkpoints = cps.all_checkpoints(conn)
-            return verify_chain((Entry.of(record) for record in ev.in_chain_order(conn)),
-                                checkpoints, self.all_keys_jwks(), kept=kept)
+            return verify_chain(
+                (Entry.of(record) for record in ev.in_chain_order(conn)),
+                checkpoints,
+                self.all_keys_jwks(),
+                kept=kept,
+            )
 
     def export(self, out: IO[str]) -> Exported:
         """Write the trail to ``out`` (JSON lines, docs/audit.md), sealed and its head
@@ -176,10 +199,17 @@ class AuditTrail:
         self.checkpoint()
         with self._db.read() as conn:
             last = ev.head(conn).chain_seq
-            out.write(_line({"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
-                             "issuer": self._results.issuer(),
-                             "exportedAt": now_ms(self._clock),
-                             "jwks": self.all_keys_jwks()}))
+            out.write(
+                _line(
+                    {
+                        "format": EXPORT_FORMAT,
+                        "version": EXPORT_VERSION,
+                        "issuer": self._results.issuer(),
+                        "exportedAt": now_ms(self._clock),
+                        "jwks": self.all_keys_jwks(),
+                    }
+                )
+            )
             entries = 0
             # sealed up to the head read above: what is sealed later, the next export has
             for record in ev.in_chain_order(conn, up_to=last):
@@ -188,8 +218,9 @@ class AuditTrail:
             checkpoints = [c for c in cps.all_checkpoints(conn) if c.chain_seq <= last]
         for checkpoint in checkpoints:
             out.write(_line({"checkpoint": checkpoint_to_json(checkpoint)}))
-        out.write(_line({"end": {"entries": entries, "checkpoints": len(checkpoints),
-                                 "last": last}}))
+        out.write(
+            _line({"end": {"entries": entries, "checkpoints": len(checkpoints), "last": last}})
+        )
         return Exported(entries=entries, checkpoints=len(checkpoints), last=last)
 
 
@@ -260,14 +291,21 @@ def read_export(lines: Iterable[str]) -> ParsedExport:
         except (KeyError, TypeError, ValueError) as exc:
             raise ExportInvalid(f"line {number}: malformed ({type(exc).__name__})") from None
     # a cut export would verify as a shorter trail: its end line says how long it is
-    if end is None or end.get("entries") != len(entries) \
-            or end.get("checkpoints") != len(checkpoints):
-        raise ExportInvalid("the export is incomplete: its end line is missing or does not "
-                            "count its lines")
-    return ParsedExport(issuer=str(header.get("issuer")),
-                        exported_at=int(header.get("exportedAt", 0)),
-                        jwks=dict(header.get("jwks") or {}), entries=entries,
-                        checkpoints=checkpoints)
+    if (
+        end is None
+        or end.get("entries") != len(entries)
+        or end.get("checkpoints") != len(checkpoints)
+    ):
+        raise ExportInvalid(
+            "the export is incomplete: its end line is missing or does not count its lines"
+        )
+    return ParsedExport(
+        issuer=str(header.get("issuer")),
+        exported_at=int(header.get("exportedAt", 0)),
+        jwks=dict(header.get("jwks") or {}),
+        entries=entries,
+        checkpoints=checkpoints,
+    )
 
 
 def _parse(text: str, number: int) -> dict[str, Any]:
@@ -280,14 +318,16 @@ def _parse(text: str, number: int) -> dict[str, Any]:
     return value
 
 
-def verify_export(lines: Iterable[str], *, jwks: dict[str, Any] | None = None,
-                  kept: Iterable[Entry] = ()) -> tuple[ParsedExport, VerifiedChain]:
+def verify_export(
+    lines: Iterable[str], *, jwks: dict[str, Any] | None = None, kept: Iterable[Entry] = ()
+) -> tuple[ParsedExport, VerifiedChain]:
     """Verify an export: against ``jwks`` (the keys the auditor trusts, e.g. fetched from
     the server's JWKS URL and kept) or, without it, the keys the export carries; it must
     still hold the entries of an earlier export ``kept``."""
     parsed = read_export(lines)
-    return parsed, verify_chain(parsed.entries, parsed.checkpoints,
-                                jwks if jwks is not None else parsed.jwks, kept=kept)
+    return parsed, verify_chain(
+        parsed.entries, parsed.checkpoints, jwks if jwks is not None else parsed.jwks, kept=kept
+    )
 
 
 def lines_of(handle: IO[str]) -> Iterator[str]:
@@ -296,5 +336,14 @@ def lines_of(handle: IO[str]) -> Iterator[str]:
             yield line
 
 
-__all__ = ["EXPORT_FORMAT", "AuditTrail", "ExportInvalid", "Exported", "ParsedExport",
-           "Sealer", "lines_of", "read_export", "verify_export"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "AuditTrail",
+    "ExportInvalid",
+    "Exported",
+    "ParsedExport",
+    "Sealer",
+    "lines_of",
+    "read_export",
+    "verify_export",
+]

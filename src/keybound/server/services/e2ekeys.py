@@ -70,9 +70,15 @@ class E2EKeyInfo:
 
 def _info(row: E2EKeyRecord) -> E2EKeyInfo:
     return E2EKeyInfo(
-        key_id=row.key_id, application_id=row.application_id, suite=ChannelSuite(row.suite),
-        state=E2EKeyState(row.state), public_key=row.public_key, created_at=row.created_at,
-        activated_at=row.activated_at, retired_at=row.retired_at)
+        key_id=row.key_id,
+        application_id=row.application_id,
+        suite=ChannelSuite(row.suite),
+        state=E2EKeyState(row.state),
+        public_key=row.public_key,
+        created_at=row.created_at,
+        activated_at=row.activated_at,
+        retired_at=row.retired_at,
+    )
 
 
 def wrap_binding(key_id: str, suite: ChannelSuite, public_key: bytes) -> bytes:
@@ -99,9 +105,15 @@ class Keyring:
     invalidate the snapshot at once; another process's take effect within ``ttl``.
     """
 
-    def __init__(self, db: Database, box: SecretBox, *, ttl: float = KEYRING_TTL_SECONDS,
-                 miss_reload: float = KEYRING_MISS_RELOAD_SECONDS,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        *,
+        ttl: float = KEYRING_TTL_SECONDS,
+        miss_reload: float = KEYRING_MISS_RELOAD_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._db = db
         self._box = box
         self._ttl = ttl
@@ -143,16 +155,27 @@ class Keyring:
     def _unwrap(self, row: E2EKeyRecord) -> tuple[str, E2EKey] | None:
         try:
             suite = ChannelSuite(row.suite)
-            private = self._box.unwrap(Purpose.E2E_PRIVATE_KEY, row.wrapped_private_key or b"",
-                                       binding=wrap_binding(row.key_id, suite, row.public_key))
-            key = E2EKey(key_id=row.key_id, suite=suite, private_key=private,
-                         public_key=row.public_key, state=KeyState.ACTIVE,
-                         created_at=row.created_at // 1000)
+            private = self._box.unwrap(
+                Purpose.E2E_PRIVATE_KEY,
+                row.wrapped_private_key or b"",
+                binding=wrap_binding(row.key_id, suite, row.public_key),
+            )
+            key = E2EKey(
+                key_id=row.key_id,
+                suite=suite,
+                private_key=private,
+                public_key=row.public_key,
+                state=KeyState.ACTIVE,
+                created_at=row.created_at // 1000,
+            )
         except (KeyStorageError, ValueError) as exc:
             if row.key_id not in self._unusable:  # say it once, without key material
                 self._unusable.add(row.key_id)
-                log.error("E2E key %s is unusable (%s); its requests will fail",
-                          row.key_id, getattr(exc, "detail", type(exc).__name__))
+                log.error(
+                    "E2E key %s is unusable (%s); its requests will fail",
+                    row.key_id,
+                    getattr(exc, "detail", type(exc).__name__),
+                )
             return None
         return row.application_id, key
 
@@ -167,25 +190,41 @@ class E2EKeys:
         self.box = box
         self.keyring = Keyring(db, box)
 
-    def create(self, unit: Unit, application_id: str, *, suite: ChannelSuite = DEFAULT_SUITE,
-               active: bool = True) -> E2EKeyInfo:
+    def create(
+        self,
+        unit: Unit,
+        application_id: str,
+        *,
+        suite: ChannelSuite = DEFAULT_SUITE,
+        active: bool = True,
+    ) -> E2EKeyInfo:
         unit.about(application_id=application_id)
         key = generate_e2e_key(ChannelSuite(suite), now=unit.now // 1000)
         state = E2EKeyState.ACTIVE if active else E2EKeyState.INACTIVE
         record = E2EKeyRecord(
-            key_id=key.key_id, application_id=application_id, suite=key.suite.value,
+            key_id=key.key_id,
+            application_id=application_id,
+            suite=key.suite.value,
             public_key=key.public_key,
             wrapped_private_key=self.box.wrap(
-                Purpose.E2E_PRIVATE_KEY, key.private_key,
-                binding=wrap_binding(key.key_id, key.suite, key.public_key)),
-            state=state.value, created_at=unit.now,
-            activated_at=unit.now if active else None, retired_at=None)
+                Purpose.E2E_PRIVATE_KEY,
+                key.private_key,
+                binding=wrap_binding(key.key_id, key.suite, key.public_key),
+            ),
+            state=state.value,
+            created_at=unit.now,
+            activated_at=unit.now if active else None,
+            retired_at=None,
+        )
         conn = unit.write()
         if apps.config_text(conn, application_id) is None:
             raise NotFound(f"no application {application_id!r}")
         keys.insert_key(conn, record)
-        unit.emit(EventType.E2E_KEY_CREATE, subject=key.key_id,
-                  payload={"keyId": key.key_id, "suite": key.suite.value, "state": state.value})
+        unit.emit(
+            EventType.E2E_KEY_CREATE,
+            subject=key.key_id,
+            payload={"keyId": key.key_id, "suite": key.suite.value, "state": state.value},
+        )
         unit.after_commit(self.keyring.invalidate)
         return _info(record)
 
@@ -202,24 +241,39 @@ class E2EKeys:
 
     def activate(self, unit: Unit, key_id: str) -> E2EKeyInfo:
         """INACTIVE -> ACTIVE (one atomic UPDATE); anything else is INVALID_STATE."""
-        return self._transition(unit, key_id, E2EKeyState.ACTIVE,
-                                from_states=(E2EKeyState.INACTIVE,),
-                                event=EventType.E2E_KEY_ACTIVATE, stamp="activated_at")
+        return self._transition(
+            unit,
+            key_id,
+            E2EKeyState.ACTIVE,
+            from_states=(E2EKeyState.INACTIVE,),
+            event=EventType.E2E_KEY_ACTIVATE,
+            stamp="activated_at",
+        )
 
     def retire(self, unit: Unit, key_id: str) -> E2EKeyInfo:
         """INACTIVE or ACTIVE -> RETIRED for good; the wrapped private key is erased."""
-        return self._transition(unit, key_id, E2EKeyState.RETIRED,
-                                from_states=(E2EKeyState.INACTIVE, E2EKeyState.ACTIVE),
-                                event=EventType.E2E_KEY_RETIRE, stamp="retired_at",
-                                erase_private=True)
+        return self._transition(
+            unit,
+            key_id,
+            E2EKeyState.RETIRED,
+            from_states=(E2EKeyState.INACTIVE, E2EKeyState.ACTIVE),
+            event=EventType.E2E_KEY_RETIRE,
+            stamp="retired_at",
+            erase_private=True,
+        )
 
     @staticmethod
     def check_server_url(server_url: str) -> None:
         """Raise CONFIGURATION_INVALID unless ``server_url`` can go into a pin (§8)."""
         probe = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
         try:
-            ChannelPin(application_id="probe", server_url=server_url, key_id="probe",
-                       suite=ChannelSuite.X25519_SHA256_AES128GCM, public_key=probe)
+            ChannelPin(
+                application_id="probe",
+                server_url=server_url,
+                key_id="probe",
+                suite=ChannelSuite.X25519_SHA256_AES128GCM,
+                public_key=probe,
+            )
         except InvalidPin as exc:
             raise ConfigurationInvalid(exc.detail) from None
 
@@ -229,27 +283,54 @@ class E2EKeys:
         if info.state is E2EKeyState.RETIRED:
             raise InvalidState(f"E2E key {key_id} is retired; create a new key")
         try:
-            pin = ChannelPin(application_id=info.application_id, server_url=server_url,
-                             key_id=info.key_id, suite=info.suite, public_key=info.public_key)
+            pin = ChannelPin(
+                application_id=info.application_id,
+                server_url=server_url,
+                key_id=info.key_id,
+                suite=info.suite,
+                public_key=info.public_key,
+            )
         except InvalidPin as exc:
             raise ConfigurationInvalid(exc.detail) from None
-        unit.emit(EventType.E2E_KEY_EXPORT_PIN, application_id=info.application_id,
-                  subject=key_id, payload={"keyId": key_id, "serverUrl": server_url})
+        unit.emit(
+            EventType.E2E_KEY_EXPORT_PIN,
+            application_id=info.application_id,
+            subject=key_id,
+            payload={"keyId": key_id, "serverUrl": server_url},
+        )
         return pin
 
-    def _transition(self, unit: Unit, key_id: str, target: E2EKeyState, *,
-                    from_states: tuple[E2EKeyState, ...], event: EventType, stamp: str,
-                    erase_private: bool = False) -> E2EKeyInfo:
+    def _transition(
+        self,
+        unit: Unit,
+        key_id: str,
+        target: E2EKeyState,
+        *,
+        from_states: tuple[E2EKeyState, ...],
+        event: EventType,
+        stamp: str,
+        erase_private: bool = False,
+    ) -> E2EKeyInfo:
         conn = unit.write()
-        application_id = keys.transition(conn, key_id, to=target.value,
-                                         from_states=tuple(s.value for s in from_states),
-                                         stamp=stamp, now=unit.now, erase_private=erase_private)
+        application_id = keys.transition(
+            conn,
+            key_id,
+            to=target.value,
+            from_states=tuple(s.value for s in from_states),
+            stamp=stamp,
+            now=unit.now,
+            erase_private=erase_private,
+        )
         if application_id is None:
             current = keys.state_of(conn, key_id)
             if current is None:
                 raise NotFound(f"no E2E key {key_id!r}")
             raise InvalidState(f"E2E key {key_id} is {current}; cannot make it {target}")
-        unit.emit(event, application_id=application_id, subject=key_id,
-                  payload={"keyId": key_id, "state": target.value})
+        unit.emit(
+            event,
+            application_id=application_id,
+            subject=key_id,
+            payload={"keyId": key_id, "state": target.value},
+        )
         unit.after_commit(self.keyring.invalidate)
         return self.get(unit, key_id)

@@ -39,8 +39,14 @@ INTERVAL_SECONDS: Final = 60.0
 EXPIRE_BATCH: Final = 500
 
 
-def expire_operations(db: Database, clock: Clock, noise: NoiseCounter, results: ResultKeys,
-                      *, batch: int = EXPIRE_BATCH) -> int:
+def expire_operations(
+    db: Database,
+    clock: Clock,
+    noise: NoiseCounter,
+    results: ResultKeys,
+    *,
+    batch: int = EXPIRE_BATCH,
+) -> int:
     """End every pending operation the relying party started (a backend-initiated
     authentication or signature, an activation code) whose expiry has passed: EXPIRED is
     stored with its signed result (docs/signed-results.md), and one ``operation.expired``
@@ -48,10 +54,15 @@ def expire_operations(db: Database, clock: Clock, noise: NoiseCounter, results: 
     whichever process runs it. How many it ended."""
     total = 0
     while True:
-        unit = Unit(db, clock, actor=Actor.SYSTEM, action=EventType.OPERATION_EXPIRED,
-                    identified=True)
-        found, ended = perform(unit, lambda u: _expire_batch(u, results, batch), noise=noise,
-                               cause="maintenance expiry")
+        unit = Unit(
+            db, clock, actor=Actor.SYSTEM, action=EventType.OPERATION_EXPIRED, identified=True
+        )
+        found, ended = perform(
+            unit,
+            lambda u: _expire_batch(u, results, batch),
+            noise=noise,
+            cause="maintenance expiry",
+        )
         total += ended
         if found < batch:
             return total
@@ -63,21 +74,37 @@ def _expire_batch(unit: Unit, results: ResultKeys, batch: int) -> tuple[int, int
     ended = 0
     for op in found:
         # a read may have signed it as expired already: that result stays
-        signed = None if op.result_jws is not None else results.operation_result(
-            op, state=OperationState.EXPIRED, result=None, completed_at=None, now=unit.now)
+        signed = (
+            None
+            if op.result_jws is not None
+            else results.operation_result(
+                op, state=OperationState.EXPIRED, result=None, completed_at=None, now=unit.now
+            )
+        )
         owner = ops.expire(conn, op.id, unit.now, result_jws=signed)
         if owner is not None:
             application_id, device_id = owner
-            unit.emit(EventType.OPERATION_EXPIRED, application_id=application_id,
-                      subject=device_id, operation_id=op.id)
+            unit.emit(
+                EventType.OPERATION_EXPIRED,
+                application_id=application_id,
+                subject=device_id,
+                operation_id=op.id,
+            )
             ended += 1
     return len(found), ended
 
 
 class Maintenance:
-    def __init__(self, db: Database, clock: Clock, noise: NoiseCounter, results: ResultKeys,
-                 *, checkpoint: Callable[[], object] = lambda: None,
-                 interval: float = INTERVAL_SECONDS) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        noise: NoiseCounter,
+        results: ResultKeys,
+        *,
+        checkpoint: Callable[[], object] = lambda: None,
+        interval: float = INTERVAL_SECONDS,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._noise = noise
@@ -93,8 +120,9 @@ class Maintenance:
         if now - self._last < self._interval or not self._lock.acquire(blocking=False):
             return
         self._last = now
-        self.running = threading.Thread(target=self._run, args=(now_ms(self._clock),),
-                                        name="keybound-maintenance", daemon=True)
+        self.running = threading.Thread(
+            target=self._run, args=(now_ms(self._clock),), name="keybound-maintenance", daemon=True
+        )
         self.running.start()
 
     def join(self, timeout: float = 30.0) -> None:

@@ -66,11 +66,21 @@ LEASE_SECONDS: Final = 60.0
 #: what the operator may set per provider kind (camelCase, as in the CLI and docs)
 SETTINGS: Final[dict[ProviderKind, frozenset[str]]] = {
     ProviderKind.WEBHOOK: frozenset({"url", "caFile"}),
-    ProviderKind.FCM: frozenset({"apiBaseUrl", "androidPriority", "timeToLiveSeconds",
-                                 "caFile"}),
-    ProviderKind.APNS: frozenset({"teamId", "keyId", "topic", "environment", "baseUrl",
-                                  "pushType", "alertTitle", "alertBody", "timeToLiveSeconds",
-                                  "caFile"}),
+    ProviderKind.FCM: frozenset({"apiBaseUrl", "androidPriority", "timeToLiveSeconds", "caFile"}),
+    ProviderKind.APNS: frozenset(
+        {
+            "teamId",
+            "keyId",
+            "topic",
+            "environment",
+            "baseUrl",
+            "pushType",
+            "alertTitle",
+            "alertBody",
+            "timeToLiveSeconds",
+            "caFile",
+        }
+    ),
 }
 
 
@@ -89,14 +99,26 @@ def _binding(application_id: str, kind: str) -> bytes:
 
 
 def _info(record: PushProviderRecord, secret: str | None = None) -> ProviderInfo:
-    return ProviderInfo(application_id=record.application_id, kind=ProviderKind(record.kind),
-                        settings=json.loads(record.settings), created_at=record.created_at,
-                        updated_at=record.updated_at, secret=secret)
+    return ProviderInfo(
+        application_id=record.application_id,
+        kind=ProviderKind(record.kind),
+        settings=json.loads(record.settings),
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        secret=secret,
+    )
 
 
 class Notifications:
-    def __init__(self, db: Database, box: SecretBox, clock: Clock, *, policy: EndpointPolicy,
-                 resolver: Resolver) -> None:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        clock: Clock,
+        *,
+        policy: EndpointPolicy,
+        resolver: Resolver,
+    ) -> None:
         self.db = db
         self.box = box
         self.clock = clock
@@ -107,9 +129,14 @@ class Notifications:
 
     # -- the operator's configuration ------------------------------------------------------
 
-    def set_provider(self, unit: Unit, application_id: str, kind: ProviderKind,
-                     settings: Mapping[str, Any], credentials: bytes | None = None
-                     ) -> ProviderInfo:
+    def set_provider(
+        self,
+        unit: Unit,
+        application_id: str,
+        kind: ProviderKind,
+        settings: Mapping[str, Any],
+        credentials: bytes | None = None,
+    ) -> ProviderInfo:
         """Configure (or replace) the application's provider of ``kind``. ``credentials``:
         FCM's service-account key file, APNs' ``.p8`` key; the webhook provider's signing
         secret is generated here and returned once."""
@@ -129,18 +156,23 @@ class Notifications:
         elif credentials is None:
             raise ConfigurationInvalid(f"the {kind.value} provider needs its key file")
         record = PushProviderRecord(
-            application_id=application_id, kind=kind.value,
+            application_id=application_id,
+            kind=kind.value,
             settings=json.dumps(dict(settings), sort_keys=True),
-            wrapped_credentials=self.box.wrap(Purpose.PUSH_CREDENTIALS, credentials,
-                                              binding=_binding(application_id, kind.value)),
-            created_at=unit.now, updated_at=unit.now)
+            wrapped_credentials=self.box.wrap(
+                Purpose.PUSH_CREDENTIALS, credentials, binding=_binding(application_id, kind.value)
+            ),
+            created_at=unit.now,
+            updated_at=unit.now,
+        )
         self._build(record).close()  # refuse what would not work, before storing it
         conn = unit.write()
         if apps.config_text(conn, application_id) is None:
             raise NotFound(f"no application {application_id!r}")
         push.put_provider(conn, record)
-        unit.emit(EventType.PUSH_PROVIDER_SET, payload={"kind": kind.value,
-                                                        "settings": dict(settings)})
+        unit.emit(
+            EventType.PUSH_PROVIDER_SET, payload={"kind": kind.value, "settings": dict(settings)}
+        )
         return _info(record, secret)
 
     def remove_provider(self, unit: Unit, application_id: str, kind: ProviderKind) -> None:
@@ -158,8 +190,11 @@ class Notifications:
     def _build(self, record: PushProviderRecord) -> NotificationProvider:
         kind = ProviderKind(record.kind)
         settings: dict[str, Any] = json.loads(record.settings)
-        credentials = self.box.unwrap(Purpose.PUSH_CREDENTIALS, record.wrapped_credentials,
-                                      binding=_binding(record.application_id, record.kind))
+        credentials = self.box.unwrap(
+            Purpose.PUSH_CREDENTIALS,
+            record.wrapped_credentials,
+            binding=_binding(record.application_id, record.kind),
+        )
         verify: ssl.SSLContext | bool = True
         if settings.get("caFile"):
             verify = ssl.create_default_context(cafile=str(settings["caFile"]))
@@ -199,8 +234,9 @@ class Notifications:
         if not due:
             return []
         with self.db.write() as conn:
-            got = push.claim(conn, [n.id for n in due], now=now,
-                             lease_until=now + int(LEASE_SECONDS * 1000))
+            got = push.claim(
+                conn, [n.id for n in due], now=now, lease_until=now + int(LEASE_SECONDS * 1000)
+            )
         return [n for n in due if n.id in got]
 
     def send(self, notification: NotificationRecord) -> None:
@@ -217,34 +253,43 @@ class Notifications:
             return
         target = PushTarget(provider=ProviderKind(token.provider), token=token.token)
         outcome = self.notifier(notification.application_id).send(
-            target, PushHint(application_id=notification.application_id,
-                             device_id=notification.device_id))
+            target,
+            PushHint(application_id=notification.application_id, device_id=notification.device_id),
+        )
         attempts = notification.attempts + 1
         if outcome.kind is OutcomeKind.DELIVERED:
-            self._store(notification, state="delivered", attempts=attempts,
-                        detail=outcome.message_id or "")
+            self._store(
+                notification, state="delivered", attempts=attempts, detail=outcome.message_id or ""
+            )
         elif outcome.kind is OutcomeKind.TOKEN_INVALID:
             since = None if outcome.invalid_since is None else int(outcome.invalid_since * 1000)
             with self.db.write() as conn:
-                push.drop_token(conn, notification.device_id, token.token,
-                                registered_before=since)
-            self._store(notification, state="dropped", attempts=attempts,
-                        detail=outcome.reason)
+                push.drop_token(conn, notification.device_id, token.token, registered_before=since)
+            self._store(notification, state="dropped", attempts=attempts, detail=outcome.reason)
         elif outcome.kind is OutcomeKind.RETRY:
             backoff = min(FIRST_BACKOFF_SECONDS * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
             later = now + int(max(outcome.retry_after, backoff) * 1000)
             if later >= notification.expires_at:
-                self._store(notification, state="expired", attempts=attempts,
-                            detail=f"{outcome.reason}; operation expires first")
+                self._store(
+                    notification,
+                    state="expired",
+                    attempts=attempts,
+                    detail=f"{outcome.reason}; operation expires first",
+                )
             else:
-                self._store(notification, state="pending", attempts=attempts,
-                            next_attempt_at=later, detail=outcome.reason)
+                self._store(
+                    notification,
+                    state="pending",
+                    attempts=attempts,
+                    next_attempt_at=later,
+                    detail=outcome.reason,
+                )
         else:
-            self._store(notification, state="failed", attempts=attempts,
-                        detail=outcome.reason)
+            self._store(notification, state="failed", attempts=attempts, detail=outcome.reason)
 
-    def _store(self, notification: NotificationRecord, *, state: str, detail: str,
-               **values: Any) -> None:
+    def _store(
+        self, notification: NotificationRecord, *, state: str, detail: str, **values: Any
+    ) -> None:
         with self.db.write() as conn:
             push.store(conn, notification.id, state=state, last_detail=detail[:200], **values)
 
@@ -252,24 +297,28 @@ class Notifications:
 # -- building each kind of provider --------------------------------------------------------
 
 
-def _webhook(settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext | bool,
-             clock: Clock) -> NotificationProvider:
+def _webhook(
+    settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext | bool, clock: Clock
+) -> NotificationProvider:
     secret = parse_signing_secret(json.loads(credentials)["secret"])
     config = WebhookConfig(url=settings["url"])
 
     def headers_for(body: bytes) -> dict[str, str]:
         # one id per request: a wake-up is idempotent ("poll now"), nothing to deduplicate
         digest = hashlib.sha256(body).hexdigest()[:32]
-        return webhook_headers(msg_id=f"ntf_{digest}", timestamp=int(time.time()), body=body,
-                               secrets=(secret,))
+        return webhook_headers(
+            msg_id=f"ntf_{digest}", timestamp=int(time.time()), body=body, secrets=(secret,)
+        )
 
-    client = httpx.Client(timeout=config.timeout_seconds, follow_redirects=False,
-                          verify=verify, trust_env=False)
+    client = httpx.Client(
+        timeout=config.timeout_seconds, follow_redirects=False, verify=verify, trust_env=False
+    )
     return WebhookProvider(config, headers_for=headers_for, client=client, clock=clock)
 
 
-def _fcm(settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext | bool,
-         clock: Clock) -> NotificationProvider:
+def _fcm(
+    settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext | bool, clock: Clock
+) -> NotificationProvider:
     options: dict[str, Any] = {}
     if "apiBaseUrl" in settings:
         options["api_base_url"] = str(settings["apiBaseUrl"])
@@ -281,8 +330,9 @@ def _fcm(settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext | 
     return FcmProvider(config, clock=clock, verify=verify)
 
 
-def _apns(settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext | bool,
-          clock: Clock) -> NotificationProvider:
+def _apns(
+    settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext | bool, clock: Clock
+) -> NotificationProvider:
     options: dict[str, Any] = {}
     if "environment" in settings:
         options["environment"] = ApnsEnvironment[str(settings["environment"]).upper()]
@@ -295,14 +345,21 @@ def _apns(settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext |
             options[option] = str(settings[name])
     if "timeToLiveSeconds" in settings:
         options["time_to_live_seconds"] = int(settings["timeToLiveSeconds"])
-    config = ApnsConfig(team_id=str(settings["teamId"]), key_id=str(settings["keyId"]),
-                        signing_key=load_p8(credentials), topic=str(settings["topic"]),
-                        **options)
+    config = ApnsConfig(
+        team_id=str(settings["teamId"]),
+        key_id=str(settings["keyId"]),
+        signing_key=load_p8(credentials),
+        topic=str(settings["topic"]),
+        **options,
+    )
     return ApnsProvider(config, clock=clock, verify=verify)
 
 
-_PROVIDERS: Final = {ProviderKind.WEBHOOK: _webhook, ProviderKind.FCM: _fcm,
-                     ProviderKind.APNS: _apns}
+_PROVIDERS: Final = {
+    ProviderKind.WEBHOOK: _webhook,
+    ProviderKind.FCM: _fcm,
+    ProviderKind.APNS: _apns,
+}
 
 
 __all__ = ["SETTINGS", "Notifications", "ProviderInfo"]

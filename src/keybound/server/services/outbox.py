@@ -76,9 +76,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keybound.outbox")
 
-_STATE: Final = {OutcomeKind.DELIVERED: "delivered", OutcomeKind.GAVE_UP: "gave_up",
-                 OutcomeKind.ENDPOINT_GONE: "gone", OutcomeKind.RETRY: hooks.PENDING,
-                 OutcomeKind.DEFERRED: hooks.PENDING}
+_STATE: Final = {
+    OutcomeKind.DELIVERED: "delivered",
+    OutcomeKind.GAVE_UP: "gave_up",
+    OutcomeKind.ENDPOINT_GONE: "gone",
+    OutcomeKind.RETRY: hooks.PENDING,
+    OutcomeKind.DEFERRED: hooks.PENDING,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,9 +155,15 @@ class Outbox:
     breaker); ``wall_clock`` stamps ``webhook-timestamp``, which receivers compare with their
     own clock."""
 
-    def __init__(self, kb: Keybound, *, settings: OutboxSettings | None = None,
-                 clock: Clock | None = None, wall_clock: Clock = time.time,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        kb: Keybound,
+        *,
+        settings: OutboxSettings | None = None,
+        clock: Clock | None = None,
+        wall_clock: Clock = time.time,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.kb = kb
         self.db = kb.db
         self.settings = settings or OutboxSettings()
@@ -173,15 +183,24 @@ class Outbox:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Outbox:
-        client = create_client(policy=self.kb.webhooks.policy, resolver=self.kb.webhooks.resolver,
-                               timeouts=self.settings.timeouts, ssl_context=self.ssl_context)
+        client = create_client(
+            policy=self.kb.webhooks.policy,
+            resolver=self.kb.webhooks.resolver,
+            timeouts=self.settings.timeouts,
+            ssl_context=self.ssl_context,
+        )
         self._client = client
-        sender = WebhookSender(client=client, timeouts=self.settings.timeouts,
-                               wall_clock=self.wall_clock)
+        sender = WebhookSender(
+            client=client, timeouts=self.settings.timeouts, wall_clock=self.wall_clock
+        )
         self._dispatcher = Dispatcher(
-            sender=sender, on_outcome=self._on_outcome, retry=self.settings.retry,
-            breaker=self.settings.breaker, max_concurrency=self.settings.max_concurrency,
-            clock=self.clock)
+            sender=sender,
+            on_outcome=self._on_outcome,
+            retry=self.settings.retry,
+            breaker=self.settings.breaker,
+            max_concurrency=self.settings.max_concurrency,
+            clock=self.clock,
+        )
         self.kb.wakeup.attach(asyncio.get_running_loop(), self.wakeup)
         return self
 
@@ -211,10 +230,13 @@ class Outbox:
                 if worked:
                     await asyncio.sleep(0)
                     continue
-                waits = [asyncio.ensure_future(self.wakeup.wait()),
-                         asyncio.ensure_future(stop.wait())]
-                await asyncio.wait(waits, timeout=self.settings.idle_wait,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                waits = [
+                    asyncio.ensure_future(self.wakeup.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
+                await asyncio.wait(
+                    waits, timeout=self.settings.idle_wait, return_when=asyncio.FIRST_COMPLETED
+                )
                 for waiting in waits:
                     waiting.cancel()
 
@@ -259,10 +281,19 @@ class Outbox:
                 key = (event.application_id or "", event.type)
                 if key not in subscribers:
                     subscribers[key] = hooks.subscribers(conn, *key)
-                rows.extend({"endpoint_id": endpoint_id, "event_seq": event.seq,
-                             "event_id": event.id, "subject": event.subject or "",
-                             "state": hooks.PENDING, "attempts": 0, "next_attempt_at": now,
-                             "created_at": now} for endpoint_id in subscribers[key])
+                rows.extend(
+                    {
+                        "endpoint_id": endpoint_id,
+                        "event_seq": event.seq,
+                        "event_id": event.id,
+                        "subject": event.subject or "",
+                        "state": hooks.PENDING,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                    }
+                    for endpoint_id in subscribers[key]
+                )
             hooks.add_deliveries(conn, rows)
             event_rows.mark_fanned(conn, [event.seq for event in pending])
         return len(pending)
@@ -283,15 +314,15 @@ class Outbox:
             claimed.extend(self._claim_endpoint(endpoint, room, now_s))
         return claimed
 
-    def _claim_endpoint(self, endpoint: WebhookEndpointRecord, room: int,
-                        now_s: float) -> list[PendingDelivery]:
+    def _claim_endpoint(
+        self, endpoint: WebhookEndpointRecord, room: int, now_s: float
+    ) -> list[PendingDelivery]:
         now = _ms(now_s)
         with self.db.read() as conn:
             due = hooks.due(conn, endpoint.id, now, room)
             if not due:
                 return []
-            waiting = hooks.first_waiting(conn, endpoint.id, sorted({d.subject for d in due}),
-                                          now)
+            waiting = hooks.first_waiting(conn, endpoint.id, sorted({d.subject for d in due}), now)
             secret_rows = hooks.secrets_of(conn, [endpoint.id])
         if not secret_rows:
             log.error("webhook endpoint %s has no active secret", endpoint.id)
@@ -299,24 +330,39 @@ class Outbox:
         secrets = self.kb.webhooks.signing_secrets(secret_rows)
         candidates = {d.id: self._pending(d, endpoint, secrets) for d in due}
         # docs/webhooks.md §3.4: a subject's undelivered earlier event holds back the rest
-        blockers = [dataclasses.replace(next(iter(candidates.values())),
-                                        delivery_id=f"waiting-{subject}",
-                                        subject=subject, sequence=seq,
-                                        next_attempt_at=float("inf"))
-                    for subject, seq in waiting.items()]
-        chosen = [d for d in select_due([*candidates.values(), *blockers], now=now_s)
-                  if not d.delivery_id.startswith("waiting-")]
+        blockers = [
+            dataclasses.replace(
+                next(iter(candidates.values())),
+                delivery_id=f"waiting-{subject}",
+                subject=subject,
+                sequence=seq,
+                next_attempt_at=float("inf"),
+            )
+            for subject, seq in waiting.items()
+        ]
+        chosen = [
+            d
+            for d in select_due([*candidates.values(), *blockers], now=now_s)
+            if not d.delivery_id.startswith("waiting-")
+        ]
         if not chosen:
             return []
         lease = now + self._lease_ms()
         with self.db.write() as conn:
-            got = hooks.claim(conn, [int(d.delivery_id) for d in chosen], now=now,
-                              lease_until=lease)
+            got = hooks.claim(
+                conn, [int(d.delivery_id) for d in chosen], now=now, lease_until=lease
+            )
             kept = _keep_order(chosen, got)
             held = {d.delivery_id for d in kept}
-            hooks.release(conn, [int(d.delivery_id) for d in chosen
-                                 if int(d.delivery_id) in got and d.delivery_id not in held],
-                          lease)
+            hooks.release(
+                conn,
+                [
+                    int(d.delivery_id)
+                    for d in chosen
+                    if int(d.delivery_id) in got and d.delivery_id not in held
+                ],
+                lease,
+            )
         if not kept:
             return []
         self._in_hand[endpoint.id] = self._in_hand.get(endpoint.id, 0) + len(kept)
@@ -346,14 +392,22 @@ class Outbox:
                     self._leases[delivery_id] = lease
 
     @staticmethod
-    def _pending(row: DeliveryRecord, endpoint: WebhookEndpointRecord,
-                 secrets: tuple[SigningSecret, ...]) -> PendingDelivery:
+    def _pending(
+        row: DeliveryRecord, endpoint: WebhookEndpointRecord, secrets: tuple[SigningSecret, ...]
+    ) -> PendingDelivery:
         return PendingDelivery(
-            delivery_id=str(row.id), event_id=row.event_id, endpoint_id=endpoint.id,
-            url=endpoint.url, secrets=secrets, payload=b"",  # the body is built once claimed
-            subject=row.subject, sequence=row.event_seq, attempts=row.attempts,
+            delivery_id=str(row.id),
+            event_id=row.event_id,
+            endpoint_id=endpoint.id,
+            url=endpoint.url,
+            secrets=secrets,
+            payload=b"",  # the body is built once claimed
+            subject=row.subject,
+            sequence=row.event_seq,
+            attempts=row.attempts,
             first_attempt_at=row.first_attempt_at / 1000 if row.first_attempt_at else None,
-            next_attempt_at=row.next_attempt_at / 1000)
+            next_attempt_at=row.next_attempt_at / 1000,
+        )
 
     def _with_bodies(self, chosen: list[PendingDelivery]) -> list[PendingDelivery]:
         with self.db.read() as conn:
@@ -364,12 +418,19 @@ class Outbox:
         if lost:  # retention removed the event: nothing left to send
             with self.db.write() as conn:
                 for delivery in lost:
-                    hooks.store_outcome(conn, int(delivery.delivery_id), state="gave_up",
-                                        last_detail="the event no longer exists")
+                    hooks.store_outcome(
+                        conn,
+                        int(delivery.delivery_id),
+                        state="gave_up",
+                        last_detail="the event no longer exists",
+                    )
                     self._in_hand[delivery.endpoint_id] -= 1
                     self._leases.pop(int(delivery.delivery_id), None)
-        return [dataclasses.replace(d, payload=bodies[d.sequence]) for d in chosen
-                if d.sequence in bodies]
+        return [
+            dataclasses.replace(d, payload=bodies[d.sequence])
+            for d in chosen
+            if d.sequence in bodies
+        ]
 
     # -- 4. store --------------------------------------------------------------------------
 
@@ -387,8 +448,8 @@ class Outbox:
         """Store the outcomes received so far."""
         async with self._store_lock:
             while self._unstored:
-                batch = self._unstored[:self.settings.store_batch]
-                del self._unstored[:len(batch)]
+                batch = self._unstored[: self.settings.store_batch]
+                del self._unstored[: len(batch)]
                 await asyncio.to_thread(self.store, batch)
                 if not final:
                     break
@@ -407,23 +468,36 @@ class Outbox:
                     values["next_attempt_at"] = _ms(o.next_attempt_at)
                 if o.attempted:
                     assert o.attempted_at is not None
-                    values.update(last_attempt_at=_ms(o.attempted_at), last_status=o.status,
-                                  last_error=o.error.value if o.error else None,
-                                  last_detail=o.detail[:200])
-                    attempts.append({
-                        "delivery_id": int(o.delivery_id), "endpoint_id": o.endpoint_id,
-                        "event_id": o.event_id, "attempted_at": _ms(o.attempted_at),
-                        "status": o.status, "error": o.error.value if o.error else None,
-                        "detail": o.detail[:200], "duration_ms": int(o.duration * 1000)})
+                    values.update(
+                        last_attempt_at=_ms(o.attempted_at),
+                        last_status=o.status,
+                        last_error=o.error.value if o.error else None,
+                        last_detail=o.detail[:200],
+                    )
+                    attempts.append(
+                        {
+                            "delivery_id": int(o.delivery_id),
+                            "endpoint_id": o.endpoint_id,
+                            "event_id": o.event_id,
+                            "attempted_at": _ms(o.attempted_at),
+                            "status": o.status,
+                            "error": o.error.value if o.error else None,
+                            "detail": o.detail[:200],
+                            "duration_ms": int(o.duration * 1000),
+                        }
+                    )
                 hooks.store_outcome(conn, int(o.delivery_id), **values)
                 breakers[o.endpoint_id] = o.breaker
                 if o.kind is OutcomeKind.ENDPOINT_GONE:
                     gone.add(o.endpoint_id)
             hooks.log_attempts(conn, attempts)
             for endpoint_id, state in breakers.items():
-                hooks.store_breaker(conn, endpoint_id, failures=state.consecutive_failures,
-                                    open_until=_ms(state.open_until) if state.open_until
-                                    else None)
+                hooks.store_breaker(
+                    conn,
+                    endpoint_id,
+                    failures=state.consecutive_failures,
+                    open_until=_ms(state.open_until) if state.open_until else None,
+                )
             for endpoint_id in gone:
                 hooks.disable_gone(conn, endpoint_id, _ms(self.clock()))
 

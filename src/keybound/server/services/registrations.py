@@ -52,7 +52,8 @@ def device_view(row: RegistrationRecord) -> Device:
         created_at=ms_to_dt(row.created_at),
         activated_at=ms_to_dt(row.activated_at),
         last_authenticated_at=(
-            ms_to_dt(row.last_authenticated_at) if row.last_authenticated_at else None),
+            ms_to_dt(row.last_authenticated_at) if row.last_authenticated_at else None
+        ),
     )
 
 
@@ -75,11 +76,19 @@ class Registrations:
             rows = regs.of_user(conn, application_id, user_id)
         return DeviceList(devices=[device_view(r) for r in rows])
 
-    def _transition(self, unit: Unit, application_id: str, device_id: str, *,
-                    event: EventType, allowed_from: tuple[DeviceState, ...],
-                    values: dict[str, Any], refuse_reason: LockReason | None = None,
-                    unchanged_in: tuple[DeviceState, ...] = (),
-                    repeated: EventType | None = None) -> Device:
+    def _transition(
+        self,
+        unit: Unit,
+        application_id: str,
+        device_id: str,
+        *,
+        event: EventType,
+        allowed_from: tuple[DeviceState, ...],
+        values: dict[str, Any],
+        refuse_reason: LockReason | None = None,
+        unchanged_in: tuple[DeviceState, ...] = (),
+        repeated: EventType | None = None,
+    ) -> Device:
         """Move a device between states (repositories.registrations.transition); a device
         already in ``unchanged_in`` is returned as it is. ``event`` is the public event of
         the change; a repeat of a change already made (a device deactivated again) is
@@ -94,19 +103,32 @@ class Registrations:
             return device_view(row)
         if repeated is not None and row.state == values.get("state"):
             event = repeated
-        if not regs.transition(conn, device_id, allowed_from=allowed_from,
-                               refuse_reason=refuse_reason, values=values, now=unit.now):
+        if not regs.transition(
+            conn,
+            device_id,
+            allowed_from=allowed_from,
+            refuse_reason=refuse_reason,
+            values=values,
+            now=unit.now,
+        ):
             current = regs.get(conn, device_id)
             assert current is not None
             if refuse_reason is not None and current.lock_reason == refuse_reason.value:
-                raise InvalidState("a device locked for a cloned software key must be "
-                                   "reactivated")
+                raise InvalidState("a device locked for a cloned software key must be reactivated")
             raise InvalidState(f"device is {current.state.lower()}")
         changed = regs.get(conn, device_id)
         assert changed is not None
-        unit.emit(event, payload=device_data(
-            device_id=device_id, user_id=changed.user_id, state=changed.state,
-            lock_reason=changed.lock_reason) if event in PUBLIC_TYPES else None)
+        unit.emit(
+            event,
+            payload=device_data(
+                device_id=device_id,
+                user_id=changed.user_id,
+                state=changed.state,
+                lock_reason=changed.lock_reason,
+            )
+            if event in PUBLIC_TYPES
+            else None,
+        )
         if values.get("state") == DeviceState.DEACTIVATED.value:
             fail_pending_of_device(unit, self.results, device_id, ErrorCode.DEVICE_INACTIVE)
         return device_view(changed)
@@ -116,23 +138,37 @@ class Registrations:
         never replaces a SOFTWARE_KEY_CLONED reason, which only a reactivation clears."""
         reason = LockReason.OPERATOR if unit.actor is Actor.OPERATOR else LockReason.RELYING_PARTY
         return self._transition(
-            unit, application_id, device_id, event=EventType.DEVICE_LOCKED,
-            allowed_from=(DeviceState.ACTIVE,), unchanged_in=(DeviceState.LOCKED,),
-            values={"state": DeviceState.LOCKED.value, "lock_reason": reason.value})
+            unit,
+            application_id,
+            device_id,
+            event=EventType.DEVICE_LOCKED,
+            allowed_from=(DeviceState.ACTIVE,),
+            unchanged_in=(DeviceState.LOCKED,),
+            values={"state": DeviceState.LOCKED.value, "lock_reason": reason.value},
+        )
 
     def unlock(self, unit: Unit, application_id: str, device_id: str) -> Device:
         return self._transition(
-            unit, application_id, device_id, event=EventType.DEVICE_UNLOCKED,
+            unit,
+            application_id,
+            device_id,
+            event=EventType.DEVICE_UNLOCKED,
             allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED),
             values={"state": DeviceState.ACTIVE.value, "lock_reason": None, "failures": 0},
-            refuse_reason=LockReason.SOFTWARE_KEY_CLONED, repeated=EventType.DEVICE_UNLOCK)
+            refuse_reason=LockReason.SOFTWARE_KEY_CLONED,
+            repeated=EventType.DEVICE_UNLOCK,
+        )
 
     def deactivate(self, unit: Unit, application_id: str, device_id: str) -> Device:
         return self._transition(
-            unit, application_id, device_id, event=EventType.DEVICE_DEACTIVATED,
+            unit,
+            application_id,
+            device_id,
+            event=EventType.DEVICE_DEACTIVATED,
             allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED, DeviceState.DEACTIVATED),
             values={"state": DeviceState.DEACTIVATED.value, "pin_key": None},
-            repeated=EventType.DEVICE_DEACTIVATE)
+            repeated=EventType.DEVICE_DEACTIVATE,
+        )
 
     def device_deactivate(self, unit: Unit, request: DeactivateRequest) -> DeactivateResponse:
         """The device deactivates itself, signing with its current software key (§3.1.6)."""
@@ -141,19 +177,30 @@ class Registrations:
             row = regs.get_of_application(conn, request.application_id, request.device_id)
         if row is None or row.sw_key_id != request.software_key_id:
             raise CeremonyError("authentication failed")
-        prove_possession(row.sw_public_key, transcript(
-            Purpose.DEACTIVATION, application_id=request.application_id,
-            device_id=request.device_id, operation_id="", challenge=b"",
-            context_digest=NO_CONTEXT_HASH, software_public_key=row.sw_public_key),
-            request.software_signature)
+        prove_possession(
+            row.sw_public_key,
+            transcript(
+                Purpose.DEACTIVATION,
+                application_id=request.application_id,
+                device_id=request.device_id,
+                operation_id="",
+                challenge=b"",
+                context_digest=NO_CONTEXT_HASH,
+                software_public_key=row.sw_public_key,
+            ),
+            request.software_signature,
+        )
         unit.identify()
         if row.state != DeviceState.DEACTIVATED:
             self._transition(
-                unit, request.application_id, request.device_id,
+                unit,
+                request.application_id,
+                request.device_id,
                 event=EventType.DEVICE_DEACTIVATED,
                 allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED, DeviceState.DEACTIVATED),
                 values={"state": DeviceState.DEACTIVATED.value, "pin_key": None},
-                repeated=EventType.DEVICE_DEACTIVATE)
+                repeated=EventType.DEVICE_DEACTIVATE,
+            )
         return DeactivateResponse(device_id=row.id, state=DeviceState.DEACTIVATED)
 
     def update_push_token(self, unit: Unit, request: PushTokenRequest) -> PushTokenResponse:
@@ -165,11 +212,19 @@ class Registrations:
         # §3.1.8: only the current software key may change where the device is woken
         if row is None or row.sw_key_id != request.software_key_id:
             raise CeremonyError("authentication failed")
-        prove_possession(row.sw_public_key, transcript(
-            Purpose.PUSH_TOKEN, application_id=request.application_id,
-            device_id=request.device_id, operation_id="", challenge=b"",
-            context_digest=push_token_hash(request.push_token),
-            software_public_key=row.sw_public_key), request.software_signature)
+        prove_possession(
+            row.sw_public_key,
+            transcript(
+                Purpose.PUSH_TOKEN,
+                application_id=request.application_id,
+                device_id=request.device_id,
+                operation_id="",
+                challenge=b"",
+                context_digest=push_token_hash(request.push_token),
+                software_public_key=row.sw_public_key,
+            ),
+            request.software_signature,
+        )
         unit.identify()
         # §3.1.8: a deactivated device is never woken again
         if row.state == DeviceState.DEACTIVATED.value:

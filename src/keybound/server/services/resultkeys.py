@@ -82,10 +82,15 @@ class ResultKeyInfo:
 
 
 def _info(row: ResultKeyRecord) -> ResultKeyInfo:
-    return ResultKeyInfo(kid=row.kid, algorithm=ResultAlgorithm(row.algorithm),
-                         state=SigningKeyState(row.state), created_at=row.created_at,
-                         retired_at=row.retired_at, expires_at=row.expires_at,
-                         public_jwk=json.loads(row.public_jwk))
+    return ResultKeyInfo(
+        kid=row.kid,
+        algorithm=ResultAlgorithm(row.algorithm),
+        state=SigningKeyState(row.state),
+        created_at=row.created_at,
+        retired_at=row.retired_at,
+        expires_at=row.expires_at,
+        public_jwk=json.loads(row.public_jwk),
+    )
 
 
 def wrap_binding(kid: str, algorithm: ResultAlgorithm) -> bytes:
@@ -95,10 +100,16 @@ def wrap_binding(kid: str, algorithm: ResultAlgorithm) -> bytes:
 
 def check_issuer(value: str) -> str:
     """An ``iss``: a URL or URN of up to 255 printable characters, no whitespace."""
-    if not value or len(value) > MAX_ISSUER_LENGTH or not value.isprintable() \
-            or any(c.isspace() for c in value) or ":" not in value:
-        raise ConfigurationInvalid("the issuer must be the server's URL (e.g. "
-                                   "https://kb.example), at most 255 characters")
+    if (
+        not value
+        or len(value) > MAX_ISSUER_LENGTH
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
+        or ":" not in value
+    ):
+        raise ConfigurationInvalid(
+            "the issuer must be the server's URL (e.g. https://kb.example), at most 255 characters"
+        )
     return value
 
 
@@ -113,9 +124,15 @@ class _Snapshot:
 class ResultKeys:
     """The keys, the issuer and the JWKS; signs results and checkpoints (module docstring)."""
 
-    def __init__(self, db: Database, box: SecretBox, clock: Clock, *,
-                 ttl: float = SNAPSHOT_TTL_SECONDS,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        clock: Clock,
+        *,
+        ttl: float = SNAPSHOT_TTL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._db = db
         self._box = box
         self._clock = clock
@@ -131,8 +148,7 @@ class ResultKeys:
         """A compact JWS by the newest ACTIVE key."""
         signer = self._current().signer
         if signer is None:
-            raise ConfigurationInvalid("no ACTIVE result-signing key: keybound signing-key "
-                                       "create")
+            raise ConfigurationInvalid("no ACTIVE result-signing key: keybound signing-key create")
         return signer.sign(claims, typ=typ)
 
     def issuer(self) -> str:
@@ -146,14 +162,29 @@ class ResultKeys:
         with self._lock:
             self._snapshot = None
 
-    def operation_result(self, op: OperationRecord, *, state: OperationState,
-                         result: Mapping[str, Any] | None, completed_at: int | None,
-                         now: int, user_id: str | None = None) -> str:
+    def operation_result(
+        self,
+        op: OperationRecord,
+        *,
+        state: OperationState,
+        result: Mapping[str, Any] | None,
+        completed_at: int | None,
+        now: int,
+        user_id: str | None = None,
+    ) -> str:
         """The signed result of ``op`` ending in ``state`` at ``completed_at`` with its
         stored ``result`` (authMethod, authLevel, failureCode, risk)."""
-        return self.sign(operation_claims(op, issuer=self.issuer(), now=now, state=state,
-                                          result=result, completed_at=completed_at,
-                                          user_id=user_id))
+        return self.sign(
+            operation_claims(
+                op,
+                issuer=self.issuer(),
+                now=now,
+                state=state,
+                result=result,
+                completed_at=completed_at,
+                user_id=user_id,
+            )
+        )
 
     def _current(self) -> _Snapshot:
         snapshot = self._snapshot
@@ -171,15 +202,26 @@ class ResultKeys:
                 issuer = keys.issuer(conn) or DEFAULT_ISSUER
             now = now_ms(self._clock)
             published = [row for row in rows if row.expires_at is None or now < row.expires_at]
-            active = [row for row in rows if row.state == SigningKeyState.ACTIVE.value
-                      and row.wrapped_private_key is not None]
+            active = [
+                row
+                for row in rows
+                if row.state == SigningKeyState.ACTIVE.value and row.wrapped_private_key is not None
+            ]
             newest = max(active, key=lambda row: (row.created_at, row.kid), default=None)
             signer = None if newest is None else self._signer(newest)
             self._snapshot = _Snapshot(
                 signer=signer,
-                jwks={"keys": [json.loads(row.public_jwk) for row in sorted(
-                    published, key=lambda row: (row.created_at, row.kid), reverse=True)]},
-                issuer=issuer, loaded_at=loaded_at)
+                jwks={
+                    "keys": [
+                        json.loads(row.public_jwk)
+                        for row in sorted(
+                            published, key=lambda row: (row.created_at, row.kid), reverse=True
+                        )
+                    ]
+                },
+                issuer=issuer,
+                loaded_at=loaded_at,
+            )
             return self._snapshot
 
     def _signer(self, row: ResultKeyRecord) -> ResultSigner | None:
@@ -188,22 +230,33 @@ class ResultKeys:
             return signer
         algorithm = ResultAlgorithm(row.algorithm)
         try:
-            pem = self._box.unwrap(Purpose.RESULT_SIGNING_KEY, row.wrapped_private_key or b"",
-                                   binding=wrap_binding(row.kid, algorithm))
-            key = load_signing_key(pem, kid=row.kid, algorithm=algorithm,
-                                   state=SigningKeyState.ACTIVE,
-                                   created_at=row.created_at // 1000)
+            pem = self._box.unwrap(
+                Purpose.RESULT_SIGNING_KEY,
+                row.wrapped_private_key or b"",
+                binding=wrap_binding(row.kid, algorithm),
+            )
+            key = load_signing_key(
+                pem,
+                kid=row.kid,
+                algorithm=algorithm,
+                state=SigningKeyState.ACTIVE,
+                created_at=row.created_at // 1000,
+            )
         except (KeyStorageError, ConfigurationInvalid) as exc:
-            log.error("result-signing key %s is unusable (%s)", row.kid,
-                      getattr(exc, "detail", type(exc).__name__))
+            log.error(
+                "result-signing key %s is unusable (%s)",
+                row.kid,
+                getattr(exc, "detail", type(exc).__name__),
+            )
             return None
         signer = self._unwrapped[row.kid] = ResultSigner([key], clock=self._clock)
         return signer
 
     # -- management (each in the operator's unit of work) ---------------------------------
 
-    def create(self, unit: Unit, *,
-               algorithm: ResultAlgorithm = ResultAlgorithm.ES256) -> ResultKeyInfo:
+    def create(
+        self, unit: Unit, *, algorithm: ResultAlgorithm = ResultAlgorithm.ES256
+    ) -> ResultKeyInfo:
         """A new ACTIVE key; being the newest, it signs from now on."""
         key = generate_signing_key(algorithm=algorithm, clock=self._clock)
         conn = unit.write()
@@ -211,15 +264,25 @@ class ResultKeys:
         # signs, and which one that is must never be left to the order of two kids
         created = max([unit.now, *(row.created_at + 1 for row in keys.all_keys(conn))])
         record = ResultKeyRecord(
-            kid=key.kid, algorithm=algorithm.value,
+            kid=key.kid,
+            algorithm=algorithm.value,
             public_jwk=json.dumps(public_jwk(key), sort_keys=True),
-            wrapped_private_key=self._box.wrap(Purpose.RESULT_SIGNING_KEY, private_key_pem(key),
-                                               binding=wrap_binding(key.kid, algorithm)),
-            state=SigningKeyState.ACTIVE.value, created_at=created, retired_at=None,
-            expires_at=None)
+            wrapped_private_key=self._box.wrap(
+                Purpose.RESULT_SIGNING_KEY,
+                private_key_pem(key),
+                binding=wrap_binding(key.kid, algorithm),
+            ),
+            state=SigningKeyState.ACTIVE.value,
+            created_at=created,
+            retired_at=None,
+            expires_at=None,
+        )
         keys.insert_key(conn, record)
-        unit.emit(EventType.SIGNING_KEY_CREATE, subject=key.kid,
-                  payload={"kid": key.kid, "algorithm": algorithm.value})
+        unit.emit(
+            EventType.SIGNING_KEY_CREATE,
+            subject=key.kid,
+            payload={"kid": key.kid, "algorithm": algorithm.value},
+        )
         unit.after_commit(self.invalidate)
         return _info(record)
 
@@ -227,8 +290,7 @@ class ResultKeys:
         with unit.read() as conn:
             return [_info(row) for row in keys.all_keys(conn)]
 
-    def retire(self, unit: Unit, kid: str, *, publish_days: int | None = None
-               ) -> ResultKeyInfo:
+    def retire(self, unit: Unit, kid: str, *, publish_days: int | None = None) -> ResultKeyInfo:
         """ACTIVE -> RETIRED: it signs nothing more, its private key is erased, and it stays
         in the JWKS for ``publish_days`` (None: for good). Never the last ACTIVE key."""
         if publish_days is not None and publish_days < 0:
@@ -240,13 +302,16 @@ class ResultKeys:
         if row.state != SigningKeyState.ACTIVE.value:
             raise InvalidState(f"result-signing key {kid} is {row.state}")
         if keys.count_active(conn) < 2:
-            raise InvalidState("the last ACTIVE result-signing key cannot be retired: create "
-                               "its successor first (keybound signing-key create)")
+            raise InvalidState(
+                "the last ACTIVE result-signing key cannot be retired: create "
+                "its successor first (keybound signing-key create)"
+            )
         expires = None if publish_days is None else unit.now + publish_days * 86_400_000
         if not keys.retire(conn, kid, now=unit.now, expires_at=expires):
             raise InvalidState(f"result-signing key {kid} is not ACTIVE")
-        unit.emit(EventType.SIGNING_KEY_RETIRE, subject=kid,
-                  payload={"kid": kid, "expiresAt": expires})
+        unit.emit(
+            EventType.SIGNING_KEY_RETIRE, subject=kid, payload={"kid": kid, "expiresAt": expires}
+        )
         unit.after_commit(self.invalidate)
         retired = keys.get(conn, kid)
         assert retired is not None
@@ -265,38 +330,59 @@ class ResultKeys:
         with self._db.read() as conn:
             if keys.any_active(conn):
                 return
-        unit = Unit(self._db, self._clock, actor=Actor.SYSTEM,
-                    action=EventType.SIGNING_KEY_CREATE, identified=True)
+        unit = Unit(
+            self._db,
+            self._clock,
+            actor=Actor.SYSTEM,
+            action=EventType.SIGNING_KEY_CREATE,
+            identified=True,
+        )
         perform(unit, lambda u: self._create_if_none(u), noise=noise, cause="signing-key")
 
     def _create_if_none(self, unit: Unit) -> None:
         if not keys.any_active(unit.write()):  # in the write transaction: one of racing
-            self.create(unit)                   # starts creates it (on SQLite)
+            self.create(unit)  # starts creates it (on SQLite)
 
 
 # --------------------------------------------------------------------------- claims
 
 
-def operation_claims(op: OperationRecord, *, issuer: str, now: int, state: OperationState,
-                     result: Mapping[str, Any] | None, completed_at: int | None,
-                     user_id: str | None = None) -> dict[str, Any]:
+def operation_claims(
+    op: OperationRecord,
+    *,
+    issuer: str,
+    now: int,
+    state: OperationState,
+    result: Mapping[str, Any] | None,
+    completed_at: int | None,
+    user_id: str | None = None,
+) -> dict[str, Any]:
     """The claims of ``op``'s result (events.results.claims_for) from its stored record: the
     risk attributes its configuration snapshot lets through, the hardware-key result
     whatever that says, and for a signature operation the data the user approved."""
     stored = result or {}
     risk = stored.get("risk") or {}
-    enabled = {attribute.value for attribute in AppConfig.from_stored(op.config)
-               .enabled_risk_data}
+    enabled = {attribute.value for attribute in AppConfig.from_stored(op.config).enabled_risk_data}
     shown = load_context(op.pre_context)
     signature = op.type == OperationType.SIGNATURE.value
-    method, level, hw = stored.get("authMethod"), stored.get("authLevel"), \
-        risk.get("hwKeyServerResult")
+    method, level, hw = (
+        stored.get("authMethod"),
+        stored.get("authLevel"),
+        risk.get("hwKeyServerResult"),
+    )
     attestation = {name: value for name, value in risk.items() if name in ATTESTATION_ATTRIBUTES}
     return claims_for(
-        issuer=issuer, issued_at=now // 1000, application_id=op.application_id,
-        operation_id=op.id, kind=OperationType(op.type), initiator=Initiator(op.initiator),
-        state=state, created_at_ms=op.created_at, completed_at_ms=completed_at,
-        user_id=op.user_id or user_id, device_id=op.device_id,
+        issuer=issuer,
+        issued_at=now // 1000,
+        application_id=op.application_id,
+        operation_id=op.id,
+        kind=OperationType(op.type),
+        initiator=Initiator(op.initiator),
+        state=state,
+        created_at_ms=op.created_at,
+        completed_at_ms=completed_at,
+        user_id=op.user_id or user_id,
+        device_id=op.device_id,
         auth_method=AuthMethod(method) if method else None,
         auth_level=AuthLevel(level) if level else None,
         failure_code=stored.get("failureCode"),
@@ -304,8 +390,15 @@ def operation_claims(op: OperationRecord, *, issuer: str, now: int, state: Opera
         signed_data=shown if signature else None,
         risk_data={name: value for name, value in risk.items() if name in enabled},
         hw_key_server_result=HwKeyServerResult(hw) if hw else None,
-        attestation=attestation or None)
+        attestation=attestation or None,
+    )
 
 
-__all__ = ["DEFAULT_ISSUER", "ResultKeyInfo", "ResultKeys", "check_issuer", "operation_claims",
-           "wrap_binding"]
+__all__ = [
+    "DEFAULT_ISSUER",
+    "ResultKeyInfo",
+    "ResultKeys",
+    "check_issuer",
+    "operation_claims",
+    "wrap_binding",
+]

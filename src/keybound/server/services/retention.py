@@ -60,22 +60,29 @@ def erase_expired_post_contexts(db: Database, now: int) -> int:
     operation; one whose operation expired unanswered is erased (docs/protocol.md §3.2)."""
     o = t.operations
     with db.write() as conn:
-        erased: int = conn.execute(update(o).where(
-            o.c.wrapped_post_context.is_not(None), o.c.expires_at <= now).values(
-            wrapped_post_context=None)).rowcount
+        erased: int = conn.execute(
+            update(o)
+            .where(o.c.wrapped_post_context.is_not(None), o.c.expires_at <= now)
+            .values(wrapped_post_context=None)
+        ).rowcount
     return erased
 
 
-def erase_expired_activation_secrets(db: Database, now: int, *,
-                                     batch: int = DELETE_BATCH) -> int:
+def erase_expired_activation_secrets(db: Database, now: int, *, batch: int = DELETE_BATCH) -> int:
     """The link tokens and typed codes of activations that expired unused (docs/protocol.md
     §3.2.5): they can start nothing any more, and give their hints back."""
     a = t.activation_secrets
     return delete_in_batches(db, a, (a.c.operation_id,), a.c.expires_at <= now, batch=batch)
 
 
-def prune(db: Database, clock: Clock, audit: AuditTrail, retention: Retention = Retention(),
-          *, batch: int = DELETE_BATCH) -> Pruned:
+def prune(
+    db: Database,
+    clock: Clock,
+    audit: AuditTrail,
+    retention: Retention = Retention(),
+    *,
+    batch: int = DELETE_BATCH,
+) -> Pruned:
     """Delete what retention allows, ``batch`` rows per transaction."""
     now = now_ms(clock)
 
@@ -86,26 +93,52 @@ def prune(db: Database, clock: Clock, audit: AuditTrail, retention: Retention = 
     # before their operations, which they refer to
     secrets_erased = erase_expired_activation_secrets(db, now, batch=batch)
     ops_before = before(retention.operations_days)
-    operations = delete_in_batches(db, o, (o.c.id,), (
-        ((o.c.state != OperationState.PENDING.value) & (o.c.completed_at < ops_before))
-        | ((o.c.state == OperationState.PENDING.value) & (o.c.expires_at < ops_before))),
-        batch=batch)
-    superseded = delete_in_batches(db, s, (s.c.registration_id, s.c.key_id),
-                                   s.c.superseded_at < before(retention.superseded_keys_days),
-                                   batch=batch)
+    operations = delete_in_batches(
+        db,
+        o,
+        (o.c.id,),
+        (
+            ((o.c.state != OperationState.PENDING.value) & (o.c.completed_at < ops_before))
+            | ((o.c.state == OperationState.PENDING.value) & (o.c.expires_at < ops_before))
+        ),
+        batch=batch,
+    )
+    superseded = delete_in_batches(
+        db,
+        s,
+        (s.c.registration_id, s.c.key_id),
+        s.c.superseded_at < before(retention.superseded_keys_days),
+        batch=batch,
+    )
     seen = purge_seen_requests(db, now, batch=batch)
-    events = 0 if retention.events_days == 0 else audit.prune(
-        before(retention.events_days), batch=batch)
-    noise = delete_in_batches(db, n, (n.c.window_start, n.c.cause),
-                              n.c.window_start < before(retention.noise_days), batch=batch)
+    events = (
+        0 if retention.events_days == 0 else audit.prune(before(retention.events_days), batch=batch)
+    )
+    noise = delete_in_batches(
+        db,
+        n,
+        (n.c.window_start, n.c.cause),
+        n.c.window_start < before(retention.noise_days),
+        batch=batch,
+    )
     log_before = before(retention.webhook_log_days)
     d, a, w = t.webhook_deliveries, t.webhook_attempts, t.push_notifications
     webhook_log = (
         delete_in_batches(db, a, (a.c.id,), a.c.attempted_at < log_before, batch=batch)
-        + delete_in_batches(db, d, (d.c.id,), (d.c.state != "pending")
-                            & (d.c.created_at < log_before), batch=batch)
-        + delete_in_batches(db, w, (w.c.id,), (w.c.state != "pending")
-                            & (w.c.created_at < log_before), batch=batch))
-    return Pruned(operations=operations, superseded_keys=superseded, seen_requests=seen,
-                  events=events, noise=noise, post_contexts=erase_expired_post_contexts(db, now),
-                  webhook_log=webhook_log, activation_secrets=secrets_erased)
+        + delete_in_batches(
+            db, d, (d.c.id,), (d.c.state != "pending") & (d.c.created_at < log_before), batch=batch
+        )
+        + delete_in_batches(
+            db, w, (w.c.id,), (w.c.state != "pending") & (w.c.created_at < log_before), batch=batch
+        )
+    )
+    return Pruned(
+        operations=operations,
+        superseded_keys=superseded,
+        seen_requests=seen,
+        events=events,
+        noise=noise,
+        post_contexts=erase_expired_post_contexts(db, now),
+        webhook_log=webhook_log,
+        activation_secrets=secrets_erased,
+    )

@@ -53,8 +53,7 @@ class KeyboundApp:
     """The assembled pipeline, plus its parts for whoever needs them (the OpenAPI document,
     tests)."""
 
-    def __init__(self, *, rp: FastAPI, device: DeviceApp, middleware: Sequence[Middleware]
-                 ) -> None:
+    def __init__(self, *, rp: FastAPI, device: DeviceApp, middleware: Sequence[Middleware]) -> None:
         self.rp = rp
         self.device = device
         self.state = rp.state  # app.state.kb: the services this app serves
@@ -68,15 +67,18 @@ class KeyboundApp:
         return self.rp.openapi()
 
 
-def create_app(kb: Keybound, *, allow_plaintext: bool = False,
-               deliver: OutboxSettings | None = None) -> KeyboundApp:
+def create_app(
+    kb: Keybound, *, allow_plaintext: bool = False, deliver: OutboxSettings | None = None
+) -> KeyboundApp:
     """The keybound ASGI app. Device requests must come through the secure channel;
     ``allow_plaintext`` (development only, off by default) also accepts plaintext JSON.
     ``deliver``: this process also sends webhooks and device notifications (its lifespan
     runs the sender, services.outbox)."""
     if allow_plaintext:
-        log.warning("INSECURE: plaintext device requests are allowed (development switch); "
-                    "device traffic is not end-to-end encrypted. Never use this in production.")
+        log.warning(
+            "INSECURE: plaintext device requests are allowed (development switch); "
+            "device traffic is not end-to-end encrypted. Never use this in production."
+        )
     rp = create_rp_app(kb, deliver=deliver)
     document(rp)
     kb.audit.start_sealer()  # PostgreSQL: entries are sealed into the chain just after commit
@@ -84,5 +86,6 @@ def create_app(kb: Keybound, *, allow_plaintext: bool = False,
     if kb.db.defer_sync():  # every response waits for its commits (group commit)
         middleware.append(Middleware(GroupCommit, db=kb.db))
     middleware.append(Middleware(BodyLimit))
-    return KeyboundApp(rp=rp, device=DeviceApp(kb, allow_plaintext=allow_plaintext),
-                       middleware=middleware)
+    return KeyboundApp(
+        rp=rp, device=DeviceApp(kb, allow_plaintext=allow_plaintext), middleware=middleware
+    )

@@ -26,7 +26,7 @@ def route_path(scope: Scope) -> str:
     """The path the router dispatches on, without a reverse-proxy prefix (ASGI root_path)."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def read_body(receive: Any) -> bytes:
@@ -41,10 +41,14 @@ async def read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
-async def respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-                  ) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+async def respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

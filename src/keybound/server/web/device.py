@@ -84,34 +84,53 @@ class DeviceRoute:
 #: The device API, once: the dispatcher and the OpenAPI document (web.openapi) read it.
 DEVICE_ROUTES: Final[dict[str, DeviceRoute]] = {
     DevicePaths.ACTIVATION_START: DeviceRoute(
-        action=EventType.ACTIVATION_START, request=ActivationStartRequest,
-        response=ActivationStartResponse, call=lambda kb, u, r: kb.activation.start(u, r)),
+        action=EventType.ACTIVATION_START,
+        request=ActivationStartRequest,
+        response=ActivationStartResponse,
+        call=lambda kb, u, r: kb.activation.start(u, r),
+    ),
     DevicePaths.ACTIVATION_FINISH: DeviceRoute(
-        action=EventType.ACTIVATION_FINISH, request=ActivationFinishRequest,
-        response=ActivationFinishResponse, call=lambda kb, u, r: kb.activation.finish(u, r)),
+        action=EventType.ACTIVATION_FINISH,
+        request=ActivationFinishRequest,
+        response=ActivationFinishResponse,
+        call=lambda kb, u, r: kb.activation.finish(u, r),
+    ),
     DevicePaths.AUTHENTICATION_START: DeviceRoute(
-        action=EventType.AUTHENTICATION_START, request=AuthenticationStartRequest,
+        action=EventType.AUTHENTICATION_START,
+        request=AuthenticationStartRequest,
         response=AuthenticationStartResponse,
-        call=lambda kb, u, r: kb.authentication.start(u, r)),
+        call=lambda kb, u, r: kb.authentication.start(u, r),
+    ),
     DevicePaths.AUTHENTICATION_FINISH: DeviceRoute(
-        action=EventType.AUTHENTICATION_FINISH, request=AuthenticationFinishRequest,
+        action=EventType.AUTHENTICATION_FINISH,
+        request=AuthenticationFinishRequest,
         response=AuthenticationFinishResponse,
-        call=lambda kb, u, r: kb.authentication.finish(u, r)),
+        call=lambda kb, u, r: kb.authentication.finish(u, r),
+    ),
     DevicePaths.AUTHENTICATION_DECLINE: DeviceRoute(
-        action=EventType.AUTHENTICATION_DECLINE, request=DeclineRequest,
-        response=DeclineResponse, call=lambda kb, u, r: kb.authentication.decline(u, r)),
+        action=EventType.AUTHENTICATION_DECLINE,
+        request=DeclineRequest,
+        response=DeclineResponse,
+        call=lambda kb, u, r: kb.authentication.decline(u, r),
+    ),
     DevicePaths.PENDING_OPERATIONS: DeviceRoute(
-        action=EventType.AUTHENTICATION_PENDING, request=PendingOperationsRequest,
+        action=EventType.AUTHENTICATION_PENDING,
+        request=PendingOperationsRequest,
         response=PendingOperationsResponse,
-        call=lambda kb, u, r: kb.authentication.pending(u, r)),
+        call=lambda kb, u, r: kb.authentication.pending(u, r),
+    ),
     DevicePaths.DEACTIVATE: DeviceRoute(
-        action=EventType.DEVICE_DEACTIVATE, request=DeactivateRequest,
+        action=EventType.DEVICE_DEACTIVATE,
+        request=DeactivateRequest,
         response=DeactivateResponse,
-        call=lambda kb, u, r: kb.registrations.device_deactivate(u, r)),
+        call=lambda kb, u, r: kb.registrations.device_deactivate(u, r),
+    ),
     DevicePaths.PUSH_TOKEN: DeviceRoute(
-        action=EventType.PUSH_TOKEN_UPDATE, request=PushTokenRequest,
+        action=EventType.PUSH_TOKEN_UPDATE,
+        request=PushTokenRequest,
         response=PushTokenResponse,
-        call=lambda kb, u, r: kb.registrations.update_push_token(u, r)),
+        call=lambda kb, u, r: kb.registrations.update_push_token(u, r),
+    ),
 }
 
 
@@ -133,8 +152,9 @@ class Codec(Protocol):
         """The inner request, or DecryptionFailed."""
         ...
 
-    def encode(self, decoded: Decoded, status: int, body: bytes
-               ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def encode(
+        self, decoded: Decoded, status: int, body: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """(outer status, outer body, headers) for the inner answer."""
         ...
 
@@ -147,17 +167,27 @@ class SealedCodec:
         if found is None:
             raise DecryptionFailed()
         application_id, key = found
-        opened = open_request({key.key_id: key}, application_id, "POST", path, wire,
-                              now=int(kb.clock()))
-        return Decoded(body=opened.body, application_id=application_id, opened=opened,
-                       mark=ReplayMark(request_id=opened.request_id,
-                                       expires_at=opened.replay_expires_at * 1000))
+        opened = open_request(
+            {key.key_id: key}, application_id, "POST", path, wire, now=int(kb.clock())
+        )
+        return Decoded(
+            body=opened.body,
+            application_id=application_id,
+            opened=opened,
+            mark=ReplayMark(
+                request_id=opened.request_id, expires_at=opened.replay_expires_at * 1000
+            ),
+        )
 
-    def encode(self, decoded: Decoded, status: int, body: bytes
-               ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def encode(
+        self, decoded: Decoded, status: int, body: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         assert decoded.opened is not None
-        return 200, seal_response(decoded.opened, status, body), [
-            (b"content-type", SEALED), (b"cache-control", b"no-store")]
+        return (
+            200,
+            seal_response(decoded.opened, status, body),
+            [(b"content-type", SEALED), (b"cache-control", b"no-store")],
+        )
 
 
 class PlaintextCodec:
@@ -166,8 +196,9 @@ class PlaintextCodec:
     def decode(self, kb: Keybound, wire: bytes, path: str) -> Decoded:
         return Decoded(body=wire, application_id=None, mark=None)
 
-    def encode(self, decoded: Decoded, status: int, body: bytes
-               ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def encode(
+        self, decoded: Decoded, status: int, body: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         ctype = JSON if status < 400 else PROBLEM_JSON.encode()
         return status, body, [(b"content-type", ctype), (b"cache-control", b"no-store")]
 
@@ -188,43 +219,64 @@ class DeviceApp:
         path = route_path(scope)
         route = DEVICE_ROUTES.get(path)
         if route is None:
-            await self._refuse(send, "device unrouted", ErrorCode.NOT_FOUND,
-                               f"no device endpoint {path}")
+            await self._refuse(
+                send, "device unrouted", ErrorCode.NOT_FOUND, f"no device endpoint {path}"
+            )
         elif scope["method"] != "POST":
-            await self._refuse(send, f"device {route.action.value}", ErrorCode.METHOD_NOT_ALLOWED,
-                               "device endpoints take POST", headers={"allow": "POST"})
+            await self._refuse(
+                send,
+                f"device {route.action.value}",
+                ErrorCode.METHOD_NOT_ALLOWED,
+                "device endpoints take POST",
+                headers={"allow": "POST"},
+            )
         elif (codec := self.codecs.get(content_type(scope))) is not None:
             wire = await read_body(receive)
-            status, body, headers = await blocking(self.kb.db, functools.partial(
-                self.handle, codec, wire, path, route))
+            status, body, headers = await blocking(
+                self.kb.db, functools.partial(self.handle, codec, wire, path, route)
+            )
             await respond(send, status, body, headers)
         elif content_type(scope) == JSON:
-            await self._refuse(send, f"device {route.action.value}",
-                               ErrorCode.SECURE_CHANNEL_REQUIRED,
-                               f"device requests must be sealed ({SEALED_MEDIA_TYPE}); "
-                               "see docs/channel.md")
+            await self._refuse(
+                send,
+                f"device {route.action.value}",
+                ErrorCode.SECURE_CHANNEL_REQUIRED,
+                f"device requests must be sealed ({SEALED_MEDIA_TYPE}); see docs/channel.md",
+            )
         else:
-            await self._refuse(send, f"device {route.action.value}",
-                               ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                               f"device requests must be {SEALED_MEDIA_TYPE}")
+            await self._refuse(
+                send,
+                f"device {route.action.value}",
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"device requests must be {SEALED_MEDIA_TYPE}",
+            )
 
-    async def _refuse(self, send: Any, cause: str, code: ErrorCode, detail: str, *,
-                      headers: dict[str, str] | None = None) -> None:
+    async def _refuse(
+        self,
+        send: Any,
+        cause: str,
+        code: ErrorCode,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.kb.noise.count(f"{cause}:{code.value}", int(self.kb.clock() * 1000))
         status, body = problem_body(code, detail)
         extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         await respond(send, status, body, [(b"content-type", PROBLEM_JSON.encode()), *extra])
 
-    def handle(self, codec: Codec, wire: bytes, path: str, route: DeviceRoute
-               ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def handle(
+        self, codec: Codec, wire: bytes, path: str, route: DeviceRoute
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """Decode, dispatch, encode: one request, off the event loop when the database is
         networked (asgi.blocking)."""
         cause = f"device {route.action.value}"
         try:
             decoded = codec.decode(self.kb, wire, path)
         except DecryptionFailed:
-            self.kb.noise.count(f"{cause}:{ErrorCode.DECRYPTION_FAILED.value}",
-                                int(self.kb.clock() * 1000))
+            self.kb.noise.count(
+                f"{cause}:{ErrorCode.DECRYPTION_FAILED.value}", int(self.kb.clock() * 1000)
+            )
             return _decryption_failed()
         try:
             status, body = self.dispatch(route, decoded, cause)
@@ -240,25 +292,36 @@ class DeviceApp:
         now = int(self.kb.clock() * 1000)
         if len(decoded.body) > MAX_BODY_BYTES:
             self.kb.noise.count(f"{cause}:{ErrorCode.PAYLOAD_TOO_LARGE.value}", now)
-            return problem_body(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {MAX_BODY_BYTES} "
-                                "bytes")
+            return problem_body(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {MAX_BODY_BYTES} bytes")
         try:
             request = route.request.model_validate_json(decoded.body)
         except ValidationError as exc:
             self.kb.noise.count(f"{cause}:{ErrorCode.MALFORMED_REQUEST.value}", now)
-            return problem_body(ErrorCode.MALFORMED_REQUEST, "request does not match the schema",
-                                invalidParams=invalid_params(exc.errors()))
+            return problem_body(
+                ErrorCode.MALFORMED_REQUEST,
+                "request does not match the schema",
+                invalidParams=invalid_params(exc.errors()),
+            )
         application_id = getattr(request, "application_id", None)
         if decoded.application_id is not None and application_id != decoded.application_id:
             # a pin for one application can never act on another
             self.kb.noise.count(f"{cause}:{ErrorCode.MALFORMED_REQUEST.value}", now)
-            return problem_body(ErrorCode.MALFORMED_REQUEST, "applicationId must be the "
-                                "application of the E2E key the request is sealed to")
-        unit = Unit(self.kb.db, self.kb.clock, actor=Actor.DEVICE, action=route.action,
-                    mark=decoded.mark, application_id=application_id)
+            return problem_body(
+                ErrorCode.MALFORMED_REQUEST,
+                "applicationId must be the application of the E2E key the request is sealed to",
+            )
+        unit = Unit(
+            self.kb.db,
+            self.kb.clock,
+            actor=Actor.DEVICE,
+            action=route.action,
+            mark=decoded.mark,
+            application_id=application_id,
+        )
         try:
-            response = perform(unit, lambda u: route.call(self.kb, u, request),
-                               noise=self.kb.noise, cause=cause)
+            response = perform(
+                unit, lambda u: route.call(self.kb, u, request), noise=self.kb.noise, cause=cause
+            )
         except Replayed:
             raise
         except KeyboundError as exc:

@@ -97,8 +97,11 @@ class GroupCommit:
             # write, so a later fsync that succeeds proves nothing about them: from now on
             # this process acknowledges nothing (PostgreSQL's data_sync_retry=off does the
             # same). It needs a restart.
-            log.critical("fsync of the database WAL failed (%s): answering every request "
-                         "with an error until the server is restarted", exc)
+            log.critical(
+                "fsync of the database WAL failed (%s): answering every request "
+                "with an error until the server is restarted",
+                exc,
+            )
             self._broken = exc
             for waiter in self._take_waiters():
                 waiter.set_exception(exc)
@@ -113,8 +116,10 @@ class GroupCommit:
             return
         for waiter in self._take_waiters():
             waiter.set_result(None)
-        if (self._checkpointing is None
-                and self.db.synced - self._checkpointed_at >= CHECKPOINT_COMMITS):
+        if (
+            self._checkpointing is None
+            and self.db.synced - self._checkpointed_at >= CHECKPOINT_COMMITS
+        ):
             self._checkpointed_at = self.db.synced
             self._checkpointing = loop.create_task(self._checkpoint())
 

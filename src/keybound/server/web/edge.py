@@ -47,13 +47,26 @@ log = logging.getLogger("keybound.server.edge")
 
 #: uvicorn's methods the edge extends: if a uvicorn release renames one, the edge must not
 #: start silently without its limits
-_EXTENDED = ("connection_made", "connection_lost", "data_received", "on_message_begin",
-             "on_url", "on_header", "on_headers_complete", "on_body", "on_message_complete",
-             "_start_asgi_task", "_should_upgrade_to_ws", "_unset_keepalive_if_required")
+_EXTENDED = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "on_message_begin",
+    "on_url",
+    "on_header",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+    "_start_asgi_task",
+    "_should_upgrade_to_ws",
+    "_unset_keepalive_if_required",
+)
 _missing = [name for name in _EXTENDED if not hasattr(HttpToolsProtocol, name)]
 if _missing:  # pragma: no cover - a uvicorn outside the pinned range
-    raise ImportError(f"keybound's HTTP edge needs uvicorn's HttpToolsProtocol.{_missing[0]}; "
-                      "install the uvicorn version pyproject.toml names")
+    raise ImportError(
+        f"keybound's HTTP edge needs uvicorn's HttpToolsProtocol.{_missing[0]}; "
+        "install the uvicorn version pyproject.toml names"
+    )
 
 #: How long a refused connection is drained before it is closed (the client reads the
 #: answer; what it still sends is read and dropped).
@@ -77,9 +90,15 @@ class EdgeProtocol(HttpToolsProtocol):
     """One connection (module docstring). Refusals raised inside parser callbacks are
     ``KeyboundError``s: raising stops the parser at once, and ``data_received`` answers."""
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None, *,
-                 limits: EdgeLimits) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: EdgeLimits,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         # uvicorn arms this after each response (its type says int; call_later takes float)
@@ -111,13 +130,19 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timeout)
         sock = transport.get_extra_info("socket")
-        if (sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
-                and hasattr(socket, "TCP_USER_TIMEOUT")):  # Linux
+        if (
+            sock is not None
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+            and hasattr(socket, "TCP_USER_TIMEOUT")
+        ):  # Linux
             # answers the client leaves unread (zero window) or unacknowledged this long end
             # the connection in the kernel; else a closing connection with unsent answers
             # would hold its slot for good
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
-                            max(1, int(self.limits.send_timeout * 1000)))
+            sock.setsockopt(
+                socket.IPPROTO_TCP,
+                socket.TCP_USER_TIMEOUT,
+                max(1, int(self.limits.send_timeout * 1000)),
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -139,8 +164,10 @@ class EdgeProtocol(HttpToolsProtocol):
             return  # lingering: read and dropped
         self._unset_keepalive_if_required()
         if self._in_head and not self._head_fits(data):
-            self._refuse(ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                         f"the request head exceeds {self.limits.max_header_bytes} bytes")
+            self._refuse(
+                ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"the request head exceeds {self.limits.max_header_bytes} bytes",
+            )
             return
         in_head, heads_done = self._in_head, self._heads_done
         try:
@@ -169,8 +196,9 @@ class EdgeProtocol(HttpToolsProtocol):
             # still owed to it are followed by uvicorn's keep-alive timer instead)
             waiting = self.cycle is None or self.cycle.response_complete
             if self._head_timer is None and (self._head_started or waiting):
-                self._head_timer = self.loop.call_later(self.limits.header_timeout,
-                                                        self._head_timeout)
+                self._head_timer = self.loop.call_later(
+                    self.limits.header_timeout, self._head_timeout
+                )
         elif self._body_timer is None:
             self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timeout)
 
@@ -181,7 +209,7 @@ class EdgeProtocol(HttpToolsProtocol):
         room = self.limits.max_header_bytes - self._head_bytes
         if len(data) <= room:
             return True
-        return _HEAD_END in self._head_tail + data[:max(room, 0)]
+        return _HEAD_END in self._head_tail + data[: max(room, 0)]
 
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -193,8 +221,10 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
         if self._head_size > self.limits.max_header_bytes:
-            raise KeyboundError(f"the request head exceeds {self.limits.max_header_bytes} "
-                                "bytes", code=ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE)
+            raise KeyboundError(
+                f"the request head exceeds {self.limits.max_header_bytes} bytes",
+                code=ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            )
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -202,11 +232,15 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_fields += 1
         self._head_size += len(name) + len(value) + 4
         if self._head_fields > self.limits.max_header_fields:
-            raise KeyboundError(f"more than {self.limits.max_header_fields} header fields",
-                                code=ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE)
+            raise KeyboundError(
+                f"more than {self.limits.max_header_fields} header fields",
+                code=ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            )
         if self._head_size > self.limits.max_header_bytes:
-            raise KeyboundError(f"the request head exceeds {self.limits.max_header_bytes} "
-                                "bytes", code=ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE)
+            raise KeyboundError(
+                f"the request head exceeds {self.limits.max_header_bytes} bytes",
+                code=ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            )
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -234,8 +268,9 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > self._body_limit:  # chunked bodies too, as they arrive
-            raise KeyboundError(f"body exceeds {self._body_limit} bytes",
-                                code=ErrorCode.PAYLOAD_TOO_LARGE)
+            raise KeyboundError(
+                f"body exceeds {self._body_limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
+            )
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -252,22 +287,24 @@ class EdgeProtocol(HttpToolsProtocol):
     def _head_timeout(self) -> None:
         self._head_timer = None
         if self.flow.read_paused:  # held back by the server (pipelining), not the client
-            self._head_timer = self.loop.call_later(self.limits.header_timeout,
-                                                    self._head_timeout)
+            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timeout)
         elif self._head_started:
-            self._refuse(ErrorCode.REQUEST_TIMEOUT, "the request head did not arrive within "
-                         f"{self.limits.header_timeout:g} s")
+            self._refuse(
+                ErrorCode.REQUEST_TIMEOUT,
+                f"the request head did not arrive within {self.limits.header_timeout:g} s",
+            )
         elif not self.transport.is_closing():
             self.transport.close()  # nothing was asked: nothing to answer
 
     def _body_timeout(self) -> None:
         self._body_timer = None
         if self.flow.read_paused:  # the application has not read what came; not the client
-            self._body_timer = self.loop.call_later(self.limits.body_timeout,
-                                                    self._body_timeout)
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timeout)
             return
-        self._refuse(ErrorCode.REQUEST_TIMEOUT, "the request body did not arrive within "
-                     f"{self.limits.body_timeout:g} s of its head")
+        self._refuse(
+            ErrorCode.REQUEST_TIMEOUT,
+            f"the request body did not arrive within {self.limits.body_timeout:g} s of its head",
+        )
 
     def _cancel_timers(self) -> None:
         for timer in (self._head_timer, self._body_timer):
@@ -320,7 +357,14 @@ class EdgeProtocol(HttpToolsProtocol):
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
-        head += [b"content-type: ", PROBLEM_JSON.encode("ascii"), b"\r\n",
-                 b"content-length: ", str(len(body)).encode("ascii"), b"\r\n",
-                 b"connection: close\r\n\r\n", body]
+        head += [
+            b"content-type: ",
+            PROBLEM_JSON.encode("ascii"),
+            b"\r\n",
+            b"content-length: ",
+            str(len(body)).encode("ascii"),
+            b"\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]
         return b"".join(head)

@@ -46,7 +46,8 @@ class EdgeLimits:
             # a zero or negative limit would refuse everything; NaN or infinity, nothing
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationInvalid(
-                    f"{field.name} must be a finite number above 0, got {value!r}")
+                    f"{field.name} must be a finite number above 0, got {value!r}"
+                )
 
     def body_limit(self, *, sealed: bool) -> int:
         return self.max_body_bytes + (self.sealed_overhead_bytes if sealed else 0)

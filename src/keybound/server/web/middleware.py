@@ -36,13 +36,15 @@ class BodyLimit:
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
         has_body = (b"transfer-encoding" in headers) if length is None else int(length) > 0
         if ctype != b"application/json" and not sealed and has_body:
-            await problem(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                          "request bodies must be application/json (device API: "
-                          f"{SEALED_MEDIA_TYPE})")(scope, receive, send)
+            await problem(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"request bodies must be application/json (device API: {SEALED_MEDIA_TYPE})",
+            )(scope, receive, send)
             return
         # read here, whole: a body over the limit is this layer's 413, not an error raised
         # inside a framework's body parsing (which would turn it into a 400)
@@ -55,7 +57,8 @@ class BodyLimit:
             received += len(chunk)
             if received > limit:
                 await problem(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds {limit} bytes")(
-                    scope, receive, send)
+                    scope, receive, send
+                )
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -85,8 +85,7 @@ MEANING: Final[dict[ErrorCode, str]] = {
     "counts; ``reason`` says which check (§6.1, §6.5)",
     ErrorCode.ATTESTATION_REQUIRED: "the platform's attestation mode is REQUIRED and the "
     "activation brought no attested hardware key (§6.5)",
-    ErrorCode.NOT_FOUND: "no such path, or no such user, device or operation in this "
-    "application",
+    ErrorCode.NOT_FOUND: "no such path, or no such user, device or operation in this application",
     ErrorCode.METHOD_NOT_ALLOWED: "another method than the path takes (Allow names it)",
     ErrorCode.REQUEST_TIMEOUT: "the request head or body did not arrive in time; the "
     "connection is closed",
@@ -116,45 +115,81 @@ PROBLEM_SCHEMA: Final[dict[str, Any]] = {
     "description": "An RFC 9457 problem. Clients switch on `code`; `detail` is for humans.",
     "required": ["type", "title", "status", "code"],
     "properties": {
-        "type": {"type": "string", "pattern": "^urn:keybound:problem:[a-z_]+$",
-                 "description": "`urn:keybound:problem:` and the code.",
-                 "examples": ["urn:keybound:problem:pin_invalid"]},
-        "title": {"type": "string", "description": "The code with spaces.",
-                  "examples": ["pin invalid"]},
-        "status": {"type": "integer", "minimum": 400, "maximum": 599,
-                   "description": "The HTTP status (when sealed: the inner status).",
-                   "examples": [403]},
-        "detail": {"type": "string", "description": "For humans; may change. Absent on a "
-                   "500.", "examples": ["authentication failed"]},
-        "code": {"type": "string", "description": "The stable error code.",
-                 "oneOf": [{"const": code.value, "description": f"{STATUS.get(code, 500)}: "
-                            f"{MEANING.get(code, '')}"}
-                           for code in sorted(set(STATUS) | {ErrorCode.INTERNAL})]},
-        "operationId": {"type": "string", "description": "The operation a finish made "
-                        "terminal (hardware_key_invalid, hardware_key_required, "
-                        "attestation_invalid, attestation_required, pin_invalid, "
-                        "software_key_cloned).",
-                        "examples": ["c0ffee00-0000-4000-8000-0000000000a1"]},
-        "reason": {"type": "string", "description": "With attestation_invalid at activation: "
-                   "the refused check's stable reason (docs/protocol.md §6.5).",
-                   "examples": ["CHALLENGE_MISMATCH"]},
-        "invalidParams": {"type": "array", "maxItems": 20,
-                          "description": "With a schema malformed_request: the fields that "
-                          "do not match, as dotted paths (`(body)`: the body as a whole).",
-                          "items": {"type": "object", "required": ["name", "reason"],
-                                    "properties": {"name": {"type": "string"},
-                                                   "reason": {"type": "string"}}},
-                          "examples": [[{"name": "challenge",
-                                         "reason": "Value error, not base64url without "
-                                         "padding"}]]},
+        "type": {
+            "type": "string",
+            "pattern": "^urn:keybound:problem:[a-z_]+$",
+            "description": "`urn:keybound:problem:` and the code.",
+            "examples": ["urn:keybound:problem:pin_invalid"],
+        },
+        "title": {
+            "type": "string",
+            "description": "The code with spaces.",
+            "examples": ["pin invalid"],
+        },
+        "status": {
+            "type": "integer",
+            "minimum": 400,
+            "maximum": 599,
+            "description": "The HTTP status (when sealed: the inner status).",
+            "examples": [403],
+        },
+        "detail": {
+            "type": "string",
+            "description": "For humans; may change. Absent on a 500.",
+            "examples": ["authentication failed"],
+        },
+        "code": {
+            "type": "string",
+            "description": "The stable error code.",
+            "oneOf": [
+                {
+                    "const": code.value,
+                    "description": f"{STATUS.get(code, 500)}: {MEANING.get(code, '')}",
+                }
+                for code in sorted(set(STATUS) | {ErrorCode.INTERNAL})
+            ],
+        },
+        "operationId": {
+            "type": "string",
+            "description": "The operation a finish made "
+            "terminal (hardware_key_invalid, hardware_key_required, "
+            "attestation_invalid, attestation_required, pin_invalid, "
+            "software_key_cloned).",
+            "examples": ["c0ffee00-0000-4000-8000-0000000000a1"],
+        },
+        "reason": {
+            "type": "string",
+            "description": "With attestation_invalid at activation: "
+            "the refused check's stable reason (docs/protocol.md §6.5).",
+            "examples": ["CHALLENGE_MISMATCH"],
+        },
+        "invalidParams": {
+            "type": "array",
+            "maxItems": 20,
+            "description": "With a schema malformed_request: the fields that "
+            "do not match, as dotted paths (`(body)`: the body as a whole).",
+            "items": {
+                "type": "object",
+                "required": ["name", "reason"],
+                "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
+            },
+            "examples": [
+                [{"name": "challenge", "reason": "Value error, not base64url without padding"}]
+            ],
+        },
     },
 }
 
 
 def problem_body(code: ErrorCode, detail: str, **extra: Any) -> tuple[int, bytes]:
     status = STATUS.get(code, 500)
-    body = {"type": f"urn:keybound:problem:{code.value}", "title": code.value.replace("_", " "),
-            "status": status, "code": code.value, **extra}
+    body = {
+        "type": f"urn:keybound:problem:{code.value}",
+        "title": code.value.replace("_", " "),
+        "status": status,
+        "code": code.value,
+        **extra,
+    }
     if status < 500:  # a server fault says nothing about its inside (§8)
         body["detail"] = detail
     return status, json.dumps(body, separators=(",", ":")).encode()
@@ -170,14 +205,16 @@ def refusal(exc: KeyboundError) -> tuple[int, bytes]:
     return problem_body(exc.code, exc.detail, **extra)
 
 
-def problem(code: ErrorCode, detail: str, *, headers: dict[str, str] | None = None,
-            **extra: Any) -> Response:
+def problem(
+    code: ErrorCode, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
     status, body = problem_body(code, detail, **extra)
     return problem_response(status, body, code, headers=headers)
 
 
-def problem_response(status: int, body: bytes, code: ErrorCode, *,
-                     headers: dict[str, str] | None = None) -> Response:
+def problem_response(
+    status: int, body: bytes, code: ErrorCode, *, headers: dict[str, str] | None = None
+) -> Response:
     headers = dict(headers or {})
     if code is ErrorCode.UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"
@@ -186,5 +223,10 @@ def problem_response(status: int, body: bytes, code: ErrorCode, *,
 
 def invalid_params(errors: Sequence[Any], skip: int = 0) -> list[dict[str, str]]:
     """pydantic errors as RFC 9457 ``invalidParams`` (``skip`` drops FastAPI's "body")."""
-    return [{"name": ".".join(str(p) for p in err.get("loc", ())[skip:]) or "(body)",
-             "reason": str(err.get("msg", ""))} for err in errors[:20]]
+    return [
+        {
+            "name": ".".join(str(p) for p in err.get("loc", ())[skip:]) or "(body)",
+            "reason": str(err.get("msg", "")),
+        }
+        for err in errors[:20]
+    ]

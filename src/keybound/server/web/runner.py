@@ -44,34 +44,50 @@ def deliver_from_env() -> bool:
 def app_from_env() -> KeyboundApp:
     """uvicorn factory (``--factory``): database URL, plaintext switch, sender and endpoint
     policy from the environment (the master key file too: ``KEYBOUND_MASTER_KEY_FILE``)."""
-    return create_app(Keybound.open(os.environ.get(ENV_DATABASE_URL) or None),
-                      allow_plaintext=allow_plaintext_from_env(),
-                      deliver=settings_from_env() if deliver_from_env() else None)
+    return create_app(
+        Keybound.open(os.environ.get(ENV_DATABASE_URL) or None),
+        allow_plaintext=allow_plaintext_from_env(),
+        deliver=settings_from_env() if deliver_from_env() else None,
+    )
 
 
-def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
-          log_level: str = "info", allow_plaintext: bool = False,
-          limits: EdgeLimits | None = None, deliver: bool = True) -> None:
+def serve(
+    *,
+    database_url: str | None,
+    host: str,
+    port: int,
+    workers: int = 1,
+    log_level: str = "info",
+    allow_plaintext: bool = False,
+    limits: EdgeLimits | None = None,
+    deliver: bool = True,
+) -> None:
     """``deliver``: every server process also sends webhooks and device notifications."""
     limits = limits or EdgeLimits()
     settings = settings_from_env()  # refuse a bad setting before anything starts
     kb = Keybound.open(database_url)  # migrate once, before any worker starts
     _room_for_connections(limits)
     print(f"keybound: database {kb.db.display_url}")
-    print(f"keybound: master key file {kb.master_key.path} "
-          f"(fingerprint {kb.master_key.fingerprint})")
+    print(
+        f"keybound: master key file {kb.master_key.path} (fingerprint {kb.master_key.fingerprint})"
+    )
     for line in kb.attestation.summary():
         print(f"keybound: attestation trust {line}")
     if allow_plaintext:  # create_app logs it too, in every worker
         print(f"keybound: {PLAINTEXT_WARNING}", file=sys.stderr, flush=True)
-    print(f"keybound: listening on http://{host}:{port}  (OpenAPI at /openapi.json)",
-          flush=True)
+    print(f"keybound: listening on http://{host}:{port}  (OpenAPI at /openapi.json)", flush=True)
     if workers == 1:
         try:
-            uvicorn.run(create_app(kb, allow_plaintext=allow_plaintext,
-                                   deliver=settings if deliver else None),
-                        host=host, port=port, log_level=log_level, access_log=False,
-                        **server_options(limits))
+            uvicorn.run(
+                create_app(
+                    kb, allow_plaintext=allow_plaintext, deliver=settings if deliver else None
+                ),
+                host=host,
+                port=port,
+                log_level=log_level,
+                access_log=False,
+                **server_options(limits),
+            )
         finally:
             kb.close()
         return
@@ -79,8 +95,16 @@ def serve(*, database_url: str | None, host: str, port: int, workers: int = 1,
     os.environ[ENV_DATABASE_URL] = kb.db.url
     os.environ[ENV_ALLOW_PLAINTEXT] = "1" if allow_plaintext else "0"
     os.environ[ENV_DELIVER] = "1" if deliver else "0"
-    uvicorn.run("keybound.server.web.runner:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level, access_log=False, **server_options(limits))
+    uvicorn.run(
+        "keybound.server.web.runner:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+        **server_options(limits),
+    )
 
 
 def _room_for_connections(limits: EdgeLimits) -> None:
@@ -94,9 +118,13 @@ def _room_for_connections(limits: EdgeLimits) -> None:
     raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
     if raised < needed:
-        print(f"keybound: WARNING: the open-file limit ({raised}) is below --max-connections "
-              f"({limits.max_connections}) + 256; raise it (ulimit -n) or lower "
-              "--max-connections", file=sys.stderr, flush=True)
+        print(
+            f"keybound: WARNING: the open-file limit ({raised}) is below --max-connections "
+            f"({limits.max_connections}) + 256; raise it (ulimit -n) or lower "
+            "--max-connections",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -110,19 +138,30 @@ class BackgroundServer:
     """A real uvicorn server on 127.0.0.1 in a thread of this process, behind the same HTTP
     edge as ``keybound serve``; stops on exit."""
 
-    def __init__(self, kb: Keybound, *, port: int | None = None, clock: Clock = wall_clock,
-                 allow_plaintext: bool = False, limits: EdgeLimits | None = None,
-                 **uvicorn_options: Any) -> None:
+    def __init__(
+        self,
+        kb: Keybound,
+        *,
+        port: int | None = None,
+        clock: Clock = wall_clock,
+        allow_plaintext: bool = False,
+        limits: EdgeLimits | None = None,
+        **uvicorn_options: Any,
+    ) -> None:
         self.kb = kb
         self.port = port or free_port()
         options = {**server_options(limits or EdgeLimits()), **uvicorn_options}
-        config = uvicorn.Config(create_app(kb, allow_plaintext=allow_plaintext),
-                                host="127.0.0.1", port=self.port,
-                                log_level="warning", access_log=False, lifespan="off",
-                                **options)
+        config = uvicorn.Config(
+            create_app(kb, allow_plaintext=allow_plaintext),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            **options,
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="keybound-server",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name="keybound-server", daemon=True)
 
     @property
     def url(self) -> str:

@@ -57,8 +57,11 @@ def _rebuild(*, rowid: bool) -> None:
     """SQLite cannot change a table's rowid-ness in place: copy into a new table."""
     for table, create, columns in (
         ("seen_requests", _seen_requests, ("request_id", "expires_at")),
-        ("superseded_keys", _superseded_keys,
-         ("registration_id", "key_id", "public_key", "superseded_at")),
+        (
+            "superseded_keys",
+            _superseded_keys,
+            ("registration_id", "key_id", "public_key", "superseded_at"),
+        ),
     ):
         create(f"{table}_rebuilt", rowid=rowid)
         source = sa.table(table, *(sa.column(c) for c in columns))
@@ -75,13 +78,20 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         _rebuild(rowid=False)
     op.drop_index("ix_operations_code", table_name="operations")
-    op.create_index("ix_operations_code", "operations", ["application_id", "code_hash"],
-                    unique=True, sqlite_where=_HAS_CODE, postgresql_where=_HAS_CODE)
+    op.create_index(
+        "ix_operations_code",
+        "operations",
+        ["application_id", "code_hash"],
+        unique=True,
+        sqlite_where=_HAS_CODE,
+        postgresql_where=_HAS_CODE,
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_operations_code", table_name="operations")
-    op.create_index("ix_operations_code", "operations", ["application_id", "code_hash"],
-                    unique=True)
+    op.create_index(
+        "ix_operations_code", "operations", ["application_id", "code_hash"], unique=True
+    )
     if op.get_bind().dialect.name == "sqlite":
         _rebuild(rowid=True)

@@ -56,8 +56,9 @@ def _rekey(*, by_expiry: bool) -> None:
         op.drop_constraint("pk_seen_requests", "seen_requests", type_="primary")
         op.create_primary_key("pk_seen_requests", "seen_requests", key)
     if not by_expiry:
-        op.create_index("ix_seen_requests_expires_at", "seen_requests", ["expires_at"],
-                        unique=False)
+        op.create_index(
+            "ix_seen_requests_expires_at", "seen_requests", ["expires_at"], unique=False
+        )
 
 
 def upgrade() -> None:

@@ -43,13 +43,28 @@ def _fail_pending(unstarted: sa.ColumnElement[bool]) -> None:
     """(Re)activations that are pending, unexpired and not started, as the relying party
     will read them: FAILED, with the code that says a new one is needed."""
     now = _now_ms()
-    ops = sa.table("operations", sa.column("id"), sa.column("type"), sa.column("state"),
-                   sa.column("challenge"), sa.column("expires_at"), sa.column("completed_at"),
-                   sa.column("result"), sa.column("code_hash"))
-    op.get_bind().execute(sa.update(ops).where(
-        ops.c.type.in_(("ACTIVATION", "REACTIVATION")), ops.c.state == "PENDING",
-        ops.c.challenge.is_(None), ops.c.expires_at > now, unstarted,
-    ).values(state="FAILED", completed_at=now, result=_INVALIDATED))
+    ops = sa.table(
+        "operations",
+        sa.column("id"),
+        sa.column("type"),
+        sa.column("state"),
+        sa.column("challenge"),
+        sa.column("expires_at"),
+        sa.column("completed_at"),
+        sa.column("result"),
+        sa.column("code_hash"),
+    )
+    op.get_bind().execute(
+        sa.update(ops)
+        .where(
+            ops.c.type.in_(("ACTIVATION", "REACTIVATION")),
+            ops.c.state == "PENDING",
+            ops.c.challenge.is_(None),
+            ops.c.expires_at > now,
+            unstarted,
+        )
+        .values(state="FAILED", completed_at=now, result=_INVALIDATED)
+    )
 
 
 def upgrade() -> None:
@@ -62,16 +77,27 @@ def upgrade() -> None:
         sa.Column("code_hash", sa.LargeBinary(length=32), nullable=True),
         sa.Column("attempts_left", sa.Integer(), nullable=False),
         sa.Column("expires_at", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["operation_id"], ["operations.id"],
-                                name=op.f("fk_activation_secrets_operation_id_operations")),
+        sa.ForeignKeyConstraint(
+            ["operation_id"],
+            ["operations.id"],
+            name=op.f("fk_activation_secrets_operation_id_operations"),
+        ),
         sa.PrimaryKeyConstraint("operation_id", name=op.f("pk_activation_secrets")),
     )
-    op.create_index("ix_activation_secrets_token", "activation_secrets",
-                    ["application_id", "token_hash"], unique=True)
-    op.create_index("ix_activation_secrets_hint", "activation_secrets",
-                    ["application_id", "hint"], unique=True,
-                    sqlite_where=sa.text("hint IS NOT NULL"),
-                    postgresql_where=sa.text("hint IS NOT NULL"))
+    op.create_index(
+        "ix_activation_secrets_token",
+        "activation_secrets",
+        ["application_id", "token_hash"],
+        unique=True,
+    )
+    op.create_index(
+        "ix_activation_secrets_hint",
+        "activation_secrets",
+        ["application_id", "hint"],
+        unique=True,
+        sqlite_where=sa.text("hint IS NOT NULL"),
+        postgresql_where=sa.text("hint IS NOT NULL"),
+    )
     op.create_index("ix_activation_secrets_expires_at", "activation_secrets", ["expires_at"])
     _fail_pending(sa.column("code_hash").is_not(None))
     op.drop_index("ix_operations_code", table_name="operations")
@@ -79,11 +105,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.add_column("operations", sa.Column("code_hash", sa.LargeBinary(length=32),
-                                          nullable=True))
-    op.create_index("ix_operations_code", "operations", ["application_id", "code_hash"],
-                    unique=True, sqlite_where=sa.text("code_hash IS NOT NULL"),
-                    postgresql_where=sa.text("code_hash IS NOT NULL"))
+    op.add_column("operations", sa.Column("code_hash", sa.LargeBinary(length=32), nullable=True))
+    op.create_index(
+        "ix_operations_code",
+        "operations",
+        ["application_id", "code_hash"],
+        unique=True,
+        sqlite_where=sa.text("code_hash IS NOT NULL"),
+        postgresql_where=sa.text("code_hash IS NOT NULL"),
+    )
     secrets = sa.table("activation_secrets", sa.column("operation_id"))
     _fail_pending(sa.column("id").in_(sa.select(secrets.c.operation_id)))
     op.drop_table("activation_secrets")

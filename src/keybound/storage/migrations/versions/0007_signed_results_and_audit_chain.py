@@ -38,9 +38,14 @@ def upgrade() -> None:
     op.add_column("events", sa.Column("chain_seq", sa.BigInteger(), nullable=True))
     op.add_column("events", sa.Column("chain_prev", sa.LargeBinary(length=32), nullable=True))
     op.add_column("events", sa.Column("chain_hash", sa.LargeBinary(length=32), nullable=True))
-    op.create_index("ix_events_unsealed", "events", ["seq"], unique=False,
-                    sqlite_where=sa.text("chain_hash IS NULL"),
-                    postgresql_where=sa.text("chain_hash IS NULL"))
+    op.create_index(
+        "ix_events_unsealed",
+        "events",
+        ["seq"],
+        unique=False,
+        sqlite_where=sa.text("chain_hash IS NULL"),
+        postgresql_where=sa.text("chain_hash IS NULL"),
+    )
     head = op.create_table(
         "audit_head",
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
@@ -59,8 +64,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_checkpoints")),
     )
-    op.create_index("ix_audit_checkpoints_chain_seq", "audit_checkpoints", ["chain_seq"],
-                    unique=False)
+    op.create_index(
+        "ix_audit_checkpoints_chain_seq", "audit_checkpoints", ["chain_seq"], unique=False
+    )
     op.create_table(
         "result_keys",
         sa.Column("kid", sa.String(length=64), nullable=False),

@@ -32,13 +32,14 @@ _REGISTRATION_COLUMNS = ("hw_attestation", "hw_security_level", "hw_counter")
 
 
 def upgrade() -> None:
-    op.add_column("registrations", sa.Column("hw_attestation", sa.String(length=64),
-                                             nullable=True))
-    op.add_column("registrations", sa.Column("hw_security_level", sa.String(length=32),
-                                             nullable=True))
+    op.add_column("registrations", sa.Column("hw_attestation", sa.String(length=64), nullable=True))
+    op.add_column(
+        "registrations", sa.Column("hw_security_level", sa.String(length=32), nullable=True)
+    )
     op.add_column("registrations", sa.Column("hw_counter", sa.BigInteger(), nullable=True))
-    op.add_column("operations", sa.Column("wrapped_tpm_credential", sa.LargeBinary(),
-                                          nullable=True))
+    op.add_column(
+        "operations", sa.Column("wrapped_tpm_credential", sa.LargeBinary(), nullable=True)
+    )
 
 
 def _drop_column(table: str, column: str) -> None:

@@ -39,10 +39,15 @@ def _where(condition: str) -> dict[str, Any]:
 
 
 def upgrade() -> None:
-    op.create_index("ix_events_delivery_pending", "events", ["seq"],
-                    **_where("delivery = 'PENDING'"))
-    op.create_index("ix_operations_backend_expiry", "operations", ["expires_at"],
-                    **_where("state = 'PENDING' AND initiator = 'BACKEND'"))
+    op.create_index(
+        "ix_events_delivery_pending", "events", ["seq"], **_where("delivery = 'PENDING'")
+    )
+    op.create_index(
+        "ix_operations_backend_expiry",
+        "operations",
+        ["expires_at"],
+        **_where("state = 'PENDING' AND initiator = 'BACKEND'"),
+    )
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -55,12 +60,14 @@ def upgrade() -> None:
         sa.Column("disabled_reason", sa.String(length=16), nullable=True),
         sa.Column("breaker_failures", sa.Integer(), nullable=False),
         sa.Column("breaker_open_until", sa.BigInteger(), nullable=True),
-        sa.ForeignKeyConstraint(["application_id"], ["applications.id"],
-                                name=op.f("fk_webhook_endpoints_application_id_applications")),
+        sa.ForeignKeyConstraint(
+            ["application_id"],
+            ["applications.id"],
+            name=op.f("fk_webhook_endpoints_application_id_applications"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_endpoints")),
     )
-    op.create_index("ix_webhook_endpoints_application", "webhook_endpoints",
-                    ["application_id"])
+    op.create_index("ix_webhook_endpoints_application", "webhook_endpoints", ["application_id"])
     op.create_table(
         "webhook_secrets",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -70,8 +77,11 @@ def upgrade() -> None:
         sa.Column("public_key", sa.String(length=64), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("revoked_at", sa.BigInteger(), nullable=True),
-        sa.ForeignKeyConstraint(["endpoint_id"], ["webhook_endpoints.id"],
-                                name=op.f("fk_webhook_secrets_endpoint_id_webhook_endpoints")),
+        sa.ForeignKeyConstraint(
+            ["endpoint_id"],
+            ["webhook_endpoints.id"],
+            name=op.f("fk_webhook_secrets_endpoint_id_webhook_endpoints"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_secrets")),
     )
     op.create_index("ix_webhook_secrets_endpoint", "webhook_secrets", ["endpoint_id"])
@@ -81,10 +91,13 @@ def upgrade() -> None:
         sa.Column("event_type", sa.String(length=48), nullable=False),
         sa.Column("endpoint_id", sa.String(length=36), nullable=False),
         sa.ForeignKeyConstraint(
-            ["endpoint_id"], ["webhook_endpoints.id"],
-            name=op.f("fk_webhook_subscriptions_endpoint_id_webhook_endpoints")),
-        sa.PrimaryKeyConstraint("application_id", "event_type", "endpoint_id",
-                                name=op.f("pk_webhook_subscriptions")),
+            ["endpoint_id"],
+            ["webhook_endpoints.id"],
+            name=op.f("fk_webhook_subscriptions_endpoint_id_webhook_endpoints"),
+        ),
+        sa.PrimaryKeyConstraint(
+            "application_id", "event_type", "endpoint_id", name=op.f("pk_webhook_subscriptions")
+        ),
     )
     op.create_table(
         "webhook_deliveries",
@@ -104,14 +117,21 @@ def upgrade() -> None:
         sa.Column("last_detail", sa.String(length=200), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["endpoint_id"], ["webhook_endpoints.id"],
-            name=op.f("fk_webhook_deliveries_endpoint_id_webhook_endpoints")),
+            ["endpoint_id"],
+            ["webhook_endpoints.id"],
+            name=op.f("fk_webhook_deliveries_endpoint_id_webhook_endpoints"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
-        sa.UniqueConstraint("endpoint_id", "event_seq",
-                            name="uq_webhook_deliveries_endpoint_event"),
+        sa.UniqueConstraint(
+            "endpoint_id", "event_seq", name="uq_webhook_deliveries_endpoint_event"
+        ),
     )
-    op.create_index("ix_webhook_deliveries_pending", "webhook_deliveries",
-                    ["endpoint_id", "event_seq"], **_where("state = 'pending'"))
+    op.create_index(
+        "ix_webhook_deliveries_pending",
+        "webhook_deliveries",
+        ["endpoint_id", "event_seq"],
+        **_where("state = 'pending'"),
+    )
     op.create_table(
         "webhook_attempts",
         sa.Column("id", _id_type(), autoincrement=True, nullable=False),
@@ -134,8 +154,11 @@ def upgrade() -> None:
         sa.Column("wrapped_credentials", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["application_id"], ["applications.id"],
-                                name=op.f("fk_push_providers_application_id_applications")),
+        sa.ForeignKeyConstraint(
+            ["application_id"],
+            ["applications.id"],
+            name=op.f("fk_push_providers_application_id_applications"),
+        ),
         sa.PrimaryKeyConstraint("application_id", "kind", name=op.f("pk_push_providers")),
     )
     op.create_table(
@@ -144,8 +167,9 @@ def upgrade() -> None:
         sa.Column("provider", sa.String(length=16), nullable=False),
         sa.Column("token", sa.Text(), nullable=False),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["device_id"], ["registrations.id"],
-                                name=op.f("fk_push_tokens_device_id_registrations")),
+        sa.ForeignKeyConstraint(
+            ["device_id"], ["registrations.id"], name=op.f("fk_push_tokens_device_id_registrations")
+        ),
         sa.PrimaryKeyConstraint("device_id", name=op.f("pk_push_tokens")),
     )
     op.create_table(
@@ -163,8 +187,12 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_push_notifications")),
     )
-    op.create_index("ix_push_notifications_pending", "push_notifications",
-                    ["next_attempt_at"], **_where("state = 'pending'"))
+    op.create_index(
+        "ix_push_notifications_pending",
+        "push_notifications",
+        ["next_attempt_at"],
+        **_where("state = 'pending'"),
+    )
 
 
 def downgrade() -> None:
@@ -172,9 +200,16 @@ def downgrade() -> None:
     # the older code derives EXPIRED from
     op.execute("UPDATE operations SET state = 'PENDING' WHERE state = 'EXPIRED'")
     op.execute("UPDATE events SET delivery = NULL WHERE delivery IS NOT NULL")
-    for table in ("push_notifications", "push_tokens", "push_providers", "webhook_attempts",
-                  "webhook_deliveries", "webhook_subscriptions", "webhook_secrets",
-                  "webhook_endpoints"):
+    for table in (
+        "push_notifications",
+        "push_tokens",
+        "push_providers",
+        "webhook_attempts",
+        "webhook_deliveries",
+        "webhook_subscriptions",
+        "webhook_secrets",
+        "webhook_endpoints",
+    ):
         op.drop_table(table)
     op.drop_index("ix_operations_backend_expiry", table_name="operations")
     op.drop_index("ix_events_delivery_pending", table_name="events")
