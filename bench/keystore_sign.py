@@ -3,7 +3,7 @@
 Every back end signs the same 64-byte message N times through the same call an SDK makes
 (``KeyStore.sign``, i.e. including per-call connection/session set-up); the software row is a
 bare ``cryptography`` P-256 key for reference. The script starts its own swtpm and SoftHSM2
-token in a temporary directory (like ``tests/keystores``) and removes them afterwards.
+token in a temporary directory (like ``tests/client/keystores``) and removes them afterwards.
 
     .venv/bin/python bench/keystore_sign.py            # N=200 for swtpm, 2000 otherwise
     .venv/bin/python bench/keystore_sign.py --n 500 --n-tpm 50 --only softhsm software

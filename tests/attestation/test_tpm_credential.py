@@ -26,7 +26,7 @@ from keybound.attestation.tpm_credential import kdfa
 from keybound.attestation.tpm_structures import object_name, parse_public
 from keybound.attestation.trust import TrustAnchor
 from tests.attestation import factory
-from tests.keystores.conftest import SwtpmBed, swtpm, swtpm_available  # noqa: F401 (fixtures)
+from tests.client.keystores.conftest import SwtpmBed, swtpm, swtpm_available  # noqa: F401 (fixtures)
 
 EK_TYPES = ["EK-RSA2048", "EK-ECC256"]
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import RelyingParty
 
 from keybound.channel import ChannelPin
 from keybound.client import Device, OperationDeclined, SealedTransport, Transport, preset
@@ -17,6 +16,7 @@ from keybound.client.keystores.emulated import EmulatedSecureElement
 from keybound.client.transport import RawResponse
 from keybound.errors import ClientError, ErrorCode
 from keybound.protocol import DevicePaths, HwKeyClientStatus, OperationContext
+from tests.helpers import RelyingParty
 
 
 class LossyTransport(SealedTransport):

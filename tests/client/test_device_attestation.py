@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from tests.helpers import RelyingParty
 
 from keybound import protocol
 from keybound.attestation import (
@@ -26,6 +25,7 @@ from keybound.channel import ChannelPin
 from keybound.client import Device, SealedTransport, preset
 from keybound.client.keystores.emulated import ATTESTATION_ROOT, EmulatedSecureElement
 from keybound.protocol import AttestationFormat, DevicePaths, HwKeyClientStatus, Message
+from tests.helpers import RelyingParty
 
 M = TypeVar("M", bound=Message)
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.live import App, Server, device, device_command, device_env, ok
 
 from keybound.client import Device, open_device, preset
 from keybound.client.sealed import SealedTransport
 from keybound.errors import ClientError, ErrorCode
 from keybound.protocol import OperationContext
+from tests.live import App, Server, device, device_command, device_env, ok
 
 pytestmark = pytest.mark.server
 

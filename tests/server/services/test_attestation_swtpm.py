@@ -24,9 +24,9 @@ from keybound.server.attestation_trust import AttestationTrust
 from keybound.server.services import Keybound
 from tests.attestation import factory
 from tests.attestation.test_tpm_credential import _activate, _ek_and_ak, _esapi
+from tests.client.keystores.conftest import SwtpmBed, swtpm, swtpm_available  # noqa: F401 (fixtures)
 from tests.conftest import FakeClock
 from tests.helpers import RawDevice, problem_code
-from tests.keystores.conftest import SwtpmBed, swtpm, swtpm_available  # noqa: F401 (fixtures)
 from tests.server.services.attestation_devices import write_trust_dir
 
 pytestmark = pytest.mark.swtpm

@@ -1,6 +1,6 @@
 """Throw-away secure-hardware test beds: a private swtpm and a private SoftHSM2 token.
 
-Used by ``tests/keystores`` and ``bench/keystore_sign.py`` so both exercise the real
+Used by ``tests/client/keystores`` and ``bench/keystore_sign.py`` so both exercise the real
 components the same way. Not part of the SDK's runtime path: nothing here is imported by
 the key stores themselves.
 

@@ -24,9 +24,6 @@ from typing import Any, TypeVar
 import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
-from tests.client.test_device_attestation import RecordingTransport
-from tests.helpers import RelyingParty
-from tests.keystores.conftest import ManufacturedSwtpm, SoftHsmBed, SwtpmBed
 
 from keybound import protocol
 from keybound.attestation import (
@@ -43,6 +40,9 @@ from keybound.attestation.tpm_structures import object_name, parse_public
 from keybound.client import Device, preset
 from keybound.client.keystores import KeyStore, open_keystore
 from keybound.protocol import AttestationFormat, DevicePaths, Message
+from tests.client.keystores.conftest import ManufacturedSwtpm, SoftHsmBed, SwtpmBed
+from tests.client.test_device_attestation import RecordingTransport
+from tests.helpers import RelyingParty
 
 M = TypeVar("M", bound=Message)
 

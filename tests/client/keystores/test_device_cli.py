@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.keystores.conftest import SoftHsmBed, SwtpmBed
-from tests.live import TOKEN_PIN_ENV, Server, device, fails, ok
 
 from keybound.cli.device import CONFIG_FILE, PIN_ENV
 from keybound.client import open_device, open_keystore, preset
 from keybound.client.keystores import TPM_TCTI_ENV
+from tests.client.keystores.conftest import SoftHsmBed, SwtpmBed
+from tests.live import TOKEN_PIN_ENV, Server, device, fails, ok
 
 pytestmark = pytest.mark.server
 

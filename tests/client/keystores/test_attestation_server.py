@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.client.test_device_attestation import RecordingTransport
-from tests.conftest import FakeClock
-from tests.helpers import RelyingParty
-from tests.keystores.conftest import ManufacturedSwtpm, SoftHsmBed
 
 from keybound import protocol
 from keybound.client import Device, preset
@@ -33,6 +29,10 @@ from keybound.errors import ClientError
 from keybound.protocol import AttestationFormat, DevicePaths
 from keybound.server.attestation_trust import AttestationTrust
 from keybound.server.services import Keybound
+from tests.client.keystores.conftest import ManufacturedSwtpm, SoftHsmBed
+from tests.client.test_device_attestation import RecordingTransport
+from tests.conftest import FakeClock
+from tests.helpers import RelyingParty
 
 ALL_RISK = [attribute.value for attribute in protocol.RiskAttribute]
 

@@ -18,8 +18,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from tests.helpers import RelyingParty
-from tests.keystores.conftest import PIN_TOKEN, SoftHsmBed, SwtpmBed
 
 from keybound import crypto
 from keybound.client import Device, SealedTransport, preset
@@ -27,6 +25,8 @@ from keybound.client.keystores import KeyHandle, KeyStore, open_keystore
 from keybound.client.keystores._testbeds import init_softhsm_token
 from keybound.errors import ClientError
 from keybound.storage import tables as t
+from tests.client.keystores.conftest import PIN_TOKEN, SoftHsmBed, SwtpmBed
+from tests.helpers import RelyingParty
 
 STRATEGIES = ["SUPPORTED", "RISK_PARAMS", "REQUIRED"]
 #: strategy -> does an authentication with this hardware result pass?
