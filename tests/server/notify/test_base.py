@@ -44,6 +44,7 @@ def test_device_payload_names_no_device_and_no_operation() -> None:
         ("-5", 60.0),
         ("soon", 60.0),
         ("1e3", 60.0),
+        ("\u00b2", 60.0),  # a digit to str.isdigit, not to float(); latin-1 header byte 0xb2
         ("99999999", MAX_RETRY_AFTER_SECONDS),
         (format_datetime(datetime.fromtimestamp(NOW + 90, tz=UTC), usegmt=True), 90.0),
         (format_datetime(datetime.fromtimestamp(NOW - 90, tz=UTC), usegmt=True), 0.0),

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Final, Protocol
 
 from keybound.errors import MalformedRequest
+from keybound.server.events.schedule import parse_retry_after
 
 #: The event a device notification announces (also the webhook payload's ``type``).
 EVENT_TYPE: Final = "device.operation_pending"
@@ -126,22 +126,10 @@ class NotificationProvider(Protocol):
 
 
 def retry_delay(value: str | None, *, now: float, default: float) -> float:
-    """Seconds to wait from an HTTP ``Retry-After`` (delta-seconds or HTTP-date, RFC 9110
-    §10.2.3); ``default`` when absent or unreadable; capped at MAX_RETRY_AFTER_SECONDS."""
-    delay = _parse_retry_after(value.strip(), now) if value else None
+    """Seconds to wait from an HTTP ``Retry-After`` (the webhook outbox's reading of it);
+    ``default`` when absent or unreadable; capped at MAX_RETRY_AFTER_SECONDS."""
+    delay = parse_retry_after(value, now=now)
     return min(max(default if delay is None else delay, 0.0), MAX_RETRY_AFTER_SECONDS)
-
-
-def _parse_retry_after(value: str, now: float) -> float | None:
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is not such a date
-        return None
-    return moment.timestamp() - now
 
 
 __all__ = [
