@@ -41,7 +41,8 @@ from keybound.server.notify.base import (
     Outcome,
     ProviderKind,
     PushHint,
-    retry_delay,
+    json_object,
+    retry_as_asked,
     token_well_formed,
 )
 
@@ -249,13 +250,8 @@ class ApnsProvider:
         if reason in _TOKEN_DROPPED and status in {400, 410}:
             return Outcome.token_invalid(reason, invalid_since=_timestamp(response))
         if status == 429 or status >= 500:
-            return Outcome.retry(
-                retry_delay(
-                    response.headers.get("retry-after"),
-                    now=self._clock(),
-                    default=self._config.default_retry_seconds,
-                ),
-                reason,
+            return retry_as_asked(
+                response, reason, now=self._clock(), default=self._config.default_retry_seconds
             )
         return Outcome.failed(reason)
 
@@ -263,20 +259,12 @@ class ApnsProvider:
         self._connections.close()
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _reason(response: httpx.Response) -> str:
-    reason = _body(response).get("reason")
+    reason = json_object(response).get("reason")
     return reason if isinstance(reason, str) else ""
 
 
 def _timestamp(response: httpx.Response) -> float | None:
     """410's ``timestamp``: when (ms since the epoch) APNs found the token no longer valid."""
-    value = _body(response).get("timestamp")
+    value = json_object(response).get("timestamp")
     return value / 1000 if type(value) is int else None

@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
+
+import httpx
 
 from keybound.errors import MalformedRequest
 from keybound.server.events.schedule import parse_retry_after
@@ -132,6 +134,21 @@ def retry_delay(value: str | None, *, now: float, default: float) -> float:
     return min(max(default if delay is None else delay, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
+def retry_as_asked(response: httpx.Response, reason: str, *, now: float, default: float) -> Outcome:
+    """RETRY after the response's ``Retry-After`` (see :func:`retry_delay`)."""
+    delay = retry_delay(response.headers.get("retry-after"), now=now, default=default)
+    return Outcome.retry(delay, reason)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The response's JSON object; empty when the body is not one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 __all__ = [
     "DEFAULT_RETRY_SECONDS",
     "EVENT_TYPE",
@@ -142,6 +159,8 @@ __all__ = [
     "ProviderKind",
     "PushHint",
     "PushTarget",
+    "json_object",
+    "retry_as_asked",
     "retry_delay",
     "token_well_formed",
 ]

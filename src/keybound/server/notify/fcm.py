@@ -39,7 +39,8 @@ from keybound.server.notify.base import (
     Outcome,
     ProviderKind,
     PushHint,
-    retry_delay,
+    json_object,
+    retry_as_asked,
     token_well_formed,
 )
 
@@ -241,16 +242,14 @@ class FcmProvider:
         )
         if response.status_code == 429 or response.status_code >= 500:
             raise _NoAccessToken(
-                Outcome.retry(
-                    retry_delay(
-                        response.headers.get("retry-after"),
-                        now=self._clock(),
-                        default=self._config.default_retry_seconds,
-                    ),
+                retry_as_asked(
+                    response,
                     f"token endpoint HTTP {response.status_code}",
+                    now=self._clock(),
+                    default=self._config.default_retry_seconds,
                 )
             )
-        body = _json_object(response)
+        body = json_object(response)
         if response.status_code != 200:  # invalid_grant etc.: the key or the clock is wrong
             raise _NoAccessToken(Outcome.failed(f"token endpoint: {body.get('error')}"))
         value, lifetime = body.get("access_token"), body.get("expires_in")
@@ -266,7 +265,7 @@ class FcmProvider:
 
     def _outcome(self, response: httpx.Response) -> Outcome:
         status = response.status_code
-        body = _json_object(response)
+        body = json_object(response)
         if status == 200:
             name = body.get("name")
             return Outcome.delivered(name if isinstance(name, str) else None)
@@ -283,13 +282,8 @@ class FcmProvider:
                 return Outcome.token_invalid(reason)
             return Outcome.failed(reason)
         if status == 429 or status >= 500 or error.fcm_code in _RETRYABLE:
-            return Outcome.retry(
-                retry_delay(
-                    response.headers.get("retry-after"),
-                    now=self._clock(),
-                    default=self._config.default_retry_seconds,
-                ),
-                reason,
+            return retry_as_asked(
+                response, reason, now=self._clock(), default=self._config.default_retry_seconds
             )
         return Outcome.failed(reason)
 
@@ -326,11 +320,3 @@ class _GoogleError:
             fcm_code=next((code for code in fcm_codes if isinstance(code, str)), None),
             fields=frozenset(name for name in fields if isinstance(name, str)),
         )
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

@@ -29,7 +29,7 @@ from keybound.server.notify.base import (
     Outcome,
     ProviderKind,
     PushHint,
-    retry_delay,
+    retry_as_asked,
     token_well_formed,
 )
 
@@ -109,13 +109,11 @@ class WebhookProvider:
         if status == 410:
             return Outcome.token_invalid("410 Gone")
         if status in _RETRYABLE or status >= 500:
-            return Outcome.retry(
-                retry_delay(
-                    response.headers.get("retry-after"),
-                    now=self._clock(),
-                    default=self._config.default_retry_seconds,
-                ),
+            return retry_as_asked(
+                response,
                 f"HTTP {status}",
+                now=self._clock(),
+                default=self._config.default_retry_seconds,
             )
         return Outcome.failed(f"HTTP {status}")
 
