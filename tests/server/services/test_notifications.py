@@ -503,6 +503,26 @@ def test_the_webhook_provider_posts_a_signed_wake_up_with_the_push_token(
         receiver.stop()
 
 
+def test_the_push_service_address_is_checked_at_connect_time(
+    rp: RelyingParty, kb: Keybound, clock: FakeClock
+) -> None:
+    """The push-service webhook is an endpoint like any other (docs/webhooks.md §4): the
+    address it connects to is checked then, not only at registration. Here loopback was
+    allowed when the operator registered it and is withdrawn before the wake-up."""
+    receiver = Receiver().start()
+    try:
+        kb.admin.set_push_provider(rp.app_id, ProviderKind.WEBHOOK, {"url": receiver.url("/push")})
+        kb.notifications.policy = EndpointPolicy(allow_http=True)  # loopback no longer allowed
+        token = p.PushToken(provider=p.PushProvider.WEBHOOK, token="rp-push-token-1")
+        device = activated(rp, token)
+        rp.start_operation(device.device_id)
+        deliver(kb, clock)
+        assert receiver.received == []
+        assert stored_token(kb, device.device_id) == ("webhook", "rp-push-token-1")  # kept
+    finally:
+        receiver.stop()
+
+
 def test_provider_credentials_are_checked_and_kept_wrapped(
     rp: RelyingParty, kb: Keybound, p8: bytes
 ) -> None:

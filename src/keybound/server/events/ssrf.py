@@ -10,7 +10,8 @@ request forgery"). The rule (docs/webhooks.md §4):
   including the IPv4 addresses hidden in IPv4-mapped, NAT64 and 6to4 forms, unless the
   operator lists their network in ``allowed_networks``.
 
-Registration calls :func:`check_endpoint_url`. Delivery goes through :class:`GuardedTransport`,
+Registration calls :func:`check_endpoint_url`. Delivery goes through :class:`GuardedTransport`
+(the push-service webhook, a blocking client, through :class:`GuardedSyncTransport`),
 whose network backend resolves the name itself, checks every address and connects to the
 address it checked, so a DNS answer that changes between check and connect (rebinding) gains
 nothing. TLS still uses the URL's host name for SNI and certificate checks, and httpx sends the
@@ -23,7 +24,7 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -228,6 +229,15 @@ def check_endpoint_url(
     return CheckedEndpoint(url=str(parsed), host=host, port=port, addresses=addresses)
 
 
+def _connect_order(addresses: Sequence[IPAddress]) -> Iterator[str]:
+    """The checked addresses to try, in order; an IPv4-mapped one as its IPv4 address (the
+    same host, and it works without a dual-stack socket)."""
+    for address in addresses:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        yield str(address)
+
+
 class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend with the policy applied where the socket is opened.
 
@@ -260,12 +270,10 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         addresses = await self._resolve(host, port, timeout)
         self._policy.check_addresses(host, addresses)
         last: Exception | None = None
-        for address in addresses:
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped  # same host; works without a dual-stack socket
+        for address in _connect_order(addresses):
             try:
                 return await self._inner.connect_tcp(
-                    str(address),
+                    address,
                     port,
                     timeout=timeout,
                     local_address=local_address,
@@ -321,3 +329,75 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         # withdrawn http since the endpoint was registered)
         parse_endpoint_url(str(request.url), policy=self._policy)
         return await super().handle_async_request(request)
+
+
+class GuardedSyncNetworkBackend(httpcore.NetworkBackend):
+    """:class:`GuardedNetworkBackend` for a blocking client (the push-service webhook, sent
+    from a worker thread): the same resolve, check and connect-to-what-was-checked."""
+
+    def __init__(self, *, policy: EndpointPolicy, resolver: Resolver) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            addresses = self._resolver(host, port)
+        except (OSError, UnicodeError) as exc:
+            raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
+        self._policy.check_addresses(host, addresses)
+        last: Exception | None = None
+        for address in _connect_order(addresses):
+            try:
+                return self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None  # check_addresses refused an empty answer
+        raise last
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise EndpointAddressRefused("webhooks are never sent over a unix socket")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class GuardedSyncTransport(httpx.HTTPTransport):
+    """:class:`GuardedTransport` for a blocking ``httpx.Client``."""
+
+    def __init__(
+        self,
+        *,
+        policy: EndpointPolicy,
+        resolver: Resolver = system_resolver,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._policy = policy
+        context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=context, trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=context,
+            network_backend=GuardedSyncNetworkBackend(policy=policy, resolver=resolver),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        parse_endpoint_url(str(request.url), policy=self._policy)  # as GuardedTransport does
+        return super().handle_request(request)

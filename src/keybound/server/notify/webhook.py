@@ -23,6 +23,7 @@ import httpx
 
 from keybound.errors import ConfigurationInvalid
 from keybound.server.clock import Clock, wall_clock
+from keybound.server.events.ssrf import EndpointAddressRefused
 from keybound.server.notify.base import (
     DEFAULT_RETRY_SECONDS,
     EVENT_TYPE,
@@ -100,6 +101,8 @@ class WebhookProvider:
             response = self._client.post(self._config.url, content=body, headers=headers)
         except httpx.TransportError as exc:  # includes time-outs
             return Outcome.retry(self._config.default_retry_seconds, type(exc).__name__)
+        except EndpointAddressRefused:  # resolved, at connect time, to a refused address
+            return Outcome.retry(self._config.default_retry_seconds, "policy_refused")
         return self._outcome(response)
 
     def _outcome(self, response: httpx.Response) -> Outcome:

@@ -32,7 +32,12 @@ from keybound.server.events.signing import (
     parse_signing_secret,
     webhook_headers,
 )
-from keybound.server.events.ssrf import EndpointPolicy, Resolver, check_endpoint_url
+from keybound.server.events.ssrf import (
+    EndpointPolicy,
+    GuardedSyncTransport,
+    Resolver,
+    check_endpoint_url,
+)
 from keybound.server.notify.apns import (
     ApnsConfig,
     ApnsEnvironment,
@@ -199,6 +204,13 @@ class Notifications:
         if settings.get("caFile"):
             verify = ssl.create_default_context(cafile=str(settings["caFile"]))
         try:
+            if kind is ProviderKind.WEBHOOK:  # an endpoint like any other (docs/webhooks.md §4)
+                transport = GuardedSyncTransport(
+                    policy=self.policy,
+                    resolver=self.resolver,
+                    ssl_context=verify if isinstance(verify, ssl.SSLContext) else None,
+                )
+                return _webhook(settings, credentials, transport, self.clock)
             return _PROVIDERS[kind](settings, credentials, verify, self.clock)
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigurationInvalid(f"{kind.value} provider: {exc}") from None
@@ -298,7 +310,7 @@ class Notifications:
 
 
 def _webhook(
-    settings: dict[str, Any], credentials: bytes, verify: ssl.SSLContext | bool, clock: Clock
+    settings: dict[str, Any], credentials: bytes, transport: httpx.BaseTransport, clock: Clock
 ) -> NotificationProvider:
     secret = parse_signing_secret(json.loads(credentials)["secret"])
     config = WebhookConfig(url=settings["url"])
@@ -311,7 +323,7 @@ def _webhook(
         )
 
     client = httpx.Client(
-        timeout=config.timeout_seconds, follow_redirects=False, verify=verify, trust_env=False
+        timeout=config.timeout_seconds, follow_redirects=False, transport=transport, trust_env=False
     )
     return WebhookProvider(config, headers_for=headers_for, client=client, clock=clock)
 
@@ -355,8 +367,7 @@ def _apns(
     return ApnsProvider(config, clock=clock, verify=verify)
 
 
-_PROVIDERS: Final = {
-    ProviderKind.WEBHOOK: _webhook,
+_PROVIDERS: Final = {  # the webhook's is built with the endpoint policy (Notifications.notifier)
     ProviderKind.FCM: _fcm,
     ProviderKind.APNS: _apns,
 }
