@@ -6,9 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from keybound import protocol as p
 from keybound.server.services import Keybound
 from tests.helpers import RelyingParty, problem_code
@@ -181,55 +178,3 @@ def test_bad_base64_is_malformed(rp: RelyingParty) -> None:
         response = rp.http.post(p.DevicePaths.AUTHENTICATION_FINISH, json={**wire, field: value})
         assert problem_code(response) == "malformed_request", field
         assert response.json()["invalidParams"][0]["name"] == field
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=50),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=20), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    path=st.sampled_from([v for k, v in vars(p.DevicePaths).items() if k.isupper()]),
-    body=st.dictionaries(
-        st.sampled_from(
-            [
-                "applicationId",
-                "deviceId",
-                "operationId",
-                "activationCode",
-                "activationHint",
-                "activationToken",
-                "challenge",
-                "softwareSignature",
-                "hardwareSignature",
-                "softwarePublicKey",
-                "authMethod",
-                "hwKeyClientStatus",
-                "softwareKeyId",
-                "nextSoftwarePublicKey",
-                "pinProof",
-                "deviceProfile",
-                "extra",
-            ]
-        ),
-        json_values,
-        max_size=8,
-    ),
-)
-def test_fuzzed_device_requests_get_4xx_problems(
-    http: Any, kb: Keybound, path: str, body: dict[str, Any]
-) -> None:
-    response = http.post(path, json=body)
-    assert 400 <= response.status_code < 500, response.text
-    assert problem_code(response)
