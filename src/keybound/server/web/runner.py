@@ -13,7 +13,6 @@ from typing import Any
 
 import uvicorn
 
-from keybound.server.clock import Clock, wall_clock
 from keybound.server.services import Keybound
 from keybound.server.services.outbox import settings_from_env
 from keybound.server.web.app import KeyboundApp, create_app
@@ -143,7 +142,6 @@ class BackgroundServer:
         kb: Keybound,
         *,
         port: int | None = None,
-        clock: Clock = wall_clock,
         allow_plaintext: bool = False,
         limits: EdgeLimits | None = None,
         **uvicorn_options: Any,
