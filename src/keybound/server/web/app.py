@@ -50,14 +50,11 @@ def build(app: Any, middleware: Sequence[Middleware]) -> Any:
 
 
 class KeyboundApp:
-    """The assembled pipeline, plus its parts for whoever needs them (the OpenAPI document,
-    tests)."""
+    """The assembled pipeline, plus the relying-party app its OpenAPI document comes from."""
 
     def __init__(self, *, rp: FastAPI, device: DeviceApp, middleware: Sequence[Middleware]) -> None:
         self.rp = rp
-        self.device = device
         self.state = rp.state  # app.state.kb: the services this app serves
-        self.middleware = tuple(middleware)
         self._stack = build(Router(device=device, default=rp), middleware)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
