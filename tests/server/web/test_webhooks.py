@@ -247,3 +247,13 @@ def test_event_types_on_the_wire_match_the_server_allow_list() -> None:
     from keybound.server.events.model import PUBLIC_TYPES
 
     assert {kind.value for kind in PUBLIC_TYPES} == {name.value for name in EventName}
+
+
+def test_the_cli_choices_match_the_wire_enums() -> None:
+    from keybound.cli import webhook as cli
+    from keybound.rpapi import DeliveryState, SecretScheme
+
+    # the CLI names them itself to keep its parser lean: a new member must reach it too
+    assert tuple(name.value for name in EventName) == cli.EVENT_TYPES
+    assert tuple(scheme.value for scheme in SecretScheme) == cli.SCHEMES
+    assert tuple(state.value for state in DeliveryState) == cli.DELIVERY_STATES
