@@ -124,3 +124,7 @@ def test_fetch_and_cache_over_http(status_server: tuple[str, type[_Handler]]) ->
 def test_only_https_or_loopback_urls() -> None:
     with pytest.raises(ConfigurationInvalid):
         RevocationList.fetch("http://example.com/status", now=T0)
+    # the attack: plain http to another host whose URL starts like a loopback one
+    for lookalike in ("http://127.0.0.1@example.invalid/status", "http://localhost.invalid/"):
+        with pytest.raises(ConfigurationInvalid, match="must be https"):
+            RevocationList.fetch(lookalike, now=T0)

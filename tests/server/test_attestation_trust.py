@@ -91,6 +91,8 @@ def test_a_missing_directory_or_list_stops_the_server(tmp_path: Path) -> None:
         AttestationTrust.configured(revocation_list=str(tmp_path / "status.json"))
     with pytest.raises(ConfigurationInvalid):
         AttestationTrust.configured(revocation_list="http://example.com/status")
+    with pytest.raises(ConfigurationInvalid):  # plain http to a host that only looks local
+        AttestationTrust.configured(revocation_list="http://127.0.0.1@example.invalid/status")
     with pytest.raises(ConfigurationInvalid):
         AttestationTrust.from_environment({ENV_REVOCATION_REFRESH: "hourly"})
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +38,18 @@ from keybound.errors import ConfigurationInvalid
 GOOGLE_STATUS_URL = "https://android.googleapis.com/attestation/status"
 #: Largest list accepted (Google's is well under this).
 MAX_LIST_BYTES = 32 * 1024 * 1024
+#: The only hosts a list may come from over plain http (a test server on this machine).
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+
+
+def check_list_url(url: str) -> None:
+    """Raise ConfigurationInvalid unless ``url`` is ``https://``, or ``http://`` on the
+    loopback. The host is parsed, not prefix-matched: ``http://127.0.0.1@elsewhere`` and
+    ``http://localhost.example`` are elsewhere."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS):
+        return
+    raise ConfigurationInvalid(f"status list URL must be https: {url}")
 
 
 class RevocationStatus(StrEnum):
@@ -106,10 +119,7 @@ class RevocationList:
         """GET the list from ``url`` (``https://``, or ``http://`` on the loopback only)."""
         import httpx  # only a fetching process pays for the HTTP client
 
-        if not (
-            url.startswith("https://") or url.startswith(("http://127.0.0.1", "http://localhost"))
-        ):
-            raise ConfigurationInvalid(f"status list URL must be https: {url}")
+        check_list_url(url)
         try:
             with (
                 httpx.Client(timeout=timeout, follow_redirects=False) as client,

@@ -36,6 +36,7 @@ from keybound.attestation import (
     RevocationList,
     TrustStore,
 )
+from keybound.attestation.revocation import check_list_url
 from keybound.errors import ConfigurationInvalid
 from keybound.server.core.attestation import TrustMaterial
 
@@ -195,8 +196,7 @@ def _is_url(source: str) -> bool:
 
 def _loader(source: str) -> _UrlSource | _FileSource:
     if _is_url(source):
-        if not source.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ConfigurationInvalid(f"status list URL must be https: {source}")
+        check_list_url(source)
         return _UrlSource(source)
     return _FileSource(Path(source).expanduser())
 
