@@ -60,7 +60,6 @@ class AttestationTrust:
     tpm: TrustStore
     revocation: RevocationCache | None = None
     revocation_source: str | None = None
-    trust_dir: Path | None = None
 
     @classmethod
     def builtin(cls) -> AttestationTrust:
@@ -101,7 +100,6 @@ class AttestationTrust:
             tpm=stores[AttestationFormat.TPM],
             revocation=cache,
             revocation_source=revocation_list or None,
-            trust_dir=Path(trust_dir).expanduser() if trust_dir else None,
         )
 
     @classmethod
