@@ -46,6 +46,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keybound import crypto
@@ -212,27 +213,33 @@ class EmulatedSecureElement(KeyStore):
         return self.directory / "keys" / f"{key_id}.key"
 
     def _store(self, key_id: str, private_key: ec.EllipticCurvePrivateKey) -> None:
+        self._seal(self._key_path(key_id), key_id, private_key)
+
+    def _seal(self, path: Path, aad: str, private_key: ec.EllipticCurvePrivateKey) -> None:
+        """Write ``nonce || AES-GCM(PKCS#8 DER)`` under the wrapping key, AAD ``aad``."""
         der = private_key.private_bytes(
             serialization.Encoding.DER,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        sealed = nonce + AESGCM(self._wrapping_key()).encrypt(nonce, der, key_id.encode())
-        write_private(self._key_path(key_id), sealed)
+        write_private(path, nonce + AESGCM(self._wrapping_key()).encrypt(nonce, der, aad.encode()))
+
+    def _unseal(self, path: Path, aad: str) -> PrivateKeyTypes:
+        """What :meth:`_seal` wrote; OSError, InvalidTag or ValueError when it cannot be read."""
+        sealed = path.read_bytes()
+        wrapping_key = (self.directory / "element.key").read_bytes()
+        der = AESGCM(wrapping_key).decrypt(
+            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad.encode()
+        )
+        return serialization.load_der_private_key(der, password=None)
 
     def _load(self, handle: KeyHandle) -> ec.EllipticCurvePrivateKey:
         key_id = _key_id(handle)
         if handle.store != self.kind or key_id is None:
             raise KeyUnavailable("not a key of the emulated secure element")
-        wrapping_path = self.directory / "element.key"
         try:
-            sealed = self._key_path(key_id).read_bytes()
-            wrapping_key = wrapping_path.read_bytes()
-            der = AESGCM(wrapping_key).decrypt(
-                sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], key_id.encode()
-            )
-            private_key = serialization.load_der_private_key(der, password=None)
+            private_key = self._unseal(self._key_path(key_id), key_id)
         except (OSError, ValueError, InvalidTag) as exc:
             raise KeyUnavailable("key is gone from the emulated secure element") from exc
         if not isinstance(private_key, ec.EllipticCurvePrivateKey):
@@ -248,11 +255,7 @@ class EmulatedSecureElement(KeyStore):
         on first use (and again after :meth:`lose_keys` or when the root changed)."""
         key_path, cert_path = (self.directory / f"{_CA_ID}.{ext}" for ext in ("key", "pem"))
         try:
-            sealed = key_path.read_bytes()
-            der = AESGCM(self._wrapping_key()).decrypt(
-                sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _CA_ID.encode()
-            )
-            key = serialization.load_der_private_key(der, password=None)
+            key = self._unseal(key_path, _CA_ID)
             certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
             certificate.verify_directly_issued_by(root.certificate)
             if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -263,15 +266,7 @@ class EmulatedSecureElement(KeyStore):
         certificate = android.issue_intermediate(
             root, key.public_key(), serial=secrets.token_hex(16)
         )
-        der = key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        nonce = secrets.token_bytes(_NONCE_BYTES)
-        write_private(
-            key_path, nonce + AESGCM(self._wrapping_key()).encrypt(nonce, der, _CA_ID.encode())
-        )
+        self._seal(key_path, _CA_ID, key)
         write_private(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
         return key, certificate
 
