@@ -183,21 +183,12 @@ def parse_attest(data: object) -> Attest:
         safe=_yes_no(reader.u8()),
     )
     firmware = reader.u64()
-    if kind != TPM_ST_ATTEST_CERTIFY:
-        # The union's layout depends on the type; nothing after here can be read.
-        return Attest(
-            magic=magic,
-            type=kind,
-            qualified_signer=qualified_signer,
-            extra_data=extra_data,
-            clock_info=clock,
-            firmware_version=firmware,
-            certified_name=b"",
-            certified_qualified_name=b"",
-        )
-    name = reader.sized()
-    qualified_name = reader.sized()
-    reader.done()
+    # The union's layout depends on the type: only a certify's can be read.
+    name = qualified_name = b""
+    if kind == TPM_ST_ATTEST_CERTIFY:
+        name = reader.sized()
+        qualified_name = reader.sized()
+        reader.done()
     return Attest(
         magic=magic,
         type=kind,
