@@ -29,8 +29,9 @@ CLASS_CONTEXT = 2
 TAG_INTEGER = 2
 TAG_SEQUENCE = 16
 
-#: Exceptions pyasn1 raises (or lets through) on hostile input; wrapped at this boundary.
-_PARSE_ERRORS = (
+#: Exceptions pyasn1 raises (or lets through) on hostile input (UnicodeError is a
+#: ValueError); wrapped at this boundary.
+PARSE_ERRORS = (
     PyAsn1Error,
     ValueError,
     TypeError,
@@ -127,7 +128,7 @@ def decode_strict(data: bytes, spec: Any, *, what: str, max_bytes: int) -> Any:
     try:
         value, rest = der_decoder.decode(data, asn1Spec=spec)
         again = der_encoder.encode(value)
-    except _PARSE_ERRORS as exc:
+    except PARSE_ERRORS as exc:
         raise fail(Reason.MALFORMED, f"{what} does not parse: {type(exc).__name__}") from exc
     if rest:
         raise fail(Reason.MALFORMED, f"{what} has trailing bytes")

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyasn1.codec.der import decoder as der_decoder
-from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 from pyasn1_modules import rfc5280
 
@@ -30,6 +29,7 @@ from keybound.attestation._der import (
     CLASS_CONTEXT,
     CLASS_UNIVERSAL,
     MAX_CERTIFICATE_BYTES,
+    PARSE_ERRORS,
     children,
     decode_strict,
     read_tlv,
@@ -39,17 +39,6 @@ from keybound.attestation.base import Reason, fail
 TAG_BOOLEAN = 1
 TAG_OCTET_STRING = 4
 TAG_OID = 6
-
-_PARSE_ERRORS = (
-    PyAsn1Error,
-    ValueError,
-    TypeError,
-    IndexError,
-    KeyError,
-    OverflowError,
-    RecursionError,
-    UnicodeError,
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,7 +115,7 @@ def decode_lenient(data: bytes, spec: Any, *, what: str) -> Any:
         raise fail(Reason.MALFORMED, f"{what} is too large")
     try:
         value, rest = der_decoder.decode(data, asn1Spec=spec)
-    except _PARSE_ERRORS as exc:
+    except PARSE_ERRORS as exc:
         raise fail(Reason.MALFORMED, f"{what} does not parse: {type(exc).__name__}") from exc
     if rest:
         raise fail(Reason.MALFORMED, f"{what} has trailing bytes")
