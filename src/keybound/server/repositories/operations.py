@@ -20,7 +20,7 @@ from keybound.storage import tables as t
 from keybound.storage.prepared import Prepared
 
 OPS = t.operations
-#: what a device answers after a start: an authentication or a signature (§3.2.5)
+#: what a device answers after a start: an authentication or a signature (§3.2.6)
 _ANSWERED = or_(
     OPS.c.type == OperationType.AUTHENTICATION.value, OPS.c.type == OperationType.SIGNATURE.value
 )

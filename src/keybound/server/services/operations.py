@@ -297,7 +297,7 @@ class Operations:
     def create_signature(
         self, unit: Unit, application_id: str, device_id: str, request: CreateSignatureRequest
     ) -> Operation:
-        """A signature operation (§3.2.5): like a backend-initiated authentication whose
+        """A signature operation (§3.2.6): like a backend-initiated authentication whose
         pre-operation context is the data to sign, kept where a context is."""
         data = request.data_to_sign
         if len(data.content.encode()) > MAX_DATA_TO_SIGN_BYTES:

@@ -381,7 +381,7 @@ def document(app: FastAPI) -> None:
                 "endpoints, their secrets and delivery log (docs/events.md), with a bearer API "
                 "key.",
             },
-            {"name": "meta", "description": "Liveness."},
+            {"name": "meta", "description": "Liveness, and the keys that verify signed results."},
         ]
         _tidy(schema)
         app.openapi_schema = schema

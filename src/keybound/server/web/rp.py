@@ -387,9 +387,9 @@ def _routes(app: FastAPI, kb: Keybound) -> None:
     )
     @_action_of(EventType.SIGNATURE_CREATE)
     async def create_signature(
-        app_id: App, device_id: str, body: CreateSignatureRequest
+        app_id: App, device_id: DeviceId, body: CreateSignatureRequest
     ) -> Operation:
-        """A signature operation (docs/protocol.md §3.2.5): the device shows dataToSign and
+        """A signature operation (docs/protocol.md §3.2.6): the device shows dataToSign and
         signs its hash; the result's JWS carries that hash (dataHash)."""
         return await run(
             EventType.SIGNATURE_CREATE,
