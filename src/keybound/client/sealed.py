@@ -6,7 +6,7 @@ An app ships one pin string (``keybound e2e-key create`` / ``pin`` prints it; do
     from keybound.client import open_device, preset  # keybound.client.factory
 
     device = open_device("~/.keybound/device", channel_pin=PIN_STRING, profile=preset("linux"))
-    device.activate("ABCD1234")
+    device.activate(LINK)  # the activation link, or the typed "HINT-CODE"
 
 :class:`SealedTransport` overrides :meth:`Transport.exchange`: it seals the JSON request
 (HPKE, to the pinned key, bound to the method and path), POSTs it as
