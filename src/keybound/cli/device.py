@@ -480,7 +480,8 @@ def register(sub: Any) -> None:
         help="where the hardware key lives (default auto: the TPM at --tcti "
         f"if given, else the one ${TPM_TCTI_ENV} names (when set) or "
         "/dev/tpmrm0 if usable, else none = software keys only; a PKCS#11 "
-        "token must be named with --keystore pkcs11)",
+        "token must be named with --keystore pkcs11; emulated: an emulated secure "
+        "element for tests and demos, NOT secure hardware)",
     )
     activate.add_argument(
         "--tcti",
