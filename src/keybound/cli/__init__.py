@@ -47,12 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", default=argparse.SUPPRESS, help=DATABASE_URL_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server.register(sub)
-    demo = sub.add_parser(
-        "demo",
-        help="start a server on its own temporary SQLite database (--database-url and "
+    demo_help = (
+        "start a server on its own temporary SQLite database (--database-url and "
         "$KEYBOUND_DATABASE_URL are ignored), activate and authenticate demo devices under "
-        "every strategy, print the decisions",
+        "every strategy, print the decisions"
     )
+    demo = sub.add_parser("demo", help=demo_help, description=demo_help[0].upper() + demo_help[1:])
     demo.set_defaults(func=cmd_demo)
     device.register(sub)
     attestation.register(sub)
