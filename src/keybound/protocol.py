@@ -384,6 +384,15 @@ HardwareSignature = Annotated[
 ]
 
 ApplicationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+#: a device request's application (the same text in every request's schema)
+DeviceApplicationId = Annotated[
+    ApplicationId,
+    Field(
+        description="The application, as configured by the operator; a sealed request's must "
+        "be the application of the E2E key it is sealed to (§9).",
+        examples=["bank.example"],
+    ),
+]
 Uuid = Annotated[
     str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ]
@@ -674,14 +683,7 @@ class ActivationStartRequest(Message):
         }
     )
 
-    application_id: Annotated[
-        ApplicationId,
-        Field(
-            description="The application, as configured by the operator; a sealed request's must "
-            "be the application of the E2E key it is sealed to (§9).",
-            examples=["bank.example"],
-        ),
-    ]
+    application_id: DeviceApplicationId
     activation_token: Annotated[
         ActivationToken | None,
         Field(
@@ -799,14 +801,7 @@ class PushToken(Message):
 
 
 class ActivationFinishRequest(Message):
-    application_id: Annotated[
-        ApplicationId,
-        Field(
-            description="The application, as configured by the operator; a sealed request's must "
-            "be the application of the E2E key it is sealed to (§9).",
-            examples=["bank.example"],
-        ),
-    ]
+    application_id: DeviceApplicationId
     operation_id: Annotated[
         Uuid,
         Field(
@@ -931,14 +926,7 @@ class ActivationFinishResponse(Reply):
 
 
 class AuthenticationStartRequest(Message):
-    application_id: Annotated[
-        ApplicationId,
-        Field(
-            description="The application, as configured by the operator; a sealed request's must "
-            "be the application of the E2E key it is sealed to (§9).",
-            examples=["bank.example"],
-        ),
-    ]
+    application_id: DeviceApplicationId
     device_id: Annotated[
         Uuid,
         Field(
@@ -1012,14 +1000,7 @@ class AuthenticationStartResponse(Reply):
 
 
 class AuthenticationFinishRequest(Message):
-    application_id: Annotated[
-        ApplicationId,
-        Field(
-            description="The application, as configured by the operator; a sealed request's must "
-            "be the application of the E2E key it is sealed to (§9).",
-            examples=["bank.example"],
-        ),
-    ]
+    application_id: DeviceApplicationId
     device_id: Annotated[
         Uuid,
         Field(
@@ -1124,14 +1105,7 @@ class AuthenticationFinishResponse(Reply):
 class DeclineRequest(Message):
     """The user declined a backend-initiated operation after seeing its context (§3.1.7)."""
 
-    application_id: Annotated[
-        ApplicationId,
-        Field(
-            description="The application, as configured by the operator; a sealed request's must "
-            "be the application of the E2E key it is sealed to (§9).",
-            examples=["bank.example"],
-        ),
-    ]
+    application_id: DeviceApplicationId
     device_id: Annotated[
         Uuid,
         Field(
@@ -1180,14 +1154,7 @@ class DeclineResponse(Reply):
 
 
 class PendingOperationsRequest(Message):
-    application_id: Annotated[
-        ApplicationId,
-        Field(
-            description="The application, as configured by the operator; a sealed request's must "
-            "be the application of the E2E key it is sealed to (§9).",
-            examples=["bank.example"],
-        ),
-    ]
+    application_id: DeviceApplicationId
     device_id: Annotated[
         Uuid,
         Field(
@@ -1267,14 +1234,7 @@ class PendingOperationsResponse(Reply):
 
 
 class DeactivateRequest(Message):
-    application_id: Annotated[
-        ApplicationId,
-        Field(
-            description="The application, as configured by the operator; a sealed request's must "
-            "be the application of the E2E key it is sealed to (§9).",
-            examples=["bank.example"],
-        ),
-    ]
+    application_id: DeviceApplicationId
     device_id: Annotated[
         Uuid,
         Field(
@@ -1317,14 +1277,7 @@ class DeactivateResponse(Reply):
 class PushTokenRequest(Message):
     """Register, replace (``pushToken``) or remove (null) the device's push token (§3.1.8)."""
 
-    application_id: Annotated[
-        ApplicationId,
-        Field(
-            description="The application, as configured by the operator; a sealed request's must "
-            "be the application of the E2E key it is sealed to (§9).",
-            examples=["bank.example"],
-        ),
-    ]
+    application_id: DeviceApplicationId
     device_id: Annotated[
         Uuid,
         Field(
