@@ -26,6 +26,7 @@ import httpx
 from keybound.channel import ChannelPin
 from keybound.client import (
     PROFILES,
+    AuthenticationResult,
     Device,
     SealedTransport,
     Transport,
@@ -303,25 +304,22 @@ def _authenticate(args: argparse.Namespace) -> dict[str, Any]:
         operation_id=args.operation_id, pin=_pin(args), approve=_approver(args, "approve?")
     )
     post = result.post_operation_context
-    return {
-        "operationId": result.operation_id,
-        "authMethod": result.auth_method.value,
-        "authLevel": result.auth_level.value,
-        "hwKeyClientStatus": result.hw_key_client_status.value,
-        **({"postOperationContext": post.to_wire()} if post else {}),
-    }
+    return {**_answered(result), **({"postOperationContext": post.to_wire()} if post else {})}
 
 
 def _sign(args: argparse.Namespace) -> dict[str, Any]:
     device, _ = _device(args.state_dir)
     result = device.sign(args.operation_id, pin=_pin(args), approve=_approver(args, "sign this?"))
     signed = result.signed_data
+    return {**_answered(result), **({"signedData": signed.to_wire()} if signed else {})}
+
+
+def _answered(result: AuthenticationResult) -> dict[str, Any]:
     return {
         "operationId": result.operation_id,
         "authMethod": result.auth_method.value,
         "authLevel": result.auth_level.value,
         "hwKeyClientStatus": result.hw_key_client_status.value,
-        **({"signedData": signed.to_wire()} if signed else {}),
     }
 
 
