@@ -18,3 +18,11 @@ def with_database_option(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     ...``); SUPPRESS, so a value given before the command is not overwritten."""
     parser.add_argument("--database-url", default=argparse.SUPPRESS, help=DATABASE_URL_HELP)
     return parser
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value

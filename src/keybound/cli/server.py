@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from keybound.cli import webhook
-from keybound.cli.common import with_database_option
+from keybound.cli.common import positive, with_database_option
 from keybound.server.web.limits import EdgeLimits
 from keybound.storage import ENV_DATABASE_URL
 
@@ -379,13 +379,6 @@ def cmd_db(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _days(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -415,7 +408,7 @@ def _add_edge_limits(serve: argparse.ArgumentParser) -> None:
     )
     edge.add_argument(
         "--max-header-bytes",
-        type=_positive,
+        type=positive,
         default=default.max_header_bytes,
         metavar="BYTES",
         help="request line and header fields together; larger "
@@ -423,7 +416,7 @@ def _add_edge_limits(serve: argparse.ArgumentParser) -> None:
     )
     edge.add_argument(
         "--max-header-fields",
-        type=_positive,
+        type=positive,
         default=default.max_header_fields,
         metavar="N",
         help=f"header fields per request; more get 431 (default {default.max_header_fields})",
@@ -465,7 +458,7 @@ def _add_edge_limits(serve: argparse.ArgumentParser) -> None:
     )
     edge.add_argument(
         "--max-connections",
-        type=_positive,
+        type=positive,
         default=default.max_connections,
         metavar="N",
         help="open connections per server process; beyond it a new "
@@ -480,7 +473,7 @@ def register(sub: Any) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--workers", type=_positive, default=1, help="server processes (default 1)")
+    serve.add_argument("--workers", type=positive, default=1, help="server processes (default 1)")
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -568,14 +561,14 @@ def register(sub: Any) -> None:
     )
     noise.add_argument(
         "--hours",
-        type=_positive,
+        type=positive,
         default=24,
         help="windows of the last this many hours (default 24)",
     )
     for parser in (audit, events):
         parser.add_argument("--application-id", help="only this application's events")
         parser.add_argument(
-            "--limit", type=_positive, default=50, help="how many events (default 50)"
+            "--limit", type=positive, default=50, help="how many events (default 50)"
         )
     checkpoint = with_database_option(
         audit_sub.add_parser(
@@ -675,13 +668,13 @@ def register(sub: Any) -> None:
     )
     db.add_argument(
         "--operations-days",
-        type=_positive,
+        type=positive,
         default=90,
         help="keep ended operations this many days (default 90)",
     )
     db.add_argument(
         "--superseded-keys-days",
-        type=_positive,
+        type=positive,
         default=365,
         help="keep superseded software keys, for copy detection, this many days (default 365)",
     )
@@ -693,13 +686,13 @@ def register(sub: Any) -> None:
     )
     db.add_argument(
         "--noise-days",
-        type=_positive,
+        type=positive,
         default=30,
         help="keep counts of anonymous refusals this many days (default 30)",
     )
     db.add_argument(
         "--webhook-log-days",
-        type=_positive,
+        type=positive,
         default=30,
         help="keep finished webhook deliveries, the delivery log and finished "
         "device notifications this many days (default 30)",

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from keybound.cli.common import with_database_option
+from keybound.cli.common import positive, with_database_option
 
 #: the public event types (keybound.rpapi.EventName), named here to keep the parser lean
 EVENT_TYPES = (
@@ -181,13 +181,6 @@ def cmd_push(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _moment(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
@@ -250,7 +243,7 @@ def register(sub: Any) -> None:
     attempts = action("attempts", "the delivery log: one line per attempt (JSON)")
     for parser in (deliveries, attempts):
         parser.add_argument("--after", type=int, default=0, help="cursor (an id)")
-        parser.add_argument("--limit", type=_positive, default=100)
+        parser.add_argument("--limit", type=positive, default=100)
     redeliver = action(
         "redeliver", "send one event (--event-id) or a time range (--since, --until) again"
     )
