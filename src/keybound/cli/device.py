@@ -551,9 +551,19 @@ def register(sub: Any) -> None:
             "(docs/notifications.md), or --remove it",
         )
     )
-    push.add_argument("provider", nargs="?", choices=["fcm", "apns", "webhook"])
-    push.add_argument("token", nargs="?")
-    push.add_argument("--remove", action="store_true")
+    push.add_argument(
+        "provider",
+        nargs="?",
+        choices=["fcm", "apns", "webhook"],
+        help="who delivers the wake-up: FCM, APNs, or the relying party's own push service",
+    )
+    push.add_argument(
+        "token",
+        nargs="?",
+        help="the FCM registration token, the APNs device token (hex), or the relying "
+        "party's push-service token (docs/protocol.md §3.1.8)",
+    )
+    push.add_argument("--remove", action="store_true", help="remove the registered token")
     device.set_defaults(func=cmd_device)
 
 
