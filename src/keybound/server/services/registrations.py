@@ -192,15 +192,7 @@ class Registrations:
         )
         unit.identify()
         if row.state != DeviceState.DEACTIVATED:
-            self._transition(
-                unit,
-                request.application_id,
-                request.device_id,
-                event=EventType.DEVICE_DEACTIVATED,
-                allowed_from=(DeviceState.ACTIVE, DeviceState.LOCKED, DeviceState.DEACTIVATED),
-                values={"state": DeviceState.DEACTIVATED.value, "pin_key": None},
-                repeated=EventType.DEVICE_DEACTIVATE,
-            )
+            self.deactivate(unit, request.application_id, request.device_id)
         return DeactivateResponse(device_id=row.id, state=DeviceState.DEACTIVATED)
 
     def update_push_token(self, unit: Unit, request: PushTokenRequest) -> PushTokenResponse:
