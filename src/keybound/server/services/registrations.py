@@ -172,25 +172,9 @@ class Registrations:
 
     def device_deactivate(self, unit: Unit, request: DeactivateRequest) -> DeactivateResponse:
         """The device deactivates itself, signing with its current software key (§3.1.6)."""
-        unit.about(application_id=request.application_id, device_id=request.device_id)
-        with unit.read() as conn:
-            row = regs.get_of_application(conn, request.application_id, request.device_id)
-        if row is None or row.sw_key_id != request.software_key_id:
-            raise CeremonyError("authentication failed")
-        prove_possession(
-            row.sw_public_key,
-            transcript(
-                Purpose.DEACTIVATION,
-                application_id=request.application_id,
-                device_id=request.device_id,
-                operation_id="",
-                challenge=b"",
-                context_digest=NO_CONTEXT_HASH,
-                software_public_key=row.sw_public_key,
-            ),
-            request.software_signature,
+        row = _signed_by_software_key(
+            unit, request, purpose=Purpose.DEACTIVATION, context_digest=NO_CONTEXT_HASH
         )
-        unit.identify()
         if row.state != DeviceState.DEACTIVATED:
             self.deactivate(unit, request.application_id, request.device_id)
         return DeactivateResponse(device_id=row.id, state=DeviceState.DEACTIVATED)
@@ -198,32 +182,50 @@ class Registrations:
     def update_push_token(self, unit: Unit, request: PushTokenRequest) -> PushTokenResponse:
         """The device registers, replaces or removes its push token, signing with its current
         software key (§3.1.8)."""
-        unit.about(application_id=request.application_id, device_id=request.device_id)
-        with unit.read() as conn:
-            row = regs.get_of_application(conn, request.application_id, request.device_id)
         # §3.1.8: only the current software key may change where the device is woken
-        if row is None or row.sw_key_id != request.software_key_id:
-            raise CeremonyError("authentication failed")
-        prove_possession(
-            row.sw_public_key,
-            transcript(
-                Purpose.PUSH_TOKEN,
-                application_id=request.application_id,
-                device_id=request.device_id,
-                operation_id="",
-                challenge=b"",
-                context_digest=push_token_hash(request.push_token),
-                software_public_key=row.sw_public_key,
-            ),
-            request.software_signature,
+        row = _signed_by_software_key(
+            unit,
+            request,
+            purpose=Purpose.PUSH_TOKEN,
+            context_digest=push_token_hash(request.push_token),
         )
-        unit.identify()
         # §3.1.8: a deactivated device is never woken again
         if row.state == DeviceState.DEACTIVATED.value:
             raise CeremonyError("device is deactivated", code=ErrorCode.DEVICE_INACTIVE)
         store_push_token(unit, row.id, request.push_token)
         provider = request.push_token.provider if request.push_token else None
         return PushTokenResponse(device_id=row.id, push_provider=provider)
+
+
+def _signed_by_software_key(
+    unit: Unit,
+    request: DeactivateRequest | PushTokenRequest,
+    *,
+    purpose: Purpose,
+    context_digest: bytes,
+) -> RegistrationRecord:
+    """The device's registration, once ``request`` is proven signed by its current software
+    key over ``purpose`` and ``context_digest`` (a request outside any operation)."""
+    unit.about(application_id=request.application_id, device_id=request.device_id)
+    with unit.read() as conn:
+        row = regs.get_of_application(conn, request.application_id, request.device_id)
+    if row is None or row.sw_key_id != request.software_key_id:
+        raise CeremonyError("authentication failed")
+    prove_possession(
+        row.sw_public_key,
+        transcript(
+            purpose,
+            application_id=request.application_id,
+            device_id=request.device_id,
+            operation_id="",
+            challenge=b"",
+            context_digest=context_digest,
+            software_public_key=row.sw_public_key,
+        ),
+        request.software_signature,
+    )
+    unit.identify()
+    return row
 
 
 def store_push_token(unit: Unit, device_id: str, token: PushToken | None) -> None:
