@@ -200,25 +200,13 @@ def seal(conn: Connection, *, limit: int, wait: bool) -> int | None:
         return 0
     sealed = []
     for row in rows:
-        record = EventRecord(*row)
+        stored = row._mapping
         position, digest = (
             position + 1,
-            entry_hash(
-                prev,
-                id=record.id,
-                type=record.type,
-                application_id=record.application_id,
-                subject=record.subject,
-                operation_id=record.operation_id,
-                actor=record.actor,
-                outcome=record.outcome,
-                code=record.code,
-                payload=record.payload,
-                created_at=record.created_at,
-            ),
+            entry_hash(prev, **{name: stored[name] for name in _COLUMNS}),
         )
         sealed.append(
-            {"row_seq": record.seq, "new_chain_seq": position, "new_prev": prev, "new_hash": digest}
+            {"row_seq": row.seq, "new_chain_seq": position, "new_prev": prev, "new_hash": digest}
         )
         prev = digest
     conn.execute(_SEAL, sealed)
