@@ -18,7 +18,6 @@ from keybound.protocol import (
     AuthMethod,
     DeviceState,
     HwKeyValidationStrategy,
-    OperationState,
     OperationType,
     TpmCredential,
 )
@@ -43,6 +42,7 @@ from keybound.server.repositories import operations as ops
 from keybound.server.repositories import push
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose, SecretBox
+from keybound.server.services.operations import consume_signed
 from keybound.server.services.registrations import store_push_token
 from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
@@ -184,23 +184,13 @@ class Activation:
                 token=request.push_token.token,
             )
         unit.identify()
-        signed = self.results.operation_result(
-            verified.operation,
-            state=(OperationState.FAILED if verified.failure else OperationState.COMPLETED),
-            result=verified.result,
-            completed_at=unit.now,
-            now=unit.now,
-        )
-        conn = unit.write()
-        if not ops.consume(
-            conn,
+        conn = consume_signed(
+            unit,
+            self.results,
             verified.operation,
             passed=verified.failure is None,
             result=verified.result,
-            now=unit.now,
-            result_jws=signed,
-        ):  # §4.3
-            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+        )
         if verified.operation.wrapped_tpm_credential is not None:  # single use
             ops.erase_tpm_credential(conn, verified.operation.id)
         if verified.failure is None:

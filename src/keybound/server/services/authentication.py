@@ -56,7 +56,7 @@ from keybound.server.repositories import operations as ops
 from keybound.server.repositories import registrations as regs
 from keybound.server.secrets import Purpose as SecretPurpose
 from keybound.server.secrets import SecretBox
-from keybound.server.services.operations import fail_pending_of_device
+from keybound.server.services.operations import consume_signed, fail_pending_of_device
 from keybound.server.services.resultkeys import ResultKeys
 from keybound.server.unit import Unit
 
@@ -220,18 +220,7 @@ class Authentication:
         unit.identify()
         require_pending(op, unit.now)
         result = {"failureCode": ErrorCode.DECLINED.value}
-        signed = self.results.operation_result(
-            op,
-            state=OperationState.FAILED,
-            result=result,
-            completed_at=unit.now,
-            now=unit.now,
-            user_id=reg.user_id,
-        )
-        if not ops.consume(
-            unit.write(), op, passed=False, result=result, now=unit.now, result_jws=signed
-        ):
-            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+        consume_signed(unit, self.results, op, passed=False, result=result, user_id=reg.user_id)
         unit.emit(
             EventType.OPERATION_FAILED,
             outcome=Outcome.FAILURE,
@@ -279,26 +268,14 @@ class Authentication:
             unit.identify()
             self._superseded(unit, used)
         unit.identify()
-        # signed before the write transaction opens: the unit's writer lock is not held
-        # while the result is signed (docs/signed-results.md: cost)
-        signed = self.results.operation_result(
-            verified.operation,
-            state=(OperationState.FAILED if verified.failure else OperationState.COMPLETED),
-            result=verified.result,
-            completed_at=unit.now,
-            now=unit.now,
-            user_id=verified.registration.user_id,
-        )
-        conn = unit.write()
-        if not ops.consume(
-            conn,
+        conn = consume_signed(
+            unit,
+            self.results,
             verified.operation,
             passed=verified.failure is None,
             result=verified.result,
-            now=unit.now,
-            result_jws=signed,
-        ):
-            raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+            user_id=verified.registration.user_id,
+        )
         if verified.failure is None:
             self._rotate(unit, verified)
             unit.emit(EventType.OPERATION_COMPLETED, payload=verified.result)

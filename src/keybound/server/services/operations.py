@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 
-from keybound.errors import ErrorCode, InvalidState, KeyboundError, MalformedRequest, NotFound
+from keybound.errors import (
+    CeremonyError,
+    ErrorCode,
+    InvalidState,
+    KeyboundError,
+    MalformedRequest,
+    NotFound,
+)
 from keybound.protocol import (
     MAX_DATA_TO_SIGN_BYTES,
     MAX_PRE_CONTEXT_BYTES,
@@ -99,6 +106,33 @@ def operation_view(row: OperationRecord, now: int, *, result_jws: str | None = N
         risk_data={k: v for k, v in risk.items() if k in enabled},
         result_jws=result_jws or row.result_jws,
     )
+
+
+def consume_signed(
+    unit: Unit,
+    results: ResultKeys,
+    op: OperationRecord,
+    *,
+    passed: bool,
+    result: dict[str, Any],
+    user_id: str | None = None,
+) -> Connection:
+    """§4.3: end ``op`` with its signed result in the unit's write transaction (returned);
+    challenge_used if another request consumed its challenge first. The result is signed
+    before the transaction opens: the writer lock is not held while it is signed
+    (docs/signed-results.md: cost)."""
+    signed = results.operation_result(
+        op,
+        state=OperationState.COMPLETED if passed else OperationState.FAILED,
+        result=result,
+        completed_at=unit.now,
+        now=unit.now,
+        user_id=user_id,
+    )
+    conn = unit.write()
+    if not ops.consume(conn, op, passed=passed, result=result, now=unit.now, result_jws=signed):
+        raise CeremonyError("challenge already used", code=ErrorCode.CHALLENGE_USED)
+    return conn
 
 
 def fail_pending_of_device(
