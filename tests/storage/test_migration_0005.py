@@ -24,6 +24,7 @@ from keybound.server.secrets import MasterKey, Purpose, SecretBox
 from keybound.server.services.e2ekeys import wrap_binding
 from keybound.storage.db import Database
 from keybound.storage.migrations import alembic_config, upgrade
+from tests.storage.migrating import BACKENDS, database_at
 
 MASTER = bytes(range(32))
 
@@ -47,15 +48,9 @@ def old_pin_wrap(device_id: str, pin_key: bytes) -> bytes:
     return nonce + AESGCM(key).encrypt(nonce, pin_key, device_id.encode())
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def db_at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "postgres":
-        server = request.getfixturevalue("postgres")
-        db = Database(server.fresh_database())
-        command.downgrade(alembic_config(db.engine), "0004")
-    else:
-        db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
-        upgrade(db.engine, "0004")
+    db = database_at(request, tmp_path, "0004")
     yield db
     db.dispose()
 

@@ -18,20 +18,15 @@ from sqlalchemy import inspect, text
 
 from keybound.storage.db import Database
 from keybound.storage.migrations import alembic_config, upgrade
+from tests.storage.migrating import BACKENDS, database_at
 
 MASTER = bytes(range(32))
 HOUR = 3_600_000
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def db_at_0005(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "postgres":
-        server = request.getfixturevalue("postgres")
-        db = Database(server.fresh_database())
-        command.downgrade(alembic_config(db.engine, master_key=MASTER), "0005")
-    else:
-        db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
-        upgrade(db.engine, "0005", master_key=MASTER)
+    db = database_at(request, tmp_path, "0005", master_key=MASTER)
     yield db
     db.dispose()
 

@@ -12,6 +12,7 @@ from sqlalchemy import inspect, text
 
 from keybound.storage.db import Database
 from keybound.storage.migrations import alembic_config, upgrade
+from tests.storage.migrating import BACKENDS, database_at
 
 NEW = {
     "registrations": {"hw_attestation", "hw_security_level", "hw_counter"},
@@ -19,15 +20,9 @@ NEW = {
 }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def db_at_0007(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "postgres":
-        server = request.getfixturevalue("postgres")
-        db = Database(server.fresh_database())
-        command.downgrade(alembic_config(db.engine), "0007")
-    else:
-        db = Database(f"sqlite:///{tmp_path / 'kb.db'}")
-        upgrade(db.engine, "0007")
+    db = database_at(request, tmp_path, "0007")
     yield db
     db.dispose()
 
