@@ -25,12 +25,16 @@ def delete_in_batches(
     where: ColumnElement[bool],
     *,
     batch: int = DELETE_BATCH,
+    order: ColumnElement[object] | None = None,
 ) -> int:
     """Delete the rows of ``table`` matching ``where``, ``batch`` at a time (each batch
-    chosen by the primary key ``key``); returns how many."""
+    chosen by the primary key ``key``, first by ``order`` if given); returns how many."""
     if batch < 1:
         raise ValueError("batch must be at least 1")
-    chosen = select(*key).where(where).limit(batch)
+    chosen = select(*key).where(where)
+    if order is not None:
+        chosen = chosen.order_by(order)
+    chosen = chosen.limit(batch)
     match = key[0].in_(chosen.scalar_subquery()) if len(key) == 1 else tuple_(*key).in_(chosen)
     statement = delete(table).where(match)
     total = 0

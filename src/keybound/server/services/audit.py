@@ -20,8 +20,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
-from sqlalchemy import delete, select
-
 from keybound.errors import MalformedRequest
 from keybound.server.clock import Clock, now_ms
 from keybound.server.events.chain import (
@@ -41,7 +39,7 @@ from keybound.server.repositories import events as ev
 from keybound.server.repositories import resultkeys as keys
 from keybound.server.services.resultkeys import ResultKeys
 from keybound.storage import tables as t
-from keybound.storage.batches import DELETE_BATCH
+from keybound.storage.batches import DELETE_BATCH, delete_in_batches
 from keybound.storage.db import Database
 
 log = logging.getLogger("keybound.server.audit")
@@ -159,18 +157,9 @@ class AuditTrail:
         position, chain_hash = boundary
         self._sign(CheckpointKind.PRUNE, position, chain_hash)
         e = t.events
-        chosen = (
-            select(e.c.seq).where(e.c.chain_seq <= position).order_by(e.c.chain_seq).limit(batch)
+        return delete_in_batches(
+            self._db, e, (e.c.seq,), e.c.chain_seq <= position, batch=batch, order=e.c.chain_seq
         )
-        total = 0
-        while True:
-            with self._db.write() as conn:
-                deleted: int = conn.execute(
-                    delete(e).where(e.c.seq.in_(chosen.scalar_subquery()))
-                ).rowcount
-            total += deleted
-            if deleted < batch:
-                return total
 
     # -- verification and export ----------------------------------------------------------
 
