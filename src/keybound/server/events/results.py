@@ -103,14 +103,19 @@ class ResultSigningKey:
 def generate_signing_key(
     *, algorithm: ResultAlgorithm = ResultAlgorithm.ES256, clock: Clock = wall_clock
 ) -> ResultSigningKey:
-    """A new ACTIVE key."""
-    private: PrivateKey = (
-        ec.generate_private_key(ec.SECP256R1())
-        if algorithm is ResultAlgorithm.ES256
-        else ed25519.Ed25519PrivateKey.generate()
-    )
+    """A new ACTIVE key, drawn again while its kid would start with ``-`` (one in 64 would,
+    and ``keybound signing-key retire KID`` would read it as an option; as E2E key ids)."""
+    while True:
+        private: PrivateKey = (
+            ec.generate_private_key(ec.SECP256R1())
+            if algorithm is ResultAlgorithm.ES256
+            else ed25519.Ed25519PrivateKey.generate()
+        )
+        kid = _jose_key(algorithm, private).thumbprint()
+        if not kid.startswith("-"):
+            break
     return ResultSigningKey(
-        kid=_jose_key(algorithm, private).thumbprint(),
+        kid=kid,
         algorithm=algorithm,
         private_key=private,
         state=SigningKeyState.ACTIVE,
